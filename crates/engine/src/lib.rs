@@ -1,0 +1,397 @@
+//! The Forewarn pipeline: decoding, streaming SQL, scoring and alerts, wired together.
+//!
+//! This is the embeddable API. It needs no broker and no global state: build a
+//! [`Pipeline`] from query files and models, [`Pipeline::start`] it inside your tokio
+//! runtime, push readings through the [`PipelineHandle`] (JSON bytes with their
+//! topic, or Arrow batches), and read [`Output`]s (alerts and dead letters) from the
+//! receiver. Memory is bounded by the channel capacities, the micro-batch size and
+//! the open windows' aggregate state.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), forewarn_engine::EngineError> {
+//! use forewarn_engine::{Output, Pipeline};
+//! let pipeline = Pipeline::builder()
+//!     .query_file("queries/pump_health.sql")
+//!     .models_dir("models")
+//!     .build()
+//!     .await?;
+//! let (handle, mut outputs) = pipeline.start();
+//! handle.push_json("plant/s1/l1/pump-0001/telemetry", br#"{"ts": 0, "vibration": 1.0}"#.to_vec()).await?;
+//! handle.finish().await?;
+//! while let Some(out) = outputs.recv().await {
+//!     if let Output::Alert { alert, .. } = out { println!("{}", alert.device); }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod rows;
+mod runtime;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::record_batch::RecordBatch;
+pub use forewarn_alerts::Alert;
+use forewarn_formats::{JsonDecoder, TopicTemplate};
+pub use forewarn_scorer::{Model, ModelRegistry};
+use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors from building or driving a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A query file is wrong (the message carries file, line and column).
+    #[error("{0}")]
+    Sql(#[from] SqlError),
+    /// A model file is wrong.
+    #[error(transparent)]
+    Model(#[from] forewarn_scorer::ModelError),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The streaming runtime failed.
+    #[error(transparent)]
+    Stream(#[from] forewarn_stream::StreamError),
+    /// The pipeline has stopped (its task ended or panicked).
+    #[error("the pipeline has stopped")]
+    Stopped,
+}
+
+/// Tunables with defaults suitable for a gateway.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A micro-batch closes when it holds this many readings...
+    pub max_batch_rows: usize,
+    /// ...or when its first reading has waited this long.
+    pub max_batch_delay: Duration,
+    /// Payloads larger than this are dead-lettered.
+    pub max_payload_bytes: usize,
+    /// Capacity of the input and output channels (messages); pushing waits when full.
+    pub channel_capacity: usize,
+    /// Prefix of the engine's own topics (`{prefix}/deadletter/...`, `{prefix}/late/...`).
+    pub topic_prefix: String,
+    /// Bytes of a bad payload copied into its dead letter.
+    pub dead_letter_excerpt: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_batch_rows: 4096,
+            max_batch_delay: Duration::from_millis(100),
+            max_payload_bytes: 256 * 1024,
+            channel_capacity: 1024,
+            topic_prefix: "forewarn".into(),
+            dead_letter_excerpt: 256,
+        }
+    }
+}
+
+/// Something the pipeline publishes.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// An alert from a query, for the sink topic.
+    Alert {
+        /// Topic rendered from the sink's template, e.g. `forewarn/alerts/pump-0007`.
+        topic: String,
+        /// The alert.
+        alert: Alert,
+    },
+    /// Input that could not be used, with the reason.
+    DeadLetter {
+        /// `{prefix}/deadletter/{source}` or `{prefix}/late/{source}`.
+        topic: String,
+        /// What was rejected and why.
+        letter: DeadLetter,
+    },
+}
+
+impl Output {
+    /// Topic and JSON payload, ready to publish.
+    pub fn to_message(&self) -> (String, Vec<u8>) {
+        match self {
+            Output::Alert { topic, alert } => (topic.clone(), alert.to_json()),
+            Output::DeadLetter { topic, letter } => (topic.clone(), serde_json::to_vec(letter).expect("serialises")),
+        }
+    }
+}
+
+/// A rejected message or reading.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetter {
+    /// Stable reason code (`not_json`, `missing_field`, `late`, ...).
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Topic the input arrived on (empty for pushed batches).
+    pub source_topic: String,
+    /// Source table, when known.
+    pub source: Option<String>,
+    /// Index of the reading within an array message.
+    pub index: Option<usize>,
+    /// The start of the payload (lossy UTF-8), or the rejected row as JSON.
+    pub excerpt: String,
+}
+
+/// Counters since start; nothing that comes in disappears without being counted.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Messages pushed.
+    pub messages_in: u64,
+    /// Readings decoded and accepted.
+    pub readings_in: u64,
+    /// Rejections by reason code (decode errors, late rows, unknown topics, ...).
+    pub rejected: BTreeMap<String, u64>,
+    /// Micro-batches processed.
+    pub batches: u64,
+    /// Windows closed, over all queries.
+    pub windows_closed: u64,
+    /// Alerts produced.
+    pub alerts_out: u64,
+    /// Dead letters produced.
+    pub dead_letters_out: u64,
+}
+
+/// Builds a [`Pipeline`].
+#[derive(Default)]
+pub struct PipelineBuilder {
+    files: Vec<(String, String)>,
+    paths: Vec<PathBuf>,
+    model_dirs: Vec<PathBuf>,
+    models: Vec<Model>,
+    registry: Option<Arc<ModelRegistry>>,
+    config: EngineConfig,
+    set: Option<QuerySet>,
+}
+
+impl PipelineBuilder {
+    /// Adds a query file by path (a directory adds every `*.sql` in it).
+    pub fn query_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.paths.push(path.as_ref().to_path_buf());
+        self
+    }
+    /// Adds query text; `name` is used as its file name in messages and query names.
+    pub fn query_sql(mut self, name: &str, sql: &str) -> Self {
+        self.files.push((name.to_string(), sql.to_string()));
+        self
+    }
+    /// Uses an already parsed query set (e.g. a derived feature query).
+    pub fn query_set(mut self, set: QuerySet) -> Self {
+        self.set = Some(set);
+        self
+    }
+    /// Loads every model file in `dir`.
+    pub fn models_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.model_dirs.push(dir.as_ref().to_path_buf());
+        self
+    }
+    /// Adds a model object.
+    pub fn model(mut self, m: Model) -> Self {
+        self.models.push(m);
+        self
+    }
+    /// Shares an existing registry (models can then be swapped while running).
+    pub fn registry(mut self, r: Arc<ModelRegistry>) -> Self {
+        self.registry = Some(r);
+        self
+    }
+    /// Sets the tunables.
+    pub fn config(mut self, c: EngineConfig) -> Self {
+        self.config = c;
+        self
+    }
+
+    /// Parses, plans and checks everything. Nothing runs yet.
+    pub async fn build(self) -> Result<Pipeline, EngineError> {
+        let registry = self.registry.unwrap_or_default();
+        for d in &self.model_dirs {
+            registry.load_dir(d)?;
+        }
+        for m in self.models {
+            registry.insert(m);
+        }
+        let mut files = self.files;
+        for p in &self.paths {
+            for f in sql_files(p)? {
+                let text = std::fs::read_to_string(&f).map_err(|source| EngineError::Io { path: f.clone(), source })?;
+                files.push((f.display().to_string(), text));
+            }
+        }
+        if files.is_empty() && self.set.is_none() {
+            return Err(EngineError::Config("no query files given".into()));
+        }
+        let mut set = self.set.unwrap_or_default();
+        for (name, text) in &files {
+            set.add_file(name, text)?;
+        }
+        if set.queries.is_empty() {
+            return Err(EngineError::Config("the query files declare no INSERT INTO ... SELECT query".into()));
+        }
+        let ctx = forewarn_sql::streaming_context(registry.clone());
+        let mut queries = Vec::new();
+        for q in &set.queries {
+            let text = files.iter().find(|(n, _)| *n == q.file).map(|f| f.1.as_str()).unwrap_or("");
+            let compiled = forewarn_sql::compile(&ctx, q, &set.sources[&q.source], text).await?;
+            queries.push(Arc::new(compiled));
+        }
+        let mut sources = Vec::new();
+        for s in set.sources.values() {
+            if !queries.iter().any(|q| q.source == s.name) {
+                continue;
+            }
+            let template = match &s.topic_template {
+                Some(t) => Some(TopicTemplate::parse(t).map_err(|e| EngineError::Config(format!("source '{}' ({}): {e}", s.name, s.origin)))?),
+                None => None,
+            };
+            JsonDecoder::new(s.schema.clone(), template.clone(), self.config.max_payload_bytes).map_err(|e| EngineError::Config(format!("source '{}': {e}", s.name)))?;
+            sources.push(SourceInfo { name: s.name.clone(), topic_filter: s.topic.clone(), template, schema: s.schema.clone() });
+        }
+        let mut sinks = BTreeMap::new();
+        for s in set.sinks.values() {
+            let t = TopicTemplate::parse(&s.topic).map_err(|e| EngineError::Config(format!("sink '{}': {e}", s.name)))?;
+            sinks.insert(s.name.clone(), t);
+        }
+        Ok(Pipeline { config: self.config, queries, sources, sinks, registry })
+    }
+}
+
+fn sql_files(p: &Path) -> Result<Vec<PathBuf>, EngineError> {
+    let io = |source| EngineError::Io { path: p.to_path_buf(), source };
+    if p.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "sql")).collect();
+        v.sort();
+        Ok(v)
+    } else {
+        std::fs::metadata(p).map_err(io)?;
+        Ok(vec![p.to_path_buf()])
+    }
+}
+
+/// A source the pipeline reads, for connectors that need to subscribe.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    /// Table name.
+    pub name: String,
+    /// MQTT topic filter.
+    pub topic_filter: String,
+    /// Topic template, if declared.
+    pub template: Option<TopicTemplate>,
+    /// Declared schema.
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+/// A planned pipeline, ready to start.
+pub struct Pipeline {
+    config: EngineConfig,
+    queries: Vec<Arc<CompiledQuery>>,
+    sources: Vec<SourceInfo>,
+    sinks: BTreeMap<String, TopicTemplate>,
+    registry: Arc<ModelRegistry>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("queries", &self.queries.iter().map(|q| &q.name).collect::<Vec<_>>()).field("sources", &self.sources).finish()
+    }
+}
+
+impl Pipeline {
+    /// Starts building.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder::default()
+    }
+
+    /// Sources read by the queries (what an MQTT connector must subscribe to).
+    pub fn sources(&self) -> &[SourceInfo] {
+        &self.sources
+    }
+
+    /// Names of the queries.
+    pub fn query_names(&self) -> Vec<String> {
+        self.queries.iter().map(|q| q.name.clone()).collect()
+    }
+
+    /// The model registry (swap models in it while running).
+    pub fn models(&self) -> &Arc<ModelRegistry> {
+        &self.registry
+    }
+
+    /// Starts the pipeline as a task on the current tokio runtime.
+    pub fn start(self) -> (PipelineHandle, mpsc::Receiver<Output>) {
+        let (in_tx, in_rx) = mpsc::channel(self.config.channel_capacity);
+        let (out_tx, out_rx) = mpsc::channel(self.config.channel_capacity);
+        let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let rt = runtime::Runtime::new(self, out_tx, stats.clone());
+        let task = tokio::spawn(rt.run(in_rx));
+        (PipelineHandle { tx: in_tx, stats, task: Arc::new(Mutex::new(Some(task))) }, out_rx)
+    }
+}
+
+pub(crate) enum Input {
+    Json { topic: String, payload: Vec<u8> },
+    Batch { source: String, batch: RecordBatch },
+    Flush(oneshot::Sender<()>),
+    Finish(oneshot::Sender<()>),
+}
+
+/// Pushes input into a running pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct PipelineHandle {
+    tx: mpsc::Sender<Input>,
+    stats: Arc<Mutex<EngineStats>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<Result<(), EngineError>>>>>,
+}
+
+impl PipelineHandle {
+    /// Pushes one MQTT-style message (waits while the input channel is full).
+    pub async fn push_json(&self, topic: &str, payload: Vec<u8>) -> Result<(), EngineError> {
+        self.send(Input::Json { topic: topic.to_string(), payload }).await
+    }
+
+    /// Pushes a batch with the columns of source table `source`.
+    pub async fn push_batch(&self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
+        self.send(Input::Batch { source: source.to_string(), batch }).await
+    }
+
+    /// Closes the pending micro-batches now and waits until they are processed.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Input::Flush(tx)).await?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Ends the input: closes every open window, emits the last results and stops.
+    /// Returns the pipeline's error if it failed.
+    pub async fn finish(&self) -> Result<EngineStats, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Input::Finish(tx)).await;
+        let _ = rx.await;
+        let task = self.task.lock().expect("lock").take();
+        if let Some(t) = task {
+            t.await.map_err(|_| EngineError::Stopped)??;
+        } else {
+            sent?;
+        }
+        Ok(self.stats())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().expect("lock").clone()
+    }
+
+    async fn send(&self, i: Input) -> Result<(), EngineError> {
+        self.tx.send(i).await.map_err(|_| EngineError::Stopped)
+    }
+}

@@ -1,0 +1,37 @@
+//! Arrow rows → JSON objects, for alerts and dead letters.
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::array_value_to_string;
+use serde_json::{Map, Value};
+
+/// Row `i` of `batch` as a JSON object. Non-finite floats become null.
+pub fn row_to_json(batch: &RecordBatch, i: usize) -> Map<String, Value> {
+    let mut m = Map::with_capacity(batch.num_columns());
+    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        m.insert(f.name().clone(), cell(col.as_ref(), i));
+    }
+    m
+}
+
+fn num(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
+}
+
+fn cell(a: &dyn Array, i: usize) -> Value {
+    if a.is_null(i) {
+        return Value::Null;
+    }
+    match a.data_type() {
+        DataType::Float64 => num(a.as_primitive::<Float64Type>().value(i)),
+        DataType::Float32 => num(a.as_primitive::<Float32Type>().value(i) as f64),
+        DataType::Int64 => a.as_primitive::<Int64Type>().value(i).into(),
+        DataType::Int32 => a.as_primitive::<Int32Type>().value(i).into(),
+        DataType::UInt64 => a.as_primitive::<UInt64Type>().value(i).into(),
+        DataType::Boolean => a.as_boolean().value(i).into(),
+        DataType::Utf8 => a.as_string::<i32>().value(i).into(),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => forewarn_core::format_rfc3339(a.as_primitive::<TimestampMillisecondType>().value(i)).into(),
+        _ => array_value_to_string(a, i).map(Value::String).unwrap_or(Value::Null),
+    }
+}

@@ -1,0 +1,243 @@
+//! The pipeline task: micro-batching, running the window operators, emitting outputs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use forewarn_alerts::Alert;
+use forewarn_formats::{filter_matches, JsonDecoder, TopicTemplate};
+use forewarn_stream::{Processed, WindowOperator};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::rows::row_to_json;
+use crate::{DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
+
+struct Source {
+    name: String,
+    filter: String,
+    decoder: JsonDecoder,
+    /// When the oldest buffered reading arrived.
+    pending_since: Option<Instant>,
+    operators: Vec<Operator>,
+}
+
+struct Operator {
+    op: WindowOperator,
+    sink: TopicTemplate,
+    /// Column holding the device id (the sink topic's first capture, else `device`).
+    device_column: String,
+    model: Option<String>,
+}
+
+pub(crate) struct Runtime {
+    config: EngineConfig,
+    sources: Vec<Source>,
+    out: mpsc::Sender<Output>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Runtime {
+    pub(crate) fn new(p: Pipeline, out: mpsc::Sender<Output>, stats: Arc<Mutex<EngineStats>>) -> Self {
+        let mut sources: Vec<Source> = p
+            .sources
+            .iter()
+            .map(|s| Source {
+                name: s.name.clone(),
+                filter: s.topic_filter.clone(),
+                decoder: JsonDecoder::new(s.schema.clone(), s.template.clone(), p.config.max_payload_bytes).expect("checked at build"),
+                pending_since: None,
+                operators: vec![],
+            })
+            .collect();
+        for q in &p.queries {
+            let sink = p.sinks[&q.sink].clone();
+            let device_column = sink.captures().next().unwrap_or("device").to_string();
+            let model = (q.models.len() == 1).then(|| q.models[0].clone());
+            let src = sources.iter_mut().find(|s| s.name == q.source).expect("source of a query");
+            src.operators.push(Operator { op: WindowOperator::new(q.clone()), sink, device_column, model });
+        }
+        Runtime { config: p.config, sources, out, stats }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Input>) -> Result<(), EngineError> {
+        let mut tick = tokio::time::interval(self.config.max_batch_delay.max(std::time::Duration::from_millis(1)) / 2);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Input::Json { topic, payload }) => self.on_json(&topic, &payload).await?,
+                    Some(Input::Batch { source, batch }) => self.on_batch(&source, batch).await?,
+                    Some(Input::Flush(done)) => {
+                        self.flush_all().await?;
+                        let _ = done.send(());
+                    }
+                    Some(Input::Finish(done)) => {
+                        self.finish().await?;
+                        let _ = done.send(());
+                        return Ok(());
+                    }
+                    None => return self.finish().await,
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for i in 0..self.sources.len() {
+                        if self.sources[i].pending_since.is_some_and(|t| now.duration_since(t) >= self.config.max_batch_delay) {
+                            self.flush_source(i).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut EngineStats)) {
+        f(&mut self.stats.lock().expect("stats lock"));
+    }
+
+    async fn emit(&self, o: Output) {
+        self.count(|s| match &o {
+            Output::Alert { .. } => s.alerts_out += 1,
+            Output::DeadLetter { letter, .. } => {
+                s.dead_letters_out += 1;
+                *s.rejected.entry(letter.reason.clone()).or_default() += 1;
+            }
+        });
+        // A closed receiver means the embedder stopped listening; keep processing.
+        let _ = self.out.send(o).await;
+    }
+
+    fn excerpt(&self, payload: &[u8]) -> String {
+        let cut = &payload[..payload.len().min(self.config.dead_letter_excerpt)];
+        String::from_utf8_lossy(cut).into_owned()
+    }
+
+    async fn on_json(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineError> {
+        self.count(|s| s.messages_in += 1);
+        let mut matched = false;
+        for i in 0..self.sources.len() {
+            if !filter_matches(&self.sources[i].filter, topic) {
+                continue;
+            }
+            matched = true;
+            let outcome = self.sources[i].decoder.decode(topic, payload);
+            self.count(|s| s.readings_in += outcome.accepted as u64);
+            for r in outcome.rejected {
+                let source = self.sources[i].name.clone();
+                let letter = DeadLetter {
+                    reason: r.error.code().to_string(),
+                    detail: r.error.to_string(),
+                    source_topic: topic.to_string(),
+                    source: Some(source.clone()),
+                    index: r.index,
+                    excerpt: self.excerpt(payload),
+                };
+                tracing::debug!(topic, reason = %letter.detail, "rejected input");
+                self.emit(Output::DeadLetter { topic: format!("{}/deadletter/{source}", self.config.topic_prefix), letter }).await;
+            }
+            let src = &mut self.sources[i];
+            if src.decoder.buffered_rows() > 0 && src.pending_since.is_none() {
+                src.pending_since = Some(Instant::now());
+            }
+            if src.decoder.buffered_rows() >= self.config.max_batch_rows {
+                self.flush_source(i).await?;
+            }
+        }
+        if !matched {
+            let letter = DeadLetter {
+                reason: "unknown_topic".into(),
+                detail: format!("no source subscribes to topic '{topic}'"),
+                source_topic: topic.to_string(),
+                source: None,
+                index: None,
+                excerpt: self.excerpt(payload),
+            };
+            self.emit(Output::DeadLetter { topic: format!("{}/deadletter/unrouted", self.config.topic_prefix), letter }).await;
+        }
+        Ok(())
+    }
+
+    async fn on_batch(&mut self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
+        let Some(i) = self.sources.iter().position(|s| s.name == source) else {
+            return Err(EngineError::Config(format!("no query reads source '{source}'")));
+        };
+        self.count(|s| {
+            s.messages_in += 1;
+            s.readings_in += batch.num_rows() as u64;
+        });
+        self.flush_source(i).await?;
+        self.process(i, batch).await
+    }
+
+    async fn flush_all(&mut self) -> Result<(), EngineError> {
+        for i in 0..self.sources.len() {
+            self.flush_source(i).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_source(&mut self, i: usize) -> Result<(), EngineError> {
+        self.sources[i].pending_since = None;
+        match self.sources[i].decoder.flush() {
+            Some(batch) => self.process(i, batch).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn process(&mut self, i: usize, batch: RecordBatch) -> Result<(), EngineError> {
+        self.count(|s| s.batches += 1);
+        for k in 0..self.sources[i].operators.len() {
+            let processed = self.sources[i].operators[k].op.process(&batch).await?;
+            self.emit_processed(i, k, processed).await;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), EngineError> {
+        self.flush_all().await?;
+        for i in 0..self.sources.len() {
+            for k in 0..self.sources[i].operators.len() {
+                let processed = self.sources[i].operators[k].op.finish().await?;
+                self.emit_processed(i, k, processed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn emit_processed(&self, i: usize, k: usize, p: Processed) {
+        let src = &self.sources[i];
+        let op = &src.operators[k];
+        let query = op.op.query().name.clone();
+        self.count(|s| s.windows_closed += p.results.len() as u64);
+        for (reason, rows) in p.rejected {
+            let topic = match reason {
+                forewarn_stream::RowRejection::Late => format!("{}/late/{}", self.config.topic_prefix, src.name),
+                _ => format!("{}/deadletter/{}", self.config.topic_prefix, src.name),
+            };
+            for r in 0..rows.num_rows() {
+                let row = serde_json::Value::Object(row_to_json(&rows, r));
+                let letter = DeadLetter {
+                    reason: reason.code().into(),
+                    detail: format!("query '{query}': row rejected ({}) at watermark {:?}", reason.code(), op.op.watermark().map(forewarn_core::format_rfc3339)),
+                    source_topic: String::new(),
+                    source: Some(src.name.clone()),
+                    index: None,
+                    excerpt: row.to_string(),
+                };
+                self.emit(Output::DeadLetter { topic: topic.clone(), letter }).await;
+            }
+        }
+        for res in p.results {
+            for r in 0..res.batch.num_rows() {
+                let row = row_to_json(&res.batch, r);
+                let values: HashMap<&str, String> = row
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                    .collect();
+                let topic = op.sink.render(|c| values.get(c).cloned());
+                let alert = Alert::from_row(&query, op.model.as_deref(), &op.device_column, (res.window.start, res.window.end), row);
+                self.emit(Output::Alert { topic, alert }).await;
+            }
+        }
+    }
+}

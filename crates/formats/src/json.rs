@@ -1,0 +1,556 @@
+//! JSON readings → Arrow, decoding straight from borrowed bytes into column builders.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::{DecodeError, TopicTemplate};
+
+/// One JSON value, borrowed from the payload where possible.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Nested(&'static str),
+}
+
+impl Scalar<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::Int(_) | Scalar::Float(_) => "a number",
+            Scalar::Str(_) => "a string",
+            Scalar::Nested(k) => k,
+        }
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested("an object"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested("an array"))
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// A reading: its fields in payload order, or why it is not an object.
+type Reading<'a> = Result<Vec<(Cow<'a, str>, Scalar<'a>)>, &'static str>;
+
+struct ReadingVisitor;
+
+impl<'de> Visitor<'de> for ReadingVisitor {
+    type Value = Reading<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a reading object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            fields.push((k, map.next_value::<Scalar<'de>>()?));
+        }
+        Ok(Ok(fields))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Err("an array"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err("a boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err("a string"))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err("null"))
+    }
+}
+
+struct ReadingSeed;
+impl<'de> de::DeserializeSeed<'de> for ReadingSeed {
+    type Value = Reading<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(ReadingVisitor)
+    }
+}
+
+/// The top level: one reading or an array of readings.
+struct Message<'a>(Vec<Reading<'a>>);
+
+impl<'de> de::Deserialize<'de> for Message<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = Message<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a reading object or an array of them")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Ok(Message(vec![ReadingVisitor.visit_map(map)?]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(r) = seq.next_element_seed(ReadingSeed)? {
+                    v.push(r);
+                }
+                Ok(Message(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Message(vec![Err("a boolean")]))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Message(vec![Err("a number")]))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Message(vec![Err("a number")]))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Message(vec![Err("a number")]))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Message(vec![Err("a string")]))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Message(vec![Err("null")]))
+            }
+        }
+        d.deserialize_any(TopVisitor)
+    }
+}
+
+#[derive(Debug)]
+enum Builder {
+    F64(Float64Builder),
+    I64(Int64Builder),
+    Str(StringBuilder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMillisecondBuilder),
+}
+
+/// A validated cell, ready to append.
+enum Cell<'a> {
+    Null,
+    F64(f64),
+    I64(i64),
+    Str(Cow<'a, str>),
+    Bool(bool),
+    Ts(i64),
+}
+
+struct Column {
+    name: String,
+    nullable: bool,
+    /// Index of this column among the topic template's captures.
+    topic_capture: Option<usize>,
+}
+
+/// What happened to one message.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DecodeOutcome {
+    /// Readings appended to the pending batch.
+    pub accepted: usize,
+    /// Readings (or the whole message, index `None`) that were rejected.
+    pub rejected: Vec<Rejected>,
+}
+
+/// One rejected reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Position of the reading in an array message; `None` for the whole message.
+    pub index: Option<usize>,
+    /// Why.
+    pub error: DecodeError,
+}
+
+/// Decodes JSON messages into a pending Arrow batch with a declared schema.
+///
+/// Supported column types: `Float64`, `Int64`, `Utf8`, `Boolean`,
+/// `Timestamp(Millisecond)`. Timestamps are epoch milliseconds (numbers) or
+/// RFC 3339 strings. Fields not in the schema are ignored. Captured topic levels
+/// override payload fields of the same name, so a device cannot report as another.
+pub struct JsonDecoder {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+    builders: Vec<Builder>,
+    template: Option<TopicTemplate>,
+    max_payload: usize,
+    rows: usize,
+    cells: Vec<Option<usize>>,
+}
+
+impl fmt::Debug for JsonDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonDecoder")
+            .field("schema", &self.schema)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+/// A schema the JSON decoder cannot fill.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column '{column}' has type {data_type}, which JSON sources do not support (use DOUBLE, BIGINT, TEXT, BOOLEAN or TIMESTAMP)")]
+pub struct UnsupportedColumn {
+    /// Column name.
+    pub column: String,
+    /// Its Arrow type.
+    pub data_type: String,
+}
+
+impl JsonDecoder {
+    /// A decoder for `schema`, with an optional topic template and payload limit.
+    pub fn new(
+        schema: SchemaRef,
+        template: Option<TopicTemplate>,
+        max_payload: usize,
+    ) -> Result<Self, UnsupportedColumn> {
+        let captures: Vec<String> = template
+            .as_ref()
+            .map(|t| t.captures().map(str::to_string).collect())
+            .unwrap_or_default();
+        let mut columns = Vec::new();
+        for f in schema.fields() {
+            columns.push(Column {
+                name: f.name().clone(),
+                nullable: f.is_nullable(),
+                topic_capture: captures.iter().position(|c| c == f.name()),
+            });
+            Self::builder_for(f.data_type()).ok_or_else(|| UnsupportedColumn {
+                column: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })?;
+        }
+        let builders = schema
+            .fields()
+            .iter()
+            .filter_map(|f| Self::builder_for(f.data_type()))
+            .collect();
+        Ok(JsonDecoder {
+            cells: vec![None; schema.fields().len()],
+            schema,
+            columns,
+            builders,
+            template,
+            max_payload,
+            rows: 0,
+        })
+    }
+
+    fn builder_for(dt: &DataType) -> Option<Builder> {
+        Some(match dt {
+            DataType::Float64 => Builder::F64(Float64Builder::new()),
+            DataType::Int64 => Builder::I64(Int64Builder::new()),
+            DataType::Utf8 => Builder::Str(StringBuilder::new()),
+            DataType::Boolean => Builder::Bool(BooleanBuilder::new()),
+            DataType::Timestamp(TimeUnit::Millisecond, tz) => Builder::Ts(
+                TimestampMillisecondBuilder::new().with_timezone_opt(tz.clone()),
+            ),
+            _ => return None,
+        })
+    }
+
+    /// The schema of the batches this decoder produces.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Readings buffered since the last [`flush`](Self::flush).
+    pub fn buffered_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Decodes one message and appends its good readings to the pending batch.
+    pub fn decode(&mut self, topic: &str, payload: &[u8]) -> DecodeOutcome {
+        let mut out = DecodeOutcome::default();
+        let whole = |error| Rejected { index: None, error };
+        if payload.len() > self.max_payload {
+            out.rejected.push(whole(DecodeError::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload,
+            }));
+            return out;
+        }
+        let captured: Vec<&str> = match &self.template {
+            None => Vec::new(),
+            Some(t) => match t.captures_of(topic) {
+                Some(c) => c.into_iter().map(|(_, v)| v).collect(),
+                None => {
+                    out.rejected.push(whole(DecodeError::TopicMismatch {
+                        topic: topic.to_string(),
+                        template: t.as_str().to_string(),
+                    }));
+                    return out;
+                }
+            },
+        };
+        let message: Message = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                out.rejected.push(whole(DecodeError::NotJson(e.to_string())));
+                return out;
+            }
+        };
+        let array = message.0.len() != 1;
+        for (i, reading) in message.0.into_iter().enumerate() {
+            let index = array.then_some(i);
+            let result = match reading {
+                Err(kind) => Err(DecodeError::NotAReading(kind)),
+                Ok(fields) => self.append(&fields, &captured),
+            };
+            match result {
+                Ok(()) => out.accepted += 1,
+                Err(error) => out.rejected.push(Rejected { index, error }),
+            }
+        }
+        out
+    }
+
+    fn append(&mut self, fields: &[(Cow<str>, Scalar)], captured: &[&str]) -> Result<(), DecodeError> {
+        // Index the fields by column once; schemas are small, a linear scan is cheapest.
+        self.cells.iter_mut().for_each(|c| *c = None);
+        for (fi, (name, _)) in fields.iter().enumerate() {
+            if let Some(ci) = self.columns.iter().position(|c| c.name == *name) {
+                self.cells[ci] = Some(fi);
+            }
+        }
+        let mut row: Vec<Cell> = Vec::with_capacity(self.columns.len());
+        for (ci, col) in self.columns.iter().enumerate() {
+            let cell = if let Some(v) = col.topic_capture.and_then(|k| captured.get(k)) {
+                convert(&self.builders[ci], &col.name, &Scalar::Str(Cow::Borrowed(v)))?
+            } else {
+                match self.cells[ci] {
+                    Some(fi) => convert(&self.builders[ci], &col.name, &fields[fi].1)?,
+                    None => Cell::Null,
+                }
+            };
+            if matches!(cell, Cell::Null) && !col.nullable {
+                return Err(DecodeError::Missing(col.name.clone()));
+            }
+            row.push(cell);
+        }
+        for (b, cell) in self.builders.iter_mut().zip(row) {
+            match (b, cell) {
+                (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
+                (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
+                (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
+                (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+                (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
+                (Builder::F64(b), _) => b.append_null(),
+                (Builder::I64(b), _) => b.append_null(),
+                (Builder::Str(b), _) => b.append_null(),
+                (Builder::Bool(b), _) => b.append_null(),
+                (Builder::Ts(b), _) => b.append_null(),
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Closes the pending batch; `None` when nothing is buffered.
+    pub fn flush(&mut self) -> Option<RecordBatch> {
+        if self.rows == 0 {
+            return None;
+        }
+        self.rows = 0;
+        let arrays: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(|b| -> ArrayRef {
+                match b {
+                    Builder::F64(b) => Arc::new(b.finish()),
+                    Builder::I64(b) => Arc::new(b.finish()),
+                    Builder::Str(b) => Arc::new(b.finish()),
+                    Builder::Bool(b) => Arc::new(b.finish()),
+                    Builder::Ts(b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        // The builders were filled against this very schema; a mismatch is a bug.
+        Some(RecordBatch::try_new(self.schema.clone(), arrays).expect("builders match schema"))
+    }
+}
+
+fn convert<'a>(b: &Builder, field: &str, v: &Scalar<'a>) -> Result<Cell<'a>, DecodeError> {
+    let wrong = |expected| DecodeError::WrongType {
+        field: field.to_string(),
+        expected,
+        got: v.type_name(),
+    };
+    if matches!(v, Scalar::Null) {
+        return Ok(Cell::Null);
+    }
+    Ok(match b {
+        Builder::F64(_) => match v {
+            Scalar::Int(i) => Cell::F64(*i as f64),
+            Scalar::Float(f) if f.is_finite() => Cell::F64(*f),
+            Scalar::Float(_) => return Err(DecodeError::NonFinite(field.to_string())),
+            Scalar::Str(s) if is_non_finite_word(s) => {
+                return Err(DecodeError::NonFinite(field.to_string()))
+            }
+            _ => return Err(wrong("a number")),
+        },
+        Builder::I64(_) => match v {
+            Scalar::Int(i) => Cell::I64(*i),
+            Scalar::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Cell::I64(*f as i64),
+            _ => return Err(wrong("an integer")),
+        },
+        Builder::Str(_) => match v {
+            Scalar::Str(s) => Cell::Str(s.clone()),
+            _ => return Err(wrong("a string")),
+        },
+        Builder::Bool(_) => match v {
+            Scalar::Bool(x) => Cell::Bool(*x),
+            _ => return Err(wrong("a boolean")),
+        },
+        Builder::Ts(_) => match v {
+            Scalar::Int(i) => Cell::Ts(*i),
+            Scalar::Float(f) if f.is_finite() && f.abs() < 9.0e15 => Cell::Ts(f.round() as i64),
+            Scalar::Str(s) => match forewarn_core::parse_rfc3339(s) {
+                Some(ms) => Cell::Ts(ms),
+                None => {
+                    return Err(DecodeError::BadTimestamp {
+                        field: field.to_string(),
+                        value: s.chars().take(64).collect(),
+                    })
+                }
+            },
+            _ => return Err(wrong("a timestamp")),
+        },
+    })
+}
+
+fn is_non_finite_word(s: &str) -> bool {
+    matches!(
+        s.trim().to_ascii_lowercase().as_str(),
+        "nan" | "inf" | "-inf" | "+inf" | "infinity" | "-infinity" | "+infinity"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Field, Float64Type, Schema, TimestampMillisecondType};
+
+    fn decoder() -> JsonDecoder {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("vibration", DataType::Float64, true),
+        ]));
+        let t = TopicTemplate::parse("plant/{site}/{device}/telemetry").unwrap();
+        JsonDecoder::new(schema, Some(t), 1024).unwrap()
+    }
+
+    #[test]
+    fn single_and_array_readings() {
+        let mut d = decoder();
+        let o = d.decode("plant/s/p1/telemetry", br#"{"ts": 1000, "vibration": 1.5, "extra": {"a": 1}}"#);
+        assert_eq!(o, DecodeOutcome { accepted: 1, rejected: vec![] });
+        let o = d.decode(
+            "plant/s/p2/telemetry",
+            br#"[{"ts": "1970-01-01T00:00:02Z", "vibration": 2}, {"ts": 3000, "vibration": "x"}, 5]"#,
+        );
+        assert_eq!(o.accepted, 1);
+        assert_eq!(o.rejected.len(), 2);
+        assert_eq!(o.rejected[0].index, Some(1));
+        assert_eq!(o.rejected[0].error.code(), "wrong_type");
+        assert_eq!(o.rejected[1].error, DecodeError::NotAReading("a number"));
+        let b = d.flush().unwrap();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.column(0).as_string::<i32>().value(1), "p2");
+        assert_eq!(b.column(1).as_primitive::<TimestampMillisecondType>().value(1), 2000);
+        assert_eq!(b.column(2).as_primitive::<Float64Type>().value(1), 2.0);
+        assert!(d.flush().is_none());
+    }
+
+    #[test]
+    fn topic_overrides_payload_identity() {
+        let mut d = decoder();
+        d.decode("plant/s/real/telemetry", br#"{"device": "spoof", "ts": 1}"#);
+        let b = d.flush().unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "real");
+        assert!(b.column(2).is_null(0));
+    }
+
+    #[test]
+    fn rejections_have_reasons() {
+        let mut d = decoder();
+        let code = |d: &mut JsonDecoder, topic: &str, p: &[u8]| d.decode(topic, p).rejected[0].error.code();
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", b"{not json"), "not_json");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", b"\xff\xfe"), "not_json");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"vibration": 1}"#), "missing_field");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": null}"#), "missing_field");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": 1, "vibration": "NaN"}"#), "non_finite");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": 1, "vibration": 1e999}"#), "not_json");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": "soon"}"#), "bad_timestamp");
+        assert_eq!(code(&mut d, "other/topic", br#"{"ts": 1}"#), "topic_mismatch");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", &[b' '; 2000]), "too_large");
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", b"\"text\""), "not_a_reading");
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        assert_eq!(code(&mut d, "plant/s/p/telemetry", deep.as_bytes()), "not_json");
+        assert_eq!(d.buffered_rows(), 0);
+    }
+}

@@ -1,0 +1,80 @@
+//! Payload decoding for Forewarn: MQTT message bytes → Arrow [`RecordBatch`]es.
+//!
+//! A message holds one reading object or an array of them. Fields are matched by
+//! name against a declared schema; topic levels can fill columns through a
+//! template such as `plant/{site}/{line}/{device}/telemetry`. Every reading that
+//! cannot be decoded is rejected with a [`DecodeError`] naming the reason, so the
+//! caller can count it and dead-letter it; good readings in the same message are kept.
+
+mod json;
+mod topic;
+
+pub use json::{DecodeOutcome, JsonDecoder, Rejected};
+pub use topic::{filter_matches, TopicTemplate, TopicTemplateError};
+
+/// Why a message or one reading in it was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The payload is larger than the configured limit.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Payload size in bytes.
+        size: usize,
+        /// Configured limit in bytes.
+        limit: usize,
+    },
+    /// The payload is not valid JSON (or not UTF-8, or nested too deeply).
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    /// The payload is JSON, but neither an object nor an array of objects.
+    #[error("expected a reading object or an array of reading objects, got {0}")]
+    NotAReading(&'static str),
+    /// A required field is absent or null.
+    #[error("missing required field '{0}'")]
+    Missing(String),
+    /// A field has a JSON type the column cannot hold.
+    #[error("field '{field}' should be {expected}, got {got}")]
+    WrongType {
+        /// Field name.
+        field: String,
+        /// What the column needs.
+        expected: &'static str,
+        /// What the payload carried.
+        got: &'static str,
+    },
+    /// A numeric field is NaN or infinite (as a string such as "NaN").
+    #[error("field '{0}' is not a finite number")]
+    NonFinite(String),
+    /// The event-time field could not be read as a timestamp.
+    #[error("field '{field}' is not a timestamp (epoch milliseconds or RFC 3339): {value}")]
+    BadTimestamp {
+        /// Field name.
+        field: String,
+        /// The value as received (truncated).
+        value: String,
+    },
+    /// The topic does not match the source's topic template.
+    #[error("topic '{topic}' does not match template '{template}'")]
+    TopicMismatch {
+        /// Topic of the message.
+        topic: String,
+        /// The source's template.
+        template: String,
+    },
+}
+
+impl DecodeError {
+    /// A short, stable reason code for counters and dead-letter messages.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::NotAReading(_) => "not_a_reading",
+            DecodeError::Missing(_) => "missing_field",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::NonFinite(_) => "non_finite",
+            DecodeError::BadTimestamp { .. } => "bad_timestamp",
+            DecodeError::TopicMismatch { .. } => "topic_mismatch",
+        }
+    }
+}

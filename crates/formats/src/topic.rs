@@ -1,0 +1,187 @@
+//! Topic templates: `plant/{site}/{line}/{device}/telemetry`.
+
+/// A template whose `{name}` levels capture topic levels into columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate {
+    text: String,
+    levels: Vec<Level>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Literal(String),
+    Capture(String),
+    /// `+`: any one level, not captured.
+    Any,
+    /// `#`: any number of remaining levels (last position only).
+    Rest,
+}
+
+/// A template that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad topic template '{template}': {reason}")]
+pub struct TopicTemplateError {
+    /// The template text.
+    pub template: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl TopicTemplate {
+    /// Parses a template. `{name}` captures a level, `+` matches one level, `#` the rest.
+    pub fn parse(text: &str) -> Result<Self, TopicTemplateError> {
+        let err = |reason: String| TopicTemplateError {
+            template: text.to_string(),
+            reason,
+        };
+        let parts: Vec<&str> = text.split('/').collect();
+        let mut levels = Vec::with_capacity(parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            let level = if p.starts_with('{') && p.ends_with('}') && p.len() > 2 {
+                let name = &p[1..p.len() - 1];
+                if !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                    return Err(err(format!("'{name}' is not a column name")));
+                }
+                Level::Capture(name.to_string())
+            } else if *p == "+" {
+                Level::Any
+            } else if *p == "#" {
+                if i + 1 != parts.len() {
+                    return Err(err("'#' may only be the last level".into()));
+                }
+                Level::Rest
+            } else if p.contains(['{', '}', '+', '#']) {
+                return Err(err(format!("level '{p}' mixes text and a placeholder")));
+            } else {
+                Level::Literal(p.to_string())
+            };
+            levels.push(level);
+        }
+        Ok(TopicTemplate {
+            text: text.to_string(),
+            levels,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Names of the captured columns, in order.
+    pub fn captures(&self) -> impl Iterator<Item = &str> {
+        self.levels.iter().filter_map(|l| match l {
+            Level::Capture(n) => Some(n.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The MQTT subscription filter equivalent to this template (`{x}` → `+`).
+    pub fn subscription_filter(&self) -> String {
+        self.levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.as_str(),
+                Level::Capture(_) | Level::Any => "+",
+                Level::Rest => "#",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// Matches a concrete topic; returns the captured `(column, value)` pairs.
+    pub fn captures_of<'t>(&self, topic: &'t str) -> Option<Vec<(&str, &'t str)>> {
+        let mut out = Vec::new();
+        let mut parts = topic.split('/');
+        for level in &self.levels {
+            match level {
+                Level::Rest => return Some(out),
+                _ => {
+                    let part = parts.next()?;
+                    match level {
+                        Level::Literal(s) if s != part => return None,
+                        Level::Capture(name) => {
+                            if part.is_empty() {
+                                return None;
+                            }
+                            out.push((name.as_str(), part))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        parts.next().is_none().then_some(out)
+    }
+
+    /// Fills the template's captures from a lookup (used for sink topics such as
+    /// `forewarn/alerts/{device}`). Levels that cannot be filled become `_`.
+    pub fn render(&self, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
+        self.levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.clone(),
+                Level::Capture(n) => lookup(n)
+                    .map(|v| v.replace(['/', '+', '#'], "_"))
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "_".into()),
+                Level::Any => "+".into(),
+                Level::Rest => "#".into(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// Whether an MQTT topic filter (with `+` and `#`) matches a topic.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_and_filter() {
+        let t = TopicTemplate::parse("plant/{site}/{line}/{device}/telemetry").unwrap();
+        assert_eq!(t.subscription_filter(), "plant/+/+/+/telemetry");
+        assert_eq!(
+            t.captures_of("plant/s1/l2/pump-7/telemetry"),
+            Some(vec![("site", "s1"), ("line", "l2"), ("device", "pump-7")])
+        );
+        assert_eq!(t.captures_of("plant/s1/l2/pump-7/status"), None);
+        assert_eq!(t.captures_of("plant/s1/l2/pump-7/telemetry/x"), None);
+        assert_eq!(t.captures_of("plant/s1//pump-7/telemetry"), None);
+        assert!(TopicTemplate::parse("a/#/b").is_err());
+        assert!(TopicTemplate::parse("a/x{y}").is_err());
+    }
+
+    #[test]
+    fn render_sink_topic() {
+        let t = TopicTemplate::parse("forewarn/alerts/{device}").unwrap();
+        assert_eq!(
+            t.render(|c| (c == "device").then(|| "pump-7".into())),
+            "forewarn/alerts/pump-7"
+        );
+        assert_eq!(t.render(|_| Some("a/b".into())), "forewarn/alerts/a_b");
+    }
+
+    #[test]
+    fn filters() {
+        assert!(filter_matches("plant/+/+/+/telemetry", "plant/a/b/c/telemetry"));
+        assert!(filter_matches("plant/#", "plant/a/b"));
+        assert!(!filter_matches("plant/+", "plant/a/b"));
+        assert!(filter_matches("a/b", "a/b"));
+    }
+}

@@ -1,0 +1,74 @@
+//! MQTT connectors for Forewarn (rumqttc): a subscribing source with reconnect and
+//! exponential backoff, a QoS 1 publishing sink that can wait for acknowledgements,
+//! and (feature `broker`) an embedded rumqttd broker for zero-setup demos and tests.
+
+#[cfg(feature = "broker")]
+mod broker;
+mod sink;
+mod source;
+mod url;
+
+#[cfg(feature = "broker")]
+pub use broker::EmbeddedBroker;
+pub use rumqttc::QoS;
+pub use sink::{MqttSink, SinkStats};
+pub use source::{Incoming, MqttSource, SourceOptions};
+pub use url::BrokerUrl;
+
+/// Errors from the MQTT connectors.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The broker URL could not be understood.
+    #[error("bad broker URL '{url}': {reason} (expected mqtt://HOST:PORT, optionally mqtt://USER:PASS@HOST:PORT)")]
+    BadUrl {
+        /// The URL with any password masked.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A client request could not be queued (the connection task has ended).
+    #[error("MQTT client stopped: {0}")]
+    Client(String),
+    /// The embedded broker could not start.
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    /// Waiting for acknowledgements timed out.
+    #[error("timed out after {0:?} with {1} publishes still unacknowledged")]
+    FlushTimeout(std::time::Duration, u64),
+}
+
+/// Exponential backoff between reconnection attempts.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: std::time::Duration,
+    min: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        let min = std::time::Duration::from_millis(100);
+        Backoff { next: min, min, max: std::time::Duration::from_secs(30) }
+    }
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+    pub(crate) fn next_delay(&mut self) -> std::time::Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = super::Backoff::new();
+        let v: Vec<u128> = (0..12).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(&v[..4], &[100, 200, 400, 800]);
+        assert_eq!(v[11], 30_000);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 100);
+    }
+}

@@ -1,0 +1,111 @@
+//! Publishing sink: QoS 1 by default, with a way to wait until the broker has acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use tokio::task::JoinHandle;
+
+use crate::source::mqtt_options;
+use crate::{Backoff, BrokerUrl, MqttError};
+
+/// Publish counters.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Publishes handed to the client.
+    pub published: AtomicU64,
+    /// QoS 1 acknowledgements received.
+    pub acked: AtomicU64,
+    /// QoS 0 publishes written to the socket.
+    pub sent_qos0: AtomicU64,
+}
+
+/// A publishing connection.
+pub struct MqttSink {
+    client: AsyncClient,
+    task: JoinHandle<()>,
+    stats: Arc<SinkStats>,
+    qos: QoS,
+    connected: tokio::sync::watch::Receiver<bool>,
+}
+
+impl MqttSink {
+    /// Connects in the background; publishes use `qos`.
+    pub fn start(url: BrokerUrl, client_id: &str, qos: QoS) -> MqttSink {
+        let mo = mqtt_options(&url, client_id, 1 << 20, Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(mo, 1024);
+        let stats = Arc::new(SinkStats::default());
+        let st = stats.clone();
+        let (ctx, crx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut backoff = Backoff::new();
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff.reset();
+                        let _ = ctx.send(true);
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        st.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(0))) => {
+                        st.sent_qos0.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = ctx.send(false);
+                        let d = backoff.next_delay();
+                        tracing::warn!(broker = %url, error = %e, retry_in = ?d, "sink connection failed");
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        });
+        MqttSink { client, task, stats, qos, connected: crx }
+    }
+
+    /// Waits until connected.
+    pub async fn wait_connected(&mut self, timeout: Duration) -> Result<(), MqttError> {
+        tokio::time::timeout(timeout, self.connected.wait_for(|c| *c))
+            .await
+            .map_err(|_| MqttError::Client(format!("not connected after {timeout:?}")))?
+            .map_err(|e| MqttError::Client(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Queues a publish (waits while the client's request queue is full).
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), MqttError> {
+        self.client.publish(topic, self.qos, retain, payload).await.map_err(|e| MqttError::Client(e.to_string()))?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SinkStats {
+        &self.stats
+    }
+
+    /// Waits until every publish so far is acknowledged (QoS 1) or written (QoS 0).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), MqttError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.stats.acked.load(Ordering::Relaxed) + self.stats.sent_qos0.load(Ordering::Relaxed);
+            let pending = self.stats.published.load(Ordering::Relaxed).saturating_sub(done);
+            if pending == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MqttError::FlushTimeout(timeout, pending));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Disconnects.
+    pub async fn stop(self) {
+        let _ = self.client.try_disconnect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.task.abort();
+    }
+}

@@ -1,0 +1,113 @@
+//! The feature query behind a model: the live query with its SELECT list replaced by
+//! the arguments of its `anomaly_score('model', ...)` call. Training replays this
+//! query, so a model is trained on exactly the features it is scored on.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    visit_expressions, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, SelectItem, SetExpr, Statement,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::{QueryDecl, QuerySet, SinkDecl, SqlError, WINDOW_END, WINDOW_START};
+
+/// Name of the sink the feature query writes to.
+pub const FEATURE_SINK: &str = "__features";
+
+/// Builds the feature query for `model`. Returns a query set with that one query,
+/// and the feature names in argument order (the select alias of an identical
+/// expression when there is one, else the expression's text).
+pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<String>), SqlError> {
+    for q in &set.queries {
+        let stmts = Parser::parse_sql(&GenericDialect {}, &q.select_sql).map_err(|e| SqlError::from_parser(&q.file, &q.select_sql, &e))?;
+        let Some(Statement::Query(mut query)) = stmts.into_iter().next() else { continue };
+        let mut args: Option<Vec<Expr>> = None;
+        let _ = visit_expressions(&query, |e| {
+            if let Some(a) = score_args(e, model) {
+                args = Some(a);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        let Some(args) = args else { continue };
+        let SetExpr::Select(select) = query.body.as_mut() else { continue };
+        let aliases: Vec<(String, Expr)> = select
+            .projection
+            .iter()
+            .filter_map(|it| match it {
+                SelectItem::ExprWithAlias { expr, alias } => Some((alias.value.clone(), expr.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut names = Vec::new();
+        let mut projection = Vec::new();
+        if let GroupByExpr::Expressions(keys, _) = &select.group_by {
+            for k in keys {
+                projection.push(SelectItem::UnnamedExpr(k.clone()));
+            }
+        }
+        for (i, a) in args.iter().enumerate() {
+            let name = aliases.iter().find(|(_, e)| e == a).map(|(n, _)| n.clone()).unwrap_or_else(|| a.to_string());
+            if names.contains(&name) {
+                return Err(SqlError::at(&q.file, "", q.line, 0, 1, format!("feature {} of model '{model}' repeats '{name}'", i + 1)));
+            }
+            projection.push(SelectItem::ExprWithAlias { expr: a.clone(), alias: Ident::with_quote('"', name.clone()) });
+            names.push(name);
+        }
+        select.projection = projection;
+        select.having = None;
+        let mut out = QuerySet::default();
+        out.sources.insert(q.source.clone(), set.sources[&q.source].clone());
+        let key = match &select.group_by {
+            GroupByExpr::Expressions(keys, _) => keys
+                .iter()
+                .map(|k| k.to_string())
+                .find(|k| k != WINDOW_START && k != WINDOW_END)
+                .unwrap_or_else(|| "device".into()),
+            _ => "device".into(),
+        };
+        out.sinks.insert(FEATURE_SINK.into(), SinkDecl { name: FEATURE_SINK.into(), topic: format!("features/{{{key}}}"), format: "json".into() });
+        out.queries.push(QueryDecl { name: format!("{}_features", q.name), sink: FEATURE_SINK.into(), select_sql: query.to_string(), ..q.clone() });
+        return Ok((out, names));
+    }
+    Err(SqlError { file: String::new(), line: 0, column: 0, message: format!("no query calls anomaly_score('{model}', ...)"), snippet: None })
+}
+
+fn score_args(e: &Expr, model: &str) -> Option<Vec<Expr>> {
+    let Expr::Function(f) = e else { return None };
+    if !f.name.to_string().eq_ignore_ascii_case("anomaly_score") {
+        return None;
+    }
+    let FunctionArguments::List(l) = &f.args else { return None };
+    let args: Vec<Expr> = l
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let first = args.first()?.to_string();
+    (first.trim_matches('\'') == model).then(|| args[1..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_follow_the_scoring_call() {
+        let sql = "CREATE TABLE s (device TEXT, ts TIMESTAMP, v DOUBLE, t DOUBLE, WATERMARK FOR ts AS ts) WITH (connector = 'mqtt', topic = 'x/+');
+CREATE TABLE a WITH (connector = 'mqtt', topic = 'alerts/{device}');
+INSERT INTO a SELECT device, window_start, avg(v) AS avg_v, anomaly_score('m', avg(v), max(t) - min(t)) AS score
+FROM s WHERE v > 0 GROUP BY tumble(interval '1 minute'), device HAVING anomaly_score('m', avg(v), max(t) - min(t)) > 1;";
+        let mut set = QuerySet::default();
+        set.add_file("f.sql", sql).unwrap();
+        let (fq, names) = feature_query(&set, "m").unwrap();
+        assert_eq!(names, vec!["avg_v".to_string(), "max(t) - min(t)".to_string()]);
+        let q = &fq.queries[0].select_sql;
+        assert!(q.contains("WHERE v > 0") && !q.contains("HAVING") && !q.contains("anomaly_score"), "{q}");
+        assert!(feature_query(&set, "other").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Forewarn's SQL front end: query files → DataFusion plans split for streaming.
+//!
+//! A query file declares sources and sinks with `CREATE TABLE ... WITH (...)` and
+//! queries with `INSERT INTO sink SELECT ... GROUP BY tumble(interval '10 seconds'), key`.
+//! [`QuerySet`] parses files; [`compile`] plans each query once and cuts it into the
+//! partial half (fed per pane) and the final half (run when a window closes).
+
+mod error;
+mod features;
+mod parse;
+mod plan;
+mod udf;
+
+pub use error::SqlError;
+pub use features::{feature_query, FEATURE_SINK};
+pub use parse::{QueryDecl, QuerySet, SinkDecl, SourceDecl, WINDOW_END, WINDOW_START};
+pub use plan::{compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery};
+pub use udf::AnomalyScore;

@@ -1,0 +1,551 @@
+//! Query files: `CREATE TABLE` sources and sinks, and `INSERT INTO sink SELECT ...`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::sql::sqlparser::ast::{
+    self, ColumnOption, CreateTableOptions, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, Ident, SelectItem, SetExpr, SqlOption, Statement, TableFactor, TableObject,
+    Value,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, Tokenizer};
+use forewarn_core::{parse_interval, Millis, WatermarkSpec, WindowSpec};
+
+use crate::SqlError;
+
+/// Names of the columns the window operator adds to every source row.
+pub const WINDOW_START: &str = "window_start";
+/// See [`WINDOW_START`].
+pub const WINDOW_END: &str = "window_end";
+
+/// A `CREATE TABLE` with `connector = 'mqtt'` read by queries.
+#[derive(Debug, Clone)]
+pub struct SourceDecl {
+    /// Table name.
+    pub name: String,
+    /// Declared columns (event-time and topic columns are non-nullable).
+    pub schema: SchemaRef,
+    /// The event-time column (from `WATERMARK FOR`).
+    pub event_time: String,
+    /// How the watermark trails event time.
+    pub watermark: WatermarkSpec,
+    /// MQTT topic filter to subscribe to.
+    pub topic: String,
+    /// Template mapping topic levels to columns.
+    pub topic_template: Option<String>,
+    /// Payload format (`json`).
+    pub format: String,
+    /// Where it was declared: `file:line`.
+    pub origin: String,
+}
+
+/// A `CREATE TABLE` without columns that queries write to.
+#[derive(Debug, Clone)]
+pub struct SinkDecl {
+    /// Table name.
+    pub name: String,
+    /// Topic template, e.g. `forewarn/alerts/{device}`.
+    pub topic: String,
+    /// Payload format (`json`).
+    pub format: String,
+}
+
+/// One `INSERT INTO sink SELECT ...` with its window lifted out of the `GROUP BY`.
+#[derive(Debug, Clone)]
+pub struct QueryDecl {
+    /// `file_stem` or `file_stem_N` when a file holds several queries.
+    pub name: String,
+    /// Sink table written to.
+    pub sink: String,
+    /// Source table read.
+    pub source: String,
+    /// Window from `GROUP BY tumble(...)`.
+    pub window: WindowSpec,
+    /// The `SELECT` with the window call replaced by `window_start, window_end`.
+    pub select_sql: String,
+    /// File the query came from.
+    pub file: String,
+    /// Line of the `INSERT`.
+    pub line: u64,
+}
+
+/// Everything declared in a set of query files.
+#[derive(Debug, Clone, Default)]
+pub struct QuerySet {
+    /// Sources by name.
+    pub sources: BTreeMap<String, SourceDecl>,
+    /// Sinks by name.
+    pub sinks: BTreeMap<String, SinkDecl>,
+    /// Queries in file order.
+    pub queries: Vec<QueryDecl>,
+}
+
+impl QuerySet {
+    /// Parses one file and adds its declarations; names must be unique across files.
+    pub fn add_file(&mut self, file: &str, text: &str) -> Result<(), SqlError> {
+        let dialect = GenericDialect {};
+        let (cleaned, watermarks) = extract_watermarks(file, text)?;
+        let statements = Parser::new(&dialect)
+            .try_with_sql(&cleaned)
+            .and_then(|mut p| p.parse_statements())
+            .map_err(|e| SqlError::from_parser(file, text, &e))?;
+        let stem = std::path::Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "query".into());
+        let inserts = statements.iter().filter(|s| matches!(s, Statement::Insert(_))).count();
+        let mut n = 0;
+        for st in statements {
+            match st {
+                Statement::CreateTable(ct) => {
+                    let loc = ct.name.0.first().map(|p| p.span().start).unwrap_or(Location { line: 0, column: 0 });
+                    let name = ct.name.to_string();
+                    if self.sources.contains_key(&name) || self.sinks.contains_key(&name) {
+                        return Err(err(file, text, loc, format!("table '{name}' is declared twice")));
+                    }
+                    let wm = watermarks.iter().find(|w| w.table_line <= loc.line && w.before_line >= loc.line);
+                    self.add_table(file, text, loc, &name, &ct.columns, &ct.table_options, wm)?;
+                }
+                Statement::Insert(ins) => {
+                    n += 1;
+                    let name = if inserts > 1 { format!("{stem}_{n}") } else { stem.clone() };
+                    let q = self.parse_insert(file, text, name, ins)?;
+                    self.queries.push(q);
+                }
+                other => {
+                    let loc = statement_start(&other);
+                    let word = other.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                    return Err(err(
+                        file,
+                        text,
+                        loc,
+                        format!("'{word}' is not allowed in a query file: only CREATE TABLE (sources and sinks) and INSERT INTO sink SELECT ... are"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_table(
+        &mut self,
+        file: &str,
+        text: &str,
+        loc: Location,
+        name: &str,
+        columns: &[ast::ColumnDef],
+        options: &CreateTableOptions,
+        wm: Option<&WatermarkClause>,
+    ) -> Result<(), SqlError> {
+        let opts = match options {
+            CreateTableOptions::With(o) | CreateTableOptions::Options(o) => o.as_slice(),
+            CreateTableOptions::None => &[],
+            _ => return Err(err(file, text, loc, "table options must be written WITH (key = 'value', ...)")),
+        };
+        let mut map = BTreeMap::new();
+        for o in opts {
+            match o {
+                SqlOption::KeyValue { key, value } => {
+                    let v = match value {
+                        Expr::Value(v) => match &v.value {
+                            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                        Expr::Identifier(i) => i.value.clone(),
+                        other => other.to_string(),
+                    };
+                    map.insert(key.value.to_ascii_lowercase(), (v, key.span.start));
+                }
+                _ => return Err(err(file, text, loc, format!("option '{o}' must be key = 'value'"))),
+            }
+        }
+        let get = |k: &str| map.get(k).map(|(v, _)| v.clone());
+        let connector = get("connector").ok_or_else(|| {
+            err(file, text, loc, format!("table '{name}' needs WITH (connector = 'mqtt', ...)"))
+        })?;
+        if connector != "mqtt" {
+            let at = map["connector"].1;
+            return Err(err(file, text, at, format!("unknown connector '{connector}' (supported: 'mqtt')")));
+        }
+        let format = get("format").unwrap_or_else(|| "json".into());
+        if format != "json" {
+            let at = map["format"].1;
+            return Err(err(file, text, at, format!("unknown format '{format}' (supported: 'json')")));
+        }
+        let topic = get("topic").ok_or_else(|| err(file, text, loc, format!("table '{name}' needs a topic = '...' option")))?;
+        let allowed: &[&str] = if columns.is_empty() {
+            &["connector", "format", "topic"]
+        } else {
+            &["connector", "format", "topic", "topic_template", "max_future"]
+        };
+        for (k, (_, at)) in &map {
+            if !allowed.contains(&k.as_str()) {
+                let kind = if columns.is_empty() { "sink" } else { "source" };
+                return Err(err(file, text, *at, format!("unknown option '{k}' for an mqtt {kind} (allowed: {})", allowed.join(", "))));
+            }
+        }
+        if columns.is_empty() {
+            if wm.is_some() {
+                return Err(err(file, text, loc, "a sink table has no columns and no WATERMARK"));
+            }
+            self.sinks.insert(name.to_string(), SinkDecl { name: name.to_string(), topic, format });
+            return Ok(());
+        }
+        let wm = wm.ok_or_else(|| {
+            err(file, text, loc, format!("source '{name}' needs an event-time column: add WATERMARK FOR <column> AS <column> - INTERVAL '5' SECOND"))
+        })?;
+        let template = get("topic_template");
+        let captures: Vec<String> = template
+            .as_deref()
+            .map(|t| {
+                t.split('/')
+                    .filter_map(|l| l.strip_prefix('{').and_then(|l| l.strip_suffix('}')).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut fields = Vec::new();
+        for c in columns {
+            let cname = c.name.value.clone();
+            if cname == WINDOW_START || cname == WINDOW_END {
+                return Err(err(file, text, c.name.span.start, format!("'{cname}' is reserved for the window bounds")));
+            }
+            let dt = map_type(&c.data_type).ok_or_else(|| {
+                err(file, text, c.name.span.start, format!("column '{cname}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.data_type))
+            })?;
+            let not_null = c.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull));
+            let required = not_null || cname == wm.column || captures.contains(&cname);
+            fields.push(Field::new(&cname, dt, !required));
+        }
+        let ts_field = fields.iter().find(|f| *f.name() == wm.column).ok_or_else(|| {
+            err(file, text, wm.loc, format!("WATERMARK FOR names column '{}', which '{name}' does not declare", wm.column))
+        })?;
+        if !matches!(ts_field.data_type(), DataType::Timestamp(..)) {
+            return Err(err(file, text, wm.loc, format!("WATERMARK FOR column '{}' must be a TIMESTAMP", wm.column)));
+        }
+        for c in &captures {
+            if !fields.iter().any(|f| f.name() == c) {
+                let at = map["topic_template"].1;
+                return Err(err(file, text, at, format!("topic_template captures '{{{c}}}', but '{name}' has no column '{c}'")));
+            }
+        }
+        let max_future = match map.get("max_future") {
+            None => None,
+            Some((v, at)) => Some(parse_interval(v, None).map_err(|e| err(file, text, *at, e.to_string()))?),
+        };
+        self.sources.insert(
+            name.to_string(),
+            SourceDecl {
+                name: name.to_string(),
+                schema: Arc::new(Schema::new(fields)),
+                event_time: wm.column.clone(),
+                watermark: WatermarkSpec { delay: wm.delay, max_future },
+                topic,
+                topic_template: template,
+                format,
+                origin: format!("{file}:{}", loc.line),
+            },
+        );
+        Ok(())
+    }
+
+    fn parse_insert(&self, file: &str, text: &str, name: String, ins: ast::Insert) -> Result<QueryDecl, SqlError> {
+        let line = ins.insert_token.0.span.start.line;
+        let at = ins.insert_token.0.span.start;
+        let sink = match &ins.table {
+            TableObject::TableName(n) => n.to_string(),
+            _ => return Err(err(file, text, at, "INSERT INTO must name a sink table")),
+        };
+        if !self.sinks.contains_key(&sink) {
+            let hint = if self.sources.contains_key(&sink) { " (it is a source: sinks are declared without columns)" } else { " (declare it first with CREATE TABLE ... WITH (connector = 'mqtt', topic = '...'))" };
+            return Err(err(file, text, at, format!("unknown sink table '{sink}'{hint}")));
+        }
+        let mut query = ins.source.ok_or_else(|| err(file, text, at, "INSERT needs a SELECT"))?;
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return Err(err(file, text, at, "the query must be a single SELECT (UNION and VALUES are not supported)"));
+        };
+        if select.from.len() != 1 || !select.from[0].joins.is_empty() {
+            return Err(err(file, text, select.select_token.0.span.start, "a windowed query reads exactly one source table (joins are not supported yet)"));
+        }
+        let source = match &select.from[0].relation {
+            TableFactor::Table { name, .. } => name.to_string(),
+            other => return Err(err(file, text, other.span().start, "FROM must name a source table")),
+        };
+        if !self.sources.contains_key(&source) {
+            let loc = select.from[0].relation.span().start;
+            return Err(err(file, text, loc, format!("unknown source table '{source}'")));
+        }
+        // Lift `tumble(...)` out of the GROUP BY: the runtime assigns rows to windows and
+        // stamps them with `window_start`/`window_end`, which stay as ordinary group keys.
+        let GroupByExpr::Expressions(group, _) = &mut select.group_by else {
+            return Err(err(file, text, at, "GROUP BY ALL is not supported; name a window and keys"));
+        };
+        let mut window = None;
+        let mut rewritten = Vec::new();
+        for g in group.drain(..) {
+            match window_call(&g) {
+                Some((fname, args, span)) => {
+                    if window.is_some() {
+                        return Err(err(file, text, span.start, "only one window function is allowed in GROUP BY"));
+                    }
+                    window = Some(parse_window(file, text, &fname, &args, span)?);
+                    rewritten.push(Expr::Identifier(Ident::new(WINDOW_START)));
+                    rewritten.push(Expr::Identifier(Ident::new(WINDOW_END)));
+                }
+                None => rewritten.push(g),
+            }
+        }
+        *group = rewritten;
+        let window = window.ok_or_else(|| {
+            err(file, text, select.select_token.0.span.start, "a streaming query needs a window: GROUP BY tumble(interval '10 seconds'), <keys>")
+        })?;
+        for item in &select.projection {
+            let e = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => continue,
+            };
+            if let Some((_, _, span)) = window_call(e) {
+                return Err(err(file, text, span.start, "select window bounds as window_start and window_end, not with the window function"));
+            }
+        }
+        Ok(QueryDecl {
+            name,
+            sink,
+            source,
+            window,
+            select_sql: query.to_string(),
+            file: file.to_string(),
+            line,
+        })
+    }
+}
+
+use datafusion::sql::sqlparser::ast::Spanned;
+
+fn statement_start(s: &Statement) -> Location {
+    s.span().start
+}
+
+fn err(file: &str, text: &str, loc: Location, msg: impl Into<String>) -> SqlError {
+    SqlError::at(file, text, loc.line, loc.column, 1, msg)
+}
+
+fn map_type(t: &ast::DataType) -> Option<DataType> {
+    use ast::DataType as T;
+    Some(match t {
+        T::Text | T::Varchar(_) | T::String(_) | T::Char(_) | T::CharVarying(_) => DataType::Utf8,
+        T::Double(_) | T::DoublePrecision | T::Float(_) | T::Real | T::Float64 | T::Float8 => DataType::Float64,
+        T::BigInt(_) | T::Int(_) | T::Integer(_) | T::Int64 | T::SmallInt(_) => DataType::Int64,
+        T::Boolean | T::Bool => DataType::Boolean,
+        T::Timestamp(_, _) | T::Datetime(_) => DataType::Timestamp(TimeUnit::Millisecond, None),
+        _ => return None,
+    })
+}
+
+/// `tumble(...)`/`hop(...)`/`session(...)` as a function call: name, args, span.
+fn window_call(e: &Expr) -> Option<(String, Vec<Expr>, Span)> {
+    let Expr::Function(f) = e else { return None };
+    let name = f.name.to_string().to_ascii_lowercase();
+    if !matches!(name.as_str(), "tumble" | "hop" | "session") {
+        return None;
+    }
+    let args = match &f.args {
+        FunctionArguments::List(l) => l
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    Some((name, args, e.span()))
+}
+
+fn parse_window(file: &str, text: &str, fname: &str, args: &[Expr], span: Span) -> Result<WindowSpec, SqlError> {
+    match fname {
+        "tumble" => {
+            let [arg] = args else {
+                return Err(err(file, text, span.start, "tumble takes one argument: tumble(interval '10 seconds')"));
+            };
+            let ms = interval_ms(arg).map_err(|m| err(file, text, arg.span().start, m))?;
+            WindowSpec::tumble(ms).map_err(|e| err(file, text, arg.span().start, e.to_string()))
+        }
+        other => Err(err(file, text, span.start, format!("window function '{other}' is not supported yet (use tumble)"))),
+    }
+}
+
+/// Milliseconds of an `INTERVAL '10 seconds'` / `INTERVAL '5' SECOND` expression.
+pub(crate) fn interval_ms(e: &Expr) -> Result<Millis, String> {
+    let Expr::Interval(iv) = e else {
+        return Err(format!("expected an interval such as interval '10 seconds', got {e}"));
+    };
+    let text = match iv.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => s.clone(),
+            Value::Number(n, _) => n.clone(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let unit = iv.leading_field.as_ref().map(|f| f.to_string());
+    parse_interval(&text, unit.as_deref()).map_err(|e| e.to_string())
+}
+
+/// A `WATERMARK FOR col AS expr` clause cut out of a column list before parsing.
+#[derive(Debug)]
+struct WatermarkClause {
+    column: String,
+    delay: Millis,
+    loc: Location,
+    /// Line of the `CREATE` that precedes it, and the clause's own line: it belongs to
+    /// the CREATE TABLE whose name is on a line in between.
+    table_line: u64,
+    before_line: u64,
+}
+
+/// sqlparser has no `WATERMARK FOR`; blank it out (keeping every position) and parse
+/// it separately, so errors elsewhere still point at the right line and column.
+fn extract_watermarks(file: &str, text: &str) -> Result<(String, Vec<WatermarkClause>), SqlError> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::from_parser(file, text, &e))?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |l: Location| -> usize {
+        let ls = line_starts[(l.line as usize).saturating_sub(1).min(line_starts.len() - 1)];
+        text[ls..].char_indices().nth(l.column.saturating_sub(1) as usize).map(|(i, _)| ls + i).unwrap_or(text.len())
+    };
+    let significant: Vec<usize> = (0..tokens.len()).filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_))).collect();
+    let word = |k: usize, w: &str| matches!(&tokens[significant[k]].token, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none());
+    let mut out = Vec::new();
+    let mut bytes = text.as_bytes().to_vec();
+    let mut last_create_line = 0;
+    for k in 0..significant.len() {
+        if word(k, "CREATE") {
+            last_create_line = tokens[significant[k]].span.start.line;
+        }
+        if !(word(k, "WATERMARK") && k + 1 < significant.len() && word(k + 1, "FOR")) {
+            continue;
+        }
+        let wm_loc = tokens[significant[k]].span.start;
+        let bad = |m: &str| err(file, text, wm_loc, m.to_string());
+        let col = match significant.get(k + 2).map(|&i| &tokens[i].token) {
+            Some(Token::Word(w)) => w.value.clone(),
+            _ => return Err(bad("expected a column name after WATERMARK FOR")),
+        };
+        if !(k + 3 < significant.len() && word(k + 3, "AS")) {
+            return Err(bad("expected WATERMARK FOR <column> AS <column> - INTERVAL '...'"));
+        }
+        // The expression runs to the comma or closing parenthesis at depth zero.
+        let mut depth = 0i32;
+        let mut end = k + 4;
+        while end < significant.len() {
+            match tokens[significant[end]].token {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => break,
+                Token::RParen => depth -= 1,
+                Token::Comma if depth == 0 => break,
+                _ => {}
+            }
+            end += 1;
+        }
+        if end == k + 4 || end >= significant.len() {
+            return Err(bad("WATERMARK FOR ... AS needs an expression inside the column list"));
+        }
+        let expr_start = offset(tokens[significant[k + 4]].span.start);
+        let expr_end = offset(tokens[significant[end]].span.start);
+        let expr_text = &text[expr_start..expr_end];
+        let expr = Parser::new(&dialect)
+            .try_with_sql(expr_text)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| bad(&format!("cannot read the watermark expression '{}': {e}", expr_text.trim())))?;
+        let delay = match &expr {
+            Expr::Identifier(i) if i.value == col => 0,
+            Expr::BinaryOp { left, op: ast::BinaryOperator::Minus, right } if matches!(left.as_ref(), Expr::Identifier(i) if i.value == col) => {
+                interval_ms(right).map_err(|m| bad(&m))?
+            }
+            _ => return Err(bad(&format!("the watermark must be '{col}' or '{col} - INTERVAL ...', got '{}'", expr_text.trim()))),
+        };
+        if delay < 0 {
+            return Err(bad("the watermark delay cannot be negative"));
+        }
+        // Blank from the preceding comma (or the clause itself) to the end of the expression.
+        let mut start = offset(wm_loc);
+        if k > 0 && matches!(tokens[significant[k - 1]].token, Token::Comma) {
+            start = offset(tokens[significant[k - 1]].span.start);
+        }
+        for b in &mut bytes[start..expr_end] {
+            if *b != b'\n' {
+                *b = b' ';
+            }
+        }
+        out.push(WatermarkClause { column: col, delay, loc: wm_loc, table_line: last_create_line, before_line: wm_loc.line });
+    }
+    // Only ASCII bytes were replaced by spaces on whole-token boundaries... except
+    // multi-byte characters inside the blanked range, which become several spaces.
+    let cleaned = String::from_utf8_lossy(&bytes).into_owned();
+    Ok((cleaned, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "
+CREATE TABLE pumps (
+  device TEXT, ts TIMESTAMP, vibration DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (connector = 'mqtt', topic = 'plant/+/+/+/telemetry',
+        topic_template = 'plant/{site}/{line}/{device}/telemetry', format = 'json');
+CREATE TABLE alerts WITH (connector = 'mqtt', topic = 'forewarn/alerts/{device}', format = 'json');
+INSERT INTO alerts
+SELECT device, window_start, window_end, avg(vibration) AS v
+FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) > 1;
+";
+
+    #[test]
+    fn parses_sources_sinks_and_windows() {
+        let f = FILE.replace("topic_template = 'plant/{site}/{line}/{device}/telemetry'", "topic_template = 'plant/+/+/{device}/telemetry'");
+        let mut qs = QuerySet::default();
+        qs.add_file("q.sql", &f).unwrap();
+        let s = &qs.sources["pumps"];
+        assert_eq!(s.event_time, "ts");
+        assert_eq!(s.watermark.delay, 5_000);
+        assert!(!s.schema.field_with_name("device").unwrap().is_nullable());
+        assert!(s.schema.field_with_name("vibration").unwrap().is_nullable());
+        assert_eq!(qs.sinks["alerts"].topic, "forewarn/alerts/{device}");
+        let q = &qs.queries[0];
+        assert_eq!(q.window, WindowSpec::Tumble { width: 10_000 });
+        assert!(q.select_sql.contains("GROUP BY window_start, window_end, device"), "{}", q.select_sql);
+        assert_eq!(q.line, 8);
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        let mut qs = QuerySet::default();
+        let e = qs.add_file("q.sql", FILE).unwrap_err();
+        assert_eq!(e.message, "topic_template captures '{site}', but 'pumps' has no column 'site'");
+        assert_eq!((e.line, e.column), (6, 9));
+
+        let bad = FILE.replace("tumble(interval '10 seconds')", "tumble(interval '10 parsecs')");
+        let bad = bad.replace("'plant/{site}/{line}/{device}/telemetry'", "'plant/+/+/{device}/telemetry'");
+        let e = QuerySet::default().add_file("q.sql", &bad).unwrap_err();
+        assert_eq!((e.line, e.column), (10, 34));
+        assert!(e.message.contains("10 parsecs"), "{e}");
+        assert!(e.to_string().contains("   10 | FROM pumps GROUP BY"), "{e}");
+
+        let e = QuerySet::default().add_file("x.sql", "COPY t TO '/etc/passwd';").unwrap_err();
+        assert!(e.message.contains("not allowed in a query file"), "{e}");
+        let e = QuerySet::default().add_file("x.sql", "CREATE TABLE t (a DOUBLE) WITH (connector = 'file');").unwrap_err();
+        assert_eq!(e.message, "unknown connector 'file' (supported: 'mqtt')");
+        let e = QuerySet::default().add_file("x.sql", "SELEC 1").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 1));
+    }
+}

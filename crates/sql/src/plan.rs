@@ -1,0 +1,189 @@
+//! Planning a windowed query once, and splitting its physical plan for streaming.
+//!
+//! The SELECT is planned by DataFusion against the source schema plus the
+//! `window_start`/`window_end` columns, with one target partition and the
+//! partial/final aggregate kept apart. The physical plan is then cut in two:
+//!
+//! * the **partial** half: everything from the leaf scan up to the `Partial`
+//!   aggregate (WHERE, projections, pre-aggregation). The runtime instantiates one
+//!   copy per open pane with its leaf replaced by a channel, and feeds it batches;
+//! * the **final** half: the `Final` aggregate and everything above it (HAVING,
+//!   projection, scoring). It runs once per closing window over the partial state.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::ScalarValue;
+use datafusion::execution::context::SessionContext;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr as LExpr, ScalarUDF};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use forewarn_core::{WatermarkSpec, WindowSpec};
+use forewarn_scorer::ModelRegistry;
+
+use crate::parse::{QueryDecl, SourceDecl, WINDOW_END, WINDOW_START};
+use crate::udf::AnomalyScore;
+use crate::SqlError;
+
+/// The Arrow type of `window_start`/`window_end` and of event-time columns.
+pub fn time_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+/// A query planned once and split into its streaming halves.
+#[derive(Debug, Clone)]
+pub struct CompiledQuery {
+    /// The query's name (from its file).
+    pub name: String,
+    /// Sink table it writes to.
+    pub sink: String,
+    /// Source table it reads.
+    pub source: String,
+    /// The window.
+    pub window: WindowSpec,
+    /// The source's watermark.
+    pub watermark: WatermarkSpec,
+    /// Event-time column in the source schema.
+    pub event_time: String,
+    /// Source schema plus `window_start`, `window_end`: what a pane is fed.
+    pub pane_schema: SchemaRef,
+    /// Subtree up to and including the Partial aggregate; its leaf is a placeholder scan.
+    pub partial: Arc<dyn ExecutionPlan>,
+    /// Schema the partial half's leaf produces (a projection of `pane_schema`).
+    pub leaf_schema: SchemaRef,
+    /// The whole plan; the partial half is replaced by the panes' state when a window fires.
+    pub root: Arc<dyn ExecutionPlan>,
+    /// Schema of the query's result rows.
+    pub output_schema: SchemaRef,
+    /// Models called through `anomaly_score('name', ...)`, in order of appearance.
+    pub models: Vec<String>,
+    /// DataFusion execution context (memory pool, functions).
+    pub task_ctx: Arc<TaskContext>,
+}
+
+/// A DataFusion session configured for streaming windows.
+pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(8192)
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", true)
+        // Never let a partial aggregate decide to pass rows through unaggregated: its
+        // output is the pane's state and must stay one row per group.
+        .set_f64("datafusion.execution.skip_partial_aggregation_probe_ratio_threshold", 2.0);
+    config.options_mut().execution.coalesce_batches = false;
+    let base = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    // Keep the Partial and Final aggregates apart: the rule that fuses them into one
+    // `Single` aggregate would leave nothing to split.
+    let rules = base
+        .physical_optimizers()
+        .iter()
+        .filter(|r| r.name() != "CombinePartialFinalAggregate")
+        .cloned()
+        .collect();
+    let state = SessionStateBuilder::new_from_existing(base).with_physical_optimizer_rules(rules).build();
+    let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::new(models)));
+    ctx
+}
+
+/// Plans `q` against `src` once and splits the plan.
+pub async fn compile(ctx: &SessionContext, q: &QueryDecl, src: &SourceDecl, text: &str) -> Result<CompiledQuery, SqlError> {
+    let plan_err = |m: String| SqlError::at(&q.file, text, q.line, 1, 6, m);
+    let mut fields: Vec<Field> = src.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(WINDOW_START, time_type(), false));
+    fields.push(Field::new(WINDOW_END, time_type(), false));
+    let pane_schema = Arc::new(Schema::new(fields));
+    // Each query gets its own table registration so queries cannot see each other's sources.
+    let empty = MemTable::try_new(pane_schema.clone(), vec![vec![]]).map_err(|e| plan_err(e.to_string()))?;
+    let _ = ctx.deregister_table(q.source.as_str());
+    ctx.register_table(q.source.as_str(), Arc::new(empty)).map_err(|e| plan_err(e.to_string()))?;
+    let df = ctx.sql(&q.select_sql).await.map_err(|e| plan_err(clean_df_error(&e.to_string())))?;
+    let logical = df.logical_plan().clone();
+    let mut models = Vec::new();
+    logical
+        .apply(|node| {
+            node.apply_expressions(|e| {
+                e.apply(|x| {
+                    if let LExpr::ScalarFunction(f) = x {
+                        if f.name() == "anomaly_score" {
+                            if let Some(LExpr::Literal(ScalarValue::Utf8(Some(m)), _)) = f.args.first() {
+                                if !models.contains(m) {
+                                    models.push(m.clone());
+                                }
+                            }
+                        }
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })
+        })
+        .map_err(|e| plan_err(e.to_string()))?;
+    let root = df.create_physical_plan().await.map_err(|e| plan_err(clean_df_error(&e.to_string())))?;
+    let partial = find_partial(&root).ok_or_else(|| plan_err("internal: no partial aggregate in the plan; is there an aggregate in the SELECT?".into()))?;
+    let leaf_schema = leaf_of(&partial).schema();
+    Ok(CompiledQuery {
+        name: q.name.clone(),
+        sink: q.sink.clone(),
+        source: q.source.clone(),
+        window: q.window,
+        watermark: src.watermark,
+        event_time: src.event_time.clone(),
+        pane_schema,
+        output_schema: root.schema(),
+        partial,
+        leaf_schema,
+        root,
+        models,
+        task_ctx: ctx.task_ctx(),
+    })
+}
+
+fn clean_df_error(s: &str) -> String {
+    s.trim_start_matches("Error during planning: ").trim_start_matches("Schema error: ").to_string()
+}
+
+fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if let Some(agg) = plan.as_any().downcast_ref::<AggregateExec>() {
+        if *agg.mode() == AggregateMode::Partial {
+            return Some(plan.clone());
+        }
+    }
+    plan.children().into_iter().find_map(find_partial)
+}
+
+fn leaf_of(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    match plan.children().first() {
+        Some(c) => leaf_of(c),
+        None => plan.clone(),
+    }
+}
+
+/// Replaces the (single) leaf of `plan` with `leaf`.
+pub fn replace_leaf(plan: &Arc<dyn ExecutionPlan>, leaf: Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    let children = plan.children();
+    if children.is_empty() {
+        return Ok(leaf);
+    }
+    let new_children = children.into_iter().map(|c| replace_leaf(c, leaf.clone())).collect::<Result<Vec<_>, _>>()?;
+    plan.clone().with_new_children(new_children)
+}
+
+/// Replaces the partial half inside `root` with `input` (the panes' partial state).
+pub fn replace_partial(root: &Arc<dyn ExecutionPlan>, input: Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    if let Some(agg) = root.as_any().downcast_ref::<AggregateExec>() {
+        if *agg.mode() == AggregateMode::Partial {
+            return Ok(input);
+        }
+    }
+    let children = root.children();
+    if children.is_empty() {
+        return Ok(root.clone());
+    }
+    let new_children = children.into_iter().map(|c| replace_partial(c, input.clone())).collect::<Result<Vec<_>, _>>()?;
+    root.clone().with_new_children(new_children)
+}

@@ -1,0 +1,82 @@
+-- Plant health: one multivariate anomaly model per machine kind, scored on
+-- one-minute event-time windows of each running machine.
+--
+-- The features are chosen to see through normal operation: the vibration floor
+-- (min over the window) ignores start-up transients; temperature is taken as the
+-- rise over ambient, and load, current and pressure go in beside it, so the model
+-- learns what temperature and pressure a given load should give.
+
+CREATE TABLE telemetry (
+  site TEXT,
+  line TEXT,
+  device TEXT,
+  ts TIMESTAMP,
+  vibration DOUBLE,     -- vibration velocity RMS, mm/s
+  kurtosis DOUBLE,      -- kurtosis of the vibration signal (3 = healthy)
+  temperature DOUBLE,   -- casing / bearing temperature, degC
+  motor_current DOUBLE, -- A
+  pressure DOUBLE,      -- discharge pressure, bar
+  load DOUBLE,          -- 0..1, from the controller
+  ambient DOUBLE,       -- site ambient temperature, degC
+  WATERMARK FOR ts AS ts - INTERVAL '10' SECOND
+) WITH (
+  connector = 'mqtt',
+  topic = 'plant/+/+/+/telemetry',
+  topic_template = 'plant/{site}/{line}/{device}/telemetry',
+  format = 'json'
+);
+
+CREATE TABLE alerts WITH (connector = 'mqtt', topic = 'forewarn/alerts/{device}', format = 'json');
+
+-- Centrifugal pumps: bearing wear, overheating and cavitation.
+INSERT INTO alerts
+SELECT device, site, window_start, window_end,
+       min(vibration) AS vibration_floor,
+       avg(kurtosis) AS kurtosis,
+       avg(temperature) - avg(ambient) AS temperature_rise,
+       avg(load) AS load,
+       avg(motor_current) AS motor_current,
+       avg(pressure) AS pressure,
+       anomaly_score('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                     avg(load), avg(motor_current), avg(pressure)) AS score
+FROM telemetry
+WHERE device LIKE 'pump-%' AND load > 0.3
+GROUP BY tumble(interval '1 minute'), device, site
+HAVING count(*) >= 6
+   AND anomaly_score('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                     avg(load), avg(motor_current), avg(pressure)) > 1.0;
+
+-- Motors: bearing wear and overheating (no pressure sensor).
+INSERT INTO alerts
+SELECT device, site, window_start, window_end,
+       min(vibration) AS vibration_floor,
+       avg(kurtosis) AS kurtosis,
+       avg(temperature) - avg(ambient) AS temperature_rise,
+       avg(load) AS load,
+       avg(motor_current) AS motor_current,
+       anomaly_score('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                     avg(load), avg(motor_current)) AS score
+FROM telemetry
+WHERE device LIKE 'motor-%' AND load > 0.3
+GROUP BY tumble(interval '1 minute'), device, site
+HAVING count(*) >= 6
+   AND anomaly_score('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                     avg(load), avg(motor_current)) > 1.0;
+
+-- Compressors: bearing wear and overheating.
+INSERT INTO alerts
+SELECT device, site, window_start, window_end,
+       min(vibration) AS vibration_floor,
+       avg(kurtosis) AS kurtosis,
+       avg(temperature) - avg(ambient) AS temperature_rise,
+       avg(load) AS load,
+       avg(motor_current) AS motor_current,
+       avg(pressure) AS pressure,
+       anomaly_score('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                     avg(load), avg(motor_current), avg(pressure)) AS score
+FROM telemetry
+WHERE device LIKE 'compressor-%' AND load > 0.3
+GROUP BY tumble(interval '1 minute'), device, site
+HAVING count(*) >= 6
+   AND anomaly_score('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                     avg(load), avg(motor_current), avg(pressure)) > 1.0;

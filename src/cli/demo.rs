@@ -1,0 +1,133 @@
+//! `forewarn demo`: the whole system on one machine with zero setup.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use forewarn::mqtt::{self, BrokerUrl, MqttSource, SourceOptions};
+use forewarn::{Alert, Pipeline};
+use forewarn_sim::{summarize, AlertEvent};
+
+use super::simulate::{publish_plant, PlantArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Wall-clock seconds the demo runs (the simulated hour is compressed into it).
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Use this broker instead of starting the embedded one.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Query files directory.
+    #[arg(long, default_value = "queries")]
+    queries: PathBuf,
+    /// Models directory.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Also write the detection summary as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Print only the summary, not each alert.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    plant: PlantArgs,
+}
+
+pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let url = match &a.broker {
+        Some(u) => BrokerUrl::parse(u)?,
+        None => start_embedded()?,
+    };
+    println!("broker: {url}");
+    println!("  watch alerts with: mosquitto_sub -h {} -p {} -t 'forewarn/alerts/#' -v", url.host, url.port);
+
+    let pipeline = Pipeline::builder().query_file(&a.queries).models_dir(&a.models).build().await.context("loading the shipped queries and models")?;
+    println!("queries: {}   models: {}", pipeline.query_names().join(", "), pipeline.models().names().join(", "));
+
+    // An independent subscriber: what an operator's dashboard would see.
+    let (mut sub, mut alerts_rx) = MqttSource::start(SourceOptions::new(url.clone(), "forewarn-demo-subscriber", vec!["forewarn/alerts/#".into()]));
+    sub.wait_connected(Duration::from_secs(10)).await?;
+    let quiet = a.quiet;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = received.clone();
+    let printer = tokio::spawn(async move {
+        let mut seen: Vec<Alert> = Vec::new();
+        while let Some(m) = alerts_rx.recv().await {
+            match serde_json::from_slice::<Alert>(&m.payload) {
+                Ok(alert) => {
+                    if !quiet {
+                        print_alert(&alert);
+                    }
+                    seen.push(alert);
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => eprintln!("unreadable alert on {}: {e}", m.topic),
+            }
+        }
+        seen
+    });
+
+    let running = mqtt::start(pipeline, &url, "forewarn-engine", None).await?;
+    let cfg = a.plant.config();
+    println!(
+        "simulating {} machines ({:.0}% developing a failure), {} s of plant time in {:.0} s ...\n",
+        cfg.machines,
+        cfg.failing_fraction * 100.0,
+        cfg.duration_s,
+        a.duration
+    );
+    let (truth, published) = publish_plant(&url, cfg, Duration::from_secs_f64(a.duration)).await?;
+    if !running.wait_for_messages(published, Duration::from_secs(60)).await {
+        eprintln!("warning: the engine received {} of {published} readings", running.handle().stats().messages_in);
+    }
+    let stats = running.stop().await?;
+    // Every alert the engine published has been acknowledged by the broker; give the
+    // subscriber a moment to receive the last ones.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if received.load(std::sync::atomic::Ordering::Relaxed) >= stats.alerts_out {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sub.stop().await;
+    let alerts = printer.await?;
+    let events: Vec<AlertEvent> = alerts
+        .iter()
+        .filter_map(|al| forewarn_core::parse_rfc3339(&al.window_end).map(|t| AlertEvent { device: al.device.clone(), window_end_ms: t }))
+        .collect();
+    let summary = summarize(&truth, &events);
+    println!("\nreadings published {published}, received by the engine {}, windows closed {}, alerts published {}, rejected {:?}", stats.messages_in, stats.windows_closed, stats.alerts_out, stats.rejected);
+    println!("\nDetection against the simulator's ground truth:\n{}", summary.table());
+    if let Some(p) = &a.summary {
+        std::fs::write(p, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", p.display()))?;
+        println!("summary written to {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_alert(a: &Alert) {
+    let time = |s: &str| s.get(11..19).unwrap_or(s).to_string();
+    let feats: Vec<String> = a.features.iter().map(|(k, v)| format!("{k}={}", v.as_f64().map_or(v.to_string(), |f| format!("{f:.2}")))).collect();
+    println!(
+        "ALERT {:<16} {}–{}  score {:>5.2}  {}  {}",
+        a.device,
+        time(&a.window_start),
+        time(&a.window_end),
+        a.score.unwrap_or(f64::NAN),
+        a.model.as_deref().unwrap_or("-"),
+        feats.join(" ")
+    );
+}
+
+#[cfg(feature = "broker")]
+fn start_embedded() -> anyhow::Result<BrokerUrl> {
+    Ok(mqtt::EmbeddedBroker::start()?.url())
+}
+
+#[cfg(not(feature = "broker"))]
+fn start_embedded() -> anyhow::Result<BrokerUrl> {
+    anyhow::bail!("this build has no embedded broker (feature 'broker'); pass --broker mqtt://HOST:PORT")
+}

@@ -1,0 +1,87 @@
+//! `forewarn run`: the engine against a real plant's broker.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use forewarn::mqtt::{self, BrokerUrl};
+use forewarn::{EngineConfig, Pipeline};
+use serde::Deserialize;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Broker URL, e.g. mqtt://127.0.0.1:1883 (overrides the config file).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Query file or directory (overrides the config file).
+    #[arg(long)]
+    queries: Option<PathBuf>,
+    /// Models directory (overrides the config file).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// TOML configuration file with the same settings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The configuration file. Unknown keys are an error, so a typo cannot silently
+/// fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    broker: Option<String>,
+    queries: Option<PathBuf>,
+    models: Option<PathBuf>,
+    client_id: Option<String>,
+    max_batch_rows: Option<usize>,
+    max_batch_delay_ms: Option<u64>,
+    max_payload_bytes: Option<usize>,
+    topic_prefix: Option<String>,
+}
+
+fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+}
+
+pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let fc = match &a.config {
+        Some(p) => read_config(p)?,
+        None => FileConfig::default(),
+    };
+    let broker = a.broker.or(fc.broker).context("no broker: pass --broker mqtt://HOST:PORT or set broker in the config file")?;
+    let url = BrokerUrl::parse(&broker)?;
+    let queries = a.queries.or(fc.queries).unwrap_or_else(|| "queries".into());
+    let models = a.models.or(fc.models).unwrap_or_else(|| "models".into());
+    let mut cfg = EngineConfig::default();
+    if let Some(v) = fc.max_batch_rows {
+        cfg.max_batch_rows = v;
+    }
+    if let Some(v) = fc.max_batch_delay_ms {
+        cfg.max_batch_delay = Duration::from_millis(v);
+    }
+    if let Some(v) = fc.max_payload_bytes {
+        cfg.max_payload_bytes = v;
+    }
+    if let Some(v) = fc.topic_prefix {
+        cfg.topic_prefix = v;
+    }
+    let pipeline = Pipeline::builder().query_file(&queries).models_dir(&models).config(cfg).build().await?;
+    let client = fc.client_id.unwrap_or_else(|| "forewarn".into());
+    tracing::info!(broker = %url, queries = ?pipeline.query_names(), "starting");
+    let running = mqtt::start(pipeline, &url, &client, None).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let s = running.handle().stats();
+                tracing::info!(messages = s.messages_in, readings = s.readings_in, windows = s.windows_closed, alerts = s.alerts_out, rejected = ?s.rejected, "running");
+            }
+        }
+    }
+    let s = running.stop().await?;
+    eprintln!("stopped: {} messages, {} windows, {} alerts, rejected {:?}", s.messages_in, s.windows_closed, s.alerts_out, s.rejected);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,19 @@
+//! # Forewarn
+//!
+//! A stream-processing predictive-maintenance engine: MQTT sensor streams → Arrow
+//! record batches → analyst-written SQL with event-time windows (Apache DataFusion)
+//! → anomaly models (linfa) → alerts on MQTT topics.
+//!
+//! This crate is the facade. Gateways embed the [`Pipeline`] directly (no broker,
+//! no global state; build with `default-features = false`); the [`mqtt`] module
+//! (feature `mqtt`) connects a pipeline to a broker, and the feature `broker` adds
+//! the embedded rumqttd broker used by `forewarn demo` and the tests.
+
+pub use forewarn_engine::{
+    Alert, DeadLetter, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle, SourceInfo,
+};
+pub use forewarn_scorer::{ModelError, TrainOptions};
+pub use forewarn_sql::{QuerySet, SqlError};
+
+#[cfg(feature = "mqtt")]
+pub mod mqtt;

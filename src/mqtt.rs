@@ -1,0 +1,99 @@
+//! Running a [`Pipeline`] against an MQTT broker: subscribe to the sources' topics,
+//! publish alerts and dead letters with QoS 1.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+#[cfg(feature = "broker")]
+pub use forewarn_mqtt::EmbeddedBroker;
+pub use forewarn_mqtt::{BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions};
+
+use crate::{EngineError, EngineStats, Output, Pipeline, PipelineHandle};
+
+/// Errors from running a pipeline over MQTT.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The pipeline failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The broker connection failed.
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+}
+
+/// A pipeline connected to a broker.
+pub struct MqttPipeline {
+    handle: PipelineHandle,
+    source: MqttSource,
+    forward: JoinHandle<()>,
+    publish: JoinHandle<Result<u64, MqttError>>,
+}
+
+/// Connects `pipeline` to the broker at `url`. `tap`, if given, receives a copy of every output.
+pub async fn start(pipeline: Pipeline, url: &BrokerUrl, client_id: &str, tap: Option<mpsc::Sender<Output>>) -> Result<MqttPipeline, RunError> {
+    let mut filters: Vec<String> = pipeline.sources().iter().map(|s| s.topic_filter.clone()).collect();
+    filters.sort();
+    filters.dedup();
+    let mut sink = MqttSink::start(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
+    sink.wait_connected(Duration::from_secs(10)).await?;
+    let (mut source, mut incoming) = MqttSource::start(SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters));
+    source.wait_connected(Duration::from_secs(10)).await?;
+    let (handle, mut outputs) = pipeline.start();
+    let h = handle.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            if h.push_json(&m.topic, m.payload).await.is_err() {
+                break;
+            }
+        }
+    });
+    let publish = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(o) = outputs.recv().await {
+            let (topic, payload) = o.to_message();
+            sink.publish(&topic, payload, false).await?;
+            n += 1;
+            if let Some(t) = &tap {
+                let _ = t.send(o).await;
+            }
+        }
+        sink.flush(Duration::from_secs(30)).await?;
+        sink.stop().await;
+        Ok(n)
+    });
+    // Give the broker a moment to install the subscriptions before publishers start.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(MqttPipeline { handle, source, forward, publish })
+}
+
+impl MqttPipeline {
+    /// The pipeline's handle (counters, flush).
+    pub fn handle(&self) -> &PipelineHandle {
+        &self.handle
+    }
+
+    /// Waits until at least `n` messages have entered the pipeline, or `timeout` passes.
+    pub async fn wait_for_messages(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.handle.stats().messages_in < n {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Stops reading, closes every open window, publishes the last outputs and waits
+    /// until the broker has acknowledged them.
+    pub async fn stop(self) -> Result<EngineStats, RunError> {
+        self.source.stop().await;
+        let _ = self.forward.await;
+        let stats = self.handle.finish().await?;
+        drop(self.handle);
+        self.publish.await.map_err(|e| MqttError::Client(e.to_string()))??;
+        Ok(stats)
+    }
+}
