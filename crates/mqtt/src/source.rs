@@ -86,7 +86,7 @@ impl MqttSource {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {}
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let msg = Incoming { topic: String::from_utf8_lossy(&p.topic).into_owned(), payload: p.payload.to_vec() };
+                        let msg = Incoming { topic: p.topic.clone(), payload: p.payload.to_vec() };
                         if tx.send(msg).await.is_err() {
                             return; // receiver dropped: stop
                         }

@@ -21,7 +21,12 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr as LExpr, ScalarUDF};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::ExecutionPlan;
+
+// Replaced leaves differ from the originals (a channel instead of a memory scan), so
+// plan properties are recomputed.
+const RECOMPUTE: ReplaceChildrenOptions = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
 use datafusion::prelude::SessionConfig;
 use forewarn_core::{WatermarkSpec, WindowSpec};
 use forewarn_scorer::ModelRegistry;
@@ -74,7 +79,7 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .set_bool("datafusion.sql_parser.enable_ident_normalization", true)
         // Never let a partial aggregate decide to pass rows through unaggregated: its
         // output is the pane's state and must stay one row per group.
-        .set_f64("datafusion.execution.skip_partial_aggregation_probe_ratio_threshold", 2.0);
+        .set_str("datafusion.execution.skip_partial_aggregation_probe_ratio_threshold", "2.0");
     config.options_mut().execution.coalesce_batches = false;
     let base = SessionStateBuilder::new().with_config(config).with_default_features().build();
     // Keep the Partial and Final aggregates apart: the rule that fuses them into one
@@ -148,7 +153,7 @@ fn clean_df_error(s: &str) -> String {
 }
 
 fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
-    if let Some(agg) = plan.as_any().downcast_ref::<AggregateExec>() {
+    if let Some(agg) = plan.as_ref().downcast_ref::<AggregateExec>() {
         if *agg.mode() == AggregateMode::Partial {
             return Some(plan.clone());
         }
@@ -170,12 +175,12 @@ pub fn replace_leaf(plan: &Arc<dyn ExecutionPlan>, leaf: Arc<dyn ExecutionPlan>)
         return Ok(leaf);
     }
     let new_children = children.into_iter().map(|c| replace_leaf(c, leaf.clone())).collect::<Result<Vec<_>, _>>()?;
-    plan.clone().with_new_children(new_children)
+    plan.clone().replace_children(new_children, RECOMPUTE)
 }
 
 /// Replaces the partial half inside `root` with `input` (the panes' partial state).
 pub fn replace_partial(root: &Arc<dyn ExecutionPlan>, input: Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-    if let Some(agg) = root.as_any().downcast_ref::<AggregateExec>() {
+    if let Some(agg) = root.as_ref().downcast_ref::<AggregateExec>() {
         if *agg.mode() == AggregateMode::Partial {
             return Ok(input);
         }
@@ -185,5 +190,5 @@ pub fn replace_partial(root: &Arc<dyn ExecutionPlan>, input: Arc<dyn ExecutionPl
         return Ok(root.clone());
     }
     let new_children = children.into_iter().map(|c| replace_partial(c, input.clone())).collect::<Result<Vec<_>, _>>()?;
-    root.clone().with_new_children(new_children)
+    root.clone().replace_children(new_children, RECOMPUTE)
 }
