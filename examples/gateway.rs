@@ -11,14 +11,24 @@ use forewarn::{Output, Pipeline};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let pipeline = Pipeline::builder().query_file("queries/plant_health.sql").models_dir("models").build().await?;
+    let pipeline = Pipeline::builder()
+        .query_file("queries/plant_health.sql")
+        .models_dir("models")
+        .build()
+        .await?;
     let schema = pipeline.sources()[0].schema.clone();
     let (handle, mut outputs) = pipeline.start();
     let printer = tokio::spawn(async move {
         while let Some(out) = outputs.recv().await {
             match out {
-                Output::Alert { topic, alert } => println!("{topic}: {} score {:.2}", alert.device, alert.score.unwrap_or(f64::NAN)),
-                Output::DeadLetter { topic, letter } => println!("{topic}: {} ({})", letter.reason, letter.detail),
+                Output::Alert { topic, alert } => println!(
+                    "{topic}: {} score {:.2}",
+                    alert.device,
+                    alert.score.unwrap_or(f64::NAN)
+                ),
+                Output::DeadLetter { topic, letter } => {
+                    println!("{topic}: {} ({})", letter.reason, letter.detail)
+                }
             }
         }
     });
@@ -30,7 +40,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "ts": start + i * 5_000, "vibration": 2.2, "kurtosis": 3.0, "temperature": 40.5,
             "motor_current": 35.0, "pressure": 4.3, "load": 0.75, "ambient": 20.0
         });
-        handle.push_json("plant/site1/line1/pump-0001/telemetry", serde_json::to_vec(&reading)?).await?;
+        handle
+            .push_json(
+                "plant/site1/line1/pump-0001/telemetry",
+                serde_json::to_vec(&reading)?,
+            )
+            .await?;
     }
     // A third minute of a pump whose bearing is failing, as one Arrow batch.
     let n = 12;
@@ -41,7 +56,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arc::new(StringArray::from(vec!["site1"; n])),
             Arc::new(StringArray::from(vec!["line1"; n])),
             Arc::new(StringArray::from(vec!["pump-0001"; n])),
-            Arc::new(TimestampMillisecondArray::from_iter_values((0..n as i64).map(|i| start + 120_000 + i * 5_000))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                (0..n as i64).map(|i| start + 120_000 + i * 5_000),
+            )),
             col(6.5),  // vibration
             col(7.5),  // kurtosis
             col(52.0), // temperature
@@ -53,11 +70,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     handle.push_batch("telemetry", batch).await?;
     // A malformed message is dead-lettered, not fatal.
-    handle.push_json("plant/site1/line1/pump-0001/telemetry", b"{oops".to_vec()).await?;
+    handle
+        .push_json("plant/site1/line1/pump-0001/telemetry", b"{oops".to_vec())
+        .await?;
 
     let stats = handle.finish().await?;
     drop(handle);
     printer.await?;
-    println!("readings {}, windows {}, alerts {}, rejected {:?}", stats.readings_in, stats.windows_closed, stats.alerts_out, stats.rejected);
+    println!(
+        "readings {}, windows {}, alerts {}, rejected {:?}",
+        stats.readings_in, stats.windows_closed, stats.alerts_out, stats.rejected
+    );
     Ok(())
 }

@@ -10,7 +10,8 @@
 //! the embedded rumqttd broker used by `forewarn demo` and the tests.
 
 pub use forewarn_engine::{
-    Alert, DeadLetter, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle, SourceInfo,
+    Alert, DeadLetter, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
+    Pipeline, PipelineBuilder, PipelineHandle, SourceInfo,
 };
 pub use forewarn_scorer::{ModelError, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};

@@ -32,13 +32,26 @@ pub struct MqttPipeline {
 }
 
 /// Connects `pipeline` to the broker at `url`. `tap`, if given, receives a copy of every output.
-pub async fn start(pipeline: Pipeline, url: &BrokerUrl, client_id: &str, tap: Option<mpsc::Sender<Output>>) -> Result<MqttPipeline, RunError> {
-    let mut filters: Vec<String> = pipeline.sources().iter().map(|s| s.topic_filter.clone()).collect();
+pub async fn start(
+    pipeline: Pipeline,
+    url: &BrokerUrl,
+    client_id: &str,
+    tap: Option<mpsc::Sender<Output>>,
+) -> Result<MqttPipeline, RunError> {
+    let mut filters: Vec<String> = pipeline
+        .sources()
+        .iter()
+        .map(|s| s.topic_filter.clone())
+        .collect();
     filters.sort();
     filters.dedup();
     let mut sink = MqttSink::start(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
     sink.wait_connected(Duration::from_secs(10)).await?;
-    let (mut source, mut incoming) = MqttSource::start(SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters));
+    let (mut source, mut incoming) = MqttSource::start(SourceOptions::new(
+        url.clone(),
+        &format!("{client_id}-in"),
+        filters,
+    ));
     source.wait_connected(Duration::from_secs(10)).await?;
     let (handle, mut outputs) = pipeline.start();
     let h = handle.clone();
@@ -65,7 +78,12 @@ pub async fn start(pipeline: Pipeline, url: &BrokerUrl, client_id: &str, tap: Op
     });
     // Give the broker a moment to install the subscriptions before publishers start.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    Ok(MqttPipeline { handle, source, forward, publish })
+    Ok(MqttPipeline {
+        handle,
+        source,
+        forward,
+        publish,
+    })
 }
 
 impl MqttPipeline {
@@ -93,7 +111,9 @@ impl MqttPipeline {
         let _ = self.forward.await;
         let stats = self.handle.finish().await?;
         drop(self.handle);
-        self.publish.await.map_err(|e| MqttError::Client(e.to_string()))??;
+        self.publish
+            .await
+            .map_err(|e| MqttError::Client(e.to_string()))??;
         Ok(stats)
     }
 }

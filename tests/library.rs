@@ -9,9 +9,20 @@ use datafusion::arrow::record_batch::RecordBatch;
 use forewarn::{Output, Pipeline};
 use serde_json::Value;
 
-async fn run(push_batches: bool) -> (Vec<(String, Value)>, Vec<forewarn::DeadLetter>, forewarn::EngineStats) {
+async fn run(
+    push_batches: bool,
+) -> (
+    Vec<(String, Value)>,
+    Vec<forewarn::DeadLetter>,
+    forewarn::EngineStats,
+) {
     let m = common::model();
-    let pipeline = Pipeline::builder().query_sql("scenario.sql", common::SQL).model(m).build().await.unwrap();
+    let pipeline = Pipeline::builder()
+        .query_sql("scenario.sql", common::SQL)
+        .model(m)
+        .build()
+        .await
+        .unwrap();
     assert_eq!(pipeline.query_names(), vec!["scenario_1", "scenario_2"]);
     let schema = pipeline.sources()[0].schema.clone();
     let (handle, mut rx) = pipeline.start();
@@ -19,7 +30,9 @@ async fn run(push_batches: bool) -> (Vec<(String, Value)>, Vec<forewarn::DeadLet
         let (mut alerts, mut dead) = (vec![], vec![]);
         while let Some(o) = rx.recv().await {
             match o {
-                Output::Alert { topic, alert } => alerts.push((topic, serde_json::to_value(&alert).unwrap())),
+                Output::Alert { topic, alert } => {
+                    alerts.push((topic, serde_json::to_value(&alert).unwrap()))
+                }
                 Output::DeadLetter { letter, .. } => dead.push(letter),
             }
         }
@@ -33,8 +46,12 @@ async fn run(push_batches: bool) -> (Vec<(String, Value)>, Vec<forewarn::DeadLet
             let batch = RecordBatch::try_new(
                 schema.clone(),
                 vec![
-                    Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| r.device.clone()))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(chunk.iter().map(|r| r.ts))),
+                    Arc::new(StringArray::from_iter_values(
+                        chunk.iter().map(|r| r.device.clone()),
+                    )),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        chunk.iter().map(|r| r.ts),
+                    )),
                     Arc::new(Float64Array::from_iter_values(chunk.iter().map(|r| r.v))),
                     Arc::new(Float64Array::from_iter_values(chunk.iter().map(|r| r.t))),
                 ],
@@ -44,7 +61,10 @@ async fn run(push_batches: bool) -> (Vec<(String, Value)>, Vec<forewarn::DeadLet
         }
     } else {
         for (i, r) in readings.iter().enumerate() {
-            handle.push_json(&common::topic(r), common::payload(r)).await.unwrap();
+            handle
+                .push_json(&common::topic(r), common::payload(r))
+                .await
+                .unwrap();
             if i % 20 == 0 {
                 let (t, p, _) = &bad[(i / 20) % bad.len()];
                 handle.push_json(t, p.clone()).await.unwrap();
@@ -59,9 +79,20 @@ async fn run(push_batches: bool) -> (Vec<(String, Value)>, Vec<forewarn::DeadLet
 
 fn check(alerts: &[(String, Value)]) {
     let m = common::model();
-    let windows: Vec<&Value> = alerts.iter().filter(|(t, _)| t.starts_with("out/windows/")).map(|(_, v)| v).collect();
-    let raised: Vec<&(String, Value)> = alerts.iter().filter(|(t, _)| t.starts_with("forewarn/alerts/")).collect();
-    assert_eq!(windows.len(), common::expected_windows().len(), "one row per device and window");
+    let windows: Vec<&Value> = alerts
+        .iter()
+        .filter(|(t, _)| t.starts_with("out/windows/"))
+        .map(|(_, v)| v)
+        .collect();
+    let raised: Vec<&(String, Value)> = alerts
+        .iter()
+        .filter(|(t, _)| t.starts_with("forewarn/alerts/"))
+        .collect();
+    assert_eq!(
+        windows.len(),
+        common::expected_windows().len(),
+        "one row per device and window"
+    );
     for w in &windows {
         common::check_window(&m, w);
         let anomalous = w["device"] == "d2" && w["window_start"] == "2023-11-14T22:13:40.000Z";
@@ -74,7 +105,10 @@ fn check(alerts: &[(String, Value)]) {
     assert_eq!(a["window_end"], "2023-11-14T22:13:50.000Z");
     assert_eq!(a["model"], "m");
     assert_eq!(a["query"], "scenario_2");
-    assert_eq!(a["alert_id"].as_str().unwrap(), forewarn_alerts::alert_id("scenario_2", "d2", common::BASE + 20_000));
+    assert_eq!(
+        a["alert_id"].as_str().unwrap(),
+        forewarn_alerts::alert_id("scenario_2", "d2", common::BASE + 20_000)
+    );
     assert!(a["score"].as_f64().unwrap() > 1.0);
 }
 
@@ -84,7 +118,10 @@ async fn json_readings_with_bad_payloads() {
     check(&alerts);
     // Every bad payload was dead-lettered with its reason; nothing else was rejected.
     let bad = common::bad_messages();
-    let pushed: Vec<&str> = (0..common::readings().len()).step_by(20).map(|i| bad[(i / 20) % bad.len()].2).collect();
+    let pushed: Vec<&str> = (0..common::readings().len())
+        .step_by(20)
+        .map(|i| bad[(i / 20) % bad.len()].2)
+        .collect();
     let mut got: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
     let mut want = pushed.clone();
     got.sort();
@@ -93,7 +130,9 @@ async fn json_readings_with_bad_payloads() {
     assert_eq!(stats.readings_in, 120);
     assert_eq!(stats.messages_in, 120 + pushed.len() as u64);
     assert_eq!(stats.alerts_out, 13);
-    assert!(dead.iter().all(|d| d.source.as_deref() == Some("readings") && !d.excerpt.is_empty()));
+    assert!(dead
+        .iter()
+        .all(|d| d.source.as_deref() == Some("readings") && !d.excerpt.is_empty()));
 }
 
 #[tokio::test]
@@ -106,15 +145,29 @@ async fn arrow_batches_give_the_same_results() {
 
 #[tokio::test]
 async fn late_rows_are_published_not_dropped() {
-    let pipeline = Pipeline::builder().query_sql("scenario.sql", common::SQL).model(common::model()).build().await.unwrap();
+    let pipeline = Pipeline::builder()
+        .query_sql("scenario.sql", common::SQL)
+        .model(common::model())
+        .build()
+        .await
+        .unwrap();
     let (handle, mut rx) = pipeline.start();
     let r = common::readings();
     for x in &r {
-        handle.push_json(&common::topic(x), common::payload(x)).await.unwrap();
+        handle
+            .push_json(&common::topic(x), common::payload(x))
+            .await
+            .unwrap();
     }
     handle.flush().await.unwrap();
     // Window [0 s, 10 s) closed long ago (watermark is at 37 s).
-    handle.push_json("test/d1/data", br#"{"ts": 1700000005000, "v": 1.0, "t": 50.0}"#.to_vec()).await.unwrap();
+    handle
+        .push_json(
+            "test/d1/data",
+            br#"{"ts": 1700000005000, "v": 1.0, "t": 50.0}"#.to_vec(),
+        )
+        .await
+        .unwrap();
     let stats = handle.finish().await.unwrap();
     drop(handle);
     let mut late = vec![];
@@ -123,18 +176,40 @@ async fn late_rows_are_published_not_dropped() {
             late.push((topic, letter));
         }
     }
-    assert_eq!(late.len(), 2, "one late row for each of the two queries: {late:?}");
-    assert!(late.iter().all(|(t, l)| t == "forewarn/late/readings" && l.reason == "late"));
+    assert_eq!(
+        late.len(),
+        2,
+        "one late row for each of the two queries: {late:?}"
+    );
+    assert!(late
+        .iter()
+        .all(|(t, l)| t == "forewarn/late/readings" && l.reason == "late"));
     assert_eq!(stats.rejected.get("late"), Some(&2));
 }
 
 #[tokio::test]
 async fn bad_queries_and_models_name_the_problem() {
     let e = Pipeline::builder().query_sql("q.sql", &common::SQL.replace("anomaly_score('m', avg(v), max(t)) AS score\nFROM readings GROUP BY tumble(interval '10 seconds'), device;", "anomaly_score('m', avg(v)) AS score\nFROM readings GROUP BY tumble(interval '10 seconds'), device;")).model(common::model()).build().await.unwrap_err();
-    assert!(e.to_string().contains("model 'm' takes 2 features (avg_v, max_t), but anomaly_score passes 1"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("model 'm' takes 2 features (avg_v, max_t), but anomaly_score passes 1"),
+        "{e}"
+    );
     assert!(e.to_string().starts_with("q.sql:9:"), "{e}");
-    let e = Pipeline::builder().query_sql("q.sql", common::SQL).build().await.unwrap_err();
+    let e = Pipeline::builder()
+        .query_sql("q.sql", common::SQL)
+        .build()
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("unknown model 'm'"), "{e}");
-    let e = Pipeline::builder().query_sql("q.sql", &common::SQL.replace("avg(v) AS avg_v, max(t)", "avg(vv) AS avg_v, max(t)")).model(common::model()).build().await.unwrap_err();
+    let e = Pipeline::builder()
+        .query_sql(
+            "q.sql",
+            &common::SQL.replace("avg(v) AS avg_v, max(t)", "avg(vv) AS avg_v, max(t)"),
+        )
+        .model(common::model())
+        .build()
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("vv"), "{e}");
 }

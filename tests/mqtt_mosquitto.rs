@@ -18,13 +18,32 @@ impl Drop for Mosquitto {
 }
 
 fn mosquitto_binary() -> Option<String> {
-    ["mosquitto", "/usr/sbin/mosquitto"].into_iter().find(|b| Command::new(b).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()).map(str::to_string)
+    ["mosquitto", "/usr/sbin/mosquitto"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("-h")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })
+        .map(str::to_string)
 }
 
 fn start_mosquitto(bin: &str) -> (Mosquitto, u16) {
     for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(bin).args(["-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start mosquitto");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
         let guard = Mosquitto(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -40,7 +59,9 @@ fn start_mosquitto(bin: &str) -> (Mosquitto, u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_through_mosquitto() {
     let Some(bin) = mosquitto_binary() else {
-        eprintln!("SKIPPED: mosquitto is not installed (apt-get install mosquitto); .ci/run installs it");
+        eprintln!(
+            "SKIPPED: mosquitto is not installed (apt-get install mosquitto); .ci/run installs it"
+        );
         return;
     };
     let (_broker, port) = start_mosquitto(&bin);

@@ -41,13 +41,29 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         None => start_embedded()?,
     };
     println!("broker: {url}");
-    println!("  watch alerts with: mosquitto_sub -h {} -p {} -t 'forewarn/alerts/#' -v", url.host, url.port);
+    println!(
+        "  watch alerts with: mosquitto_sub -h {} -p {} -t 'forewarn/alerts/#' -v",
+        url.host, url.port
+    );
 
-    let pipeline = Pipeline::builder().query_file(&a.queries).models_dir(&a.models).build().await.context("loading the shipped queries and models")?;
-    println!("queries: {}   models: {}", pipeline.query_names().join(", "), pipeline.models().names().join(", "));
+    let pipeline = Pipeline::builder()
+        .query_file(&a.queries)
+        .models_dir(&a.models)
+        .build()
+        .await
+        .context("loading the shipped queries and models")?;
+    println!(
+        "queries: {}   models: {}",
+        pipeline.query_names().join(", "),
+        pipeline.models().names().join(", ")
+    );
 
     // An independent subscriber: what an operator's dashboard would see.
-    let (mut sub, mut alerts_rx) = MqttSource::start(SourceOptions::new(url.clone(), "forewarn-demo-subscriber", vec!["forewarn/alerts/#".into()]));
+    let (mut sub, mut alerts_rx) = MqttSource::start(SourceOptions::new(
+        url.clone(),
+        "forewarn-demo-subscriber",
+        vec!["forewarn/alerts/#".into()],
+    ));
     sub.wait_connected(Duration::from_secs(10)).await?;
     let quiet = a.quiet;
     let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -79,8 +95,14 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         a.duration
     );
     let (truth, published) = publish_plant(&url, cfg, Duration::from_secs_f64(a.duration)).await?;
-    if !running.wait_for_messages(published, Duration::from_secs(60)).await {
-        eprintln!("warning: the engine received {} of {published} readings", running.handle().stats().messages_in);
+    if !running
+        .wait_for_messages(published, Duration::from_secs(60))
+        .await
+    {
+        eprintln!(
+            "warning: the engine received {} of {published} readings",
+            running.handle().stats().messages_in
+        );
     }
     let stats = running.stop().await?;
     // Every alert the engine published has been acknowledged by the broker; give the
@@ -96,13 +118,22 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let alerts = printer.await?;
     let events: Vec<AlertEvent> = alerts
         .iter()
-        .filter_map(|al| forewarn_core::parse_rfc3339(&al.window_end).map(|t| AlertEvent { device: al.device.clone(), window_end_ms: t }))
+        .filter_map(|al| {
+            forewarn_core::parse_rfc3339(&al.window_end).map(|t| AlertEvent {
+                device: al.device.clone(),
+                window_end_ms: t,
+            })
+        })
         .collect();
     let summary = summarize(&truth, &events);
     println!("\nreadings published {published}, received by the engine {}, windows closed {}, alerts published {}, rejected {:?}", stats.messages_in, stats.windows_closed, stats.alerts_out, stats.rejected);
-    println!("\nDetection against the simulator's ground truth:\n{}", summary.table());
+    println!(
+        "\nDetection against the simulator's ground truth:\n{}",
+        summary.table()
+    );
     if let Some(p) = &a.summary {
-        std::fs::write(p, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", p.display()))?;
         println!("summary written to {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -110,7 +141,16 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
 
 fn print_alert(a: &Alert) {
     let time = |s: &str| s.get(11..19).unwrap_or(s).to_string();
-    let feats: Vec<String> = a.features.iter().map(|(k, v)| format!("{k}={}", v.as_f64().map_or(v.to_string(), |f| format!("{f:.2}")))).collect();
+    let feats: Vec<String> = a
+        .features
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_f64().map_or(v.to_string(), |f| format!("{f:.2}"))
+            )
+        })
+        .collect();
     println!(
         "ALERT {:<16} {}–{}  score {:>5.2}  {}  {}",
         a.device,
@@ -129,5 +169,7 @@ fn start_embedded() -> anyhow::Result<BrokerUrl> {
 
 #[cfg(not(feature = "broker"))]
 fn start_embedded() -> anyhow::Result<BrokerUrl> {
-    anyhow::bail!("this build has no embedded broker (feature 'broker'); pass --broker mqtt://HOST:PORT")
+    anyhow::bail!(
+        "this build has no embedded broker (feature 'broker'); pass --broker mqtt://HOST:PORT"
+    )
 }

@@ -59,7 +59,11 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     match b.build().await {
         Ok(p) => {
-            println!("ok: {} queries ({})", p.query_names().len(), p.query_names().join(", "));
+            println!(
+                "ok: {} queries ({})",
+                p.query_names().len(),
+                p.query_names().join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

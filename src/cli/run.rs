@@ -50,7 +50,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => read_config(p)?,
         None => FileConfig::default(),
     };
-    let broker = a.broker.or(fc.broker).context("no broker: pass --broker mqtt://HOST:PORT or set broker in the config file")?;
+    let broker = a
+        .broker
+        .or(fc.broker)
+        .context("no broker: pass --broker mqtt://HOST:PORT or set broker in the config file")?;
     let url = BrokerUrl::parse(&broker)?;
     let queries = a.queries.or(fc.queries).unwrap_or_else(|| "queries".into());
     let models = a.models.or(fc.models).unwrap_or_else(|| "models".into());
@@ -67,7 +70,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = fc.topic_prefix {
         cfg.topic_prefix = v;
     }
-    let pipeline = Pipeline::builder().query_file(&queries).models_dir(&models).config(cfg).build().await?;
+    let pipeline = Pipeline::builder()
+        .query_file(&queries)
+        .models_dir(&models)
+        .config(cfg)
+        .build()
+        .await?;
     let client = fc.client_id.unwrap_or_else(|| "forewarn".into());
     tracing::info!(broker = %url, queries = ?pipeline.query_names(), "starting");
     let running = mqtt::start(pipeline, &url, &client, None).await?;
@@ -82,6 +90,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let s = running.stop().await?;
-    eprintln!("stopped: {} messages, {} windows, {} alerts, rejected {:?}", s.messages_in, s.windows_closed, s.alerts_out, s.rejected);
+    eprintln!(
+        "stopped: {} messages, {} windows, {} alerts, rejected {:?}",
+        s.messages_in, s.windows_closed, s.alerts_out, s.rejected
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -42,14 +42,30 @@ pub struct PlantArgs {
 
 impl PlantArgs {
     pub fn config(&self) -> PlantConfig {
-        PlantConfig { seed: self.seed, machines: self.machines, duration_s: self.sim_seconds, failing_fraction: self.failing, ..Default::default() }
+        PlantConfig {
+            seed: self.seed,
+            machines: self.machines,
+            duration_s: self.sim_seconds,
+            failing_fraction: self.failing,
+            ..Default::default()
+        }
     }
 }
 
 /// Publishes the plant over `wall` seconds; returns the truth and the number of messages.
-pub async fn publish_plant(url: &BrokerUrl, cfg: PlantConfig, wall: Duration) -> anyhow::Result<(Truth, u64)> {
-    let mut sink = MqttSink::start(url.clone(), &format!("forewarn-sim-{}", cfg.seed), QoS::AtLeastOnce);
-    sink.wait_connected(Duration::from_secs(10)).await.context("simulator could not connect")?;
+pub async fn publish_plant(
+    url: &BrokerUrl,
+    cfg: PlantConfig,
+    wall: Duration,
+) -> anyhow::Result<(Truth, u64)> {
+    let mut sink = MqttSink::start(
+        url.clone(),
+        &format!("forewarn-sim-{}", cfg.seed),
+        QoS::AtLeastOnce,
+    );
+    sink.wait_connected(Duration::from_secs(10))
+        .await
+        .context("simulator could not connect")?;
     let mut plant = Plant::new(cfg.clone());
     let truth = plant.truth();
     let speed = cfg.duration_s as f64 / wall.as_secs_f64().max(0.001);
@@ -59,7 +75,8 @@ pub async fn publish_plant(url: &BrokerUrl, cfg: PlantConfig, wall: Duration) ->
         let sim_elapsed = (plant.now_ms() - cfg.start_ms) as f64 / 1000.0;
         tokio::time::sleep_until(t0 + Duration::from_secs_f64(sim_elapsed / speed)).await;
         for (topic, reading) in plant.step() {
-            sink.publish(&topic, serde_json::to_vec(&reading)?, false).await?;
+            sink.publish(&topic, serde_json::to_vec(&reading)?, false)
+                .await?;
             n += 1;
         }
     }
@@ -71,10 +88,14 @@ pub async fn publish_plant(url: &BrokerUrl, cfg: PlantConfig, wall: Duration) ->
 pub async fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
     let url = BrokerUrl::parse(&a.broker)?;
     let cfg = a.plant.config();
-    eprintln!("simulating {} machines, {} s of event time over {:.0} s, publishing to {url}", cfg.machines, cfg.duration_s, a.duration);
+    eprintln!(
+        "simulating {} machines, {} s of event time over {:.0} s, publishing to {url}",
+        cfg.machines, cfg.duration_s, a.duration
+    );
     let (truth, n) = publish_plant(&url, cfg, Duration::from_secs_f64(a.duration)).await?;
     if let Some(p) = &a.truth {
-        std::fs::write(p, serde_json::to_vec_pretty(&truth)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&truth)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     eprintln!("published {n} readings");
     Ok(ExitCode::SUCCESS)

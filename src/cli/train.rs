@@ -38,9 +38,15 @@ pub struct TrainArgs {
 pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let name = match &a.model {
         Some(m) => m.clone(),
-        None => a.out.file_stem().context("--out needs a file name")?.to_string_lossy().to_string(),
+        None => a
+            .out
+            .file_stem()
+            .context("--out needs a file name")?
+            .to_string_lossy()
+            .to_string(),
     };
-    let text = std::fs::read_to_string(&a.queries).with_context(|| format!("reading {}", a.queries.display()))?;
+    let text = std::fs::read_to_string(&a.queries)
+        .with_context(|| format!("reading {}", a.queries.display()))?;
     let mut set = QuerySet::default();
     set.add_file(&a.queries.display().to_string(), &text)?;
     let (features, names) = forewarn_sql::feature_query(&set, &name)?;
@@ -53,7 +59,10 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         let (mut n, mut skipped) = (0usize, 0usize);
         while let Some(o) = outputs.recv().await {
             if let Output::Alert { alert, .. } = o {
-                let row: Option<Vec<f64>> = collect_names.iter().map(|f| alert.features.get(f).and_then(|v| v.as_f64())).collect();
+                let row: Option<Vec<f64>> = collect_names
+                    .iter()
+                    .map(|f| alert.features.get(f).and_then(|v| v.as_f64()))
+                    .collect();
                 match row {
                     Some(r) => {
                         rows.extend(r);
@@ -70,7 +79,9 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut plant = Plant::new(cfg);
     while !plant.done() {
         for (topic, reading) in plant.step() {
-            handle.push_json(&topic, serde_json::to_vec(&reading)?).await?;
+            handle
+                .push_json(&topic, serde_json::to_vec(&reading)?)
+                .await?;
         }
     }
     let stats = handle.finish().await?;
@@ -78,9 +89,20 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let (rows, n, skipped) = collector.await?;
     eprintln!("replayed {} readings of healthy history into {n} feature rows ({skipped} with missing values skipped)", stats.readings_in);
     let x = Array2::from_shape_vec((n, names.len()), rows)?;
-    let opts = TrainOptions { components: a.components, quantile: a.quantile, margin: a.margin, seed: a.plant.seed };
+    let opts = TrainOptions {
+        components: a.components,
+        quantile: a.quantile,
+        margin: a.margin,
+        seed: a.plant.seed,
+    };
     let model = Model::train_gmm(&name, names, x.view(), &opts)?;
     model.save(&a.out)?;
-    eprintln!("wrote {} (gmm, {} components, threshold {:.3}, baseline {:.3})", a.out.display(), a.components, model.calibration.threshold, model.calibration.baseline);
+    eprintln!(
+        "wrote {} (gmm, {} components, threshold {:.3}, baseline {:.3})",
+        a.out.display(),
+        a.components,
+        model.calibration.threshold,
+        model.calibration.baseline
+    );
     Ok(ExitCode::SUCCESS)
 }

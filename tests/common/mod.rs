@@ -42,7 +42,16 @@ pub fn model() -> Model {
         }
     }
     let x = Array2::from_shape_vec((1600, 2), rows).unwrap();
-    Model::train_gmm("m", vec!["avg_v".into(), "max_t".into()], x.view(), &TrainOptions { components: 2, ..Default::default() }).unwrap()
+    Model::train_gmm(
+        "m",
+        vec!["avg_v".into(), "max_t".into()],
+        x.view(),
+        &TrainOptions {
+            components: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// One reading.
@@ -67,7 +76,12 @@ pub fn readings() -> Vec<Reading> {
                 v = 1.8;
                 t = 58.0 + (s % 3) as f64;
             }
-            out.push(Reading { device: d.to_string(), ts: BASE + s * 1000, v, t });
+            out.push(Reading {
+                device: d.to_string(),
+                ts: BASE + s * 1000,
+                v,
+                t,
+            });
         }
     }
     out
@@ -85,10 +99,26 @@ pub fn payload(r: &Reading) -> Vec<u8> {
 pub fn bad_messages() -> Vec<(String, Vec<u8>, &'static str)> {
     vec![
         ("test/d1/data".into(), b"{not json".to_vec(), "not_json"),
-        ("test/d1/data".into(), br#"{"v": 1.0, "t": 50}"#.to_vec(), "missing_field"),
-        ("test/d3/data".into(), br#"{"ts": "tomorrow", "v": 1.0}"#.to_vec(), "bad_timestamp"),
-        ("test/d3/data".into(), br#"{"ts": 1700000001000, "v": "high"}"#.to_vec(), "wrong_type"),
-        ("test/d2/data".into(), br#"{"ts": 1700000001000, "v": "NaN"}"#.to_vec(), "non_finite"),
+        (
+            "test/d1/data".into(),
+            br#"{"v": 1.0, "t": 50}"#.to_vec(),
+            "missing_field",
+        ),
+        (
+            "test/d3/data".into(),
+            br#"{"ts": "tomorrow", "v": 1.0}"#.to_vec(),
+            "bad_timestamp",
+        ),
+        (
+            "test/d3/data".into(),
+            br#"{"ts": 1700000001000, "v": "high"}"#.to_vec(),
+            "wrong_type",
+        ),
+        (
+            "test/d2/data".into(),
+            br#"{"ts": 1700000001000, "v": "NaN"}"#.to_vec(),
+            "non_finite",
+        ),
         ("test/d2/data".into(), vec![0xff, 0xfe, 0x00], "not_json"),
     ]
 }
@@ -98,12 +128,16 @@ pub fn expected_windows() -> BTreeMap<(String, i64), (i64, f64, f64)> {
     let mut acc: BTreeMap<(String, i64), (i64, f64, f64)> = BTreeMap::new();
     for r in readings() {
         let w = r.ts - r.ts.rem_euclid(10_000);
-        let e = acc.entry((r.device.clone(), w)).or_insert((0, 0.0, f64::MIN));
+        let e = acc
+            .entry((r.device.clone(), w))
+            .or_insert((0, 0.0, f64::MIN));
         e.0 += 1;
         e.1 += r.v;
         e.2 = e.2.max(r.t);
     }
-    acc.into_iter().map(|(k, (n, s, m))| (k, (n, s / n as f64, m))).collect()
+    acc.into_iter()
+        .map(|(k, (n, s, m))| (k, (n, s / n as f64, m)))
+        .collect()
 }
 
 /// Checks a window row (as published JSON) against the independent computation.
@@ -116,7 +150,10 @@ pub fn check_window(m: &Model, row: &Value) {
     assert!((f["avg_v"].as_f64().unwrap() - exp.1).abs() < 1e-9, "{row}");
     assert_eq!(f["max_t"].as_f64().unwrap(), exp.2, "{row}");
     let score = m.score_one(&[exp.1, exp.2]).unwrap();
-    assert!((row["score"].as_f64().unwrap() - score).abs() < 1e-9, "{row} vs {score}");
+    assert!(
+        (row["score"].as_f64().unwrap() - score).abs() < 1e-9,
+        "{row} vs {score}"
+    );
 }
 
 /// Runs the scenario through a real broker at `url`: an external publisher, the
@@ -126,19 +163,40 @@ pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) {
     use std::time::Duration;
 
     let m = model();
-    let pipeline = forewarn::Pipeline::builder().query_sql("scenario.sql", SQL).model(m.clone()).build().await.unwrap();
-    let running = mqtt::start(pipeline, url, &format!("engine-{tag}"), None).await.unwrap();
-    let filters = vec!["out/windows/#".to_string(), "forewarn/alerts/#".to_string(), "forewarn/deadletter/#".to_string()];
-    let (mut sub, mut rx) = MqttSource::start(SourceOptions::new(url.clone(), &format!("observer-{tag}"), filters));
+    let pipeline = forewarn::Pipeline::builder()
+        .query_sql("scenario.sql", SQL)
+        .model(m.clone())
+        .build()
+        .await
+        .unwrap();
+    let running = mqtt::start(pipeline, url, &format!("engine-{tag}"), None)
+        .await
+        .unwrap();
+    let filters = vec![
+        "out/windows/#".to_string(),
+        "forewarn/alerts/#".to_string(),
+        "forewarn/deadletter/#".to_string(),
+    ];
+    let (mut sub, mut rx) = MqttSource::start(SourceOptions::new(
+        url.clone(),
+        &format!("observer-{tag}"),
+        filters,
+    ));
     sub.wait_connected(Duration::from_secs(10)).await.unwrap();
     let mut publisher = MqttSink::start(url.clone(), &format!("plant-{tag}"), QoS::AtLeastOnce);
-    publisher.wait_connected(Duration::from_secs(10)).await.unwrap();
+    publisher
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let bad = bad_messages();
     let mut sent = 0u64;
     for (i, r) in readings().iter().enumerate() {
-        publisher.publish(&topic(r), payload(r), false).await.unwrap();
+        publisher
+            .publish(&topic(r), payload(r), false)
+            .await
+            .unwrap();
         sent += 1;
         if i % 40 == 0 {
             let (t, p, _) = &bad[(i / 40) % bad.len()];
@@ -147,7 +205,13 @@ pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) {
         }
     }
     publisher.flush(Duration::from_secs(10)).await.unwrap();
-    assert!(running.wait_for_messages(sent, Duration::from_secs(20)).await, "engine got {} of {sent}", running.handle().stats().messages_in);
+    assert!(
+        running
+            .wait_for_messages(sent, Duration::from_secs(20))
+            .await,
+        "engine got {} of {sent}",
+        running.handle().stats().messages_in
+    );
     let stats = running.stop().await.unwrap();
     assert_eq!(stats.messages_in, sent);
     assert_eq!(stats.readings_in, 120);
@@ -168,17 +232,28 @@ pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) {
     sub.stop().await;
     publisher.stop().await;
 
-    let windows: Vec<&Value> = got.iter().filter(|(t, _)| t.starts_with("out/windows/")).map(|(_, v)| v).collect();
+    let windows: Vec<&Value> = got
+        .iter()
+        .filter(|(t, _)| t.starts_with("out/windows/"))
+        .map(|(_, v)| v)
+        .collect();
     assert_eq!(windows.len(), expected_windows().len());
     for w in &windows {
         check_window(&m, w);
     }
-    let alerts: Vec<&(String, Value)> = got.iter().filter(|(t, _)| t.starts_with("forewarn/alerts/")).collect();
+    let alerts: Vec<&(String, Value)> = got
+        .iter()
+        .filter(|(t, _)| t.starts_with("forewarn/alerts/"))
+        .collect();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].0, "forewarn/alerts/d2");
     assert_eq!(alerts[0].1["window_start"], "2023-11-14T22:13:40.000Z");
     assert!(alerts[0].1["score"].as_f64().unwrap() > 1.0);
-    let mut dead: Vec<&str> = got.iter().filter(|(t, _)| t.starts_with("forewarn/deadletter/")).map(|(_, v)| v["reason"].as_str().unwrap()).collect();
+    let mut dead: Vec<&str> = got
+        .iter()
+        .filter(|(t, _)| t.starts_with("forewarn/deadletter/"))
+        .map(|(_, v)| v["reason"].as_str().unwrap())
+        .collect();
     dead.sort();
     assert_eq!(dead, vec!["bad_timestamp", "missing_field", "not_json"]);
 }

@@ -50,7 +50,13 @@ impl Alert {
     ///
     /// `device_column` names the key column; `score` and the window columns are lifted
     /// out; everything else goes to `features`.
-    pub fn from_row(query: &str, model: Option<&str>, device_column: &str, window: (i64, i64), mut row: Map<String, Value>) -> Alert {
+    pub fn from_row(
+        query: &str,
+        model: Option<&str>,
+        device_column: &str,
+        window: (i64, i64),
+        mut row: Map<String, Value>,
+    ) -> Alert {
         let device = match row.remove(device_column) {
             Some(Value::String(s)) => s,
             Some(Value::Null) | None => String::new(),
@@ -94,11 +100,20 @@ mod tests {
     #[test]
     fn row_to_alert() {
         let row = json!({"device": "p1", "score": 1.5, "avg_vibration": 3.0, "window_start": "x"});
-        let a = Alert::from_row("pump", Some("pump_gmm"), "device", (0, 10_000), row.as_object().unwrap().clone());
+        let a = Alert::from_row(
+            "pump",
+            Some("pump_gmm"),
+            "device",
+            (0, 10_000),
+            row.as_object().unwrap().clone(),
+        );
         assert_eq!(a.device, "p1");
         assert_eq!(a.score, Some(1.5));
         assert_eq!(a.window_end, "1970-01-01T00:00:10.000Z");
-        assert_eq!(a.features, *json!({"avg_vibration": 3.0}).as_object().unwrap());
+        assert_eq!(
+            a.features,
+            *json!({"avg_vibration": 3.0}).as_object().unwrap()
+        );
         let v: Value = serde_json::from_slice(&a.to_json()).unwrap();
         assert_eq!(v["model"], "pump_gmm");
     }

@@ -125,22 +125,13 @@ pub struct Pane {
 }
 
 /// How a source's watermark is derived from the event times it has seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatermarkSpec {
     /// The watermark trails the largest event time seen by this much (`ts - INTERVAL ...`).
     pub delay: Millis,
     /// Rows whose timestamp is further than this ahead of the current watermark are
     /// clamped out (treated as bad input) instead of dragging the watermark forward.
     pub max_future: Option<Millis>,
-}
-
-impl Default for WatermarkSpec {
-    fn default() -> Self {
-        WatermarkSpec {
-            delay: 0,
-            max_future: None,
-        }
-    }
 }
 
 /// A fixed-delay watermark: `max(event time seen) - delay`, never moving backwards.
@@ -247,7 +238,13 @@ mod tests {
     #[test]
     fn panes_align_to_epoch_including_negative_times() {
         let w = WindowSpec::tumble(10_000).unwrap();
-        assert_eq!(w.pane_of(0), Pane { start: 0, end: 10_000 });
+        assert_eq!(
+            w.pane_of(0),
+            Pane {
+                start: 0,
+                end: 10_000
+            }
+        );
         assert_eq!(w.pane_of(9_999).start, 0);
         assert_eq!(w.pane_of(10_000).start, 10_000);
         assert_eq!(w.pane_of(-1).start, -10_000);
@@ -272,7 +269,10 @@ mod tests {
             assert_eq!(parse_rfc3339(&format_rfc3339(ms)), Some(ms));
         }
         assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
-        assert_eq!(parse_rfc3339("2020-03-09 10:14:33"), Some(1_583_748_873_000));
+        assert_eq!(
+            parse_rfc3339("2020-03-09 10:14:33"),
+            Some(1_583_748_873_000)
+        );
         assert_eq!(parse_rfc3339("2020-13-09T10:14:33Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
     }

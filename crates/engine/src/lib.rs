@@ -122,7 +122,10 @@ impl Output {
     pub fn to_message(&self) -> (String, Vec<u8>) {
         match self {
             Output::Alert { topic, alert } => (topic.clone(), alert.to_json()),
-            Output::DeadLetter { topic, letter } => (topic.clone(), serde_json::to_vec(letter).expect("serialises")),
+            Output::DeadLetter { topic, letter } => (
+                topic.clone(),
+                serde_json::to_vec(letter).expect("serialises"),
+            ),
         }
     }
 }
@@ -224,7 +227,10 @@ impl PipelineBuilder {
         let mut files = self.files;
         for p in &self.paths {
             for f in sql_files(p)? {
-                let text = std::fs::read_to_string(&f).map_err(|source| EngineError::Io { path: f.clone(), source })?;
+                let text = std::fs::read_to_string(&f).map_err(|source| EngineError::Io {
+                    path: f.clone(),
+                    source,
+                })?;
                 files.push((f.display().to_string(), text));
             }
         }
@@ -236,12 +242,18 @@ impl PipelineBuilder {
             set.add_file(name, text)?;
         }
         if set.queries.is_empty() {
-            return Err(EngineError::Config("the query files declare no INSERT INTO ... SELECT query".into()));
+            return Err(EngineError::Config(
+                "the query files declare no INSERT INTO ... SELECT query".into(),
+            ));
         }
         let ctx = forewarn_sql::streaming_context(registry.clone());
         let mut queries = Vec::new();
         for q in &set.queries {
-            let text = files.iter().find(|(n, _)| *n == q.file).map(|f| f.1.as_str()).unwrap_or("");
+            let text = files
+                .iter()
+                .find(|(n, _)| *n == q.file)
+                .map(|f| f.1.as_str())
+                .unwrap_or("");
             let compiled = forewarn_sql::compile(&ctx, q, &set.sources[&q.source], text).await?;
             queries.push(Arc::new(compiled));
         }
@@ -251,25 +263,51 @@ impl PipelineBuilder {
                 continue;
             }
             let template = match &s.topic_template {
-                Some(t) => Some(TopicTemplate::parse(t).map_err(|e| EngineError::Config(format!("source '{}' ({}): {e}", s.name, s.origin)))?),
+                Some(t) => Some(TopicTemplate::parse(t).map_err(|e| {
+                    EngineError::Config(format!("source '{}' ({}): {e}", s.name, s.origin))
+                })?),
                 None => None,
             };
-            JsonDecoder::new(s.schema.clone(), template.clone(), self.config.max_payload_bytes).map_err(|e| EngineError::Config(format!("source '{}': {e}", s.name)))?;
-            sources.push(SourceInfo { name: s.name.clone(), topic_filter: s.topic.clone(), template, schema: s.schema.clone() });
+            JsonDecoder::new(
+                s.schema.clone(),
+                template.clone(),
+                self.config.max_payload_bytes,
+            )
+            .map_err(|e| EngineError::Config(format!("source '{}': {e}", s.name)))?;
+            sources.push(SourceInfo {
+                name: s.name.clone(),
+                topic_filter: s.topic.clone(),
+                template,
+                schema: s.schema.clone(),
+            });
         }
         let mut sinks = BTreeMap::new();
         for s in set.sinks.values() {
-            let t = TopicTemplate::parse(&s.topic).map_err(|e| EngineError::Config(format!("sink '{}': {e}", s.name)))?;
+            let t = TopicTemplate::parse(&s.topic)
+                .map_err(|e| EngineError::Config(format!("sink '{}': {e}", s.name)))?;
             sinks.insert(s.name.clone(), t);
         }
-        Ok(Pipeline { config: self.config, queries, sources, sinks, registry })
+        Ok(Pipeline {
+            config: self.config,
+            queries,
+            sources,
+            sinks,
+            registry,
+        })
     }
 }
 
 fn sql_files(p: &Path) -> Result<Vec<PathBuf>, EngineError> {
-    let io = |source| EngineError::Io { path: p.to_path_buf(), source };
+    let io = |source| EngineError::Io {
+        path: p.to_path_buf(),
+        source,
+    };
     if p.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(p).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "sql")).collect();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.extension().is_some_and(|x| x == "sql"))
+            .collect();
         v.sort();
         Ok(v)
     } else {
@@ -302,7 +340,13 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("queries", &self.queries.iter().map(|q| &q.name).collect::<Vec<_>>()).field("sources", &self.sources).finish()
+        f.debug_struct("Pipeline")
+            .field(
+                "queries",
+                &self.queries.iter().map(|q| &q.name).collect::<Vec<_>>(),
+            )
+            .field("sources", &self.sources)
+            .finish()
     }
 }
 
@@ -334,7 +378,14 @@ impl Pipeline {
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let rt = runtime::Runtime::new(self, out_tx, stats.clone());
         let task = tokio::spawn(rt.run(in_rx));
-        (PipelineHandle { tx: in_tx, stats, task: Arc::new(Mutex::new(Some(task))) }, out_rx)
+        (
+            PipelineHandle {
+                tx: in_tx,
+                stats,
+                task: Arc::new(Mutex::new(Some(task))),
+            },
+            out_rx,
+        )
     }
 }
 
@@ -345,23 +396,33 @@ pub(crate) enum Input {
     Finish(oneshot::Sender<()>),
 }
 
+type PipelineTask = tokio::task::JoinHandle<Result<(), EngineError>>;
+
 /// Pushes input into a running pipeline. Cheap to clone.
 #[derive(Clone)]
 pub struct PipelineHandle {
     tx: mpsc::Sender<Input>,
     stats: Arc<Mutex<EngineStats>>,
-    task: Arc<Mutex<Option<tokio::task::JoinHandle<Result<(), EngineError>>>>>,
+    task: Arc<Mutex<Option<PipelineTask>>>,
 }
 
 impl PipelineHandle {
     /// Pushes one MQTT-style message (waits while the input channel is full).
     pub async fn push_json(&self, topic: &str, payload: Vec<u8>) -> Result<(), EngineError> {
-        self.send(Input::Json { topic: topic.to_string(), payload }).await
+        self.send(Input::Json {
+            topic: topic.to_string(),
+            payload,
+        })
+        .await
     }
 
     /// Pushes a batch with the columns of source table `source`.
     pub async fn push_batch(&self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
-        self.send(Input::Batch { source: source.to_string(), batch }).await
+        self.send(Input::Batch {
+            source: source.to_string(),
+            batch,
+        })
+        .await
     }
 
     /// Closes the pending micro-batches now and waits until they are processed.

@@ -1,7 +1,10 @@
 //! Arrow rows → JSON objects, for alerts and dead letters.
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType, UInt64Type};
+use datafusion::arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType,
+    UInt64Type,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
 use serde_json::{Map, Value};
@@ -16,7 +19,9 @@ pub fn row_to_json(batch: &RecordBatch, i: usize) -> Map<String, Value> {
 }
 
 fn num(v: f64) -> Value {
-    serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::Number::from_f64(v)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 fn cell(a: &dyn Array, i: usize) -> Value {
@@ -31,7 +36,12 @@ fn cell(a: &dyn Array, i: usize) -> Value {
         DataType::UInt64 => a.as_primitive::<UInt64Type>().value(i).into(),
         DataType::Boolean => a.as_boolean().value(i).into(),
         DataType::Utf8 => a.as_string::<i32>().value(i).into(),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => forewarn_core::format_rfc3339(a.as_primitive::<TimestampMillisecondType>().value(i)).into(),
-        _ => array_value_to_string(a, i).map(Value::String).unwrap_or(Value::Null),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            forewarn_core::format_rfc3339(a.as_primitive::<TimestampMillisecondType>().value(i))
+                .into()
+        }
+        _ => array_value_to_string(a, i)
+            .map(Value::String)
+            .unwrap_or(Value::Null),
     }
 }

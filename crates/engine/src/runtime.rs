@@ -38,14 +38,23 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new(p: Pipeline, out: mpsc::Sender<Output>, stats: Arc<Mutex<EngineStats>>) -> Self {
+    pub(crate) fn new(
+        p: Pipeline,
+        out: mpsc::Sender<Output>,
+        stats: Arc<Mutex<EngineStats>>,
+    ) -> Self {
         let mut sources: Vec<Source> = p
             .sources
             .iter()
             .map(|s| Source {
                 name: s.name.clone(),
                 filter: s.topic_filter.clone(),
-                decoder: JsonDecoder::new(s.schema.clone(), s.template.clone(), p.config.max_payload_bytes).expect("checked at build"),
+                decoder: JsonDecoder::new(
+                    s.schema.clone(),
+                    s.template.clone(),
+                    p.config.max_payload_bytes,
+                )
+                .expect("checked at build"),
                 pending_since: None,
                 operators: vec![],
             })
@@ -54,14 +63,32 @@ impl Runtime {
             let sink = p.sinks[&q.sink].clone();
             let device_column = sink.captures().next().unwrap_or("device").to_string();
             let model = (q.models.len() == 1).then(|| q.models[0].clone());
-            let src = sources.iter_mut().find(|s| s.name == q.source).expect("source of a query");
-            src.operators.push(Operator { op: WindowOperator::new(q.clone()), sink, device_column, model });
+            let src = sources
+                .iter_mut()
+                .find(|s| s.name == q.source)
+                .expect("source of a query");
+            src.operators.push(Operator {
+                op: WindowOperator::new(q.clone()),
+                sink,
+                device_column,
+                model,
+            });
         }
-        Runtime { config: p.config, sources, out, stats }
+        Runtime {
+            config: p.config,
+            sources,
+            out,
+            stats,
+        }
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Input>) -> Result<(), EngineError> {
-        let mut tick = tokio::time::interval(self.config.max_batch_delay.max(std::time::Duration::from_millis(1)) / 2);
+        let mut tick = tokio::time::interval(
+            self.config
+                .max_batch_delay
+                .max(std::time::Duration::from_millis(1))
+                / 2,
+        );
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -133,7 +160,11 @@ impl Runtime {
                     excerpt: self.excerpt(payload),
                 };
                 tracing::debug!(topic, reason = %letter.detail, "rejected input");
-                self.emit(Output::DeadLetter { topic: format!("{}/deadletter/{source}", self.config.topic_prefix), letter }).await;
+                self.emit(Output::DeadLetter {
+                    topic: format!("{}/deadletter/{source}", self.config.topic_prefix),
+                    letter,
+                })
+                .await;
             }
             let src = &mut self.sources[i];
             if src.decoder.buffered_rows() > 0 && src.pending_since.is_none() {
@@ -152,14 +183,20 @@ impl Runtime {
                 index: None,
                 excerpt: self.excerpt(payload),
             };
-            self.emit(Output::DeadLetter { topic: format!("{}/deadletter/unrouted", self.config.topic_prefix), letter }).await;
+            self.emit(Output::DeadLetter {
+                topic: format!("{}/deadletter/unrouted", self.config.topic_prefix),
+                letter,
+            })
+            .await;
         }
         Ok(())
     }
 
     async fn on_batch(&mut self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
         let Some(i) = self.sources.iter().position(|s| s.name == source) else {
-            return Err(EngineError::Config(format!("no query reads source '{source}'")));
+            return Err(EngineError::Config(format!(
+                "no query reads source '{source}'"
+            )));
         };
         self.count(|s| {
             s.messages_in += 1;
@@ -211,20 +248,30 @@ impl Runtime {
         self.count(|s| s.windows_closed += p.results.len() as u64);
         for (reason, rows) in p.rejected {
             let topic = match reason {
-                forewarn_stream::RowRejection::Late => format!("{}/late/{}", self.config.topic_prefix, src.name),
+                forewarn_stream::RowRejection::Late => {
+                    format!("{}/late/{}", self.config.topic_prefix, src.name)
+                }
                 _ => format!("{}/deadletter/{}", self.config.topic_prefix, src.name),
             };
             for r in 0..rows.num_rows() {
                 let row = serde_json::Value::Object(row_to_json(&rows, r));
                 let letter = DeadLetter {
                     reason: reason.code().into(),
-                    detail: format!("query '{query}': row rejected ({}) at watermark {:?}", reason.code(), op.op.watermark().map(forewarn_core::format_rfc3339)),
+                    detail: format!(
+                        "query '{query}': row rejected ({}) at watermark {:?}",
+                        reason.code(),
+                        op.op.watermark().map(forewarn_core::format_rfc3339)
+                    ),
                     source_topic: String::new(),
                     source: Some(src.name.clone()),
                     index: None,
                     excerpt: row.to_string(),
                 };
-                self.emit(Output::DeadLetter { topic: topic.clone(), letter }).await;
+                self.emit(Output::DeadLetter {
+                    topic: topic.clone(),
+                    letter,
+                })
+                .await;
             }
         }
         for res in p.results {
@@ -232,10 +279,23 @@ impl Runtime {
                 let row = row_to_json(&res.batch, r);
                 let values: HashMap<&str, String> = row
                     .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                    .map(|(k, v)| {
+                        (
+                            k.as_str(),
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
                     .collect();
                 let topic = op.sink.render(|c| values.get(c).cloned());
-                let alert = Alert::from_row(&query, op.model.as_deref(), &op.device_column, (res.window.start, res.window.end), row);
+                let alert = Alert::from_row(
+                    &query,
+                    op.model.as_deref(),
+                    &op.device_column,
+                    (res.window.start, res.window.end),
+                    row,
+                );
                 self.emit(Output::Alert { topic, alert }).await;
             }
         }

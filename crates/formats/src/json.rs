@@ -304,9 +304,9 @@ impl JsonDecoder {
             DataType::Int64 => Builder::I64(Int64Builder::new()),
             DataType::Utf8 => Builder::Str(StringBuilder::new()),
             DataType::Boolean => Builder::Bool(BooleanBuilder::new()),
-            DataType::Timestamp(TimeUnit::Millisecond, tz) => Builder::Ts(
-                TimestampMillisecondBuilder::new().with_timezone_opt(tz.clone()),
-            ),
+            DataType::Timestamp(TimeUnit::Millisecond, tz) => {
+                Builder::Ts(TimestampMillisecondBuilder::new().with_timezone_opt(tz.clone()))
+            }
             _ => return None,
         })
     }
@@ -348,7 +348,8 @@ impl JsonDecoder {
         let message: Message = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(e) => {
-                out.rejected.push(whole(DecodeError::NotJson(e.to_string())));
+                out.rejected
+                    .push(whole(DecodeError::NotJson(e.to_string())));
                 return out;
             }
         };
@@ -367,7 +368,11 @@ impl JsonDecoder {
         out
     }
 
-    fn append(&mut self, fields: &[(Cow<str>, Scalar)], captured: &[&str]) -> Result<(), DecodeError> {
+    fn append(
+        &mut self,
+        fields: &[(Cow<str>, Scalar)],
+        captured: &[&str],
+    ) -> Result<(), DecodeError> {
         // Index the fields by column once; schemas are small, a linear scan is cheapest.
         self.cells.iter_mut().for_each(|c| *c = None);
         for (fi, (name, _)) in fields.iter().enumerate() {
@@ -378,7 +383,11 @@ impl JsonDecoder {
         let mut row: Vec<Cell> = Vec::with_capacity(self.columns.len());
         for (ci, col) in self.columns.iter().enumerate() {
             let cell = if let Some(v) = col.topic_capture.and_then(|k| captured.get(k)) {
-                convert(&self.builders[ci], &col.name, &Scalar::Str(Cow::Borrowed(v)))?
+                convert(
+                    &self.builders[ci],
+                    &col.name,
+                    &Scalar::Str(Cow::Borrowed(v)),
+                )?
             } else {
                 match self.cells[ci] {
                     Some(fi) => convert(&self.builders[ci], &col.name, &fields[fi].1)?,
@@ -497,7 +506,11 @@ mod tests {
     fn decoder() -> JsonDecoder {
         let schema = Arc::new(Schema::new(vec![
             Field::new("device", DataType::Utf8, false),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
             Field::new("vibration", DataType::Float64, true),
         ]));
         let t = TopicTemplate::parse("plant/{site}/{device}/telemetry").unwrap();
@@ -507,8 +520,17 @@ mod tests {
     #[test]
     fn single_and_array_readings() {
         let mut d = decoder();
-        let o = d.decode("plant/s/p1/telemetry", br#"{"ts": 1000, "vibration": 1.5, "extra": {"a": 1}}"#);
-        assert_eq!(o, DecodeOutcome { accepted: 1, rejected: vec![] });
+        let o = d.decode(
+            "plant/s/p1/telemetry",
+            br#"{"ts": 1000, "vibration": 1.5, "extra": {"a": 1}}"#,
+        );
+        assert_eq!(
+            o,
+            DecodeOutcome {
+                accepted: 1,
+                rejected: vec![]
+            }
+        );
         let o = d.decode(
             "plant/s/p2/telemetry",
             br#"[{"ts": "1970-01-01T00:00:02Z", "vibration": 2}, {"ts": 3000, "vibration": "x"}, 5]"#,
@@ -521,7 +543,12 @@ mod tests {
         let b = d.flush().unwrap();
         assert_eq!(b.num_rows(), 2);
         assert_eq!(b.column(0).as_string::<i32>().value(1), "p2");
-        assert_eq!(b.column(1).as_primitive::<TimestampMillisecondType>().value(1), 2000);
+        assert_eq!(
+            b.column(1)
+                .as_primitive::<TimestampMillisecondType>()
+                .value(1),
+            2000
+        );
         assert_eq!(b.column(2).as_primitive::<Float64Type>().value(1), 2.0);
         assert!(d.flush().is_none());
     }
@@ -538,22 +565,63 @@ mod tests {
     #[test]
     fn rejections_have_reasons() {
         let mut d = decoder();
-        let code = |d: &mut JsonDecoder, topic: &str, p: &[u8]| d.decode(topic, p).rejected[0].error.code();
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", b"{not json"), "not_json");
+        let code = |d: &mut JsonDecoder, topic: &str, p: &[u8]| {
+            d.decode(topic, p).rejected[0].error.code()
+        };
+        assert_eq!(
+            code(&mut d, "plant/s/p/telemetry", b"{not json"),
+            "not_json"
+        );
         assert_eq!(code(&mut d, "plant/s/p/telemetry", b"\xff\xfe"), "not_json");
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"vibration": 1}"#), "missing_field");
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": null}"#), "missing_field");
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": 1, "vibration": "NaN"}"#), "non_finite");
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": 1, "vibration": 1e999}"#), "not_json");
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", br#"{"ts": "soon"}"#), "bad_timestamp");
-        assert_eq!(code(&mut d, "other/topic", br#"{"ts": 1}"#), "topic_mismatch");
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", &[b' '; 2000]), "too_large");
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", b"\"text\""), "not_a_reading");
+        assert_eq!(
+            code(&mut d, "plant/s/p/telemetry", br#"{"vibration": 1}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(&mut d, "plant/s/p/telemetry", br#"{"ts": null}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(
+                &mut d,
+                "plant/s/p/telemetry",
+                br#"{"ts": 1, "vibration": "NaN"}"#
+            ),
+            "non_finite"
+        );
+        assert_eq!(
+            code(
+                &mut d,
+                "plant/s/p/telemetry",
+                br#"{"ts": 1, "vibration": 1e999}"#
+            ),
+            "not_json"
+        );
+        assert_eq!(
+            code(&mut d, "plant/s/p/telemetry", br#"{"ts": "soon"}"#),
+            "bad_timestamp"
+        );
+        assert_eq!(
+            code(&mut d, "other/topic", br#"{"ts": 1}"#),
+            "topic_mismatch"
+        );
+        assert_eq!(
+            code(&mut d, "plant/s/p/telemetry", &[b' '; 2000]),
+            "too_large"
+        );
+        assert_eq!(
+            code(&mut d, "plant/s/p/telemetry", b"\"text\""),
+            "not_a_reading"
+        );
         // Deep nesting cannot overflow the stack: ignored values are skipped iteratively.
         let mut big = JsonDecoder::new(d.schema().clone(), None, 1 << 20).unwrap();
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(code(&mut big, "t", deep.as_bytes()), "not_a_reading");
-        let deep_field = format!(r#"{{"device": "p", "ts": 1, "x": {}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        let deep_field = format!(
+            r#"{{"device": "p", "ts": 1, "x": {}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert_eq!(big.decode("t", deep_field.as_bytes()).accepted, 1);
         assert_eq!(d.buffered_rows(), 0);
     }

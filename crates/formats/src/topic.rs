@@ -179,7 +179,10 @@ mod tests {
 
     #[test]
     fn filters() {
-        assert!(filter_matches("plant/+/+/+/telemetry", "plant/a/b/c/telemetry"));
+        assert!(filter_matches(
+            "plant/+/+/+/telemetry",
+            "plant/a/b/c/telemetry"
+        ));
         assert!(filter_matches("plant/#", "plant/a/b"));
         assert!(!filter_matches("plant/+", "plant/a/b"));
         assert!(filter_matches("a/b", "a/b"));

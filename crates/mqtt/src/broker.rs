@@ -20,7 +20,10 @@ impl EmbeddedBroker {
     pub fn start() -> Result<EmbeddedBroker, MqttError> {
         // rumqttd binds the port itself; pick one the OS says is free, retrying on a race.
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| MqttError::Broker(e.to_string()))?.port();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| MqttError::Broker(e.to_string()))?
+                .port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let config = config(addr);
             std::thread::Builder::new()
@@ -40,7 +43,9 @@ impl EmbeddedBroker {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Err(MqttError::Broker("could not start on a free 127.0.0.1 port".into()))
+        Err(MqttError::Broker(
+            "could not start on a free 127.0.0.1 port".into(),
+        ))
     }
 
     /// The listening address.
@@ -63,7 +68,13 @@ fn config(listen: SocketAddr) -> Config {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings { name: "v4".into(), listen, tls: None, next_connection_delay_ms: 1, connections };
+    let server = ServerSettings {
+        name: "v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
     Config {
         id: 0,
         router: RouterConfig {

@@ -48,7 +48,11 @@ pub(crate) struct Backoff {
 impl Backoff {
     pub(crate) fn new() -> Self {
         let min = std::time::Duration::from_millis(100);
-        Backoff { next: min, min, max: std::time::Duration::from_secs(30) }
+        Backoff {
+            next: min,
+            min,
+            max: std::time::Duration::from_secs(30),
+        }
     }
     pub(crate) fn reset(&mut self) {
         self.next = self.min;

@@ -52,6 +52,8 @@ impl MqttSink {
                     Ok(Event::Outgoing(Outgoing::Publish(0))) => {
                         st.sent_qos0.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Our own disconnect: the loop is done (an error would follow otherwise).
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(e) => {
                         let _ = ctx.send(false);
@@ -62,7 +64,13 @@ impl MqttSink {
                 }
             }
         });
-        MqttSink { client, task, stats, qos, connected: crx }
+        MqttSink {
+            client,
+            task,
+            stats,
+            qos,
+            connected: crx,
+        }
     }
 
     /// Waits until connected.
@@ -75,8 +83,16 @@ impl MqttSink {
     }
 
     /// Queues a publish (waits while the client's request queue is full).
-    pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), MqttError> {
-        self.client.publish(topic, self.qos, retain, payload).await.map_err(|e| MqttError::Client(e.to_string()))?;
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), MqttError> {
+        self.client
+            .publish(topic, self.qos, retain, payload)
+            .await
+            .map_err(|e| MqttError::Client(e.to_string()))?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -90,8 +106,13 @@ impl MqttSink {
     pub async fn flush(&self, timeout: Duration) -> Result<(), MqttError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self.stats.acked.load(Ordering::Relaxed) + self.stats.sent_qos0.load(Ordering::Relaxed);
-            let pending = self.stats.published.load(Ordering::Relaxed).saturating_sub(done);
+            let done = self.stats.acked.load(Ordering::Relaxed)
+                + self.stats.sent_qos0.load(Ordering::Relaxed);
+            let pending = self
+                .stats
+                .published
+                .load(Ordering::Relaxed)
+                .saturating_sub(done);
             if pending == 0 {
                 return Ok(());
             }

@@ -40,11 +40,24 @@ pub struct SourceOptions {
 impl SourceOptions {
     /// Defaults: QoS 1, 1 MiB packets, 30 s keep-alive, 4096 queued messages.
     pub fn new(url: BrokerUrl, client_id: &str, filters: Vec<String>) -> Self {
-        SourceOptions { url, client_id: client_id.to_string(), filters, qos: QoS::AtLeastOnce, max_packet_bytes: 1 << 20, keep_alive: Duration::from_secs(30), capacity: 4096 }
+        SourceOptions {
+            url,
+            client_id: client_id.to_string(),
+            filters,
+            qos: QoS::AtLeastOnce,
+            max_packet_bytes: 1 << 20,
+            keep_alive: Duration::from_secs(30),
+            capacity: 4096,
+        }
     }
 }
 
-pub(crate) fn mqtt_options(url: &BrokerUrl, client_id: &str, max_packet: usize, keep_alive: Duration) -> MqttOptions {
+pub(crate) fn mqtt_options(
+    url: &BrokerUrl,
+    client_id: &str,
+    max_packet: usize,
+    keep_alive: Duration,
+) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
     o.set_keep_alive(keep_alive);
     o.set_max_packet_size(max_packet, max_packet);
@@ -66,7 +79,12 @@ impl MqttSource {
     pub fn start(opts: SourceOptions) -> (MqttSource, mpsc::Receiver<Incoming>) {
         let (tx, rx) = mpsc::channel(opts.capacity.max(1));
         let (ctx, crx) = tokio::sync::watch::channel(false);
-        let mo = mqtt_options(&opts.url, &opts.client_id, opts.max_packet_bytes, opts.keep_alive);
+        let mo = mqtt_options(
+            &opts.url,
+            &opts.client_id,
+            opts.max_packet_bytes,
+            opts.keep_alive,
+        );
         let (client, mut eventloop) = AsyncClient::new(mo, 64);
         let sub_client = client.clone();
         let task = tokio::spawn(async move {
@@ -86,11 +104,16 @@ impl MqttSource {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {}
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let msg = Incoming { topic: p.topic.clone(), payload: p.payload.to_vec() };
+                        let msg = Incoming {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                        };
                         if tx.send(msg).await.is_err() {
                             return; // receiver dropped: stop
                         }
                     }
+                    // Our own disconnect: the loop is done (an error would follow otherwise).
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(e) => {
                         let _ = ctx.send(false);
@@ -101,7 +124,14 @@ impl MqttSource {
                 }
             }
         });
-        (MqttSource { client, task, connected: crx }, rx)
+        (
+            MqttSource {
+                client,
+                task,
+                connected: crx,
+            },
+            rx,
+        )
     }
 
     /// Waits until the first connection is up and the subscriptions are queued.

@@ -25,7 +25,11 @@ impl fmt::Debug for BrokerUrl {
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         match &self.username {
             Some(u) => write!(f, "mqtt://{u}:***@{host}:{}", self.port),
             None => write!(f, "mqtt://{host}:{}", self.port),
@@ -36,7 +40,12 @@ impl fmt::Display for BrokerUrl {
 impl BrokerUrl {
     /// A URL for `host:port` without credentials.
     pub fn new(host: &str, port: u16) -> Self {
-        BrokerUrl { host: host.to_string(), port, username: None, password: None }
+        BrokerUrl {
+            host: host.to_string(),
+            port,
+            username: None,
+            password: None,
+        }
     }
 
     /// Parses `mqtt://[user[:pass]@]host[:port]` (`tcp://` is accepted too).
@@ -45,8 +54,14 @@ impl BrokerUrl {
             (Some(a), Some(b)) if b > a => format!("{}***{}", &s[..a + 3], &s[b..]),
             _ => s.to_string(),
         };
-        let bad = |reason: &str| MqttError::BadUrl { url: masked.clone(), reason: reason.to_string() };
-        let rest = s.strip_prefix("mqtt://").or_else(|| s.strip_prefix("tcp://")).ok_or_else(|| bad("the scheme must be mqtt://"))?;
+        let bad = |reason: &str| MqttError::BadUrl {
+            url: masked.clone(),
+            reason: reason.to_string(),
+        };
+        let rest = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .ok_or_else(|| bad("the scheme must be mqtt://"))?;
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rfind('@') {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
@@ -60,7 +75,9 @@ impl BrokerUrl {
             },
         };
         let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, p) = h.split_once(']').ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
             (h.to_string(), p.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -73,9 +90,16 @@ impl BrokerUrl {
         }
         let port = match port {
             None => 1883,
-            Some(p) => p.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| bad("the port is not a number from 1 to 65535"))?,
         };
-        Ok(BrokerUrl { host, port, username, password })
+        Ok(BrokerUrl {
+            host,
+            port,
+            username,
+            password,
+        })
     }
 }
 

@@ -21,7 +21,11 @@ pub struct GmmParams {
     pub precisions: Vec<Vec<Vec<f64>>>,
 }
 
-pub(crate) fn fit(z: ArrayView2<f64>, components: usize, seed: u64) -> Result<GmmParams, ModelError> {
+pub(crate) fn fit(
+    z: ArrayView2<f64>,
+    components: usize,
+    seed: u64,
+) -> Result<GmmParams, ModelError> {
     let ds = DatasetBase::from(z.to_owned());
     let rng = Xoshiro256Plus::seed_from_u64(seed);
     let gmm = GaussianMixtureModel::params_with_rng(components, rng)
@@ -46,18 +50,32 @@ impl GmmParams {
     pub(crate) fn validate(&self, n: usize) -> Result<(), String> {
         let k = self.weights.len();
         if k == 0 || self.means.len() != k || self.precisions.len() != k {
-            return Err(format!("gmm needs equal numbers of weights, means and precisions, got {k}, {}, {}", self.means.len(), self.precisions.len()));
+            return Err(format!(
+                "gmm needs equal numbers of weights, means and precisions, got {k}, {}, {}",
+                self.means.len(),
+                self.precisions.len()
+            ));
         }
         for (i, (m, p)) in self.means.iter().zip(&self.precisions).enumerate() {
             if m.len() != n || p.len() != n || p.iter().any(|r| r.len() != n) {
-                return Err(format!("gmm component {i} does not have {n} features (model expects {n})"));
+                return Err(format!(
+                    "gmm component {i} does not have {n} features (model expects {n})"
+                ));
             }
         }
-        if self.weights.iter().chain(self.means.iter().flatten()).chain(self.precisions.iter().flatten().flatten()).any(|v| !v.is_finite()) {
+        if self
+            .weights
+            .iter()
+            .chain(self.means.iter().flatten())
+            .chain(self.precisions.iter().flatten().flatten())
+            .any(|v| !v.is_finite())
+        {
             return Err("gmm has non-finite parameters".into());
         }
         for (i, _) in self.precisions.iter().enumerate() {
-            self.precision(i).cholesky().map_err(|_| format!("gmm component {i}: precision matrix is not positive definite"))?;
+            self.precision(i).cholesky().map_err(|_| {
+                format!("gmm component {i}: precision matrix is not positive definite")
+            })?;
         }
         Ok(())
     }
@@ -76,7 +94,12 @@ impl GmmParams {
                 // log|P| from the Cholesky factor; validated positive definite at load.
                 let l = p.cholesky().expect("validated");
                 let log_det_p: f64 = 2.0 * l.diag().iter().map(|d| d.ln()).sum::<f64>();
-                (self.weights[i].ln(), Array1::from(self.means[i].clone()), p, log_det_p)
+                (
+                    self.weights[i].ln(),
+                    Array1::from(self.means[i].clone()),
+                    p,
+                    log_det_p,
+                )
             })
             .collect();
         let log2pi = (2.0 * std::f64::consts::PI).ln();

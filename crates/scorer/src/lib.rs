@@ -149,19 +149,39 @@ impl Default for TrainOptions {
 
 impl Model {
     /// Trains a Gaussian-mixture model on `data` (rows = samples, columns = `features`).
-    pub fn train_gmm(name: &str, features: Vec<String>, data: ArrayView2<f64>, opts: &TrainOptions) -> Result<Model, ModelError> {
+    pub fn train_gmm(
+        name: &str,
+        features: Vec<String>,
+        data: ArrayView2<f64>,
+        opts: &TrainOptions,
+    ) -> Result<Model, ModelError> {
         if data.ncols() != features.len() {
-            return Err(ModelError::Training(format!("{} feature names for {} columns", features.len(), data.ncols())));
+            return Err(ModelError::Training(format!(
+                "{} feature names for {} columns",
+                features.len(),
+                data.ncols()
+            )));
         }
         if data.nrows() < 10 * (features.len() + 1) {
-            return Err(ModelError::Training(format!("{} rows are too few for {} features", data.nrows(), features.len())));
+            return Err(ModelError::Training(format!(
+                "{} rows are too few for {} features",
+                data.nrows(),
+                features.len()
+            )));
         }
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(ModelError::Training("training data contains NaN or infinite values".into()));
+            return Err(ModelError::Training(
+                "training data contains NaN or infinite values".into(),
+            ));
         }
         let mean = data.mean_axis(Axis(0)).expect("rows > 0");
-        let std = data.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-12 { s } else { 1.0 });
-        let scaler = Scaler { mean: mean.to_vec(), std: std.to_vec() };
+        let std = data
+            .std_axis(Axis(0), 0.0)
+            .mapv(|s| if s > 1e-12 { s } else { 1.0 });
+        let scaler = Scaler {
+            mean: mean.to_vec(),
+            std: std.to_vec(),
+        };
         let z = standardise(&scaler, data);
         let params = gmm::fit(z.view(), opts.components, opts.seed)?;
         let detector = Detector::Gmm(params);
@@ -208,14 +228,24 @@ impl Model {
 
     /// Reads and validates a model file.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::from_json(path, &bytes)
     }
 
     /// Parses and validates model JSON; `path` is only used in messages.
     pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Model, ModelError> {
-        let invalid = |reason: String| ModelError::Invalid { path: path.into(), reason };
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON ({e}); the file may be truncated or corrupted")))?;
+        let invalid = |reason: String| ModelError::Invalid {
+            path: path.into(),
+            reason,
+        };
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            invalid(format!(
+                "not JSON ({e}); the file may be truncated or corrupted"
+            ))
+        })?;
         match v.get("format_version").and_then(|f| f.as_u64()) {
             None => return Err(invalid("no format_version field".into())),
             Some(n) if n > FORMAT_VERSION as u64 => {
@@ -239,14 +269,23 @@ impl Model {
             return Err("no features".into());
         }
         if self.scaler.mean.len() != n || self.scaler.std.len() != n {
-            return Err(format!("scaler has {} means and {} deviations for {n} features", self.scaler.mean.len(), self.scaler.std.len()));
+            return Err(format!(
+                "scaler has {} means and {} deviations for {n} features",
+                self.scaler.mean.len(),
+                self.scaler.std.len()
+            ));
         }
-        if self.scaler.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.scaler.mean.iter().any(|m| !m.is_finite()) {
+        if self.scaler.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || self.scaler.mean.iter().any(|m| !m.is_finite())
+        {
             return Err("scaler has non-finite or non-positive values".into());
         }
         let c = &self.calibration;
         if !(c.baseline.is_finite() && c.threshold.is_finite() && c.threshold > c.baseline) {
-            return Err(format!("calibration needs finite baseline < threshold, got {} and {}", c.baseline, c.threshold));
+            return Err(format!(
+                "calibration needs finite baseline < threshold, got {} and {}",
+                c.baseline, c.threshold
+            ));
         }
         match &self.detector {
             Detector::Gmm(g) => g.validate(n),
@@ -255,7 +294,10 @@ impl Model {
 
     /// Writes the model as pretty JSON, atomically (temporary file then rename).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let io = |source| ModelError::Io { path: path.into(), source };
+        let io = |source| ModelError::Io {
+            path: path.into(),
+            source,
+        };
         let json = serde_json::to_vec_pretty(self).expect("models serialise");
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, json).map_err(io)?;
@@ -271,7 +313,7 @@ impl Model {
 fn standardise(s: &Scaler, x: ArrayView2<f64>) -> Array2<f64> {
     let mean = ArrayView1::from(&s.mean);
     let std = ArrayView1::from(&s.std);
-    (&x - &mean) / &std
+    (&x - &mean) / std
 }
 
 fn detector_scores(d: &Detector, z: ArrayView2<f64>) -> Array1<f64> {
@@ -287,7 +329,11 @@ fn calibrate(mut raw: Array1<f64>, quantile: f64, margin: f64) -> Calibration {
     let baseline = at(0.5);
     let q = at(quantile.clamp(0.5, 1.0));
     let threshold = baseline + (q - baseline).max(1e-9) * margin;
-    Calibration { baseline, threshold, method: format!("median .. quantile {quantile} of training scores, x {margin}") }
+    Calibration {
+        baseline,
+        threshold,
+        method: format!("median .. quantile {quantile} of training scores, x {margin}"),
+    }
 }
 
 fn fingerprint(x: ArrayView2<f64>) -> String {
@@ -339,7 +385,14 @@ mod tests {
         // Each feature inside its own range, but the correlation between a and b broken.
         assert!(m.score_one(&[10.9, 45.2, 0.5]).unwrap() > 1.0);
         assert!(m.score_one(&[10.0, 50.0, 0.5]).unwrap() < 1.0);
-        assert!(matches!(m.score_one(&[1.0, 2.0]), Err(ModelError::FeatureCount { expected: 3, got: 2, .. })));
+        assert!(matches!(
+            m.score_one(&[1.0, 2.0]),
+            Err(ModelError::FeatureCount {
+                expected: 3,
+                got: 2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -355,12 +408,23 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         let cases = [
             (text[..text.len() / 2].to_string(), "not JSON"),
-            (text.replace("\"format_version\": 1", "\"format_version\": 99"), "newer than this Forewarn"),
-            (text.replace("\"kind\": \"gmm\"", "\"kind\": \"lstm\""), "unknown model kind 'lstm'"),
-            (text.replacen("\"c\"", "\"c\", \"d\"", 1), "scaler has 3 means"),
+            (
+                text.replace("\"format_version\": 1", "\"format_version\": 99"),
+                "newer than this Forewarn",
+            ),
+            (
+                text.replace("\"kind\": \"gmm\"", "\"kind\": \"lstm\""),
+                "unknown model kind 'lstm'",
+            ),
+            (
+                text.replacen("\"c\"", "\"c\", \"d\"", 1),
+                "scaler has 3 means",
+            ),
         ];
         for (body, want) in cases {
-            let e = Model::from_json(&p, body.as_bytes()).unwrap_err().to_string();
+            let e = Model::from_json(&p, body.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want) && e.contains("rt.json"), "{e}");
         }
         std::fs::remove_dir_all(&dir).ok();

@@ -23,7 +23,10 @@ impl ModelRegistry {
     /// Loads every `*.json` model in `dir` (other files, such as model cards, are ignored).
     /// A model's name is its file stem.
     pub fn load_dir(&self, dir: &Path) -> Result<usize, ModelError> {
-        let io = |source| ModelError::Io { path: dir.into(), source };
+        let io = |source| ModelError::Io {
+            path: dir.into(),
+            source,
+        };
         let mut paths: Vec<_> = std::fs::read_dir(dir)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -44,17 +47,30 @@ impl ModelRegistry {
 
     /// Adds or replaces a model.
     pub fn insert(&self, m: Model) {
-        self.models.write().expect("registry lock").insert(m.name.clone(), Arc::new(m));
+        self.models
+            .write()
+            .expect("registry lock")
+            .insert(m.name.clone(), Arc::new(m));
     }
 
     /// The model called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Model>> {
-        self.models.read().expect("registry lock").get(name).cloned()
+        self.models
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
     }
 
     /// Names of all loaded models, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<_> = self.models.read().expect("registry lock").keys().cloned().collect();
+        let mut v: Vec<_> = self
+            .models
+            .read()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }

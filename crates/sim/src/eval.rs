@@ -52,24 +52,35 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// Scores `alerts` against `truth`.
 pub fn summarize(truth: &Truth, alerts: &[AlertEvent]) -> Summary {
     let mut by_device: HashMap<&str, Vec<i64>> = HashMap::new();
     for a in alerts {
-        by_device.entry(a.device.as_str()).or_default().push(a.window_end_ms);
+        by_device
+            .entry(a.device.as_str())
+            .or_default()
+            .push(a.window_end_ms);
     }
     for v in by_device.values_mut() {
         v.sort_unstable();
     }
-    let (mut failing, mut detected, mut false_alert, mut early, mut before_failure, mut healthy) = (0, 0, 0, 0, 0, 0);
+    let (mut failing, mut detected, mut false_alert, mut early, mut before_failure, mut healthy) =
+        (0, 0, 0, 0, 0, 0);
     let (mut delays, mut leads) = (vec![], vec![]);
     let mut by_mode: BTreeMap<String, [usize; 2]> = BTreeMap::new();
     let mut alerts_on_failing = 0usize;
     for m in &truth.machines {
-        let times = by_device.get(m.device.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let times = by_device
+            .get(m.device.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         match &m.failure {
             None => {
                 healthy += 1;
@@ -80,7 +91,10 @@ pub fn summarize(truth: &Truth, alerts: &[AlertEvent]) -> Summary {
             Some(f) => {
                 failing += 1;
                 alerts_on_failing += times.len();
-                let mode = serde_json::to_value(f.mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let mode = serde_json::to_value(f.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 let e = by_mode.entry(mode).or_default();
                 e[0] += 1;
                 if times.iter().any(|t| *t <= f.onset_ms) {
@@ -110,7 +124,8 @@ pub fn summarize(truth: &Truth, alerts: &[AlertEvent]) -> Summary {
         median_lead_time_s: median(leads),
         detected_before_failure: before_failure,
         alerts: alerts.len(),
-        alerts_per_detected_machine: (detected > 0).then(|| alerts_on_failing as f64 / detected as f64),
+        alerts_per_detected_machine: (detected > 0)
+            .then(|| alerts_on_failing as f64 / detected as f64),
         by_mode,
     }
 }
@@ -118,22 +133,61 @@ pub fn summarize(truth: &Truth, alerts: &[AlertEvent]) -> Summary {
 impl Summary {
     /// The table the demo prints.
     pub fn table(&self) -> String {
-        let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
         let secs = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.0} s"));
         let mut t = String::new();
-        t.push_str(&format!("  machines                         {:>6}\n", self.machines));
-        t.push_str(&format!("  failing machines                 {:>6}\n", self.failing));
-        t.push_str(&format!("  detected                         {:>6}  ({:.1}%)\n", self.detected, pct(self.detected, self.failing)));
-        t.push_str(&format!("  detected before failure          {:>6}\n", self.detected_before_failure));
-        t.push_str(&format!("  missed                           {:>6}\n", self.missed));
-        t.push_str(&format!("  healthy machines falsely alerted {:>6}  ({:.1}% of {})\n", self.false_alert_machines, pct(self.false_alert_machines, self.healthy), self.healthy));
-        t.push_str(&format!("  failing machines alerted early   {:>6}  (before onset)\n", self.early_alert_machines));
-        t.push_str(&format!("  median detection delay           {:>8}  after onset\n", secs(self.median_delay_s)));
-        t.push_str(&format!("  median warning lead time         {:>8}  before functional failure\n", secs(self.median_lead_time_s)));
+        t.push_str(&format!(
+            "  machines                         {:>6}\n",
+            self.machines
+        ));
+        t.push_str(&format!(
+            "  failing machines                 {:>6}\n",
+            self.failing
+        ));
+        t.push_str(&format!(
+            "  detected                         {:>6}  ({:.1}%)\n",
+            self.detected,
+            pct(self.detected, self.failing)
+        ));
+        t.push_str(&format!(
+            "  detected before failure          {:>6}\n",
+            self.detected_before_failure
+        ));
+        t.push_str(&format!(
+            "  missed                           {:>6}\n",
+            self.missed
+        ));
+        t.push_str(&format!(
+            "  healthy machines falsely alerted {:>6}  ({:.1}% of {})\n",
+            self.false_alert_machines,
+            pct(self.false_alert_machines, self.healthy),
+            self.healthy
+        ));
+        t.push_str(&format!(
+            "  failing machines alerted early   {:>6}  (before onset)\n",
+            self.early_alert_machines
+        ));
+        t.push_str(&format!(
+            "  median detection delay           {:>8}  after onset\n",
+            secs(self.median_delay_s)
+        ));
+        t.push_str(&format!(
+            "  median warning lead time         {:>8}  before functional failure\n",
+            secs(self.median_lead_time_s)
+        ));
         for (mode, [n, d]) in &self.by_mode {
             t.push_str(&format!("    {mode:<28} {d:>3} / {n:<3} detected\n"));
         }
-        t.push_str(&format!("  alerts received                  {:>6}\n", self.alerts));
+        t.push_str(&format!(
+            "  alerts received                  {:>6}\n",
+            self.alerts
+        ));
         t
     }
 }
@@ -150,13 +204,48 @@ mod tests {
             kind: Kind::Pump,
             site: "s".into(),
             line: "l".into(),
-            failure: f.map(|(o, e)| FailureTruth { mode: FailureMode::BearingWear, onset_ms: o, failure_ms: e }),
+            failure: f.map(|(o, e)| FailureTruth {
+                mode: FailureMode::BearingWear,
+                onset_ms: o,
+                failure_ms: e,
+            }),
             nuisances: vec![],
         };
-        let truth = Truth { seed: 0, start_ms: 0, duration_ms: 100_000, period_ms: 1000, machines: vec![m("a", Some((10_000, 50_000))), m("b", Some((10_000, 50_000))), m("c", None), m("d", None)] };
-        let ev = |d: &str, t: i64| AlertEvent { device: d.into(), window_end_ms: t };
-        let s = summarize(&truth, &[ev("a", 5_000), ev("a", 30_000), ev("a", 40_000), ev("c", 1_000)]);
-        assert_eq!((s.failing, s.detected, s.missed, s.false_alert_machines, s.early_alert_machines), (2, 1, 1, 1, 1));
+        let truth = Truth {
+            seed: 0,
+            start_ms: 0,
+            duration_ms: 100_000,
+            period_ms: 1000,
+            machines: vec![
+                m("a", Some((10_000, 50_000))),
+                m("b", Some((10_000, 50_000))),
+                m("c", None),
+                m("d", None),
+            ],
+        };
+        let ev = |d: &str, t: i64| AlertEvent {
+            device: d.into(),
+            window_end_ms: t,
+        };
+        let s = summarize(
+            &truth,
+            &[
+                ev("a", 5_000),
+                ev("a", 30_000),
+                ev("a", 40_000),
+                ev("c", 1_000),
+            ],
+        );
+        assert_eq!(
+            (
+                s.failing,
+                s.detected,
+                s.missed,
+                s.false_alert_machines,
+                s.early_alert_machines
+            ),
+            (2, 1, 1, 1, 1)
+        );
         assert_eq!(s.median_delay_s, Some(20.0));
         assert_eq!(s.median_lead_time_s, Some(20.0));
         assert_eq!(s.alerts_per_detected_machine, Some(3.0));

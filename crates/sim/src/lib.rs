@@ -189,9 +189,24 @@ struct Rated {
 
 fn rated(kind: Kind) -> Rated {
     match kind {
-        Kind::Pump => Rated { vibration: 2.8, temp_rise: 28.0, current: 42.0, pressure: 6.0 },
-        Kind::Motor => Rated { vibration: 1.8, temp_rise: 35.0, current: 65.0, pressure: 0.0 },
-        Kind::Compressor => Rated { vibration: 3.5, temp_rise: 45.0, current: 110.0, pressure: 8.5 },
+        Kind::Pump => Rated {
+            vibration: 2.8,
+            temp_rise: 28.0,
+            current: 42.0,
+            pressure: 6.0,
+        },
+        Kind::Motor => Rated {
+            vibration: 1.8,
+            temp_rise: 35.0,
+            current: 65.0,
+            pressure: 0.0,
+        },
+        Kind::Compressor => Rated {
+            vibration: 3.5,
+            temp_rise: 45.0,
+            current: 110.0,
+            pressure: 8.5,
+        },
     }
 }
 
@@ -240,32 +255,63 @@ impl Plant {
                 let kind = kinds[i % 3];
                 counts[i % 3] += 1;
                 let device = format!("{}-{:04}", kind.prefix(), counts[i % 3]);
-                let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+                );
                 let site_no = i % 4;
                 let failure = failing.contains(&i).then(|| {
                     let mode = match kind {
-                        Kind::Pump => [FailureMode::BearingWear, FailureMode::Overheating, FailureMode::Cavitation][rng.gen_range(0..3)],
-                        _ => [FailureMode::BearingWear, FailureMode::Overheating][rng.gen_range(0..2)],
+                        Kind::Pump => [
+                            FailureMode::BearingWear,
+                            FailureMode::Overheating,
+                            FailureMode::Cavitation,
+                        ][rng.gen_range(0..3)],
+                        _ => [FailureMode::BearingWear, FailureMode::Overheating]
+                            [rng.gen_range(0..2)],
                     };
                     let onset = cfg.start_ms + (d as f64 * rng.gen_range(0.12..0.45)) as i64;
                     let pf = (d as f64 * rng.gen_range(0.3..0.45)) as i64;
-                    FailureTruth { mode, onset_ms: onset, failure_ms: (onset + pf).min(cfg.start_ms + d * 95 / 100) }
+                    FailureTruth {
+                        mode,
+                        onset_ms: onset,
+                        failure_ms: (onset + pf).min(cfg.start_ms + d * 95 / 100),
+                    }
                 });
                 let mut nuisances = Vec::new();
                 // Every machine has a planned stop with probability 0.5 and a dropout with 0.3.
                 if rng.gen_bool(0.5) {
                     let s = cfg.start_ms + (d as f64 * rng.gen_range(0.05..0.85)) as i64;
-                    nuisances.push(NuisanceTruth { kind: NuisanceKind::PlannedStop, start_ms: s, end_ms: s + rng.gen_range(180_000..480_000) });
+                    nuisances.push(NuisanceTruth {
+                        kind: NuisanceKind::PlannedStop,
+                        start_ms: s,
+                        end_ms: s + rng.gen_range(180_000..480_000),
+                    });
                 }
                 if rng.gen_bool(0.3) {
                     let s = cfg.start_ms + (d as f64 * rng.gen_range(0.05..0.9)) as i64;
-                    nuisances.push(NuisanceTruth { kind: NuisanceKind::SensorDropout, start_ms: s, end_ms: s + rng.gen_range(60_000..240_000) });
+                    nuisances.push(NuisanceTruth {
+                        kind: NuisanceKind::SensorDropout,
+                        start_ms: s,
+                        end_ms: s + rng.gen_range(60_000..240_000),
+                    });
                 }
-                let unit = [1.0 + normal(&mut rng, 0.06), 1.0 + normal(&mut rng, 0.05), 1.0 + normal(&mut rng, 0.04), 1.0 + normal(&mut rng, 0.04)];
+                let unit = [
+                    1.0 + normal(&mut rng, 0.06),
+                    1.0 + normal(&mut rng, 0.05),
+                    1.0 + normal(&mut rng, 0.04),
+                    1.0 + normal(&mut rng, 0.04),
+                ];
                 let load = [0.6, 0.75, 0.9][rng.gen_range(0..3)];
                 let temperature = 20.0 + rated(kind).temp_rise * load * unit[1];
                 Machine {
-                    truth: MachineTruth { device, kind, site: format!("site{}", site_no + 1), line: format!("line{}", i % 3 + 1), failure, nuisances },
+                    truth: MachineTruth {
+                        device,
+                        kind,
+                        site: format!("site{}", site_no + 1),
+                        line: format!("line{}", i % 3 + 1),
+                        failure,
+                        nuisances,
+                    },
                     rng,
                     unit,
                     load,
@@ -279,7 +325,11 @@ impl Plant {
                 }
             })
             .collect();
-        Plant { cfg, machines, tick: 0 }
+        Plant {
+            cfg,
+            machines,
+            tick: 0,
+        }
     }
 
     /// Ground truth for the whole run.
@@ -318,8 +368,13 @@ impl Plant {
         for m in &mut self.machines {
             let r = rated(m.truth.kind);
             // Ambient: one compressed day-night swing over the run, per-site phase and offset.
-            let ambient = 18.0 + m.site_offset + 7.0 * (std::f64::consts::TAU * progress + m.site_phase).sin() + normal(&mut m.rng, 0.2);
-            let stopped = m.truth.nuisances.iter().any(|n| n.kind == NuisanceKind::PlannedStop && now >= n.start_ms && now < n.end_ms);
+            let ambient = 18.0
+                + m.site_offset
+                + 7.0 * (std::f64::consts::TAU * progress + m.site_phase).sin()
+                + normal(&mut m.rng, 0.2);
+            let stopped = m.truth.nuisances.iter().any(|n| {
+                n.kind == NuisanceKind::PlannedStop && now >= n.start_ms && now < n.end_ms
+            });
             if stopped && m.running {
                 m.running = false;
             } else if !stopped && !m.running {
@@ -336,7 +391,11 @@ impl Plant {
             let load = m.load.clamp(0.0, 1.0);
             // Start-up: vibration and current transient over the first ~90 s after a start.
             let since_start = (now - m.started_ms) as f64 / 1000.0;
-            let startup = if m.running && since_start < 90.0 { (-(since_start / 30.0)).exp() } else { 0.0 };
+            let startup = if m.running && since_start < 90.0 {
+                (-(since_start / 30.0)).exp()
+            } else {
+                0.0
+            };
             let s = m.truth.failure.as_ref().map_or(0.0, |f| severity(f, now));
             let mode = m.truth.failure.as_ref().map(|f| f.mode);
             let running = if m.running { 1.0 } else { 0.0 };
@@ -345,7 +404,8 @@ impl Plant {
             vib *= 1.0 + 1.6 * startup;
             let mut kurt = 3.0 + 0.8 * startup;
             let mut temp_target = ambient + r.temp_rise * m.unit[1] * load;
-            let mut current = r.current * m.unit[2] * (0.25 + 0.75 * load) * running * (1.0 + 1.2 * startup);
+            let mut current =
+                r.current * m.unit[2] * (0.25 + 0.75 * load) * running * (1.0 + 1.2 * startup);
             let mut pressure = r.pressure * m.unit[3] * load.powf(1.3) * running;
             let mut vib_noise = 0.05;
             match mode {
@@ -368,7 +428,9 @@ impl Plant {
             }
             // The casing follows its target with a few minutes of thermal lag.
             m.temperature += (temp_target - m.temperature) * (1.0 - (-dt / 240.0).exp());
-            let dropout = m.truth.nuisances.iter().any(|n| n.kind == NuisanceKind::SensorDropout && now >= n.start_ms && now < n.end_ms);
+            let dropout = m.truth.nuisances.iter().any(|n| {
+                n.kind == NuisanceKind::SensorDropout && now >= n.start_ms && now < n.end_ms
+            });
             let reading = Reading {
                 device: m.truth.device.clone(),
                 ts: now,
@@ -406,7 +468,11 @@ mod tests {
 
     #[test]
     fn deterministic_by_seed() {
-        let cfg = PlantConfig { machines: 30, duration_s: 120, ..Default::default() };
+        let cfg = PlantConfig {
+            machines: 30,
+            duration_s: 120,
+            ..Default::default()
+        };
         let mut a = Plant::new(cfg.clone());
         let mut b = Plant::new(cfg.clone());
         assert_eq!(a.truth(), b.truth());
@@ -421,20 +487,32 @@ mod tests {
     fn failures_are_scheduled_inside_the_run() {
         let p = Plant::new(PlantConfig::default());
         let t = p.truth();
-        let failing: Vec<_> = t.machines.iter().filter_map(|m| m.failure.as_ref()).collect();
+        let failing: Vec<_> = t
+            .machines
+            .iter()
+            .filter_map(|m| m.failure.as_ref())
+            .collect();
         assert_eq!(failing.len(), 48);
         for f in failing {
             assert!(f.onset_ms > t.start_ms && f.failure_ms <= t.start_ms + t.duration_ms);
             assert!(f.failure_ms - f.onset_ms >= t.duration_ms / 5);
         }
-        assert!(t.machines.iter().filter(|m| m.failure.is_none()).any(|m| !m.nuisances.is_empty()));
+        assert!(t
+            .machines
+            .iter()
+            .filter(|m| m.failure.is_none())
+            .any(|m| !m.nuisances.is_empty()));
     }
 
     #[test]
     fn a_single_sensor_threshold_is_not_enough() {
         // Healthy machines' temperature swings with load and ambient far beyond the
         // early rise of an overheating fault.
-        let mut p = Plant::new(PlantConfig { machines: 60, failing_fraction: 0.0, ..Default::default() });
+        let mut p = Plant::new(PlantConfig {
+            machines: 60,
+            failing_fraction: 0.0,
+            ..Default::default()
+        });
         let mut temps: Vec<f64> = vec![];
         while !p.done() {
             for (_, r) in p.step() {
@@ -443,7 +521,12 @@ mod tests {
                 }
             }
         }
-        let (lo, hi) = temps.iter().fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(*t), b.max(*t)));
-        assert!(hi - lo > 22.0, "healthy pump temperatures span only {lo:.1}..{hi:.1}");
+        let (lo, hi) = temps
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(*t), b.max(*t)));
+        assert!(
+            hi - lo > 22.0,
+            "healthy pump temperatures span only {lo:.1}..{hi:.1}"
+        );
     }
 }

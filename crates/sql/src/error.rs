@@ -21,7 +21,11 @@ impl std::error::Error for SqlError {}
 
 impl fmt::Display for SqlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(s) = &self.snippet {
             write!(f, "\n{s}")?;
         }
@@ -31,7 +35,14 @@ impl fmt::Display for SqlError {
 
 impl SqlError {
     /// An error at `line:column` of `text`, underlining `width` characters.
-    pub fn at(file: &str, text: &str, line: u64, column: u64, width: usize, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: &str,
+        text: &str,
+        line: u64,
+        column: u64,
+        width: usize,
+        message: impl Into<String>,
+    ) -> Self {
         let snippet = (line > 0)
             .then(|| text.lines().nth(line as usize - 1))
             .flatten()
@@ -41,7 +52,10 @@ impl SqlError {
                     .take(column.saturating_sub(1) as usize)
                     .map(|c| if c == '\t' { '\t' } else { ' ' })
                     .collect();
-                format!("{line:>5} | {src}\n      | {pad}{}", "^".repeat(width.max(1)))
+                format!(
+                    "{line:>5} | {src}\n      | {pad}{}",
+                    "^".repeat(width.max(1))
+                )
             });
         SqlError {
             file: file.to_string(),
@@ -55,7 +69,10 @@ impl SqlError {
     /// An error from sqlparser, whose message ends in "at Line: L, Column: C".
     pub fn from_parser(file: &str, text: &str, e: &dyn fmt::Display) -> Self {
         let msg = e.to_string();
-        let msg = msg.strip_prefix("sql parser error: ").unwrap_or(&msg).to_string();
+        let msg = msg
+            .strip_prefix("sql parser error: ")
+            .unwrap_or(&msg)
+            .to_string();
         let (line, col) = parse_position(&msg).unwrap_or((0, 0));
         let clean = match msg.find(" at Line: ") {
             Some(i) => msg[..i].to_string(),

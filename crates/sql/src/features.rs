@@ -5,7 +5,8 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    visit_expressions, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, SelectItem, SetExpr, Statement,
+    visit_expressions, BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, Ident, SelectItem, SetExpr, Statement,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -20,8 +21,11 @@ pub const FEATURE_SINK: &str = "__features";
 /// expression when there is one, else the expression's text).
 pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<String>), SqlError> {
     for q in &set.queries {
-        let stmts = Parser::parse_sql(&GenericDialect {}, &q.select_sql).map_err(|e| SqlError::from_parser(&q.file, &q.select_sql, &e))?;
-        let Some(Statement::Query(mut query)) = stmts.into_iter().next() else { continue };
+        let stmts = Parser::parse_sql(&GenericDialect {}, &q.select_sql)
+            .map_err(|e| SqlError::from_parser(&q.file, &q.select_sql, &e))?;
+        let Some(Statement::Query(mut query)) = stmts.into_iter().next() else {
+            continue;
+        };
         let mut args: Option<Vec<Expr>> = None;
         let _ = visit_expressions(&query, |e| {
             if let Some(a) = score_args(e, model) {
@@ -31,12 +35,16 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
             ControlFlow::Continue(())
         });
         let Some(args) = args else { continue };
-        let SetExpr::Select(select) = query.body.as_mut() else { continue };
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            continue;
+        };
         let aliases: Vec<(String, Expr)> = select
             .projection
             .iter()
             .filter_map(|it| match it {
-                SelectItem::ExprWithAlias { expr, alias } => Some((alias.value.clone(), expr.clone())),
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    Some((alias.value.clone(), expr.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -48,17 +56,49 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
             }
         }
         for (i, a) in args.iter().enumerate() {
-            let name = aliases.iter().find(|(_, e)| e == a).map(|(n, _)| n.clone()).unwrap_or_else(|| a.to_string());
+            let name = aliases
+                .iter()
+                .find(|(_, e)| e == a)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_else(|| a.to_string());
             if names.contains(&name) {
-                return Err(SqlError::at(&q.file, "", q.line, 0, 1, format!("feature {} of model '{model}' repeats '{name}'", i + 1)));
+                return Err(SqlError::at(
+                    &q.file,
+                    "",
+                    q.line,
+                    0,
+                    1,
+                    format!("feature {} of model '{model}' repeats '{name}'", i + 1),
+                ));
             }
-            projection.push(SelectItem::ExprWithAlias { expr: a.clone(), alias: Ident::with_quote('"', name.clone()) });
+            projection.push(SelectItem::ExprWithAlias {
+                expr: a.clone(),
+                alias: Ident::with_quote('"', name.clone()),
+            });
             names.push(name);
         }
         select.projection = projection;
-        select.having = None;
+        // Keep the HAVING conditions that select which windows are scored (row counts and
+        // the like); drop those on the score itself, which does not exist yet.
+        select.having = select.having.take().and_then(|h| {
+            conjuncts(h)
+                .into_iter()
+                .filter(|c| {
+                    let mut scored = false;
+                    let _ = visit_expressions(c, |e| {
+                        if matches!(e, Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("anomaly_score")) {
+                            scored = true;
+                            return ControlFlow::Break(());
+                        }
+                        ControlFlow::Continue(())
+                    });
+                    !scored
+                })
+                .reduce(|a, b| Expr::BinaryOp { left: Box::new(a), op: BinaryOperator::And, right: Box::new(b) })
+        });
         let mut out = QuerySet::default();
-        out.sources.insert(q.source.clone(), set.sources[&q.source].clone());
+        out.sources
+            .insert(q.source.clone(), set.sources[&q.source].clone());
         let key = match &select.group_by {
             GroupByExpr::Expressions(keys, _) => keys
                 .iter()
@@ -67,11 +107,55 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                 .unwrap_or_else(|| "device".into()),
             _ => "device".into(),
         };
-        out.sinks.insert(FEATURE_SINK.into(), SinkDecl { name: FEATURE_SINK.into(), topic: format!("features/{{{key}}}"), format: "json".into() });
-        out.queries.push(QueryDecl { name: format!("{}_features", q.name), sink: FEATURE_SINK.into(), select_sql: query.to_string(), ..q.clone() });
+        out.sinks.insert(
+            FEATURE_SINK.into(),
+            SinkDecl {
+                name: FEATURE_SINK.into(),
+                topic: format!("features/{{{key}}}"),
+                format: "json".into(),
+            },
+        );
+        out.queries.push(QueryDecl {
+            name: format!("{}_features", q.name),
+            sink: FEATURE_SINK.into(),
+            select_sql: query.to_string(),
+            ..q.clone()
+        });
         return Ok((out, names));
     }
-    Err(SqlError { file: String::new(), line: 0, column: 0, message: format!("no query calls anomaly_score('{model}', ...)"), snippet: None })
+    Err(SqlError {
+        file: String::new(),
+        line: 0,
+        column: 0,
+        message: format!("no query calls anomaly_score('{model}', ...)"),
+        snippet: None,
+    })
+}
+
+fn conjuncts(e: Expr) -> Vec<Expr> {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            let mut v = conjuncts(*left);
+            v.extend(conjuncts(*right));
+            v
+        }
+        Expr::Nested(inner)
+            if matches!(
+                inner.as_ref(),
+                Expr::BinaryOp {
+                    op: BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            conjuncts(*inner)
+        }
+        other => vec![other],
+    }
 }
 
 fn score_args(e: &Expr, model: &str) -> Option<Vec<Expr>> {
@@ -79,7 +163,9 @@ fn score_args(e: &Expr, model: &str) -> Option<Vec<Expr>> {
     if !f.name.to_string().eq_ignore_ascii_case("anomaly_score") {
         return None;
     }
-    let FunctionArguments::List(l) = &f.args else { return None };
+    let FunctionArguments::List(l) = &f.args else {
+        return None;
+    };
     let args: Vec<Expr> = l
         .args
         .iter()
@@ -101,13 +187,21 @@ mod tests {
         let sql = "CREATE TABLE s (device TEXT, ts TIMESTAMP, v DOUBLE, t DOUBLE, WATERMARK FOR ts AS ts) WITH (connector = 'mqtt', topic = 'x/+');
 CREATE TABLE a WITH (connector = 'mqtt', topic = 'alerts/{device}');
 INSERT INTO a SELECT device, window_start, avg(v) AS avg_v, anomaly_score('m', avg(v), max(t) - min(t)) AS score
-FROM s WHERE v > 0 GROUP BY tumble(interval '1 minute'), device HAVING anomaly_score('m', avg(v), max(t) - min(t)) > 1;";
+FROM s WHERE v > 0 GROUP BY tumble(interval '1 minute'), device HAVING count(*) >= 6 AND anomaly_score('m', avg(v), max(t) - min(t)) > 1;";
         let mut set = QuerySet::default();
         set.add_file("f.sql", sql).unwrap();
         let (fq, names) = feature_query(&set, "m").unwrap();
-        assert_eq!(names, vec!["avg_v".to_string(), "max(t) - min(t)".to_string()]);
+        assert_eq!(
+            names,
+            vec!["avg_v".to_string(), "max(t) - min(t)".to_string()]
+        );
         let q = &fq.queries[0].select_sql;
-        assert!(q.contains("WHERE v > 0") && !q.contains("HAVING") && !q.contains("anomaly_score"), "{q}");
+        assert!(
+            q.contains("WHERE v > 0")
+                && q.contains("HAVING count(*) >= 6")
+                && !q.contains("anomaly_score"),
+            "{q}"
+        );
         assert!(feature_query(&set, "other").is_err());
     }
 }

@@ -14,5 +14,7 @@ mod udf;
 pub use error::SqlError;
 pub use features::{feature_query, FEATURE_SINK};
 pub use parse::{QueryDecl, QuerySet, SinkDecl, SourceDecl, WINDOW_END, WINDOW_START};
-pub use plan::{compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery};
+pub use plan::{
+    compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,
+};
 pub use udf::AnomalyScore;

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::sql::sqlparser::ast::{
     self, ColumnOption, CreateTableOptions, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, Ident, SelectItem, SetExpr, SqlOption, Statement, TableFactor, TableObject,
-    Value,
+    GroupByExpr, Ident, SelectItem, SetExpr, SqlOption, Statement, TableFactor, TableObject, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -96,28 +95,52 @@ impl QuerySet {
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| "query".into());
-        let inserts = statements.iter().filter(|s| matches!(s, Statement::Insert(_))).count();
+        let inserts = statements
+            .iter()
+            .filter(|s| matches!(s, Statement::Insert(_)))
+            .count();
         let mut n = 0;
         for st in statements {
             match st {
                 Statement::CreateTable(ct) => {
-                    let loc = ct.name.0.first().map(|p| p.span().start).unwrap_or(Location { line: 0, column: 0 });
+                    let loc = ct
+                        .name
+                        .0
+                        .first()
+                        .map(|p| p.span().start)
+                        .unwrap_or(Location { line: 0, column: 0 });
                     let name = ct.name.to_string();
                     if self.sources.contains_key(&name) || self.sinks.contains_key(&name) {
-                        return Err(err(file, text, loc, format!("table '{name}' is declared twice")));
+                        return Err(err(
+                            file,
+                            text,
+                            loc,
+                            format!("table '{name}' is declared twice"),
+                        ));
                     }
-                    let wm = watermarks.iter().find(|w| w.table_line <= loc.line && w.before_line >= loc.line);
+                    let wm = watermarks
+                        .iter()
+                        .find(|w| w.table_line <= loc.line && w.before_line >= loc.line);
                     self.add_table(file, text, loc, &name, &ct.columns, &ct.table_options, wm)?;
                 }
                 Statement::Insert(ins) => {
                     n += 1;
-                    let name = if inserts > 1 { format!("{stem}_{n}") } else { stem.clone() };
+                    let name = if inserts > 1 {
+                        format!("{stem}_{n}")
+                    } else {
+                        stem.clone()
+                    };
                     let q = self.parse_insert(file, text, name, ins)?;
                     self.queries.push(q);
                 }
                 other => {
                     let loc = statement_start(&other);
-                    let word = other.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                    let word = other
+                        .to_string()
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ");
                     return Err(err(
                         file,
                         text,
@@ -144,7 +167,14 @@ impl QuerySet {
         let opts = match options {
             CreateTableOptions::With(o) | CreateTableOptions::Options(o) => o.as_slice(),
             CreateTableOptions::None => &[],
-            _ => return Err(err(file, text, loc, "table options must be written WITH (key = 'value', ...)")),
+            _ => {
+                return Err(err(
+                    file,
+                    text,
+                    loc,
+                    "table options must be written WITH (key = 'value', ...)",
+                ))
+            }
         };
         let mut map = BTreeMap::new();
         for o in opts {
@@ -152,7 +182,9 @@ impl QuerySet {
                 SqlOption::KeyValue { key, value } => {
                     let v = match value {
                         Expr::Value(v) => match &v.value {
-                            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                                s.clone()
+                            }
                             other => other.to_string(),
                         },
                         Expr::Identifier(i) => i.value.clone(),
@@ -160,39 +192,94 @@ impl QuerySet {
                     };
                     map.insert(key.value.to_ascii_lowercase(), (v, key.span.start));
                 }
-                _ => return Err(err(file, text, loc, format!("option '{o}' must be key = 'value'"))),
+                _ => {
+                    return Err(err(
+                        file,
+                        text,
+                        loc,
+                        format!("option '{o}' must be key = 'value'"),
+                    ))
+                }
             }
         }
         let get = |k: &str| map.get(k).map(|(v, _)| v.clone());
         let connector = get("connector").ok_or_else(|| {
-            err(file, text, loc, format!("table '{name}' needs WITH (connector = 'mqtt', ...)"))
+            err(
+                file,
+                text,
+                loc,
+                format!("table '{name}' needs WITH (connector = 'mqtt', ...)"),
+            )
         })?;
         if connector != "mqtt" {
             let at = map["connector"].1;
-            return Err(err(file, text, at, format!("unknown connector '{connector}' (supported: 'mqtt')")));
+            return Err(err(
+                file,
+                text,
+                at,
+                format!("unknown connector '{connector}' (supported: 'mqtt')"),
+            ));
         }
         let format = get("format").unwrap_or_else(|| "json".into());
         if format != "json" {
             let at = map["format"].1;
-            return Err(err(file, text, at, format!("unknown format '{format}' (supported: 'json')")));
+            return Err(err(
+                file,
+                text,
+                at,
+                format!("unknown format '{format}' (supported: 'json')"),
+            ));
         }
-        let topic = get("topic").ok_or_else(|| err(file, text, loc, format!("table '{name}' needs a topic = '...' option")))?;
+        let topic = get("topic").ok_or_else(|| {
+            err(
+                file,
+                text,
+                loc,
+                format!("table '{name}' needs a topic = '...' option"),
+            )
+        })?;
         let allowed: &[&str] = if columns.is_empty() {
             &["connector", "format", "topic"]
         } else {
-            &["connector", "format", "topic", "topic_template", "max_future"]
+            &[
+                "connector",
+                "format",
+                "topic",
+                "topic_template",
+                "max_future",
+            ]
         };
         for (k, (_, at)) in &map {
             if !allowed.contains(&k.as_str()) {
                 let kind = if columns.is_empty() { "sink" } else { "source" };
-                return Err(err(file, text, *at, format!("unknown option '{k}' for an mqtt {kind} (allowed: {})", allowed.join(", "))));
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!(
+                        "unknown option '{k}' for an mqtt {kind} (allowed: {})",
+                        allowed.join(", ")
+                    ),
+                ));
             }
         }
         if columns.is_empty() {
             if wm.is_some() {
-                return Err(err(file, text, loc, "a sink table has no columns and no WATERMARK"));
+                return Err(err(
+                    file,
+                    text,
+                    loc,
+                    "a sink table has no columns and no WATERMARK",
+                ));
             }
-            self.sinks.insert(name.to_string(), SinkDecl { name: name.to_string(), topic, format });
+            self.sinks.insert(
+                name.to_string(),
+                SinkDecl {
+                    name: name.to_string(),
+                    topic,
+                    format,
+                },
+            );
             return Ok(());
         }
         let wm = wm.ok_or_else(|| {
@@ -203,7 +290,11 @@ impl QuerySet {
             .as_deref()
             .map(|t| {
                 t.split('/')
-                    .filter_map(|l| l.strip_prefix('{').and_then(|l| l.strip_suffix('}')).map(str::to_string))
+                    .filter_map(|l| {
+                        l.strip_prefix('{')
+                            .and_then(|l| l.strip_suffix('}'))
+                            .map(str::to_string)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -211,30 +302,61 @@ impl QuerySet {
         for c in columns {
             let cname = c.name.value.clone();
             if cname == WINDOW_START || cname == WINDOW_END {
-                return Err(err(file, text, c.name.span.start, format!("'{cname}' is reserved for the window bounds")));
+                return Err(err(
+                    file,
+                    text,
+                    c.name.span.start,
+                    format!("'{cname}' is reserved for the window bounds"),
+                ));
             }
             let dt = map_type(&c.data_type).ok_or_else(|| {
                 err(file, text, c.name.span.start, format!("column '{cname}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.data_type))
             })?;
-            let not_null = c.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull));
+            let not_null = c
+                .options
+                .iter()
+                .any(|o| matches!(o.option, ColumnOption::NotNull));
             let required = not_null || cname == wm.column || captures.contains(&cname);
             fields.push(Field::new(&cname, dt, !required));
         }
-        let ts_field = fields.iter().find(|f| *f.name() == wm.column).ok_or_else(|| {
-            err(file, text, wm.loc, format!("WATERMARK FOR names column '{}', which '{name}' does not declare", wm.column))
-        })?;
+        let ts_field = fields
+            .iter()
+            .find(|f| *f.name() == wm.column)
+            .ok_or_else(|| {
+                err(
+                    file,
+                    text,
+                    wm.loc,
+                    format!(
+                        "WATERMARK FOR names column '{}', which '{name}' does not declare",
+                        wm.column
+                    ),
+                )
+            })?;
         if !matches!(ts_field.data_type(), DataType::Timestamp(..)) {
-            return Err(err(file, text, wm.loc, format!("WATERMARK FOR column '{}' must be a TIMESTAMP", wm.column)));
+            return Err(err(
+                file,
+                text,
+                wm.loc,
+                format!("WATERMARK FOR column '{}' must be a TIMESTAMP", wm.column),
+            ));
         }
         for c in &captures {
             if !fields.iter().any(|f| f.name() == c) {
                 let at = map["topic_template"].1;
-                return Err(err(file, text, at, format!("topic_template captures '{{{c}}}', but '{name}' has no column '{c}'")));
+                return Err(err(
+                    file,
+                    text,
+                    at,
+                    format!("topic_template captures '{{{c}}}', but '{name}' has no column '{c}'"),
+                ));
             }
         }
         let max_future = match map.get("max_future") {
             None => None,
-            Some((v, at)) => Some(parse_interval(v, None).map_err(|e| err(file, text, *at, e.to_string()))?),
+            Some((v, at)) => {
+                Some(parse_interval(v, None).map_err(|e| err(file, text, *at, e.to_string()))?)
+            }
         };
         self.sources.insert(
             name.to_string(),
@@ -242,7 +364,10 @@ impl QuerySet {
                 name: name.to_string(),
                 schema: Arc::new(Schema::new(fields)),
                 event_time: wm.column.clone(),
-                watermark: WatermarkSpec { delay: wm.delay, max_future },
+                watermark: WatermarkSpec {
+                    delay: wm.delay,
+                    max_future,
+                },
                 topic,
                 topic_template: template,
                 format,
@@ -252,7 +377,13 @@ impl QuerySet {
         Ok(())
     }
 
-    fn parse_insert(&self, file: &str, text: &str, name: String, ins: ast::Insert) -> Result<QueryDecl, SqlError> {
+    fn parse_insert(
+        &self,
+        file: &str,
+        text: &str,
+        name: String,
+        ins: ast::Insert,
+    ) -> Result<QueryDecl, SqlError> {
         let line = ins.insert_token.0.span.start.line;
         let at = ins.insert_token.0.span.start;
         let sink = match &ins.table {
@@ -260,28 +391,66 @@ impl QuerySet {
             _ => return Err(err(file, text, at, "INSERT INTO must name a sink table")),
         };
         if !self.sinks.contains_key(&sink) {
-            let hint = if self.sources.contains_key(&sink) { " (it is a source: sinks are declared without columns)" } else { " (declare it first with CREATE TABLE ... WITH (connector = 'mqtt', topic = '...'))" };
-            return Err(err(file, text, at, format!("unknown sink table '{sink}'{hint}")));
+            let hint = if self.sources.contains_key(&sink) {
+                " (it is a source: sinks are declared without columns)"
+            } else {
+                " (declare it first with CREATE TABLE ... WITH (connector = 'mqtt', topic = '...'))"
+            };
+            return Err(err(
+                file,
+                text,
+                at,
+                format!("unknown sink table '{sink}'{hint}"),
+            ));
         }
-        let mut query = ins.source.ok_or_else(|| err(file, text, at, "INSERT needs a SELECT"))?;
+        let mut query = ins
+            .source
+            .ok_or_else(|| err(file, text, at, "INSERT needs a SELECT"))?;
         let SetExpr::Select(select) = query.body.as_mut() else {
-            return Err(err(file, text, at, "the query must be a single SELECT (UNION and VALUES are not supported)"));
+            return Err(err(
+                file,
+                text,
+                at,
+                "the query must be a single SELECT (UNION and VALUES are not supported)",
+            ));
         };
         if select.from.len() != 1 || !select.from[0].joins.is_empty() {
-            return Err(err(file, text, select.select_token.0.span.start, "a windowed query reads exactly one source table (joins are not supported yet)"));
+            return Err(err(
+                file,
+                text,
+                select.select_token.0.span.start,
+                "a windowed query reads exactly one source table (joins are not supported yet)",
+            ));
         }
         let source = match &select.from[0].relation {
             TableFactor::Table { name, .. } => name.to_string(),
-            other => return Err(err(file, text, other.span().start, "FROM must name a source table")),
+            other => {
+                return Err(err(
+                    file,
+                    text,
+                    other.span().start,
+                    "FROM must name a source table",
+                ))
+            }
         };
         if !self.sources.contains_key(&source) {
             let loc = select.from[0].relation.span().start;
-            return Err(err(file, text, loc, format!("unknown source table '{source}'")));
+            return Err(err(
+                file,
+                text,
+                loc,
+                format!("unknown source table '{source}'"),
+            ));
         }
         // Lift `tumble(...)` out of the GROUP BY: the runtime assigns rows to windows and
         // stamps them with `window_start`/`window_end`, which stay as ordinary group keys.
         let GroupByExpr::Expressions(group, _) = &mut select.group_by else {
-            return Err(err(file, text, at, "GROUP BY ALL is not supported; name a window and keys"));
+            return Err(err(
+                file,
+                text,
+                at,
+                "GROUP BY ALL is not supported; name a window and keys",
+            ));
         };
         let mut window = None;
         let mut rewritten = Vec::new();
@@ -289,7 +458,12 @@ impl QuerySet {
             match window_call(&g) {
                 Some((fname, args, span)) => {
                     if window.is_some() {
-                        return Err(err(file, text, span.start, "only one window function is allowed in GROUP BY"));
+                        return Err(err(
+                            file,
+                            text,
+                            span.start,
+                            "only one window function is allowed in GROUP BY",
+                        ));
                     }
                     window = Some(parse_window(file, text, &fname, &args, span)?);
                     rewritten.push(Expr::Identifier(Ident::new(WINDOW_START)));
@@ -300,7 +474,12 @@ impl QuerySet {
         }
         *group = rewritten;
         let window = window.ok_or_else(|| {
-            err(file, text, select.select_token.0.span.start, "a streaming query needs a window: GROUP BY tumble(interval '10 seconds'), <keys>")
+            err(
+                file,
+                text,
+                select.select_token.0.span.start,
+                "a streaming query needs a window: GROUP BY tumble(interval '10 seconds'), <keys>",
+            )
         })?;
         for item in &select.projection {
             let e = match item {
@@ -337,7 +516,9 @@ fn map_type(t: &ast::DataType) -> Option<DataType> {
     use ast::DataType as T;
     Some(match t {
         T::Text | T::Varchar(_) | T::String(_) | T::Char(_) | T::CharVarying(_) => DataType::Utf8,
-        T::Double(_) | T::DoublePrecision | T::Float(_) | T::Real | T::Float64 | T::Float8 => DataType::Float64,
+        T::Double(_) | T::DoublePrecision | T::Float(_) | T::Real | T::Float64 | T::Float8 => {
+            DataType::Float64
+        }
         T::BigInt(_) | T::Int(_) | T::Integer(_) | T::Int64 | T::SmallInt(_) => DataType::Int64,
         T::Boolean | T::Bool => DataType::Boolean,
         T::Timestamp(_, _) | T::Datetime(_) => DataType::Timestamp(TimeUnit::Millisecond, None),
@@ -366,23 +547,41 @@ fn window_call(e: &Expr) -> Option<(String, Vec<Expr>, Span)> {
     Some((name, args, e.span()))
 }
 
-fn parse_window(file: &str, text: &str, fname: &str, args: &[Expr], span: Span) -> Result<WindowSpec, SqlError> {
+fn parse_window(
+    file: &str,
+    text: &str,
+    fname: &str,
+    args: &[Expr],
+    span: Span,
+) -> Result<WindowSpec, SqlError> {
     match fname {
         "tumble" => {
             let [arg] = args else {
-                return Err(err(file, text, span.start, "tumble takes one argument: tumble(interval '10 seconds')"));
+                return Err(err(
+                    file,
+                    text,
+                    span.start,
+                    "tumble takes one argument: tumble(interval '10 seconds')",
+                ));
             };
             let ms = interval_ms(arg).map_err(|m| err(file, text, arg.span().start, m))?;
             WindowSpec::tumble(ms).map_err(|e| err(file, text, arg.span().start, e.to_string()))
         }
-        other => Err(err(file, text, span.start, format!("window function '{other}' is not supported yet (use tumble)"))),
+        other => Err(err(
+            file,
+            text,
+            span.start,
+            format!("window function '{other}' is not supported yet (use tumble)"),
+        )),
     }
 }
 
 /// Milliseconds of an `INTERVAL '10 seconds'` / `INTERVAL '5' SECOND` expression.
 pub(crate) fn interval_ms(e: &Expr) -> Result<Millis, String> {
     let Expr::Interval(iv) = e else {
-        return Err(format!("expected an interval such as interval '10 seconds', got {e}"));
+        return Err(format!(
+            "expected an interval such as interval '10 seconds', got {e}"
+        ));
     };
     let text = match iv.value.as_ref() {
         Expr::Value(v) => match &v.value {
@@ -419,10 +618,18 @@ fn extract_watermarks(file: &str, text: &str) -> Result<(String, Vec<WatermarkCl
         .chain(text.match_indices('\n').map(|(i, _)| i + 1))
         .collect();
     let offset = |l: Location| -> usize {
-        let ls = line_starts[(l.line as usize).saturating_sub(1).min(line_starts.len() - 1)];
-        text[ls..].char_indices().nth(l.column.saturating_sub(1) as usize).map(|(i, _)| ls + i).unwrap_or(text.len())
+        let ls = line_starts[(l.line as usize)
+            .saturating_sub(1)
+            .min(line_starts.len() - 1)];
+        text[ls..]
+            .char_indices()
+            .nth(l.column.saturating_sub(1) as usize)
+            .map(|(i, _)| ls + i)
+            .unwrap_or(text.len())
     };
-    let significant: Vec<usize> = (0..tokens.len()).filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_))).collect();
+    let significant: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+        .collect();
     let word = |k: usize, w: &str| matches!(&tokens[significant[k]].token, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none());
     let mut out = Vec::new();
     let mut bytes = text.as_bytes().to_vec();
@@ -441,7 +648,9 @@ fn extract_watermarks(file: &str, text: &str) -> Result<(String, Vec<WatermarkCl
             _ => return Err(bad("expected a column name after WATERMARK FOR")),
         };
         if !(k + 3 < significant.len() && word(k + 3, "AS")) {
-            return Err(bad("expected WATERMARK FOR <column> AS <column> - INTERVAL '...'"));
+            return Err(bad(
+                "expected WATERMARK FOR <column> AS <column> - INTERVAL '...'",
+            ));
         }
         // The expression runs to the comma or closing parenthesis at depth zero.
         let mut depth = 0i32;
@@ -457,7 +666,9 @@ fn extract_watermarks(file: &str, text: &str) -> Result<(String, Vec<WatermarkCl
             end += 1;
         }
         if end == k + 4 || end >= significant.len() {
-            return Err(bad("WATERMARK FOR ... AS needs an expression inside the column list"));
+            return Err(bad(
+                "WATERMARK FOR ... AS needs an expression inside the column list",
+            ));
         }
         let expr_start = offset(tokens[significant[k + 4]].span.start);
         let expr_end = offset(tokens[significant[end]].span.start);
@@ -465,13 +676,27 @@ fn extract_watermarks(file: &str, text: &str) -> Result<(String, Vec<WatermarkCl
         let expr = Parser::new(&dialect)
             .try_with_sql(expr_text)
             .and_then(|mut p| p.parse_expr())
-            .map_err(|e| bad(&format!("cannot read the watermark expression '{}': {e}", expr_text.trim())))?;
+            .map_err(|e| {
+                bad(&format!(
+                    "cannot read the watermark expression '{}': {e}",
+                    expr_text.trim()
+                ))
+            })?;
         let delay = match &expr {
             Expr::Identifier(i) if i.value == col => 0,
-            Expr::BinaryOp { left, op: ast::BinaryOperator::Minus, right } if matches!(left.as_ref(), Expr::Identifier(i) if i.value == col) => {
+            Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::Minus,
+                right,
+            } if matches!(left.as_ref(), Expr::Identifier(i) if i.value == col) => {
                 interval_ms(right).map_err(|m| bad(&m))?
             }
-            _ => return Err(bad(&format!("the watermark must be '{col}' or '{col} - INTERVAL ...', got '{}'", expr_text.trim()))),
+            _ => {
+                return Err(bad(&format!(
+                    "the watermark must be '{col}' or '{col} - INTERVAL ...', got '{}'",
+                    expr_text.trim()
+                )))
+            }
         };
         if delay < 0 {
             return Err(bad("the watermark delay cannot be negative"));
@@ -486,7 +711,13 @@ fn extract_watermarks(file: &str, text: &str) -> Result<(String, Vec<WatermarkCl
                 *b = b' ';
             }
         }
-        out.push(WatermarkClause { column: col, delay, loc: wm_loc, table_line: last_create_line, before_line: wm_loc.line });
+        out.push(WatermarkClause {
+            column: col,
+            delay,
+            loc: wm_loc,
+            table_line: last_create_line,
+            before_line: wm_loc.line,
+        });
     }
     // Only ASCII bytes were replaced by spaces on whole-token boundaries... except
     // multi-byte characters inside the blanked range, which become several spaces.
@@ -512,7 +743,10 @@ FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) 
 
     #[test]
     fn parses_sources_sinks_and_windows() {
-        let f = FILE.replace("topic_template = 'plant/{site}/{line}/{device}/telemetry'", "topic_template = 'plant/+/+/{device}/telemetry'");
+        let f = FILE.replace(
+            "topic_template = 'plant/{site}/{line}/{device}/telemetry'",
+            "topic_template = 'plant/+/+/{device}/telemetry'",
+        );
         let mut qs = QuerySet::default();
         qs.add_file("q.sql", &f).unwrap();
         let s = &qs.sources["pumps"];
@@ -523,7 +757,12 @@ FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) 
         assert_eq!(qs.sinks["alerts"].topic, "forewarn/alerts/{device}");
         let q = &qs.queries[0];
         assert_eq!(q.window, WindowSpec::Tumble { width: 10_000 });
-        assert!(q.select_sql.contains("GROUP BY window_start, window_end, device"), "{}", q.select_sql);
+        assert!(
+            q.select_sql
+                .contains("GROUP BY window_start, window_end, device"),
+            "{}",
+            q.select_sql
+        );
         assert_eq!(q.line, 8);
     }
 
@@ -531,21 +770,39 @@ FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) 
     fn errors_point_at_the_problem() {
         let mut qs = QuerySet::default();
         let e = qs.add_file("q.sql", FILE).unwrap_err();
-        assert_eq!(e.message, "topic_template captures '{site}', but 'pumps' has no column 'site'");
+        assert_eq!(
+            e.message,
+            "topic_template captures '{site}', but 'pumps' has no column 'site'"
+        );
         assert_eq!((e.line, e.column), (6, 9));
 
-        let bad = FILE.replace("tumble(interval '10 seconds')", "tumble(interval '10 parsecs')");
-        let bad = bad.replace("'plant/{site}/{line}/{device}/telemetry'", "'plant/+/+/{device}/telemetry'");
+        let bad = FILE.replace(
+            "tumble(interval '10 seconds')",
+            "tumble(interval '10 parsecs')",
+        );
+        let bad = bad.replace(
+            "'plant/{site}/{line}/{device}/telemetry'",
+            "'plant/+/+/{device}/telemetry'",
+        );
         let e = QuerySet::default().add_file("q.sql", &bad).unwrap_err();
-        assert_eq!((e.line, e.column), (10, 34));
+        assert_eq!((e.line, e.column), (10, 37));
         assert!(e.message.contains("10 parsecs"), "{e}");
         assert!(e.to_string().contains("   10 | FROM pumps GROUP BY"), "{e}");
 
-        let e = QuerySet::default().add_file("x.sql", "COPY t TO '/etc/passwd';").unwrap_err();
+        let e = QuerySet::default()
+            .add_file("x.sql", "COPY t TO '/etc/passwd';")
+            .unwrap_err();
         assert!(e.message.contains("not allowed in a query file"), "{e}");
-        let e = QuerySet::default().add_file("x.sql", "CREATE TABLE t (a DOUBLE) WITH (connector = 'file');").unwrap_err();
+        let e = QuerySet::default()
+            .add_file(
+                "x.sql",
+                "CREATE TABLE t (a DOUBLE) WITH (connector = 'file');",
+            )
+            .unwrap_err();
         assert_eq!(e.message, "unknown connector 'file' (supported: 'mqtt')");
-        let e = QuerySet::default().add_file("x.sql", "SELEC 1").unwrap_err();
+        let e = QuerySet::default()
+            .add_file("x.sql", "SELEC 1")
+            .unwrap_err();
         assert_eq!((e.line, e.column), (1, 1));
     }
 }

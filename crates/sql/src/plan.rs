@@ -26,7 +26,8 @@ use datafusion::physical_plan::ExecutionPlan;
 
 // Replaced leaves differ from the originals (a channel instead of a memory scan), so
 // plan properties are recomputed.
-const RECOMPUTE: ReplaceChildrenOptions = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+const RECOMPUTE: ReplaceChildrenOptions =
+    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
 use datafusion::prelude::SessionConfig;
 use forewarn_core::{WatermarkSpec, WindowSpec};
 use forewarn_scorer::ModelRegistry;
@@ -79,9 +80,15 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .set_bool("datafusion.sql_parser.enable_ident_normalization", true)
         // Never let a partial aggregate decide to pass rows through unaggregated: its
         // output is the pane's state and must stay one row per group.
-        .set_str("datafusion.execution.skip_partial_aggregation_probe_ratio_threshold", "2.0");
+        .set_str(
+            "datafusion.execution.skip_partial_aggregation_probe_ratio_threshold",
+            "2.0",
+        );
     config.options_mut().execution.coalesce_batches = false;
-    let base = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    let base = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
     // Keep the Partial and Final aggregates apart: the rule that fuses them into one
     // `Single` aggregate would leave nothing to split.
     let rules = base
@@ -90,24 +97,41 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .filter(|r| r.name() != "CombinePartialFinalAggregate")
         .cloned()
         .collect();
-    let state = SessionStateBuilder::new_from_existing(base).with_physical_optimizer_rules(rules).build();
+    let state = SessionStateBuilder::new_from_existing(base)
+        .with_physical_optimizer_rules(rules)
+        .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::new(models)));
     ctx
 }
 
 /// Plans `q` against `src` once and splits the plan.
-pub async fn compile(ctx: &SessionContext, q: &QueryDecl, src: &SourceDecl, text: &str) -> Result<CompiledQuery, SqlError> {
+pub async fn compile(
+    ctx: &SessionContext,
+    q: &QueryDecl,
+    src: &SourceDecl,
+    text: &str,
+) -> Result<CompiledQuery, SqlError> {
     let plan_err = |m: String| SqlError::at(&q.file, text, q.line, 1, 6, m);
-    let mut fields: Vec<Field> = src.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = src
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new(WINDOW_START, time_type(), false));
     fields.push(Field::new(WINDOW_END, time_type(), false));
     let pane_schema = Arc::new(Schema::new(fields));
     // Each query gets its own table registration so queries cannot see each other's sources.
-    let empty = MemTable::try_new(pane_schema.clone(), vec![vec![]]).map_err(|e| plan_err(e.to_string()))?;
+    let empty = MemTable::try_new(pane_schema.clone(), vec![vec![]])
+        .map_err(|e| plan_err(e.to_string()))?;
     let _ = ctx.deregister_table(q.source.as_str());
-    ctx.register_table(q.source.as_str(), Arc::new(empty)).map_err(|e| plan_err(e.to_string()))?;
-    let df = ctx.sql(&q.select_sql).await.map_err(|e| plan_err(clean_df_error(&e.to_string())))?;
+    ctx.register_table(q.source.as_str(), Arc::new(empty))
+        .map_err(|e| plan_err(e.to_string()))?;
+    let df = ctx
+        .sql(&q.select_sql)
+        .await
+        .map_err(|e| plan_err(clean_df_error(&e.to_string())))?;
     let logical = df.logical_plan().clone();
     let mut models = Vec::new();
     logical
@@ -116,7 +140,9 @@ pub async fn compile(ctx: &SessionContext, q: &QueryDecl, src: &SourceDecl, text
                 e.apply(|x| {
                     if let LExpr::ScalarFunction(f) = x {
                         if f.name() == "anomaly_score" {
-                            if let Some(LExpr::Literal(ScalarValue::Utf8(Some(m)), _)) = f.args.first() {
+                            if let Some(LExpr::Literal(ScalarValue::Utf8(Some(m)), _)) =
+                                f.args.first()
+                            {
                                 if !models.contains(m) {
                                     models.push(m.clone());
                                 }
@@ -128,8 +154,16 @@ pub async fn compile(ctx: &SessionContext, q: &QueryDecl, src: &SourceDecl, text
             })
         })
         .map_err(|e| plan_err(e.to_string()))?;
-    let root = df.create_physical_plan().await.map_err(|e| plan_err(clean_df_error(&e.to_string())))?;
-    let partial = find_partial(&root).ok_or_else(|| plan_err("internal: no partial aggregate in the plan; is there an aggregate in the SELECT?".into()))?;
+    let root = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| plan_err(clean_df_error(&e.to_string())))?;
+    let partial = find_partial(&root).ok_or_else(|| {
+        plan_err(
+            "internal: no partial aggregate in the plan; is there an aggregate in the SELECT?"
+                .into(),
+        )
+    })?;
     let leaf_schema = leaf_of(&partial).schema();
     Ok(CompiledQuery {
         name: q.name.clone(),
@@ -149,7 +183,9 @@ pub async fn compile(ctx: &SessionContext, q: &QueryDecl, src: &SourceDecl, text
 }
 
 fn clean_df_error(s: &str) -> String {
-    s.trim_start_matches("Error during planning: ").trim_start_matches("Schema error: ").to_string()
+    s.trim_start_matches("Error during planning: ")
+        .trim_start_matches("Schema error: ")
+        .to_string()
 }
 
 fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
@@ -169,17 +205,26 @@ fn leaf_of(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
 }
 
 /// Replaces the (single) leaf of `plan` with `leaf`.
-pub fn replace_leaf(plan: &Arc<dyn ExecutionPlan>, leaf: Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+pub fn replace_leaf(
+    plan: &Arc<dyn ExecutionPlan>,
+    leaf: Arc<dyn ExecutionPlan>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
     let children = plan.children();
     if children.is_empty() {
         return Ok(leaf);
     }
-    let new_children = children.into_iter().map(|c| replace_leaf(c, leaf.clone())).collect::<Result<Vec<_>, _>>()?;
+    let new_children = children
+        .into_iter()
+        .map(|c| replace_leaf(c, leaf.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     plan.clone().replace_children(new_children, RECOMPUTE)
 }
 
 /// Replaces the partial half inside `root` with `input` (the panes' partial state).
-pub fn replace_partial(root: &Arc<dyn ExecutionPlan>, input: Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+pub fn replace_partial(
+    root: &Arc<dyn ExecutionPlan>,
+    input: Arc<dyn ExecutionPlan>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
     if let Some(agg) = root.as_ref().downcast_ref::<AggregateExec>() {
         if *agg.mode() == AggregateMode::Partial {
             return Ok(input);
@@ -189,6 +234,9 @@ pub fn replace_partial(root: &Arc<dyn ExecutionPlan>, input: Arc<dyn ExecutionPl
     if children.is_empty() {
         return Ok(root.clone());
     }
-    let new_children = children.into_iter().map(|c| replace_partial(c, input.clone())).collect::<Result<Vec<_>, _>>()?;
+    let new_children = children
+        .into_iter()
+        .map(|c| replace_partial(c, input.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     root.clone().replace_children(new_children, RECOMPUTE)
 }

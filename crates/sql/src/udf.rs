@@ -7,7 +7,9 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
-use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
 use forewarn_scorer::ModelRegistry;
 use ndarray::Array2;
 
@@ -21,7 +23,10 @@ pub struct AnomalyScore {
 impl AnomalyScore {
     /// A scoring function backed by `models`.
     pub fn new(models: Arc<ModelRegistry>) -> Self {
-        AnomalyScore { models, signature: Signature::variadic_any(Volatility::Volatile) }
+        AnomalyScore {
+            models,
+            signature: Signature::variadic_any(Volatility::Volatile),
+        }
     }
 }
 
@@ -39,7 +44,9 @@ impl Hash for AnomalyScore {
 
 fn model_name(arg: Option<&ScalarValue>) -> Option<&str> {
     match arg {
-        Some(ScalarValue::Utf8(Some(s))) | Some(ScalarValue::LargeUtf8(Some(s))) | Some(ScalarValue::Utf8View(Some(s))) => Some(s),
+        Some(ScalarValue::Utf8(Some(s)))
+        | Some(ScalarValue::LargeUtf8(Some(s)))
+        | Some(ScalarValue::Utf8View(Some(s))) => Some(s),
         _ => None,
     }
 }
@@ -62,15 +69,30 @@ impl ScalarUDFImpl for AnomalyScore {
         };
         let Some(model) = self.models.get(name) else {
             let known = self.models.names();
-            return plan_err!("unknown model '{name}' in anomaly_score (loaded models: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") });
+            return plan_err!(
+                "unknown model '{name}' in anomaly_score (loaded models: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
         };
         let got = args.arg_fields.len() - 1;
         if got != model.features.len() {
-            return plan_err!("model '{name}' takes {} features ({}), but anomaly_score passes {got}", model.features.len(), model.features.join(", "));
+            return plan_err!(
+                "model '{name}' takes {} features ({}), but anomaly_score passes {got}",
+                model.features.len(),
+                model.features.join(", ")
+            );
         }
         for f in &args.arg_fields[1..] {
             if !f.data_type().is_numeric() {
-                return plan_err!("anomaly_score features must be numeric; '{}' is {}", f.name(), f.data_type());
+                return plan_err!(
+                    "anomaly_score features must be numeric; '{}' is {}",
+                    f.name(),
+                    f.data_type()
+                );
             }
         }
         Ok(Arc::new(Field::new(self.name(), DataType::Float64, true)))
@@ -81,11 +103,18 @@ impl ScalarUDFImpl for AnomalyScore {
             Some(ColumnarValue::Scalar(s)) => model_name(Some(s)).map(str::to_string),
             _ => None,
         };
-        let Some(name) = name else { return exec_err!("anomaly_score: model name must be a literal") };
-        let Some(model) = self.models.get(&name) else { return exec_err!("model '{name}' is no longer loaded") };
+        let Some(name) = name else {
+            return exec_err!("anomaly_score: model name must be a literal");
+        };
+        let Some(model) = self.models.get(&name) else {
+            return exec_err!("model '{name}' is no longer loaded");
+        };
         let cols: Vec<ArrayRef> = args.args[1..]
             .iter()
-            .map(|c| c.to_array(n).and_then(|a| Ok(cast(&a, &DataType::Float64)?)))
+            .map(|c| {
+                c.to_array(n)
+                    .and_then(|a| Ok(cast(&a, &DataType::Float64)?))
+            })
             .collect::<Result<_>>()?;
         let mut x = Array2::<f64>::zeros((n, cols.len()));
         for (j, c) in cols.iter().enumerate() {
@@ -94,7 +123,9 @@ impl ScalarUDFImpl for AnomalyScore {
                 x[[i, j]] = if c.is_null(i) { f64::NAN } else { c.value(i) };
             }
         }
-        let scores = model.score(x.view()).map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+        let scores = model
+            .score(x.view())
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
         let out: Float64Array = scores.iter().map(|s| s.is_finite().then_some(*s)).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }

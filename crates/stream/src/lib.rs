@@ -23,7 +23,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{collect, ExecutionPlan, SendableRecordBatchStream};
 use forewarn_core::{Millis, Pane, Watermark};
-use forewarn_sql::{replace_leaf, replace_partial, time_type, CompiledQuery, WINDOW_END, WINDOW_START};
+use forewarn_sql::{
+    replace_leaf, replace_partial, time_type, CompiledQuery, WINDOW_END, WINDOW_START,
+};
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -129,7 +131,11 @@ pub struct WindowOperator {
 
 impl std::fmt::Debug for WindowOperator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WindowOperator").field("query", &self.q.name).field("open_panes", &self.panes.len()).field("stats", &self.stats).finish()
+        f.debug_struct("WindowOperator")
+            .field("query", &self.q.name)
+            .field("open_panes", &self.panes.len())
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -138,9 +144,24 @@ impl WindowOperator {
     /// source's schema (the pane schema without the window columns).
     pub fn new(q: Arc<CompiledQuery>) -> Self {
         let n = q.pane_schema.fields().len() - 2;
-        let source_schema = Arc::new(q.pane_schema.project(&(0..n).collect::<Vec<_>>()).expect("prefix"));
-        let ts_index = source_schema.index_of(&q.event_time).expect("event-time column is declared");
-        let leaf_projection = q.leaf_schema.fields().iter().map(|f| q.pane_schema.index_of(f.name()).expect("leaf columns come from the pane schema")).collect();
+        let source_schema = Arc::new(
+            q.pane_schema
+                .project(&(0..n).collect::<Vec<_>>())
+                .expect("prefix"),
+        );
+        let ts_index = source_schema
+            .index_of(&q.event_time)
+            .expect("event-time column is declared");
+        let leaf_projection = q
+            .leaf_schema
+            .fields()
+            .iter()
+            .map(|f| {
+                q.pane_schema
+                    .index_of(f.name())
+                    .expect("leaf columns come from the pane schema")
+            })
+            .collect();
         WindowOperator {
             watermark: Watermark::new(q.watermark),
             q,
@@ -180,12 +201,24 @@ impl WindowOperator {
             return Ok(out);
         }
         if batch.num_columns() != self.source_schema.fields().len() {
-            return Err(StreamError::Schema { query: self.q.name.clone(), reason: format!("{} columns, expected {}", batch.num_columns(), self.source_schema.fields().len()) });
+            return Err(StreamError::Schema {
+                query: self.q.name.clone(),
+                reason: format!(
+                    "{} columns, expected {}",
+                    batch.num_columns(),
+                    self.source_schema.fields().len()
+                ),
+            });
         }
         self.stats.rows_in += batch.num_rows() as u64;
-        let ts_col = cast(batch.column(self.ts_index), &time_type()).map_err(|e| self.exec_err(e.into()))?;
+        let ts_col =
+            cast(batch.column(self.ts_index), &time_type()).map_err(|e| self.exec_err(e.into()))?;
         let ts = ts_col.as_primitive::<TimestampMillisecondType>();
-        let max_ahead = self.q.watermark.max_future.zip(self.watermark.current().map(|w| w + self.q.watermark.delay));
+        let max_ahead = self
+            .q
+            .watermark
+            .max_future
+            .zip(self.watermark.current().map(|w| w + self.q.watermark.delay));
         // Per row: Ok(pane start) or the rejection.
         let mut verdicts: Vec<Result<Millis, RowRejection>> = Vec::with_capacity(ts.len());
         for i in 0..ts.len() {
@@ -196,7 +229,9 @@ impl WindowOperator {
                 let pane = self.q.window.pane_of(t);
                 match (self.closed_until, max_ahead) {
                     (Some(c), _) if pane.end <= c => Err(RowRejection::Late),
-                    (_, Some((limit, seen))) if t > seen.saturating_add(limit) => Err(RowRejection::Future),
+                    (_, Some((limit, seen))) if t > seen.saturating_add(limit) => {
+                        Err(RowRejection::Future)
+                    }
                     _ => Ok(pane.start),
                 }
             };
@@ -213,7 +248,11 @@ impl WindowOperator {
                     let t = ts.value(i);
                     max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
                 }
-                Err(r) => rejected.entry(r.code()).or_insert((*r, vec![])).1.push(i as u32),
+                Err(r) => rejected
+                    .entry(r.code())
+                    .or_insert((*r, vec![]))
+                    .1
+                    .push(i as u32),
             }
         }
         for (_, (reason, idx)) in rejected {
@@ -223,12 +262,18 @@ impl WindowOperator {
                 RowRejection::Future => self.stats.future_rows += n,
                 RowRejection::NoTimestamp => self.stats.no_timestamp_rows += n,
             }
-            let rows = take_record_batch(batch, &UInt32Array::from(idx)).map_err(|e| self.exec_err(e.into()))?;
+            let rows = take_record_batch(batch, &UInt32Array::from(idx))
+                .map_err(|e| self.exec_err(e.into()))?;
             out.rejected.push((reason, rows));
         }
         let single = by_pane.len() == 1 && out.rejected.is_empty();
         for (start, idx) in by_pane {
-            let rows = if single { batch.clone() } else { take_record_batch(batch, &UInt32Array::from(idx)).map_err(|e| self.exec_err(e.into()))? };
+            let rows = if single {
+                batch.clone()
+            } else {
+                take_record_batch(batch, &UInt32Array::from(idx))
+                    .map_err(|e| self.exec_err(e.into()))?
+            };
             self.stats.rows_aggregated += rows.num_rows() as u64;
             self.feed(start, rows).await?;
         }
@@ -248,7 +293,10 @@ impl WindowOperator {
     }
 
     fn exec_err(&self, source: DataFusionError) -> StreamError {
-        StreamError::Exec { query: self.q.name.clone(), source }
+        StreamError::Exec {
+            query: self.q.name.clone(),
+            source,
+        }
     }
 
     async fn feed(&mut self, start: Millis, rows: RecordBatch) -> Result<(), StreamError> {
@@ -256,9 +304,22 @@ impl WindowOperator {
         let n = rows.num_rows();
         let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
         cols.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
-        cols.push(Arc::new(TimestampMillisecondArray::from_value(start + width, n)));
-        let leaf_cols = self.leaf_projection.iter().map(|&i| cols[i].clone()).collect();
-        let leaf_batch = RecordBatch::try_new(self.q.leaf_schema.clone(), leaf_cols).map_err(|e| StreamError::Schema { query: self.q.name.clone(), reason: e.to_string() })?;
+        cols.push(Arc::new(TimestampMillisecondArray::from_value(
+            start + width,
+            n,
+        )));
+        let leaf_cols = self
+            .leaf_projection
+            .iter()
+            .map(|&i| cols[i].clone())
+            .collect();
+        let leaf_batch =
+            RecordBatch::try_new(self.q.leaf_schema.clone(), leaf_cols).map_err(|e| {
+                StreamError::Schema {
+                    query: self.q.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         if !self.panes.contains_key(&start) {
             let pane = self.open_pane().map_err(|e| self.exec_err(e))?;
             self.panes.insert(start, pane);
@@ -273,8 +334,18 @@ impl WindowOperator {
 
     fn open_pane(&self) -> DfResult<OpenPane> {
         let (tx, rx) = mpsc::channel(16);
-        let input = Arc::new(ChannelPartition { schema: self.q.leaf_schema.clone(), rx: Mutex::new(Some(rx)) });
-        let leaf = StreamingTableExec::try_new(self.q.leaf_schema.clone(), vec![input], None, vec![], false, None)?;
+        let input = Arc::new(ChannelPartition {
+            schema: self.q.leaf_schema.clone(),
+            rx: Mutex::new(Some(rx)),
+        });
+        let leaf = StreamingTableExec::try_new(
+            self.q.leaf_schema.clone(),
+            vec![input],
+            None,
+            vec![],
+            false,
+            None,
+        )?;
         let plan = replace_leaf(&self.q.partial, Arc::new(leaf))?;
         let stream = plan.execute(0, self.q.task_ctx.clone())?;
         let state = tokio::spawn(async move { stream.try_collect::<Vec<_>>().await });
@@ -282,7 +353,9 @@ impl WindowOperator {
     }
 
     async fn close_ready(&mut self, out: &mut Processed) -> Result<(), StreamError> {
-        let Some(wm) = self.watermark.current() else { return Ok(()) };
+        let Some(wm) = self.watermark.current() else {
+            return Ok(());
+        };
         while let Some((&start, _)) = self.panes.first_key_value() {
             let pane = self.q.window.pane_of(start);
             if pane.end > wm {
@@ -290,7 +363,11 @@ impl WindowOperator {
             }
             let open = self.panes.remove(&start).expect("present");
             drop(open.tx);
-            let state = open.state.await.map_err(|e| self.exec_err(DataFusionError::External(Box::new(e))))?.map_err(|e| self.exec_err(e))?;
+            let state = open
+                .state
+                .await
+                .map_err(|e| self.exec_err(DataFusionError::External(Box::new(e))))?
+                .map_err(|e| self.exec_err(e))?;
             for window in self.q.window.windows_closing_with(pane) {
                 let batch = self.finish_window(state.clone()).await?;
                 self.stats.windows_closed += 1;
@@ -307,10 +384,15 @@ impl WindowOperator {
         if state.is_empty() {
             return Ok(RecordBatch::new_empty(self.q.output_schema.clone()));
         }
-        let input = MemorySourceConfig::try_new_exec(&[state], self.q.partial.schema(), None).map_err(|e| self.exec_err(e))?;
-        let plan = replace_partial(&self.q.root, input as Arc<dyn ExecutionPlan>).map_err(|e| self.exec_err(e))?;
-        let batches = collect(plan, self.q.task_ctx.clone()).await.map_err(|e| self.exec_err(e))?;
-        datafusion::arrow::compute::concat_batches(&self.q.output_schema, &batches).map_err(|e| self.exec_err(e.into()))
+        let input = MemorySourceConfig::try_new_exec(&[state], self.q.partial.schema(), None)
+            .map_err(|e| self.exec_err(e))?;
+        let plan = replace_partial(&self.q.root, input as Arc<dyn ExecutionPlan>)
+            .map_err(|e| self.exec_err(e))?;
+        let batches = collect(plan, self.q.task_ctx.clone())
+            .await
+            .map_err(|e| self.exec_err(e))?;
+        datafusion::arrow::compute::concat_batches(&self.q.output_schema, &batches)
+            .map_err(|e| self.exec_err(e.into()))
     }
 }
 
