@@ -42,9 +42,7 @@ SELECT device, site, window_start, window_end,
 FROM telemetry
 WHERE device LIKE 'pump-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
-HAVING count(*) >= 6
-   AND anomaly_score('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
-                     avg(load), avg(motor_current), avg(pressure)) > 1.0;
+HAVING count(*) >= 6 AND score > 1.0;
 
 -- Motors: bearing wear and overheating (no pressure sensor).
 INSERT INTO alerts
@@ -59,9 +57,7 @@ SELECT device, site, window_start, window_end,
 FROM telemetry
 WHERE device LIKE 'motor-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
-HAVING count(*) >= 6
-   AND anomaly_score('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
-                     avg(load), avg(motor_current)) > 1.0;
+HAVING count(*) >= 6 AND score > 1.0;
 
 -- Compressors: bearing wear and overheating.
 INSERT INTO alerts
@@ -77,6 +73,4 @@ SELECT device, site, window_start, window_end,
 FROM telemetry
 WHERE device LIKE 'compressor-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
-HAVING count(*) >= 6
-   AND anomaly_score('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
-                     avg(load), avg(motor_current), avg(pressure)) > 1.0;
+HAVING count(*) >= 6 AND score > 1.0;

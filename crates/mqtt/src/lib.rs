@@ -64,6 +64,33 @@ impl Backoff {
     }
 }
 
+/// Waits until a client's event loop reports a live connection.
+pub(crate) async fn wait_connected(
+    connected: &mut tokio::sync::watch::Receiver<bool>,
+    timeout: std::time::Duration,
+) -> Result<(), MqttError> {
+    tokio::time::timeout(timeout, connected.wait_for(|c| *c))
+        .await
+        .map_err(|_| MqttError::Client(format!("not connected after {timeout:?}")))?
+        .map_err(|e| MqttError::Client(e.to_string()))?;
+    Ok(())
+}
+
+/// After a connection error: mark the client disconnected, log, and back off before
+/// the event loop's next poll reconnects.
+pub(crate) async fn back_off(
+    role: &str,
+    url: &BrokerUrl,
+    e: &rumqttc::ConnectionError,
+    connected: &tokio::sync::watch::Sender<bool>,
+    backoff: &mut Backoff,
+) {
+    let _ = connected.send(false);
+    let d = backoff.next_delay();
+    tracing::warn!(broker = %url, error = %e, retry_in = ?d, "{role} connection failed");
+    tokio::time::sleep(d).await;
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

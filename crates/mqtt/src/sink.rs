@@ -8,7 +8,7 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::task::JoinHandle;
 
 use crate::source::mqtt_options;
-use crate::{Backoff, BrokerUrl, MqttError};
+use crate::{back_off, Backoff, BrokerUrl, MqttError};
 
 /// Publish counters.
 #[derive(Debug, Default)]
@@ -55,12 +55,7 @@ impl MqttSink {
                     // Our own disconnect: the loop is done (an error would follow otherwise).
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
-                    Err(e) => {
-                        let _ = ctx.send(false);
-                        let d = backoff.next_delay();
-                        tracing::warn!(broker = %url, error = %e, retry_in = ?d, "sink connection failed");
-                        tokio::time::sleep(d).await;
-                    }
+                    Err(e) => back_off("sink", &url, &e, &ctx, &mut backoff).await,
                 }
             }
         });
@@ -75,11 +70,7 @@ impl MqttSink {
 
     /// Waits until connected.
     pub async fn wait_connected(&mut self, timeout: Duration) -> Result<(), MqttError> {
-        tokio::time::timeout(timeout, self.connected.wait_for(|c| *c))
-            .await
-            .map_err(|_| MqttError::Client(format!("not connected after {timeout:?}")))?
-            .map_err(|e| MqttError::Client(e.to_string()))?;
-        Ok(())
+        crate::wait_connected(&mut self.connected, timeout).await
     }
 
     /// Queues a publish (waits while the client's request queue is full).

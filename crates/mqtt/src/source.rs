@@ -6,7 +6,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{Backoff, BrokerUrl, MqttError};
+use crate::{back_off, Backoff, BrokerUrl, MqttError};
 
 /// One received message.
 #[derive(Debug, Clone)]
@@ -115,12 +115,7 @@ impl MqttSource {
                     // Our own disconnect: the loop is done (an error would follow otherwise).
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
-                    Err(e) => {
-                        let _ = ctx.send(false);
-                        let d = backoff.next_delay();
-                        tracing::warn!(broker = %opts.url, error = %e, retry_in = ?d, "source connection failed");
-                        tokio::time::sleep(d).await;
-                    }
+                    Err(e) => back_off("source", &opts.url, &e, &ctx, &mut backoff).await,
                 }
             }
         });
@@ -136,11 +131,7 @@ impl MqttSource {
 
     /// Waits until the first connection is up and the subscriptions are queued.
     pub async fn wait_connected(&mut self, timeout: Duration) -> Result<(), MqttError> {
-        tokio::time::timeout(timeout, self.connected.wait_for(|c| *c))
-            .await
-            .map_err(|_| MqttError::Client(format!("not connected after {timeout:?}")))?
-            .map_err(|e| MqttError::Client(e.to_string()))?;
-        Ok(())
+        crate::wait_connected(&mut self.connected, timeout).await
     }
 
     /// Disconnects and stops the background task.

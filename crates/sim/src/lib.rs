@@ -179,6 +179,39 @@ pub struct Reading {
     pub ambient: f64,
 }
 
+/// How a nuisance is scheduled: its probability per machine, when it may start
+/// (fractions of the run) and how long it lasts (ms).
+struct NuisancePlan {
+    kind: NuisanceKind,
+    probability: f64,
+    start: (f64, f64),
+    duration_ms: (i64, i64),
+}
+
+const NUISANCES: [NuisancePlan; 2] = [
+    NuisancePlan {
+        kind: NuisanceKind::PlannedStop,
+        probability: 0.5,
+        start: (0.05, 0.85),
+        duration_ms: (180_000, 480_000),
+    },
+    NuisancePlan {
+        kind: NuisanceKind::SensorDropout,
+        probability: 0.3,
+        start: (0.05, 0.9),
+        duration_ms: (60_000, 240_000),
+    },
+];
+
+impl MachineTruth {
+    /// Whether a nuisance of `kind` is under way at `now`.
+    pub fn in_nuisance(&self, kind: NuisanceKind, now: i64) -> bool {
+        self.nuisances
+            .iter()
+            .any(|n| n.kind == kind && now >= n.start_ms && now < n.end_ms)
+    }
+}
+
 /// Nominal values of a machine kind.
 struct Rated {
     vibration: f64,
@@ -277,23 +310,19 @@ impl Plant {
                         failure_ms: (onset + pf).min(cfg.start_ms + d * 95 / 100),
                     }
                 });
+                // Each nuisance happens to a machine with its probability, starting somewhere in
+                // the given fraction of the run and lasting the given number of ms.
                 let mut nuisances = Vec::new();
-                // Every machine has a planned stop with probability 0.5 and a dropout with 0.3.
-                if rng.gen_bool(0.5) {
-                    let s = cfg.start_ms + (d as f64 * rng.gen_range(0.05..0.85)) as i64;
-                    nuisances.push(NuisanceTruth {
-                        kind: NuisanceKind::PlannedStop,
-                        start_ms: s,
-                        end_ms: s + rng.gen_range(180_000..480_000),
-                    });
-                }
-                if rng.gen_bool(0.3) {
-                    let s = cfg.start_ms + (d as f64 * rng.gen_range(0.05..0.9)) as i64;
-                    nuisances.push(NuisanceTruth {
-                        kind: NuisanceKind::SensorDropout,
-                        start_ms: s,
-                        end_ms: s + rng.gen_range(60_000..240_000),
-                    });
+                for n in &NUISANCES {
+                    if rng.gen_bool(n.probability) {
+                        let s =
+                            cfg.start_ms + (d as f64 * rng.gen_range(n.start.0..n.start.1)) as i64;
+                        nuisances.push(NuisanceTruth {
+                            kind: n.kind,
+                            start_ms: s,
+                            end_ms: s + rng.gen_range(n.duration_ms.0..n.duration_ms.1),
+                        });
+                    }
                 }
                 let unit = [
                     1.0 + normal(&mut rng, 0.06),
@@ -372,9 +401,7 @@ impl Plant {
                 + m.site_offset
                 + 7.0 * (std::f64::consts::TAU * progress + m.site_phase).sin()
                 + normal(&mut m.rng, 0.2);
-            let stopped = m.truth.nuisances.iter().any(|n| {
-                n.kind == NuisanceKind::PlannedStop && now >= n.start_ms && now < n.end_ms
-            });
+            let stopped = m.truth.in_nuisance(NuisanceKind::PlannedStop, now);
             if stopped && m.running {
                 m.running = false;
             } else if !stopped && !m.running {
@@ -428,9 +455,7 @@ impl Plant {
             }
             // The casing follows its target with a few minutes of thermal lag.
             m.temperature += (temp_target - m.temperature) * (1.0 - (-dt / 240.0).exp());
-            let dropout = m.truth.nuisances.iter().any(|n| {
-                n.kind == NuisanceKind::SensorDropout && now >= n.start_ms && now < n.end_ms
-            });
+            let dropout = m.truth.in_nuisance(NuisanceKind::SensorDropout, now);
             let reading = Reading {
                 device: m.truth.device.clone(),
                 ts: now,

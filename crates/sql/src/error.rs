@@ -21,11 +21,15 @@ impl std::error::Error for SqlError {}
 
 impl fmt::Display for SqlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: error: {}",
-            self.file, self.line, self.column, self.message
-        )?;
+        match (self.file.is_empty(), self.line) {
+            (true, _) => write!(f, "error: {}", self.message)?,
+            (false, 0) => write!(f, "{}: error: {}", self.file, self.message)?,
+            (false, _) => write!(
+                f,
+                "{}:{}:{}: error: {}",
+                self.file, self.line, self.column, self.message
+            )?,
+        }
         if let Some(s) = &self.snippet {
             write!(f, "\n{s}")?;
         }

@@ -79,22 +79,31 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
         }
         select.projection = projection;
         // Keep the HAVING conditions that select which windows are scored (row counts and
-        // the like); drop those on the score itself, which does not exist yet.
+        // the like); drop those on the score itself (a call, or an alias of one), which
+        // does not exist yet at training time.
+        let score_aliases: Vec<String> = aliases
+            .iter()
+            .filter(|(_, e)| calls_score(e))
+            .map(|(n, _)| n.clone())
+            .collect();
         select.having = select.having.take().and_then(|h| {
             conjuncts(h)
                 .into_iter()
                 .filter(|c| {
-                    let mut scored = false;
+                    let mut scored = calls_score(c);
                     let _ = visit_expressions(c, |e| {
-                        if matches!(e, Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("anomaly_score")) {
+                        if matches!(e, Expr::Identifier(i) if score_aliases.contains(&i.value)) {
                             scored = true;
-                            return ControlFlow::Break(());
                         }
-                        ControlFlow::Continue(())
+                        ControlFlow::<()>::Continue(())
                     });
                     !scored
                 })
-                .reduce(|a, b| Expr::BinaryOp { left: Box::new(a), op: BinaryOperator::And, right: Box::new(b) })
+                .reduce(|a, b| Expr::BinaryOp {
+                    left: Box::new(a),
+                    op: BinaryOperator::And,
+                    right: Box::new(b),
+                })
         });
         let mut out = QuerySet::default();
         out.sources
@@ -123,13 +132,28 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
         });
         return Ok((out, names));
     }
+    let file = set
+        .queries
+        .first()
+        .map(|q| q.file.clone())
+        .unwrap_or_default();
     Err(SqlError {
-        file: String::new(),
+        file,
         line: 0,
         column: 0,
-        message: format!("no query calls anomaly_score('{model}', ...)"),
+        message: format!("no query calls anomaly_score('{model}', ...) (name the model with --model, or name the output file after it)"),
         snippet: None,
     })
+}
+
+fn calls_score(e: &Expr) -> bool {
+    visit_expressions(e, |x| match x {
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("anomaly_score") => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 fn conjuncts(e: Expr) -> Vec<Expr> {
@@ -187,7 +211,7 @@ mod tests {
         let sql = "CREATE TABLE s (device TEXT, ts TIMESTAMP, v DOUBLE, t DOUBLE, WATERMARK FOR ts AS ts) WITH (connector = 'mqtt', topic = 'x/+');
 CREATE TABLE a WITH (connector = 'mqtt', topic = 'alerts/{device}');
 INSERT INTO a SELECT device, window_start, avg(v) AS avg_v, anomaly_score('m', avg(v), max(t) - min(t)) AS score
-FROM s WHERE v > 0 GROUP BY tumble(interval '1 minute'), device HAVING count(*) >= 6 AND anomaly_score('m', avg(v), max(t) - min(t)) > 1;";
+FROM s WHERE v > 0 GROUP BY tumble(interval '1 minute'), device HAVING count(*) >= 6 AND anomaly_score('m', avg(v), max(t) - min(t)) > 1 AND score < 100;";
         let mut set = QuerySet::default();
         set.add_file("f.sql", sql).unwrap();
         let (fq, names) = feature_query(&set, "m").unwrap();
