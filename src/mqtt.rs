@@ -23,6 +23,25 @@ pub enum RunError {
     Mqtt(#[from] MqttError),
 }
 
+/// How the pipeline connects.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Client id prefix: the source connects as `{id}-in`, the sink as `{id}-out`.
+    pub client_id: String,
+    /// QoS of the source's subscriptions (alerts and dead letters are always QoS 1).
+    pub source_qos: QoS,
+}
+
+impl RunOptions {
+    /// QoS 1 subscriptions under the given client id prefix.
+    pub fn new(client_id: &str) -> Self {
+        RunOptions {
+            client_id: client_id.to_string(),
+            source_qos: QoS::AtLeastOnce,
+        }
+    }
+}
+
 /// A pipeline connected to a broker.
 pub struct MqttPipeline {
     handle: PipelineHandle,
@@ -35,9 +54,10 @@ pub struct MqttPipeline {
 pub async fn start(
     pipeline: Pipeline,
     url: &BrokerUrl,
-    client_id: &str,
+    opts: &RunOptions,
     tap: Option<mpsc::Sender<Output>>,
 ) -> Result<MqttPipeline, RunError> {
+    let client_id = opts.client_id.as_str();
     let mut filters: Vec<String> = pipeline
         .sources()
         .iter()
@@ -47,11 +67,9 @@ pub async fn start(
     filters.dedup();
     let mut sink = MqttSink::start(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
     sink.wait_connected(Duration::from_secs(10)).await?;
-    let (mut source, mut incoming) = MqttSource::start(SourceOptions::new(
-        url.clone(),
-        &format!("{client_id}-in"),
-        filters,
-    ));
+    let mut source_opts = SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters);
+    source_opts.qos = opts.source_qos;
+    let (mut source, mut incoming) = MqttSource::start(source_opts);
     source.wait_connected(Duration::from_secs(10)).await?;
     let (handle, mut outputs) = pipeline.start();
     let h = handle.clone();

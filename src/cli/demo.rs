@@ -85,7 +85,13 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         seen
     });
 
-    let running = mqtt::start(pipeline, &url, "forewarn-engine", None).await?;
+    let running = mqtt::start(
+        pipeline,
+        &url,
+        &mqtt::RunOptions::new("forewarn-engine"),
+        None,
+    )
+    .await?;
     let cfg = a.plant.config();
     println!(
         "simulating {} machines ({:.0}% developing a failure), {} s of plant time in {:.0} s ...\n",

@@ -38,6 +38,7 @@ struct FileConfig {
     max_batch_delay_ms: Option<u64>,
     max_payload_bytes: Option<usize>,
     topic_prefix: Option<String>,
+    source_qos: Option<u8>,
 }
 
 fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
@@ -78,7 +79,13 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let client = fc.client_id.unwrap_or_else(|| "forewarn".into());
     tracing::info!(broker = %url, queries = ?pipeline.query_names(), "starting");
-    let running = mqtt::start(pipeline, &url, &client, None).await?;
+    let mut opts = mqtt::RunOptions::new(&client);
+    opts.source_qos = match fc.source_qos.unwrap_or(1) {
+        0 => mqtt::QoS::AtMostOnce,
+        1 => mqtt::QoS::AtLeastOnce,
+        q => anyhow::bail!("source_qos must be 0 or 1, got {q}"),
+    };
+    let running = mqtt::start(pipeline, &url, &opts, None).await?;
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tokio::select! {

@@ -169,9 +169,14 @@ pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) {
         .build()
         .await
         .unwrap();
-    let running = mqtt::start(pipeline, url, &format!("engine-{tag}"), None)
-        .await
-        .unwrap();
+    let running = mqtt::start(
+        pipeline,
+        url,
+        &mqtt::RunOptions::new(&format!("engine-{tag}")),
+        None,
+    )
+    .await
+    .unwrap();
     let filters = vec![
         "out/windows/#".to_string(),
         "forewarn/alerts/#".to_string(),
