@@ -213,3 +213,65 @@ async fn bad_queries_and_models_name_the_problem() {
         .unwrap_err();
     assert!(e.to_string().contains("vv"), "{e}");
 }
+
+#[tokio::test]
+async fn wrong_batches_are_dead_lettered_and_the_pipeline_goes_on() {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let pipeline = Pipeline::builder()
+        .query_sql("scenario.sql", common::SQL)
+        .model(common::model())
+        .build()
+        .await
+        .unwrap();
+    let schema = pipeline.sources()[0].schema.clone();
+    let (handle, mut rx) = pipeline.start();
+    let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)]));
+    let wrong = RecordBatch::try_new(other, vec![Arc::new(Float64Array::from(vec![1.0]))]).unwrap();
+    handle.push_batch("readings", wrong.clone()).await.unwrap();
+    handle.push_batch("nonexistent", wrong).await.unwrap();
+    // A null device in a required column.
+    let nullable = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let nulls = RecordBatch::try_new(
+        nullable,
+        vec![
+            Arc::new(StringArray::from(vec![None::<&str>])),
+            Arc::new(TimestampMillisecondArray::from(vec![common::BASE])),
+            Arc::new(Float64Array::from(vec![1.0])),
+            Arc::new(Float64Array::from(vec![50.0])),
+        ],
+    )
+    .unwrap();
+    handle.push_batch("readings", nulls).await.unwrap();
+    for r in common::readings() {
+        handle
+            .push_json(&common::topic(&r), common::payload(&r))
+            .await
+            .unwrap();
+    }
+    let stats = handle.finish().await.unwrap();
+    drop(handle);
+    let mut reasons = vec![];
+    let mut alerts = 0;
+    while let Some(o) = rx.recv().await {
+        match o {
+            Output::DeadLetter { letter, .. } => reasons.push(letter.reason),
+            Output::Alert { .. } => alerts += 1,
+        }
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec!["missing_field", "schema_mismatch", "unknown_source"]
+    );
+    assert_eq!(
+        alerts, 13,
+        "the good readings after the bad batches were all processed"
+    );
+    assert_eq!(stats.query_errors, 0);
+}

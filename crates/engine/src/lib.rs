@@ -164,6 +164,8 @@ pub struct EngineStats {
     pub alerts_out: u64,
     /// Dead letters produced.
     pub dead_letters_out: u64,
+    /// Times a query failed on a batch (logged; the pipeline and other queries go on).
+    pub query_errors: u64,
 }
 
 /// Builds a [`Pipeline`].

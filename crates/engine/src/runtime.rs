@@ -11,6 +11,49 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::rows::row_to_json;
+
+/// Why a pushed batch cannot be used for a source, if it cannot.
+fn batch_problem(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    batch: &RecordBatch,
+) -> Option<(&'static str, String)> {
+    let want: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    let got: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    if want != got {
+        return Some((
+            "schema_mismatch",
+            format!(
+                "batch columns [{}] do not match the source's [{}]",
+                got.join(", "),
+                want.join(", ")
+            ),
+        ));
+    }
+    schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .find(|(f, c)| !f.is_nullable() && c.null_count() > 0)
+        .map(|(f, c)| {
+            (
+                "missing_field",
+                format!(
+                    "required column '{}' has {} nulls",
+                    f.name(),
+                    c.null_count()
+                ),
+            )
+        })
+}
 use crate::{DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
 
 struct Source {
@@ -193,15 +236,39 @@ impl Runtime {
     }
 
     async fn on_batch(&mut self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
-        let Some(i) = self.sources.iter().position(|s| s.name == source) else {
-            return Err(EngineError::Config(format!(
-                "no query reads source '{source}'"
-            )));
+        self.count(|s| s.messages_in += 1);
+        let i = self.sources.iter().position(|s| s.name == source);
+        let problem = match i {
+            None => Some((
+                "unknown_source",
+                format!("no query reads source '{source}'"),
+            )),
+            Some(i) => batch_problem(self.sources[i].decoder.schema(), &batch),
         };
-        self.count(|s| {
-            s.messages_in += 1;
-            s.readings_in += batch.num_rows() as u64;
-        });
+        if let Some((reason, detail)) = problem {
+            let excerpt = if batch.num_rows() > 0 {
+                serde_json::Value::Object(row_to_json(&batch, 0)).to_string()
+            } else {
+                String::new()
+            };
+            let letter = DeadLetter {
+                reason: reason.into(),
+                detail,
+                source_topic: String::new(),
+                source: Some(source.to_string()),
+                index: None,
+                excerpt,
+            };
+            let topic = format!(
+                "{}/deadletter/{}",
+                self.config.topic_prefix,
+                if i.is_some() { source } else { "unrouted" }
+            );
+            self.emit(Output::DeadLetter { topic, letter }).await;
+            return Ok(());
+        }
+        let i = i.expect("checked above");
+        self.count(|s| s.readings_in += batch.num_rows() as u64);
         self.flush_source(i).await?;
         self.process(i, batch).await
     }
@@ -224,8 +291,11 @@ impl Runtime {
     async fn process(&mut self, i: usize, batch: RecordBatch) -> Result<(), EngineError> {
         self.count(|s| s.batches += 1);
         for k in 0..self.sources[i].operators.len() {
-            let processed = self.sources[i].operators[k].op.process(&batch).await?;
-            self.emit_processed(i, k, processed).await;
+            match self.sources[i].operators[k].op.process(&batch).await {
+                Ok(processed) => self.emit_processed(i, k, processed).await,
+                // One failing query must not stop the others, nor the pipeline.
+                Err(e) => self.query_failed(e),
+            }
         }
         Ok(())
     }
@@ -234,11 +304,18 @@ impl Runtime {
         self.flush_all().await?;
         for i in 0..self.sources.len() {
             for k in 0..self.sources[i].operators.len() {
-                let processed = self.sources[i].operators[k].op.finish().await?;
-                self.emit_processed(i, k, processed).await;
+                match self.sources[i].operators[k].op.finish().await {
+                    Ok(processed) => self.emit_processed(i, k, processed).await,
+                    Err(e) => self.query_failed(e),
+                }
             }
         }
         Ok(())
+    }
+
+    fn query_failed(&self, e: forewarn_stream::StreamError) {
+        tracing::error!(error = %e, "query failed on a batch; its results for that batch are lost");
+        self.count(|s| s.query_errors += 1);
     }
 
     async fn emit_processed(&self, i: usize, k: usize, p: Processed) {
