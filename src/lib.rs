@@ -18,3 +18,8 @@ pub use forewarn_sql::{QuerySet, SqlError};
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+
+/// The README's Rust example is compiled and run as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -24,6 +24,14 @@ pub enum CoreError {
         /// The offending value in milliseconds.
         ms: i64,
     },
+    /// A hop window's width is not a multiple of its slide.
+    #[error("hop width ({width} ms) must be a multiple of its slide ({slide} ms)")]
+    NotMultiple {
+        /// Width, ms.
+        width: i64,
+        /// Slide, ms.
+        slide: i64,
+    },
     /// An interval literal could not be understood.
     #[error("cannot read interval '{0}': expected e.g. '10 seconds', '500 ms', '5 minutes'")]
     BadInterval(String),
@@ -68,6 +76,14 @@ pub enum WindowSpec {
         /// Window width in milliseconds.
         width: Millis,
     },
+    /// `hop(slide, width)`: windows of `width` starting every `slide`, aligned to the
+    /// epoch; `width` is a multiple of `slide`, so each window is a union of panes.
+    Hop {
+        /// Distance between window starts, ms (the pane width).
+        slide: Millis,
+        /// Window width, ms.
+        width: Millis,
+    },
 }
 
 impl WindowSpec {
@@ -82,10 +98,38 @@ impl WindowSpec {
         Ok(WindowSpec::Tumble { width })
     }
 
+    /// A hopping window; `width` must be a positive multiple of `slide`.
+    pub fn hop(slide: Millis, width: Millis) -> Result<Self, CoreError> {
+        if slide <= 0 {
+            return Err(CoreError::NonPositive {
+                what: "slide",
+                ms: slide,
+            });
+        }
+        if width <= 0 {
+            return Err(CoreError::NonPositive {
+                what: "width",
+                ms: width,
+            });
+        }
+        if width % slide != 0 {
+            return Err(CoreError::NotMultiple { width, slide });
+        }
+        Ok(WindowSpec::Hop { slide, width })
+    }
+
     /// Width of one pane: rows are accumulated per pane; windows are unions of panes.
     pub fn pane_width(&self) -> Millis {
         match self {
             WindowSpec::Tumble { width } => *width,
+            WindowSpec::Hop { slide, .. } => *slide,
+        }
+    }
+
+    /// Width of a window.
+    pub fn width(&self) -> Millis {
+        match self {
+            WindowSpec::Tumble { width } | WindowSpec::Hop { width, .. } => *width,
         }
     }
 
@@ -99,10 +143,17 @@ impl WindowSpec {
         }
     }
 
-    /// The windows that close when `pane` closes (for tumbling windows: the pane itself).
-    pub fn windows_closing_with(&self, pane: Pane) -> Vec<Pane> {
-        match self {
-            WindowSpec::Tumble { .. } => vec![pane],
+    /// Ends of the windows that contain `pane`, earliest first.
+    pub fn window_ends_of(&self, pane: Pane) -> impl Iterator<Item = Millis> {
+        let step = self.pane_width() as usize;
+        (pane.end..=pane.start + self.width()).step_by(step)
+    }
+
+    /// The window that ends at `end`.
+    pub fn window_ending_at(&self, end: Millis) -> Pane {
+        Pane {
+            start: end - self.width(),
+            end,
         }
     }
 }
@@ -111,6 +162,7 @@ impl fmt::Display for WindowSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WindowSpec::Tumble { width } => write!(f, "tumble({width} ms)"),
+            WindowSpec::Hop { slide, width } => write!(f, "hop({slide} ms, {width} ms)"),
         }
     }
 }
@@ -249,6 +301,31 @@ mod tests {
         assert_eq!(w.pane_of(10_000).start, 10_000);
         assert_eq!(w.pane_of(-1).start, -10_000);
         assert!(WindowSpec::tumble(0).is_err());
+        assert_eq!(
+            w.window_ends_of(w.pane_of(5)).collect::<Vec<_>>(),
+            vec![10_000]
+        );
+        let h = WindowSpec::hop(5_000, 15_000).unwrap();
+        assert_eq!(
+            h.pane_of(12_000),
+            Pane {
+                start: 10_000,
+                end: 15_000
+            }
+        );
+        // Pane [10 s, 15 s) is in the windows ending at 15, 20 and 25 s.
+        assert_eq!(
+            h.window_ends_of(h.pane_of(12_000)).collect::<Vec<_>>(),
+            vec![15_000, 20_000, 25_000]
+        );
+        assert_eq!(
+            h.window_ending_at(20_000),
+            Pane {
+                start: 5_000,
+                end: 20_000
+            }
+        );
+        assert!(WindowSpec::hop(4_000, 10_000).is_err());
     }
 
     #[test]

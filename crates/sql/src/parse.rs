@@ -567,11 +567,19 @@ fn parse_window(
             let ms = interval_ms(arg).map_err(|m| err(file, text, arg.span().start, m))?;
             WindowSpec::tumble(ms).map_err(|e| err(file, text, arg.span().start, e.to_string()))
         }
+        "hop" => {
+            let [slide, width] = args else {
+                return Err(err(file, text, span.start, "hop takes two arguments: hop(interval '10 seconds', interval '1 minute') (slide, then width)"));
+            };
+            let s = interval_ms(slide).map_err(|m| err(file, text, slide.span().start, m))?;
+            let w = interval_ms(width).map_err(|m| err(file, text, width.span().start, m))?;
+            WindowSpec::hop(s, w).map_err(|e| err(file, text, width.span().start, e.to_string()))
+        }
         other => Err(err(
             file,
             text,
             span.start,
-            format!("window function '{other}' is not supported yet (use tumble)"),
+            format!("window function '{other}' is not supported yet (use tumble or hop)"),
         )),
     }
 }

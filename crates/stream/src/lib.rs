@@ -123,6 +123,8 @@ pub struct WindowOperator {
     /// For each leaf column, its index in the pane schema.
     leaf_projection: Vec<usize>,
     panes: BTreeMap<Millis, OpenPane>,
+    /// Partial state of closed panes that later windows still need (hop windows).
+    closed: BTreeMap<Millis, Vec<RecordBatch>>,
     watermark: Watermark,
     /// Every pane ending at or before this has been closed.
     closed_until: Option<Millis>,
@@ -169,6 +171,7 @@ impl WindowOperator {
             ts_index,
             leaf_projection,
             panes: BTreeMap::new(),
+            closed: BTreeMap::new(),
             closed_until: None,
             stats: OperatorStats::default(),
         }
@@ -187,6 +190,11 @@ impl WindowOperator {
     /// Panes currently open (each holds one partial aggregate).
     pub fn open_panes(&self) -> usize {
         self.panes.len()
+    }
+
+    /// Closed panes whose partial state is kept for windows still to fire (hop windows).
+    pub fn retained_panes(&self) -> usize {
+        self.closed.len()
     }
 
     /// Current watermark.
@@ -356,9 +364,10 @@ impl WindowOperator {
         let Some(wm) = self.watermark.current() else {
             return Ok(());
         };
+        // Close every pane the watermark has passed; keep its partial state until the
+        // last window containing it has fired (for tumbling windows: right away).
         while let Some((&start, _)) = self.panes.first_key_value() {
-            let pane = self.q.window.pane_of(start);
-            if pane.end > wm {
+            if self.q.window.pane_of(start).end > wm {
                 break;
             }
             let open = self.panes.remove(&start).expect("present");
@@ -368,23 +377,62 @@ impl WindowOperator {
                 .await
                 .map_err(|e| self.exec_err(DataFusionError::External(Box::new(e))))?
                 .map_err(|e| self.exec_err(e))?;
-            for window in self.q.window.windows_closing_with(pane) {
-                let batch = self.finish_window(state.clone()).await?;
-                self.stats.windows_closed += 1;
-                self.stats.rows_out += batch.num_rows() as u64;
-                out.results.push(WindowResult { window, batch });
+            let state: Vec<RecordBatch> = state.into_iter().filter(|b| b.num_rows() > 0).collect();
+            if !state.is_empty() {
+                self.closed.insert(start, state);
             }
         }
+        // Fire every window the watermark has passed that was not fired before, in order.
+        let mut ends: Vec<Millis> = self
+            .closed
+            .keys()
+            .flat_map(|&start| self.q.window.window_ends_of(self.q.window.pane_of(start)))
+            .filter(|&end| end <= wm && self.closed_until.is_none_or(|c| end > c))
+            .collect();
+        ends.sort_unstable();
+        ends.dedup();
+        for end in ends {
+            let window = self.q.window.window_ending_at(end);
+            let state: Vec<RecordBatch> = self
+                .closed
+                .range(window.start..window.end)
+                .flat_map(|(_, b)| b.iter().cloned())
+                .collect();
+            if state.is_empty() {
+                continue;
+            }
+            let batch = self.finish_window(window, state).await?;
+            self.stats.windows_closed += 1;
+            self.stats.rows_out += batch.num_rows() as u64;
+            out.results.push(WindowResult { window, batch });
+        }
+        let width = self.q.window.width();
+        self.closed.retain(|&start, _| start + width > wm);
         self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
         Ok(())
     }
 
-    async fn finish_window(&self, state: Vec<RecordBatch>) -> Result<RecordBatch, StreamError> {
-        let state: Vec<RecordBatch> = state.into_iter().filter(|b| b.num_rows() > 0).collect();
-        if state.is_empty() {
-            return Ok(RecordBatch::new_empty(self.q.output_schema.clone()));
-        }
-        let input = MemorySourceConfig::try_new_exec(&[state], self.q.partial.schema(), None)
+    /// Runs the final half over the partial states of the panes in `window`, with their
+    /// window columns set to the window's bounds (a hop window spans several panes).
+    async fn finish_window(
+        &self,
+        window: Pane,
+        state: Vec<RecordBatch>,
+    ) -> Result<RecordBatch, StreamError> {
+        let schema = self.q.partial.schema();
+        let state = state
+            .into_iter()
+            .map(|b| {
+                let n = b.num_rows();
+                let mut cols = b.columns().to_vec();
+                for (name, at) in [(WINDOW_START, window.start), (WINDOW_END, window.end)] {
+                    let i = schema.index_of(name).map_err(|e| self.exec_err(e.into()))?;
+                    cols[i] = Arc::new(TimestampMillisecondArray::from_value(at, n));
+                }
+                RecordBatch::try_new(schema.clone(), cols).map_err(|e| self.exec_err(e.into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let input = MemorySourceConfig::try_new_exec(&[state], schema, None)
             .map_err(|e| self.exec_err(e))?;
         let plan = replace_partial(&self.q.root, input as Arc<dyn ExecutionPlan>)
             .map_err(|e| self.exec_err(e))?;
