@@ -132,3 +132,68 @@ async fn hop_width_must_be_a_multiple_of_the_slide() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn condition_monitoring_aggregates_work_across_panes() {
+    // Hop windows merge several panes' partial states, so this exercises state merging.
+    let sql = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '3' SECOND)
+           WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
+         CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+         INSERT INTO out SELECT device, window_start, rms(v) AS rms, kurtosis(v) AS k, skewness(v) AS sk,
+                crest_factor(v) AS cf, peak_to_peak(v) AS p2p
+         FROM r GROUP BY hop(interval '5 seconds', interval '15 seconds'), device;";
+    let p = Pipeline::builder()
+        .query_sql("m.sql", sql)
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    for (d, ts, v) in rows() {
+        h.push_json(
+            &format!("w/{d}"),
+            serde_json::to_vec(&serde_json::json!({"ts": ts, "v": v})).unwrap(),
+        )
+        .await
+        .unwrap();
+        if ts % 5 == 0 {
+            h.flush().await.unwrap();
+        }
+    }
+    h.finish().await.unwrap();
+    drop(h);
+    let mut groups: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for (d, ts, v) in rows() {
+        let mut start = ts.div_euclid(5000) * 5000;
+        while start > ts - 15_000 {
+            groups.entry((d.clone(), start)).or_default().push(v);
+            start -= 5000;
+        }
+    }
+    let mut n = 0;
+    while let Some(o) = rx.recv().await {
+        let Output::Alert { alert, .. } = o else {
+            continue;
+        };
+        let start = forewarn_core::parse_rfc3339(&alert.window_start).unwrap();
+        let xs = &groups[&(alert.device.clone(), start)];
+        let k = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / k;
+        let c = |p: i32| xs.iter().map(|x| (x - mean).powi(p)).sum::<f64>() / k;
+        let rms = (xs.iter().map(|x| x * x).sum::<f64>() / k).sqrt();
+        let (mn, mx) = xs
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        let f = |name: &str| alert.features[name].as_f64();
+        let close =
+            |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() <= 1e-9 * b.abs().max(1.0));
+        assert!(close(f("rms"), rms), "{alert:?}");
+        assert!(close(f("p2p"), mx - mn), "{alert:?}");
+        assert!(close(f("cf"), mx.abs().max(mn.abs()) / rms), "{alert:?}");
+        if xs.len() > 1 && c(2) > 0.0 {
+            assert!(close(f("k"), c(4) / (c(2) * c(2))), "{alert:?}");
+            assert!(close(f("sk"), c(3) / c(2).powf(1.5)), "{alert:?}");
+        }
+        n += 1;
+    }
+    assert_eq!(n, groups.len());
+}

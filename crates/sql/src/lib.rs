@@ -7,12 +7,14 @@
 
 mod error;
 mod features;
+mod moments;
 mod parse;
 mod plan;
 mod udf;
 
 pub use error::SqlError;
 pub use features::{feature_query, FEATURE_SINK};
+pub use moments::{moment_udafs, Moment, Stats};
 pub use parse::{QueryDecl, QuerySet, SinkDecl, SourceDecl, WINDOW_END, WINDOW_START};
 pub use plan::{
     compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,

@@ -102,6 +102,9 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::new(models)));
+    for udaf in crate::moments::moment_udafs() {
+        ctx.register_udaf(udaf);
+    }
     ctx
 }
 
