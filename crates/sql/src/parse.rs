@@ -444,6 +444,7 @@ impl QuerySet {
         }
         // Lift `tumble(...)` out of the GROUP BY: the runtime assigns rows to windows and
         // stamps them with `window_start`/`window_end`, which stay as ordinary group keys.
+        check_columns(file, text, &self.sources[&source], select)?;
         let GroupByExpr::Expressions(group, _) = &mut select.group_by else {
             return Err(err(
                 file,
@@ -503,6 +504,99 @@ impl QuerySet {
 }
 
 use datafusion::sql::sqlparser::ast::Spanned;
+
+/// Every bare column name in the query must exist in the source (or be a window
+/// column or a SELECT alias); otherwise point at it and suggest the nearest name.
+fn check_columns(
+    file: &str,
+    text: &str,
+    src: &SourceDecl,
+    select: &ast::Select,
+) -> Result<(), SqlError> {
+    use std::ops::ControlFlow;
+    let mut known: Vec<String> = src
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    known.push(WINDOW_START.into());
+    known.push(WINDOW_END.into());
+    for item in &select.projection {
+        if let SelectItem::ExprWithAlias { alias, .. } = item {
+            known.push(alias.value.clone());
+        }
+    }
+    let mut unknown: Option<Ident> = None;
+    let mut visit = |e: &Expr| {
+        let id = match e {
+            Expr::Identifier(i) => Some(i),
+            Expr::CompoundIdentifier(parts)
+                if parts.len() == 2 && parts[0].value.eq_ignore_ascii_case(&src.name) =>
+            {
+                parts.last()
+            }
+            _ => None,
+        };
+        match id {
+            Some(i)
+                if !known.iter().any(|k| {
+                    if i.quote_style.is_some() {
+                        *k == i.value
+                    } else {
+                        k.eq_ignore_ascii_case(&i.value)
+                    }
+                }) =>
+            {
+                unknown = Some(i.clone());
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    };
+    let mut exprs: Vec<&Expr> = select
+        .projection
+        .iter()
+        .filter_map(|it| match it {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+            _ => None,
+        })
+        .collect();
+    exprs.extend(select.selection.iter());
+    exprs.extend(select.having.iter());
+    if let GroupByExpr::Expressions(g, _) = &select.group_by {
+        exprs.extend(g.iter().filter(|e| window_call(e).is_none()));
+    }
+    for e in exprs {
+        if ast::visit_expressions(e, &mut visit).is_break() {
+            break;
+        }
+    }
+    let Some(id) = unknown else { return Ok(()) };
+    let nearest = known
+        .iter()
+        .map(|k| {
+            (
+                strsim::jaro_winkler(&k.to_ascii_lowercase(), &id.value.to_ascii_lowercase()),
+                k,
+            )
+        })
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!("; did you mean '{k}'?"))
+        .unwrap_or_default();
+    Err(SqlError::at(
+        file,
+        text,
+        id.span.start.line,
+        id.span.start.column,
+        id.value.chars().count(),
+        format!(
+            "unknown column '{}' in source '{}'{nearest}",
+            id.value, src.name
+        ),
+    ))
+}
 
 fn statement_start(s: &Statement) -> Location {
     s.span().start
@@ -813,4 +907,54 @@ FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) 
             .unwrap_err();
         assert_eq!((e.line, e.column), (1, 1));
     }
+}
+
+#[cfg(test)]
+mod column_tests {
+    use super::tests_support::FILE_OK;
+    use super::*;
+
+    #[test]
+    fn unknown_columns_are_underlined_with_a_suggestion() {
+        let typo = FILE_OK.replace("avg(vibration) AS v", "avg(vibraton) AS v");
+        let e = QuerySet::default().add_file("q.sql", &typo).unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown column 'vibraton' in source 'pumps'; did you mean 'vibration'?"
+        );
+        assert_eq!((e.line, e.column), (9, 46));
+        assert!(
+            e.to_string()
+                .ends_with(&format!("      | {}^^^^^^^^", " ".repeat(45))),
+            "{e}"
+        );
+        // Aliases, window columns and qualified names resolve; a wholly unknown name gets no suggestion.
+        let ok = FILE_OK.replace(
+            "HAVING avg(vibration) > 1",
+            "HAVING v > 1 AND max(pumps.vibration) > 0 AND window_end > window_start",
+        );
+        QuerySet::default().add_file("q.sql", &ok).unwrap();
+        let e = QuerySet::default()
+            .add_file(
+                "q.sql",
+                &FILE_OK.replace("HAVING avg(vibration)", "HAVING avg(zzz)"),
+            )
+            .unwrap_err();
+        assert_eq!(e.message, "unknown column 'zzz' in source 'pumps'");
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    pub const FILE_OK: &str = "
+CREATE TABLE pumps (
+  device TEXT, ts TIMESTAMP, vibration DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (connector = 'mqtt', topic = 'plant/+/+/+/telemetry',
+        topic_template = 'plant/+/+/{device}/telemetry', format = 'json');
+CREATE TABLE alerts WITH (connector = 'mqtt', topic = 'forewarn/alerts/{device}', format = 'json');
+INSERT INTO alerts
+SELECT device, window_start, window_end, avg(vibration) AS v
+FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) > 1;
+";
 }
