@@ -275,3 +275,46 @@ async fn wrong_batches_are_dead_lettered_and_the_pipeline_goes_on() {
     );
     assert_eq!(stats.query_errors, 0);
 }
+
+#[tokio::test]
+async fn micro_batches_close_on_max_rows_or_max_delay() {
+    let config = forewarn::EngineConfig {
+        max_batch_rows: 10,
+        max_batch_delay: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    let pipeline = Pipeline::builder()
+        .query_sql("scenario.sql", common::SQL)
+        .model(common::model())
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let (handle, mut rx) = pipeline.start();
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let r = common::readings();
+    for x in &r[..25] {
+        handle
+            .push_json(&common::topic(x), common::payload(x))
+            .await
+            .unwrap();
+    }
+    // Two full batches of 10 close at once; the remaining 5 readings wait for the delay.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while handle.stats().readings_in < 25 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let after_rows = handle.stats().batches;
+    assert!(
+        after_rows >= 2,
+        "{after_rows} batches after 25 readings with max_batch_rows = 10"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        handle.stats().batches,
+        3,
+        "the last 5 readings were batched by the delay, without a flush"
+    );
+    handle.finish().await.unwrap();
+}
