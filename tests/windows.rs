@@ -197,3 +197,65 @@ async fn condition_monitoring_aggregates_work_across_panes() {
     }
     assert_eq!(n, groups.len());
 }
+
+/// State grows with open panes × keys, not with rows: 100× more rows into the same
+/// window and keys leave the partial aggregate's reserved memory where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_does_not_grow_with_rows() {
+    use datafusion::arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    async fn state_after(rows_per_device: usize) -> usize {
+        let sql = sql("tumble(interval '1 hour')");
+        let mut set = forewarn::QuerySet::default();
+        set.add_file("s.sql", &sql).unwrap();
+        let ctx = forewarn_sql::streaming_context(Arc::new(forewarn::ModelRegistry::new()));
+        let q = Arc::new(
+            forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], &sql)
+                .await
+                .unwrap(),
+        );
+        let schema = set.sources["r"].schema.clone();
+        let mut op = forewarn_stream::WindowOperator::new(q);
+        for chunk in 0..rows_per_device / 10 {
+            let n = 100 * 10;
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        (0..n).map(|i| format!("dev-{}", i % 100)),
+                    )),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        (0..n).map(|i| BASE + (chunk * 10 + i / 100) as i64),
+                    )),
+                    Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))),
+                ],
+            )
+            .unwrap();
+            let out = op.process(&batch).await.unwrap();
+            assert!(out.results.is_empty(), "the one-hour window stays open");
+        }
+        // Let the pane's aggregate task drain its input channel.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(op.open_panes(), 1);
+        op.state_bytes()
+    }
+    let small = state_after(10).await; // 1,000 rows
+    let large = state_after(1_000).await; // 100,000 rows
+    println!(
+        "partial aggregate state: {small} bytes after 1,000 rows, {large} bytes after 100,000 rows"
+    );
+    assert!(
+        small > 0,
+        "the partial aggregate reserves its state in the memory pool"
+    );
+    assert!(
+        large <= small * 2,
+        "state grew from {small} to {large} bytes for 100x the rows"
+    );
+    assert!(
+        large < 100_000 * 24 / 10,
+        "state {large} bytes is not a fraction of the 2.4 MB of raw values"
+    );
+}

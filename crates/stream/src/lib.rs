@@ -192,6 +192,12 @@ impl WindowOperator {
         self.panes.len()
     }
 
+    /// Bytes of aggregate state reserved in the query's DataFusion memory pool (shared by
+    /// the queries of one pipeline): the open panes' partial aggregates.
+    pub fn state_bytes(&self) -> usize {
+        self.q.task_ctx.memory_pool().reserved()
+    }
+
     /// Closed panes whose partial state is kept for windows still to fire (hop windows).
     pub fn retained_panes(&self) -> usize {
         self.closed.len()
