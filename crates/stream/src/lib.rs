@@ -233,10 +233,12 @@ impl WindowOperator {
             .watermark
             .max_future
             .zip(self.watermark.current().map(|w| w + self.q.watermark.delay));
-        // Per row: Ok(pane start) or the rejection.
-        let mut verdicts: Vec<Result<Millis, RowRejection>> = Vec::with_capacity(ts.len());
+        // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
+        let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
+        let mut rejected: BTreeMap<&'static str, (RowRejection, Vec<u32>)> = BTreeMap::new();
+        let mut max_ts = None::<Millis>;
         for i in 0..ts.len() {
-            let v = if ts.is_null(i) {
+            let verdict = if ts.is_null(i) {
                 Err(RowRejection::NoTimestamp)
             } else {
                 let t = ts.value(i);
@@ -246,25 +248,17 @@ impl WindowOperator {
                     (_, Some((limit, seen))) if t > seen.saturating_add(limit) => {
                         Err(RowRejection::Future)
                     }
-                    _ => Ok(pane.start),
+                    _ => {
+                        max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
+                        Ok(pane.start)
+                    }
                 }
             };
-            verdicts.push(v);
-        }
-        // Group row indices by outcome; BTreeMap keeps panes in time order.
-        let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
-        let mut rejected: BTreeMap<&'static str, (RowRejection, Vec<u32>)> = BTreeMap::new();
-        let mut max_ts = None::<Millis>;
-        for (i, v) in verdicts.iter().enumerate() {
-            match v {
-                Ok(p) => {
-                    by_pane.entry(*p).or_default().push(i as u32);
-                    let t = ts.value(i);
-                    max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
-                }
+            match verdict {
+                Ok(p) => by_pane.entry(p).or_default().push(i as u32),
                 Err(r) => rejected
                     .entry(r.code())
-                    .or_insert((*r, vec![]))
+                    .or_insert((r, vec![]))
                     .1
                     .push(i as u32),
             }
