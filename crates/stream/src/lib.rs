@@ -276,8 +276,12 @@ impl WindowOperator {
         }
         let single = by_pane.len() == 1 && out.rejected.is_empty();
         for (start, idx) in by_pane {
+            let (first, n) = (idx[0] as usize, idx.len());
             let rows = if single {
                 batch.clone()
+            } else if idx[n - 1] as usize == first + n - 1 {
+                // In-order input puts a pane's rows in one contiguous run: a zero-copy slice.
+                batch.slice(first, n)
             } else {
                 take_record_batch(batch, &UInt32Array::from(idx))
                     .map_err(|e| self.exec_err(e.into()))?
