@@ -37,6 +37,18 @@ fn rows() -> Vec<(String, i64, f64)> {
     out
 }
 
+/// Pushes [`rows`] as JSON, flushing whenever `ts % flush_mod == 0` so that micro-batches
+/// are small and windows close while rows are still arriving.
+async fn push_rows(h: &forewarn::PipelineHandle, flush_mod: i64) {
+    for (d, ts, v) in rows() {
+        let payload = serde_json::to_vec(&serde_json::json!({"ts": ts, "v": v})).unwrap();
+        h.push_json(&format!("w/{d}"), payload).await.unwrap();
+        if ts % flush_mod == 0 {
+            h.flush().await.unwrap();
+        }
+    }
+}
+
 async fn run(window: &str) -> Vec<Value> {
     let p = Pipeline::builder()
         .query_sql("w.sql", &sql(window))
@@ -44,18 +56,7 @@ async fn run(window: &str) -> Vec<Value> {
         .await
         .unwrap();
     let (h, mut rx) = p.start();
-    for (d, ts, v) in rows() {
-        h.push_json(
-            &format!("w/{d}"),
-            serde_json::to_vec(&serde_json::json!({"ts": ts, "v": v})).unwrap(),
-        )
-        .await
-        .unwrap();
-        // Small micro-batches, so windows close while rows are still arriving.
-        if ts % 7 == 0 {
-            h.flush().await.unwrap();
-        }
-    }
+    push_rows(&h, 7).await;
     let stats = h.finish().await.unwrap();
     drop(h);
     assert_eq!(
@@ -148,17 +149,7 @@ async fn condition_monitoring_aggregates_work_across_panes() {
         .await
         .unwrap();
     let (h, mut rx) = p.start();
-    for (d, ts, v) in rows() {
-        h.push_json(
-            &format!("w/{d}"),
-            serde_json::to_vec(&serde_json::json!({"ts": ts, "v": v})).unwrap(),
-        )
-        .await
-        .unwrap();
-        if ts % 5 == 0 {
-            h.flush().await.unwrap();
-        }
-    }
+    push_rows(&h, 5).await;
     h.finish().await.unwrap();
     drop(h);
     let mut groups: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();

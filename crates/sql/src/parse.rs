@@ -831,7 +831,7 @@ fn extract_watermarks(file: &str, text: &str) -> Result<(String, Vec<WatermarkCl
 mod tests {
     use super::*;
 
-    const FILE: &str = "
+    pub(super) const FILE: &str = "
 CREATE TABLE pumps (
   device TEXT, ts TIMESTAMP, vibration DOUBLE,
   WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
@@ -911,12 +911,19 @@ FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) 
 
 #[cfg(test)]
 mod column_tests {
-    use super::tests_support::FILE_OK;
     use super::*;
+
+    /// The parser tests' file with a topic template that matches its columns.
+    fn file_ok() -> String {
+        super::tests::FILE.replace(
+            "'plant/{site}/{line}/{device}/telemetry'",
+            "'plant/+/+/{device}/telemetry'",
+        )
+    }
 
     #[test]
     fn unknown_columns_are_underlined_with_a_suggestion() {
-        let typo = FILE_OK.replace("avg(vibration) AS v", "avg(vibraton) AS v");
+        let typo = file_ok().replace("avg(vibration) AS v", "avg(vibraton) AS v");
         let e = QuerySet::default().add_file("q.sql", &typo).unwrap_err();
         assert_eq!(
             e.message,
@@ -929,7 +936,7 @@ mod column_tests {
             "{e}"
         );
         // Aliases, window columns and qualified names resolve; a wholly unknown name gets no suggestion.
-        let ok = FILE_OK.replace(
+        let ok = file_ok().replace(
             "HAVING avg(vibration) > 1",
             "HAVING v > 1 AND max(pumps.vibration) > 0 AND window_end > window_start",
         );
@@ -937,24 +944,9 @@ mod column_tests {
         let e = QuerySet::default()
             .add_file(
                 "q.sql",
-                &FILE_OK.replace("HAVING avg(vibration)", "HAVING avg(zzz)"),
+                &file_ok().replace("HAVING avg(vibration)", "HAVING avg(zzz)"),
             )
             .unwrap_err();
         assert_eq!(e.message, "unknown column 'zzz' in source 'pumps'");
     }
-}
-
-#[cfg(test)]
-mod tests_support {
-    pub const FILE_OK: &str = "
-CREATE TABLE pumps (
-  device TEXT, ts TIMESTAMP, vibration DOUBLE,
-  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
-) WITH (connector = 'mqtt', topic = 'plant/+/+/+/telemetry',
-        topic_template = 'plant/+/+/{device}/telemetry', format = 'json');
-CREATE TABLE alerts WITH (connector = 'mqtt', topic = 'forewarn/alerts/{device}', format = 'json');
-INSERT INTO alerts
-SELECT device, window_start, window_end, avg(vibration) AS v
-FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) > 1;
-";
 }
