@@ -318,3 +318,21 @@ async fn micro_batches_close_on_max_rows_or_max_delay() {
     );
     handle.finish().await.unwrap();
 }
+
+#[tokio::test]
+async fn models_built_in_code_are_checked_like_files() {
+    let mut m = common::model();
+    m.scaler.mean.pop();
+    let e = Pipeline::builder()
+        .query_sql("scenario.sql", common::SQL)
+        .model(m)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "model 'm': invalid model file: scaler has 1 means and 2 deviations for 2 features"
+        ),
+        "{e}"
+    );
+}

@@ -224,6 +224,7 @@ impl PipelineBuilder {
             registry.load_dir(d)?;
         }
         for m in self.models {
+            m.check()?;
             registry.insert(m);
         }
         let mut files = self.files;

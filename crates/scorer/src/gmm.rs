@@ -91,9 +91,11 @@ impl GmmParams {
         let comps: Vec<(f64, Array1<f64>, Array2<f64>, f64)> = (0..self.weights.len())
             .map(|i| {
                 let p = self.precision(i);
-                // log|P| from the Cholesky factor; validated positive definite at load.
-                let l = p.cholesky().expect("validated");
-                let log_det_p: f64 = 2.0 * l.diag().iter().map(|d| d.ln()).sum::<f64>();
+                // log|P| from the Cholesky factor (validated positive definite at load; should
+                // it not be, the scores are NaN, i.e. NULL in SQL, rather than a panic).
+                let log_det_p = p.cholesky().map_or(f64::NAN, |l| {
+                    2.0 * l.diag().iter().map(|d| d.ln()).sum::<f64>()
+                });
                 (
                     self.weights[i].ln(),
                     Array1::from(self.means[i].clone()),

@@ -263,6 +263,14 @@ impl Model {
         Ok(m)
     }
 
+    /// Checks a model built in code the way [`Model::load`] checks a file.
+    pub fn check(&self) -> Result<(), ModelError> {
+        self.validate().map_err(|reason| ModelError::Invalid {
+            path: PathBuf::from(format!("model '{}'", self.name)),
+            reason,
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
         let n = self.features.len();
         if n == 0 {
