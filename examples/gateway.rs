@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray};
-use datafusion::arrow::record_batch::RecordBatch;
+use forewarn::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray};
+use forewarn::arrow::record_batch::RecordBatch;
 use forewarn::{Output, Pipeline};
 
 #[tokio::main]

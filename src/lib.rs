@@ -9,6 +9,8 @@
 //! (feature `mqtt`) connects a pipeline to a broker, and the feature `broker` adds
 //! the embedded rumqttd broker used by `forewarn demo` and the tests.
 
+/// The Arrow version Forewarn is built on, for building `RecordBatch`es to push.
+pub use datafusion::arrow;
 pub use forewarn_engine::{
     Alert, DeadLetter, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
     Pipeline, PipelineBuilder, PipelineHandle, SourceInfo,
