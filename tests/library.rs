@@ -145,12 +145,7 @@ async fn arrow_batches_give_the_same_results() {
 
 #[tokio::test]
 async fn late_rows_are_published_not_dropped() {
-    let pipeline = Pipeline::builder()
-        .query_sql("scenario.sql", common::SQL)
-        .model(common::model())
-        .build()
-        .await
-        .unwrap();
+    let pipeline = common::pipeline().await;
     let (handle, mut rx) = pipeline.start();
     let r = common::readings();
     for x in &r {
@@ -217,12 +212,7 @@ async fn bad_queries_and_models_name_the_problem() {
 #[tokio::test]
 async fn wrong_batches_are_dead_lettered_and_the_pipeline_goes_on() {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let pipeline = Pipeline::builder()
-        .query_sql("scenario.sql", common::SQL)
-        .model(common::model())
-        .build()
-        .await
-        .unwrap();
+    let pipeline = common::pipeline().await;
     let schema = pipeline.sources()[0].schema.clone();
     let (handle, mut rx) = pipeline.start();
     let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)]));

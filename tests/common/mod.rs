@@ -54,6 +54,16 @@ pub fn model() -> Model {
     .unwrap()
 }
 
+/// The scenario's pipeline: [`SQL`] with [`model`].
+pub async fn pipeline() -> forewarn::Pipeline {
+    forewarn::Pipeline::builder()
+        .query_sql("scenario.sql", SQL)
+        .model(model())
+        .build()
+        .await
+        .unwrap()
+}
+
 /// One reading.
 #[derive(Debug, Clone)]
 pub struct Reading {
