@@ -84,6 +84,16 @@ pub enum WindowSpec {
         /// Window width, ms.
         width: Millis,
     },
+    /// `session(gap)`: per key, a window that stays open while rows keep arriving
+    /// less than `gap` apart, and closes `gap` after the key's last row or when it
+    /// reaches `max_length`. Its rows are accumulated in panes of width `gap`.
+    Session {
+        /// Inactivity that ends a session, ms.
+        gap: Millis,
+        /// Longest session, ms: a row further than this from the session's first row
+        /// starts a new session.
+        max_length: Millis,
+    },
 }
 
 impl WindowSpec {
@@ -118,18 +128,43 @@ impl WindowSpec {
         Ok(WindowSpec::Hop { slide, width })
     }
 
+    /// A session window; `max_length` defaults to [`DEFAULT_SESSION_MAX`] when `None`.
+    pub fn session(gap: Millis, max_length: Option<Millis>) -> Result<Self, CoreError> {
+        if gap <= 0 {
+            return Err(CoreError::NonPositive {
+                what: "gap",
+                ms: gap,
+            });
+        }
+        let max_length = max_length.unwrap_or(DEFAULT_SESSION_MAX.max(gap));
+        if max_length <= 0 {
+            return Err(CoreError::NonPositive {
+                what: "maximum length",
+                ms: max_length,
+            });
+        }
+        Ok(WindowSpec::Session { gap, max_length })
+    }
+
+    /// Whether windows are per key (sessions) rather than aligned to the epoch.
+    pub fn is_session(&self) -> bool {
+        matches!(self, WindowSpec::Session { .. })
+    }
+
     /// Width of one pane: rows are accumulated per pane; windows are unions of panes.
     pub fn pane_width(&self) -> Millis {
         match self {
             WindowSpec::Tumble { width } => *width,
             WindowSpec::Hop { slide, .. } => *slide,
+            WindowSpec::Session { gap, .. } => *gap,
         }
     }
 
-    /// Width of a window.
+    /// Width of a window (for sessions: the longest a session can span, plus its gap).
     pub fn width(&self) -> Millis {
         match self {
             WindowSpec::Tumble { width } | WindowSpec::Hop { width, .. } => *width,
+            WindowSpec::Session { gap, max_length } => max_length.saturating_add(*gap),
         }
     }
 
@@ -163,9 +198,15 @@ impl fmt::Display for WindowSpec {
         match self {
             WindowSpec::Tumble { width } => write!(f, "tumble({width} ms)"),
             WindowSpec::Hop { slide, width } => write!(f, "hop({slide} ms, {width} ms)"),
+            WindowSpec::Session { gap, max_length } => {
+                write!(f, "session({gap} ms, max {max_length} ms)")
+            }
         }
     }
 }
+
+/// Longest session when `session(gap)` gives no maximum: one day.
+pub const DEFAULT_SESSION_MAX: Millis = 86_400_000;
 
 /// A half-open time interval `[start, end)` in event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -184,16 +225,30 @@ pub struct WatermarkSpec {
     /// Rows whose timestamp is further than this ahead of the current watermark are
     /// clamped out (treated as bad input) instead of dragging the watermark forward.
     pub max_future: Option<Millis>,
+    /// Per-key watermarks: `Some(max_skew)` keeps one watermark per key (device) and
+    /// lets the source's watermark be the slowest key's, leaving out keys that trail
+    /// the fleet's median by more than `max_skew` (a stopped device or a slow clock).
+    pub per_key_skew: Option<Millis>,
 }
 
-/// A fixed-delay watermark: `max(event time seen) - delay`, never moving backwards.
+/// A source's watermark: `max(event time seen) - delay`, never moving backwards.
 ///
 /// A watermark of `w` promises that no more rows with timestamp `< w` are expected;
 /// a pane `[s, e)` may close once `w >= e`.
+///
+/// With [`WatermarkSpec::per_key_skew`], each key has its own maximum and the
+/// watermark is the smallest key maximum among keys within `max_skew` of the median
+/// key, minus `delay`: one device whose clock runs ahead cannot push the whole fleet's
+/// rows into lateness, and one that stopped or lags cannot hold every window open.
 #[derive(Debug, Clone)]
 pub struct Watermark {
     spec: WatermarkSpec,
     max_seen: Option<Millis>,
+    /// Per-key maxima, and the same ordered by time (per-key mode only).
+    keys: HashMap<String, Millis>,
+    by_time: std::collections::BTreeSet<(Millis, String)>,
+    /// Never report less than this (monotonicity, idle advances, end of input).
+    floor: Option<Millis>,
 }
 
 impl Watermark {
@@ -202,6 +257,9 @@ impl Watermark {
         Watermark {
             spec,
             max_seen: None,
+            keys: HashMap::new(),
+            by_time: Default::default(),
+            floor: None,
         }
     }
 
@@ -210,15 +268,90 @@ impl Watermark {
         self.max_seen = Some(self.max_seen.map_or(ts, |m| m.max(ts)));
     }
 
+    /// Records the largest event time of one key in a batch (per-key mode).
+    pub fn observe_key(&mut self, key: &str, ts: Millis) {
+        self.observe(ts);
+        match self.keys.get_mut(key) {
+            Some(m) if *m >= ts => {}
+            Some(m) => {
+                self.by_time.remove(&(*m, key.to_string()));
+                *m = ts;
+                self.by_time.insert((ts, key.to_string()));
+            }
+            None => {
+                self.keys.insert(key.to_string(), ts);
+                self.by_time.insert((ts, key.to_string()));
+            }
+        }
+    }
+
+    /// Whether watermarks are kept per key.
+    pub fn per_key(&self) -> bool {
+        self.spec.per_key_skew.is_some()
+    }
+
+    /// Keys tracked (per-key mode); keys that trail the median by more than ten times
+    /// the allowed skew are forgotten, so this follows the active fleet.
+    pub fn tracked_keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Fixes the watermark after a batch's observations: it never moves backwards.
+    pub fn update(&mut self) {
+        let computed = match self.spec.per_key_skew {
+            None => self.max_seen.map(|m| m.saturating_sub(self.spec.delay)),
+            Some(skew) => self.per_key_value(skew),
+        };
+        self.floor = match (self.floor, computed) {
+            (Some(f), Some(c)) => Some(f.max(c)),
+            (f, c) => f.or(c),
+        };
+    }
+
+    fn per_key_value(&mut self, skew: Millis) -> Option<Millis> {
+        let n = self.by_time.len();
+        let median = self.by_time.iter().nth(n / 2)?.0;
+        let cutoff = median.saturating_sub(skew);
+        // Forget keys long gone so device churn cannot grow the map without bound.
+        let forget = median.saturating_sub(skew.saturating_mul(10));
+        while let Some((t, k)) = self.by_time.first().cloned() {
+            if t >= forget {
+                break;
+            }
+            self.by_time.pop_first();
+            self.keys.remove(&k);
+        }
+        let slowest = self.by_time.range((cutoff, String::new())..).next()?.0;
+        Some(slowest.saturating_sub(self.spec.delay))
+    }
+
     /// Current watermark, or `None` before the first row.
     pub fn current(&self) -> Option<Millis> {
-        self.max_seen.map(|m| m.saturating_sub(self.spec.delay))
+        match self.spec.per_key_skew {
+            None => {
+                let c = self.max_seen.map(|m| m.saturating_sub(self.spec.delay));
+                match (self.floor, c) {
+                    (Some(f), Some(c)) => Some(f.max(c)),
+                    (f, c) => f.or(c),
+                }
+            }
+            Some(_) => self.floor,
+        }
+    }
+
+    /// Moves the watermark forward to at least `t` (an idle source, see the runtime).
+    pub fn advance_to(&mut self, t: Millis) {
+        self.floor = Some(self.floor.map_or(t, |f| f.max(t)));
     }
 
     /// Moves the watermark to the end of time: every open pane may close (end of input).
     pub fn advance_to_end(&mut self) {
-        self.max_seen = Some(Millis::MAX);
-        self.spec.delay = 0;
+        self.advance_to(Millis::MAX);
+    }
+
+    /// The largest event time seen, over all keys.
+    pub fn max_seen(&self) -> Option<Millis> {
+        self.max_seen
     }
 
     /// The watermark's parameters.
@@ -332,12 +465,59 @@ mod tests {
     fn watermark_trails_max_and_never_regresses() {
         let mut wm = Watermark::new(WatermarkSpec {
             delay: 5_000,
-            max_future: None,
+            ..Default::default()
         });
         assert_eq!(wm.current(), None);
         wm.observe(20_000);
         wm.observe(12_000);
         assert_eq!(wm.current(), Some(15_000));
+        wm.advance_to(30_000);
+        wm.observe(31_000);
+        assert_eq!(wm.current(), Some(30_000));
+    }
+
+    #[test]
+    fn per_key_watermark_ignores_a_fast_clock_and_leaves_out_a_stopped_key() {
+        let mut wm = Watermark::new(WatermarkSpec {
+            delay: 1_000,
+            max_future: None,
+            per_key_skew: Some(60_000),
+        });
+        for (k, t) in [("a", 100_000), ("b", 101_000), ("c", 99_000)] {
+            wm.observe_key(k, t);
+        }
+        // A device ten minutes ahead: the watermark follows the slowest in-skew key.
+        wm.observe_key("fast", 700_000);
+        wm.update();
+        assert_eq!(wm.current(), Some(98_000));
+        // "c" stops reporting; once it trails the median by more than the skew it no
+        // longer holds the watermark back.
+        for t in [130_000, 170_000] {
+            wm.observe_key("a", t);
+            wm.observe_key("b", t + 1_000);
+            wm.update();
+        }
+        assert_eq!(wm.current(), Some(169_000));
+        // Keys trailing by more than ten times the skew are forgotten.
+        for t in [400_000, 800_000] {
+            wm.observe_key("a", t);
+            wm.observe_key("b", t);
+            wm.update();
+        }
+        assert_eq!(wm.tracked_keys(), 3);
+        assert!(!wm.keys.contains_key("c"));
+        // Never backwards.
+        wm.observe_key("late-joiner", 10_000);
+        wm.update();
+        assert!(wm.current() >= Some(699_000));
+    }
+
+    #[test]
+    fn sessions() {
+        let s = WindowSpec::session(5_000, None).unwrap();
+        assert_eq!(s.pane_width(), 5_000);
+        assert_eq!(s.width(), DEFAULT_SESSION_MAX + 5_000);
+        assert!(WindowSpec::session(0, None).is_err());
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct EngineConfig {
     pub topic_prefix: String,
     /// Bytes of a bad payload copied into its dead letter.
     pub dead_letter_excerpt: usize,
+    /// Honour sources' `idle_timeout` and move processing-time watermarks with the wall
+    /// clock. Replay turns this off: history is timed by its own event times only.
+    pub wall_clock: bool,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
             channel_capacity: 1024,
             topic_prefix: "forewarn".into(),
             dead_letter_excerpt: 256,
+            wall_clock: true,
         }
     }
 }
@@ -250,6 +254,11 @@ impl PipelineBuilder {
             ));
         }
         let ctx = forewarn_sql::streaming_context(registry.clone());
+        for r in set.references.values() {
+            if set.queries.iter().any(|q| q.references.contains(&r.name)) {
+                forewarn_sql::register_reference(&ctx, r)?;
+            }
+        }
         let mut queries = Vec::new();
         for q in &set.queries {
             let text = files
@@ -277,11 +286,23 @@ impl PipelineBuilder {
                 self.config.max_payload_bytes,
             )
             .map_err(|e| EngineError::Config(format!("source '{}': {e}", s.name)))?;
+            let late_topic = match &s.late_topic {
+                Some(t) => Some(TopicTemplate::parse(t).map_err(|e| {
+                    EngineError::Config(format!(
+                        "source '{}' ({}): late_topic: {e}",
+                        s.name, s.origin
+                    ))
+                })?),
+                None => None,
+            };
             sources.push(SourceInfo {
                 name: s.name.clone(),
                 topic_filter: s.topic.clone(),
                 template,
                 schema: s.schema.clone(),
+                processing_time: s.processing_time,
+                idle_timeout: s.idle_timeout.map(|ms| Duration::from_millis(ms as u64)),
+                late_topic,
             });
         }
         let mut sinks = BTreeMap::new();
@@ -328,8 +349,14 @@ pub struct SourceInfo {
     pub topic_filter: String,
     /// Topic template, if declared.
     pub template: Option<TopicTemplate>,
-    /// Declared schema.
+    /// Declared schema (with the implicit `arrival_time` column for processing time).
     pub schema: datafusion::arrow::datatypes::SchemaRef,
+    /// Timed by arrival: the engine fills `arrival_time`.
+    pub processing_time: bool,
+    /// Wall-clock time without input after which the watermark moves with the clock.
+    pub idle_timeout: Option<Duration>,
+    /// Where late rows go (default `{prefix}/late/{source}`).
+    pub late_topic: Option<TopicTemplate>,
 }
 
 /// A planned pipeline, ready to start.

@@ -56,6 +56,24 @@ fn batch_problem(
 }
 use crate::{DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
 
+/// Appends the arrival-time column to a batch that lacks it.
+fn stamp_arrival(src: &Source, batch: RecordBatch) -> RecordBatch {
+    let schema = src.decoder.schema();
+    if batch.num_columns() + 1 != schema.fields().len() {
+        return batch;
+    }
+    let now = forewarn_core::duration_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let mut cols = batch.columns().to_vec();
+    cols.push(std::sync::Arc::new(
+        datafusion::arrow::array::TimestampMillisecondArray::from_value(now, batch.num_rows()),
+    ));
+    RecordBatch::try_new(schema.clone(), cols).unwrap_or(batch)
+}
+
 struct Source {
     name: String,
     filter: String,
@@ -63,6 +81,11 @@ struct Source {
     /// When the oldest buffered reading arrived.
     pending_since: Option<Instant>,
     operators: Vec<Operator>,
+    processing_time: bool,
+    idle_timeout: Option<std::time::Duration>,
+    /// When input last arrived (idle detection).
+    last_input: Instant,
+    late_topic: Option<TopicTemplate>,
 }
 
 struct Operator {
@@ -89,17 +112,28 @@ impl Runtime {
         let mut sources: Vec<Source> = p
             .sources
             .iter()
-            .map(|s| Source {
-                name: s.name.clone(),
-                filter: s.topic_filter.clone(),
-                decoder: JsonDecoder::new(
+            .map(|s| {
+                let decoder = JsonDecoder::new(
                     s.schema.clone(),
                     s.template.clone(),
                     p.config.max_payload_bytes,
                 )
-                .expect("checked at build"),
-                pending_since: None,
-                operators: vec![],
+                .expect("checked at build");
+                Source {
+                    name: s.name.clone(),
+                    filter: s.topic_filter.clone(),
+                    decoder: if s.processing_time {
+                        decoder.with_arrival_column(forewarn_sql::ARRIVAL_TIME)
+                    } else {
+                        decoder
+                    },
+                    pending_since: None,
+                    operators: vec![],
+                    processing_time: s.processing_time,
+                    idle_timeout: s.idle_timeout,
+                    last_input: Instant::now(),
+                    late_topic: s.late_topic.clone(),
+                }
             })
             .collect();
         for q in &p.queries {
@@ -155,8 +189,46 @@ impl Runtime {
                         if self.sources[i].pending_since.is_some_and(|t| now.duration_since(t) >= self.config.max_batch_delay) {
                             self.flush_source(i).await?;
                         }
+                        if self.config.wall_clock {
+                            self.advance_idle(i, now).await;
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    /// Moves watermarks with the wall clock: always for processing-time sources, and for
+    /// event-time sources that have been silent for their `idle_timeout` (event time is
+    /// assumed to advance like the clock since the last input).
+    async fn advance_idle(&mut self, i: usize, now: Instant) {
+        let src = &self.sources[i];
+        let silent = now.duration_since(src.last_input);
+        let target = if src.processing_time {
+            Some(forewarn_core::duration_ms(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ))
+        } else if src.idle_timeout.is_some_and(|t| silent >= t) {
+            None
+        } else {
+            return;
+        };
+        for k in 0..self.sources[i].operators.len() {
+            let op = &mut self.sources[i].operators[k].op;
+            let t = match target {
+                Some(t) => t,
+                None => match op.max_event_time() {
+                    Some(m) => m
+                        .saturating_add(forewarn_core::duration_ms(silent))
+                        .saturating_sub(op.query().watermark.delay),
+                    None => continue,
+                },
+            };
+            match op.advance_watermark(t).await {
+                Ok(p) => self.emit_processed(i, k, p).await,
+                Err(e) => self.query_failed(e),
             }
         }
     }
@@ -190,6 +262,7 @@ impl Runtime {
                 continue;
             }
             matched = true;
+            self.sources[i].last_input = Instant::now();
             let outcome = self.sources[i].decoder.decode(topic, payload);
             self.count(|s| s.readings_in += outcome.accepted as u64);
             for r in outcome.rejected {
@@ -238,6 +311,11 @@ impl Runtime {
     async fn on_batch(&mut self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
         self.count(|s| s.messages_in += 1);
         let i = self.sources.iter().position(|s| s.name == source);
+        // A processing-time source's batches are stamped on arrival, like its messages.
+        let batch = match i {
+            Some(i) if self.sources[i].processing_time => stamp_arrival(&self.sources[i], batch),
+            _ => batch,
+        };
         let problem = match i {
             None => Some((
                 "unknown_source",
@@ -268,6 +346,7 @@ impl Runtime {
             return Ok(());
         }
         let i = i.expect("checked above");
+        self.sources[i].last_input = Instant::now();
         self.count(|s| s.readings_in += batch.num_rows() as u64);
         self.flush_source(i).await?;
         self.process(i, batch).await
@@ -324,14 +403,25 @@ impl Runtime {
         let query = op.op.query().name.clone();
         self.count(|s| s.windows_closed += p.results.len() as u64);
         for (reason, rows) in p.rejected {
-            let topic = match reason {
+            let default_topic = match reason {
                 forewarn_stream::RowRejection::Late => {
                     format!("{}/late/{}", self.config.topic_prefix, src.name)
                 }
                 _ => format!("{}/deadletter/{}", self.config.topic_prefix, src.name),
             };
             for r in 0..rows.num_rows() {
-                let row = serde_json::Value::Object(row_to_json(&rows, r));
+                let fields = row_to_json(&rows, r);
+                let topic = match (&reason, &src.late_topic) {
+                    (forewarn_stream::RowRejection::Late, Some(t)) => t.render(|c| {
+                        fields.get(c).map(|v| {
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string())
+                        })
+                    }),
+                    _ => default_topic.clone(),
+                };
+                let row = serde_json::Value::Object(fields);
                 let letter = DeadLetter {
                     reason: reason.code().into(),
                     detail: format!(
@@ -344,11 +434,7 @@ impl Runtime {
                     index: None,
                     excerpt: row.to_string(),
                 };
-                self.emit(Output::DeadLetter {
-                    topic: topic.clone(),
-                    letter,
-                })
-                .await;
+                self.emit(Output::DeadLetter { topic, letter }).await;
             }
         }
         for res in p.results {
@@ -366,11 +452,12 @@ impl Runtime {
                     })
                     .collect();
                 let topic = op.sink.render(|c| values.get(c).cloned());
+                let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
                 let alert = Alert::from_row(
                     &query,
                     op.model.as_deref(),
                     &op.device_column,
-                    (res.window.start, res.window.end),
+                    (window.start, window.end),
                     row,
                 );
                 self.emit(Output::Alert { topic, alert }).await;

@@ -204,6 +204,8 @@ struct Column {
     nullable: bool,
     /// Index of this column among the topic template's captures.
     topic_capture: Option<usize>,
+    /// Filled with the message's arrival time (processing-time sources).
+    arrival: bool,
 }
 
 /// What happened to one message.
@@ -238,6 +240,8 @@ pub struct JsonDecoder {
     max_payload: usize,
     rows: usize,
     cells: Vec<Option<usize>>,
+    /// Arrival time of the message being decoded, ms.
+    now: i64,
 }
 
 impl fmt::Debug for JsonDecoder {
@@ -276,6 +280,7 @@ impl JsonDecoder {
                 name: f.name().clone(),
                 nullable: f.is_nullable(),
                 topic_capture: captures.iter().position(|c| c == f.name()),
+                arrival: false,
             });
             Self::builder_for(f.data_type()).ok_or_else(|| UnsupportedColumn {
                 column: f.name().clone(),
@@ -295,7 +300,17 @@ impl JsonDecoder {
             template,
             max_payload,
             rows: 0,
+            now: 0,
         })
+    }
+
+    /// Fills the TIMESTAMP column `name` with each message's arrival time instead of a
+    /// payload field (sources timed by processing time).
+    pub fn with_arrival_column(mut self, name: &str) -> Self {
+        for c in &mut self.columns {
+            c.arrival = c.name == name;
+        }
+        self
     }
 
     fn builder_for(dt: &DataType) -> Option<Builder> {
@@ -321,8 +336,23 @@ impl JsonDecoder {
         self.rows
     }
 
-    /// Decodes one message and appends its good readings to the pending batch.
+    /// Decodes one message and appends its good readings to the pending batch; an
+    /// arrival-time column gets the wall clock.
     pub fn decode(&mut self, topic: &str, payload: &[u8]) -> DecodeOutcome {
+        let now = if self.columns.iter().any(|c| c.arrival) {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        self.decode_at(topic, payload, now)
+    }
+
+    /// Decodes one message that arrived at `now_ms` (epoch milliseconds).
+    pub fn decode_at(&mut self, topic: &str, payload: &[u8], now_ms: i64) -> DecodeOutcome {
+        self.now = now_ms;
         let mut out = DecodeOutcome::default();
         let whole = |error| Rejected { index: None, error };
         if payload.len() > self.max_payload {
@@ -382,7 +412,9 @@ impl JsonDecoder {
         }
         let mut row: Vec<Cell> = Vec::with_capacity(self.columns.len());
         for (ci, col) in self.columns.iter().enumerate() {
-            let cell = if let Some(v) = col.topic_capture.and_then(|k| captured.get(k)) {
+            let cell = if col.arrival {
+                Cell::Ts(self.now)
+            } else if let Some(v) = col.topic_capture.and_then(|k| captured.get(k)) {
                 convert(
                     &self.builders[ci],
                     &col.name,

@@ -38,6 +38,21 @@ impl fmt::Display for SqlError {
 }
 
 impl SqlError {
+    /// A problem with a file table's data, reported at its declaration (`file:line`).
+    pub fn reference(origin: &str, table: &str, message: impl Into<String>) -> Self {
+        let (file, line) = origin
+            .rsplit_once(':')
+            .map(|(f, l)| (f.to_string(), l.parse().unwrap_or(0)))
+            .unwrap_or((origin.to_string(), 0));
+        SqlError {
+            file,
+            line,
+            column: if line > 0 { 1 } else { 0 },
+            message: format!("file table '{table}': {}", message.into()),
+            snippet: None,
+        }
+    }
+
     /// An error at `line:column` of `text`, underlining `width` characters.
     pub fn at(
         file: &str,

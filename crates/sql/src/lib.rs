@@ -15,8 +15,12 @@ mod udf;
 pub use error::SqlError;
 pub use features::{feature_query, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};
-pub use parse::{QueryDecl, QuerySet, SinkDecl, SourceDecl, WINDOW_END, WINDOW_START};
+pub use parse::{
+    QueryDecl, QuerySet, ReferenceDecl, SinkDecl, SourceDecl, ARRIVAL_TIME, DEFAULT_MAX_SKEW,
+    WINDOW_END, WINDOW_START,
+};
 pub use plan::{
-    compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,
+    compile, register_reference, replace_leaf, replace_partial, streaming_context, time_type,
+    CompiledQuery,
 };
 pub use udf::AnomalyScore;

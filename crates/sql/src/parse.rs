@@ -15,10 +15,19 @@ use forewarn_core::{parse_interval, Millis, WatermarkSpec, WindowSpec};
 
 use crate::SqlError;
 
+/// Allowed skew of per-key watermarks when `max_skew` is not given.
+pub const DEFAULT_MAX_SKEW: Millis = 5 * 60_000;
+
+fn time_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
 /// Names of the columns the window operator adds to every source row.
 pub const WINDOW_START: &str = "window_start";
 /// See [`WINDOW_START`].
 pub const WINDOW_END: &str = "window_end";
+/// The implicit event-time column of a source without `WATERMARK FOR`.
+pub const ARRIVAL_TIME: &str = "arrival_time";
 
 /// A `CREATE TABLE` with `connector = 'mqtt'` read by queries.
 #[derive(Debug, Clone)]
@@ -37,6 +46,30 @@ pub struct SourceDecl {
     pub topic_template: Option<String>,
     /// Payload format (`json`).
     pub format: String,
+    /// Where it was declared: `file:line`.
+    pub origin: String,
+    /// No `WATERMARK FOR`: rows are timed by arrival in the engine, in the implicit
+    /// column [`ARRIVAL_TIME`], and the watermark follows the wall clock.
+    pub processing_time: bool,
+    /// Column keying per-key watermarks (`watermark_key = 'device'`).
+    pub watermark_key: Option<String>,
+    /// With no input for this long (wall clock), the watermark advances with the clock
+    /// so the last windows close (`idle_timeout = '30 seconds'`).
+    pub idle_timeout: Option<Millis>,
+    /// Topic template for late rows (`late_topic = '...'`); default `{prefix}/late/{source}`.
+    pub late_topic: Option<String>,
+}
+
+/// A `CREATE TABLE ... WITH (connector = 'file', path = '...csv')`: a static
+/// reference table (asset registry) that queries may join.
+#[derive(Debug, Clone)]
+pub struct ReferenceDecl {
+    /// Table name.
+    pub name: String,
+    /// Declared columns.
+    pub schema: SchemaRef,
+    /// The CSV file, resolved against the query file's directory.
+    pub path: std::path::PathBuf,
     /// Where it was declared: `file:line`.
     pub origin: String,
 }
@@ -61,8 +94,12 @@ pub struct QueryDecl {
     pub sink: String,
     /// Source table read.
     pub source: String,
+    /// Reference tables joined.
+    pub references: Vec<String>,
     /// Window from `GROUP BY tumble(...)`.
     pub window: WindowSpec,
+    /// For session windows: the key columns (the other `GROUP BY` items).
+    pub session_keys: Vec<String>,
     /// The `SELECT` with the window call replaced by `window_start, window_end`.
     pub select_sql: String,
     /// File the query came from.
@@ -78,6 +115,8 @@ pub struct QuerySet {
     pub sources: BTreeMap<String, SourceDecl>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkDecl>,
+    /// Reference tables by name.
+    pub references: BTreeMap<String, ReferenceDecl>,
     /// Queries in file order.
     pub queries: Vec<QueryDecl>,
 }
@@ -110,7 +149,10 @@ impl QuerySet {
                         .map(|p| p.span().start)
                         .unwrap_or(Location { line: 0, column: 0 });
                     let name = ct.name.to_string();
-                    if self.sources.contains_key(&name) || self.sinks.contains_key(&name) {
+                    if self.sources.contains_key(&name)
+                        || self.sinks.contains_key(&name)
+                        || self.references.contains_key(&name)
+                    {
                         return Err(err(
                             file,
                             text,
@@ -211,13 +253,16 @@ impl QuerySet {
                 format!("table '{name}' needs WITH (connector = 'mqtt', ...)"),
             )
         })?;
+        if connector == "file" {
+            return self.add_reference(file, text, loc, name, columns, &map, wm);
+        }
         if connector != "mqtt" {
             let at = map["connector"].1;
             return Err(err(
                 file,
                 text,
                 at,
-                format!("unknown connector '{connector}' (supported: 'mqtt')"),
+                format!("unknown connector '{connector}' (supported: 'mqtt', 'file')"),
             ));
         }
         let format = get("format").unwrap_or_else(|| "json".into());
@@ -247,6 +292,10 @@ impl QuerySet {
                 "topic",
                 "topic_template",
                 "max_future",
+                "watermark_key",
+                "max_skew",
+                "idle_timeout",
+                "late_topic",
             ]
         };
         for (k, (_, at)) in &map {
@@ -282,9 +331,6 @@ impl QuerySet {
             );
             return Ok(());
         }
-        let wm = wm.ok_or_else(|| {
-            err(file, text, loc, format!("source '{name}' needs an event-time column: add WATERMARK FOR <column> AS <column> - INTERVAL '5' SECOND"))
-        })?;
         let template = get("topic_template");
         let captures: Vec<String> = template
             .as_deref()
@@ -316,30 +362,40 @@ impl QuerySet {
                 .options
                 .iter()
                 .any(|o| matches!(o.option, ColumnOption::NotNull));
-            let required = not_null || cname == wm.column || captures.contains(&cname);
+            let required =
+                not_null || wm.is_some_and(|w| cname == w.column) || captures.contains(&cname);
             fields.push(Field::new(&cname, dt, !required));
         }
-        let ts_field = fields
-            .iter()
-            .find(|f| *f.name() == wm.column)
-            .ok_or_else(|| {
-                err(
+        let processing_time = wm.is_none();
+        if let Some(wm) = wm {
+            let ts_field = fields
+                .iter()
+                .find(|f| *f.name() == wm.column)
+                .ok_or_else(|| {
+                    err(
+                        file,
+                        text,
+                        wm.loc,
+                        format!(
+                            "WATERMARK FOR names column '{}', which '{name}' does not declare",
+                            wm.column
+                        ),
+                    )
+                })?;
+            if !matches!(ts_field.data_type(), DataType::Timestamp(..)) {
+                return Err(err(
                     file,
                     text,
                     wm.loc,
-                    format!(
-                        "WATERMARK FOR names column '{}', which '{name}' does not declare",
-                        wm.column
-                    ),
-                )
-            })?;
-        if !matches!(ts_field.data_type(), DataType::Timestamp(..)) {
-            return Err(err(
-                file,
-                text,
-                wm.loc,
-                format!("WATERMARK FOR column '{}' must be a TIMESTAMP", wm.column),
-            ));
+                    format!("WATERMARK FOR column '{}' must be a TIMESTAMP", wm.column),
+                ));
+            }
+        } else {
+            // Processing time: the engine stamps each reading with its arrival.
+            if let Some(c) = columns.iter().find(|c| c.name.value == ARRIVAL_TIME) {
+                return Err(err(file, text, c.name.span.start, format!("'{ARRIVAL_TIME}' is reserved for the arrival time of a source without WATERMARK FOR")));
+            }
+            fields.push(Field::new(ARRIVAL_TIME, time_type(), false));
         }
         for c in &captures {
             if !fields.iter().any(|f| f.name() == c) {
@@ -352,25 +408,170 @@ impl QuerySet {
                 ));
             }
         }
-        let max_future = match map.get("max_future") {
-            None => None,
-            Some((v, at)) => {
-                Some(parse_interval(v, None).map_err(|e| err(file, text, *at, e.to_string()))?)
+        let interval = |k: &str| -> Result<Option<Millis>, SqlError> {
+            match map.get(k) {
+                None => Ok(None),
+                Some((v, at)) => match parse_interval(v, None) {
+                    Ok(ms) if ms > 0 => Ok(Some(ms)),
+                    Ok(_) => Err(err(file, text, *at, format!("{k} must be positive"))),
+                    Err(e) => Err(err(file, text, *at, e.to_string())),
+                },
             }
+        };
+        let max_future = interval("max_future")?;
+        let idle_timeout = interval("idle_timeout")?;
+        let max_skew = interval("max_skew")?;
+        let watermark_key = get("watermark_key");
+        if let Some(k) = &watermark_key {
+            if !fields.iter().any(|f| f.name() == k) {
+                let at = map["watermark_key"].1;
+                return Err(err(
+                    file,
+                    text,
+                    at,
+                    format!("watermark_key names column '{k}', which '{name}' does not declare"),
+                ));
+            }
+        }
+        if max_skew.is_some() && watermark_key.is_none() {
+            let at = map["max_skew"].1;
+            return Err(err(
+                file,
+                text,
+                at,
+                "max_skew applies to per-key watermarks: add watermark_key = '<column>'",
+            ));
+        }
+        if processing_time && watermark_key.is_some() {
+            let at = map["watermark_key"].1;
+            return Err(err(
+                file,
+                text,
+                at,
+                "watermark_key needs event time: add WATERMARK FOR <column> AS ...",
+            ));
+        }
+        let (event_time, delay) = match wm {
+            Some(w) => (w.column.clone(), w.delay),
+            None => (ARRIVAL_TIME.to_string(), 0),
         };
         self.sources.insert(
             name.to_string(),
             SourceDecl {
                 name: name.to_string(),
                 schema: Arc::new(Schema::new(fields)),
-                event_time: wm.column.clone(),
+                event_time,
                 watermark: WatermarkSpec {
-                    delay: wm.delay,
+                    delay,
                     max_future,
+                    per_key_skew: watermark_key
+                        .as_ref()
+                        .map(|_| max_skew.unwrap_or(DEFAULT_MAX_SKEW)),
                 },
                 topic,
                 topic_template: template,
                 format,
+                origin: format!("{file}:{}", loc.line),
+                processing_time,
+                watermark_key,
+                idle_timeout,
+                late_topic: get("late_topic"),
+            },
+        );
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_reference(
+        &mut self,
+        file: &str,
+        text: &str,
+        loc: Location,
+        name: &str,
+        columns: &[ast::ColumnDef],
+        map: &BTreeMap<String, (String, Location)>,
+        wm: Option<&WatermarkClause>,
+    ) -> Result<(), SqlError> {
+        for (k, (_, at)) in map {
+            if !["connector", "path", "format"].contains(&k.as_str()) {
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!(
+                        "unknown option '{k}' for a file table (allowed: connector, path, format)"
+                    ),
+                ));
+            }
+        }
+        if let Some((f, at)) = map.get("format") {
+            if f != "csv" {
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!("unknown format '{f}' for a file table (supported: 'csv')"),
+                ));
+            }
+        }
+        if let Some(w) = wm {
+            return Err(err(
+                file,
+                text,
+                w.loc,
+                "a file table is static reference data: it has no WATERMARK",
+            ));
+        }
+        if columns.is_empty() {
+            return Err(err(
+                file,
+                text,
+                loc,
+                format!("file table '{name}' must declare its columns"),
+            ));
+        }
+        let (rel, at) = map.get("path").cloned().ok_or_else(|| {
+            err(
+                file,
+                text,
+                loc,
+                format!("file table '{name}' needs a path = '...csv' option"),
+            )
+        })?;
+        // Sandbox: only files beside the query file (or below it) can be read.
+        let p = std::path::Path::new(&rel);
+        if p.is_absolute()
+            || p.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            return Err(err(
+                file,
+                text,
+                at,
+                format!("path '{rel}' must be relative to the query file's directory and stay inside it (no '..', no absolute paths)"),
+            ));
+        }
+        let dir = std::path::Path::new(file)
+            .parent()
+            .map(|d| d.to_path_buf())
+            .unwrap_or_default();
+        let mut fields = Vec::new();
+        for c in columns {
+            let dt = map_type(&c.data_type).ok_or_else(|| {
+                err(file, text, c.name.span.start, format!("column '{}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.name.value, c.data_type))
+            })?;
+            fields.push(Field::new(&c.name.value, dt, true));
+        }
+        self.references.insert(
+            name.to_string(),
+            ReferenceDecl {
+                name: name.to_string(),
+                schema: Arc::new(Schema::new(fields)),
+                path: dir.join(p),
                 origin: format!("{file}:{}", loc.line),
             },
         );
@@ -414,37 +615,76 @@ impl QuerySet {
                 "the query must be a single SELECT (UNION and VALUES are not supported)",
             ));
         };
-        if select.from.len() != 1 || !select.from[0].joins.is_empty() {
+        if select.from.len() != 1 {
             return Err(err(
                 file,
                 text,
                 select.select_token.0.span.start,
-                "a windowed query reads exactly one source table (joins are not supported yet)",
+                "a windowed query reads exactly one source table; join reference tables with JOIN ... ON",
             ));
         }
-        let source = match &select.from[0].relation {
-            TableFactor::Table { name, .. } => name.to_string(),
-            other => {
-                return Err(err(
-                    file,
-                    text,
-                    other.span().start,
-                    "FROM must name a source table",
-                ))
+        // The stream is the FROM table; everything joined to it must be a file table.
+        let mut tables: Vec<(String, Option<String>, Location)> = Vec::new();
+        let from = &select.from[0];
+        for rel in std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation)) {
+            match rel {
+                TableFactor::Table { name, alias, .. } => tables.push((
+                    name.to_string(),
+                    alias.as_ref().map(|a| a.name.value.clone()),
+                    rel.span().start,
+                )),
+                other => {
+                    return Err(err(
+                        file,
+                        text,
+                        other.span().start,
+                        "FROM and JOIN must name tables (subqueries are not supported)",
+                    ))
+                }
             }
-        };
+        }
+        let (source, _, src_loc) = tables[0].clone();
         if !self.sources.contains_key(&source) {
-            let loc = select.from[0].relation.span().start;
+            let hint = if self.references.contains_key(&source) {
+                " (it is a file table: read the stream first and JOIN the file table to it)"
+            } else {
+                ""
+            };
             return Err(err(
                 file,
                 text,
-                loc,
-                format!("unknown source table '{source}'"),
+                src_loc,
+                format!("unknown source table '{source}'{hint}"),
             ));
+        }
+        let mut references = Vec::new();
+        for (t, _, loc) in &tables[1..] {
+            if self.sources.contains_key(t) {
+                return Err(err(file, text, *loc, format!("'{t}' is a stream: joining two streams is not supported, only file tables (connector = 'file')")));
+            }
+            if !self.references.contains_key(t) {
+                return Err(err(
+                    file,
+                    text,
+                    *loc,
+                    format!("unknown table '{t}' (declare it with CREATE TABLE ... WITH (connector = 'file', path = '...csv'))"),
+                ));
+            }
+            references.push(t.clone());
         }
         // Lift `tumble(...)` out of the GROUP BY: the runtime assigns rows to windows and
         // stamps them with `window_start`/`window_end`, which stay as ordinary group keys.
-        check_columns(file, text, &self.sources[&source], select)?;
+        let scope: Vec<(&str, Option<&str>, &SchemaRef)> = tables
+            .iter()
+            .map(|(t, a, _)| {
+                let schema = match self.sources.get(t) {
+                    Some(s) => &s.schema,
+                    None => &self.references[t].schema,
+                };
+                (t.as_str(), a.as_deref(), schema)
+            })
+            .collect();
+        check_columns(file, text, &scope, select)?;
         let GroupByExpr::Expressions(group, _) = &mut select.group_by else {
             return Err(err(
                 file,
@@ -455,6 +695,7 @@ impl QuerySet {
         };
         let mut window = None;
         let mut rewritten = Vec::new();
+        let mut keys = Vec::new();
         for g in group.drain(..) {
             match window_call(&g) {
                 Some((fname, args, span)) => {
@@ -470,7 +711,10 @@ impl QuerySet {
                     rewritten.push(Expr::Identifier(Ident::new(WINDOW_START)));
                     rewritten.push(Expr::Identifier(Ident::new(WINDOW_END)));
                 }
-                None => rewritten.push(g),
+                None => {
+                    keys.push(g.clone());
+                    rewritten.push(g)
+                }
             }
         }
         *group = rewritten;
@@ -482,6 +726,35 @@ impl QuerySet {
                 "a streaming query needs a window: GROUP BY tumble(interval '10 seconds'), <keys>",
             )
         })?;
+        let mut session_keys = Vec::new();
+        if window.is_session() {
+            // Sessions are tracked per key by the runtime, which reads the key columns
+            // from the source rows.
+            for k in &keys {
+                let col = match k {
+                    Expr::Identifier(i) => Some(i),
+                    Expr::CompoundIdentifier(p) if p.len() == 2 => p.last(),
+                    _ => None,
+                };
+                let schema = &self.sources[&source].schema;
+                match col.and_then(|c| {
+                    schema
+                        .fields()
+                        .iter()
+                        .find(|f| f.name().eq_ignore_ascii_case(&c.value))
+                }) {
+                    Some(f) => session_keys.push(f.name().clone()),
+                    None => {
+                        return Err(err(
+                            file,
+                            text,
+                            k.span().start,
+                            format!("session windows are keyed by columns of the source '{source}'; '{k}' is not one"),
+                        ))
+                    }
+                }
+            }
+        }
         for item in &select.projection {
             let e = match item {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
@@ -495,7 +768,9 @@ impl QuerySet {
             name,
             sink,
             source,
+            references,
             window,
+            session_keys,
             select_sql: query.to_string(),
             file: file.to_string(),
             line,
@@ -510,16 +785,14 @@ use datafusion::sql::sqlparser::ast::Spanned;
 fn check_columns(
     file: &str,
     text: &str,
-    src: &SourceDecl,
+    tables: &[(&str, Option<&str>, &SchemaRef)],
     select: &ast::Select,
 ) -> Result<(), SqlError> {
     use std::ops::ControlFlow;
-    let mut known: Vec<String> = src
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let names = |schema: &SchemaRef| -> Vec<String> {
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    let mut known: Vec<String> = tables.iter().flat_map(|t| names(t.2)).collect();
     known.push(WINDOW_START.into());
     known.push(WINDOW_END.into());
     for item in &select.projection {
@@ -527,31 +800,40 @@ fn check_columns(
             known.push(alias.value.clone());
         }
     }
-    let mut unknown: Option<Ident> = None;
+    let table_of = |q: &Ident| {
+        tables.iter().find(|(t, a, _)| {
+            t.eq_ignore_ascii_case(&q.value) || a.is_some_and(|a| a.eq_ignore_ascii_case(&q.value))
+        })
+    };
+    let src_name = tables[0].0;
+    let mut unknown: Option<(Ident, String, Vec<String>)> = None;
     let mut visit = |e: &Expr| {
-        let id = match e {
-            Expr::Identifier(i) => Some(i),
-            Expr::CompoundIdentifier(parts)
-                if parts.len() == 2 && parts[0].value.eq_ignore_ascii_case(&src.name) =>
-            {
-                parts.last()
-            }
-            _ => None,
-        };
-        match id {
-            Some(i)
-                if !known.iter().any(|k| {
-                    if i.quote_style.is_some() {
-                        *k == i.value
-                    } else {
-                        k.eq_ignore_ascii_case(&i.value)
+        let (id, table, candidates) = match e {
+            Expr::Identifier(i) => (i, src_name.to_string(), known.clone()),
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => match table_of(&parts[0]) {
+                Some((t, _, schema)) => {
+                    let mut c = names(schema);
+                    if *t == src_name {
+                        c.extend([WINDOW_START.to_string(), WINDOW_END.to_string()]);
                     }
-                }) =>
-            {
-                unknown = Some(i.clone());
-                ControlFlow::Break(())
+                    (&parts[1], t.to_string(), c)
+                }
+                None => return ControlFlow::Continue(()),
+            },
+            _ => return ControlFlow::Continue(()),
+        };
+        let found = candidates.iter().any(|k| {
+            if id.quote_style.is_some() {
+                *k == id.value
+            } else {
+                k.eq_ignore_ascii_case(&id.value)
             }
-            _ => ControlFlow::Continue(()),
+        });
+        if found {
+            ControlFlow::Continue(())
+        } else {
+            unknown = Some((id.clone(), table, candidates));
+            ControlFlow::Break(())
         }
     };
     let mut exprs: Vec<&Expr> = select
@@ -572,8 +854,10 @@ fn check_columns(
             break;
         }
     }
-    let Some(id) = unknown else { return Ok(()) };
-    let nearest = known
+    let Some((id, table, candidates)) = unknown else {
+        return Ok(());
+    };
+    let nearest = candidates
         .iter()
         .map(|k| {
             (
@@ -585,16 +869,23 @@ fn check_columns(
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| format!("; did you mean '{k}'?"))
         .unwrap_or_default();
+    let what = if tables.len() > 1 && table == src_name {
+        format!(
+            "in '{}'",
+            tables.iter().map(|t| t.0).collect::<Vec<_>>().join("', '")
+        )
+    } else if tables.iter().skip(1).any(|t| t.0 == table) {
+        format!("in table '{table}'")
+    } else {
+        format!("in source '{table}'")
+    };
     Err(SqlError::at(
         file,
         text,
         id.span.start.line,
         id.span.start.column,
         id.value.chars().count(),
-        format!(
-            "unknown column '{}' in source '{}'{nearest}",
-            id.value, src.name
-        ),
+        format!("unknown column '{}' {what}{nearest}", id.value),
     ))
 }
 
@@ -669,11 +960,24 @@ fn parse_window(
             let w = interval_ms(width).map_err(|m| err(file, text, width.span().start, m))?;
             WindowSpec::hop(s, w).map_err(|e| err(file, text, width.span().start, e.to_string()))
         }
+        "session" => {
+            let (gap, max) = match args {
+                [gap] => (gap, None),
+                [gap, max] => (gap, Some(max)),
+                _ => return Err(err(file, text, span.start, "session takes one or two arguments: session(interval '5 minutes') or session(gap, maximum length)")),
+            };
+            let g = interval_ms(gap).map_err(|m| err(file, text, gap.span().start, m))?;
+            let m = match max {
+                Some(m) => Some(interval_ms(m).map_err(|e| err(file, text, m.span().start, e))?),
+                None => None,
+            };
+            WindowSpec::session(g, m).map_err(|e| err(file, text, gap.span().start, e.to_string()))
+        }
         other => Err(err(
             file,
             text,
             span.start,
-            format!("window function '{other}' is not supported yet (use tumble or hop)"),
+            format!("unknown window function '{other}' (use tumble, hop or session)"),
         )),
     }
 }
@@ -901,7 +1205,7 @@ FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) 
                 "CREATE TABLE t (a DOUBLE) WITH (connector = 'file');",
             )
             .unwrap_err();
-        assert_eq!(e.message, "unknown connector 'file' (supported: 'mqtt')");
+        assert_eq!(e.message, "file table 't' needs a path = '...csv' option");
         let e = QuerySet::default()
             .add_file("x.sql", "SELEC 1")
             .unwrap_err();

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::MemTable;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
@@ -22,7 +23,8 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr as LExpr, ScalarUDF};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 
 // Replaced leaves differ from the originals (a channel instead of a memory scan), so
 // plan properties are recomputed.
@@ -32,7 +34,7 @@ use datafusion::prelude::SessionConfig;
 use forewarn_core::{WatermarkSpec, WindowSpec};
 use forewarn_scorer::ModelRegistry;
 
-use crate::parse::{QueryDecl, SourceDecl, WINDOW_END, WINDOW_START};
+use crate::parse::{QueryDecl, ReferenceDecl, SourceDecl, WINDOW_END, WINDOW_START};
 use crate::udf::AnomalyScore;
 use crate::SqlError;
 
@@ -56,6 +58,10 @@ pub struct CompiledQuery {
     pub watermark: WatermarkSpec,
     /// Event-time column in the source schema.
     pub event_time: String,
+    /// Column keying per-key watermarks.
+    pub watermark_key: Option<String>,
+    /// Session windows: key columns in the source schema.
+    pub session_keys: Vec<String>,
     /// Source schema plus `window_start`, `window_end`: what a pane is fed.
     pub pane_schema: SchemaRef,
     /// Subtree up to and including the Partial aggregate; its leaf is a placeholder scan.
@@ -125,11 +131,14 @@ pub async fn compile(
     fields.push(Field::new(WINDOW_START, time_type(), false));
     fields.push(Field::new(WINDOW_END, time_type(), false));
     let pane_schema = Arc::new(Schema::new(fields));
-    // Each query gets its own table registration so queries cannot see each other's sources.
-    let empty = MemTable::try_new(pane_schema.clone(), vec![vec![]])
+    // Each query gets its own table registration so queries cannot see each other's
+    // sources. The source is a streaming table: its scan is the one leaf the runtime
+    // replaces with a pane's channel; reference tables stay memory scans.
+    let placeholder = Arc::new(Placeholder(pane_schema.clone()));
+    let table = StreamingTable::try_new(pane_schema.clone(), vec![placeholder])
         .map_err(|e| plan_err(e.to_string()))?;
     let _ = ctx.deregister_table(q.source.as_str());
-    ctx.register_table(q.source.as_str(), Arc::new(empty))
+    ctx.register_table(q.source.as_str(), Arc::new(table))
         .map_err(|e| plan_err(e.to_string()))?;
     let df = ctx
         .sql(&q.select_sql)
@@ -167,7 +176,11 @@ pub async fn compile(
                 .into(),
         )
     })?;
-    let leaf_schema = leaf_of(&partial).schema();
+    let leaf_schema = stream_leaf(&partial)
+        .ok_or_else(|| {
+            plan_err("internal: the source scan is not below the partial aggregate".into())
+        })?
+        .schema();
     Ok(CompiledQuery {
         name: q.name.clone(),
         sink: q.sink.clone(),
@@ -175,6 +188,8 @@ pub async fn compile(
         window: q.window,
         watermark: src.watermark,
         event_time: src.event_time.clone(),
+        watermark_key: src.watermark_key.clone(),
+        session_keys: q.session_keys.clone(),
         pane_schema,
         output_schema: root.schema(),
         partial,
@@ -200,27 +215,73 @@ fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>>
     plan.children().into_iter().find_map(find_partial)
 }
 
-fn leaf_of(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-    match plan.children().first() {
-        Some(c) => leaf_of(c),
-        None => plan.clone(),
-    }
+fn is_stream_leaf(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.as_ref().downcast_ref::<StreamingTableExec>().is_some()
 }
 
-/// Replaces the (single) leaf of `plan` with `leaf`.
+/// The scan of the source table (the only streaming leaf).
+fn stream_leaf(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if is_stream_leaf(plan) {
+        return Some(plan.clone());
+    }
+    plan.children().into_iter().find_map(stream_leaf)
+}
+
+/// Replaces the source scan of `plan` with `leaf` (reference-table scans stay).
 pub fn replace_leaf(
     plan: &Arc<dyn ExecutionPlan>,
     leaf: Arc<dyn ExecutionPlan>,
 ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    if is_stream_leaf(plan) {
+        return Ok(leaf);
+    }
     let children = plan.children();
     if children.is_empty() {
-        return Ok(leaf);
+        return Ok(plan.clone());
     }
     let new_children = children
         .into_iter()
         .map(|c| replace_leaf(c, leaf.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     plan.clone().replace_children(new_children, RECOMPUTE)
+}
+
+/// The source's stand-in while planning; the runtime replaces its scan.
+#[derive(Debug)]
+struct Placeholder(SchemaRef);
+
+impl PartitionStream for Placeholder {
+    fn schema(&self) -> &SchemaRef {
+        &self.0
+    }
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                self.0.clone(),
+                futures::stream::empty(),
+            ),
+        )
+    }
+}
+
+/// Loads a file table (CSV with a header) and registers it in `ctx`.
+pub fn register_reference(ctx: &SessionContext, r: &ReferenceDecl) -> Result<(), SqlError> {
+    let fail = |m: String| SqlError::reference(&r.origin, &r.name, m);
+    let file = std::fs::File::open(&r.path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", r.path.display())))?;
+    let reader = datafusion::arrow::csv::ReaderBuilder::new(r.schema.clone())
+        .with_header(true)
+        .build(file)
+        .map_err(|e| fail(format!("{}: {e}", r.path.display())))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("{}: {e}", r.path.display())))?;
+    let table =
+        MemTable::try_new(r.schema.clone(), vec![batches]).map_err(|e| fail(e.to_string()))?;
+    let _ = ctx.deregister_table(r.name.as_str());
+    ctx.register_table(r.name.as_str(), Arc::new(table))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
 }
 
 /// Replaces the partial half inside `root` with `input` (the panes' partial state).

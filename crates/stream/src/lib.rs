@@ -12,17 +12,21 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::{cast, take_record_batch};
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{cast, filter_record_batch, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::physical_plan::{collect, ExecutionPlan, SendableRecordBatchStream};
-use forewarn_core::{Millis, Pane, Watermark};
+use datafusion::physical_plan::{collect, ExecutionPlan, PhysicalExpr, SendableRecordBatchStream};
+use forewarn_core::{Millis, Pane, Watermark, WindowSpec};
 use forewarn_sql::{
     replace_leaf, replace_partial, time_type, CompiledQuery, WINDOW_END, WINDOW_START,
 };
@@ -76,10 +80,12 @@ impl RowRejection {
 /// The result rows of one closed window.
 #[derive(Debug, Clone)]
 pub struct WindowResult {
-    /// The window's bounds.
+    /// The window's bounds (for sessions: the span of all sessions in `batch`).
     pub window: Pane,
     /// The query's output rows for it (may be empty after HAVING).
     pub batch: RecordBatch,
+    /// Session windows: each output row's own session bounds.
+    pub row_windows: Option<Vec<Pane>>,
 }
 
 /// What one call to [`WindowOperator::process`] produced.
@@ -110,6 +116,121 @@ pub struct OperatorStats {
     pub rows_out: u64,
 }
 
+/// One open session of one key.
+#[derive(Debug, Clone)]
+struct Session {
+    key: String,
+    /// Ids the session's rows were tagged with (several after two sessions merged).
+    ids: Vec<Millis>,
+    start: Millis,
+    last: Millis,
+    fire_at: Millis,
+}
+
+/// Per-key session state: open sessions, the keys' session lists and the firing order.
+#[derive(Debug, Default)]
+struct Sessions {
+    gap: Millis,
+    max_length: Millis,
+    pane_width: Millis,
+    next_id: Millis,
+    open: std::collections::HashMap<Millis, Session>,
+    by_key: std::collections::HashMap<String, Vec<Millis>>,
+    by_fire: std::collections::BTreeSet<(Millis, Millis)>,
+}
+
+impl Sessions {
+    fn fire_at(&self, start: Millis, last: Millis) -> Millis {
+        // A session cut at its maximum length still waits for the pane holding its last row.
+        let end = (last + self.gap).min(start + self.max_length);
+        let pane_end = (last.div_euclid(self.pane_width) + 1) * self.pane_width;
+        end.max(pane_end)
+    }
+
+    fn end_of(&self, s: &Session) -> Millis {
+        (s.last + self.gap).min(s.start + self.max_length)
+    }
+
+    /// The session id a row of `key` at `t` belongs to, merging sessions it bridges;
+    /// `None` when it would form a new session that has already closed (late).
+    fn assign(&mut self, key: &str, t: Millis, closed_until: Option<Millis>) -> Option<Millis> {
+        let ids = self.by_key.get(key).cloned().unwrap_or_default();
+        let mut hits: Vec<Millis> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                let s = &self.open[id];
+                t > s.start - self.gap
+                    && t < s.last + self.gap
+                    && t.max(s.last) - t.min(s.start) < self.max_length
+            })
+            .collect();
+        if hits.is_empty() {
+            if closed_until.is_some_and(|c| (t + self.gap).min(t + self.max_length) <= c) {
+                return None;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let fire = self.fire_at(t, t);
+            self.open.insert(
+                id,
+                Session {
+                    key: key.to_string(),
+                    ids: vec![id],
+                    start: t,
+                    last: t,
+                    fire_at: fire,
+                },
+            );
+            self.by_key.entry(key.to_string()).or_default().push(id);
+            self.by_fire.insert((fire, id));
+            return Some(id);
+        }
+        hits.sort_unstable();
+        let keep = hits[0];
+        let mut merged = self.open.remove(&keep).expect("open");
+        self.by_fire.remove(&(merged.fire_at, keep));
+        for other in &hits[1..] {
+            let s = self.open.remove(other).expect("open");
+            self.by_fire.remove(&(s.fire_at, *other));
+            merged.start = merged.start.min(s.start);
+            merged.last = merged.last.max(s.last);
+            merged.ids.extend(s.ids);
+        }
+        if hits.len() > 1 {
+            if let Some(v) = self.by_key.get_mut(key) {
+                v.retain(|id| !hits[1..].contains(id));
+            }
+        }
+        merged.start = merged.start.min(t);
+        merged.last = merged.last.max(t);
+        merged.fire_at = self.fire_at(merged.start, merged.last);
+        self.by_fire.insert((merged.fire_at, keep));
+        self.open.insert(keep, merged);
+        Some(keep)
+    }
+
+    /// Removes and returns the sessions that may fire at watermark `wm`.
+    fn take_ready(&mut self, wm: Millis) -> Vec<Session> {
+        let mut out = Vec::new();
+        while let Some(&(fire, id)) = self.by_fire.first() {
+            if fire > wm {
+                break;
+            }
+            self.by_fire.pop_first();
+            let s = self.open.remove(&id).expect("open");
+            if let Some(v) = self.by_key.get_mut(&s.key) {
+                v.retain(|x| *x != id);
+                if v.is_empty() {
+                    self.by_key.remove(&s.key);
+                }
+            }
+            out.push(s);
+        }
+        out
+    }
+}
+
 struct OpenPane {
     tx: mpsc::Sender<DfResult<RecordBatch>>,
     state: JoinHandle<DfResult<Vec<RecordBatch>>>,
@@ -129,6 +250,13 @@ pub struct WindowOperator {
     /// Every pane ending at or before this has been closed.
     closed_until: Option<Millis>,
     stats: OperatorStats,
+    /// Column of per-key watermarks, in the source schema.
+    wm_key_index: Option<usize>,
+    /// Session windows: key columns in the source schema, and the sessions.
+    session_key_indices: Vec<usize>,
+    sessions: Option<Sessions>,
+    /// The WHERE clause evaluated on leaf batches (sessions: rows it drops open no session).
+    prefilter: Option<Arc<dyn PhysicalExpr>>,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -164,6 +292,30 @@ impl WindowOperator {
                     .expect("leaf columns come from the pane schema")
             })
             .collect();
+        let wm_key_index = q.watermark_key.as_ref().map(|k| {
+            source_schema
+                .index_of(k)
+                .expect("watermark key is declared")
+        });
+        let session_key_indices = q
+            .session_keys
+            .iter()
+            .map(|k| {
+                source_schema
+                    .index_of(k)
+                    .expect("session keys are declared")
+            })
+            .collect();
+        let sessions = match q.window {
+            WindowSpec::Session { gap, max_length } => Some(Sessions {
+                gap,
+                max_length,
+                pane_width: q.window.pane_width(),
+                ..Default::default()
+            }),
+            _ => None,
+        };
+        let prefilter = sessions.as_ref().and_then(|_| leaf_filter(&q.partial));
         WindowOperator {
             watermark: Watermark::new(q.watermark),
             q,
@@ -174,6 +326,10 @@ impl WindowOperator {
             closed: BTreeMap::new(),
             closed_until: None,
             stats: OperatorStats::default(),
+            wm_key_index,
+            session_key_indices,
+            sessions,
+            prefilter,
         }
     }
 
@@ -208,6 +364,32 @@ impl WindowOperator {
         self.watermark.current()
     }
 
+    /// Largest event time seen.
+    pub fn max_event_time(&self) -> Option<Millis> {
+        self.watermark.max_seen()
+    }
+
+    /// Open sessions (session windows).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.as_ref().map_or(0, |s| s.open.len())
+    }
+
+    /// Keys with their own watermark (per-key watermarks).
+    pub fn watermark_keys(&self) -> usize {
+        self.watermark.tracked_keys()
+    }
+
+    /// Moves the watermark forward to `t` (an idle source) and closes what it passed.
+    pub async fn advance_watermark(&mut self, t: Millis) -> Result<Processed, StreamError> {
+        let mut out = Processed::default();
+        if self.watermark.current().is_some_and(|w| w >= t) {
+            return Ok(out);
+        }
+        self.watermark.advance_to(t);
+        self.close_ready(&mut out).await?;
+        Ok(out)
+    }
+
     /// Aggregates a batch and closes every window the watermark has passed.
     pub async fn process(&mut self, batch: &RecordBatch) -> Result<Processed, StreamError> {
         let mut out = Processed::default();
@@ -233,23 +415,58 @@ impl WindowOperator {
             .watermark
             .max_future
             .zip(self.watermark.current().map(|w| w + self.q.watermark.delay));
+        let keep = match &self.prefilter {
+            Some(_) => Some(self.prefilter_mask(batch)?),
+            None => None,
+        };
+        let wm_keys = match self.wm_key_index {
+            Some(i) => Some(string_column(batch.column(i)).map_err(|e| self.exec_err(e))?),
+            None => None,
+        };
+        let session_keys = match &self.sessions {
+            Some(_) => Some(self.session_key_strings(batch)?),
+            None => None,
+        };
         // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
         let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
         let mut rejected: BTreeMap<&'static str, (RowRejection, Vec<u32>)> = BTreeMap::new();
+        let mut session_ids: Vec<Millis> = Vec::new();
+        let mut key_max: std::collections::HashMap<&str, Millis> = Default::default();
         let mut max_ts = None::<Millis>;
         for i in 0..ts.len() {
+            if keep.as_ref().is_some_and(|k| !k[i]) {
+                continue;
+            }
             let verdict = if ts.is_null(i) {
                 Err(RowRejection::NoTimestamp)
             } else {
                 let t = ts.value(i);
                 let pane = self.q.window.pane_of(t);
-                match (self.closed_until, max_ahead) {
-                    (Some(c), _) if pane.end <= c => Err(RowRejection::Late),
+                let late = match (&mut self.sessions, &session_keys) {
+                    (Some(sessions), Some(keys)) => match max_ahead {
+                        Some((limit, seen)) if t > seen.saturating_add(limit) => None,
+                        _ => match sessions.assign(&keys[i], t, self.closed_until) {
+                            Some(id) => {
+                                session_ids.push(id);
+                                Some(false)
+                            }
+                            None => Some(true),
+                        },
+                    },
+                    _ => Some(self.closed_until.is_some_and(|c| pane.end <= c)),
+                };
+                match (late, max_ahead) {
+                    (Some(true), _) => Err(RowRejection::Late),
                     (_, Some((limit, seen))) if t > seen.saturating_add(limit) => {
                         Err(RowRejection::Future)
                     }
                     _ => {
                         max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
+                        if let Some(keys) = &wm_keys {
+                            let k = keys.value(i);
+                            let m = key_max.entry(k).or_insert(t);
+                            *m = (*m).max(t);
+                        }
                         Ok(pane.start)
                     }
                 }
@@ -274,7 +491,17 @@ impl WindowOperator {
                 .map_err(|e| self.exec_err(e.into()))?;
             out.rejected.push((reason, rows));
         }
-        let single = by_pane.len() == 1 && out.rejected.is_empty();
+        // Session ids were assigned in row order; index them by row for the panes below.
+        let session_rows = self.sessions.as_ref().map(|_| {
+            // Accepted rows in row order, matching the order ids were pushed.
+            let mut accepted: Vec<u32> = by_pane.values().flatten().copied().collect();
+            accepted.sort_unstable();
+            accepted
+                .into_iter()
+                .zip(session_ids.iter().copied())
+                .collect::<std::collections::HashMap<u32, Millis>>()
+        });
+        let single = by_pane.len() == 1 && out.rejected.is_empty() && keep.is_none();
         for (start, idx) in by_pane {
             let (first, n) = (idx[0] as usize, idx.len());
             let rows = if single {
@@ -283,17 +510,66 @@ impl WindowOperator {
                 // In-order input puts a pane's rows in one contiguous run: a zero-copy slice.
                 batch.slice(first, n)
             } else {
-                take_record_batch(batch, &UInt32Array::from(idx))
+                take_record_batch(batch, &UInt32Array::from(idx.clone()))
                     .map_err(|e| self.exec_err(e.into()))?
             };
+            let ids = session_rows
+                .as_ref()
+                .map(|m| idx.iter().map(|i| m[i]).collect::<Vec<_>>());
             self.stats.rows_aggregated += rows.num_rows() as u64;
-            self.feed(start, rows).await?;
+            self.feed(start, rows, ids).await?;
         }
-        if let Some(t) = max_ts {
-            self.watermark.observe(t);
+        match &wm_keys {
+            Some(_) => {
+                for (k, t) in key_max {
+                    self.watermark.observe_key(k, t);
+                }
+            }
+            None => {
+                if let Some(t) = max_ts {
+                    self.watermark.observe(t);
+                }
+            }
         }
+        self.watermark.update();
         self.close_ready(&mut out).await?;
         Ok(out)
+    }
+
+    fn prefilter_mask(&self, batch: &RecordBatch) -> Result<Vec<bool>, StreamError> {
+        let pred = self.prefilter.as_ref().expect("called with a prefilter");
+        let leaf = self.leaf_batch(batch.clone(), 0, 0, None)?;
+        let v = pred
+            .evaluate(&leaf)
+            .and_then(|v| v.into_array(leaf.num_rows()))
+            .map_err(|e| self.exec_err(e))?;
+        let b = v.as_boolean();
+        Ok((0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect())
+    }
+
+    fn session_key_strings(&self, batch: &RecordBatch) -> Result<Vec<String>, StreamError> {
+        let cols = self
+            .session_key_indices
+            .iter()
+            .map(|&i| string_column(batch.column(i)))
+            .collect::<DfResult<Vec<_>>>()
+            .map_err(|e| self.exec_err(e))?;
+        Ok((0..batch.num_rows())
+            .map(|r| {
+                let mut k = String::new();
+                for (n, c) in cols.iter().enumerate() {
+                    if n > 0 {
+                        k.push('\u{1f}');
+                    }
+                    if c.is_null(r) {
+                        k.push('\0');
+                    } else {
+                        k.push_str(c.value(r));
+                    }
+                }
+                k
+            })
+            .collect())
     }
 
     /// Ends the input: closes every open window.
@@ -311,27 +587,49 @@ impl WindowOperator {
         }
     }
 
-    async fn feed(&mut self, start: Millis, rows: RecordBatch) -> Result<(), StreamError> {
-        let width = self.q.window.pane_width();
+    /// The partial half's input for `rows`: the leaf's columns, with the window columns
+    /// set to the pane (or, for sessions, to each row's session id).
+    fn leaf_batch(
+        &self,
+        rows: RecordBatch,
+        start: Millis,
+        end: Millis,
+        ids: Option<Vec<Millis>>,
+    ) -> Result<RecordBatch, StreamError> {
         let n = rows.num_rows();
         let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
-        cols.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
-        cols.push(Arc::new(TimestampMillisecondArray::from_value(
-            start + width,
-            n,
-        )));
+        match ids {
+            Some(ids) => {
+                let a: ArrayRef = Arc::new(TimestampMillisecondArray::from(ids));
+                cols.push(a.clone());
+                cols.push(a);
+            }
+            None => {
+                cols.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+                cols.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
+            }
+        }
         let leaf_cols = self
             .leaf_projection
             .iter()
             .map(|&i| cols[i].clone())
             .collect();
-        let leaf_batch =
-            RecordBatch::try_new(self.q.leaf_schema.clone(), leaf_cols).map_err(|e| {
-                StreamError::Schema {
-                    query: self.q.name.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+        RecordBatch::try_new(self.q.leaf_schema.clone(), leaf_cols).map_err(|e| {
+            StreamError::Schema {
+                query: self.q.name.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    async fn feed(
+        &mut self,
+        start: Millis,
+        rows: RecordBatch,
+        ids: Option<Vec<Millis>>,
+    ) -> Result<(), StreamError> {
+        let end = start + self.q.window.pane_width();
+        let leaf_batch = self.leaf_batch(rows, start, end, ids)?;
         if !self.panes.contains_key(&start) {
             let pane = self.open_pane().map_err(|e| self.exec_err(e))?;
             self.panes.insert(start, pane);
@@ -383,8 +681,14 @@ impl WindowOperator {
                 .map_err(|e| self.exec_err(e))?;
             let state: Vec<RecordBatch> = state.into_iter().filter(|b| b.num_rows() > 0).collect();
             if !state.is_empty() {
-                self.closed.insert(start, state);
+                // A session may reopen a closed pane; its state adds to what was kept.
+                self.closed.entry(start).or_default().extend(state);
             }
+        }
+        if self.sessions.is_some() {
+            self.fire_sessions(wm, out).await?;
+            self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
+            return Ok(());
         }
         // Fire every window the watermark has passed that was not fired before, in order.
         let mut ends: Vec<Millis> = self
@@ -405,10 +709,20 @@ impl WindowOperator {
             if state.is_empty() {
                 continue;
             }
-            let batch = self.finish_window(window, state).await?;
+            let bounds = |n: usize| -> (ArrayRef, ArrayRef) {
+                (
+                    Arc::new(TimestampMillisecondArray::from_value(window.start, n)),
+                    Arc::new(TimestampMillisecondArray::from_value(window.end, n)),
+                )
+            };
+            let batch = self.finish_window(state, bounds).await?;
             self.stats.windows_closed += 1;
             self.stats.rows_out += batch.num_rows() as u64;
-            out.results.push(WindowResult { window, batch });
+            out.results.push(WindowResult {
+                window,
+                batch,
+                row_windows: None,
+            });
         }
         let width = self.q.window.width();
         self.closed.retain(|&start, _| start + width > wm);
@@ -416,23 +730,152 @@ impl WindowOperator {
         Ok(())
     }
 
-    /// Runs the final half over the partial states of the panes in `window`, with their
-    /// window columns set to the window's bounds (a hop window spans several panes).
+    /// Fires every session the watermark has passed, all in one run of the final half:
+    /// their partial state rows are picked out of the closed panes by session id, and
+    /// their window columns set to each session's bounds.
+    async fn fire_sessions(&mut self, wm: Millis, out: &mut Processed) -> Result<(), StreamError> {
+        let sessions = self.sessions.as_mut().expect("session operator");
+        let ready = sessions.take_ready(wm);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let mut bounds: std::collections::HashMap<Millis, Pane> = Default::default();
+        for s in &ready {
+            let p = Pane {
+                start: s.start,
+                end: sessions.end_of(s),
+            };
+            for id in &s.ids {
+                bounds.insert(*id, p);
+            }
+        }
+        let schema = self.q.partial.schema();
+        let ws = schema
+            .index_of(WINDOW_START)
+            .map_err(|e| self.exec_err(e.into()))?;
+        let mut fired = Vec::new();
+        let name = self.q.name.clone();
+        let err = |e: datafusion::arrow::error::ArrowError| StreamError::Exec {
+            query: name.clone(),
+            source: e.into(),
+        };
+        for batches in self.closed.values_mut() {
+            let mut kept = Vec::new();
+            for b in batches.drain(..) {
+                let ids = b.column(ws).as_primitive::<TimestampMillisecondType>();
+                let mask: BooleanArray = ids
+                    .iter()
+                    .map(|id| Some(id.is_some_and(|id| bounds.contains_key(&id))))
+                    .collect();
+                let hit = filter_record_batch(&b, &mask).map_err(err)?;
+                let rest = filter_record_batch(&b, &not(&mask).map_err(err)?).map_err(err)?;
+                if hit.num_rows() > 0 {
+                    fired.push(hit);
+                }
+                if rest.num_rows() > 0 {
+                    kept.push(rest);
+                }
+            }
+            *batches = kept;
+        }
+        self.closed.retain(|_, b| !b.is_empty());
+        if fired.is_empty() {
+            return Ok(());
+        }
+        // Each row's session bounds, looked up by the id it was tagged with.
+        let row_bounds: Vec<Pane> = fired
+            .iter()
+            .flat_map(|b| {
+                let ids = b
+                    .column(ws)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .clone();
+                (0..ids.len())
+                    .map(|i| bounds[&ids.value(i)])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut offset = 0;
+        let mut per_batch = Vec::new();
+        for b in &fired {
+            per_batch.push(row_bounds[offset..offset + b.num_rows()].to_vec());
+            offset += b.num_rows();
+        }
+        let mut per_batch = per_batch.into_iter();
+        let batch = self
+            .finish_window(fired, move |_n| {
+                let p = per_batch.next().expect("one entry per batch");
+                (
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        p.iter().map(|p| p.start),
+                    )) as ArrayRef,
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        p.iter().map(|p| p.end),
+                    )) as ArrayRef,
+                )
+            })
+            .await?;
+        // The final half may reorder rows: read each row's session back from its output.
+        let row_windows = self.output_windows(&batch)?;
+        let span = Pane {
+            start: ready.iter().map(|s| s.start).min().expect("non-empty"),
+            end: bounds.values().map(|p| p.end).max().expect("non-empty"),
+        };
+        self.stats.windows_closed += ready.len() as u64;
+        self.stats.rows_out += batch.num_rows() as u64;
+        out.results.push(WindowResult {
+            window: span,
+            batch,
+            row_windows,
+        });
+        Ok(())
+    }
+
+    /// Each output row's window, when the query selects `window_start` and `window_end`.
+    fn output_windows(&self, batch: &RecordBatch) -> Result<Option<Vec<Pane>>, StreamError> {
+        let schema = batch.schema();
+        let (Ok(s), Ok(e)) = (schema.index_of(WINDOW_START), schema.index_of(WINDOW_END)) else {
+            return Ok(None);
+        };
+        let col =
+            |i: usize| cast(batch.column(i), &time_type()).map_err(|e| self.exec_err(e.into()));
+        let (s, e) = (col(s)?, col(e)?);
+        let (s, e) = (
+            s.as_primitive::<TimestampMillisecondType>(),
+            e.as_primitive::<TimestampMillisecondType>(),
+        );
+        Ok(Some(
+            (0..batch.num_rows())
+                .map(|i| Pane {
+                    start: s.value(i),
+                    end: e.value(i),
+                })
+                .collect(),
+        ))
+    }
+
+    /// Runs the final half over partial state, with the window columns of each state
+    /// batch replaced by `bounds(rows)` (a hop window spans several panes; a session's
+    /// rows carry its id until it fires).
     async fn finish_window(
         &self,
-        window: Pane,
         state: Vec<RecordBatch>,
+        mut bounds: impl FnMut(usize) -> (ArrayRef, ArrayRef),
     ) -> Result<RecordBatch, StreamError> {
         let schema = self.q.partial.schema();
+        let ws = schema
+            .index_of(WINDOW_START)
+            .map_err(|e| self.exec_err(e.into()))?;
+        let we = schema
+            .index_of(WINDOW_END)
+            .map_err(|e| self.exec_err(e.into()))?;
         let state = state
             .into_iter()
             .map(|b| {
-                let n = b.num_rows();
                 let mut cols = b.columns().to_vec();
-                for (name, at) in [(WINDOW_START, window.start), (WINDOW_END, window.end)] {
-                    let i = schema.index_of(name).map_err(|e| self.exec_err(e.into()))?;
-                    cols[i] = Arc::new(TimestampMillisecondArray::from_value(at, n));
-                }
+                let (s, e) = bounds(b.num_rows());
+                cols[ws] = s;
+                cols[we] = e;
                 RecordBatch::try_new(schema.clone(), cols).map_err(|e| self.exec_err(e.into()))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -446,6 +889,22 @@ impl WindowOperator {
         datafusion::arrow::compute::concat_batches(&self.q.output_schema, &batches)
             .map_err(|e| self.exec_err(e.into()))
     }
+}
+
+/// A column as strings (keys of per-key watermarks and sessions).
+fn string_column(a: &ArrayRef) -> DfResult<StringArray> {
+    Ok(cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
+}
+
+/// The WHERE predicate applied right above the source scan, if there is one.
+fn leaf_filter(partial: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn PhysicalExpr>> {
+    if let Some(f) = partial.as_ref().downcast_ref::<FilterExec>() {
+        let input = f.input();
+        if input.children().is_empty() && f.projection().is_none() {
+            return Some(f.predicate().clone());
+        }
+    }
+    partial.children().into_iter().find_map(leaf_filter)
 }
 
 /// The leaf of a pane's partial aggregate: yields the batches sent to its channel.
