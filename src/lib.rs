@@ -20,6 +20,8 @@ pub use forewarn_sql::{QuerySet, SqlError};
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "history")]
+pub mod replay;
 
 /// The README's Rust example is compiled and run as a doctest, so it cannot rot.
 #[cfg(doctest)]

@@ -190,15 +190,16 @@ async fn condition_monitoring_aggregates_work_across_panes() {
 }
 
 /// State grows with open panes × keys, not with rows: 100× more rows into the same
-/// window and keys leave the partial aggregate's reserved memory where it was.
+/// windows and keys leave the partial aggregates' reserved memory where it was, for
+/// tumbling windows and for sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_does_not_grow_with_rows() {
     use datafusion::arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
     use datafusion::arrow::record_batch::RecordBatch;
     use std::sync::Arc;
 
-    async fn state_after(rows_per_device: usize) -> usize {
-        let sql = sql("tumble(interval '1 hour')");
+    async fn state_after(window: &str, rows_per_device: usize) -> usize {
+        let sql = sql(window);
         let mut set = forewarn::QuerySet::default();
         set.add_file("s.sql", &sql).unwrap();
         let ctx = forewarn_sql::streaming_context(Arc::new(forewarn::ModelRegistry::new()));
@@ -225,18 +226,27 @@ async fn state_does_not_grow_with_rows() {
             )
             .unwrap();
             let out = op.process(&batch).await.unwrap();
-            assert!(out.results.is_empty(), "the one-hour window stays open");
+            assert!(out.results.is_empty(), "the windows stay open");
         }
         // Let the pane's aggregate task drain its input channel.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert_eq!(op.open_panes(), 1);
+        if window.starts_with("session") {
+            assert_eq!(op.open_sessions(), 100, "one open session per device");
+        }
         op.state_bytes()
     }
-    let small = state_after(10).await; // 1,000 rows
-    let large = state_after(1_000).await; // 100,000 rows
-    println!(
-        "partial aggregate state: {small} bytes after 1,000 rows, {large} bytes after 100,000 rows"
-    );
+    for window in ["tumble(interval '1 hour')", "session(interval '10 minutes')"] {
+        let small = state_after(window, 10).await; // 1,000 rows
+        let large = state_after(window, 1_000).await; // 100,000 rows
+        println!(
+            "{window}: partial aggregate state {small} bytes after 1,000 rows, {large} bytes after 100,000 rows"
+        );
+        check_state(small, large);
+    }
+}
+
+fn check_state(small: usize, large: usize) {
     assert!(
         small > 0,
         "the partial aggregate reserves its state in the memory pool"

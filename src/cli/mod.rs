@@ -1,6 +1,7 @@
 //! Subcommands of the `forewarn` tool.
 
 mod demo;
+mod replay;
 mod run;
 mod simulate;
 mod train;
@@ -30,6 +31,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Parse, plan and type-check query files against their schemas and the models.
     Check(CheckArgs),
+    /// Run query files over recorded history (CSV, JSON lines, Parquet) as fast as possible.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +43,9 @@ struct CheckArgs {
     /// Model directory.
     #[arg(long, default_value = "models")]
     models: PathBuf,
+    /// Also print each query's streaming plan (per-pane partial half, final half).
+    #[arg(long)]
+    explain: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -49,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(a) => simulate::simulate(a).await,
         Command::Train(a) => train::train(a).await,
         Command::Check(a) => check(a).await,
+        Command::Replay(a) => replay::replay(a).await,
     }
 }
 
@@ -64,6 +71,11 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
                 p.query_names().len(),
                 p.query_names().join(", ")
             );
+            if a.explain {
+                for e in p.explain() {
+                    println!("\n{e}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

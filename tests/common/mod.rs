@@ -168,7 +168,8 @@ pub fn check_window(m: &Model, row: &Value) {
 
 /// Runs the scenario through a real broker at `url`: an external publisher, the
 /// engine, and an external subscriber. Checks every window result and alert.
-pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) {
+/// Returns everything the engine published, as (topic, JSON payload), in arrival order.
+pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) -> Vec<(String, Value)> {
     use forewarn::mqtt::{self, MqttSink, MqttSource, QoS, SourceOptions};
     use std::time::Duration;
 
@@ -205,19 +206,10 @@ pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let bad = bad_messages();
     let mut sent = 0u64;
-    for (i, r) in readings().iter().enumerate() {
-        publisher
-            .publish(&topic(r), payload(r), false)
-            .await
-            .unwrap();
+    for (t, p) in scenario_messages() {
+        publisher.publish(&t, p, false).await.unwrap();
         sent += 1;
-        if i % 40 == 0 {
-            let (t, p, _) = &bad[(i / 40) % bad.len()];
-            publisher.publish(t, p.clone(), false).await.unwrap();
-            sent += 1;
-        }
     }
     publisher.flush(Duration::from_secs(10)).await.unwrap();
     assert!(
@@ -271,4 +263,20 @@ pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) {
         .collect();
     dead.sort();
     assert_eq!(dead, vec!["bad_timestamp", "missing_field", "not_json"]);
+    got
+}
+
+/// The scenario's messages in publish order: the readings with a bad message after
+/// every 40th.
+pub fn scenario_messages() -> Vec<(String, Vec<u8>)> {
+    let bad = bad_messages();
+    let mut out = Vec::new();
+    for (i, r) in readings().iter().enumerate() {
+        out.push((topic(r), payload(r)));
+        if i % 40 == 0 {
+            let (t, p, _) = &bad[(i / 40) % bad.len()];
+            out.push((t.clone(), p.clone()));
+        }
+    }
+    out
 }

@@ -396,6 +396,18 @@ impl Pipeline {
         self.queries.iter().map(|q| q.name.clone()).collect()
     }
 
+    /// Times windows by event time only (no idle timeouts, no wall-clock watermarks), so
+    /// that replaying history gives the same results however fast it runs.
+    pub fn without_wall_clock(mut self) -> Self {
+        self.config.wall_clock = false;
+        self
+    }
+
+    /// Each query's streaming plan: the per-pane partial half and the final half.
+    pub fn explain(&self) -> Vec<String> {
+        self.queries.iter().map(|q| q.explain()).collect()
+    }
+
     /// The model registry (swap models in it while running).
     pub fn models(&self) -> &Arc<ModelRegistry> {
         &self.registry

@@ -78,6 +78,22 @@ pub struct CompiledQuery {
     pub task_ctx: Arc<TaskContext>,
 }
 
+impl CompiledQuery {
+    /// The two halves of the physical plan, for `forewarn check --explain`.
+    pub fn explain(&self) -> String {
+        use datafusion::physical_plan::displayable;
+        format!(
+            "query {} ({} from {} into {})\nper pane (partial half):\n{}when a window closes (over the panes' state):\n{}",
+            self.name,
+            self.window,
+            self.source,
+            self.sink,
+            displayable(self.partial.as_ref()).indent(true),
+            displayable(self.root.as_ref()).indent(true)
+        )
+    }
+}
+
 /// A DataFusion session configured for streaming windows.
 pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
     let mut config = SessionConfig::new()
@@ -89,7 +105,10 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .set_str(
             "datafusion.execution.skip_partial_aggregation_probe_ratio_threshold",
             "2.0",
-        );
+        )
+        // Panes are long-lived plans fed by a channel: filters derived at run time from a
+        // join's build side or a top-k would be fixed to the first rows seen.
+        .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
     config.options_mut().execution.coalesce_batches = false;
     let base = SessionStateBuilder::new()
         .with_config(config)
@@ -170,6 +189,7 @@ pub async fn compile(
         .create_physical_plan()
         .await
         .map_err(|e| plan_err(clean_df_error(&e.to_string())))?;
+    let root = stream_on_probe_side(root).map_err(|e| plan_err(e.to_string()))?;
     let partial = find_partial(&root).ok_or_else(|| {
         plan_err(
             "internal: no partial aggregate in the plan; is there an aggregate in the SELECT?"
@@ -225,6 +245,38 @@ fn stream_leaf(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> 
         return Some(plan.clone());
     }
     plan.children().into_iter().find_map(stream_leaf)
+}
+
+/// Joins collect their left (build) input before producing anything. With the stream on
+/// that side a pane would buffer every raw row until it closes; swap such joins so the
+/// (static) reference table is collected and the stream is probed as it flows.
+fn stream_on_probe_side(
+    root: Arc<dyn ExecutionPlan>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::physical_plan::joins::{
+        CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
+    };
+    root.transform_up(|plan| {
+        let left_is_stream = |l: &Arc<dyn ExecutionPlan>| stream_leaf(l).is_some();
+        let any = plan.as_ref();
+        let swapped = if let Some(j) = any.downcast_ref::<HashJoinExec>() {
+            left_is_stream(j.left())
+                .then(|| j.swap_inputs(PartitionMode::CollectLeft))
+                .transpose()?
+        } else if let Some(j) = any.downcast_ref::<NestedLoopJoinExec>() {
+            left_is_stream(j.left()).then(|| j.swap_inputs()).transpose()?
+        } else if let Some(j) = any.downcast_ref::<CrossJoinExec>() {
+            left_is_stream(j.left()).then(|| j.swap_inputs()).transpose()?
+        } else {
+            None
+        };
+        Ok(match swapped {
+            Some(p) => Transformed::yes(p),
+            None => Transformed::no(plan),
+        })
+    })
+    .map(|t| t.data)
 }
 
 /// Replaces the source scan of `plan` with `leaf` (reference-table scans stay).

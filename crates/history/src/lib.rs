@@ -1,0 +1,372 @@
+//! Recorded sensor history, replayed as the MQTT messages Forewarn would have received.
+//!
+//! `forewarn replay` (the analyst's backtest) and training from history read files
+//! through this crate. Every row becomes one JSON message on the topic the device
+//! would have published to (rendered from the source's topic template), so replayed
+//! data goes through exactly the live decode path: the same validation, the same
+//! dead letters, the same windows.
+//!
+//! Formats, chosen by file extension:
+//! * `.csv` — a header row; cells are converted by the source's declared column types;
+//!   an empty cell is a missing value.
+//! * `.jsonl` / `.ndjson` — one reading object per line, or a recorded message
+//!   `{"topic": "...", "payload": ...}` per line.
+//! * `.parquet` — any column types; values are converted like CSV cells.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use forewarn_formats::TopicTemplate;
+use serde_json::{Map, Value};
+
+/// Errors reading history.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file's contents could not be parsed as its format.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file's extension names no supported format.
+    #[error("{0}: unknown history format (use .csv, .jsonl/.ndjson or .parquet)")]
+    UnknownFormat(PathBuf),
+}
+
+/// A history file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFormat {
+    /// CSV with a header row.
+    Csv,
+    /// One JSON object per line.
+    JsonLines,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl HistoryFormat {
+    /// The format of `path`, from its extension.
+    pub fn of(path: &Path) -> Result<Self, HistoryError> {
+        match path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("csv") => Ok(HistoryFormat::Csv),
+            Some("jsonl") | Some("ndjson") | Some("json") => Ok(HistoryFormat::JsonLines),
+            Some("parquet") => Ok(HistoryFormat::Parquet),
+            _ => Err(HistoryError::UnknownFormat(path.to_path_buf())),
+        }
+    }
+}
+
+/// What a source expects: where its messages come from and what its columns are.
+#[derive(Debug, Clone)]
+pub struct SourceShape {
+    /// The MQTT topic filter it subscribes to.
+    pub topic_filter: String,
+    /// Its topic template, if it has one.
+    pub template: Option<TopicTemplate>,
+    /// Its declared columns.
+    pub schema: SchemaRef,
+}
+
+impl SourceShape {
+    /// The topic a reading with these fields would have been published on.
+    pub fn topic_for(&self, fields: &Map<String, Value>) -> String {
+        match &self.template {
+            Some(t) => t.render(|c| {
+                fields.get(c).map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+            }),
+            // Without a template any topic matching the filter will do.
+            None => self
+                .topic_filter
+                .split('/')
+                .map(|l| if l == "+" || l == "#" { "replay" } else { l })
+                .collect::<Vec<_>>()
+                .join("/"),
+        }
+    }
+}
+
+/// One message as it would have arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Topic.
+    pub topic: String,
+    /// Payload bytes (JSON).
+    pub payload: Vec<u8>,
+}
+
+/// The messages of a history file, in file order.
+pub fn messages(
+    path: &Path,
+    shape: &SourceShape,
+) -> Result<Box<dyn Iterator<Item = Result<Message, HistoryError>>>, HistoryError> {
+    let format = HistoryFormat::of(path)?;
+    let io = |source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let shape = shape.clone();
+    let p = path.to_path_buf();
+    Ok(match format {
+        HistoryFormat::JsonLines => {
+            Box::new(BufReader::new(file).lines().filter_map(move |line| {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(source) => {
+                        return Some(Err(HistoryError::Io {
+                            path: p.clone(),
+                            source,
+                        }))
+                    }
+                };
+                if line.trim().is_empty() {
+                    return None;
+                }
+                Some(Ok(json_line(&shape, line)))
+            }))
+        }
+        HistoryFormat::Csv => {
+            let batches = csv_batches(path, file)?;
+            Box::new(batch_messages(batches, shape, p))
+        }
+        HistoryFormat::Parquet => {
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .and_then(|b| b.build())
+                    .map_err(|e| HistoryError::Format {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })?;
+            let batches = reader.map(|b| b.map_err(|e| e.to_string()));
+            Box::new(batch_messages(batches, shape, p))
+        }
+    })
+}
+
+/// A JSON line: a recorded `{"topic", "payload"}` message, or a bare reading (whose
+/// topic is rendered from its fields). A line that is not JSON is passed on as it is,
+/// so the decoder dead-letters it like a bad live payload.
+fn json_line(shape: &SourceShape, line: String) -> Message {
+    match serde_json::from_str::<Value>(&line) {
+        Ok(Value::Object(o)) if o.len() == 2 && o.contains_key("topic") => {
+            match (o.get("topic"), o.get("payload")) {
+                (Some(Value::String(t)), Some(p)) => Message {
+                    topic: t.clone(),
+                    payload: match p {
+                        Value::String(s) => s.clone().into_bytes(),
+                        other => other.to_string().into_bytes(),
+                    },
+                },
+                _ => Message {
+                    topic: shape.topic_for(&o),
+                    payload: line.into_bytes(),
+                },
+            }
+        }
+        Ok(Value::Object(o)) => Message {
+            topic: shape.topic_for(&o),
+            payload: line.into_bytes(),
+        },
+        _ => Message {
+            topic: shape.topic_for(&Map::new()),
+            payload: line.into_bytes(),
+        },
+    }
+}
+
+fn csv_batches(
+    path: &Path,
+    file: File,
+) -> Result<impl Iterator<Item = Result<RecordBatch, String>>, HistoryError> {
+    use datafusion::arrow::csv::reader::Format;
+    let fmt_err = |e: datafusion::arrow::error::ArrowError| HistoryError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let format = Format::default().with_header(true);
+    let mut head = BufReader::new(File::open(path).map_err(|source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?);
+    let (inferred, _) = format.infer_schema(&mut head, Some(0)).map_err(fmt_err)?;
+    // Every cell is read as text and converted by the source's column types, as a
+    // JSON payload's values would be.
+    let text = Arc::new(Schema::new(
+        inferred
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let reader = datafusion::arrow::csv::ReaderBuilder::new(text)
+        .with_format(format)
+        .build(file)
+        .map_err(fmt_err)?;
+    Ok(reader.map(|b| b.map_err(|e| e.to_string())))
+}
+
+fn batch_messages(
+    batches: impl Iterator<Item = Result<RecordBatch, String>>,
+    shape: SourceShape,
+    path: PathBuf,
+) -> impl Iterator<Item = Result<Message, HistoryError>> {
+    batches.flat_map(move |b| -> Box<dyn Iterator<Item = Result<Message, HistoryError>>> {
+        match b.and_then(|b| rows_as_json(&b, &shape.schema)) {
+            Ok(rows) => {
+                let shape = shape.clone();
+                Box::new(rows.into_iter().map(move |fields| {
+                    Ok(Message {
+                        topic: shape.topic_for(&fields),
+                        payload: Value::Object(fields).to_string().into_bytes(),
+                    })
+                }))
+            }
+            Err(message) => Box::new(std::iter::once(Err(HistoryError::Format {
+                path: path.clone(),
+                message,
+            }))),
+        }
+    })
+}
+
+/// Each row as a JSON reading: cells typed by the source's column of the same name.
+fn rows_as_json(b: &RecordBatch, schema: &SchemaRef) -> Result<Vec<Map<String, Value>>, String> {
+    let schema_b = b.schema();
+    let mut columns = Vec::new();
+    for (i, f) in schema_b.fields().iter().enumerate() {
+        let text = cast(b.column(i), &DataType::Utf8).map_err(|e| format!("{}: {e}", f.name()))?;
+        let target = schema
+            .field_with_name(f.name())
+            .map(|t| t.data_type().clone())
+            .unwrap_or(DataType::Utf8);
+        columns.push((f.name().clone(), text, target));
+    }
+    Ok((0..b.num_rows())
+        .map(|r| {
+            let mut m = Map::new();
+            for (name, text, target) in &columns {
+                let s = text.as_string::<i32>();
+                if s.is_null(r) || s.value(r).is_empty() {
+                    continue;
+                }
+                m.insert(name.clone(), typed(s.value(r), target));
+            }
+            m
+        })
+        .collect())
+}
+
+/// A text cell as the JSON value a device would have sent for a column of type `t`;
+/// text that does not fit the type is passed on as a string, for the decoder to reject.
+fn typed(s: &str, t: &DataType) -> Value {
+    let parsed = match t {
+        DataType::Float64 => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
+        DataType::Int64 | DataType::Timestamp(..) => {
+            s.trim().parse::<i64>().ok().map(|i| Value::Number(i.into()))
+        }
+        DataType::Boolean => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(Value::Bool(true)),
+            "false" | "0" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| Value::String(s.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::TimeUnit;
+
+    fn shape() -> SourceShape {
+        SourceShape {
+            topic_filter: "plant/+/telemetry".into(),
+            template: Some(TopicTemplate::parse("plant/{device}/telemetry").unwrap()),
+            schema: Arc::new(Schema::new(vec![
+                Field::new("device", DataType::Utf8, false),
+                Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+                Field::new("v", DataType::Float64, true),
+            ])),
+        }
+    }
+
+    fn read(name: &str, text: &str) -> Vec<Message> {
+        let dir = std::env::temp_dir().join(format!("fw-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        messages(&p, &shape())
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn csv_rows_become_typed_readings_on_their_topics() {
+        let m = read(
+            "h.csv",
+            "ts,device,v,extra\n1000,0007,1.5,x\n2026-11-21T10:00:00Z,p-2,,y\n3000,p-3,NaN,z\n",
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].topic, "plant/0007/telemetry");
+        let v: Value = serde_json::from_slice(&m[0].payload).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ts": 1000, "device": "0007", "v": 1.5, "extra": "x"})
+        );
+        let v: Value = serde_json::from_slice(&m[1].payload).unwrap();
+        assert_eq!(v["ts"], "2026-11-21T10:00:00Z");
+        assert!(v.get("v").is_none(), "an empty cell is a missing value");
+        // NaN is passed on as text: the decoder rejects it as non-finite, as it would live.
+        let v: Value = serde_json::from_slice(&m[2].payload).unwrap();
+        assert_eq!(v["v"], "NaN");
+    }
+
+    #[test]
+    fn json_lines_take_readings_and_recorded_messages() {
+        let m = read(
+            "h.jsonl",
+            "{\"device\": \"a\", \"ts\": 1, \"v\": 2}\n\n{\"topic\": \"plant/b/telemetry\", \"payload\": {\"ts\": 2}}\nnot json\n",
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].topic, "plant/a/telemetry");
+        assert_eq!(m[1].topic, "plant/b/telemetry");
+        assert_eq!(m[1].payload, br#"{"ts":2}"#);
+        assert_eq!(m[2].payload, b"not json");
+    }
+
+    #[test]
+    fn unknown_extensions_are_refused() {
+        let e = messages(Path::new("x.xlsx"), &shape()).err().unwrap();
+        assert!(e.to_string().contains("x.xlsx: unknown history format"), "{e}");
+    }
+}
