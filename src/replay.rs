@@ -36,10 +36,12 @@ pub fn source_shape(pipeline: &Pipeline, name: Option<&str>) -> Result<SourceSha
             .join(", ")
     };
     let s = match name {
-        Some(n) => sources
-            .iter()
-            .find(|s| s.name == n)
-            .ok_or_else(|| ReplayError::Source(format!("no query reads source '{n}' (sources: {})", names())))?,
+        Some(n) => sources.iter().find(|s| s.name == n).ok_or_else(|| {
+            ReplayError::Source(format!(
+                "no query reads source '{n}' (sources: {})",
+                names()
+            ))
+        })?,
         None if sources.len() == 1 => &sources[0],
         None => {
             return Err(ReplayError::Source(format!(

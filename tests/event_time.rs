@@ -170,7 +170,11 @@ async fn a_source_without_event_time_is_timed_by_arrival() {
          INSERT INTO out SELECT device, window_start, window_end, count(*) AS n,
                 max(arrival_time) - min(arrival_time) AS spread
          FROM r GROUP BY tumble(interval '1 second'), device;";
-    let p = Pipeline::builder().query_sql("pt.sql", sql).build().await.unwrap();
+    let p = Pipeline::builder()
+        .query_sql("pt.sql", sql)
+        .build()
+        .await
+        .unwrap();
     let (h, mut rx) = p.start();
     let before = forewarn_core::duration_ms(
         std::time::SystemTime::now()
@@ -191,7 +195,10 @@ async fn a_source_without_event_time_is_timed_by_arrival() {
     };
     assert_eq!(alert.features["n"], 3);
     let start = forewarn_core::parse_rfc3339(&alert.window_start).unwrap();
-    assert!(start >= before - 1_000 && start <= before + 1_000, "{alert:?}");
+    assert!(
+        start >= before - 1_000 && start <= before + 1_000,
+        "{alert:?}"
+    );
     h.finish().await.unwrap();
 }
 
@@ -260,15 +267,28 @@ async fn reference_tables_join_the_stream() {
     for bad in ["../assets.csv", "/etc/passwd"] {
         let f = dir.join("bad.sql");
         std::fs::write(&f, sql.replace("'assets.csv'", &format!("'{bad}'"))).unwrap();
-        let e = Pipeline::builder().query_file(&f).build().await.unwrap_err();
+        let e = Pipeline::builder()
+            .query_file(&f)
+            .build()
+            .await
+            .unwrap_err();
         assert!(
-            e.to_string().contains("must be relative to the query file's directory"),
+            e.to_string()
+                .contains("must be relative to the query file's directory"),
             "{e}"
         );
     }
     // A broken CSV names the table, the declaration and the problem.
-    std::fs::write(dir.join("assets.csv"), "device,kind,rated_v\npump-1,pump,high\n").unwrap();
-    let e = Pipeline::builder().query_file(&file).build().await.unwrap_err();
+    std::fs::write(
+        dir.join("assets.csv"),
+        "device,kind,rated_v\npump-1,pump,high\n",
+    )
+    .unwrap();
+    let e = Pipeline::builder()
+        .query_file(&file)
+        .build()
+        .await
+        .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("file table 'assets'"), "{msg}");
     assert!(msg.contains("assets.csv"), "{msg}");

@@ -30,9 +30,10 @@ async fn replay_gives_the_live_results() {
     let sink = got.clone();
     let stats = forewarn::replay::replay(common::pipeline().await, &data, None, move |o| {
         let (topic, payload) = o.to_message();
-        sink.lock()
-            .unwrap()
-            .push((topic, serde_json::from_slice::<serde_json::Value>(&payload).unwrap()));
+        sink.lock().unwrap().push((
+            topic,
+            serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),
+        ));
     })
     .await
     .unwrap();

@@ -236,7 +236,10 @@ async fn state_does_not_grow_with_rows() {
         }
         op.state_bytes()
     }
-    for window in ["tumble(interval '1 hour')", "session(interval '10 minutes')"] {
+    for window in [
+        "tumble(interval '1 hour')",
+        "session(interval '10 minutes')",
+    ] {
         let small = state_after(window, 10).await; // 1,000 rows
         let large = state_after(window, 1_000).await; // 100,000 rows
         println!(

@@ -169,7 +169,10 @@ pub fn check_window(m: &Model, row: &Value) {
 /// Runs the scenario through a real broker at `url`: an external publisher, the
 /// engine, and an external subscriber. Checks every window result and alert.
 /// Returns everything the engine published, as (topic, JSON payload), in arrival order.
-pub async fn scenario_over_broker(url: &forewarn::mqtt::BrokerUrl, tag: &str) -> Vec<(String, Value)> {
+pub async fn scenario_over_broker(
+    url: &forewarn::mqtt::BrokerUrl,
+    tag: &str,
+) -> Vec<(String, Value)> {
     use forewarn::mqtt::{self, MqttSink, MqttSource, QoS, SourceOptions};
     use std::time::Duration;
 

@@ -233,23 +233,25 @@ fn batch_messages(
     shape: SourceShape,
     path: PathBuf,
 ) -> impl Iterator<Item = Result<Message, HistoryError>> {
-    batches.flat_map(move |b| -> Box<dyn Iterator<Item = Result<Message, HistoryError>>> {
-        match b.and_then(|b| rows_as_json(&b, &shape.schema)) {
-            Ok(rows) => {
-                let shape = shape.clone();
-                Box::new(rows.into_iter().map(move |fields| {
-                    Ok(Message {
-                        topic: shape.topic_for(&fields),
-                        payload: Value::Object(fields).to_string().into_bytes(),
-                    })
-                }))
+    batches.flat_map(
+        move |b| -> Box<dyn Iterator<Item = Result<Message, HistoryError>>> {
+            match b.and_then(|b| rows_as_json(&b, &shape.schema)) {
+                Ok(rows) => {
+                    let shape = shape.clone();
+                    Box::new(rows.into_iter().map(move |fields| {
+                        Ok(Message {
+                            topic: shape.topic_for(&fields),
+                            payload: Value::Object(fields).to_string().into_bytes(),
+                        })
+                    }))
+                }
+                Err(message) => Box::new(std::iter::once(Err(HistoryError::Format {
+                    path: path.clone(),
+                    message,
+                }))),
             }
-            Err(message) => Box::new(std::iter::once(Err(HistoryError::Format {
-                path: path.clone(),
-                message,
-            }))),
-        }
-    })
+        },
+    )
 }
 
 /// Each row as a JSON reading: cells typed by the source's column of the same name.
@@ -289,9 +291,11 @@ fn typed(s: &str, t: &DataType) -> Value {
             .ok()
             .filter(|f| f.is_finite())
             .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
-        DataType::Int64 | DataType::Timestamp(..) => {
-            s.trim().parse::<i64>().ok().map(|i| Value::Number(i.into()))
-        }
+        DataType::Int64 | DataType::Timestamp(..) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .map(|i| Value::Number(i.into())),
         DataType::Boolean => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => Some(Value::Bool(true)),
             "false" | "0" => Some(Value::Bool(false)),
@@ -313,7 +317,11 @@ mod tests {
             template: Some(TopicTemplate::parse("plant/{device}/telemetry").unwrap()),
             schema: Arc::new(Schema::new(vec![
                 Field::new("device", DataType::Utf8, false),
-                Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Millisecond, None),
+                    false,
+                ),
                 Field::new("v", DataType::Float64, true),
             ])),
         }
@@ -367,6 +375,9 @@ mod tests {
     #[test]
     fn unknown_extensions_are_refused() {
         let e = messages(Path::new("x.xlsx"), &shape()).err().unwrap();
-        assert!(e.to_string().contains("x.xlsx: unknown history format"), "{e}");
+        assert!(
+            e.to_string().contains("x.xlsx: unknown history format"),
+            "{e}"
+        );
     }
 }

@@ -149,6 +149,21 @@ impl QuerySet {
                         .map(|p| p.span().start)
                         .unwrap_or(Location { line: 0, column: 0 });
                     let name = ct.name.to_string();
+                    // Sandbox: a table is a connector declaration, never a file location
+                    // or a query result.
+                    if ct.external || ct.location.is_some() || ct.query.is_some() {
+                        let what = if ct.query.is_some() {
+                            "CREATE TABLE ... AS SELECT"
+                        } else {
+                            "CREATE EXTERNAL TABLE"
+                        };
+                        return Err(err(
+                            file,
+                            text,
+                            loc,
+                            format!("'{what}' is not allowed in a query file: declare tables WITH (connector = 'mqtt' | 'file', ...)"),
+                        ));
+                    }
                     if self.sources.contains_key(&name)
                         || self.sinks.contains_key(&name)
                         || self.references.contains_key(&name)

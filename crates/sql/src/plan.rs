@@ -265,9 +265,13 @@ fn stream_on_probe_side(
                 .then(|| j.swap_inputs(PartitionMode::CollectLeft))
                 .transpose()?
         } else if let Some(j) = any.downcast_ref::<NestedLoopJoinExec>() {
-            left_is_stream(j.left()).then(|| j.swap_inputs()).transpose()?
+            left_is_stream(j.left())
+                .then(|| j.swap_inputs())
+                .transpose()?
         } else if let Some(j) = any.downcast_ref::<CrossJoinExec>() {
-            left_is_stream(j.left()).then(|| j.swap_inputs()).transpose()?
+            left_is_stream(j.left())
+                .then(|| j.swap_inputs())
+                .transpose()?
         } else {
             None
         };
