@@ -68,3 +68,95 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
         s.healthy
     );
 }
+
+/// Golden results: every file in `queries/`, over a small simulated plant, gives exactly
+/// the alerts recorded in `tests/golden/<file>.jsonl` (numbers to 1e-9 relative).
+/// After an intended change, regenerate with `UPDATE_GOLDEN=1 cargo test --test shipped`
+/// and review the diff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_results_for_every_shipped_query() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(root.join("queries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for file in files {
+        let pipeline = Pipeline::builder()
+            .query_file(&file)
+            .models_dir(root.join("models"))
+            .build()
+            .await
+            .unwrap();
+        let (handle, mut rx) = pipeline.start();
+        let collector = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(o) = rx.recv().await {
+                let (topic, payload) = o.to_message();
+                let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                out.push(serde_json::json!({"topic": topic, "payload": payload}));
+            }
+            out
+        });
+        let mut plant = Plant::new(PlantConfig {
+            seed: 11,
+            machines: 24,
+            duration_s: 2400,
+            ..Default::default()
+        });
+        while !plant.done() {
+            for (topic, reading) in plant.step() {
+                handle
+                    .push_json(&topic, serde_json::to_vec(&reading).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+        handle.finish().await.unwrap();
+        drop(handle);
+        let mut got = collector.await.unwrap();
+        let key = |v: &serde_json::Value| {
+            format!(
+                "{} {} {}",
+                v["payload"]["window_start"], v["topic"], v["payload"]["query"]
+            )
+        };
+        got.sort_by_key(key);
+        let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+        let golden = root.join("tests/golden").join(format!("{stem}.jsonl"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+            let text: String = got.iter().map(|v| format!("{v}\n")).collect();
+            std::fs::write(&golden, text).unwrap();
+            continue;
+        }
+        let want: Vec<serde_json::Value> = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!want.is_empty(), "{} records no alerts", golden.display());
+        assert_eq!(got.len(), want.len(), "{stem}: number of results");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(same(g, w), "{stem}:\n   got {g}\n  want {w}");
+        }
+    }
+}
+
+/// Equal JSON, numbers to 1e-9 relative.
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Number(x), Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+        }
+        (Object(x), Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w)),
+        _ => a == b,
+    }
+}
