@@ -96,7 +96,9 @@ async fn main() {
         let t = Instant::now();
         let mut op = WindowOperator::new(q.clone());
         let mut out_rows = 0;
+        let mut peak_state = 0usize;
         for b in &batches {
+            peak_state = peak_state.max(op.state_bytes());
             out_rows += op
                 .process(b)
                 .await
@@ -130,7 +132,7 @@ async fn main() {
             out_rows, batch_rows,
             "both sides must produce the same windows"
         );
-        println!("round {round}: streaming {stream_s:.3} s, batch {batch_s:.3} s, {out_rows} window rows");
+        println!("round {round}: streaming {stream_s:.3} s, batch {batch_s:.3} s, {out_rows} window rows, peak partial-aggregate state {peak_state} bytes");
         best_stream = best_stream.min(stream_s);
         best_batch = best_batch.min(batch_s);
     }

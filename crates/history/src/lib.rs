@@ -373,6 +373,50 @@ mod tests {
     }
 
     #[test]
+    fn parquet_rows_are_read_like_csv_cells() {
+        use datafusion::arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(TimestampMillisecondArray::from(vec![1_000, 2_500])),
+                Arc::new(Float64Array::from(vec![Some(0.1), None])),
+            ],
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("fw-history-pq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("h.parquet");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(&p).unwrap(), schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let m: Vec<Message> = messages(&p, &shape())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].topic, "plant/b/telemetry");
+        let v: Value = serde_json::from_slice(&m[0].payload).unwrap();
+        // A timestamp column arrives as text that the decoder reads as UTC.
+        assert_eq!(
+            v,
+            serde_json::json!({"device": "a", "ts": "1970-01-01T00:00:01", "v": 0.1})
+        );
+        let v: Value = serde_json::from_slice(&m[1].payload).unwrap();
+        assert!(v.get("v").is_none());
+    }
+
+    #[test]
     fn unknown_extensions_are_refused() {
         let e = messages(Path::new("x.xlsx"), &shape()).err().unwrap();
         assert!(
