@@ -430,7 +430,11 @@ impl WindowOperator {
         // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
         let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
         let mut rejected: BTreeMap<&'static str, (RowRejection, Vec<u32>)> = BTreeMap::new();
-        let mut session_ids: Vec<Millis> = Vec::new();
+        // Session id of each row (sessions only), indexed by row.
+        let mut session_ids: Vec<Millis> = match self.sessions {
+            Some(_) => vec![0; batch.num_rows()],
+            None => Vec::new(),
+        };
         let mut key_max: std::collections::HashMap<&str, Millis> = Default::default();
         let mut max_ts = None::<Millis>;
         for i in 0..ts.len() {
@@ -447,7 +451,7 @@ impl WindowOperator {
                         Some((limit, seen)) if t > seen.saturating_add(limit) => None,
                         _ => match sessions.assign(&keys[i], t, self.closed_until) {
                             Some(id) => {
-                                session_ids.push(id);
+                                session_ids[i] = id;
                                 Some(false)
                             }
                             None => Some(true),
@@ -491,16 +495,6 @@ impl WindowOperator {
                 .map_err(|e| self.exec_err(e.into()))?;
             out.rejected.push((reason, rows));
         }
-        // Session ids were assigned in row order; index them by row for the panes below.
-        let session_rows = self.sessions.as_ref().map(|_| {
-            // Accepted rows in row order, matching the order ids were pushed.
-            let mut accepted: Vec<u32> = by_pane.values().flatten().copied().collect();
-            accepted.sort_unstable();
-            accepted
-                .into_iter()
-                .zip(session_ids.iter().copied())
-                .collect::<std::collections::HashMap<u32, Millis>>()
-        });
         let single = by_pane.len() == 1 && out.rejected.is_empty() && keep.is_none();
         for (start, idx) in by_pane {
             let (first, n) = (idx[0] as usize, idx.len());
@@ -513,9 +507,10 @@ impl WindowOperator {
                 take_record_batch(batch, &UInt32Array::from(idx.clone()))
                     .map_err(|e| self.exec_err(e.into()))?
             };
-            let ids = session_rows
+            let ids = self
+                .sessions
                 .as_ref()
-                .map(|m| idx.iter().map(|i| m[i]).collect::<Vec<_>>());
+                .map(|_| idx.iter().map(|&i| session_ids[i as usize]).collect());
             self.stats.rows_aggregated += rows.num_rows() as u64;
             self.feed(start, rows, ids).await?;
         }
