@@ -1,10 +1,15 @@
 //! Windowed aggregation: Forewarn's streaming runtime against the same query run as one
 //! batch DataFusion query over the same rows, in the same process and run.
 //!
-//! `cargo bench --bench windowed [-- DEVICES ROWS]` (defaults: 10,000 devices, 2,000,000 rows).
-//! Both sides use one target partition; the streaming side is fed 10,000-row batches in
-//! event-time order, as the micro-batcher would, and closes every window; the batch side
-//! gets all rows in memory up front. Prints readings/s for each and the ratio.
+//! `cargo bench --bench windowed [-- DEVICES ROWS [tumble|hop|session]]` (defaults: 10,000
+//! devices, 2,000,000 rows, tumble). Both sides use one target partition; the streaming
+//! side is fed 10,000-row batches in event-time order, as the micro-batcher would, and
+//! closes every window; the batch side gets all rows in memory up front. Prints
+//! readings/s for each and the ratio.
+//!
+//! Batch formulations: tumbling windows with `date_bin`; hopping windows (slide 10 s,
+//! width 30 s) by joining each row to its three window starts; sessions (gap 10 s; every
+//! device pauses 15 s each minute) with `lag` and a running sum over each device's rows.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,28 +21,55 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use forewarn::{ModelRegistry, QuerySet};
 use forewarn_stream::WindowOperator;
 
-const SQL: &str = "
+fn streaming_sql(window: &str) -> String {
+    format!("
 CREATE TABLE src (device TEXT, ts TIMESTAMP, v DOUBLE, t DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
-  WITH (connector = 'mqtt', topic = 'b/+', topic_template = 'b/{device}');
-CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+  WITH (connector = 'mqtt', topic = 'b/+', topic_template = 'b/{{device}}');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{{device}}');
 INSERT INTO out SELECT device, window_start, count(*) AS n, avg(v) AS avg_v, max(t) AS max_t, min(v) AS min_v
-FROM src GROUP BY tumble(interval '10 seconds'), device;";
+FROM src GROUP BY {window}, device;")
+}
 
-const BATCH_SQL: &str = "SELECT device, date_bin(interval '10 seconds', ts) AS window_start, count(*) AS n, avg(v) AS avg_v, max(t) AS max_t, min(v) AS min_v
-FROM src GROUP BY device, date_bin(interval '10 seconds', ts)";
+fn batch_sql(mode: &str) -> &'static str {
+    match mode {
+        "tumble" => "SELECT device, date_bin(interval '10 seconds', ts) AS window_start, count(*) AS n, avg(v) AS avg_v, max(t) AS max_t, min(v) AS min_v
+FROM src GROUP BY device, date_bin(interval '10 seconds', ts)",
+        "hop" => "SELECT device, CAST(date_bin(interval '10 seconds', ts) AS BIGINT) - k.k * 10000 AS window_start, count(*) AS n, avg(v) AS avg_v, max(t) AS max_t, min(v) AS min_v
+FROM src CROSS JOIN (VALUES (0), (1), (2)) AS k(k) GROUP BY 1, 2",
+        "session" => "WITH marked AS (
+  SELECT device, ts, v, t,
+         CASE WHEN ts - lag(ts) OVER (PARTITION BY device ORDER BY ts) < interval '10 seconds' THEN 0 ELSE 1 END AS new_session
+  FROM src),
+numbered AS (
+  SELECT device, ts, v, t, sum(new_session) OVER (PARTITION BY device ORDER BY ts ROWS UNBOUNDED PRECEDING) AS session
+  FROM marked)
+SELECT device, session, min(ts) AS window_start, count(*) AS n, avg(v) AS avg_v, max(t) AS max_t, min(v) AS min_v
+FROM numbered GROUP BY device, session",
+        other => panic!("unknown mode {other}: tumble, hop or session"),
+    }
+}
 
 fn data(
     devices: usize,
     rows: usize,
+    pauses: bool,
     schema: &datafusion::arrow::datatypes::SchemaRef,
 ) -> Vec<RecordBatch> {
-    // Each device reports once per second; rows are in event-time order.
+    // Each device reports once per second; rows are in event-time order. With pauses,
+    // every device is silent for the last 15 s of each minute (sessions end).
     let names: Vec<String> = (0..devices).map(|d| format!("dev-{d:05}")).collect();
     let mut out = Vec::new();
     let mut i = 0usize;
+    let mut k = 0usize;
     while i < rows {
         let n = 10_000.min(rows - i);
-        let idx: Vec<usize> = (i..i + n).collect();
+        let mut idx: Vec<usize> = Vec::with_capacity(n);
+        while idx.len() < n {
+            if !(pauses && (k / devices) % 60 >= 45) {
+                idx.push(k);
+            }
+            k += 1;
+        }
         out.push(
             RecordBatch::try_new(
                 schema.clone(),
@@ -72,16 +104,26 @@ async fn main() {
         .collect();
     let devices = args.first().copied().unwrap_or(10_000);
     let rows = args.get(1).copied().unwrap_or(2_000_000);
+    let mode = std::env::args()
+        .skip(1)
+        .find(|a| ["tumble", "hop", "session"].contains(&a.as_str()))
+        .unwrap_or_else(|| "tumble".into());
+    let window = match mode.as_str() {
+        "tumble" => "tumble(interval '10 seconds')",
+        "hop" => "hop(interval '10 seconds', interval '30 seconds')",
+        _ => "session(interval '10 seconds')",
+    };
+    let sql = streaming_sql(window);
     let mut set = QuerySet::default();
-    set.add_file("bench.sql", SQL).unwrap();
+    set.add_file("bench.sql", &sql).unwrap();
     let ctx = forewarn_sql::streaming_context(Arc::new(ModelRegistry::new()));
     let q = Arc::new(
-        forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["src"], SQL)
+        forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["src"], &sql)
             .await
             .unwrap(),
     );
     let schema = set.sources["src"].schema.clone();
-    let batches = data(devices, rows, &schema);
+    let batches = data(devices, rows, mode == "session", &schema);
 
     let batch_ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     batch_ctx
@@ -120,7 +162,7 @@ async fn main() {
 
         let t = Instant::now();
         let res = batch_ctx
-            .sql(BATCH_SQL)
+            .sql(batch_sql(&mode))
             .await
             .unwrap()
             .collect()
@@ -137,6 +179,6 @@ async fn main() {
         best_batch = best_batch.min(batch_s);
     }
     let (rs, rb) = (rows as f64 / best_stream, rows as f64 / best_batch);
-    println!("devices {devices}, rows {rows}, tumble 10 s");
+    println!("devices {devices}, rows {rows}, {window}");
     println!("streaming: {:.2} M readings/s   batch DataFusion: {:.2} M readings/s   ratio streaming/batch: {:.2}", rs / 1e6, rb / 1e6, rs / rb);
 }
