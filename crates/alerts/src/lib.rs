@@ -1,6 +1,9 @@
 //! Alert messages for Forewarn: the JSON published on `forewarn/alerts/{device}`,
 //! with a deterministic id so subscribers can de-duplicate redeliveries.
 
+mod lifecycle;
+
+pub use lifecycle::{Health, Lifecycle, LifecycleSpec, Transition, TransitionKind, WindowEvidence};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

@@ -1,0 +1,361 @@
+//! The alert lifecycle: one state machine per (rule, device), turning a stream of
+//! window scores into a few transitions — raised, escalated, cleared — with hysteresis,
+//! debouncing and a cooldown, so a failing machine produces a handful of messages
+//! instead of one per window, and a flapping score produces no flapping alerts.
+
+use std::collections::HashMap;
+
+use forewarn_core::Millis;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::alert_id;
+
+/// How scores become alert states, declared on a sink table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleSpec {
+    /// Column of the result row holding the score.
+    pub score_column: String,
+    /// A window scoring at or above this is anomalous (enters `warning`).
+    pub warning_at: f64,
+    /// A window scoring at or above this is severe (escalates to `alarm`); `None`: never.
+    pub alarm_at: Option<f64>,
+    /// A window scoring below this is normal; between `clear_below` and `warning_at` the
+    /// state holds (hysteresis). At most `warning_at`.
+    pub clear_below: f64,
+    /// Consecutive anomalous (or severe) windows before raising (or escalating).
+    pub raise_after: u32,
+    /// Consecutive normal windows before clearing.
+    pub clear_after: u32,
+    /// After a clear, no new episode is raised for this long (event time).
+    pub cooldown: Millis,
+    /// Severity label of the raised alert (`alarm` state is always `critical`).
+    pub severity: String,
+}
+
+impl Default for LifecycleSpec {
+    fn default() -> Self {
+        LifecycleSpec {
+            score_column: "score".into(),
+            warning_at: 1.0,
+            alarm_at: None,
+            clear_below: 1.0,
+            raise_after: 2,
+            clear_after: 3,
+            cooldown: 0,
+            severity: "warning".into(),
+        }
+    }
+}
+
+/// A device's health under one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Nothing to report.
+    Ok,
+    /// An episode is open.
+    Warning,
+    /// The episode has escalated.
+    Alarm,
+}
+
+/// What happened to an episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransitionKind {
+    /// `ok → warning` (or straight to `alarm`).
+    Raised,
+    /// `warning → alarm`.
+    Escalated,
+    /// `warning`/`alarm → ok`.
+    Cleared,
+}
+
+/// One closed window's evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowEvidence {
+    /// Window start, ms.
+    #[serde(skip)]
+    pub start_ms: Millis,
+    /// Window end, ms.
+    #[serde(skip)]
+    pub end_ms: Millis,
+    /// Window start, RFC 3339.
+    pub window_start: String,
+    /// Window end, RFC 3339.
+    pub window_end: String,
+    /// The score (`None`: the window carried no score).
+    pub score: Option<f64>,
+    /// The row's other columns (feature values).
+    pub features: Map<String, Value>,
+}
+
+/// A transition, ready to publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// What happened.
+    pub kind: TransitionKind,
+    /// State after the transition.
+    pub state: Health,
+    /// State before.
+    pub previous: Health,
+    /// Start of the episode (the first anomalous window of the run that raised it), ms.
+    pub episode_start_ms: Millis,
+    /// `sha256(rule, device, episode start)`: the same for every transition of an episode.
+    pub alert_id: String,
+    /// The windows that triggered the transition, oldest first.
+    pub windows: Vec<WindowEvidence>,
+}
+
+/// One (rule, device) state machine.
+#[derive(Debug, Clone, Default)]
+struct Machine {
+    health: Option<Health>,
+    episode_start: Millis,
+    /// The current run of anomalous / severe / normal windows.
+    anomalous: Vec<WindowEvidence>,
+    severe: Vec<WindowEvidence>,
+    normal: Vec<WindowEvidence>,
+    cooldown_until: Millis,
+}
+
+/// Every device's state machine for one rule.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    rule: String,
+    spec: LifecycleSpec,
+    machines: HashMap<String, Machine>,
+}
+
+impl Lifecycle {
+    /// State machines for `rule` (the query name).
+    pub fn new(rule: &str, spec: LifecycleSpec) -> Self {
+        Lifecycle {
+            rule: rule.to_string(),
+            spec,
+            machines: HashMap::new(),
+        }
+    }
+
+    /// The declaration.
+    pub fn spec(&self) -> &LifecycleSpec {
+        &self.spec
+    }
+
+    /// Current health of `device` (`Ok` when never seen).
+    pub fn health(&self, device: &str) -> Health {
+        self.machines
+            .get(device)
+            .and_then(|m| m.health)
+            .unwrap_or(Health::Ok)
+    }
+
+    /// Devices currently tracked (state grows with devices, not with windows).
+    pub fn devices(&self) -> usize {
+        self.machines.len()
+    }
+
+    /// Feeds one window of `device`; returns the transition it causes, if any.
+    /// Windows must arrive in time order per device (the runtime fires them so).
+    pub fn observe(&mut self, device: &str, w: WindowEvidence) -> Option<Transition> {
+        let spec = &self.spec;
+        let m = self.machines.entry(device.to_string()).or_default();
+        let health = m.health.unwrap_or(Health::Ok);
+        let keep = spec.raise_after.max(spec.clear_after).max(1) as usize;
+        let push = |v: &mut Vec<WindowEvidence>, w: &WindowEvidence| {
+            v.push(w.clone());
+            if v.len() > keep {
+                v.remove(0);
+            }
+        };
+        let Some(score) = w.score.filter(|s| s.is_finite()) else {
+            // No score, no evidence either way: the runs are not broken by a gap.
+            return None;
+        };
+        let is_severe = spec.alarm_at.is_some_and(|a| score >= a);
+        if score >= spec.warning_at {
+            push(&mut m.anomalous, &w);
+            m.normal.clear();
+        } else if score < spec.clear_below {
+            push(&mut m.normal, &w);
+            m.anomalous.clear();
+        } else {
+            // Hysteresis band: neither raises nor clears, and breaks both runs.
+            m.anomalous.clear();
+            m.normal.clear();
+        }
+        if is_severe {
+            push(&mut m.severe, &w);
+        } else {
+            m.severe.clear();
+        }
+        let n = spec.raise_after.max(1) as usize;
+        let (kind, to, windows) = match health {
+            Health::Ok if m.anomalous.len() >= n && w.end_ms >= m.cooldown_until => {
+                let run = m.anomalous[m.anomalous.len() - n..].to_vec();
+                m.episode_start = run[0].start_ms;
+                let to = if m.severe.len() >= n {
+                    Health::Alarm
+                } else {
+                    Health::Warning
+                };
+                (TransitionKind::Raised, to, run)
+            }
+            Health::Warning if m.severe.len() >= n => (
+                TransitionKind::Escalated,
+                Health::Alarm,
+                m.severe[m.severe.len() - n..].to_vec(),
+            ),
+            Health::Warning | Health::Alarm
+                if m.normal.len() >= spec.clear_after.max(1) as usize =>
+            {
+                m.cooldown_until = w.end_ms.saturating_add(spec.cooldown);
+                let k = spec.clear_after.max(1) as usize;
+                (
+                    TransitionKind::Cleared,
+                    Health::Ok,
+                    m.normal[m.normal.len() - k..].to_vec(),
+                )
+            }
+            _ => {
+                if health == Health::Ok && m.anomalous.is_empty() && m.normal.len() >= keep {
+                    // A healthy device keeps no history beyond what the next run needs.
+                    m.normal.clear();
+                }
+                return None;
+            }
+        };
+        m.health = Some(to);
+        m.anomalous.clear();
+        m.severe.clear();
+        m.normal.clear();
+        Some(Transition {
+            kind,
+            state: to,
+            previous: health,
+            episode_start_ms: m.episode_start,
+            alert_id: alert_id(&self.rule, device, m.episode_start),
+            windows,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(i: i64, score: f64) -> WindowEvidence {
+        WindowEvidence {
+            start_ms: i * 60_000,
+            end_ms: (i + 1) * 60_000,
+            window_start: String::new(),
+            window_end: String::new(),
+            score: Some(score),
+            features: Map::new(),
+        }
+    }
+
+    fn run(spec: LifecycleSpec, scores: &[f64]) -> Vec<(usize, TransitionKind, Health)> {
+        let mut l = Lifecycle::new("r", spec);
+        scores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                l.observe("d", w(i as i64, *s))
+                    .map(|t| (i, t.kind, t.state))
+            })
+            .collect()
+    }
+
+    fn spec() -> LifecycleSpec {
+        LifecycleSpec {
+            warning_at: 1.0,
+            alarm_at: Some(3.0),
+            clear_below: 0.7,
+            raise_after: 2,
+            clear_after: 3,
+            cooldown: 0,
+            ..Default::default()
+        }
+    }
+
+    use Health::*;
+    use TransitionKind::*;
+
+    #[test]
+    fn a_developing_failure_raises_escalates_and_clears_once() {
+        let scores = [
+            0.2, 0.3, 1.2, 1.4, 1.8, 2.5, 3.2, 4.0, 5.0, 0.5, 0.4, 0.3, 0.2,
+        ];
+        assert_eq!(
+            run(spec(), &scores),
+            vec![
+                (3, Raised, Warning),
+                (7, Escalated, Alarm),
+                (11, Cleared, Ok)
+            ]
+        );
+    }
+
+    #[test]
+    fn flapping_scores_do_not_flap_the_alert() {
+        // Around the threshold: single anomalous windows never raise (debounce), and once
+        // raised, scores hovering in the hysteresis band never clear.
+        let mut scores = vec![];
+        for i in 0..20 {
+            scores.push(if i % 2 == 0 { 1.1 } else { 0.9 });
+        }
+        assert_eq!(run(spec(), &scores), vec![]);
+        let mut scores = vec![1.5, 1.5];
+        for i in 0..20 {
+            scores.push(if i % 2 == 0 { 0.9 } else { 0.75 });
+        }
+        scores.extend([0.5, 0.5, 0.5]);
+        assert_eq!(
+            run(spec(), &scores),
+            vec![(1, Raised, Warning), (24, Cleared, Ok)]
+        );
+    }
+
+    #[test]
+    fn cooldown_holds_off_a_new_episode() {
+        let s = LifecycleSpec {
+            cooldown: 5 * 60_000,
+            ..spec()
+        };
+        let scores = [1.5, 1.5, 0.1, 0.1, 0.1, 1.5, 1.5, 1.5, 1.5, 1.5];
+        // Cleared at window 4 (ends at 5 min): raising waits until a window ends at 10 min.
+        assert_eq!(
+            run(s, &scores),
+            vec![(1, Raised, Warning), (4, Cleared, Ok), (9, Raised, Warning)]
+        );
+    }
+
+    #[test]
+    fn ids_are_per_episode_and_missing_scores_are_no_evidence() {
+        let mut l = Lifecycle::new("r", spec());
+        let mut ts = vec![];
+        for (i, s) in [1.5, 1.5, 0.1, 0.1, 0.1, 1.5, 1.5].iter().enumerate() {
+            ts.extend(l.observe("d", w(i as i64, *s)));
+        }
+        assert_eq!(ts.len(), 3);
+        assert_eq!(
+            ts[0].alert_id, ts[1].alert_id,
+            "raise and clear share the episode's id"
+        );
+        assert_ne!(ts[0].alert_id, ts[2].alert_id);
+        assert_eq!(ts[2].episode_start_ms, 5 * 60_000);
+        let mut gap = w(10, 0.0);
+        gap.score = None;
+        let mut l = Lifecycle::new("r", spec());
+        assert!(l.observe("d", w(0, 1.5)).is_none());
+        assert!(l.observe("d", gap).is_none());
+        assert_eq!(l.observe("d", w(2, 1.5)).unwrap().kind, Raised);
+    }
+
+    #[test]
+    fn a_severe_start_raises_straight_to_alarm() {
+        assert_eq!(run(spec(), &[4.0, 4.0]), vec![(1, Raised, Alarm)]);
+    }
+}
