@@ -26,6 +26,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     alert.device,
                     alert.score.unwrap_or(f64::NAN)
                 ),
+                Output::Transition { topic, message } => println!(
+                    "{topic}: {} {:?} -> {:?} score {:.2}",
+                    message.device,
+                    message.previous,
+                    message.state,
+                    message.score.unwrap_or(f64::NAN)
+                ),
+                Output::State { topic, state } => println!("{topic}: {:?}", state.state),
                 Output::DeadLetter { topic, letter } => {
                     println!("{topic}: {} ({})", letter.reason, letter.detail)
                 }

@@ -26,7 +26,24 @@ CREATE TABLE telemetry (
   format = 'json'
 );
 
-CREATE TABLE alerts WITH (connector = 'mqtt', topic = 'forewarn/alerts/{device}', format = 'json');
+-- Alerts are state transitions, not window rows: a machine is raised to `warning`
+-- after two consecutive windows scoring at least 1.0 (the models' threshold),
+-- escalated to `alarm` after two at 3.0 or more, and cleared only after five
+-- windows below 0.7; no new episode within 30 minutes of a clear. Its current
+-- health is kept retained on forewarn/state/{device}.
+CREATE TABLE alerts WITH (
+  connector = 'mqtt',
+  topic = 'forewarn/alerts/{device}',
+  format = 'json',
+  score = 'score',
+  warning_at = '1.0',
+  alarm_at = '3.0',
+  clear_below = '0.7',
+  raise_after = '2',
+  clear_after = '5',
+  cooldown = '30 minutes',
+  severity = 'maintenance'
+);
 
 -- Centrifugal pumps: bearing wear, overheating and cavitation.
 INSERT INTO alerts
@@ -42,7 +59,7 @@ SELECT device, site, window_start, window_end,
 FROM telemetry
 WHERE device LIKE 'pump-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
-HAVING count(*) >= 6 AND score > 1.0;
+HAVING count(*) >= 6;
 
 -- Motors: bearing wear and overheating (no pressure sensor).
 INSERT INTO alerts
@@ -57,7 +74,7 @@ SELECT device, site, window_start, window_end,
 FROM telemetry
 WHERE device LIKE 'motor-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
-HAVING count(*) >= 6 AND score > 1.0;
+HAVING count(*) >= 6;
 
 -- Compressors: bearing wear and overheating.
 INSERT INTO alerts
@@ -73,4 +90,4 @@ SELECT device, site, window_start, window_end,
 FROM telemetry
 WHERE device LIKE 'compressor-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
-HAVING count(*) >= 6 AND score > 1.0;
+HAVING count(*) >= 6;

@@ -11,9 +11,10 @@
 
 /// The Arrow version Forewarn is built on, for building `RecordBatch`es to push.
 pub use datafusion::arrow;
+pub use forewarn_alerts::{Health, TransitionKind};
 pub use forewarn_engine::{
-    Alert, DeadLetter, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
-    Pipeline, PipelineBuilder, PipelineHandle, SourceInfo,
+    Alert, DeadLetter, DeviceState, EngineConfig, EngineError, EngineStats, Model, ModelRegistry,
+    Output, Pipeline, PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
 };
 pub use forewarn_scorer::{ModelError, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};

@@ -84,7 +84,7 @@ pub async fn start(
         let mut n = 0u64;
         while let Some(o) = outputs.recv().await {
             let (topic, payload) = o.to_message();
-            sink.publish(&topic, payload, false).await?;
+            sink.publish(&topic, payload, o.retained()).await?;
             n += 1;
             if let Some(t) = &tap {
                 let _ = t.send(o).await;

@@ -34,6 +34,7 @@ async fn run(
                     alerts.push((topic, serde_json::to_value(&alert).unwrap()))
                 }
                 Output::DeadLetter { letter, .. } => dead.push(letter),
+                other => panic!("the scenario declares no lifecycle: {other:?}"),
             }
         }
         (alerts, dead)
@@ -252,6 +253,7 @@ async fn wrong_batches_are_dead_lettered_and_the_pipeline_goes_on() {
         match o {
             Output::DeadLetter { letter, .. } => reasons.push(letter.reason),
             Output::Alert { .. } => alerts += 1,
+            other => panic!("{other:?}"),
         }
     }
     reasons.sort();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use forewarn::mqtt::{self, BrokerUrl, MqttSource, SourceOptions};
-use forewarn::{Alert, Pipeline};
+use forewarn::{DeviceState, Pipeline, TransitionKind, TransitionMessage};
 use forewarn_sim::{summarize, AlertEvent};
 
 use super::simulate::{publish_plant, PlantArgs};
@@ -45,6 +45,10 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "  watch alerts with: mosquitto_sub -h {} -p {} -t 'forewarn/alerts/#' -v",
         url.host, url.port
     );
+    println!(
+        "  fleet health (retained): mosquitto_sub -h {} -p {} -t 'forewarn/state/#' -v",
+        url.host, url.port
+    );
 
     let pipeline = Pipeline::builder()
         .query_file(&a.queries)
@@ -69,14 +73,14 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = received.clone();
     let printer = tokio::spawn(async move {
-        let mut seen: Vec<Alert> = Vec::new();
+        let mut seen: Vec<TransitionMessage> = Vec::new();
         while let Some(m) = alerts_rx.recv().await {
-            match serde_json::from_slice::<Alert>(&m.payload) {
-                Ok(alert) => {
+            match serde_json::from_slice::<TransitionMessage>(&m.payload) {
+                Ok(t) => {
                     if !quiet {
-                        print_alert(&alert);
+                        print_transition(&t);
                     }
-                    seen.push(alert);
+                    seen.push(t);
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) => eprintln!("unreadable alert on {}: {e}", m.topic),
@@ -115,7 +119,7 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     // subscriber a moment to receive the last ones.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
-        if received.load(std::sync::atomic::Ordering::Relaxed) >= stats.alerts_out {
+        if received.load(std::sync::atomic::Ordering::Relaxed) >= stats.transitions_out {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -124,15 +128,32 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let alerts = printer.await?;
     let events: Vec<AlertEvent> = alerts
         .iter()
-        .filter_map(|al| {
-            forewarn_core::parse_rfc3339(&al.window_end).map(|t| AlertEvent {
-                device: al.device.clone(),
-                window_end_ms: t,
+        .filter(|t| t.transition != TransitionKind::Cleared)
+        .filter_map(|t| {
+            forewarn_core::parse_rfc3339(&t.window_end).map(|ms| AlertEvent {
+                device: t.device.clone(),
+                window_end_ms: ms,
             })
         })
         .collect();
     let summary = summarize(&truth, &events);
-    println!("\nreadings published {published}, received by the engine {}, windows closed {}, alerts published {}, rejected {:?}", stats.messages_in, stats.windows_closed, stats.alerts_out, stats.rejected);
+    println!("\nreadings published {published}, received by the engine {}, windows closed {}, alert messages (transitions) published {}, rejected {:?}", stats.messages_in, stats.windows_closed, stats.transitions_out, stats.rejected);
+    let failing: Vec<&str> = truth
+        .machines
+        .iter()
+        .filter(|m| m.failure.is_some())
+        .map(|m| m.device.as_str())
+        .collect();
+    let per_machine = |d: &str| alerts.iter().filter(|t| t.device == d).count();
+    if !failing.is_empty() {
+        let counts: Vec<usize> = failing.iter().map(|d| per_machine(d)).collect();
+        println!(
+            "alert messages per failing machine: mean {:.1}, max {}",
+            counts.iter().sum::<usize>() as f64 / counts.len() as f64,
+            counts.iter().max().copied().unwrap_or(0)
+        );
+    }
+    fleet_state(&url).await?;
     println!(
         "\nDetection against the simulator's ground truth:\n{}",
         summary.table()
@@ -145,25 +166,66 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_alert(a: &Alert) {
-    let time = |s: &str| s.get(11..19).unwrap_or(s).to_string();
-    let feats: Vec<String> = a
-        .features
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.as_f64().map_or(v.to_string(), |f| format!("{f:.2}"))
-            )
-        })
-        .collect();
+/// What a dashboard connecting after the run sees: the retained state of every device.
+async fn fleet_state(url: &BrokerUrl) -> anyhow::Result<()> {
+    let mut opts = SourceOptions::new(
+        url.clone(),
+        "forewarn-demo-late-subscriber",
+        vec!["forewarn/state/#".into()],
+    );
+    // rumqttd hands a new QoS 1 subscription only as many retained messages as it has
+    // free in-flight slots (the rest are dropped); at QoS 0 it sends up to its outgoing
+    // packet limit (1000 in the embedded broker's configuration).
+    opts.qos = mqtt::QoS::AtMostOnce;
+    let (mut sub, mut rx) = MqttSource::start(opts);
+    sub.wait_connected(Duration::from_secs(10)).await?;
+    let mut by_health: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut devices = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await {
+        if let Ok(s) = serde_json::from_slice::<DeviceState>(&m.payload) {
+            *by_health
+                .entry(format!("{:?}", s.state).to_lowercase())
+                .or_default() += 1;
+            devices += 1;
+        }
+    }
+    sub.stop().await;
     println!(
-        "ALERT {:<16} {}–{}  score {:>5.2}  {}  {}",
-        a.device,
-        time(&a.window_start),
-        time(&a.window_end),
-        a.score.unwrap_or(f64::NAN),
-        a.model.as_deref().unwrap_or("-"),
+        "fleet health seen by a subscriber connecting now (retained forewarn/state/#): {devices} devices, {}",
+        by_health
+            .iter()
+            .map(|(h, n)| format!("{h} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+fn print_transition(t: &TransitionMessage) {
+    let time = |s: &str| s.get(11..19).unwrap_or(s).to_string();
+    let last = t.windows.last();
+    let feats: Vec<String> = last
+        .map(|w| {
+            w.features
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.as_f64().map_or(v.to_string(), |f| format!("{f:.2}"))
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "{:<9} {:<16} {:<7} {}–{}  score {:>5.2}  {}  {}",
+        format!("{:?}", t.transition).to_uppercase(),
+        t.device,
+        format!("{:?}", t.state).to_lowercase(),
+        time(&t.window_start),
+        time(&t.window_end),
+        t.score.unwrap_or(f64::NAN),
+        t.model.as_deref().unwrap_or("-"),
         feats.join(" ")
     );
 }

@@ -3,7 +3,10 @@
 
 mod lifecycle;
 
-pub use lifecycle::{Health, Lifecycle, LifecycleSpec, Transition, TransitionKind, WindowEvidence};
+pub use lifecycle::{
+    DeviceState, Health, Lifecycle, LifecycleSpec, RuleState, Transition, TransitionKind,
+    TransitionMessage, WindowEvidence, TRANSITION_SCHEMA_VERSION,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

@@ -359,3 +359,151 @@ mod tests {
         assert_eq!(run(spec(), &[4.0, 4.0]), vec![(1, Raised, Alarm)]);
     }
 }
+
+/// Version of the transition and state JSON formats.
+pub const TRANSITION_SCHEMA_VERSION: u32 = 2;
+
+/// The JSON published on the alert topic for one transition (QoS 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionMessage {
+    /// Format version.
+    pub schema_version: u32,
+    /// The episode's id: the same for its raise, escalation and clear.
+    pub alert_id: String,
+    /// `alert_id` plus the transition: unique per message, for de-duplication.
+    pub event_id: String,
+    /// Rule (query) name.
+    pub rule: String,
+    /// Device.
+    pub device: String,
+    /// `raised`, `escalated` or `cleared`.
+    pub transition: TransitionKind,
+    /// State after the transition.
+    pub state: Health,
+    /// State before.
+    pub previous: Health,
+    /// The rule's severity label, or `critical` in `alarm`.
+    pub severity: String,
+    /// Start of the episode, RFC 3339.
+    pub episode_start: String,
+    /// Bounds of the window that caused the transition, RFC 3339.
+    pub window_start: String,
+    /// See `window_start`.
+    pub window_end: String,
+    /// That window's score.
+    pub score: Option<f64>,
+    /// Model that produced the score, when the rule calls exactly one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The windows that triggered the transition (scores and feature values), oldest first.
+    pub windows: Vec<WindowEvidence>,
+}
+
+impl TransitionMessage {
+    /// The message for `t` of `rule`/`device`.
+    pub fn new(
+        rule: &str,
+        device: &str,
+        spec: &LifecycleSpec,
+        model: Option<&str>,
+        t: Transition,
+    ) -> Self {
+        let last = t.windows.last().cloned();
+        let kind = match t.kind {
+            TransitionKind::Raised => "raised",
+            TransitionKind::Escalated => "escalated",
+            TransitionKind::Cleared => "cleared",
+        };
+        TransitionMessage {
+            schema_version: TRANSITION_SCHEMA_VERSION,
+            event_id: format!("{}-{kind}", t.alert_id),
+            alert_id: t.alert_id,
+            rule: rule.to_string(),
+            device: device.to_string(),
+            transition: t.kind,
+            state: t.state,
+            previous: t.previous,
+            severity: if t.state == Health::Alarm || t.previous == Health::Alarm {
+                "critical".into()
+            } else {
+                spec.severity.clone()
+            },
+            episode_start: forewarn_core::format_rfc3339(t.episode_start_ms),
+            window_start: last
+                .as_ref()
+                .map(|w| w.window_start.clone())
+                .unwrap_or_default(),
+            window_end: last
+                .as_ref()
+                .map(|w| w.window_end.clone())
+                .unwrap_or_default(),
+            score: last.and_then(|w| w.score),
+            model: model.map(str::to_string),
+            windows: t.windows,
+        }
+    }
+
+    /// The JSON payload.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("transitions serialise")
+    }
+}
+
+/// One rule's view of a device, inside [`DeviceState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleState {
+    /// Health under this rule.
+    pub state: Health,
+    /// When it entered this state (window end, RFC 3339).
+    pub since: String,
+    /// The open episode's id, when not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<String>,
+    /// Score of the latest window that changed the state.
+    pub score: Option<f64>,
+}
+
+/// The retained JSON on the state topic: a device's current health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// Format version.
+    pub schema_version: u32,
+    /// Device.
+    pub device: String,
+    /// The worst state over its rules.
+    pub state: Health,
+    /// Event time of the latest change, RFC 3339.
+    pub updated: String,
+    /// Per rule.
+    pub rules: std::collections::BTreeMap<String, RuleState>,
+}
+
+impl DeviceState {
+    /// A device first seen at `at` (RFC 3339), healthy.
+    pub fn new(device: &str, at: &str) -> Self {
+        DeviceState {
+            schema_version: TRANSITION_SCHEMA_VERSION,
+            device: device.to_string(),
+            state: Health::Ok,
+            updated: at.to_string(),
+            rules: Default::default(),
+        }
+    }
+
+    /// Records a rule's state and recomputes the worst.
+    pub fn set(&mut self, rule: &str, s: RuleState) {
+        self.updated = s.since.clone();
+        self.rules.insert(rule.to_string(), s);
+        self.state = self
+            .rules
+            .values()
+            .map(|r| r.state)
+            .max()
+            .unwrap_or(Health::Ok);
+    }
+
+    /// The JSON payload.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("states serialise")
+    }
+}

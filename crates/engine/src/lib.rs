@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
-pub use forewarn_alerts::Alert;
+pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage};
 use forewarn_formats::{JsonDecoder, TopicTemplate};
 pub use forewarn_scorer::{Model, ModelRegistry};
 use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
@@ -79,7 +79,8 @@ pub struct EngineConfig {
     pub max_payload_bytes: usize,
     /// Capacity of the input and output channels (messages); pushing waits when full.
     pub channel_capacity: usize,
-    /// Prefix of the engine's own topics (`{prefix}/deadletter/...`, `{prefix}/late/...`).
+    /// Prefix of the engine's own topics (`{prefix}/deadletter/...`, `{prefix}/late/...`,
+    /// `{prefix}/state/{device}`).
     pub topic_prefix: String,
     /// Bytes of a bad payload copied into its dead letter.
     pub dead_letter_excerpt: usize,
@@ -112,6 +113,20 @@ pub enum Output {
         /// The alert.
         alert: Alert,
     },
+    /// A change of a device's alert state under a rule with a lifecycle (QoS 1).
+    Transition {
+        /// Topic rendered from the sink's template.
+        topic: String,
+        /// The transition.
+        message: TransitionMessage,
+    },
+    /// A device's current health, for the retained state topic `{prefix}/state/{device}`.
+    State {
+        /// The topic.
+        topic: String,
+        /// The state.
+        state: DeviceState,
+    },
     /// Input that could not be used, with the reason.
     DeadLetter {
         /// `{prefix}/deadletter/{source}` or `{prefix}/late/{source}`.
@@ -122,10 +137,18 @@ pub enum Output {
 }
 
 impl Output {
+    /// Whether the message is published retained (device state: a new subscriber sees
+    /// the fleet's current health at once).
+    pub fn retained(&self) -> bool {
+        matches!(self, Output::State { .. })
+    }
+
     /// Topic and JSON payload, ready to publish.
     pub fn to_message(&self) -> (String, Vec<u8>) {
         match self {
             Output::Alert { topic, alert } => (topic.clone(), alert.to_json()),
+            Output::Transition { topic, message } => (topic.clone(), message.to_json()),
+            Output::State { topic, state } => (topic.clone(), state.to_json()),
             Output::DeadLetter { topic, letter } => (
                 topic.clone(),
                 serde_json::to_vec(letter).expect("serialises"),
@@ -164,8 +187,12 @@ pub struct EngineStats {
     pub batches: u64,
     /// Windows closed, over all queries.
     pub windows_closed: u64,
-    /// Alerts produced.
+    /// Alerts produced (result rows of sinks without a lifecycle).
     pub alerts_out: u64,
+    /// Lifecycle transitions produced (raised, escalated, cleared).
+    pub transitions_out: u64,
+    /// Device-state messages produced.
+    pub states_out: u64,
     /// Dead letters produced.
     pub dead_letters_out: u64,
     /// Times a query failed on a batch (logged; the pipeline and other queries go on).
@@ -309,7 +336,7 @@ impl PipelineBuilder {
         for s in set.sinks.values() {
             let t = TopicTemplate::parse(&s.topic)
                 .map_err(|e| EngineError::Config(format!("sink '{}': {e}", s.name)))?;
-            sinks.insert(s.name.clone(), t);
+            sinks.insert(s.name.clone(), (t, s.lifecycle.clone()));
         }
         Ok(Pipeline {
             config: self.config,
@@ -364,7 +391,7 @@ pub struct Pipeline {
     config: EngineConfig,
     queries: Vec<Arc<CompiledQuery>>,
     sources: Vec<SourceInfo>,
-    sinks: BTreeMap<String, TopicTemplate>,
+    sinks: BTreeMap<String, (TopicTemplate, Option<forewarn_alerts::LifecycleSpec>)>,
     registry: Arc<ModelRegistry>,
 }
 

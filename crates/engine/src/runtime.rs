@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn_alerts::Alert;
+use forewarn_alerts::{
+    Alert, DeviceState, Health, Lifecycle, RuleState, TransitionMessage, WindowEvidence,
+};
 use forewarn_formats::{filter_matches, JsonDecoder, TopicTemplate};
 use forewarn_stream::{Processed, WindowOperator};
 use tokio::sync::mpsc;
@@ -91,6 +93,8 @@ struct Source {
 struct Operator {
     op: WindowOperator,
     sink: TopicTemplate,
+    /// Sinks with a lifecycle publish transitions, not rows.
+    lifecycle: Option<Lifecycle>,
     /// Column holding the device id (the sink topic's first capture, else `device`).
     device_column: String,
     model: Option<String>,
@@ -101,6 +105,8 @@ pub(crate) struct Runtime {
     sources: Vec<Source>,
     out: mpsc::Sender<Output>,
     stats: Arc<Mutex<EngineStats>>,
+    /// Health of every device seen by a rule with a lifecycle.
+    states: HashMap<String, DeviceState>,
 }
 
 impl Runtime {
@@ -137,7 +143,7 @@ impl Runtime {
             })
             .collect();
         for q in &p.queries {
-            let sink = p.sinks[&q.sink].clone();
+            let (sink, spec) = p.sinks[&q.sink].clone();
             let device_column = sink.captures().next().unwrap_or("device").to_string();
             let model = (q.models.len() == 1).then(|| q.models[0].clone());
             let src = sources
@@ -147,6 +153,7 @@ impl Runtime {
             src.operators.push(Operator {
                 op: WindowOperator::new(q.clone()),
                 sink,
+                lifecycle: spec.map(|s| Lifecycle::new(&q.name, s)),
                 device_column,
                 model,
             });
@@ -156,6 +163,7 @@ impl Runtime {
             sources,
             out,
             stats,
+            states: HashMap::new(),
         }
     }
 
@@ -240,6 +248,8 @@ impl Runtime {
     async fn emit(&self, o: Output) {
         self.count(|s| match &o {
             Output::Alert { .. } => s.alerts_out += 1,
+            Output::Transition { .. } => s.transitions_out += 1,
+            Output::State { .. } => s.states_out += 1,
             Output::DeadLetter { letter, .. } => {
                 s.dead_letters_out += 1;
                 *s.rejected.entry(letter.reason.clone()).or_default() += 1;
@@ -397,7 +407,7 @@ impl Runtime {
         self.count(|s| s.query_errors += 1);
     }
 
-    async fn emit_processed(&self, i: usize, k: usize, p: Processed) {
+    async fn emit_processed(&mut self, i: usize, k: usize, p: Processed) {
         let src = &self.sources[i];
         let op = &src.operators[k];
         let query = op.op.query().name.clone();
@@ -437,6 +447,10 @@ impl Runtime {
                 self.emit(Output::DeadLetter { topic, letter }).await;
             }
         }
+        let model = op.model.clone();
+        let sink = op.sink.clone();
+        let device_column = op.device_column.clone();
+        let mut outs = Vec::new();
         for res in p.results {
             for r in 0..res.batch.num_rows() {
                 let row = row_to_json(&res.batch, r);
@@ -451,17 +465,107 @@ impl Runtime {
                         )
                     })
                     .collect();
-                let topic = op.sink.render(|c| values.get(c).cloned());
+                let topic = sink.render(|c| values.get(c).cloned());
                 let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
                 let alert = Alert::from_row(
                     &query,
-                    op.model.as_deref(),
-                    &op.device_column,
+                    model.as_deref(),
+                    &device_column,
                     (window.start, window.end),
                     row,
                 );
-                self.emit(Output::Alert { topic, alert }).await;
+                outs.push(Output::Alert { topic, alert });
             }
         }
+        if self.sources[i].operators[k].lifecycle.is_some() {
+            outs = self.lifecycle_outputs(i, k, outs);
+        }
+        for o in outs {
+            self.emit(o).await;
+        }
+    }
+
+    /// Feeds a lifecycle rule's window rows to its state machines: each transition and
+    /// each change of a device's health becomes one message; the rows themselves are not
+    /// published. A device's first window publishes its (healthy) state, so the retained
+    /// state topic lists the whole fleet.
+    fn lifecycle_outputs(&mut self, i: usize, k: usize, rows: Vec<Output>) -> Vec<Output> {
+        let prefix = self.config.topic_prefix.clone();
+        let op = &mut self.sources[i].operators[k];
+        let lifecycle = op.lifecycle.as_mut().expect("called for lifecycle rules");
+        let rule = op.op.query().name.clone();
+        let mut outs = Vec::new();
+        for o in rows {
+            let Output::Alert { topic, alert } = o else {
+                continue;
+            };
+            let score = match lifecycle.spec().score_column.as_str() {
+                "score" => alert.score,
+                c => alert.features.get(c).and_then(|v| v.as_f64()),
+            };
+            let window = (
+                forewarn_core::parse_rfc3339(&alert.window_start).unwrap_or_default(),
+                forewarn_core::parse_rfc3339(&alert.window_end).unwrap_or_default(),
+            );
+            let evidence = WindowEvidence {
+                start_ms: window.0,
+                end_ms: window.1,
+                window_start: alert.window_start.clone(),
+                window_end: alert.window_end.clone(),
+                score,
+                features: alert.features.clone(),
+            };
+            let state_topic = format!("{prefix}/state/{}", alert.device);
+            let state = self
+                .states
+                .entry(alert.device.clone())
+                .or_insert_with(|| DeviceState::new(&alert.device, &alert.window_end));
+            let first = !state.rules.contains_key(&rule);
+            if first {
+                state.set(
+                    &rule,
+                    RuleState {
+                        state: Health::Ok,
+                        since: alert.window_end.clone(),
+                        alert_id: None,
+                        score,
+                    },
+                );
+            }
+            match lifecycle.observe(&alert.device, evidence) {
+                Some(t) => {
+                    let msg = TransitionMessage::new(
+                        &rule,
+                        &alert.device,
+                        lifecycle.spec(),
+                        alert.model.as_deref(),
+                        t,
+                    );
+                    state.set(
+                        &rule,
+                        RuleState {
+                            state: msg.state,
+                            since: msg.window_end.clone(),
+                            alert_id: (msg.state != Health::Ok).then(|| msg.alert_id.clone()),
+                            score: msg.score,
+                        },
+                    );
+                    outs.push(Output::Transition {
+                        topic,
+                        message: msg,
+                    });
+                    outs.push(Output::State {
+                        topic: state_topic,
+                        state: state.clone(),
+                    });
+                }
+                None if first => outs.push(Output::State {
+                    topic: state_topic,
+                    state: state.clone(),
+                }),
+                None => {}
+            }
+        }
+        outs
     }
 }

@@ -122,8 +122,10 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                 name: FEATURE_SINK.into(),
                 topic: format!("features/{{{key}}}"),
                 format: "json".into(),
+                lifecycle: None,
             },
         );
+        out.references = set.references.clone();
         out.queries.push(QueryDecl {
             name: format!("{}_features", q.name),
             sink: FEATURE_SINK.into(),

@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, Tokenizer};
+use forewarn_alerts::LifecycleSpec;
 use forewarn_core::{parse_interval, Millis, WatermarkSpec, WindowSpec};
 
 use crate::SqlError;
@@ -83,6 +84,9 @@ pub struct SinkDecl {
     pub topic: String,
     /// Payload format (`json`).
     pub format: String,
+    /// Alert lifecycle (`warning_at = ...` and friends): publish state transitions
+    /// instead of every result row.
+    pub lifecycle: Option<LifecycleSpec>,
 }
 
 /// One `INSERT INTO sink SELECT ...` with its window lifted out of the `GROUP BY`.
@@ -299,7 +303,19 @@ impl QuerySet {
             )
         })?;
         let allowed: &[&str] = if columns.is_empty() {
-            &["connector", "format", "topic"]
+            &[
+                "connector",
+                "format",
+                "topic",
+                "score",
+                "warning_at",
+                "alarm_at",
+                "clear_below",
+                "raise_after",
+                "clear_after",
+                "cooldown",
+                "severity",
+            ]
         } else {
             &[
                 "connector",
@@ -336,12 +352,14 @@ impl QuerySet {
                     "a sink table has no columns and no WATERMARK",
                 ));
             }
+            let lifecycle = lifecycle_options(file, text, loc, &map)?;
             self.sinks.insert(
                 name.to_string(),
                 SinkDecl {
                     name: name.to_string(),
                     topic,
                     format,
+                    lifecycle,
                 },
             );
             return Ok(());
@@ -902,6 +920,108 @@ fn check_columns(
         id.value.chars().count(),
         format!("unknown column '{}' {what}{nearest}", id.value),
     ))
+}
+
+/// The sink's lifecycle options, if `warning_at` is given.
+fn lifecycle_options(
+    file: &str,
+    text: &str,
+    loc: Location,
+    map: &BTreeMap<String, (String, Location)>,
+) -> Result<Option<LifecycleSpec>, SqlError> {
+    const KEYS: [&str; 8] = [
+        "score",
+        "warning_at",
+        "alarm_at",
+        "clear_below",
+        "raise_after",
+        "clear_after",
+        "cooldown",
+        "severity",
+    ];
+    if !map.contains_key("warning_at") {
+        if let Some(k) = KEYS.iter().find(|k| map.contains_key(**k)) {
+            return Err(err(
+                file,
+                text,
+                map[*k].1,
+                format!("'{k}' belongs to an alert lifecycle: add warning_at = '<score>'"),
+            ));
+        }
+        return Ok(None);
+    }
+    let num = |k: &str| -> Result<Option<f64>, SqlError> {
+        match map.get(k) {
+            None => Ok(None),
+            Some((v, at)) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| err(file, text, *at, format!("{k} must be a number, got '{v}'"))),
+        }
+    };
+    let count = |k: &str, default: u32| -> Result<u32, SqlError> {
+        match map.get(k) {
+            None => Ok(default),
+            Some((v, at)) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    err(
+                        file,
+                        text,
+                        *at,
+                        format!("{k} must be a whole number of windows, at least 1, got '{v}'"),
+                    )
+                }),
+        }
+    };
+    let warning_at = num("warning_at")?.expect("checked above");
+    let alarm_at = num("alarm_at")?;
+    let clear_below = num("clear_below")?.unwrap_or(warning_at);
+    if clear_below > warning_at {
+        return Err(err(
+            file,
+            text,
+            map["clear_below"].1,
+            format!("clear_below ({clear_below}) must not exceed warning_at ({warning_at})"),
+        ));
+    }
+    if let Some(a) = alarm_at.filter(|a| *a < warning_at) {
+        return Err(err(
+            file,
+            text,
+            map["alarm_at"].1,
+            format!("alarm_at ({a}) must not be below warning_at ({warning_at})"),
+        ));
+    }
+    let cooldown = match map.get("cooldown") {
+        None => 0,
+        Some((v, at)) => {
+            parse_interval(v, None).map_err(|e| err(file, text, *at, e.to_string()))?
+        }
+    };
+    let _ = loc;
+    Ok(Some(LifecycleSpec {
+        score_column: map
+            .get("score")
+            .map(|(v, _)| v.clone())
+            .unwrap_or_else(|| "score".into()),
+        warning_at,
+        alarm_at,
+        clear_below,
+        raise_after: count("raise_after", 2)?,
+        clear_after: count("clear_after", 3)?,
+        cooldown,
+        severity: map
+            .get("severity")
+            .map(|(v, _)| v.clone())
+            .unwrap_or_else(|| "warning".into()),
+    }))
 }
 
 fn statement_start(s: &Statement) -> Location {
