@@ -4,57 +4,7 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto_binary() -> Option<String> {
-    ["mosquitto", "/usr/sbin/mosquitto"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("-h")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok()
-        })
-        .map(str::to_string)
-}
-
-fn start_mosquitto(bin: &str) -> (Mosquitto, u16) {
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args(["-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let guard = Mosquitto(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (guard, port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("mosquitto did not start");
-}
+use common::mosquitto::{mosquitto_binary, start_mosquitto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_through_mosquitto() {

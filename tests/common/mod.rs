@@ -3,6 +3,8 @@
 //! Expected window results are computed here in plain Rust, independently of DataFusion.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::collections::BTreeMap;
 
 use forewarn::{Model, TrainOptions};
