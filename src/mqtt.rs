@@ -1,7 +1,11 @@
 //! Running a [`Pipeline`] against an MQTT broker: subscribe to the sources' topics,
 //! publish alerts and dead letters with QoS 1.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use forewarn_mqtt::{Outbox, Pending};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,6 +34,10 @@ pub struct RunOptions {
     pub client_id: String,
     /// QoS of the source's subscriptions (alerts and dead letters are always QoS 1).
     pub source_qos: QoS,
+    /// Outgoing messages held while the broker is unreachable (store and forward); when
+    /// full, the oldest non-critical messages (state, dead letters) are dropped first,
+    /// counted and logged.
+    pub max_outbox: usize,
 }
 
 impl RunOptions {
@@ -38,6 +46,7 @@ impl RunOptions {
         RunOptions {
             client_id: client_id.to_string(),
             source_qos: QoS::AtLeastOnce,
+            max_outbox: 100_000,
         }
     }
 }
@@ -48,6 +57,7 @@ pub struct MqttPipeline {
     source: MqttSource,
     forward: JoinHandle<()>,
     publish: JoinHandle<Result<u64, MqttError>>,
+    dropped: Arc<AtomicU64>,
 }
 
 /// Connects `pipeline` to the broker at `url`. `tap`, if given, receives a copy of every output.
@@ -71,7 +81,7 @@ pub async fn start(
     source_opts.qos = opts.source_qos;
     let (mut source, mut incoming) = MqttSource::start(source_opts);
     source.wait_connected(Duration::from_secs(10)).await?;
-    let (handle, mut outputs) = pipeline.start();
+    let (handle, outputs) = pipeline.start();
     let h = handle.clone();
     let forward = tokio::spawn(async move {
         while let Some(m) = incoming.recv().await {
@@ -80,20 +90,14 @@ pub async fn start(
             }
         }
     });
-    let publish = tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Some(o) = outputs.recv().await {
-            let (topic, payload) = o.to_message();
-            sink.publish(&topic, payload, o.retained()).await?;
-            n += 1;
-            if let Some(t) = &tap {
-                let _ = t.send(o).await;
-            }
-        }
-        sink.flush(Duration::from_secs(30)).await?;
-        sink.stop().await;
-        Ok(n)
-    });
+    let dropped = Arc::new(AtomicU64::new(0));
+    let publish = tokio::spawn(publish_loop(
+        sink,
+        outputs,
+        tap,
+        opts.max_outbox,
+        dropped.clone(),
+    ));
     // Give the broker a moment to install the subscriptions before publishers start.
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(MqttPipeline {
@@ -101,13 +105,78 @@ pub async fn start(
         source,
         forward,
         publish,
+        dropped,
     })
+}
+
+/// Moves outputs from the pipeline to the broker. Outputs go into a bounded outbox at
+/// once, so the pipeline never waits on the network; the outbox is drained in order
+/// while the connection is up and holds messages while it is down (rumqttc resends what
+/// was in flight when the connection broke).
+async fn publish_loop(
+    sink: MqttSink,
+    mut outputs: mpsc::Receiver<Output>,
+    tap: Option<mpsc::Sender<Output>>,
+    max_outbox: usize,
+    dropped: Arc<AtomicU64>,
+) -> Result<u64, MqttError> {
+    let mut outbox = Outbox::new(max_outbox);
+    let mut n = 0u64;
+    let mut open = true;
+    loop {
+        // Drain what the client accepts now.
+        while sink.is_connected() {
+            let Some(p) = outbox.front() else { break };
+            if !sink.try_publish(&p.topic, p.payload.clone(), p.retain)? {
+                break;
+            }
+            outbox.pop();
+            n += 1;
+        }
+        if !open && outbox.is_empty() {
+            break;
+        }
+        let wait = if outbox.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(10)
+        };
+        tokio::select! {
+            o = outputs.recv(), if open => match o {
+                Some(o) => {
+                    let (topic, payload) = o.to_message();
+                    let critical = matches!(o, Output::Alert { .. } | Output::Transition { .. });
+                    if let Some(e) = outbox.push(Pending { topic, payload, retain: o.retained(), critical }) {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        if e.critical {
+                            tracing::error!(topic = %e.topic, held = outbox.len(), "outbox full of alerts: dropped the oldest alert");
+                        } else {
+                            tracing::warn!(topic = %e.topic, held = outbox.len(), "outbox full: dropped the oldest non-critical message");
+                        }
+                    }
+                    if let Some(t) = &tap {
+                        let _ = t.send(o).await;
+                    }
+                }
+                None => open = false,
+            },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    sink.flush(Duration::from_secs(30)).await?;
+    sink.stop().await;
+    Ok(n)
 }
 
 impl MqttPipeline {
     /// The pipeline's handle (counters, flush).
     pub fn handle(&self) -> &PipelineHandle {
         &self.handle
+    }
+
+    /// Outgoing messages dropped because the outbox was full while the broker was away.
+    pub fn outbox_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until at least `n` messages have entered the pipeline, or `timeout` passes.

@@ -47,8 +47,28 @@ pub fn start_mosquitto(bin: &str) -> (Mosquitto, u16) {
 
 /// Starts mosquitto on `port` (e.g. again after killing it); `None` if it does not come up.
 pub fn start_mosquitto_on(bin: &str, port: u16) -> Option<Mosquitto> {
+    start_mosquitto_with(bin, port, &["-p", &port.to_string()])
+}
+
+/// Starts mosquitto with a configuration file that listens on `port`.
+pub fn start_mosquitto_conf(bin: &str, port: u16, conf: &std::path::Path) -> Option<Mosquitto> {
+    start_mosquitto_with(bin, port, &["-c", conf.to_str().unwrap()])
+}
+
+impl Mosquitto {
+    /// Stops the broker the way an operator would (SIGTERM: it saves its persistence
+    /// database) and waits for it to exit.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto_with(bin: &str, port: u16, args: &[&str]) -> Option<Mosquitto> {
     let child = Command::new(bin)
-        .args(["-p", &port.to_string()])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

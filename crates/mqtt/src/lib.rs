@@ -4,12 +4,14 @@
 
 #[cfg(feature = "broker")]
 mod broker;
+mod outbox;
 mod sink;
 mod source;
 mod url;
 
 #[cfg(feature = "broker")]
 pub use broker::EmbeddedBroker;
+pub use outbox::{Outbox, Pending};
 pub use rumqttc::QoS;
 pub use sink::{MqttSink, SinkStats};
 pub use source::{Incoming, MqttSource, SourceOptions};

@@ -88,6 +88,29 @@ impl MqttSink {
         Ok(())
     }
 
+    /// Hands a publish to the client without waiting; `Ok(false)` when its request queue
+    /// is full (try again later).
+    pub fn try_publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<bool, MqttError> {
+        match self.client.try_publish(topic, self.qos, retain, payload) {
+            Ok(()) => {
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(rumqttc::ClientError::TryRequest(_)) => Ok(false),
+            Err(e) => Err(MqttError::Client(e.to_string())),
+        }
+    }
+
+    /// Whether the connection to the broker is up.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
     /// Counters.
     pub fn stats(&self) -> &SinkStats {
         &self.stats

@@ -35,6 +35,9 @@ pub struct SourceOptions {
     /// Channel capacity towards the engine; when full, the source stops reading and
     /// TCP backpressure holds messages at the broker.
     pub capacity: usize,
+    /// MQTT clean session (default true). `false` asks the broker to keep the
+    /// subscriptions and queue QoS 1 messages while the client is away.
+    pub clean_session: bool,
 }
 
 impl SourceOptions {
@@ -48,6 +51,7 @@ impl SourceOptions {
             max_packet_bytes: 1 << 20,
             keep_alive: Duration::from_secs(30),
             capacity: 4096,
+            clean_session: true,
         }
     }
 }
@@ -85,6 +89,8 @@ impl MqttSource {
             opts.max_packet_bytes,
             opts.keep_alive,
         );
+        let mut mo = mo;
+        mo.set_clean_session(opts.clean_session);
         let (client, mut eventloop) = AsyncClient::new(mo, 64);
         let sub_client = client.clone();
         let task = tokio::spawn(async move {
