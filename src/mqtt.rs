@@ -75,7 +75,10 @@ pub async fn start(
         .collect();
     filters.sort();
     filters.dedup();
-    let mut sink = MqttSink::start(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
+    // A persistent session, so publishes in flight when the connection breaks are resent
+    // after reconnecting (rumqttc drops them when the new session is clean).
+    let mut sink =
+        MqttSink::start_persistent(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
     sink.wait_connected(Duration::from_secs(10)).await?;
     let mut source_opts = SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters);
     source_opts.qos = opts.source_qos;

@@ -1,7 +1,9 @@
 //! Delivery across a broker restart: the test stops its own mosquitto (SIGTERM, with
-//! persistence so a subscriber's session survives) while the engine keeps producing
-//! alert transitions, starts it again on the same port, and checks that every
-//! transition arrives exactly once. Skips where mosquitto is not installed.
+//! persistence so sessions survive) while the engine keeps producing alert transitions,
+//! starts it again on the same port, and checks that every transition arrives, and that
+//! de-duplicating by `event_id` leaves each exactly once (QoS 1 is at least once: a
+//! publish the broker stored but had not acknowledged when it stopped is sent again).
+//! Skips where mosquitto is not installed.
 
 mod common;
 
@@ -57,6 +59,11 @@ async fn every_transition_arrives_once_across_a_broker_restart() {
     };
     let dir = std::env::temp_dir().join(format!("forewarn-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // mosquitto started as root drops to the `mosquitto` user before saving its database.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -66,7 +73,9 @@ async fn every_transition_arrives_once_across_a_broker_restart() {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+            // Unlimited queues: stock mosquitto drops QoS 1 messages beyond 1000 queued
+            // for a slow subscriber, which a busy CI machine can make the engine.
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n",
             dir.display()
         ),
     )
@@ -115,8 +124,11 @@ async fn every_transition_arrives_once_across_a_broker_restart() {
     publisher.flush(Duration::from_secs(10)).await.unwrap();
     assert!(
         running
-            .wait_for_messages(first.len() as u64, Duration::from_secs(20))
-            .await
+            .wait_for_messages(first.len() as u64, Duration::from_secs(60))
+            .await,
+        "the engine received {} of {} readings",
+        running.handle().stats().messages_in,
+        first.len()
     );
     publisher.stop().await;
     running.handle().flush().await.unwrap();
@@ -143,25 +155,24 @@ async fn every_transition_arrives_once_across_a_broker_restart() {
     let expected = stats.transitions_out as usize;
     assert_eq!(expected, 2 * DEVICES as usize, "{stats:?}");
 
-    let mut by_event: BTreeMap<String, usize> = BTreeMap::new();
+    // event_id → (payload, copies received)
+    let mut by_event: BTreeMap<String, (Value, usize)> = BTreeMap::new();
+    fn receive(by_event: &mut BTreeMap<String, (Value, usize)>, v: Value) {
+        let id = v["event_id"].as_str().unwrap().to_string();
+        let e = by_event.entry(id).or_insert((v.clone(), 0));
+        assert_eq!(e.0, v, "a redelivery carries the same message");
+        e.1 += 1;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while by_event.values().sum::<usize>() < expected {
+    while by_event.len() < expected {
         match tokio::time::timeout_at(deadline, alerts.recv()).await {
-            Ok(Some(m)) => {
-                let v: Value = serde_json::from_slice(&m.payload).unwrap();
-                *by_event
-                    .entry(v["event_id"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
+            Ok(Some(m)) => receive(&mut by_event, serde_json::from_slice(&m.payload).unwrap()),
             _ => break,
         }
     }
-    // Nothing more arrives: no duplicates trailing behind.
-    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), alerts.recv()).await {
-        let v: Value = serde_json::from_slice(&m.payload).unwrap();
-        *by_event
-            .entry(v["event_id"].as_str().unwrap().to_string())
-            .or_default() += 1;
+    // Anything trailing behind is a redelivery, never a new transition.
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), alerts.recv()).await {
+        receive(&mut by_event, serde_json::from_slice(&m.payload).unwrap());
     }
     observer.stop().await;
     assert_eq!(
@@ -169,9 +180,10 @@ async fn every_transition_arrives_once_across_a_broker_restart() {
         expected,
         "distinct transitions received: {by_event:?}"
     );
-    assert!(
-        by_event.values().all(|n| *n == 1),
-        "duplicates: {by_event:?}"
+    let copies: usize = by_event.values().map(|(_, n)| n).sum();
+    println!(
+        "{expected} transitions, {copies} messages received ({} redelivered)",
+        copies - expected
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -31,9 +31,22 @@ pub struct MqttSink {
 }
 
 impl MqttSink {
-    /// Connects in the background; publishes use `qos`.
+    /// Connects in the background with a clean session; publishes use `qos`.
     pub fn start(url: BrokerUrl, client_id: &str, qos: QoS) -> MqttSink {
-        let mo = mqtt_options(&url, client_id, 1 << 20, Duration::from_secs(30));
+        Self::start_with(url, client_id, qos, true)
+    }
+
+    /// Like [`start`](Self::start) with a persistent session (clean session off): after
+    /// a reconnection to a broker that kept the session, rumqttc resends the publishes
+    /// that were in flight or queued when the connection broke. With a clean session it
+    /// drops them on reconnecting.
+    pub fn start_persistent(url: BrokerUrl, client_id: &str, qos: QoS) -> MqttSink {
+        Self::start_with(url, client_id, qos, false)
+    }
+
+    fn start_with(url: BrokerUrl, client_id: &str, qos: QoS, clean: bool) -> MqttSink {
+        let mut mo = mqtt_options(&url, client_id, 1 << 20, Duration::from_secs(30));
+        mo.set_clean_session(clean);
         let (client, mut eventloop) = AsyncClient::new(mo, 1024);
         let stats = Arc::new(SinkStats::default());
         let st = stats.clone();
@@ -42,8 +55,13 @@ impl MqttSink {
             let mut backoff = Backoff::new();
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         backoff.reset();
+                        eprintln!(
+                            "DEBUG sink connack session_present={} pending={}",
+                            ack.session_present,
+                            eventloop.pending.len()
+                        );
                         let _ = ctx.send(true);
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
