@@ -55,7 +55,9 @@ SELECT device, site, window_start, window_end,
        avg(motor_current) AS motor_current,
        avg(pressure) AS pressure,
        anomaly_score('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
-                     avg(load), avg(motor_current), avg(pressure)) AS score
+                     avg(load), avg(motor_current), avg(pressure)) AS score,
+       top_contributors('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                        avg(load), avg(motor_current), avg(pressure)) AS explanation
 FROM telemetry
 WHERE device LIKE 'pump-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
@@ -70,7 +72,9 @@ SELECT device, site, window_start, window_end,
        avg(load) AS load,
        avg(motor_current) AS motor_current,
        anomaly_score('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
-                     avg(load), avg(motor_current)) AS score
+                     avg(load), avg(motor_current)) AS score,
+       top_contributors('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                        avg(load), avg(motor_current)) AS explanation
 FROM telemetry
 WHERE device LIKE 'motor-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site
@@ -86,7 +90,9 @@ SELECT device, site, window_start, window_end,
        avg(motor_current) AS motor_current,
        avg(pressure) AS pressure,
        anomaly_score('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
-                     avg(load), avg(motor_current), avg(pressure)) AS score
+                     avg(load), avg(motor_current), avg(pressure)) AS score,
+       top_contributors('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+                        avg(load), avg(motor_current), avg(pressure)) AS explanation
 FROM telemetry
 WHERE device LIKE 'compressor-%' AND load > 0.3
 GROUP BY tumble(interval '1 minute'), device, site

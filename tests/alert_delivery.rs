@@ -26,7 +26,8 @@ CREATE TABLE alerts WITH (
 );
 INSERT INTO alerts
 SELECT device, window_start, window_end, avg(v) AS avg_v, max(t) AS max_t,
-       anomaly_score('m', avg(v), max(t)) AS score
+       anomaly_score('m', avg(v), max(t)) AS score,
+       top_contributors('m', avg(v), max(t)) AS explanation
 FROM readings GROUP BY tumble(interval '10 seconds'), device;
 ";
 
@@ -199,6 +200,9 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
     assert_eq!(seen[0].1["alert_id"], seen[1].1["alert_id"]);
     assert_eq!(seen[0].1["episode_start"], "2023-11-14T22:13:50.000Z");
     assert_eq!(seen[0].1["windows"].as_array().unwrap().len(), 2);
+    // The raise says why: both features are far off (v 1.8 vs 1.0, t 58 vs 50.5).
+    let why = seen[0].1["explanation"].as_str().unwrap();
+    assert!(why.contains("avg_v ") && why.contains("max_t "), "{why}");
 
     // paho saw the same transitions and the states, all valid against the schemas.
     if let Some(p) = paho {

@@ -22,10 +22,16 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
         let mut events = Vec::new();
         let mut messages: std::collections::BTreeMap<String, usize> = Default::default();
         let mut states = std::collections::BTreeSet::new();
+        let mut first_why: std::collections::BTreeMap<String, String> = Default::default();
         while let Some(o) = rx.recv().await {
             match o {
                 Output::Transition { message, .. } => {
                     *messages.entry(message.device.clone()).or_default() += 1;
+                    if let Some(e) = &message.explanation {
+                        first_why
+                            .entry(message.device.clone())
+                            .or_insert_with(|| e.clone());
+                    }
                     if message.transition != forewarn::TransitionKind::Cleared {
                         events.push(AlertEvent {
                             device: message.device.clone(),
@@ -45,7 +51,7 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
                 }
             }
         }
-        (events, messages, states)
+        (events, messages, states, first_why)
     });
     // A different seed from the one the models were trained on (1001) and the demo's (1).
     let mut plant = Plant::new(PlantConfig {
@@ -65,7 +71,7 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
     }
     let stats = handle.finish().await.unwrap();
     drop(handle);
-    let (events, messages, states) = collector.await.unwrap();
+    let (events, messages, states, first_why) = collector.await.unwrap();
     assert_eq!(stats.readings_in, n);
     let s = summarize(&truth, &events);
     println!("{}", s.table());
@@ -86,6 +92,33 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
         failing.len(),
         messages.values().sum::<usize>(),
         states.len()
+    );
+    // What the first alert of each failing machine names as its main contributor.
+    let mut why_by_mode: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, usize>,
+    > = Default::default();
+    for m in truth.machines.iter().filter(|m| m.failure.is_some()) {
+        let top = first_why
+            .get(&m.device)
+            .and_then(|w| w.split(' ').next())
+            .unwrap_or("-")
+            .to_string();
+        let mode = format!("{:?}", m.failure.as_ref().unwrap().mode);
+        *why_by_mode.entry(mode).or_default().entry(top).or_default() += 1;
+    }
+    println!("top contributor of the first alert, by failure mode: {why_by_mode:?}");
+    // The explanation points at the physics: kurtosis for bearing wear, the temperature
+    // rise for overheating (cavitation is mixed).
+    let hits = why_by_mode["BearingWear"].get("kurtosis").unwrap_or(&0)
+        + why_by_mode["Overheating"]
+            .get("temperature_rise")
+            .unwrap_or(&0);
+    let total: usize = why_by_mode["BearingWear"].values().sum::<usize>()
+        + why_by_mode["Overheating"].values().sum::<usize>();
+    assert!(
+        hits * 4 >= total * 3,
+        "explanations matched {hits} of {total}"
     );
     assert!(
         per_failing.iter().all(|n| *n <= 3),

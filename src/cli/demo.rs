@@ -217,6 +217,10 @@ fn print_transition(t: &TransitionMessage) {
                 .collect()
         })
         .unwrap_or_default();
+    let why = match &t.explanation {
+        Some(e) => format!("why: {e}"),
+        None => feats.join(" "),
+    };
     println!(
         "{:<9} {:<16} {:<7} {}–{}  score {:>5.2}  {}  {}",
         format!("{:?}", t.transition).to_uppercase(),
@@ -226,7 +230,7 @@ fn print_transition(t: &TransitionMessage) {
         time(&t.window_end),
         t.score.unwrap_or(f64::NAN),
         t.model.as_deref().unwrap_or("-"),
-        feats.join(" ")
+        why
     );
 }
 

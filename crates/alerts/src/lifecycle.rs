@@ -395,6 +395,10 @@ pub struct TransitionMessage {
     /// Model that produced the score, when the rule calls exactly one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Why: the triggering window's `explanation` column, when the rule selects one
+    /// (e.g. `top_contributors(...) AS explanation` → `"vibration_floor 71%, kurtosis 22%"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
     /// The windows that triggered the transition (scores and feature values), oldest first.
     pub windows: Vec<WindowEvidence>,
 }
@@ -437,6 +441,11 @@ impl TransitionMessage {
                 .as_ref()
                 .map(|w| w.window_end.clone())
                 .unwrap_or_default(),
+            explanation: last
+                .as_ref()
+                .and_then(|w| w.features.get("explanation"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             score: last.and_then(|w| w.score),
             model: model.map(str::to_string),
             windows: t.windows,

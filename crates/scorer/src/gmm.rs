@@ -85,6 +85,43 @@ impl GmmParams {
         Array2::from_shape_fn((n, n), |(r, c)| self.precisions[i][r][c])
     }
 
+    /// Each feature's share of the squared Mahalanobis distance of standardised row `z`
+    /// to the component that explains it best: `d_i (P d)_i / dᵀPd` with `d = z - μ`.
+    /// Negative terms (a feature pulling the row back towards the component, through its
+    /// correlations) count as zero; the shares sum to 1. Empty when a feature is missing.
+    pub(crate) fn contributions(&self, z: &[f64]) -> Vec<f64> {
+        if z.iter().any(|v| !v.is_finite()) {
+            return vec![];
+        }
+        let x = Array1::from(z.to_vec());
+        let best = (0..self.weights.len())
+            .map(|i| {
+                let p = self.precision(i);
+                let d = &x - &Array1::from(self.means[i].clone());
+                let pd = p.dot(&d);
+                let maha = d.dot(&pd);
+                let log_det_p = p.cholesky().map_or(f64::NAN, |l| {
+                    2.0 * l.diag().iter().map(|v| v.ln()).sum::<f64>()
+                });
+                (self.weights[i].ln() + 0.5 * (log_det_p - maha), d, pd)
+            })
+            .filter(|t| t.0.is_finite())
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((_, d, pd)) = best else {
+            return vec![];
+        };
+        let terms: Vec<f64> = d
+            .iter()
+            .zip(pd.iter())
+            .map(|(a, b)| (a * b).max(0.0))
+            .collect();
+        let total: f64 = terms.iter().sum();
+        if total <= 0.0 || !total.is_finite() {
+            return vec![0.0; terms.len()];
+        }
+        terms.iter().map(|t| t / total).collect()
+    }
+
     /// Negative log-likelihood of each standardised row (NaN rows give NaN).
     pub(crate) fn neg_log_likelihood(&self, z: ArrayView2<f64>) -> Array1<f64> {
         let n = z.ncols() as f64;

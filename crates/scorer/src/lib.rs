@@ -220,6 +220,30 @@ impl Model {
         Ok(raw.mapv(|r| (r - c.baseline) / (c.threshold - c.baseline)))
     }
 
+    /// Which features make row `x` anomalous: each feature's share of the score (shares
+    /// sum to 1), largest first. Empty when a feature is missing.
+    pub fn contributions(&self, x: &[f64]) -> Result<Vec<(String, f64)>, ModelError> {
+        if x.len() != self.features.len() {
+            return Err(ModelError::FeatureCount {
+                model: self.name.clone(),
+                expected: self.features.len(),
+                names: self.features.join(", "),
+                got: x.len(),
+            });
+        }
+        let z: Vec<f64> = x
+            .iter()
+            .zip(self.scaler.mean.iter().zip(&self.scaler.std))
+            .map(|(v, (m, s))| (v - m) / s)
+            .collect();
+        let shares = match &self.detector {
+            Detector::Gmm(g) => g.contributions(&z),
+        };
+        let mut out: Vec<(String, f64)> = self.features.iter().cloned().zip(shares).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(out)
+    }
+
     /// Scores one row.
     pub fn score_one(&self, x: &[f64]) -> Result<f64, ModelError> {
         let a = ArrayView2::from_shape((1, x.len()), x).expect("1 x n");
@@ -380,6 +404,23 @@ mod tests {
 
     fn names() -> Vec<String> {
         vec!["a".into(), "b".into(), "c".into()]
+    }
+
+    #[test]
+    fn contributions_name_the_feature_that_moved() {
+        let train = normal_data(2000, 1);
+        let m = Model::train_gmm("t", names(), train.view(), &TrainOptions::default()).unwrap();
+        // c far outside its range, a and b normal and consistent.
+        let c = m.contributions(&[10.0, 50.0, 4.0]).unwrap();
+        assert_eq!(c[0].0, "c");
+        assert!(c[0].1 > 0.9, "{c:?}");
+        let total: f64 = c.iter().map(|x| x.1).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        // The broken a-b correlation is explained by a and b, not c.
+        let c = m.contributions(&[10.9, 45.2, 0.5]).unwrap();
+        assert_ne!(c[0].0, "c", "{c:?}");
+        assert!(c.iter().find(|x| x.0 == "c").unwrap().1 < 0.1, "{c:?}");
+        assert!(m.contributions(&[f64::NAN, 50.0, 0.5]).unwrap().is_empty());
     }
 
     #[test]

@@ -126,7 +126,10 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .with_physical_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::new(models)));
+    ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::new(models.clone())));
+    ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::top_contributors(
+        models,
+    )));
     for udaf in crate::moments::moment_udafs() {
         ctx.register_udaf(udaf);
     }

@@ -1,9 +1,10 @@
-//! `anomaly_score('model', f1, f2, ...)`: scores rows with a model from the registry.
+//! `anomaly_score('model', f1, f2, ...)`: scores rows with a model from the registry;
+//! `top_contributors('model', f1, f2, ...)`: says which features make the score.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
@@ -13,12 +14,26 @@ use datafusion::logical_expr::{
 use forewarn_scorer::ModelRegistry;
 use ndarray::Array2;
 
+/// What a model function returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Output {
+    /// `anomaly_score`: the normalised score.
+    Score,
+    /// `top_contributors`: e.g. `"vibration_floor 71%, temperature_rise 22%"`.
+    Contributors,
+}
+
 /// The scoring function. Values above 1.0 are anomalous; NULL when a feature is NULL.
+/// Also, as [`AnomalyScore::top_contributors`], the explanation function.
 #[derive(Debug)]
 pub struct AnomalyScore {
     models: Arc<ModelRegistry>,
     signature: Signature,
+    output: Output,
 }
+
+/// Features listed by `top_contributors` at most.
+const TOP: usize = 3;
 
 impl AnomalyScore {
     /// A scoring function backed by `models`.
@@ -26,19 +41,30 @@ impl AnomalyScore {
         AnomalyScore {
             models,
             signature: Signature::variadic_any(Volatility::Volatile),
+            output: Output::Score,
+        }
+    }
+
+    /// `top_contributors('model', f1, ...)`: the (up to three) features with the largest
+    /// share of the row's score, as text like `"vibration_floor 71%, temperature_rise 22%"`;
+    /// NULL when a feature is NULL.
+    pub fn top_contributors(models: Arc<ModelRegistry>) -> Self {
+        AnomalyScore {
+            output: Output::Contributors,
+            ..Self::new(models)
         }
     }
 }
 
 impl PartialEq for AnomalyScore {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.models, &other.models)
+        Arc::ptr_eq(&self.models, &other.models) && self.output == other.output
     }
 }
 impl Eq for AnomalyScore {}
 impl Hash for AnomalyScore {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        "anomaly_score".hash(state)
+        self.name().hash(state)
     }
 }
 
@@ -51,26 +77,41 @@ fn model_name(arg: Option<&ScalarValue>) -> Option<&str> {
     }
 }
 
+impl AnomalyScore {
+    fn data_type(&self) -> DataType {
+        match self.output {
+            Output::Score => DataType::Float64,
+            Output::Contributors => DataType::Utf8,
+        }
+    }
+}
+
 impl ScalarUDFImpl for AnomalyScore {
     fn name(&self) -> &str {
-        "anomaly_score"
+        match self.output {
+            Output::Score => "anomaly_score",
+            Output::Contributors => "top_contributors",
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
     }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Float64)
+        Ok(self.data_type())
     }
     // Checked at planning time, so a wrong model name or feature count is reported
     // when the query is submitted, not when the first window closes.
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let f = self.name();
         let Some(name) = model_name(args.scalar_arguments.first().copied().flatten()) else {
-            return plan_err!("anomaly_score needs the model name as a string literal first: anomaly_score('model', feature, ...)");
+            return plan_err!(
+                "{f} needs the model name as a string literal first: {f}('model', feature, ...)"
+            );
         };
         let Some(model) = self.models.get(name) else {
             let known = self.models.names();
             return plan_err!(
-                "unknown model '{name}' in anomaly_score (loaded models: {})",
+                "unknown model '{name}' in {f} (loaded models: {})",
                 if known.is_empty() {
                     "none".to_string()
                 } else {
@@ -81,7 +122,7 @@ impl ScalarUDFImpl for AnomalyScore {
         let got = args.arg_fields.len() - 1;
         if got != model.features.len() {
             return plan_err!(
-                "model '{name}' takes {} features ({}), but anomaly_score passes {got}",
+                "model '{name}' takes {} features ({}), but {f} passes {got}",
                 model.features.len(),
                 model.features.join(", ")
             );
@@ -89,13 +130,13 @@ impl ScalarUDFImpl for AnomalyScore {
         for f in &args.arg_fields[1..] {
             if !f.data_type().is_numeric() {
                 return plan_err!(
-                    "anomaly_score features must be numeric; '{}' is {}",
+                    "{f} features must be numeric; '{}' is {}",
                     f.name(),
                     f.data_type()
                 );
             }
         }
-        Ok(Arc::new(Field::new(self.name(), DataType::Float64, true)))
+        Ok(Arc::new(Field::new(self.name(), self.data_type(), true)))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
@@ -104,7 +145,7 @@ impl ScalarUDFImpl for AnomalyScore {
             _ => None,
         };
         let Some(name) = name else {
-            return exec_err!("anomaly_score: model name must be a literal");
+            return exec_err!("{}: model name must be a literal", self.name());
         };
         let Some(model) = self.models.get(&name) else {
             return exec_err!("model '{name}' is no longer loaded");
@@ -123,9 +164,26 @@ impl ScalarUDFImpl for AnomalyScore {
                 x[[i, j]] = if c.is_null(i) { f64::NAN } else { c.value(i) };
             }
         }
-        let scores = model
-            .score(x.view())
-            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+        let fail = |e: forewarn_scorer::ModelError| {
+            datafusion::error::DataFusionError::Execution(e.to_string())
+        };
+        if self.output == Output::Contributors {
+            let mut out = Vec::with_capacity(n);
+            for row in x.outer_iter() {
+                let shares = model.contributions(&row.to_vec()).map_err(fail)?;
+                out.push((!shares.is_empty()).then(|| {
+                    shares
+                        .iter()
+                        .take(TOP)
+                        .filter(|(_, s)| *s >= 0.005)
+                        .map(|(f, s)| format!("{f} {:.0}%", s * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }));
+            }
+            return Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))));
+        }
+        let scores = model.score(x.view()).map_err(fail)?;
         let out: Float64Array = scores.iter().map(|s| s.is_finite().then_some(*s)).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
