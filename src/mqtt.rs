@@ -1,5 +1,6 @@
-//! Running a [`Pipeline`] against an MQTT broker: subscribe to the sources' topics,
-//! publish alerts and dead letters with QoS 1.
+//! Running a [`Pipeline`] against an MQTT broker: subscribe to the sources' topics and
+//! to operator commands (`{prefix}/command/{device}`), publish alerts, device state
+//! (retained) and dead letters with QoS 1.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,6 +76,9 @@ pub async fn start(
         .collect();
     filters.sort();
     filters.dedup();
+    // Operators' commands (acknowledge, silence) for devices: {prefix}/command/{device}.
+    let command_prefix = format!("{}/command/", pipeline.topic_prefix());
+    filters.push(format!("{command_prefix}+"));
     // A persistent session, so publishes in flight when the connection breaks are resent
     // after reconnecting (rumqttc drops them when the new session is clean).
     let mut sink =
@@ -88,7 +92,11 @@ pub async fn start(
     let h = handle.clone();
     let forward = tokio::spawn(async move {
         while let Some(m) = incoming.recv().await {
-            if h.push_json(&m.topic, m.payload).await.is_err() {
+            let pushed = match m.topic.strip_prefix(&command_prefix) {
+                Some(device) => h.command(device, m.payload).await,
+                None => h.push_json(&m.topic, m.payload).await,
+            };
+            if pushed.is_err() {
                 break;
             }
         }

@@ -14,37 +14,6 @@ use common::mosquitto::{mosquitto_binary, mosquitto_sub, start_mosquitto};
 use forewarn::mqtt::{self, BrokerUrl, MqttSink, QoS};
 use serde_json::{json, Value};
 
-const SQL: &str = "
-CREATE TABLE readings (
-  device TEXT, ts TIMESTAMP, v DOUBLE, t DOUBLE,
-  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
-) WITH (connector = 'mqtt', topic = 'test/+/data', topic_template = 'test/{device}/data');
-CREATE TABLE alerts WITH (
-  connector = 'mqtt', topic = 'forewarn/alerts/{device}',
-  warning_at = '1.0', clear_below = '0.8', raise_after = '2', clear_after = '2',
-  severity = 'maintenance'
-);
-INSERT INTO alerts
-SELECT device, window_start, window_end, avg(v) AS avg_v, max(t) AS max_t,
-       anomaly_score('m', avg(v), max(t)) AS score,
-       top_contributors('m', avg(v), max(t)) AS explanation
-FROM readings GROUP BY tumble(interval '10 seconds'), device;
-";
-
-/// Two minutes of three devices; d2 misbehaves from 30 s to 70 s.
-fn messages() -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for s in 0..120i64 {
-        for d in ["d1", "d2", "d3"] {
-            let bad = d == "d2" && (30..70).contains(&s);
-            let (v, t) = if bad { (1.8, 58.0) } else { (1.0, 50.5) };
-            let payload = json!({"ts": common::BASE + s * 1000, "v": v, "t": t});
-            out.push((format!("test/{d}/data"), payload.to_string().into_bytes()));
-        }
-    }
-    out
-}
-
 /// A paho-mqtt subscriber process; `None` (skip) when python or its modules are missing.
 struct Paho(std::process::Child);
 
@@ -135,7 +104,7 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
     let paho = Paho::start(port, 1.5, &["forewarn/#"]);
 
     let pipeline = forewarn::Pipeline::builder()
-        .query_sql("delivery.sql", SQL)
+        .query_sql("delivery.sql", common::LIFECYCLE_SQL)
         .model(common::model())
         .build()
         .await
@@ -153,7 +122,7 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
         .wait_connected(Duration::from_secs(10))
         .await
         .unwrap();
-    let msgs = messages();
+    let msgs = common::lifecycle_messages();
     for (t, p) in &msgs {
         publisher.publish(t, p.clone(), false).await.unwrap();
     }
@@ -163,13 +132,30 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
             .wait_for_messages(msgs.len() as u64, Duration::from_secs(20))
             .await
     );
+    running.handle().flush().await.unwrap();
+    // An operator silences d1 from the command line; the engine confirms on d1's state.
+    let pubbed = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", "forewarn/command/d1"])
+        .args([
+            "-m",
+            r#"{"action": "silence", "by": "shift lead", "for": "1 hour"}"#,
+        ])
+        .status()
+        .unwrap();
+    assert!(pubbed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.handle().stats().commands < 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stats = running.stop().await.unwrap();
     publisher.stop().await;
+    assert_eq!(stats.commands, 1, "{stats:?}");
     assert_eq!(stats.transitions_out, 2, "{stats:?}");
     assert_eq!(
         stats.states_out,
-        3 + 2,
-        "first sight of each device, then each transition"
+        3 + 2 + 1,
+        "first sight of each device, each transition, the command's confirmation"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -218,7 +204,7 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
             .iter()
             .filter(|(t, _, _)| t.starts_with("forewarn/state/"))
             .count();
-        assert_eq!(states, 5);
+        assert_eq!(states, 6);
     }
 
     // A subscriber connecting after the run sees every device's current state at once.
@@ -241,6 +227,7 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
             ("forewarn/state/d3", "ok")
         ]
     );
+    assert!(states[0].1["silenced_until"].is_string(), "{:?}", states[0]);
     assert_eq!(
         states[1].1["rules"]["delivery"]["since"], seen[1].1["window_end"],
         "d2's state changed when its episode cleared"

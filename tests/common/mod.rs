@@ -285,3 +285,36 @@ pub fn scenario_messages() -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// A rule with a lifecycle over [`SQL`]'s source: raise after two windows scoring >= 1,
+/// clear after two below 0.8; with an explanation.
+pub const LIFECYCLE_SQL: &str = "
+CREATE TABLE readings (
+  device TEXT, ts TIMESTAMP, v DOUBLE, t DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'mqtt', topic = 'test/+/data', topic_template = 'test/{device}/data');
+CREATE TABLE alerts WITH (
+  connector = 'mqtt', topic = 'forewarn/alerts/{device}',
+  warning_at = '1.0', clear_below = '0.8', raise_after = '2', clear_after = '2',
+  severity = 'maintenance'
+);
+INSERT INTO alerts
+SELECT device, window_start, window_end, avg(v) AS avg_v, max(t) AS max_t,
+       anomaly_score('m', avg(v), max(t)) AS score,
+       top_contributors('m', avg(v), max(t)) AS explanation
+FROM readings GROUP BY tumble(interval '10 seconds'), device;
+";
+
+/// Two minutes of three devices; d2 misbehaves from 30 s to 70 s.
+pub fn lifecycle_messages() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for s in 0..120i64 {
+        for d in ["d1", "d2", "d3"] {
+            let bad = d == "d2" && (30..70).contains(&s);
+            let (v, t) = if bad { (1.8, 58.0) } else { (1.0, 50.5) };
+            let payload = json!({"ts": BASE + s * 1000, "v": v, "t": t});
+            out.push((format!("test/{d}/data"), payload.to_string().into_bytes()));
+        }
+    }
+    out
+}

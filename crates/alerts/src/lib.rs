@@ -4,8 +4,8 @@
 mod lifecycle;
 
 pub use lifecycle::{
-    DeviceState, Health, Lifecycle, LifecycleSpec, RuleState, Transition, TransitionKind,
-    TransitionMessage, WindowEvidence, TRANSITION_SCHEMA_VERSION,
+    Acknowledgement, Command, DeviceState, Health, Lifecycle, LifecycleSpec, RuleState, Transition,
+    TransitionKind, TransitionMessage, WindowEvidence, TRANSITION_SCHEMA_VERSION,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -485,6 +485,48 @@ pub struct DeviceState {
     pub updated: String,
     /// Per rule.
     pub rules: std::collections::BTreeMap<String, RuleState>,
+    /// The operator's acknowledgement of the open episode, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Acknowledgement>,
+    /// Until when (wall clock, RFC 3339) the device's alert transitions are silenced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silenced_until: Option<String>,
+}
+
+/// Who acknowledged what, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Acknowledgement {
+    /// Operator, as given in the command.
+    pub by: String,
+    /// Wall-clock time the engine received it, RFC 3339.
+    pub at: String,
+    /// The episodes acknowledged (one per rule not `ok`).
+    pub alert_ids: Vec<String>,
+}
+
+/// An operator command, published as JSON on `{prefix}/command/{device}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Command {
+    /// Acknowledge the device's open episodes: recorded on its state.
+    Acknowledge {
+        /// Operator name.
+        by: String,
+    },
+    /// Stop publishing the device's transitions for a while (state is still kept and
+    /// published); `for` is an interval such as `"2 hours"`.
+    Silence {
+        /// Operator name.
+        by: String,
+        /// How long.
+        #[serde(rename = "for")]
+        duration: String,
+    },
+    /// End a silence early.
+    Unsilence {
+        /// Operator name.
+        by: String,
+    },
 }
 
 impl DeviceState {
@@ -496,12 +538,25 @@ impl DeviceState {
             state: Health::Ok,
             updated: at.to_string(),
             rules: Default::default(),
+            acknowledged: None,
+            silenced_until: None,
         }
     }
 
-    /// Records a rule's state and recomputes the worst.
+    /// Records a rule's state and recomputes the worst. A new episode, or the device
+    /// returning to `ok`, ends an acknowledgement.
     pub fn set(&mut self, rule: &str, s: RuleState) {
         self.updated = s.since.clone();
+        if let Some(ack) = &mut self.acknowledged {
+            let before = self.rules.get(rule).and_then(|r| r.alert_id.clone());
+            if before.as_ref() != s.alert_id.as_ref() {
+                // This rule's acknowledged episode ended or a new one began.
+                ack.alert_ids.retain(|id| Some(id) != before.as_ref());
+                if ack.alert_ids.is_empty() {
+                    self.acknowledged = None;
+                }
+            }
+        }
         self.rules.insert(rule.to_string(), s);
         self.state = self
             .rules

@@ -191,6 +191,10 @@ pub struct EngineStats {
     pub alerts_out: u64,
     /// Lifecycle transitions produced (raised, escalated, cleared).
     pub transitions_out: u64,
+    /// Transitions not published because the device was silenced by an operator.
+    pub transitions_silenced: u64,
+    /// Operator commands applied.
+    pub commands: u64,
     /// Device-state messages produced.
     pub states_out: u64,
     /// Dead letters produced.
@@ -413,6 +417,11 @@ impl Pipeline {
         PipelineBuilder::default()
     }
 
+    /// Prefix of the engine's own topics (state, dead letters, commands).
+    pub fn topic_prefix(&self) -> &str {
+        &self.config.topic_prefix
+    }
+
     /// Sources read by the queries (what an MQTT connector must subscribe to).
     pub fn sources(&self) -> &[SourceInfo] {
         &self.sources
@@ -460,6 +469,7 @@ impl Pipeline {
 
 pub(crate) enum Input {
     Json { topic: String, payload: Vec<u8> },
+    Command { device: String, payload: Vec<u8> },
     Batch { source: String, batch: RecordBatch },
     Flush(oneshot::Sender<()>),
     Finish(oneshot::Sender<()>),
@@ -480,6 +490,17 @@ impl PipelineHandle {
     pub async fn push_json(&self, topic: &str, payload: Vec<u8>) -> Result<(), EngineError> {
         self.send(Input::Json {
             topic: topic.to_string(),
+            payload,
+        })
+        .await
+    }
+
+    /// Delivers an operator command for `device` (JSON, see `forewarn_alerts::Command`):
+    /// acknowledge, silence or unsilence. The engine confirms on the device's state topic;
+    /// a command it cannot apply is dead-lettered with the reason.
+    pub async fn command(&self, device: &str, payload: Vec<u8>) -> Result<(), EngineError> {
+        self.send(Input::Command {
+            device: device.to_string(),
             payload,
         })
         .await

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_alerts::{
-    Alert, DeviceState, Health, Lifecycle, RuleState, TransitionMessage, WindowEvidence,
+    Acknowledgement, Alert, Command, DeviceState, Health, Lifecycle, RuleState, TransitionMessage,
+    WindowEvidence,
 };
 use forewarn_formats::{filter_matches, JsonDecoder, TopicTemplate};
 use forewarn_stream::{Processed, WindowOperator};
@@ -58,6 +59,14 @@ fn batch_problem(
 }
 use crate::{DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
 
+fn wall_ms() -> i64 {
+    forewarn_core::duration_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
 /// Appends the arrival-time column to a batch that lacks it.
 fn stamp_arrival(src: &Source, batch: RecordBatch) -> RecordBatch {
     let schema = src.decoder.schema();
@@ -107,6 +116,8 @@ pub(crate) struct Runtime {
     stats: Arc<Mutex<EngineStats>>,
     /// Health of every device seen by a rule with a lifecycle.
     states: HashMap<String, DeviceState>,
+    /// Devices an operator silenced, until when (wall clock, ms).
+    silenced: HashMap<String, i64>,
 }
 
 impl Runtime {
@@ -164,6 +175,7 @@ impl Runtime {
             out,
             stats,
             states: HashMap::new(),
+            silenced: HashMap::new(),
         }
     }
 
@@ -180,6 +192,7 @@ impl Runtime {
                 msg = rx.recv() => match msg {
                     Some(Input::Json { topic, payload }) => self.on_json(&topic, &payload).await?,
                     Some(Input::Batch { source, batch }) => self.on_batch(&source, batch).await?,
+                    Some(Input::Command { device, payload }) => self.on_command(&device, &payload).await,
                     Some(Input::Flush(done)) => {
                         self.flush_all().await?;
                         let _ = done.send(());
@@ -239,6 +252,85 @@ impl Runtime {
                 Err(e) => self.query_failed(e),
             }
         }
+    }
+
+    /// Applies an operator command and confirms it on the device's state topic.
+    async fn on_command(&mut self, device: &str, payload: &[u8]) {
+        let now = wall_ms();
+        let reject = |reason: &str, detail: String| DeadLetter {
+            reason: reason.into(),
+            detail,
+            source_topic: format!("{}/command/{device}", self.config.topic_prefix),
+            source: None,
+            index: None,
+            excerpt: String::from_utf8_lossy(&payload[..payload.len().min(256)]).into_owned(),
+        };
+        let topic = format!("{}/deadletter/command", self.config.topic_prefix);
+        let cmd = match serde_json::from_slice::<Command>(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                let letter = reject("bad_command", format!("expected {{\"action\": \"acknowledge\" | \"silence\" | \"unsilence\", \"by\": ..., \"for\": \"2 hours\"}}: {e}"));
+                self.emit(Output::DeadLetter { topic, letter }).await;
+                return;
+            }
+        };
+        let Some(state) = self.states.get_mut(device) else {
+            let letter = reject(
+                "unknown_device",
+                format!("no rule with a lifecycle has seen device '{device}'"),
+            );
+            self.emit(Output::DeadLetter { topic, letter }).await;
+            return;
+        };
+        match cmd {
+            Command::Acknowledge { by } => {
+                let ids: Vec<String> = state
+                    .rules
+                    .values()
+                    .filter_map(|r| r.alert_id.clone())
+                    .collect();
+                if ids.is_empty() {
+                    let letter = reject(
+                        "nothing_to_acknowledge",
+                        format!("device '{device}' has no open alert"),
+                    );
+                    self.emit(Output::DeadLetter { topic, letter }).await;
+                    return;
+                }
+                state.acknowledged = Some(Acknowledgement {
+                    by,
+                    at: forewarn_core::format_rfc3339(now),
+                    alert_ids: ids,
+                });
+            }
+            Command::Silence { duration, .. } => {
+                let ms = match forewarn_core::parse_interval(&duration, None) {
+                    Ok(ms) if ms > 0 => ms,
+                    _ => {
+                        let letter = reject(
+                            "bad_command",
+                            format!("silence needs \"for\": an interval such as \"2 hours\", got '{duration}'"),
+                        );
+                        self.emit(Output::DeadLetter { topic, letter }).await;
+                        return;
+                    }
+                };
+                let until = now.saturating_add(ms);
+                state.silenced_until = Some(forewarn_core::format_rfc3339(until));
+                self.silenced.insert(device.to_string(), until);
+            }
+            Command::Unsilence { .. } => {
+                state.silenced_until = None;
+                self.silenced.remove(device);
+            }
+        }
+        let state = state.clone();
+        self.count(|s| s.commands += 1);
+        self.emit(Output::State {
+            topic: format!("{}/state/{device}", self.config.topic_prefix),
+            state,
+        })
+        .await;
     }
 
     fn count(&self, f: impl FnOnce(&mut EngineStats)) {
@@ -550,10 +642,24 @@ impl Runtime {
                             score: msg.score,
                         },
                     );
-                    outs.push(Output::Transition {
-                        topic,
-                        message: msg,
-                    });
+                    let silenced = match self.silenced.get(&alert.device) {
+                        Some(until) if wall_ms() < *until => true,
+                        Some(_) => {
+                            // The silence ran out.
+                            self.silenced.remove(&alert.device);
+                            state.silenced_until = None;
+                            false
+                        }
+                        None => false,
+                    };
+                    if silenced {
+                        self.stats.lock().expect("stats lock").transitions_silenced += 1;
+                    } else {
+                        outs.push(Output::Transition {
+                            topic,
+                            message: msg,
+                        });
+                    }
                     outs.push(Output::State {
                         topic: state_topic,
                         state: state.clone(),
