@@ -55,13 +55,8 @@ impl MqttSink {
             let mut backoff = Backoff::new();
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
-                        eprintln!(
-                            "DEBUG sink connack session_present={} pending={}",
-                            ack.session_present,
-                            eventloop.pending.len()
-                        );
                         let _ = ctx.send(true);
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {

@@ -352,7 +352,7 @@ impl QuerySet {
                     "a sink table has no columns and no WATERMARK",
                 ));
             }
-            let lifecycle = lifecycle_options(file, text, loc, &map)?;
+            let lifecycle = lifecycle_options(file, text, &map)?;
             self.sinks.insert(
                 name.to_string(),
                 SinkDecl {
@@ -926,7 +926,6 @@ fn check_columns(
 fn lifecycle_options(
     file: &str,
     text: &str,
-    loc: Location,
     map: &BTreeMap<String, (String, Location)>,
 ) -> Result<Option<LifecycleSpec>, SqlError> {
     const KEYS: [&str; 8] = [
@@ -1005,7 +1004,6 @@ fn lifecycle_options(
             parse_interval(v, None).map_err(|e| err(file, text, *at, e.to_string()))?
         }
     };
-    let _ = loc;
     Ok(Some(LifecycleSpec {
         score_column: map
             .get("score")
