@@ -137,12 +137,16 @@ async fn publish_loop(
     loop {
         // Drain what the client accepts now.
         while sink.is_connected() {
-            let Some(p) = outbox.front() else { break };
-            if !sink.try_publish(&p.topic, p.payload.clone(), p.retain)? {
-                break;
+            let Some(mut p) = outbox.pop() else { break };
+            match sink.try_publish(&p.topic, std::mem::take(&mut p.payload), p.retain)? {
+                None => n += 1,
+                // The client's queue is full: keep the message first in line.
+                Some(payload) => {
+                    p.payload = payload;
+                    outbox.unpop(p);
+                    break;
+                }
             }
-            outbox.pop();
-            n += 1;
         }
         if !open && outbox.is_empty() {
             break;

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::mosquitto::{mosquitto_binary, mosquitto_sub, start_mosquitto};
-use forewarn::mqtt::{self, BrokerUrl, MqttSink, QoS};
+use forewarn::mqtt::{self, BrokerUrl};
 use serde_json::{json, Value};
 
 /// A paho-mqtt subscriber process; `None` (skip) when python or its modules are missing.
@@ -103,12 +103,7 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
         .unwrap();
     let paho = Paho::start(port, 1.5, &["forewarn/#"]);
 
-    let pipeline = forewarn::Pipeline::builder()
-        .query_sql("delivery.sql", common::LIFECYCLE_SQL)
-        .model(common::model())
-        .build()
-        .await
-        .unwrap();
+    let pipeline = common::lifecycle_pipeline().await;
     let running = mqtt::start(
         pipeline,
         &url,
@@ -117,11 +112,7 @@ async fn transitions_and_retained_state_reach_foreign_subscribers() {
     )
     .await
     .unwrap();
-    let mut publisher = MqttSink::start(url.clone(), "plant-delivery", QoS::AtLeastOnce);
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .unwrap();
+    let publisher = common::connected_publisher(&url, "plant-delivery").await;
     let msgs = common::lifecycle_messages();
     for (t, p) in &msgs {
         publisher.publish(t, p.clone(), false).await.unwrap();

@@ -12,23 +12,8 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use common::mosquitto::{mosquitto_binary, start_mosquitto_conf};
-use forewarn::mqtt::{self, BrokerUrl, MqttSink, MqttSource, QoS, SourceOptions};
+use forewarn::mqtt::{self, BrokerUrl, MqttSource, SourceOptions};
 use serde_json::{json, Value};
-
-const SQL: &str = "
-CREATE TABLE readings (
-  device TEXT, ts TIMESTAMP, v DOUBLE, t DOUBLE,
-  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
-) WITH (connector = 'mqtt', topic = 'test/+/data', topic_template = 'test/{device}/data');
-CREATE TABLE alerts WITH (
-  connector = 'mqtt', topic = 'forewarn/alerts/{device}',
-  warning_at = '1.0', clear_below = '0.8', raise_after = '2', clear_after = '2'
-);
-INSERT INTO alerts
-SELECT device, window_start, window_end, avg(v) AS avg_v, max(t) AS max_t,
-       anomaly_score('m', avg(v), max(t)) AS score
-FROM readings GROUP BY tumble(interval '10 seconds'), device;
-";
 
 const DEVICES: i64 = 12;
 
@@ -97,12 +82,7 @@ async fn every_transition_arrives_once_across_a_broker_restart() {
         .await
         .unwrap();
 
-    let pipeline = forewarn::Pipeline::builder()
-        .query_sql("restart.sql", SQL)
-        .model(common::model())
-        .build()
-        .await
-        .unwrap();
+    let pipeline = common::lifecycle_pipeline().await;
     let running = mqtt::start(
         pipeline,
         &url,
@@ -111,11 +91,7 @@ async fn every_transition_arrives_once_across_a_broker_restart() {
     )
     .await
     .unwrap();
-    let mut publisher = MqttSink::start(url.clone(), "plant-restart", QoS::AtLeastOnce);
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .unwrap();
+    let publisher = common::connected_publisher(&url, "plant-restart").await;
     let data = readings();
     let (first, second): (Vec<_>, Vec<_>) = data.into_iter().partition(|(s, _, _)| *s < 100);
     for (_, t, p) in &first {
@@ -198,12 +174,7 @@ async fn a_full_outbox_sheds_instead_of_blocking_the_pipeline() {
     };
     let (broker, port) = common::mosquitto::start_mosquitto(&bin);
     let url = BrokerUrl::new("127.0.0.1", port);
-    let pipeline = forewarn::Pipeline::builder()
-        .query_sql("restart.sql", SQL)
-        .model(common::model())
-        .build()
-        .await
-        .unwrap();
+    let pipeline = common::lifecycle_pipeline().await;
     let mut opts = mqtt::RunOptions::new("engine-shed");
     opts.max_outbox = 100;
     let running = mqtt::start(pipeline, &url, &opts, None).await.unwrap();

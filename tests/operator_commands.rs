@@ -3,17 +3,8 @@
 
 mod common;
 
-use forewarn::{Output, Pipeline};
+use forewarn::Output;
 use serde_json::Value;
-
-async fn pipeline() -> Pipeline {
-    Pipeline::builder()
-        .query_sql("delivery.sql", common::LIFECYCLE_SQL)
-        .model(common::model())
-        .build()
-        .await
-        .unwrap()
-}
 
 /// Pushes the scenario's readings with `ts` in `[from, to)` seconds and waits for them.
 async fn push(h: &forewarn::PipelineHandle, from: i64, to: i64) {
@@ -43,7 +34,7 @@ fn state_of<'a>(outs: &'a [Output], device: &str) -> Option<&'a forewarn::Device
 
 #[tokio::test]
 async fn silence_suppresses_transitions_but_keeps_the_state() {
-    let (h, mut rx) = pipeline().await.start();
+    let (h, mut rx) = common::lifecycle_pipeline().await.start();
     push(&h, 0, 25).await;
     drain(&mut rx);
     h.command(
@@ -123,7 +114,7 @@ async fn silence_suppresses_transitions_but_keeps_the_state() {
 
 #[tokio::test]
 async fn an_acknowledgement_lasts_until_the_episode_ends() {
-    let (h, mut rx) = pipeline().await.start();
+    let (h, mut rx) = common::lifecycle_pipeline().await.start();
     push(&h, 0, 60).await;
     let outs = drain(&mut rx);
     let raised = outs

@@ -11,13 +11,7 @@ use forewarn_sim::{summarize, AlertEvent, Plant, PlantConfig};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_queries_and_models_meet_the_demo_targets() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let pipeline = Pipeline::builder()
-        .query_file(root.join("queries"))
-        .models_dir(root.join("models"))
-        .build()
-        .await
-        .unwrap();
-    let (handle, mut rx) = pipeline.start();
+    let (handle, mut rx) = shipped(&root.join("queries")).await.start();
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
         let mut messages: std::collections::BTreeMap<String, usize> = Default::default();
@@ -59,28 +53,14 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
         ..Default::default()
     });
     let truth = plant.truth();
-    let mut n = 0u64;
-    while !plant.done() {
-        for (topic, reading) in plant.step() {
-            handle
-                .push_json(&topic, serde_json::to_vec(&reading).unwrap())
-                .await
-                .unwrap();
-            n += 1;
-        }
-    }
+    let n = push_plant(&handle, &mut plant).await;
     let stats = handle.finish().await.unwrap();
     drop(handle);
     let (events, messages, states, first_why) = collector.await.unwrap();
     assert_eq!(stats.readings_in, n);
     let s = summarize(&truth, &events);
     println!("{}", s.table());
-    let failing: Vec<&str> = truth
-        .machines
-        .iter()
-        .filter(|m| m.failure.is_some())
-        .map(|m| m.device.as_str())
-        .collect();
+    let failing = truth.failing_devices();
     let per_failing: Vec<usize> = failing
         .iter()
         .map(|d| messages.get(*d).copied().unwrap_or(0))
@@ -158,13 +138,7 @@ async fn golden_results_for_every_shipped_query() {
     files.sort();
     assert!(!files.is_empty());
     for file in files {
-        let pipeline = Pipeline::builder()
-            .query_file(&file)
-            .models_dir(root.join("models"))
-            .build()
-            .await
-            .unwrap();
-        let (handle, mut rx) = pipeline.start();
+        let (handle, mut rx) = shipped(&file).await.start();
         let collector = tokio::spawn(async move {
             let mut out = Vec::new();
             while let Some(o) = rx.recv().await {
@@ -180,14 +154,7 @@ async fn golden_results_for_every_shipped_query() {
             duration_s: 2400,
             ..Default::default()
         });
-        while !plant.done() {
-            for (topic, reading) in plant.step() {
-                handle
-                    .push_json(&topic, serde_json::to_vec(&reading).unwrap())
-                    .await
-                    .unwrap();
-            }
-        }
+        push_plant(&handle, &mut plant).await;
         handle.finish().await.unwrap();
         drop(handle);
         let mut got = collector.await.unwrap();
@@ -217,6 +184,31 @@ async fn golden_results_for_every_shipped_query() {
             assert!(same(g, w), "{stem}:\n   got {g}\n  want {w}");
         }
     }
+}
+
+/// A pipeline of the shipped query file(s) at `queries` with the shipped models.
+async fn shipped(queries: &Path) -> Pipeline {
+    Pipeline::builder()
+        .query_file(queries)
+        .models_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Pushes the whole simulated run; returns the number of readings.
+async fn push_plant(handle: &forewarn::PipelineHandle, plant: &mut Plant) -> u64 {
+    let mut n = 0;
+    while !plant.done() {
+        for (topic, reading) in plant.step() {
+            handle
+                .push_json(&topic, serde_json::to_vec(&reading).unwrap())
+                .await
+                .unwrap();
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Equal JSON, numbers to 1e-9 relative.

@@ -138,12 +138,7 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let summary = summarize(&truth, &events);
     println!("\nreadings published {published}, received by the engine {}, windows closed {}, alert messages (transitions) published {}, rejected {:?}", stats.messages_in, stats.windows_closed, stats.transitions_out, stats.rejected);
-    let failing: Vec<&str> = truth
-        .machines
-        .iter()
-        .filter(|m| m.failure.is_some())
-        .map(|m| m.device.as_str())
-        .collect();
+    let failing = truth.failing_devices();
     let per_machine = |d: &str| alerts.iter().filter(|t| t.device == d).count();
     if !failing.is_empty() {
         let counts: Vec<usize> = failing.iter().map(|d| per_machine(d)).collect();

@@ -318,3 +318,26 @@ pub fn lifecycle_messages() -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// [`LIFECYCLE_SQL`] with [`model`].
+pub async fn lifecycle_pipeline() -> forewarn::Pipeline {
+    forewarn::Pipeline::builder()
+        .query_sql("delivery.sql", LIFECYCLE_SQL)
+        .model(model())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A QoS 1 publisher, connected.
+pub async fn connected_publisher(
+    url: &forewarn::mqtt::BrokerUrl,
+    client_id: &str,
+) -> forewarn::mqtt::MqttSink {
+    let mut p =
+        forewarn::mqtt::MqttSink::start(url.clone(), client_id, forewarn::mqtt::QoS::AtLeastOnce);
+    p.wait_connected(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    p
+}

@@ -542,7 +542,8 @@ impl Runtime {
         let model = op.model.clone();
         let sink = op.sink.clone();
         let device_column = op.device_column.clone();
-        let mut outs = Vec::new();
+        // Each result row as an alert with its topic and window.
+        let mut rows: Vec<(String, Alert, forewarn_core::Pane)> = Vec::new();
         for res in p.results {
             for r in 0..res.batch.num_rows() {
                 let row = row_to_json(&res.batch, r);
@@ -566,12 +567,16 @@ impl Runtime {
                     (window.start, window.end),
                     row,
                 );
-                outs.push(Output::Alert { topic, alert });
+                rows.push((topic, alert, window));
             }
         }
-        if self.sources[i].operators[k].lifecycle.is_some() {
-            outs = self.lifecycle_outputs(i, k, outs);
-        }
+        let outs = if self.sources[i].operators[k].lifecycle.is_some() {
+            self.lifecycle_outputs(i, k, rows)
+        } else {
+            rows.into_iter()
+                .map(|(topic, alert, _)| Output::Alert { topic, alert })
+                .collect()
+        };
         for o in outs {
             self.emit(o).await;
         }
@@ -581,27 +586,25 @@ impl Runtime {
     /// each change of a device's health becomes one message; the rows themselves are not
     /// published. A device's first window publishes its (healthy) state, so the retained
     /// state topic lists the whole fleet.
-    fn lifecycle_outputs(&mut self, i: usize, k: usize, rows: Vec<Output>) -> Vec<Output> {
+    fn lifecycle_outputs(
+        &mut self,
+        i: usize,
+        k: usize,
+        rows: Vec<(String, Alert, forewarn_core::Pane)>,
+    ) -> Vec<Output> {
         let prefix = self.config.topic_prefix.clone();
         let op = &mut self.sources[i].operators[k];
         let lifecycle = op.lifecycle.as_mut().expect("called for lifecycle rules");
         let rule = op.op.query().name.clone();
         let mut outs = Vec::new();
-        for o in rows {
-            let Output::Alert { topic, alert } = o else {
-                continue;
-            };
+        for (topic, alert, window) in rows {
             let score = match lifecycle.spec().score_column.as_str() {
                 "score" => alert.score,
                 c => alert.features.get(c).and_then(|v| v.as_f64()),
             };
-            let window = (
-                forewarn_core::parse_rfc3339(&alert.window_start).unwrap_or_default(),
-                forewarn_core::parse_rfc3339(&alert.window_end).unwrap_or_default(),
-            );
             let evidence = WindowEvidence {
-                start_ms: window.0,
-                end_ms: window.1,
+                start_ms: window.start,
+                end_ms: window.end,
                 window_start: alert.window_start.clone(),
                 window_end: alert.window_end.clone(),
                 score,

@@ -375,15 +375,7 @@ mod tests {
     #[test]
     fn parquet_rows_are_read_like_csv_cells() {
         use datafusion::arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("device", DataType::Utf8, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-            Field::new("v", DataType::Float64, true),
-        ]));
+        let schema = shape().schema;
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![

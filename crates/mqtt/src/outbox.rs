@@ -64,6 +64,11 @@ impl Outbox {
         self.queue.pop_front()
     }
 
+    /// Puts back a message just popped that could not be handed on, at the front.
+    pub fn unpop(&mut self, p: Pending) {
+        self.queue.push_front(p);
+    }
+
     /// Messages waiting.
     pub fn len(&self) -> usize {
         self.queue.len()

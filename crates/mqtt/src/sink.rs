@@ -101,20 +101,22 @@ impl MqttSink {
         Ok(())
     }
 
-    /// Hands a publish to the client without waiting; `Ok(false)` when its request queue
-    /// is full (try again later).
+    /// Hands a publish to the client without waiting. When its request queue is full
+    /// the payload comes back (`Ok(Some(payload))`) to be tried again later.
     pub fn try_publish(
         &self,
         topic: &str,
         payload: Vec<u8>,
         retain: bool,
-    ) -> Result<bool, MqttError> {
+    ) -> Result<Option<Vec<u8>>, MqttError> {
         match self.client.try_publish(topic, self.qos, retain, payload) {
             Ok(()) => {
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
-                Ok(true)
+                Ok(None)
             }
-            Err(rumqttc::ClientError::TryRequest(_)) => Ok(false),
+            Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p))) => {
+                Ok(Some(p.payload.to_vec()))
+            }
             Err(e) => Err(MqttError::Client(e.to_string())),
         }
     }

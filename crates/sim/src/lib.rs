@@ -123,6 +123,17 @@ pub struct Truth {
     pub machines: Vec<MachineTruth>,
 }
 
+impl Truth {
+    /// Devices of the machines that develop a failure.
+    pub fn failing_devices(&self) -> Vec<&str> {
+        self.machines
+            .iter()
+            .filter(|m| m.failure.is_some())
+            .map(|m| m.device.as_str())
+            .collect()
+    }
+}
+
 /// Simulation parameters.
 #[derive(Debug, Clone)]
 pub struct PlantConfig {

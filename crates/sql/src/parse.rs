@@ -303,19 +303,7 @@ impl QuerySet {
             )
         })?;
         let allowed: &[&str] = if columns.is_empty() {
-            &[
-                "connector",
-                "format",
-                "topic",
-                "score",
-                "warning_at",
-                "alarm_at",
-                "clear_below",
-                "raise_after",
-                "clear_after",
-                "cooldown",
-                "severity",
-            ]
+            SINK_OPTIONS
         } else {
             &[
                 "connector",
@@ -922,24 +910,32 @@ fn check_columns(
     ))
 }
 
+/// Options of an mqtt sink: where it publishes, then its alert lifecycle.
+const SINK_OPTIONS: &[&str] = &[
+    "connector",
+    "format",
+    "topic",
+    "score",
+    "warning_at",
+    "alarm_at",
+    "clear_below",
+    "raise_after",
+    "clear_after",
+    "cooldown",
+    "severity",
+];
+
+/// The lifecycle part of [`SINK_OPTIONS`].
+const LIFECYCLE_OPTIONS: &[&str] = SINK_OPTIONS.split_at(3).1;
+
 /// The sink's lifecycle options, if `warning_at` is given.
 fn lifecycle_options(
     file: &str,
     text: &str,
     map: &BTreeMap<String, (String, Location)>,
 ) -> Result<Option<LifecycleSpec>, SqlError> {
-    const KEYS: [&str; 8] = [
-        "score",
-        "warning_at",
-        "alarm_at",
-        "clear_below",
-        "raise_after",
-        "clear_after",
-        "cooldown",
-        "severity",
-    ];
     if !map.contains_key("warning_at") {
-        if let Some(k) = KEYS.iter().find(|k| map.contains_key(**k)) {
+        if let Some(k) = LIFECYCLE_OPTIONS.iter().find(|k| map.contains_key(**k)) {
             return Err(err(
                 file,
                 text,

@@ -154,18 +154,17 @@ impl Sessions {
     /// The session id a row of `key` at `t` belongs to, merging sessions it bridges;
     /// `None` when it would form a new session that has already closed (late).
     fn assign(&mut self, key: &str, t: Millis, closed_until: Option<Millis>) -> Option<Millis> {
-        let ids = self.by_key.get(key).cloned().unwrap_or_default();
-        let mut hits: Vec<Millis> = ids
-            .iter()
-            .copied()
-            .filter(|id| {
-                let s = &self.open[id];
-                t > s.start - self.gap
-                    && t < s.last + self.gap
-                    && t.max(s.last) - t.min(s.start) < self.max_length
-            })
-            .collect();
-        if hits.is_empty() {
+        // Per row: no allocation unless a session opens or two sessions merge.
+        let (first, others) = {
+            let (gap, max_length, open) = (self.gap, self.max_length, &self.open);
+            let ids: &[Millis] = self.by_key.get(key).map_or(&[], Vec::as_slice);
+            let mut hits = ids.iter().copied().filter(|id| {
+                let s = &open[id];
+                t > s.start - gap && t < s.last + gap && t.max(s.last) - t.min(s.start) < max_length
+            });
+            (hits.next(), hits.collect::<Vec<Millis>>())
+        };
+        let Some(first) = first else {
             if closed_until.is_some_and(|c| (t + self.gap).min(t + self.max_length) <= c) {
                 return None;
             }
@@ -185,21 +184,22 @@ impl Sessions {
             self.by_key.entry(key.to_string()).or_default().push(id);
             self.by_fire.insert((fire, id));
             return Some(id);
-        }
-        hits.sort_unstable();
-        let keep = hits[0];
+        };
+        // The oldest session absorbs any others the row bridges.
+        let keep = others.iter().copied().fold(first, Millis::min);
         let mut merged = self.open.remove(&keep).expect("open");
         self.by_fire.remove(&(merged.fire_at, keep));
-        for other in &hits[1..] {
-            let s = self.open.remove(other).expect("open");
-            self.by_fire.remove(&(s.fire_at, *other));
+        for other in std::iter::once(first).chain(others.iter().copied()) {
+            if other == keep {
+                continue;
+            }
+            let s = self.open.remove(&other).expect("open");
+            self.by_fire.remove(&(s.fire_at, other));
             merged.start = merged.start.min(s.start);
             merged.last = merged.last.max(s.last);
             merged.ids.extend(s.ids);
-        }
-        if hits.len() > 1 {
             if let Some(v) = self.by_key.get_mut(key) {
-                v.retain(|id| !hits[1..].contains(id));
+                v.retain(|id| *id != other);
             }
         }
         merged.start = merged.start.min(t);
@@ -424,12 +424,13 @@ impl WindowOperator {
             None => None,
         };
         let session_keys = match &self.sessions {
-            Some(_) => Some(self.session_key_strings(batch)?),
+            Some(_) => Some(self.session_key_columns(batch)?),
             None => None,
         };
         // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
         let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
         let mut rejected: BTreeMap<&'static str, (RowRejection, Vec<u32>)> = BTreeMap::new();
+        let mut key_buf = String::new();
         // Session id of each row (sessions only), indexed by row.
         let mut session_ids: Vec<Millis> = match self.sessions {
             Some(_) => vec![0; batch.num_rows()],
@@ -449,7 +450,11 @@ impl WindowOperator {
                 let late = match (&mut self.sessions, &session_keys) {
                     (Some(sessions), Some(keys)) => match max_ahead {
                         Some((limit, seen)) if t > seen.saturating_add(limit) => None,
-                        _ => match sessions.assign(&keys[i], t, self.closed_until) {
+                        _ => match sessions.assign(
+                            session_key(keys, i, &mut key_buf),
+                            t,
+                            self.closed_until,
+                        ) {
                             Some(id) => {
                                 session_ids[i] = id;
                                 Some(false)
@@ -542,29 +547,12 @@ impl WindowOperator {
         Ok((0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect())
     }
 
-    fn session_key_strings(&self, batch: &RecordBatch) -> Result<Vec<String>, StreamError> {
-        let cols = self
-            .session_key_indices
+    fn session_key_columns(&self, batch: &RecordBatch) -> Result<Vec<StringArray>, StreamError> {
+        self.session_key_indices
             .iter()
             .map(|&i| string_column(batch.column(i)))
             .collect::<DfResult<Vec<_>>>()
-            .map_err(|e| self.exec_err(e))?;
-        Ok((0..batch.num_rows())
-            .map(|r| {
-                let mut k = String::new();
-                for (n, c) in cols.iter().enumerate() {
-                    if n > 0 {
-                        k.push('\u{1f}');
-                    }
-                    if c.is_null(r) {
-                        k.push('\0');
-                    } else {
-                        k.push_str(c.value(r));
-                    }
-                }
-                k
-            })
-            .collect())
+            .map_err(|e| self.exec_err(e))
     }
 
     /// Ends the input: closes every open window.
@@ -884,6 +872,23 @@ impl WindowOperator {
         datafusion::arrow::compute::concat_batches(&self.q.output_schema, &batches)
             .map_err(|e| self.exec_err(e.into()))
     }
+}
+
+/// Row `r`'s session key: the key column's value itself, or for several key columns
+/// their values joined in `buf` (reused across rows, so no allocation per row).
+fn session_key<'a>(cols: &'a [StringArray], r: usize, buf: &'a mut String) -> &'a str {
+    let cell = |c: &'a StringArray| if c.is_null(r) { "\0" } else { c.value(r) };
+    if let [c] = cols {
+        return cell(c);
+    }
+    buf.clear();
+    for (n, c) in cols.iter().enumerate() {
+        if n > 0 {
+            buf.push('\u{1f}');
+        }
+        buf.push_str(cell(c));
+    }
+    buf
 }
 
 /// A column as strings (keys of per-key watermarks and sessions).
