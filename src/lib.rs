@@ -16,13 +16,14 @@ pub use forewarn_engine::{
     Alert, DeadLetter, DeviceState, EngineConfig, EngineError, EngineStats, Model, ModelRegistry,
     Output, Pipeline, PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
 };
-pub use forewarn_scorer::{ModelError, TrainOptions};
+pub use forewarn_scorer::{metrics, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "history")]
 pub mod replay;
+pub mod training;
 
 /// The README's Rust example is compiled and run as a doctest, so it cannot rot.
 #[cfg(doctest)]

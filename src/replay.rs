@@ -9,7 +9,7 @@ use std::path::Path;
 
 pub use forewarn_history::{HistoryError, HistoryFormat, Message, SourceShape};
 
-use crate::{EngineError, EngineStats, Output, Pipeline};
+use crate::{EngineError, EngineStats, Output, Pipeline, QuerySet, SqlError};
 
 /// Errors from a replay.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub enum ReplayError {
     /// The pipeline failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The query set has no feature query for the model.
+    #[error(transparent)]
+    Sql(#[from] SqlError),
     /// Which source the data belongs to is ambiguous or unknown.
     #[error("{0}")]
     Source(String),
@@ -81,4 +84,97 @@ pub async fn replay(
     drop(handle);
     drain.await.map_err(|_| EngineError::Stopped)?;
     Ok(stats)
+}
+
+/// What [`features`] read.
+#[derive(Debug)]
+pub struct ReplayedFeatures {
+    /// The feature query's rows.
+    pub rows: crate::training::FeatureRows,
+    /// Labels of the readings, when a label column was named.
+    pub labels: crate::training::Labels,
+    /// The pipeline's counters.
+    pub stats: EngineStats,
+}
+
+/// Replays `data` through the feature query of `model` (see
+/// [`forewarn_sql::feature_query`]) and collects its rows. With `label`, also reads
+/// that column of every reading (true, 1 or 1.0 = anomalous) for evaluation.
+/// `progress` is called with the number of readings pushed so far.
+pub async fn features(
+    set: &QuerySet,
+    model: &str,
+    data: &Path,
+    label: Option<&str>,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayedFeatures, ReplayError> {
+    let (features, names) = forewarn_sql::feature_query(set, model)?;
+    let pipeline = Pipeline::builder()
+        .query_set(features)
+        .build()
+        .await?
+        .without_wall_clock();
+    let shape = source_shape(&pipeline, None)?;
+    let source = pipeline.sources()[0].clone();
+    let messages = forewarn_history::messages(data, &shape)?;
+    let (handle, mut outputs) = pipeline.start();
+    let collect = tokio::spawn(async move {
+        let mut rows = crate::training::FeatureRows::new(names);
+        while let Some(o) = outputs.recv().await {
+            rows.push(&o);
+        }
+        rows
+    });
+    let mut labels = crate::training::Labels::default();
+    let mut n = 0u64;
+    for m in messages {
+        let m = m?;
+        if let Some(col) = label {
+            let v: serde_json::Value =
+                serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+            let time = match &v[source.event_time.as_str()] {
+                serde_json::Value::String(s) => forewarn_core::parse_rfc3339(s),
+                other => other.as_i64(),
+            };
+            let anomalous = match &v[col] {
+                serde_json::Value::Bool(b) => Some(*b),
+                serde_json::Value::Number(x) => x.as_f64().map(|x| x >= 0.5),
+                serde_json::Value::String(s) => match s.trim() {
+                    "true" | "1" | "1.0" => Some(true),
+                    "false" | "0" | "0.0" => Some(false),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match (time, anomalous) {
+                (Some(t), Some(a)) => {
+                    let device = v["device"].as_str().unwrap_or("");
+                    labels.push(device, t, a);
+                }
+                _ => {
+                    return Err(ReplayError::Source(format!(
+                        "{}: a reading has no usable '{}' time or '{col}' label: {}",
+                        data.display(),
+                        source.event_time,
+                        String::from_utf8_lossy(&m.payload)
+                    )))
+                }
+            }
+        }
+        handle.push_json(&m.topic, m.payload).await?;
+        n += 1;
+        if n % 1024 == 0 {
+            progress(n);
+        }
+    }
+    progress(n);
+    let stats = handle.finish().await?;
+    drop(handle);
+    let rows = collect.await.map_err(|_| EngineError::Stopped)?;
+    labels.sort();
+    Ok(ReplayedFeatures {
+        rows,
+        labels,
+        stats,
+    })
 }

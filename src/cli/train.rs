@@ -1,10 +1,12 @@
-//! `forewarn train`: fit a model on the output of the feature query it is scored with.
+//! `forewarn train`: fit a model on the output of the feature query it is scored with,
+//! replayed over recorded history (or the simulated plant), or on plain CSV columns.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
-use forewarn::{Model, Output, Pipeline, QuerySet, TrainOptions};
+use anyhow::{bail, Context};
+use forewarn::training::FeatureRows;
+use forewarn::{Model, ModelKind, Output, Pipeline, QuerySet, TrainOptions};
 use forewarn_sim::Plant;
 use ndarray::Array2;
 
@@ -13,26 +15,87 @@ use super::simulate::PlantArgs;
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Query file whose anomaly_score('MODEL', ...) call defines the features.
-    #[arg(long)]
-    queries: PathBuf,
+    #[arg(long, required_unless_present = "features")]
+    queries: Option<PathBuf>,
     /// Where to write the model; its file stem is the model name unless --model is given.
     #[arg(long)]
     out: PathBuf,
     /// Model name as used in anomaly_score('NAME', ...).
     #[arg(long)]
     model: Option<String>,
-    /// Mixture components.
-    #[arg(long, default_value_t = 4)]
-    components: usize,
+    /// Detector: gmm, pca (T² and Q), pca-t2, pca-q, kmeans, knn, ocsvm, robust.
+    #[arg(long, default_value = "gmm")]
+    kind: String,
+    /// Mixture components (gmm) or clusters (kmeans).
+    #[arg(long)]
+    components: Option<usize>,
+    /// Neighbours (knn).
+    #[arg(long)]
+    neighbours: Option<usize>,
+    /// ν, the tolerated fraction of training rows outside the support (ocsvm).
+    #[arg(long)]
+    nu: Option<f64>,
+    /// Fraction of variance the retained principal components explain (pca).
+    #[arg(long)]
+    explained: Option<f64>,
     /// Training-score quantile for the threshold.
     #[arg(long, default_value_t = 0.999)]
     quantile: f64,
     /// Headroom multiplier on the threshold's distance from the median score.
     #[arg(long, default_value_t = 1.5)]
     margin: f64,
+    /// Recorded history to train on (CSV, JSON lines, Parquet), replayed through the
+    /// feature query. Without it, healthy simulated history is generated.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Train on these CSV columns of --data directly, without a query (comma-separated).
+    #[arg(long, value_delimiter = ',', requires = "data")]
+    features: Option<Vec<String>>,
+    /// Keep one baseline per device (robust kind): the key column is the query's device.
+    #[arg(long)]
+    per_device: bool,
+    /// Labelled validation history: the threshold becomes the one with the best F1 on it.
+    #[arg(long, requires = "queries")]
+    validate: Option<PathBuf>,
+    /// Label column of --validate (1/true = anomalous).
+    #[arg(long, default_value = "anomaly")]
+    label: String,
     /// Simulated healthy history: the plant to replay (failures are switched off).
     #[command(flatten)]
     plant: PlantArgs,
+}
+
+/// The detector settings from the flags.
+pub fn model_kind(
+    kind: &str,
+    components: Option<usize>,
+    neighbours: Option<usize>,
+    nu: Option<f64>,
+    explained: Option<f64>,
+) -> anyhow::Result<ModelKind> {
+    let mut k: ModelKind = kind.parse().map_err(anyhow::Error::msg)?;
+    match &mut k {
+        ModelKind::Gmm { components: c } | ModelKind::Kmeans { clusters: c } => {
+            *c = components.unwrap_or(*c)
+        }
+        ModelKind::Knn { k } => *k = neighbours.unwrap_or(*k),
+        ModelKind::Ocsvm { nu: n } => *n = nu.unwrap_or(*n),
+        ModelKind::Pca { explained: e, .. } => *e = explained.unwrap_or(*e),
+        ModelKind::Robust => {}
+    }
+    Ok(k)
+}
+
+/// A spinner counting readings, on stderr.
+pub fn progress(what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {human_pos} {msg} ({per_sec}, {elapsed})")
+            .expect("valid template"),
+    );
+    bar.set_message(what);
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }
 
 pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -45,64 +108,183 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             .to_string_lossy()
             .to_string(),
     };
-    let text = std::fs::read_to_string(&a.queries)
-        .with_context(|| format!("reading {}", a.queries.display()))?;
+    let kind = model_kind(&a.kind, a.components, a.neighbours, a.nu, a.explained)?;
+    if a.per_device && kind != ModelKind::Robust {
+        bail!("--per-device needs --kind robust (the other kinds are fleet-wide)");
+    }
+    let opts = TrainOptions {
+        kind,
+        quantile: a.quantile,
+        margin: a.margin,
+        seed: a.plant.seed,
+    };
+    let rows = if let Some(cols) = &a.features {
+        csv_columns(a.data.as_deref().expect("clap requires --data"), cols)?
+    } else {
+        let path = a.queries.as_ref().expect("clap requires --queries");
+        let set = read_queries(path)?;
+        match &a.data {
+            Some(data) => {
+                let bar = progress("readings of history replayed");
+                let r = forewarn::replay::features(&set, &name, data, None, |n| bar.set_position(n))
+                    .await?;
+                bar.finish_and_clear();
+                eprintln!(
+                    "replayed {} readings of {} into {} feature rows",
+                    r.stats.readings_in,
+                    data.display(),
+                    r.rows.rows.len()
+                );
+                r.rows
+            }
+            None => simulated_features(&set, &name, &a.plant).await?,
+        }
+    };
+    let complete: Vec<_> = rows.rows.iter().filter(|r| r.complete()).collect();
+    let skipped = rows.rows.len() - complete.len();
+    eprintln!(
+        "model '{name}' ({}): features {}; {} rows ({skipped} with missing values skipped)",
+        a.kind,
+        rows.names.join(", "),
+        complete.len()
+    );
+    let x = rows.matrix(complete.iter().copied());
+    let mut model = if a.per_device {
+        let keys: Vec<String> = complete.iter().map(|r| r.device.clone()).collect();
+        Model::train_keyed(&name, rows.names.clone(), Some(("device", &keys)), x.view(), &opts)?
+    } else {
+        Model::train(&name, rows.names.clone(), x.view(), &opts)?
+    };
+    if let Some(v) = &a.validate {
+        let set = read_queries(a.queries.as_ref().expect("clap requires --queries"))?;
+        let r = forewarn::replay::features(&set, &name, v, Some(&a.label), |_| {}).await?;
+        let (xv, labels) = window_labels(&r.rows, &r.labels);
+        model.calibrate_with_labels(xv.view(), &labels)?;
+    }
+    model.save(&a.out)?;
+    eprintln!(
+        "wrote {} ({}; threshold {:.4}, baseline {:.4}: {})",
+        a.out.display(),
+        model.kind(),
+        model.calibration.threshold,
+        model.calibration.baseline,
+        model.calibration.method
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn read_queries(path: &Path) -> anyhow::Result<QuerySet> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut set = QuerySet::default();
-    set.add_file(&a.queries.display().to_string(), &text)?;
-    let (features, names) = forewarn_sql::feature_query(&set, &name)?;
-    eprintln!("model '{name}': features {}", names.join(", "));
-    let pipeline = Pipeline::builder().query_set(features).build().await?;
-    let (handle, mut outputs) = pipeline.start();
-    let collect_names = names.clone();
-    let collector = tokio::spawn(async move {
-        let mut rows: Vec<f64> = Vec::new();
-        let (mut n, mut skipped) = (0usize, 0usize);
-        while let Some(o) = outputs.recv().await {
-            if let Output::Alert { alert, .. } = o {
-                let row: Option<Vec<f64>> = collect_names
-                    .iter()
-                    .map(|f| alert.features.get(f).and_then(|v| v.as_f64()))
-                    .collect();
-                match row {
-                    Some(r) => {
-                        rows.extend(r);
-                        n += 1;
-                    }
-                    None => skipped += 1,
-                }
+    set.add_file(&path.display().to_string(), &text)?;
+    Ok(set)
+}
+
+/// Complete feature rows with a label each: a window is anomalous when the latest
+/// labelled reading it scored first is.
+pub fn window_labels(
+    rows: &FeatureRows,
+    labels: &forewarn::training::Labels,
+) -> (Array2<f64>, Vec<bool>) {
+    let mut label = vec![None; rows.rows.len()];
+    for (device, readings) in &labels.by_device {
+        for (w, (_, l)) in forewarn::training::reading_windows(readings, &rows.rows, device)
+            .into_iter()
+            .zip(readings)
+        {
+            if let Some(w) = w {
+                label[w] = Some(*l);
             }
         }
-        (rows, n, skipped)
+    }
+    let keep: Vec<usize> = (0..rows.rows.len())
+        .filter(|&i| label[i].is_some() && rows.rows[i].complete())
+        .collect();
+    let x = rows.matrix(keep.iter().map(|&i| &rows.rows[i]));
+    (x, keep.iter().map(|&i| label[i].unwrap_or(false)).collect())
+}
+
+async fn simulated_features(
+    set: &QuerySet,
+    name: &str,
+    plant: &PlantArgs,
+) -> anyhow::Result<FeatureRows> {
+    let (features, names) = forewarn_sql::feature_query(set, name)?;
+    let pipeline = Pipeline::builder().query_set(features).build().await?;
+    let (handle, mut outputs) = pipeline.start();
+    let collector = tokio::spawn(async move {
+        let mut rows = FeatureRows::new(names);
+        while let Some(o) = outputs.recv().await {
+            if matches!(o, Output::Alert { .. }) {
+                rows.push(&o);
+            }
+        }
+        rows
     });
-    let mut cfg = a.plant.config();
+    let mut cfg = plant.config();
     cfg.failing_fraction = 0.0;
     let mut plant = Plant::new(cfg);
+    let bar = progress("readings of healthy simulated history");
+    let mut n = 0u64;
     while !plant.done() {
         for (topic, reading) in plant.step() {
             handle
                 .push_json(&topic, serde_json::to_vec(&reading)?)
                 .await?;
+            n += 1;
         }
+        bar.set_position(n);
     }
     let stats = handle.finish().await?;
     drop(handle);
-    let (rows, n, skipped) = collector.await?;
-    eprintln!("replayed {} readings of healthy history into {n} feature rows ({skipped} with missing values skipped)", stats.readings_in);
-    let x = Array2::from_shape_vec((n, names.len()), rows)?;
-    let opts = TrainOptions {
-        components: a.components,
-        quantile: a.quantile,
-        margin: a.margin,
-        seed: a.plant.seed,
+    bar.finish_and_clear();
+    eprintln!("replayed {} readings of healthy history", stats.readings_in);
+    Ok(collector.await?)
+}
+
+/// Columns `cols` of a CSV file (comma or semicolon separated) as feature rows; a row
+/// with a missing or non-numeric cell becomes an incomplete row.
+fn csv_columns(path: &Path, cols: &[String]) -> anyhow::Result<FeatureRows> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header = lines.next().with_context(|| format!("{}: empty file", path.display()))?;
+    let sep = if header.contains(';') && !header.contains(',') {
+        ';'
+    } else {
+        ','
     };
-    let model = Model::train_gmm(&name, names, x.view(), &opts)?;
-    model.save(&a.out)?;
-    eprintln!(
-        "wrote {} (gmm, {} components, threshold {:.3}, baseline {:.3})",
-        a.out.display(),
-        a.components,
-        model.calibration.threshold,
-        model.calibration.baseline
-    );
-    Ok(ExitCode::SUCCESS)
+    let names: Vec<&str> = header.split(sep).map(str::trim).collect();
+    let idx: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            names.iter().position(|n| n == c).with_context(|| {
+                format!(
+                    "{}: no column '{c}' (columns: {})",
+                    path.display(),
+                    names.join(", ")
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut rows = FeatureRows::new(cols.to_vec());
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let cells: Vec<&str> = line.split(sep).collect();
+        let values = idx
+            .iter()
+            .map(|&i| {
+                cells
+                    .get(i)
+                    .and_then(|c| c.trim().parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        rows.rows.push(forewarn::training::FeatureRow {
+            device: String::new(),
+            window_end: 0,
+            values,
+        });
+    }
+    Ok(rows)
 }

@@ -49,7 +49,7 @@ pub fn model() -> Model {
         vec!["avg_v".into(), "max_t".into()],
         x.view(),
         &TrainOptions {
-            components: 2,
+            kind: forewarn::ModelKind::Gmm { components: 2 },
             ..Default::default()
         },
     )

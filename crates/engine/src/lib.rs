@@ -331,6 +331,7 @@ impl PipelineBuilder {
                 topic_filter: s.topic.clone(),
                 template,
                 schema: s.schema.clone(),
+                event_time: s.event_time.clone(),
                 processing_time: s.processing_time,
                 idle_timeout: s.idle_timeout.map(|ms| Duration::from_millis(ms as u64)),
                 late_topic,
@@ -382,6 +383,8 @@ pub struct SourceInfo {
     pub template: Option<TopicTemplate>,
     /// Declared schema (with the implicit `arrival_time` column for processing time).
     pub schema: datafusion::arrow::datatypes::SchemaRef,
+    /// The event-time column (`arrival_time` for processing time).
+    pub event_time: String,
     /// Timed by arrival: the engine fills `arrival_time`.
     pub processing_time: bool,
     /// Wall-clock time without input after which the watermark moves with the clock.

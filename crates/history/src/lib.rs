@@ -8,13 +8,14 @@
 //!
 //! Formats, chosen by file extension:
 //! * `.csv` — a header row; cells are converted by the source's declared column types;
-//!   an empty cell is a missing value.
+//!   an empty cell is a missing value. Separated by commas, or by semicolons when the
+//!   header has semicolons and no comma.
 //! * `.jsonl` / `.ndjson` — one reading object per line, or a recorded message
 //!   `{"topic": "...", "payload": ...}` per line.
 //! * `.parquet` — any column types; values are converted like CSV cells.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -206,11 +207,30 @@ fn csv_batches(
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let format = Format::default().with_header(true);
     let mut head = BufReader::new(File::open(path).map_err(|source| HistoryError::Io {
         path: path.to_path_buf(),
         source,
     })?);
+    // Semicolon-separated files (common in European exports, and SKAB) are recognised
+    // by their header line.
+    let mut first = String::new();
+    head.read_line(&mut first).map_err(|source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let delimiter = if first.contains(';') && !first.contains(',') {
+        b';'
+    } else {
+        b','
+    };
+    let format = Format::default()
+        .with_header(true)
+        .with_delimiter(delimiter);
+    head.seek(std::io::SeekFrom::Start(0))
+        .map_err(|source| HistoryError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let (inferred, _) = format.infer_schema(&mut head, Some(0)).map_err(fmt_err)?;
     // Every cell is read as text and converted by the source's column types, as a
     // JSON payload's values would be.

@@ -127,6 +127,9 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::new(models.clone())));
+    ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::is_anomaly(
+        models.clone(),
+    )));
     ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::top_contributors(
         models,
     )));
@@ -136,6 +139,29 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
     ctx
 }
 
+/// Where a model function error points: the call naming the model the message names
+/// (`model 'x'`), searched from the query's first line. Returns line, column and width.
+fn model_call_site(text: &str, from_line: u64, message: &str) -> Option<(u64, u64, usize)> {
+    let start = message.find("model '")? + "model '".len();
+    let name = &message[start..start + message[start..].find('\'')?];
+    let needle = format!("'{name}'");
+    for (i, line) in text.lines().enumerate().skip(from_line.saturating_sub(1) as usize) {
+        let lower = line.to_ascii_lowercase();
+        for f in ["anomaly_score", "is_anomaly", "top_contributors"] {
+            let mut from = 0;
+            while let Some(at) = lower[from..].find(f) {
+                let at = from + at;
+                let rest = line[at + f.len()..].trim_start();
+                if rest.starts_with('(') && rest[1..].trim_start().starts_with(&needle) {
+                    return Some((i as u64 + 1, at as u64 + 1, f.len()));
+                }
+                from = at + f.len();
+            }
+        }
+    }
+    None
+}
+
 /// Plans `q` against `src` once and splits the plan.
 pub async fn compile(
     ctx: &SessionContext,
@@ -143,7 +169,10 @@ pub async fn compile(
     src: &SourceDecl,
     text: &str,
 ) -> Result<CompiledQuery, SqlError> {
-    let plan_err = |m: String| SqlError::at(&q.file, text, q.line, 1, 6, m);
+    let plan_err = |m: String| match model_call_site(text, q.line, &m) {
+        Some((line, col, width)) => SqlError::at(&q.file, text, line, col, width, m),
+        None => SqlError::at(&q.file, text, q.line, 1, 6, m),
+    };
     let mut fields: Vec<Field> = src
         .schema
         .fields()

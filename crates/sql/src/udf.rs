@@ -1,10 +1,14 @@
 //! `anomaly_score('model', f1, f2, ...)`: scores rows with a model from the registry;
+//! `is_anomaly('model', f1, f2, ...)`: whether the score is above the threshold (1.0);
 //! `top_contributors('model', f1, f2, ...)`: says which features make the score.
+//! Keyed models (per-device baselines) take the key first: `('model', device, f1, ...)`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, StringArray,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
@@ -21,6 +25,8 @@ enum Output {
     Score,
     /// `top_contributors`: e.g. `"vibration_floor 71%, temperature_rise 22%"`.
     Contributors,
+    /// `is_anomaly`: score above 1.0.
+    IsAnomaly,
 }
 
 /// The scoring function. Values above 1.0 are anomalous; NULL when a feature is NULL.
@@ -54,6 +60,15 @@ impl AnomalyScore {
             ..Self::new(models)
         }
     }
+
+    /// `is_anomaly('model', f1, ...)`: true when the score is above the threshold (1.0),
+    /// NULL when a feature is NULL.
+    pub fn is_anomaly(models: Arc<ModelRegistry>) -> Self {
+        AnomalyScore {
+            output: Output::IsAnomaly,
+            ..Self::new(models)
+        }
+    }
 }
 
 impl PartialEq for AnomalyScore {
@@ -82,6 +97,7 @@ impl AnomalyScore {
         match self.output {
             Output::Score => DataType::Float64,
             Output::Contributors => DataType::Utf8,
+            Output::IsAnomaly => DataType::Boolean,
         }
     }
 }
@@ -91,6 +107,7 @@ impl ScalarUDFImpl for AnomalyScore {
         match self.output {
             Output::Score => "anomaly_score",
             Output::Contributors => "top_contributors",
+            Output::IsAnomaly => "is_anomaly",
         }
     }
     fn signature(&self) -> &Signature {
@@ -120,14 +137,19 @@ impl ScalarUDFImpl for AnomalyScore {
             );
         };
         let got = args.arg_fields.len() - 1;
-        if got != model.features.len() {
+        if got != model.arity() {
+            let key = match &model.key {
+                Some(k) => format!("a key ({k}) and "),
+                None => String::new(),
+            };
             return plan_err!(
-                "model '{name}' takes {} features ({}), but {f} passes {got}",
+                "model '{name}' takes {key}{} features ({}), but {f} passes {got} arguments after the name",
                 model.features.len(),
                 model.features.join(", ")
             );
         }
-        for f in &args.arg_fields[1..] {
+        let first_feature = 1 + usize::from(model.key.is_some());
+        for f in &args.arg_fields[first_feature..] {
             if !f.data_type().is_numeric() {
                 return plan_err!(
                     "{f} features must be numeric; '{}' is {}",
@@ -150,7 +172,24 @@ impl ScalarUDFImpl for AnomalyScore {
         let Some(model) = self.models.get(&name) else {
             return exec_err!("model '{name}' is no longer loaded");
         };
-        let cols: Vec<ArrayRef> = args.args[1..]
+        let first_feature = 1 + usize::from(model.key.is_some());
+        if args.args.len() != 1 + model.arity() {
+            return exec_err!(
+                "model '{name}' now takes {} arguments after its name; restart the query",
+                model.arity()
+            );
+        }
+        let keys: Option<StringArray> = if model.key.is_some() {
+            let k = args.args[1].to_array(n)?;
+            Some(cast(&k, &DataType::Utf8)?.as_string::<i32>().clone())
+        } else {
+            None
+        };
+        let key_of = |i: usize| -> Option<&str> {
+            keys.as_ref()
+                .and_then(|k| (!k.is_null(i)).then(|| k.value(i)))
+        };
+        let cols: Vec<ArrayRef> = args.args[first_feature..]
             .iter()
             .map(|c| {
                 c.to_array(n)
@@ -169,8 +208,10 @@ impl ScalarUDFImpl for AnomalyScore {
         };
         if self.output == Output::Contributors {
             let mut out = Vec::with_capacity(n);
-            for row in x.outer_iter() {
-                let shares = model.contributions(&row.to_vec()).map_err(fail)?;
+            for (i, row) in x.outer_iter().enumerate() {
+                let shares = model
+                    .contributions_keyed(key_of(i), &row.to_vec())
+                    .map_err(fail)?;
                 out.push((!shares.is_empty()).then(|| {
                     shares
                         .iter()
@@ -183,7 +224,20 @@ impl ScalarUDFImpl for AnomalyScore {
             }
             return Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))));
         }
-        let scores = model.score(x.view()).map_err(fail)?;
+        let scores = if keys.is_some() {
+            let k: Vec<Option<&str>> = (0..n).map(key_of).collect();
+            model.score_keyed(&k, x.view())
+        } else {
+            model.score(x.view())
+        }
+        .map_err(fail)?;
+        if self.output == Output::IsAnomaly {
+            let out: BooleanArray = scores
+                .iter()
+                .map(|s| s.is_finite().then_some(*s > 1.0))
+                .collect();
+            return Ok(ColumnarValue::Array(Arc::new(out)));
+        }
         let out: Float64Array = scores.iter().map(|s| s.is_finite().then_some(*s)).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
