@@ -1,6 +1,8 @@
 //! Subcommands of the `forewarn` tool.
 
 mod demo;
+mod eval;
+mod plot;
 mod replay;
 mod run;
 mod simulate;
@@ -29,6 +31,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Train a model from the feature query it is scored with, over simulated healthy history.
     Train(train::TrainArgs),
+    /// Score labelled history and report F1, false/missed-alarm rates and delay; run the SKAB benchmark.
+    Eval(eval::EvalArgs),
     /// Parse, plan and type-check query files against their schemas and the models.
     Check(CheckArgs),
     /// Run query files over recorded history (CSV, JSON lines, Parquet) as fast as possible.
@@ -55,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(a) => simulate::simulate(a).await,
         Command::Train(a) => train::train(a).await,
         Command::Check(a) => check(a).await,
+        Command::Eval(a) => eval::eval(a).await,
         Command::Replay(a) => replay::replay(a).await,
     }
 }

@@ -87,6 +87,9 @@ pub struct EngineConfig {
     /// Honour sources' `idle_timeout` and move processing-time watermarks with the wall
     /// clock. Replay turns this off: history is timed by its own event times only.
     pub wall_clock: bool,
+    /// How often the model directories are checked for changed files, which are then
+    /// swapped in atomically (`None`: never).
+    pub model_reload_interval: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +102,7 @@ impl Default for EngineConfig {
             topic_prefix: "forewarn".into(),
             dead_letter_excerpt: 256,
             wall_clock: true,
+            model_reload_interval: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -349,6 +353,7 @@ impl PipelineBuilder {
             sources,
             sinks,
             registry,
+            model_dirs: self.model_dirs,
         })
     }
 }
@@ -400,6 +405,7 @@ pub struct Pipeline {
     sources: Vec<SourceInfo>,
     sinks: BTreeMap<String, (TopicTemplate, Option<forewarn_alerts::LifecycleSpec>)>,
     registry: Arc<ModelRegistry>,
+    model_dirs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -457,8 +463,21 @@ impl Pipeline {
         let (in_tx, in_rx) = mpsc::channel(self.config.channel_capacity);
         let (out_tx, out_rx) = mpsc::channel(self.config.channel_capacity);
         let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let (alive, ended) = oneshot::channel::<()>();
+        if let (Some(every), false) = (self.config.model_reload_interval, self.model_dirs.is_empty()) {
+            tokio::spawn(reload_models(
+                self.registry.clone(),
+                self.model_dirs.clone(),
+                every,
+                ended,
+            ));
+        }
         let rt = runtime::Runtime::new(self, out_tx, stats.clone());
-        let task = tokio::spawn(rt.run(in_rx));
+        let task = tokio::spawn(async move {
+            let r = rt.run(in_rx).await;
+            drop(alive);
+            r
+        });
         (
             PipelineHandle {
                 tx: in_tx,
@@ -467,6 +486,38 @@ impl Pipeline {
             },
             out_rx,
         )
+    }
+}
+
+/// Swaps in model files that changed, until the pipeline ends. A file that does not
+/// load, or that changes a model's arguments, is logged and the old model stays.
+async fn reload_models(
+    registry: Arc<ModelRegistry>,
+    dirs: Vec<PathBuf>,
+    every: Duration,
+    mut ended: oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut ended => return,
+            _ = tick.tick() => {}
+        }
+        for d in &dirs {
+            match registry.reload_dir(d) {
+                Ok(r) => {
+                    for m in r.reloaded {
+                        tracing::info!(model = %m, dir = %d.display(), "model reloaded");
+                    }
+                    for (p, why) in r.refused {
+                        tracing::warn!(file = %p.display(), "model file change refused: {why}");
+                    }
+                }
+                Err(e) => tracing::warn!("model directory: {e}"),
+            }
+        }
     }
 }
 

@@ -1,0 +1,403 @@
+//! `forewarn eval`: score labelled history and report precision, recall, F1, false- and
+//! missed-alarm rates and detection delay; `--protocol skab` runs the SKAB benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use forewarn::metrics::{Confusion, Delays};
+use forewarn::training::{reading_windows, FeatureRows, Labels};
+use forewarn::{Model, ModelKind, ModelRegistry, TrainOptions};
+use serde_json::json;
+
+use super::train::{model_kind, progress, read_queries};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Query file whose anomaly_score('MODEL', ...) call defines the features.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Labelled history (CSV, JSON lines, Parquet) to score with a trained model.
+    #[arg(long, conflicts_with = "protocol")]
+    data: Option<PathBuf>,
+    /// Benchmark protocol: `skab` trains and tests per file of DIR (SKAB's layout).
+    #[arg(long, value_name = "NAME")]
+    protocol: Option<String>,
+    /// Benchmark data directory (for --protocol).
+    #[arg(requires = "protocol")]
+    dir: Option<PathBuf>,
+    /// Model name in the query (default: the only model it scores with).
+    #[arg(long)]
+    model: Option<String>,
+    /// Models directory (for --data).
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Label column (1/true = anomalous).
+    #[arg(long, default_value = "anomaly")]
+    label: String,
+    /// Model kinds to train per file (--protocol): `all` or a comma-separated list.
+    #[arg(long, default_value = "all")]
+    kind: String,
+    /// Mixture components (gmm) or clusters (kmeans).
+    #[arg(long)]
+    components: Option<usize>,
+    /// Neighbours (knn).
+    #[arg(long)]
+    neighbours: Option<usize>,
+    /// ν (ocsvm).
+    #[arg(long)]
+    nu: Option<f64>,
+    /// Explained variance (pca).
+    #[arg(long)]
+    explained: Option<f64>,
+    /// Training-score quantile for the threshold (--protocol).
+    #[arg(long, default_value_t = 0.99)]
+    quantile: f64,
+    /// Threshold headroom over the quantile (--protocol); several (comma-separated)
+    /// evaluate each kind at each.
+    #[arg(long, default_value = "1.5", value_delimiter = ',')]
+    margin: Vec<f64>,
+    /// Training rows per file (--protocol skab: 400).
+    #[arg(long, default_value_t = 400)]
+    train_rows: usize,
+    /// Write the figures as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw each score over time with the threshold and the labelled spans (.svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// One series' scores and labels, for the report and the plot.
+pub struct Series {
+    pub name: String,
+    /// Reading times (ms), labels, and the score of the window that first scored each
+    /// reading (NaN when none did).
+    pub times: Vec<i64>,
+    pub labels: Vec<bool>,
+    pub scores: Vec<f64>,
+}
+
+impl Series {
+    fn predicted(&self) -> Vec<bool> {
+        self.scores.iter().map(|s| *s > 1.0).collect()
+    }
+}
+
+fn model_name(set: &forewarn::QuerySet, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(m) = given {
+        return Ok(m.to_string());
+    }
+    let mut names: Vec<String> = Vec::new();
+    for q in &set.queries {
+        let mut rest = q.select_sql.as_str();
+        while let Some(i) = rest.to_ascii_lowercase().find("anomaly_score(") {
+            let after = rest[i + "anomaly_score(".len()..].trim_start();
+            if let Some(body) = after.strip_prefix('\'') {
+                if let Some(end) = body.find('\'') {
+                    if !names.iter().any(|n| n == &body[..end]) {
+                        names.push(body[..end].to_string());
+                    }
+                }
+            }
+            rest = &rest[i + 1..];
+        }
+    }
+    match names.len() {
+        1 => Ok(names.remove(0)),
+        0 => bail!("the queries call no anomaly_score('MODEL', ...)"),
+        _ => bail!(
+            "the queries score with several models ({}); pick one with --model",
+            names.join(", ")
+        ),
+    }
+}
+
+/// Scores of each labelled reading from the window that first scored it.
+fn reading_scores(rows: &FeatureRows, labels: &Labels, scores: &[f64], name: &str) -> Vec<Series> {
+    labels
+        .by_device
+        .iter()
+        .map(|(device, readings)| {
+            let w = reading_windows(readings, &rows.rows, device);
+            Series {
+                name: if device.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name} {device}")
+                },
+                times: readings.iter().map(|r| r.0).collect(),
+                labels: readings.iter().map(|r| r.1).collect(),
+                scores: w
+                    .iter()
+                    .map(|i| i.map_or(f64::NAN, |i| scores[i]))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn score_rows(model: &Model, rows: &FeatureRows) -> anyhow::Result<Vec<f64>> {
+    let x = ndarray::Array2::from_shape_fn((rows.rows.len(), rows.names.len()), |(i, j)| {
+        rows.rows[i].values[j]
+    });
+    let s = if model.key.is_some() {
+        let keys: Vec<Option<&str>> = rows.rows.iter().map(|r| Some(r.device.as_str())).collect();
+        model.score_keyed(&keys, x.view())?
+    } else {
+        model.score(x.view())?
+    };
+    Ok(s.to_vec())
+}
+
+#[derive(serde::Serialize)]
+struct Figures {
+    kind: String,
+    f1: f64,
+    far: f64,
+    mar: f64,
+    precision: f64,
+    recall: f64,
+    confusion: Confusion,
+    spans: usize,
+    spans_detected: usize,
+    median_delay_s: Option<f64>,
+    mean_delay_s: Option<f64>,
+}
+
+fn figures(kind: &str, c: Confusion, d: &Delays) -> Figures {
+    Figures {
+        kind: kind.to_string(),
+        f1: c.f1(),
+        far: c.far(),
+        mar: c.mar(),
+        precision: c.precision(),
+        recall: c.recall(),
+        confusion: c,
+        spans: d.spans,
+        spans_detected: d.detected,
+        median_delay_s: d.median().map(|v| v as f64 / 1000.0),
+        mean_delay_s: d.mean().map(|v| v / 1000.0),
+    }
+}
+
+fn print_table(rows: &[Figures]) {
+    println!(
+        "{:<14} {:>6} {:>8} {:>8} {:>9} {:>7} {:>14} {:>14}",
+        "kind", "F1", "FAR %", "MAR %", "precision", "recall", "spans found", "median delay"
+    );
+    for f in rows {
+        println!(
+            "{:<14} {:>6.3} {:>8.2} {:>8.2} {:>9.3} {:>7.3} {:>14} {:>14}",
+            f.kind,
+            f.f1,
+            f.far,
+            f.mar,
+            f.precision,
+            f.recall,
+            format!("{}/{}", f.spans_detected, f.spans),
+            f.median_delay_s
+                .map_or("-".to_string(), |d| format!("{d:.0} s"))
+        );
+    }
+}
+
+pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    let set = read_queries(&a.queries)?;
+    let name = model_name(&set, a.model.as_deref())?;
+    match (&a.protocol, &a.data) {
+        (Some(p), _) if p == "skab" => {
+            let dir = a.dir.clone().context("--protocol skab needs the SKAB data directory")?;
+            skab(&a, &set, &name, &dir).await
+        }
+        (Some(p), _) => bail!("unknown protocol '{p}' (known: skab)"),
+        (None, Some(data)) => labelled(&a, &set, &name, data).await,
+        (None, None) => bail!("give --data LABELLED_HISTORY, or --protocol skab DIR"),
+    }
+}
+
+async fn labelled(
+    a: &EvalArgs,
+    set: &forewarn::QuerySet,
+    name: &str,
+    data: &Path,
+) -> anyhow::Result<ExitCode> {
+    let registry = ModelRegistry::new();
+    registry.load_dir(&a.models)?;
+    let model = registry
+        .get(name)
+        .with_context(|| format!("no model '{name}' in {}", a.models.display()))?;
+    let bar = progress("readings replayed");
+    let r = forewarn::replay::features(set, name, data, Some(&a.label), |n| bar.set_position(n))
+        .await?;
+    bar.finish_and_clear();
+    let scores = score_rows(&model, &r.rows)?;
+    let series = reading_scores(&r.rows, &r.labels, &scores, name);
+    let (mut c, mut d) = (Confusion::default(), Delays::default());
+    for s in &series {
+        let p = s.predicted();
+        c.add(Confusion::count(&p, &s.labels));
+        d.add(Delays::measure(&s.times, &p, &s.labels));
+    }
+    let f = figures(model.kind(), c, &d);
+    println!(
+        "{}: {} readings, {} windows scored with '{name}'",
+        data.display(),
+        r.labels.len(),
+        r.rows.rows.len()
+    );
+    print_table(std::slice::from_ref(&f));
+    if let Some(p) = &a.json {
+        write_json(p, &json!({"data": data, "model": name, "figures": f}))?;
+    }
+    if let Some(p) = &a.plot {
+        super::plot::scores(p, &format!("{name} on {}", data.display()), &series)?;
+        eprintln!("plot: {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(p: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(p, serde_json::to_vec_pretty(v)?)
+        .with_context(|| format!("writing {}", p.display()))
+}
+
+/// SKAB's 34 test files: every CSV under `valve1`, `valve2` and `other`.
+fn skab_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for sub in ["valve1", "valve2", "other"] {
+        let d = dir.join(sub);
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&d)
+            .with_context(|| format!("{} is not SKAB's data directory", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        v.sort_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u32>().ok())
+        });
+        files.extend(v);
+    }
+    Ok(files)
+}
+
+async fn skab(
+    a: &EvalArgs,
+    set: &forewarn::QuerySet,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let base: Vec<(String, ModelKind)> = if a.kind == "all" {
+        ModelKind::all()
+            .into_iter()
+            .map(|(k, _)| Ok((k.to_string(), model_kind(k, a.components, a.neighbours, a.nu, a.explained)?)))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        a.kind
+            .split(',')
+            .map(|k| Ok((k.to_string(), model_kind(k, a.components, a.neighbours, a.nu, a.explained)?)))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut kinds: Vec<(String, ModelKind, f64)> = Vec::new();
+    for (k, m) in base {
+        for margin in &a.margin {
+            let label = if a.margin.len() > 1 {
+                format!("{k} x{margin}")
+            } else {
+                k.clone()
+            };
+            kinds.push((label, m, *margin));
+        }
+    }
+    let files = skab_files(dir)?;
+    let mut pooled: Vec<(Confusion, Delays)> = vec![Default::default(); kinds.len()];
+    let mut per_file = Vec::new();
+    let mut first_series: Vec<Series> = Vec::new();
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files {msg} ({elapsed})")
+            .expect("valid template"),
+    );
+    for file in &files {
+        bar.set_message(file.display().to_string());
+        let r = forewarn::replay::features(set, name, file, Some(&a.label), |_| {}).await?;
+        let readings = r.labels.by_device.get("").cloned().unwrap_or_default();
+        if readings.len() <= a.train_rows {
+            bail!("{}: {} rows, not more than the {} training rows", file.display(), readings.len(), a.train_rows);
+        }
+        // Training windows hold training readings only: they end no later than the
+        // first test reading.
+        let split = readings[a.train_rows].0;
+        let train: Vec<_> = r.rows.rows.iter().filter(|w| w.window_end <= split).collect();
+        let x = r.rows.matrix(train.iter().copied());
+        let test = &readings[a.train_rows..];
+        let w = reading_windows(test, &r.rows.rows, "");
+        let labels: Vec<bool> = test.iter().map(|t| t.1).collect();
+        let times: Vec<i64> = test.iter().map(|t| t.0).collect();
+        let mut file_figs = Vec::new();
+        for (i, (kind, k, margin)) in kinds.iter().enumerate() {
+            let opts = TrainOptions {
+                kind: *k,
+                quantile: a.quantile,
+                margin: *margin,
+                seed: 42,
+            };
+            let model = Model::train(name, r.rows.names.clone(), x.view(), &opts)
+                .with_context(|| format!("{}: training {kind}", file.display()))?;
+            let scores = score_rows(&model, &r.rows)?;
+            let s: Vec<f64> = w.iter().map(|i| i.map_or(f64::NAN, |i| scores[i])).collect();
+            let p: Vec<bool> = s.iter().map(|v| *v > 1.0).collect();
+            let c = Confusion::count(&p, &labels);
+            let d = Delays::measure(&times, &p, &labels);
+            file_figs.push(json!({"kind": kind, "f1": c.f1(), "far": c.far(), "mar": c.mar()}));
+            pooled[i].0.add(c);
+            pooled[i].1.add(d);
+            if i == 0 && first_series.len() < 4 {
+                first_series.push(Series {
+                    name: format!("{kind} on {}", file.strip_prefix(dir).unwrap_or(file).display()),
+                    times: times.clone(),
+                    labels: labels.clone(),
+                    scores: s,
+                });
+            }
+        }
+        per_file.push(json!({"file": file.strip_prefix(dir).unwrap_or(file), "training_windows": x.nrows(), "test_rows": test.len(), "kinds": file_figs}));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let figs: Vec<Figures> = kinds
+        .iter()
+        .zip(&pooled)
+        .map(|((k, _, _), (c, d))| figures(k, *c, d))
+        .collect();
+    let test_rows = pooled.first().map_or(0, |p| p.0.tp + p.0.fp + p.0.tn + p.0.fn_);
+    println!(
+        "SKAB protocol: {} files, first {} rows of each train, {} test rows; point-wise metrics pooled over files",
+        files.len(),
+        a.train_rows,
+        test_rows
+    );
+    print_table(&figs);
+    if let Some(p) = &a.json {
+        write_json(
+            p,
+            &json!({
+                "protocol": "skab",
+                "queries": a.queries,
+                "files": files.len(),
+                "train_rows": a.train_rows,
+                "test_rows": test_rows,
+                "quantile": a.quantile,
+                "margin": a.margin,
+                "kinds": figs,
+                "per_file": per_file,
+            }),
+        )?;
+    }
+    if let Some(p) = &a.plot {
+        super::plot::scores(p, "SKAB: first files", &first_series)?;
+        eprintln!("plot: {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
