@@ -122,7 +122,11 @@ impl Labels {
 /// For each labelled reading of `device`, the index in `rows` of the window that first
 /// scored it: the earliest window of that device ending after the reading. `None` when
 /// no window covers it (the reading still counts, as not flagged).
-pub fn reading_windows(readings: &[(i64, bool)], rows: &[FeatureRow], device: &str) -> Vec<Option<usize>> {
+pub fn reading_windows(
+    readings: &[(i64, bool)],
+    rows: &[FeatureRow],
+    device: &str,
+) -> Vec<Option<usize>> {
     let mut ends: Vec<(i64, usize)> = rows
         .iter()
         .enumerate()
@@ -150,8 +154,19 @@ mod tests {
             window_end: end,
             values: vec![1.0],
         };
-        let rows = vec![row("a", 2000), row("b", 2000), row("a", 1000), row("a", 3000)];
-        let readings = [(0, false), (999, true), (1000, true), (2500, false), (3000, false)];
+        let rows = vec![
+            row("a", 2000),
+            row("b", 2000),
+            row("a", 1000),
+            row("a", 3000),
+        ];
+        let readings = [
+            (0, false),
+            (999, true),
+            (1000, true),
+            (2500, false),
+            (3000, false),
+        ];
         assert_eq!(
             reading_windows(&readings, &rows, "a"),
             vec![Some(2), Some(2), Some(0), Some(3), None]

@@ -207,7 +207,10 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let name = model_name(&set, a.model.as_deref())?;
     match (&a.protocol, &a.data) {
         (Some(p), _) if p == "skab" => {
-            let dir = a.dir.clone().context("--protocol skab needs the SKAB data directory")?;
+            let dir = a
+                .dir
+                .clone()
+                .context("--protocol skab needs the SKAB data directory")?;
             skab(&a, &set, &name, &dir).await
         }
         (Some(p), _) => bail!("unknown protocol '{p}' (known: skab)"),
@@ -291,12 +294,22 @@ async fn skab(
     let base: Vec<(String, ModelKind)> = if a.kind == "all" {
         ModelKind::all()
             .into_iter()
-            .map(|(k, _)| Ok((k.to_string(), model_kind(k, a.components, a.neighbours, a.nu, a.explained)?)))
+            .map(|(k, _)| {
+                Ok((
+                    k.to_string(),
+                    model_kind(k, a.components, a.neighbours, a.nu, a.explained)?,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?
     } else {
         a.kind
             .split(',')
-            .map(|k| Ok((k.to_string(), model_kind(k, a.components, a.neighbours, a.nu, a.explained)?)))
+            .map(|k| {
+                Ok((
+                    k.to_string(),
+                    model_kind(k, a.components, a.neighbours, a.nu, a.explained)?,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?
     };
     let mut kinds: Vec<(String, ModelKind, f64)> = Vec::new();
@@ -324,12 +337,22 @@ async fn skab(
         let r = forewarn::replay::features(set, name, file, Some(&a.label), |_| {}).await?;
         let readings = r.labels.by_device.get("").cloned().unwrap_or_default();
         if readings.len() <= a.train_rows {
-            bail!("{}: {} rows, not more than the {} training rows", file.display(), readings.len(), a.train_rows);
+            bail!(
+                "{}: {} rows, not more than the {} training rows",
+                file.display(),
+                readings.len(),
+                a.train_rows
+            );
         }
         // Training windows hold training readings only: they end no later than the
         // first test reading.
         let split = readings[a.train_rows].0;
-        let train: Vec<_> = r.rows.rows.iter().filter(|w| w.window_end <= split).collect();
+        let train: Vec<_> = r
+            .rows
+            .rows
+            .iter()
+            .filter(|w| w.window_end <= split)
+            .collect();
         let x = r.rows.matrix(train.iter().copied());
         let test = &readings[a.train_rows..];
         let w = reading_windows(test, &r.rows.rows, "");
@@ -346,7 +369,10 @@ async fn skab(
             let model = Model::train(name, r.rows.names.clone(), x.view(), &opts)
                 .with_context(|| format!("{}: training {kind}", file.display()))?;
             let scores = score_rows(&model, &r.rows)?;
-            let s: Vec<f64> = w.iter().map(|i| i.map_or(f64::NAN, |i| scores[i])).collect();
+            let s: Vec<f64> = w
+                .iter()
+                .map(|i| i.map_or(f64::NAN, |i| scores[i]))
+                .collect();
             let p: Vec<bool> = s.iter().map(|v| *v > 1.0).collect();
             let c = Confusion::count(&p, &labels);
             let d = Delays::measure(&times, &p, &labels);
@@ -355,7 +381,10 @@ async fn skab(
             pooled[i].1.add(d);
             if i == 0 && first_series.len() < 4 {
                 first_series.push(Series {
-                    name: format!("{kind} on {}", file.strip_prefix(dir).unwrap_or(file).display()),
+                    name: format!(
+                        "{kind} on {}",
+                        file.strip_prefix(dir).unwrap_or(file).display()
+                    ),
                     times: times.clone(),
                     labels: labels.clone(),
                     scores: s,
@@ -371,7 +400,9 @@ async fn skab(
         .zip(&pooled)
         .map(|((k, _, _), (c, d))| figures(k, *c, d))
         .collect();
-    let test_rows = pooled.first().map_or(0, |p| p.0.tp + p.0.fp + p.0.tn + p.0.fn_);
+    let test_rows = pooled
+        .first()
+        .map_or(0, |p| p.0.tp + p.0.fp + p.0.tn + p.0.fn_);
     println!(
         "SKAB protocol: {} files, first {} rows of each train, {} test rows; point-wise metrics pooled over files",
         files.len(),

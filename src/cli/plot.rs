@@ -24,9 +24,7 @@ pub fn scores(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()>
     let err = |e: DrawingAreaErrorKind<std::io::Error>| anyhow::anyhow!("plotting: {e}");
     let root = SVGBackend::new(path, (1200, 260 * series.len() as u32 + 40)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let root = root
-        .titled(title, ("sans-serif", 20))
-        .map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
     for (area, s) in root.split_evenly((series.len(), 1)).iter().zip(series) {
         let t0 = s.times.first().copied().unwrap_or(0);
         let secs: Vec<f64> = s.times.iter().map(|t| (t - t0) as f64 / 1000.0).collect();

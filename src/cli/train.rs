@@ -90,8 +90,10 @@ pub fn model_kind(
 pub fn progress(what: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {human_pos} {msg} ({per_sec}, {elapsed})")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {human_pos} {msg} ({per_sec}, {elapsed})",
+        )
+        .expect("valid template"),
     );
     bar.set_message(what);
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -126,8 +128,9 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         match &a.data {
             Some(data) => {
                 let bar = progress("readings of history replayed");
-                let r = forewarn::replay::features(&set, &name, data, None, |n| bar.set_position(n))
-                    .await?;
+                let r =
+                    forewarn::replay::features(&set, &name, data, None, |n| bar.set_position(n))
+                        .await?;
                 bar.finish_and_clear();
                 eprintln!(
                     "replayed {} readings of {} into {} feature rows",
@@ -151,7 +154,13 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let x = rows.matrix(complete.iter().copied());
     let mut model = if a.per_device {
         let keys: Vec<String> = complete.iter().map(|r| r.device.clone()).collect();
-        Model::train_keyed(&name, rows.names.clone(), Some(("device", &keys)), x.view(), &opts)?
+        Model::train_keyed(
+            &name,
+            rows.names.clone(),
+            Some(("device", &keys)),
+            x.view(),
+            &opts,
+        )?
     } else {
         Model::train(&name, rows.names.clone(), x.view(), &opts)?
     };
@@ -249,7 +258,9 @@ fn csv_columns(path: &Path, cols: &[String]) -> anyhow::Result<FeatureRows> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
-    let header = lines.next().with_context(|| format!("{}: empty file", path.display()))?;
+    let header = lines
+        .next()
+        .with_context(|| format!("{}: empty file", path.display()))?;
     let sep = if header.contains(';') && !header.contains(',') {
         ';'
     } else {

@@ -464,7 +464,10 @@ impl Pipeline {
         let (out_tx, out_rx) = mpsc::channel(self.config.channel_capacity);
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (alive, ended) = oneshot::channel::<()>();
-        if let (Some(every), false) = (self.config.model_reload_interval, self.model_dirs.is_empty()) {
+        if let (Some(every), false) = (
+            self.config.model_reload_interval,
+            self.model_dirs.is_empty(),
+        ) {
             tokio::spawn(reload_models(
                 self.registry.clone(),
                 self.model_dirs.clone(),

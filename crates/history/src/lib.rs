@@ -214,10 +214,11 @@ fn csv_batches(
     // Semicolon-separated files (common in European exports, and SKAB) are recognised
     // by their header line.
     let mut first = String::new();
-    head.read_line(&mut first).map_err(|source| HistoryError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    head.read_line(&mut first)
+        .map_err(|source| HistoryError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let delimiter = if first.contains(';') && !first.contains(',') {
         b';'
     } else {

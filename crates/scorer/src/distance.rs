@@ -129,7 +129,11 @@ impl KnnParams {
                     .iter()
                     .map(|(p, _)| (p - &x).mapv(|v| v * v).sum().sqrt())
                     .collect();
-                let d = if skip_self { &d[1.min(d.len())..] } else { &d[..] };
+                let d = if skip_self {
+                    &d[1.min(d.len())..]
+                } else {
+                    &d[..]
+                };
                 d.iter().take(self.k).sum::<f64>() / self.k as f64
             })
             .collect()

@@ -427,9 +427,7 @@ impl Model {
             ModelKind::Kmeans { clusters } => {
                 Detector::Kmeans(distance::fit_kmeans(z.view(), clusters, opts.seed)?)
             }
-            ModelKind::Knn { k } => {
-                Detector::Knn(KnnParams::fit(z.view(), k, MAX_REFERENCE_ROWS))
-            }
+            ModelKind::Knn { k } => Detector::Knn(KnnParams::fit(z.view(), k, MAX_REFERENCE_ROWS)),
             ModelKind::Ocsvm { nu } => Detector::Ocsvm(svm::fit(z.view(), nu, MAX_REFERENCE_ROWS)?),
             ModelKind::Robust => Detector::Robust(RobustParams::default()),
         };
@@ -468,12 +466,15 @@ impl Model {
                 for (k, idx) in &groups {
                     // Too few rows for a median and MAD of its own: the key uses the fleet's.
                     if idx.len() >= 10 {
-                        r.keys
-                            .insert(k.to_string(), Scaler::robust(data.select(Axis(0), idx).view()));
+                        r.keys.insert(
+                            k.to_string(),
+                            Scaler::robust(data.select(Axis(0), idx).view()),
+                        );
                     }
                 }
                 model.key = Some(column.to_string());
-                let key_refs: Vec<Option<&str>> = row_keys.iter().map(|k| Some(k.as_str())).collect();
+                let key_refs: Vec<Option<&str>> =
+                    row_keys.iter().map(|k| Some(k.as_str())).collect();
                 model.raw_keyed(&key_refs, data)
             }
             // Leave-one-out for kNN: a training row is its own nearest neighbour.
@@ -888,7 +889,10 @@ mod tests {
             let m = Model::train(kind, names(), train.view(), &opts(kind)).unwrap();
             let s = m.score(test.view()).unwrap();
             let false_alarms = s.iter().filter(|v| **v > 1.0).count();
-            assert!(false_alarms <= 8, "{kind}: {false_alarms} false alarms of 400");
+            assert!(
+                false_alarms <= 8,
+                "{kind}: {false_alarms} false alarms of 400"
+            );
             // Far outside every feature's range: every kind must flag it, and name c.
             // (Q alone only sees what leaves the principal subspace, which c does not.)
             let far = [10.0, 50.0, 9.0];
@@ -900,7 +904,10 @@ mod tests {
             assert_eq!(c[0].0, "c", "{kind}: {c:?}");
             let total: f64 = c.iter().map(|x| x.1).sum();
             assert!((total - 1.0).abs() < 1e-9, "{kind}");
-            assert!(m.score_one(&[f64::NAN, 50.0, 0.5]).unwrap().is_nan(), "{kind}");
+            assert!(
+                m.score_one(&[f64::NAN, 50.0, 0.5]).unwrap().is_nan(),
+                "{kind}"
+            );
             // Bit-exact round trip through the file.
             let p = dir.join(format!("{kind}.json"));
             m.save(&p).unwrap();
@@ -939,16 +946,31 @@ mod tests {
         }
         let x = Array2::from_shape_vec((400, 1), rows).unwrap();
         let o = opts("robust");
-        let m = Model::train_keyed("vib", vec!["v".into()], Some(("device", &keys)), x.view(), &o)
-            .unwrap();
+        let m = Model::train_keyed(
+            "vib",
+            vec!["v".into()],
+            Some(("device", &keys)),
+            x.view(),
+            &o,
+        )
+        .unwrap();
         assert_eq!(m.key.as_deref(), Some("device"));
         assert_eq!(m.arity(), 2);
         let probe = Array2::from_shape_vec((2, 1), vec![5.0, 5.0]).unwrap();
         // 5.0 is normal for p2 and far out for p1.
-        let s = m.score_keyed(&[Some("p1"), Some("p2")], probe.view()).unwrap();
+        let s = m
+            .score_keyed(&[Some("p1"), Some("p2")], probe.view())
+            .unwrap();
         assert!(s[0] > 1.0 && s[1] < 1.0, "{s:?}");
         // Keyed training is refused for kinds that have no per-key state.
-        assert!(Model::train_keyed("x", vec!["v".into()], Some(("device", &keys)), x.view(), &opts("pca")).is_err());
+        assert!(Model::train_keyed(
+            "x",
+            vec!["v".into()],
+            Some(("device", &keys)),
+            x.view(),
+            &opts("pca")
+        )
+        .is_err());
     }
 
     #[test]
@@ -1006,7 +1028,10 @@ mod tests {
                 text.replace("\"threshold\": ", "\"threshold\": -1e300, \"x\": "),
                 "baseline < threshold",
             ),
-            (text.replace("\"detector\"", "\"detective\""), "no detector.kind"),
+            (
+                text.replace("\"detector\"", "\"detective\""),
+                "no detector.kind",
+            ),
             (String::new(), "not JSON"),
         ];
         for (body, want) in cases {

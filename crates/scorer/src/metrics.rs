@@ -156,8 +156,12 @@ mod tests {
     #[test]
     fn delays_per_span() {
         let t: Vec<i64> = (0..10).collect();
-        let l = [false, true, true, true, false, false, true, true, false, false];
-        let p = [false, false, false, true, false, false, false, false, false, true];
+        let l = [
+            false, true, true, true, false, false, true, true, false, false,
+        ];
+        let p = [
+            false, false, false, true, false, false, false, false, false, true,
+        ];
         let d = Delays::measure(&t, &p, &l);
         assert_eq!((d.spans, d.detected, d.delays.clone()), (2, 1, vec![2]));
     }

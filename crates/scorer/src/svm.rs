@@ -71,7 +71,9 @@ impl OcsvmParams {
             ));
         }
         if self.support_vectors.iter().any(|r| r.len() != n) {
-            return Err(format!("one-class svm support vectors do not have {n} features"));
+            return Err(format!(
+                "one-class svm support vectors do not have {n} features"
+            ));
         }
         let finite = self
             .support_vectors
@@ -90,7 +92,11 @@ impl OcsvmParams {
         let mut sum = 0.0;
         let (mut best, mut best_d) = (0, f64::INFINITY);
         for (i, (sv, a)) in self.support_vectors.iter().zip(&self.alpha).enumerate() {
-            let d2: f64 = sv.iter().zip(x.iter()).map(|(s, v)| (s - v) * (s - v)).sum();
+            let d2: f64 = sv
+                .iter()
+                .zip(x.iter())
+                .map(|(s, v)| (s - v) * (s - v))
+                .sum();
             sum += a * (-d2 / self.eps).exp();
             if d2 < best_d {
                 (best, best_d) = (i, d2);

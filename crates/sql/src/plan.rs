@@ -145,9 +145,23 @@ fn model_call_site(text: &str, from_line: u64, message: &str) -> Option<(u64, u6
     let start = message.find("model '")? + "model '".len();
     let name = &message[start..start + message[start..].find('\'')?];
     let needle = format!("'{name}'");
-    for (i, line) in text.lines().enumerate().skip(from_line.saturating_sub(1) as usize) {
+    // The function the message names, else any model function.
+    let named: Vec<&str> = ["anomaly_score", "is_anomaly", "top_contributors"]
+        .into_iter()
+        .filter(|f| message.contains(&format!(" {f} ")) || message.contains(&format!(" {f}(")))
+        .collect();
+    let funcs = if named.is_empty() {
+        vec!["anomaly_score", "is_anomaly", "top_contributors"]
+    } else {
+        named
+    };
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .skip(from_line.saturating_sub(1) as usize)
+    {
         let lower = line.to_ascii_lowercase();
-        for f in ["anomaly_score", "is_anomaly", "top_contributors"] {
+        for &f in &funcs {
             let mut from = 0;
             while let Some(at) = lower[from..].find(f) {
                 let at = from + at;
