@@ -191,7 +191,8 @@ async fn bad_queries_and_models_name_the_problem() {
             .contains("model 'm' takes 2 features (avg_v, max_t), but anomaly_score passes 1"),
         "{e}"
     );
-    assert!(e.to_string().starts_with("q.sql:9:"), "{e}");
+    // Pointed at the call, not the statement.
+    assert!(e.to_string().starts_with("q.sql:11:8:"), "{e}");
     let e = Pipeline::builder()
         .query_sql("q.sql", common::SQL)
         .build()

@@ -143,6 +143,27 @@ fn train_from_history_then_evaluate_labelled_history_with_a_plot() {
     assert!(f["median_delay_s"].as_f64().unwrap() <= 4.0, "{out}");
     let svg = std::fs::read_to_string(dir.join("eval.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("pumps p1") && svg.contains("<rect"));
+    // A threshold from labelled validation data instead of the training quantile.
+    let (ok, _, err) = forewarn(&[
+        "train",
+        "--queries",
+        &p("q.sql"),
+        "--data",
+        &p("train.csv"),
+        "--kind",
+        "pca",
+        "--validate",
+        &p("test.csv"),
+        "--out",
+        &p("validated.json"),
+        "--model",
+        "pumps",
+    ]);
+    assert!(ok, "{err}");
+    let validated = Model::load(&dir.join("validated.json")).unwrap();
+    assert!(validated.calibration.method.starts_with("best F1"), "{err}");
+    assert_eq!(validated.detector, model.detector);
+    assert_ne!(validated.calibration.threshold, model.calibration.threshold);
     // Plain CSV columns, no query.
     let (ok, _, err) = forewarn(&[
         "train",

@@ -1,5 +1,7 @@
 -- SKAB (Skoltech Anomaly Benchmark) water-pump test bench: window features for
--- `forewarn eval --protocol skab`. Not part of the demo (it lives in a subdirectory).
+-- `forewarn eval --protocol skab`, which trains a 'skab' model per file from this
+-- query's anomaly_score arguments (no model file is shipped for it). Not part of the
+-- demo (it lives in a subdirectory).
 --
 -- One reading per second from 8 sensors. Each second, the last 10 seconds are
 -- summarised by the mean of each sensor, which smooths single-reading noise away.
