@@ -163,7 +163,7 @@ pub async fn features(
         }
         handle.push_json(&m.topic, m.payload).await?;
         n += 1;
-        if n % 1024 == 0 {
+        if n.is_multiple_of(1024) {
             progress(n);
         }
     }

@@ -82,7 +82,7 @@ impl OcsvmParams {
             .chain(&self.alpha)
             .chain([&self.rho])
             .all(|v| v.is_finite());
-        if !finite || !(self.eps > 0.0) {
+        if !finite || self.eps.is_nan() || self.eps <= 0.0 {
             return Err("one-class svm has non-finite parameters".into());
         }
         Ok(())
