@@ -1,0 +1,164 @@
+//! Decode: JSON payloads → Arrow batches through Forewarn's decoder (topic template,
+//! schema validation, typed builders, micro-batches of 4,096 rows), against plain
+//! `serde_json` parsing of the same bytes into structs: the floor any JSON decoder pays.
+//!
+//! `cargo bench --bench decode [-- MESSAGES]` (default 400,000 single-reading messages;
+//! the array case uses the same number of readings in messages of 10). One core, best of
+//! 5 interleaved rounds. Prints readings/s for each side and the ratio.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use forewarn_formats::{JsonDecoder, TopicTemplate};
+use serde::Deserialize;
+
+/// The baseline's target: what a hand-written consumer would parse a reading into.
+#[allow(dead_code)]
+#[derive(Deserialize)]
+struct Reading {
+    ts: i64,
+    vibration: Option<f64>,
+    kurtosis: Option<f64>,
+    temperature: Option<f64>,
+    motor_current: Option<f64>,
+    pressure: Option<f64>,
+    load: Option<f64>,
+    ambient: Option<f64>,
+}
+
+fn reading(i: usize) -> String {
+    let f = |k: f64| k + (i % 97) as f64 * 0.013;
+    format!(
+        r#"{{"ts":{},"vibration":{:.3},"kurtosis":{:.3},"temperature":{:.2},"motor_current":{:.2},"pressure":{:.3},"load":{:.3},"ambient":{:.2}}}"#,
+        1_700_000_000_000i64 + i as i64 * 1000,
+        f(2.1),
+        f(3.0),
+        f(61.0),
+        f(12.0),
+        f(4.0),
+        f(0.7),
+        f(21.0)
+    )
+}
+
+fn schema() -> Arc<Schema> {
+    let mut fields = vec![
+        Field::new("site", DataType::Utf8, true),
+        Field::new("line", DataType::Utf8, true),
+        Field::new("device", DataType::Utf8, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+    ];
+    for f in [
+        "vibration",
+        "kurtosis",
+        "temperature",
+        "motor_current",
+        "pressure",
+        "load",
+        "ambient",
+    ] {
+        fields.push(Field::new(f, DataType::Float64, true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+struct Case {
+    name: &'static str,
+    /// (topic, payload, readings in it)
+    messages: Vec<(String, Vec<u8>)>,
+    readings: usize,
+    array: bool,
+}
+
+fn case(name: &'static str, readings: usize, per_message: usize) -> Case {
+    let mut messages = Vec::new();
+    let mut i = 0;
+    while i < readings {
+        let topic = format!("plant/site{}/line{}/pump-{:04}/telemetry", i % 3, i % 7, i % 10_000);
+        let payload = if per_message == 1 {
+            reading(i)
+        } else {
+            let items: Vec<String> = (i..i + per_message).map(reading).collect();
+            format!("[{}]", items.join(","))
+        };
+        messages.push((topic, payload.into_bytes()));
+        i += per_message;
+    }
+    Case {
+        name,
+        messages,
+        readings,
+        array: per_message > 1,
+    }
+}
+
+/// Readings/s of Forewarn's decoder over the case.
+fn forewarn(c: &Case) -> f64 {
+    let template = TopicTemplate::parse("plant/{site}/{line}/{device}/telemetry").unwrap();
+    let mut d = JsonDecoder::new(schema(), Some(template), 256 * 1024).unwrap();
+    let start = Instant::now();
+    let mut accepted = 0;
+    let mut rows = 0;
+    for (topic, payload) in &c.messages {
+        accepted += d.decode(topic, payload).accepted;
+        if d.buffered_rows() >= 4096 {
+            rows += d.flush().map_or(0, |b| b.num_rows());
+        }
+    }
+    rows += d.flush().map_or(0, |b| b.num_rows());
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!((accepted, rows), (c.readings, c.readings));
+    c.readings as f64 / secs
+}
+
+/// Readings/s of serde_json into structs over the same bytes.
+fn serde(c: &Case) -> f64 {
+    let start = Instant::now();
+    let mut n = 0;
+    for (_, payload) in &c.messages {
+        if c.array {
+            let v: Vec<Reading> = serde_json::from_slice(payload).unwrap();
+            n += v.len();
+            black_box(v);
+        } else {
+            let r: Reading = serde_json::from_slice(payload).unwrap();
+            n += 1;
+            black_box(r);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(n, c.readings);
+    c.readings as f64 / secs
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(400_000);
+    println!("decode: {n} readings per case, best of 5 interleaved rounds, one core");
+    println!(
+        "{:<28} {:>16} {:>16} {:>8}",
+        "case", "forewarn rd/s", "serde_json rd/s", "ratio"
+    );
+    for c in [
+        case("one reading per message", n, 1),
+        case("10 readings per message", n, 10),
+    ] {
+        let (mut best_f, mut best_s) = (0f64, 0f64);
+        for _ in 0..5 {
+            best_f = best_f.max(forewarn(&c));
+            best_s = best_s.max(serde(&c));
+        }
+        println!(
+            "{:<28} {:>16.0} {:>16.0} {:>8.2}",
+            c.name,
+            best_f,
+            best_s,
+            best_f / best_s
+        );
+    }
+}
