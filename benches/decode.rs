@@ -48,7 +48,11 @@ fn schema() -> Arc<Schema> {
         Field::new("site", DataType::Utf8, true),
         Field::new("line", DataType::Utf8, true),
         Field::new("device", DataType::Utf8, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ];
     for f in [
         "vibration",
@@ -76,7 +80,12 @@ fn case(name: &'static str, readings: usize, per_message: usize) -> Case {
     let mut messages = Vec::new();
     let mut i = 0;
     while i < readings {
-        let topic = format!("plant/site{}/line{}/pump-{:04}/telemetry", i % 3, i % 7, i % 10_000);
+        let topic = format!(
+            "plant/site{}/line{}/pump-{:04}/telemetry",
+            i % 3,
+            i % 7,
+            i % 10_000
+        );
         let payload = if per_message == 1 {
             reading(i)
         } else {

@@ -50,7 +50,11 @@ fn messages(readings: usize, per: usize) -> Vec<(String, Vec<u8>)> {
         let items: Vec<String> = (i..i + per)
             .map(|k| {
                 let ts = 1_700_000_000_000i64 + (k / (DEVICES * per)) as i64 * 1000;
-                format!(r#"{{"ts":{ts},"v":{},"t":{}}}"#, (k % 13) as f64 * 0.5, k % 7)
+                format!(
+                    r#"{{"ts":{ts},"v":{},"t":{}}}"#,
+                    (k % 13) as f64 * 0.5,
+                    k % 7
+                )
             })
             .collect();
         let payload = if per == 1 {
@@ -90,7 +94,12 @@ async fn settle(count: &AtomicU64, want: u64, idle: Duration) -> (u64, Instant) 
     }
 }
 
-async fn passthrough(url: &BrokerUrl, qos: QoS, msgs: &[(String, Vec<u8>)], per: usize) -> (f64, u64) {
+async fn passthrough(
+    url: &BrokerUrl,
+    qos: QoS,
+    msgs: &[(String, Vec<u8>)],
+    per: usize,
+) -> (f64, u64) {
     let mut o = SourceOptions::new(url.clone(), "bench-sub", vec!["b/#".into()]);
     o.qos = qos;
     let (mut src, mut rx) = MqttSource::start(o);
@@ -100,7 +109,11 @@ async fn passthrough(url: &BrokerUrl, qos: QoS, msgs: &[(String, Vec<u8>)], per:
     let counter = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             // Count readings the way the engine would see them, without decoding.
-            let n = if m.payload.first() == Some(&b'[') { per } else { 1 };
+            let n = if m.payload.first() == Some(&b'[') {
+                per
+            } else {
+                1
+            };
             g.fetch_add(n as u64, Ordering::Relaxed);
         }
     });
@@ -117,7 +130,11 @@ async fn passthrough(url: &BrokerUrl, qos: QoS, msgs: &[(String, Vec<u8>)], per:
 }
 
 async fn engine(url: &BrokerUrl, qos: QoS, msgs: &[(String, Vec<u8>)], per: usize) -> (f64, u64) {
-    let p = Pipeline::builder().query_sql("e.sql", SQL).build().await.unwrap();
+    let p = Pipeline::builder()
+        .query_sql("e.sql", SQL)
+        .build()
+        .await
+        .unwrap();
     let mut opts = RunOptions::new("bench-engine");
     opts.source_qos = qos;
     let mp = forewarn::mqtt::start(p, url, &opts, None).await.unwrap();
@@ -155,20 +172,34 @@ async fn latency(url: &BrokerUrl, batch_delay: Duration, trials: usize) -> (f64,
     let mp = forewarn::mqtt::start(p, url, &RunOptions::new("bench-lat"), None)
         .await
         .unwrap();
-    let (mut sub, mut rx) = MqttSource::start(SourceOptions::new(url.clone(), "bench-lat-sub", vec!["o/#".into()]));
+    let (mut sub, mut rx) = MqttSource::start(SourceOptions::new(
+        url.clone(),
+        "bench-lat-sub",
+        vec!["o/#".into()],
+    ));
     sub.wait_connected(Duration::from_secs(10)).await.unwrap();
     let mut publ = MqttSink::start(url.clone(), "bench-lat-pub", QoS::AtLeastOnce);
     publ.wait_connected(Duration::from_secs(10)).await.unwrap();
     let base = 1_700_000_000_000i64;
     let mut lat = Vec::new();
-    publ.publish("b/d1", format!(r#"{{"ts":{base},"v":1}}"#).into_bytes(), false).await.unwrap();
+    publ.publish(
+        "b/d1",
+        format!(r#"{{"ts":{base},"v":1}}"#).into_bytes(),
+        false,
+    )
+    .await
+    .unwrap();
     for k in 1..=trials as i64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent = Instant::now();
         // Event time k s: the watermark passes the end of window k-1.
-        publ.publish("b/d1", format!(r#"{{"ts":{},"v":1}}"#, base + k * 1000).into_bytes(), false)
-            .await
-            .unwrap();
+        publ.publish(
+            "b/d1",
+            format!(r#"{{"ts":{},"v":1}}"#, base + k * 1000).into_bytes(),
+            false,
+        )
+        .await
+        .unwrap();
         let m = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
         assert!(matches!(m, Ok(Some(_))), "no result for window {k}");
         lat.push(sent.elapsed().as_secs_f64() * 1000.0);
@@ -193,7 +224,11 @@ fn main() {
         .unwrap_or(200_000);
     let dir = std::env::temp_dir().join(format!("fw-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // Stock mosquitto drops QoS 1 messages beyond 1,000 queued per client; the same
     // raised limit applies to the baseline and the engine.
     let conf = dir.join("mosquitto.conf");

@@ -33,7 +33,11 @@ fn status_kb(field: &str) -> u64 {
 
 async fn child(devices: usize, seconds: usize) {
     let before = status_kb("VmRSS:");
-    let p = Pipeline::builder().query_sql("m.sql", SQL).build().await.unwrap();
+    let p = Pipeline::builder()
+        .query_sql("m.sql", SQL)
+        .build()
+        .await
+        .unwrap();
     let (h, mut rx) = p.without_wall_clock().start();
     let drain = tokio::spawn(async move {
         let mut windows = 0u64;
@@ -48,7 +52,11 @@ async fn child(devices: usize, seconds: usize) {
     for s in 0..seconds {
         let ts = 1_700_000_000_000i64 + s as i64 * 1000;
         for (d, topic) in topics.iter().enumerate() {
-            let payload = format!(r#"{{"ts":{ts},"v":{},"t":{}}}"#, (d % 13) as f64 * 0.5, s % 7);
+            let payload = format!(
+                r#"{{"ts":{ts},"v":{},"t":{}}}"#,
+                (d % 13) as f64 * 0.5,
+                s % 7
+            );
             h.push_json(topic, payload.into_bytes()).await.unwrap();
         }
     }
@@ -67,7 +75,10 @@ async fn child(devices: usize, seconds: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     if args.first().map(String::as_str) == Some("child") {
         let devices = args[1].parse().unwrap();
         let seconds = args[2].parse().unwrap();
@@ -90,9 +101,16 @@ fn main() {
             .args(["child", &devices.to_string(), &seconds.to_string()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let line = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<u64> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
         let mib = |kb: u64| kb as f64 / 1024.0;
         println!(
             "{devices:>9} {seconds:>8} {:>11} {:>9} {:>14.1} {:>11.1} {:>10.1}",

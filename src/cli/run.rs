@@ -36,6 +36,7 @@ struct FileConfig {
     client_id: Option<String>,
     max_batch_rows: Option<usize>,
     max_batch_delay_ms: Option<u64>,
+    flush_when_idle: Option<bool>,
     max_payload_bytes: Option<usize>,
     topic_prefix: Option<String>,
     source_qos: Option<u8>,
@@ -64,6 +65,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = fc.max_batch_delay_ms {
         cfg.max_batch_delay = Duration::from_millis(v);
+    }
+    if let Some(v) = fc.flush_when_idle {
+        cfg.flush_when_idle = v;
     }
     if let Some(v) = fc.max_payload_bytes {
         cfg.max_payload_bytes = v;

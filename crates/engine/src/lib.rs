@@ -73,8 +73,11 @@ pub enum EngineError {
 pub struct EngineConfig {
     /// A micro-batch closes when it holds this many readings...
     pub max_batch_rows: usize,
-    /// ...or when its first reading has waited this long.
+    /// ...or when its first reading has waited this long...
     pub max_batch_delay: Duration,
+    /// ...or as soon as no further message is waiting (low latency when the engine keeps
+    /// up; full batches when it does not).
+    pub flush_when_idle: bool,
     /// Payloads larger than this are dead-lettered.
     pub max_payload_bytes: usize,
     /// Capacity of the input and output channels (messages); pushing waits when full.
@@ -97,6 +100,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_batch_rows: 4096,
             max_batch_delay: Duration::from_millis(100),
+            flush_when_idle: true,
             max_payload_bytes: 256 * 1024,
             channel_capacity: 1024,
             topic_prefix: "forewarn".into(),

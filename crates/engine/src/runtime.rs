@@ -190,7 +190,15 @@ impl Runtime {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Input::Json { topic, payload }) => self.on_json(&topic, &payload).await?,
+                    Some(Input::Json { topic, payload }) => {
+                        self.on_json(&topic, &payload).await?;
+                        // Nothing else waiting: close the micro-batch now rather than on
+                        // the timer, so a reading that completes a window is not held back.
+                        // Under load the queue is not empty and batches fill up.
+                        if self.config.flush_when_idle && rx.is_empty() {
+                            self.flush_all().await?;
+                        }
+                    }
                     Some(Input::Batch { source, batch }) => self.on_batch(&source, batch).await?,
                     Some(Input::Command { device, payload }) => self.on_command(&device, &payload).await,
                     Some(Input::Flush(done)) => {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Regenerates every measured figure in docs/benchmarks.md: runs each benchmark in the
+# release profile and replaces the text between its <!-- BEGIN name --> and
+# <!-- END name --> markers with the output of this run, stamped with the machine.
+#
+#   benches/regenerate.sh            # all of them (about 15 minutes plus the build)
+#   benches/regenerate.sh decode     # just one: decode scoring windowed memory e2e footprint
+#
+# Needs mosquitto for e2e (apt-get install mosquitto).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+doc=docs/benchmarks.md
+only="${1:-}"
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+stamp="$(date -u +%Y-%m-%d), $(nproc) cores ($cpu), $(free -g | awk '/Mem:/{print $2}') GiB"
+
+run() { # name command...
+    local name=$1; shift
+    [[ -n "$only" && "$only" != "$name" ]] && return 0
+    echo "== $name: $*" >&2
+    local out
+    out=$("$@" 2>/dev/null)
+    echo "$out" >&2
+    local block
+    block=$(printf '%s\n```text\n$ %s\n%s\n```\n' "Measured $stamp:" "$*" "$out")
+    BLOCK="$block" NAME="$name" perl -0pi -e \
+        's/(<!-- BEGIN $ENV{NAME} -->\n).*?(<!-- END $ENV{NAME} -->)/$1$ENV{BLOCK}\n$2/s' "$doc"
+}
+
+footprint() {
+    cargo build --release --bin forewarn -q
+    cargo build --release --example gateway --no-default-features -q
+    local full gw
+    full=$(stat -c %s target/release/forewarn)
+    gw=$(stat -c %s target/release/examples/gateway)
+    strip -o /tmp/fw-stripped target/release/forewarn
+    strip -o /tmp/gw-stripped target/release/examples/gateway
+    mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+    printf '%-56s %8s %10s\n' "binary" "MiB" "stripped"
+    printf '%-56s %8s %10s\n' "forewarn (CLI, embedded broker, MQTT, history, plots)" \
+        "$(mib "$full")" "$(mib "$(stat -c %s /tmp/fw-stripped)")"
+    printf '%-56s %8s %10s\n' "gateway example (library only, --no-default-features)" \
+        "$(mib "$gw")" "$(mib "$(stat -c %s /tmp/gw-stripped)")"
+    rm -f /tmp/fw-stripped /tmp/gw-stripped
+}
+
+cargo bench --no-run -q 2>/dev/null
+run decode cargo bench -q --bench decode
+run scoring cargo bench -q --bench scoring
+run windowed cargo bench -q --bench windowed -- 10000 2000000 tumble
+run hop cargo bench -q --bench windowed -- 10000 2000000 hop
+run memory cargo bench -q --bench memory
+run e2e cargo bench -q --bench e2e
+run footprint footprint
