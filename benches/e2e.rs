@@ -119,11 +119,10 @@ async fn passthrough(
     });
     let t0 = Instant::now();
     let want = (msgs.len() * per) as u64;
-    let (publish, (n, last)) = tokio::join!(
+    let ((), (n, last)) = tokio::join!(
         publish_all(url, qos, "bench-pub-a", msgs),
         settle(&got, want, Duration::from_secs(3))
     );
-    let _ = publish;
     src.stop().await;
     counter.abort();
     (n as f64 / last.duration_since(t0).as_secs_f64(), want - n)
@@ -149,7 +148,7 @@ async fn engine(url: &BrokerUrl, qos: QoS, msgs: &[(String, Vec<u8>)], per: usiz
     });
     let t0 = Instant::now();
     let want = (msgs.len() * per) as u64;
-    let (_, (n, last)) = tokio::join!(
+    let ((), (n, last)) = tokio::join!(
         publish_all(url, qos, "bench-pub-b", msgs),
         settle(&got, want, Duration::from_secs(3))
     );
