@@ -3,7 +3,8 @@
 # release profile and replaces the text between its <!-- BEGIN name --> and
 # <!-- END name --> markers with the output of this run, stamped with the machine.
 #
-#   benches/regenerate.sh            # all of them (about 15 minutes plus the build)
+#   benches/regenerate.sh            # all of them (44 min here; the library-only gateway
+#                                    # build compiles DataFusion a second time)
 #   benches/regenerate.sh decode     # just one: decode scoring windowed memory e2e footprint
 #
 # Needs mosquitto for e2e (apt-get install mosquitto).
