@@ -16,7 +16,7 @@ pub use forewarn_engine::{
     Alert, DeadLetter, DeviceState, EngineConfig, EngineError, EngineStats, Model, ModelRegistry,
     Output, Pipeline, PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
 };
-pub use forewarn_scorer::{metrics, ModelError, ModelKind, TrainOptions};
+pub use forewarn_scorer::{metrics, Detector, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};
 
 #[cfg(feature = "mqtt")]

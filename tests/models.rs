@@ -164,6 +164,39 @@ fn train_from_history_then_evaluate_labelled_history_with_a_plot() {
     assert!(validated.calibration.method.starts_with("best F1"), "{err}");
     assert_eq!(validated.detector, model.detector);
     assert_ne!(validated.calibration.threshold, model.calibration.threshold);
+    // Per-device baselines from a keyed call: the key argument is not a feature.
+    std::fs::write(
+        dir.join("keyed.sql"),
+        FEATURES_SQL.replace(
+            "anomaly_score('pumps', avg(flow), avg(pressure))",
+            "anomaly_score('pumps_dev', device, avg(pressure))",
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = forewarn(&[
+        "train",
+        "--queries",
+        &p("keyed.sql"),
+        "--data",
+        &p("train.csv"),
+        "--kind",
+        "robust",
+        "--per-device",
+        "--out",
+        &p("pumps_dev.json"),
+    ]);
+    assert!(ok, "{err}");
+    let keyed = Model::load(&dir.join("pumps_dev.json")).unwrap();
+    assert_eq!(
+        (keyed.key.as_deref(), keyed.features.clone()),
+        (Some("device"), vec!["pressure".to_string()])
+    );
+    match &keyed.detector {
+        forewarn::Detector::Robust(r) => {
+            assert_eq!(r.keys.keys().collect::<Vec<_>>(), ["p1", "p2"])
+        }
+        d => panic!("{d:?}"),
+    }
     // Plain CSV columns, no query.
     let (ok, _, err) = forewarn(&[
         "train",

@@ -51,7 +51,8 @@ pub struct TrainArgs {
     /// Train on these CSV columns of --data directly, without a query (comma-separated).
     #[arg(long, value_delimiter = ',', requires = "data")]
     features: Option<Vec<String>>,
-    /// Keep one baseline per device (robust kind): the key column is the query's device.
+    /// Keep one baseline per device (robust kind). The query calls the model with the key
+    /// first, `anomaly_score('NAME', device, f1, ...)`; each window's device is its key.
     #[arg(long)]
     per_device: bool,
     /// Labelled validation history: the threshold becomes the one with the best F1 on it.
@@ -143,6 +144,18 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             None => simulated_features(&set, &name, &a.plant).await?,
         }
     };
+    let mut rows = rows;
+    if a.per_device && a.features.is_none() {
+        // A keyed call passes the key first: anomaly_score('m', device, f1, ...). The key
+        // of each row is its window's device; the argument itself is not a feature.
+        if rows.names.len() < 2 {
+            bail!("--per-device: the anomaly_score call needs the key and at least one feature, e.g. anomaly_score('{name}', device, avg(v))");
+        }
+        rows.names.remove(0);
+        for r in &mut rows.rows {
+            r.values.remove(0);
+        }
+    }
     let complete: Vec<_> = rows.rows.iter().filter(|r| r.complete()).collect();
     let skipped = rows.rows.len() - complete.len();
     eprintln!(

@@ -51,7 +51,9 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
         let mut names = Vec::new();
         let mut projection = Vec::new();
         if let GroupByExpr::Expressions(keys, _) = &select.group_by {
-            for k in keys {
+            // A key that is also an argument (a keyed model's `device`) is projected once,
+            // as the argument.
+            for k in keys.iter().filter(|k| !args.contains(k)) {
                 projection.push(SelectItem::UnnamedExpr(k.clone()));
             }
         }
