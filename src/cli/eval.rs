@@ -10,7 +10,7 @@ use forewarn::training::{reading_windows, FeatureRows, Labels};
 use forewarn::{Model, ModelKind, ModelRegistry, TrainOptions};
 use serde_json::json;
 
-use super::train::{model_kind, progress, read_queries};
+use super::train::{progress, read_queries, KindSettings};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -38,18 +38,8 @@ pub struct EvalArgs {
     /// Model kinds to train per file (--protocol): `all` or a comma-separated list.
     #[arg(long, default_value = "all")]
     kind: String,
-    /// Mixture components (gmm) or clusters (kmeans).
-    #[arg(long)]
-    components: Option<usize>,
-    /// Neighbours (knn).
-    #[arg(long)]
-    neighbours: Option<usize>,
-    /// ν (ocsvm).
-    #[arg(long)]
-    nu: Option<f64>,
-    /// Explained variance (pca).
-    #[arg(long)]
-    explained: Option<f64>,
+    #[command(flatten)]
+    settings: KindSettings,
     /// Training-score quantile for the threshold (--protocol).
     #[arg(long, default_value_t = 0.99)]
     quantile: f64,
@@ -88,21 +78,7 @@ fn model_name(set: &forewarn::QuerySet, given: Option<&str>) -> anyhow::Result<S
     if let Some(m) = given {
         return Ok(m.to_string());
     }
-    let mut names: Vec<String> = Vec::new();
-    for q in &set.queries {
-        let mut rest = q.select_sql.as_str();
-        while let Some(i) = rest.to_ascii_lowercase().find("anomaly_score(") {
-            let after = rest[i + "anomaly_score(".len()..].trim_start();
-            if let Some(body) = after.strip_prefix('\'') {
-                if let Some(end) = body.find('\'') {
-                    if !names.iter().any(|n| n == &body[..end]) {
-                        names.push(body[..end].to_string());
-                    }
-                }
-            }
-            rest = &rest[i + 1..];
-        }
-    }
+    let mut names = forewarn_sql::scored_models(set)?;
     match names.len() {
         1 => Ok(names.remove(0)),
         0 => bail!("the queries call no anomaly_score('MODEL', ...)"),
@@ -294,22 +270,12 @@ async fn skab(
     let base: Vec<(String, ModelKind)> = if a.kind == "all" {
         ModelKind::all()
             .into_iter()
-            .map(|(k, _)| {
-                Ok((
-                    k.to_string(),
-                    model_kind(k, a.components, a.neighbours, a.nu, a.explained)?,
-                ))
-            })
+            .map(|(k, _)| Ok((k.to_string(), a.settings.kind(k)?)))
             .collect::<anyhow::Result<_>>()?
     } else {
         a.kind
             .split(',')
-            .map(|k| {
-                Ok((
-                    k.to_string(),
-                    model_kind(k, a.components, a.neighbours, a.nu, a.explained)?,
-                ))
-            })
+            .map(|k| Ok((k.to_string(), a.settings.kind(k)?)))
             .collect::<anyhow::Result<_>>()?
     };
     let mut kinds: Vec<(String, ModelKind, f64)> = Vec::new();

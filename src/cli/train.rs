@@ -26,18 +26,8 @@ pub struct TrainArgs {
     /// Detector: gmm, pca (T² and Q), pca-t2, pca-q, kmeans, knn, ocsvm, robust.
     #[arg(long, default_value = "gmm")]
     kind: String,
-    /// Mixture components (gmm) or clusters (kmeans).
-    #[arg(long)]
-    components: Option<usize>,
-    /// Neighbours (knn).
-    #[arg(long)]
-    neighbours: Option<usize>,
-    /// ν, the tolerated fraction of training rows outside the support (ocsvm).
-    #[arg(long)]
-    nu: Option<f64>,
-    /// Fraction of variance the retained principal components explain (pca).
-    #[arg(long)]
-    explained: Option<f64>,
+    #[command(flatten)]
+    settings: KindSettings,
     /// Training-score quantile for the threshold.
     #[arg(long, default_value_t = 0.999)]
     quantile: f64,
@@ -66,25 +56,38 @@ pub struct TrainArgs {
     plant: PlantArgs,
 }
 
-/// The detector settings from the flags.
-pub fn model_kind(
-    kind: &str,
+/// Per-kind settings; unset ones keep the kind's defaults.
+#[derive(clap::Args, Debug)]
+pub struct KindSettings {
+    /// Mixture components (gmm) or clusters (kmeans).
+    #[arg(long)]
     components: Option<usize>,
+    /// Neighbours (knn).
+    #[arg(long)]
     neighbours: Option<usize>,
+    /// ν, the tolerated fraction of training rows outside the support (ocsvm).
+    #[arg(long)]
     nu: Option<f64>,
+    /// Fraction of variance the retained principal components explain (pca).
+    #[arg(long)]
     explained: Option<f64>,
-) -> anyhow::Result<ModelKind> {
-    let mut k: ModelKind = kind.parse().map_err(anyhow::Error::msg)?;
-    match &mut k {
-        ModelKind::Gmm { components: c } | ModelKind::Kmeans { clusters: c } => {
-            *c = components.unwrap_or(*c)
+}
+
+impl KindSettings {
+    /// The detector `kind` (e.g. `pca`) with these settings applied.
+    pub fn kind(&self, kind: &str) -> anyhow::Result<ModelKind> {
+        let mut k: ModelKind = kind.parse().map_err(anyhow::Error::msg)?;
+        match &mut k {
+            ModelKind::Gmm { components: c } | ModelKind::Kmeans { clusters: c } => {
+                *c = self.components.unwrap_or(*c)
+            }
+            ModelKind::Knn { k } => *k = self.neighbours.unwrap_or(*k),
+            ModelKind::Ocsvm { nu: n } => *n = self.nu.unwrap_or(*n),
+            ModelKind::Pca { explained: e, .. } => *e = self.explained.unwrap_or(*e),
+            ModelKind::Robust => {}
         }
-        ModelKind::Knn { k } => *k = neighbours.unwrap_or(*k),
-        ModelKind::Ocsvm { nu: n } => *n = nu.unwrap_or(*n),
-        ModelKind::Pca { explained: e, .. } => *e = explained.unwrap_or(*e),
-        ModelKind::Robust => {}
+        Ok(k)
     }
-    Ok(k)
 }
 
 /// A spinner counting readings, on stderr.
@@ -111,7 +114,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             .to_string_lossy()
             .to_string(),
     };
-    let kind = model_kind(&a.kind, a.components, a.neighbours, a.nu, a.explained)?;
+    let kind = a.settings.kind(&a.kind)?;
     if a.per_device && kind != ModelKind::Robust {
         bail!("--per-device needs --kind robust (the other kinds are fleet-wide)");
     }

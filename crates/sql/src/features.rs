@@ -150,6 +150,25 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
     })
 }
 
+/// The models the queries score with (`anomaly_score('name', ...)`), in order of
+/// first appearance.
+pub fn scored_models(set: &QuerySet) -> Result<Vec<String>, SqlError> {
+    let mut names: Vec<String> = Vec::new();
+    for q in &set.queries {
+        let stmts = Parser::parse_sql(&GenericDialect {}, &q.select_sql)
+            .map_err(|e| SqlError::from_parser(&q.file, &q.select_sql, &e))?;
+        let _ = visit_expressions(&stmts, |e| {
+            if let Some((name, _)) = score_call(e) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    Ok(names)
+}
+
 fn calls_score(e: &Expr) -> bool {
     visit_expressions(e, |x| match x {
         Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("anomaly_score") => {
@@ -186,7 +205,8 @@ fn conjuncts(e: Expr) -> Vec<Expr> {
     }
 }
 
-fn score_args(e: &Expr, model: &str) -> Option<Vec<Expr>> {
+/// An `anomaly_score('model', args...)` call: the model name and the arguments after it.
+fn score_call(e: &Expr) -> Option<(String, Vec<Expr>)> {
     let Expr::Function(f) = e else { return None };
     if !f.name.to_string().eq_ignore_ascii_case("anomaly_score") {
         return None;
@@ -194,7 +214,7 @@ fn score_args(e: &Expr, model: &str) -> Option<Vec<Expr>> {
     let FunctionArguments::List(l) = &f.args else {
         return None;
     };
-    let args: Vec<Expr> = l
+    let mut args: Vec<Expr> = l
         .args
         .iter()
         .filter_map(|a| match a {
@@ -202,8 +222,13 @@ fn score_args(e: &Expr, model: &str) -> Option<Vec<Expr>> {
             _ => None,
         })
         .collect();
-    let first = args.first()?.to_string();
-    (first.trim_matches('\'') == model).then(|| args[1..].to_vec())
+    let name = args.first()?.to_string().trim_matches('\'').to_string();
+    args.remove(0);
+    Some((name, args))
+}
+
+fn score_args(e: &Expr, model: &str) -> Option<Vec<Expr>> {
+    score_call(e).and_then(|(name, args)| (name == model).then_some(args))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ mod plan;
 mod udf;
 
 pub use error::SqlError;
-pub use features::{feature_query, FEATURE_SINK};
+pub use features::{feature_query, scored_models, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};
 pub use parse::{
     QueryDecl, QuerySet, ReferenceDecl, SinkDecl, SourceDecl, ARRIVAL_TIME, DEFAULT_MAX_SKEW,
