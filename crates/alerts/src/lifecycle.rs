@@ -109,7 +109,7 @@ pub struct Transition {
 }
 
 /// One (rule, device) state machine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Machine {
     health: Option<Health>,
     episode_start: Millis,
@@ -154,6 +154,35 @@ impl Lifecycle {
     /// Devices currently tracked (state grows with devices, not with windows).
     pub fn devices(&self) -> usize {
         self.machines.len()
+    }
+
+    /// Every device's state machine, for a checkpoint.
+    pub fn save(&self) -> serde_json::Value {
+        serde_json::to_value(&self.machines).expect("machines serialise")
+    }
+
+    /// Continues from [`save`](Self::save)d state machines (replacing the current ones).
+    pub fn load(&mut self, v: serde_json::Value) -> Result<(), serde_json::Error> {
+        let mut machines: HashMap<String, Machine> = serde_json::from_value(v)?;
+        // The published form carries window bounds as RFC 3339 only.
+        for m in machines.values_mut() {
+            for w in m
+                .anomalous
+                .iter_mut()
+                .chain(m.severe.iter_mut())
+                .chain(m.normal.iter_mut())
+            {
+                let parse = |s: &str| {
+                    forewarn_core::parse_rfc3339(s).ok_or_else(|| {
+                        serde::de::Error::custom(format!("window bound '{s}' is not RFC 3339"))
+                    })
+                };
+                w.start_ms = parse(&w.window_start)?;
+                w.end_ms = parse(&w.window_end)?;
+            }
+        }
+        self.machines = machines;
+        Ok(())
     }
 
     /// Feeds one window of `device`; returns the transition it causes, if any.

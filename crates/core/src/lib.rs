@@ -240,7 +240,7 @@ pub struct WatermarkSpec {
 /// watermark is the smallest key maximum among keys within `max_skew` of the median
 /// key, minus `delay`: one device whose clock runs ahead cannot push the whole fleet's
 /// rows into lateness, and one that stopped or lags cannot hold every window open.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Watermark {
     spec: WatermarkSpec,
     max_seen: Option<Millis>,

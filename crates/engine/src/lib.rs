@@ -24,8 +24,11 @@
 //! # Ok(()) }
 //! ```
 
+mod checkpoint;
 mod rows;
 mod runtime;
+
+pub use checkpoint::{CheckpointConfig, CheckpointError, CHECKPOINT_FORMAT};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +40,8 @@ pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage};
 use forewarn_formats::{JsonDecoder, TopicTemplate};
 pub use forewarn_scorer::{Model, ModelRegistry};
 use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Errors from building or driving a pipeline.
@@ -63,6 +67,9 @@ pub enum EngineError {
     /// The streaming runtime failed.
     #[error(transparent)]
     Stream(#[from] forewarn_stream::StreamError),
+    /// A checkpoint could not be read, is damaged, or does not fit the queries.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// The pipeline has stopped (its task ended or panicked).
     #[error("the pipeline has stopped")]
     Stopped,
@@ -93,6 +100,10 @@ pub struct EngineConfig {
     /// How often the model directories are checked for changed files, which are then
     /// swapped in atomically (`None`: never).
     pub model_reload_interval: Option<Duration>,
+    /// Checkpoint the state to a directory, restore it on start, and acknowledge input
+    /// only once a checkpoint covers it (`None`: no checkpoints; input is acknowledged
+    /// as soon as it is taken, and state is lost when the process stops).
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 impl Default for EngineConfig {
@@ -107,12 +118,14 @@ impl Default for EngineConfig {
             dead_letter_excerpt: 256,
             wall_clock: true,
             model_reload_interval: Some(Duration::from_secs(2)),
+            checkpoint: None,
         }
     }
 }
 
 /// Something the pipeline publishes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "output", rename_all = "snake_case")]
 pub enum Output {
     /// An alert from a query, for the sink topic.
     Alert {
@@ -166,7 +179,7 @@ impl Output {
 }
 
 /// A rejected message or reading.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeadLetter {
     /// Stable reason code (`not_json`, `missing_field`, `late`, ...).
     pub reason: String,
@@ -209,6 +222,20 @@ pub struct EngineStats {
     pub dead_letters_out: u64,
     /// Times a query failed on a batch (logged; the pipeline and other queries go on).
     pub query_errors: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Checkpoints that could not be written (logged; input stays unacknowledged and
+    /// the next checkpoint tries again).
+    pub checkpoint_failures: u64,
+    /// Size of the last checkpoint file, bytes.
+    pub checkpoint_bytes: u64,
+    /// Input messages acknowledged to their source.
+    pub inputs_acked: u64,
+    /// Sequence number of the checkpoint the pipeline started from.
+    pub restored_from: Option<u64>,
+    /// Outputs emitted again after a restart because the checkpoint held them
+    /// unconfirmed.
+    pub outputs_replayed: u64,
 }
 
 /// Builds a [`Pipeline`].
@@ -345,6 +372,17 @@ impl PipelineBuilder {
                 late_topic,
             });
         }
+        let restored = match &self.config.checkpoint {
+            Some(c) => match checkpoint::load_newest(&c.dir)? {
+                Some((file, snap)) => {
+                    checkpoint::check_fit(&file, &snap, &queries)?;
+                    tracing::info!(checkpoint = %file.display(), seq = snap.seq, "restoring state");
+                    Some(snap)
+                }
+                None => None,
+            },
+            None => None,
+        };
         let mut sinks = BTreeMap::new();
         for s in set.sinks.values() {
             let t = TopicTemplate::parse(&s.topic)
@@ -358,6 +396,7 @@ impl PipelineBuilder {
             sinks,
             registry,
             model_dirs: self.model_dirs,
+            restored,
         })
     }
 }
@@ -410,6 +449,8 @@ pub struct Pipeline {
     sinks: BTreeMap<String, (TopicTemplate, Option<forewarn_alerts::LifecycleSpec>)>,
     registry: Arc<ModelRegistry>,
     model_dirs: Vec<PathBuf>,
+    /// The checkpoint to continue from.
+    restored: Option<checkpoint::Snapshot>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -457,6 +498,17 @@ impl Pipeline {
         self.queries.iter().map(|q| q.explain()).collect()
     }
 
+    /// Sequence number of the checkpoint this pipeline will continue from, if any.
+    pub fn restored_checkpoint(&self) -> Option<u64> {
+        self.restored.as_ref().map(|s| s.seq)
+    }
+
+    /// Whether the pipeline checkpoints (and so acknowledges input only after a
+    /// checkpoint covers it).
+    pub fn checkpointing(&self) -> bool {
+        self.config.checkpoint.is_some()
+    }
+
     /// The model registry (swap models in it while running).
     pub fn models(&self) -> &Arc<ModelRegistry> {
         &self.registry
@@ -479,7 +531,8 @@ impl Pipeline {
                 ended,
             ));
         }
-        let rt = runtime::Runtime::new(self, out_tx, stats.clone());
+        let confirmed = Arc::new(AtomicU64::new(0));
+        let rt = runtime::Runtime::new(self, out_tx, stats.clone(), confirmed.clone());
         let task = tokio::spawn(async move {
             let r = rt.run(in_rx).await;
             drop(alive);
@@ -490,6 +543,7 @@ impl Pipeline {
                 tx: in_tx,
                 stats,
                 task: Arc::new(Mutex::new(Some(task))),
+                confirmed,
             },
             out_rx,
         )
@@ -528,12 +582,29 @@ async fn reload_models(
     }
 }
 
+/// Called once the effect of an input message is safe: right after it is processed
+/// without checkpoints, after the checkpoint that covers it with them (e.g. sends the
+/// MQTT PUBACK).
+pub type Ack = Box<dyn FnOnce() + Send>;
+
 pub(crate) enum Input {
-    Json { topic: String, payload: Vec<u8> },
-    Command { device: String, payload: Vec<u8> },
-    Batch { source: String, batch: RecordBatch },
+    Json {
+        topic: String,
+        payload: Vec<u8>,
+        ack: Option<Ack>,
+    },
+    Command {
+        device: String,
+        payload: Vec<u8>,
+        ack: Option<Ack>,
+    },
+    Batch {
+        source: String,
+        batch: RecordBatch,
+    },
     Flush(oneshot::Sender<()>),
     Finish(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
 }
 
 type PipelineTask = tokio::task::JoinHandle<Result<(), EngineError>>;
@@ -544,6 +615,7 @@ pub struct PipelineHandle {
     tx: mpsc::Sender<Input>,
     stats: Arc<Mutex<EngineStats>>,
     task: Arc<Mutex<Option<PipelineTask>>>,
+    confirmed: Arc<AtomicU64>,
 }
 
 impl PipelineHandle {
@@ -552,8 +624,63 @@ impl PipelineHandle {
         self.send(Input::Json {
             topic: topic.to_string(),
             payload,
+            ack: None,
         })
         .await
+    }
+
+    /// Like [`push_json`](Self::push_json); `ack` is called once the message's effect is
+    /// safe (see [`Ack`]). Acks are called in the order the messages were pushed.
+    pub async fn push_json_acked(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        ack: Ack,
+    ) -> Result<(), EngineError> {
+        self.send(Input::Json {
+            topic: topic.to_string(),
+            payload,
+            ack: Some(ack),
+        })
+        .await
+    }
+
+    /// Like [`command`](Self::command), with an [`Ack`].
+    pub async fn command_acked(
+        &self,
+        device: &str,
+        payload: Vec<u8>,
+        ack: Ack,
+    ) -> Result<(), EngineError> {
+        self.send(Input::Command {
+            device: device.to_string(),
+            payload,
+            ack: Some(ack),
+        })
+        .await
+    }
+
+    /// With [`CheckpointConfig::confirm_outputs`]: the first `n` outputs received from
+    /// the pipeline (counted from its start) are delivered for good. Outputs not yet
+    /// confirmed at a checkpoint are kept in it and emitted again after a restart.
+    pub fn confirm_outputs(&self, n: u64) {
+        self.confirmed.fetch_max(n, Ordering::Relaxed);
+    }
+
+    /// Stops without closing the open windows: with checkpoints, writes a last one
+    /// (and acknowledges what it covers) so the next start continues the windows;
+    /// without, the same as [`finish`](Self::finish).
+    pub async fn shutdown(&self) -> Result<EngineStats, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Input::Shutdown(tx)).await;
+        let _ = rx.await;
+        let task = self.task.lock().expect("lock").take();
+        if let Some(t) = task {
+            t.await.map_err(|_| EngineError::Stopped)??;
+        } else {
+            sent?;
+        }
+        Ok(self.stats())
     }
 
     /// Delivers an operator command for `device` (JSON, see `forewarn_alerts::Command`):
@@ -563,6 +690,7 @@ impl PipelineHandle {
         self.send(Input::Command {
             device: device.to_string(),
             payload,
+            ack: None,
         })
         .await
     }

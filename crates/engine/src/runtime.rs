@@ -1,6 +1,7 @@
 //! The pipeline task: micro-batching, running the window operators, emitting outputs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -57,7 +58,8 @@ fn batch_problem(
             )
         })
 }
-use crate::{DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
+use crate::checkpoint::{self, CheckpointConfig, QueryState, Snapshot};
+use crate::{Ack, DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
 
 fn wall_ms() -> i64 {
     forewarn_core::duration_ms(
@@ -107,6 +109,35 @@ struct Operator {
     /// Column holding the device id (the sink topic's first capture, else `device`).
     device_column: String,
     model: Option<String>,
+    /// What a checkpoint of this operator's state must match to be restored.
+    fingerprint: String,
+}
+
+/// Checkpointing state of a running pipeline.
+struct Checkpointing {
+    cfg: CheckpointConfig,
+    /// Sequence number of the next checkpoint.
+    seq: u64,
+    last: Instant,
+    /// Acks of input taken since the last checkpoint, in order.
+    unacked: Vec<Ack>,
+    /// Input or output since the last checkpoint.
+    dirty: bool,
+    /// Outputs emitted and not yet confirmed by the consumer, oldest first.
+    recent: VecDeque<Output>,
+    /// Outputs emitted since start.
+    emitted: u64,
+    confirmed: Arc<AtomicU64>,
+}
+
+impl Checkpointing {
+    /// Drops the outputs the consumer has confirmed.
+    fn trim(&mut self) {
+        let confirmed = self.confirmed.load(Ordering::Relaxed);
+        while !self.recent.is_empty() && self.emitted - (self.recent.len() as u64) < confirmed {
+            self.recent.pop_front();
+        }
+    }
 }
 
 pub(crate) struct Runtime {
@@ -118,6 +149,13 @@ pub(crate) struct Runtime {
     states: HashMap<String, DeviceState>,
     /// Devices an operator silenced, until when (wall clock, ms).
     silenced: HashMap<String, i64>,
+    ckpt: Option<Checkpointing>,
+    /// The checkpoint to continue from, applied when the task starts.
+    restored: Option<Snapshot>,
+    /// Input messages taken since start (and before, when restored).
+    inputs: u64,
+    /// When the last input message arrived.
+    last_input: Instant,
 }
 
 impl Runtime {
@@ -125,6 +163,7 @@ impl Runtime {
         p: Pipeline,
         out: mpsc::Sender<Output>,
         stats: Arc<Mutex<EngineStats>>,
+        confirmed: Arc<AtomicU64>,
     ) -> Self {
         let mut sources: Vec<Source> = p
             .sources
@@ -167,8 +206,19 @@ impl Runtime {
                 lifecycle: spec.map(|s| Lifecycle::new(&q.name, s)),
                 device_column,
                 model,
+                fingerprint: checkpoint::fingerprint(q),
             });
         }
+        let ckpt = p.config.checkpoint.clone().map(|cfg| Checkpointing {
+            cfg,
+            seq: p.restored.as_ref().map_or(1, |s| s.seq + 1),
+            last: Instant::now(),
+            unacked: Vec::new(),
+            dirty: false,
+            recent: VecDeque::new(),
+            emitted: 0,
+            confirmed,
+        });
         Runtime {
             config: p.config,
             sources,
@@ -176,7 +226,165 @@ impl Runtime {
             stats,
             states: HashMap::new(),
             silenced: HashMap::new(),
+            ckpt,
+            inputs: p.restored.as_ref().map_or(0, |s| s.inputs),
+            restored: p.restored,
+            last_input: Instant::now(),
         }
+    }
+
+    /// Continues from the checkpoint the pipeline was built with: operator state,
+    /// alert state machines, device health and silences, then emits again the outputs
+    /// the checkpoint held unconfirmed.
+    async fn restore(&mut self) -> Result<(), EngineError> {
+        let Some(snap) = self.restored.take() else {
+            return Ok(());
+        };
+        let mut queries = snap.queries;
+        for src in &mut self.sources {
+            for op in &mut src.operators {
+                if let Some(q) = queries.remove(&op.op.query().name) {
+                    op.op.restore(q.operator)?;
+                    if let (Some(l), Some(v)) = (op.lifecycle.as_mut(), q.lifecycle) {
+                        l.load(v).map_err(|e| {
+                            EngineError::Config(format!(
+                                "checkpoint {}: alert state of '{}': {e}",
+                                snap.seq,
+                                op.op.query().name
+                            ))
+                        })?;
+                    }
+                }
+            }
+        }
+        self.states = snap.states.into_iter().collect();
+        self.silenced = snap.silenced.into_iter().collect();
+        let n = snap.outbox.len() as u64;
+        self.count(|s| {
+            s.restored_from = Some(snap.seq);
+            s.outputs_replayed = n;
+        });
+        for o in snap.outbox {
+            self.emit(o).await;
+        }
+        Ok(())
+    }
+
+    /// Whether too many outputs wait for confirmation to take more input.
+    fn backlogged(&mut self) -> bool {
+        match &mut self.ckpt {
+            Some(c) if c.cfg.confirm_outputs => {
+                c.trim();
+                c.recent.len() >= c.cfg.max_unconfirmed
+            }
+            _ => false,
+        }
+    }
+
+    /// After an input message: its ack waits for the next checkpoint, or is called now
+    /// without checkpoints.
+    async fn taken(&mut self, ack: Option<Ack>) -> Result<(), EngineError> {
+        self.inputs += 1;
+        self.last_input = Instant::now();
+        let Some(c) = &mut self.ckpt else {
+            if let Some(a) = ack {
+                a();
+                self.count(|s| s.inputs_acked += 1);
+            }
+            return Ok(());
+        };
+        c.dirty = true;
+        if let Some(a) = ack {
+            c.unacked.push(a);
+        }
+        if c.unacked.len() >= c.cfg.max_unacked {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a checkpoint is due on the timer.
+    fn checkpoint_due(&self, now: Instant) -> bool {
+        let Some(c) = &self.ckpt else { return false };
+        (c.dirty && now.duration_since(c.last) >= c.cfg.interval)
+            || (!c.unacked.is_empty() && now.duration_since(self.last_input) >= c.cfg.idle)
+    }
+
+    /// Writes a checkpoint of everything processed so far, then acks the input it
+    /// covers. A failed write is logged and counted; the acks wait for the next one.
+    async fn checkpoint(&mut self) -> Result<(), EngineError> {
+        if self.ckpt.is_none() {
+            return Ok(());
+        }
+        self.flush_all().await?;
+        let mut queries = BTreeMap::new();
+        for src in &mut self.sources {
+            for op in &mut src.operators {
+                let state = match op.op.snapshot().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "checkpoint failed");
+                        self.stats.lock().expect("stats lock").checkpoint_failures += 1;
+                        return Ok(());
+                    }
+                };
+                queries.insert(
+                    op.op.query().name.clone(),
+                    QueryState {
+                        fingerprint: op.fingerprint.clone(),
+                        operator: state,
+                        lifecycle: op.lifecycle.as_ref().map(|l| l.save()),
+                    },
+                );
+            }
+        }
+        let c = self.ckpt.as_mut().expect("checked above");
+        c.trim();
+        let snap = Snapshot {
+            seq: c.seq,
+            queries,
+            states: self
+                .states
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            silenced: self.silenced.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            outbox: c.recent.iter().cloned().collect(),
+            inputs: self.inputs,
+        };
+        let (dir, keep, seq) = (c.cfg.dir.clone(), c.cfg.keep, c.seq);
+        let written = tokio::task::spawn_blocking(move || {
+            let bytes =
+                checkpoint::encode(&snap).map_err(|reason| crate::CheckpointError::Corrupt {
+                    path: dir.clone(),
+                    reason: format!("could not encode: {reason}"),
+                })?;
+            checkpoint::write(&dir, seq, &bytes, keep).map(|_| bytes.len())
+        })
+        .await
+        .map_err(|e| EngineError::Config(format!("checkpoint task: {e}")))?;
+        c.last = Instant::now();
+        match written {
+            Ok(bytes) => {
+                c.seq += 1;
+                c.dirty = false;
+                let acks = std::mem::take(&mut c.unacked);
+                let n = acks.len() as u64;
+                for a in acks {
+                    a();
+                }
+                self.count(|s| {
+                    s.checkpoints += 1;
+                    s.checkpoint_bytes = bytes as u64;
+                    s.inputs_acked += n;
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; input stays unacknowledged");
+                self.count(|s| s.checkpoint_failures += 1);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Input>) -> Result<(), EngineError> {
@@ -187,10 +395,12 @@ impl Runtime {
                 / 2,
         );
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.restore().await?;
         loop {
+            let backlogged = self.backlogged();
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(Input::Json { topic, payload }) => {
+                msg = rx.recv(), if !backlogged => match msg {
+                    Some(Input::Json { topic, payload, ack }) => {
                         self.on_json(&topic, &payload).await?;
                         // Nothing else waiting: close the micro-batch now rather than on
                         // the timer, so a reading that completes a window is not held back.
@@ -198,22 +408,45 @@ impl Runtime {
                         if self.config.flush_when_idle && rx.is_empty() {
                             self.flush_all().await?;
                         }
+                        self.taken(ack).await?;
                     }
-                    Some(Input::Batch { source, batch }) => self.on_batch(&source, batch).await?,
-                    Some(Input::Command { device, payload }) => self.on_command(&device, &payload).await,
+                    Some(Input::Batch { source, batch }) => {
+                        self.on_batch(&source, batch).await?;
+                        self.taken(None).await?;
+                    }
+                    Some(Input::Command { device, payload, ack }) => {
+                        self.on_command(&device, &payload).await;
+                        self.taken(ack).await?;
+                    }
                     Some(Input::Flush(done)) => {
                         self.flush_all().await?;
                         let _ = done.send(());
                     }
                     Some(Input::Finish(done)) => {
                         self.finish().await?;
+                        self.checkpoint().await?;
                         let _ = done.send(());
                         return Ok(());
                     }
-                    None => return self.finish().await,
+                    Some(Input::Shutdown(done)) => {
+                        if self.ckpt.is_some() {
+                            self.checkpoint().await?;
+                        } else {
+                            self.finish().await?;
+                        }
+                        let _ = done.send(());
+                        return Ok(());
+                    }
+                    None => {
+                        self.finish().await?;
+                        return self.checkpoint().await;
+                    }
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if self.checkpoint_due(now) {
+                        self.checkpoint().await?;
+                    }
                     for i in 0..self.sources.len() {
                         if self.sources[i].pending_since.is_some_and(|t| now.duration_since(t) >= self.config.max_batch_delay) {
                             self.flush_source(i).await?;
@@ -345,7 +578,7 @@ impl Runtime {
         f(&mut self.stats.lock().expect("stats lock"));
     }
 
-    async fn emit(&self, o: Output) {
+    async fn emit(&mut self, o: Output) {
         self.count(|s| match &o {
             Output::Alert { .. } => s.alerts_out += 1,
             Output::Transition { .. } => s.transitions_out += 1,
@@ -355,6 +588,13 @@ impl Runtime {
                 *s.rejected.entry(letter.reason.clone()).or_default() += 1;
             }
         });
+        if let Some(c) = &mut self.ckpt {
+            c.dirty = true;
+            if c.cfg.confirm_outputs {
+                c.recent.push_back(o.clone());
+                c.emitted += 1;
+            }
+        }
         // A closed receiver means the embedder stopped listening; keep processing.
         let _ = self.out.send(o).await;
     }
@@ -512,6 +752,7 @@ impl Runtime {
         let op = &src.operators[k];
         let query = op.op.query().name.clone();
         self.count(|s| s.windows_closed += p.results.len() as u64);
+        let mut letters = Vec::new();
         for (reason, rows) in p.rejected {
             let default_topic = match reason {
                 forewarn_stream::RowRejection::Late => {
@@ -544,7 +785,7 @@ impl Runtime {
                     index: None,
                     excerpt: row.to_string(),
                 };
-                self.emit(Output::DeadLetter { topic, letter }).await;
+                letters.push(Output::DeadLetter { topic, letter });
             }
         }
         let model = op.model.clone();
@@ -585,7 +826,7 @@ impl Runtime {
                 .map(|(topic, alert, _)| Output::Alert { topic, alert })
                 .collect()
         };
-        for o in outs {
+        for o in letters.into_iter().chain(outs) {
             self.emit(o).await;
         }
     }

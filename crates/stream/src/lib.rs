@@ -98,7 +98,7 @@ pub struct Processed {
 }
 
 /// Running totals for one operator.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OperatorStats {
     /// Rows received.
     pub rows_in: u64,
@@ -117,7 +117,7 @@ pub struct OperatorStats {
 }
 
 /// One open session of one key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Session {
     key: String,
     /// Ids the session's rows were tagged with (several after two sessions merged).
@@ -128,7 +128,7 @@ struct Session {
 }
 
 /// Per-key session state: open sessions, the keys' session lists and the firing order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Sessions {
     gap: Millis,
     max_length: Millis,
@@ -244,6 +244,9 @@ pub struct WindowOperator {
     /// For each leaf column, its index in the pane schema.
     leaf_projection: Vec<usize>,
     panes: BTreeMap<Millis, OpenPane>,
+    /// Partial state of panes still open, taken out of their aggregates at a checkpoint;
+    /// rows arriving later go to a fresh aggregate and both add up when the pane closes.
+    sealed: BTreeMap<Millis, Vec<RecordBatch>>,
     /// Partial state of closed panes that later windows still need (hop windows).
     closed: BTreeMap<Millis, Vec<RecordBatch>>,
     watermark: Watermark,
@@ -323,6 +326,7 @@ impl WindowOperator {
             ts_index,
             leaf_projection,
             panes: BTreeMap::new(),
+            sealed: BTreeMap::new(),
             closed: BTreeMap::new(),
             closed_until: None,
             stats: OperatorStats::default(),
@@ -343,9 +347,15 @@ impl WindowOperator {
         self.stats
     }
 
-    /// Panes currently open (each holds one partial aggregate).
+    /// Panes currently open (each holds one partial aggregate, or sealed state from a
+    /// checkpoint, or both).
     pub fn open_panes(&self) -> usize {
         self.panes.len()
+            + self
+                .sealed
+                .keys()
+                .filter(|k| !self.panes.contains_key(k))
+                .count()
     }
 
     /// Bytes of aggregate state reserved in the query's DataFusion memory pool (shared by
@@ -651,21 +661,22 @@ impl WindowOperator {
         };
         // Close every pane the watermark has passed; keep its partial state until the
         // last window containing it has fired (for tumbling windows: right away).
-        while let Some((&start, _)) = self.panes.first_key_value() {
-            if self.q.window.pane_of(start).end > wm {
+        loop {
+            let next = match (self.panes.first_key_value(), self.sealed.first_key_value()) {
+                (Some((&a, _)), Some((&b, _))) => a.min(b),
+                (Some((&a, _)), None) | (None, Some((&a, _))) => a,
+                (None, None) => break,
+            };
+            if self.q.window.pane_of(next).end > wm {
                 break;
             }
-            let open = self.panes.remove(&start).expect("present");
-            drop(open.tx);
-            let state = open
-                .state
-                .await
-                .map_err(|e| self.exec_err(DataFusionError::External(Box::new(e))))?
-                .map_err(|e| self.exec_err(e))?;
-            let state: Vec<RecordBatch> = state.into_iter().filter(|b| b.num_rows() > 0).collect();
+            let mut state = self.sealed.remove(&next).unwrap_or_default();
+            if let Some(open) = self.panes.remove(&next) {
+                state.extend(self.drain_pane(open).await?);
+            }
             if !state.is_empty() {
                 // A session may reopen a closed pane; its state adds to what was kept.
-                self.closed.entry(start).or_default().extend(state);
+                self.closed.entry(next).or_default().extend(state);
             }
         }
         if self.sessions.is_some() {
@@ -710,6 +721,100 @@ impl WindowOperator {
         let width = self.q.window.width();
         self.closed.retain(|&start, _| start + width > wm);
         self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
+        Ok(())
+    }
+
+    /// Closes a pane's partial aggregate and returns its state rows.
+    async fn drain_pane(&self, open: OpenPane) -> Result<Vec<RecordBatch>, StreamError> {
+        drop(open.tx);
+        let state = open
+            .state
+            .await
+            .map_err(|e| self.exec_err(DataFusionError::External(Box::new(e))))?
+            .map_err(|e| self.exec_err(e))?;
+        Ok(state.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    /// Everything needed to continue later exactly where this operator stands: the
+    /// partial aggregate state of every open pane and of closed panes later windows
+    /// still need, the watermark, the sessions and the counters. Open panes are sealed
+    /// (their aggregates drained); rows arriving afterwards start a fresh aggregate for
+    /// the pane, and the two add up when it closes.
+    pub async fn snapshot(&mut self) -> Result<OperatorState, StreamError> {
+        let open = std::mem::take(&mut self.panes);
+        for (start, pane) in open {
+            let state = self.drain_pane(pane).await?;
+            if !state.is_empty() {
+                self.sealed.entry(start).or_default().extend(state);
+            }
+        }
+        let schema = self.q.partial.schema();
+        let concat =
+            |m: &BTreeMap<Millis, Vec<RecordBatch>>, open: bool| {
+                m.iter()
+                    .map(|(&start, b)| {
+                        datafusion::arrow::compute::concat_batches(&schema, b)
+                            .map(|batch| PaneState { start, open, batch })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+        let mut panes = concat(&self.sealed, true).map_err(|e| self.exec_err(e.into()))?;
+        panes.extend(concat(&self.closed, false).map_err(|e| self.exec_err(e.into()))?);
+        Ok(OperatorState {
+            meta: OperatorMeta {
+                watermark: self.watermark.clone(),
+                closed_until: self.closed_until,
+                stats: self.stats,
+                sessions: self.sessions.clone().map(SessionsState),
+            },
+            panes,
+        })
+    }
+
+    /// Continues from a [`snapshot`](Self::snapshot) of an operator for the same query.
+    /// Must be called before the first batch. Fails, changing nothing, when the state
+    /// does not fit this query (its partial state has other columns).
+    pub fn restore(&mut self, state: OperatorState) -> Result<(), StreamError> {
+        let schema = self.q.partial.schema();
+        for p in &state.panes {
+            if p.batch.schema().fields() != schema.fields() {
+                return Err(StreamError::Schema {
+                    query: self.q.name.clone(),
+                    reason: format!(
+                        "checkpointed state for pane {} has columns [{}], the query's partial aggregate has [{}]",
+                        forewarn_core::format_rfc3339(p.start),
+                        field_list(&p.batch.schema()),
+                        field_list(&schema)
+                    ),
+                });
+            }
+        }
+        if state.meta.sessions.is_some() != self.sessions.is_some() {
+            return Err(StreamError::Schema {
+                query: self.q.name.clone(),
+                reason: "checkpointed state and query disagree on session windows".into(),
+            });
+        }
+        self.panes.clear();
+        self.sealed.clear();
+        self.closed.clear();
+        for p in state.panes {
+            let m = if p.open {
+                &mut self.sealed
+            } else {
+                &mut self.closed
+            };
+            if p.batch.num_rows() > 0 {
+                m.entry(p.start).or_default().push(p.batch);
+            } else if p.open {
+                // An open pane with no groups yet still has to close (a session may fire).
+                m.entry(p.start).or_default();
+            }
+        }
+        self.watermark = state.meta.watermark;
+        self.closed_until = state.meta.closed_until;
+        self.stats = state.meta.stats;
+        self.sessions = state.meta.sessions.map(|s| s.0);
         Ok(())
     }
 
@@ -872,6 +977,47 @@ impl WindowOperator {
         datafusion::arrow::compute::concat_batches(&self.q.output_schema, &batches)
             .map_err(|e| self.exec_err(e.into()))
     }
+}
+
+/// The serialisable part of an operator's state (everything but the aggregate rows).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OperatorMeta {
+    watermark: Watermark,
+    closed_until: Option<Millis>,
+    stats: OperatorStats,
+    sessions: Option<SessionsState>,
+}
+
+/// Open sessions (opaque outside this crate).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionsState(Sessions);
+
+/// One pane's partial aggregate state.
+#[derive(Debug, Clone)]
+pub struct PaneState {
+    /// Pane start.
+    pub start: Millis,
+    /// Still open (more rows may come), or closed and kept for later windows.
+    pub open: bool,
+    /// The partial aggregate's state rows (the query's partial schema).
+    pub batch: RecordBatch,
+}
+
+/// An operator's state at a checkpoint (see [`WindowOperator::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct OperatorState {
+    /// Watermark, sessions, counters.
+    pub meta: OperatorMeta,
+    /// Partial aggregate state by pane.
+    pub panes: Vec<PaneState>,
+}
+
+fn field_list(s: &SchemaRef) -> String {
+    s.fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Row `r`'s session key: the key column's value itself, or for several key columns
