@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 
 #[cfg(feature = "broker")]
 pub use forewarn_mqtt::EmbeddedBroker;
-pub use forewarn_mqtt::{BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions};
+pub use forewarn_mqtt::{
+    AckToken, BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions,
+};
 
 use crate::{EngineError, EngineStats, Output, Pipeline, PipelineHandle};
 
@@ -59,9 +61,15 @@ pub struct MqttPipeline {
     forward: JoinHandle<()>,
     publish: JoinHandle<Result<u64, MqttError>>,
     dropped: Arc<AtomicU64>,
+    checkpointing: bool,
 }
 
 /// Connects `pipeline` to the broker at `url`. `tap`, if given, receives a copy of every output.
+///
+/// A pipeline with checkpoints (see [`crate::CheckpointConfig`]) reads through a
+/// persistent session (clean session off) and acknowledges each QoS 1 message only
+/// once a checkpoint covers it, and it confirms outputs to the pipeline only once the
+/// broker acknowledged them: a crash loses neither input nor output.
 pub async fn start(
     pipeline: Pipeline,
     url: &BrokerUrl,
@@ -84,17 +92,30 @@ pub async fn start(
     let mut sink =
         MqttSink::start_persistent(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
     sink.wait_connected(Duration::from_secs(10)).await?;
+    let checkpointing = pipeline.checkpointing();
     let mut source_opts = SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters);
     source_opts.qos = opts.source_qos;
+    if checkpointing {
+        source_opts.clean_session = false;
+        source_opts.manual_acks = true;
+    }
     let (mut source, mut incoming) = MqttSource::start(source_opts);
     source.wait_connected(Duration::from_secs(10)).await?;
     let (handle, outputs) = pipeline.start();
     let h = handle.clone();
     let forward = tokio::spawn(async move {
         while let Some(m) = incoming.recv().await {
-            let pushed = match m.topic.strip_prefix(&command_prefix) {
-                Some(device) => h.command(device, m.payload).await,
-                None => h.push_json(&m.topic, m.payload).await,
+            let pushed = match (m.topic.strip_prefix(&command_prefix), m.ack) {
+                (Some(device), None) => h.command(device, m.payload).await,
+                (Some(device), Some(t)) => {
+                    h.command_acked(device, m.payload, Box::new(move || t.ack()))
+                        .await
+                }
+                (None, None) => h.push_json(&m.topic, m.payload).await,
+                (None, Some(t)) => {
+                    h.push_json_acked(&m.topic, m.payload, Box::new(move || t.ack()))
+                        .await
+                }
             };
             if pushed.is_err() {
                 break;
@@ -108,6 +129,7 @@ pub async fn start(
         tap,
         opts.max_outbox,
         dropped.clone(),
+        checkpointing.then(|| handle.clone()),
     ));
     // Give the broker a moment to install the subscriptions before publishers start.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -117,6 +139,7 @@ pub async fn start(
         forward,
         publish,
         dropped,
+        checkpointing,
     })
 }
 
@@ -130,11 +153,21 @@ async fn publish_loop(
     tap: Option<mpsc::Sender<Output>>,
     max_outbox: usize,
     dropped: Arc<AtomicU64>,
+    confirm: Option<PipelineHandle>,
 ) -> Result<u64, MqttError> {
     let mut outbox = Outbox::new(max_outbox);
     let mut n = 0u64;
+    let mut received = 0u64;
     let mut open = true;
     loop {
+        if let Some(h) = &confirm {
+            // Outputs leave in order: all but those still queued or unacknowledged
+            // are with the broker (a dropped one is gone either way).
+            let st = sink.stats();
+            let done = st.acked.load(Ordering::Relaxed) + st.sent_qos0.load(Ordering::Relaxed);
+            let in_flight = st.published.load(Ordering::Relaxed).saturating_sub(done);
+            h.confirm_outputs(received.saturating_sub(outbox.len() as u64 + in_flight));
+        }
         // Drain what the client accepts now.
         while sink.is_connected() {
             let Some(mut p) = outbox.pop() else { break };
@@ -151,14 +184,15 @@ async fn publish_loop(
         if !open && outbox.is_empty() {
             break;
         }
-        let wait = if outbox.is_empty() {
-            Duration::from_secs(3600)
-        } else {
+        let wait = if !outbox.is_empty() || confirm.is_some() {
             Duration::from_millis(10)
+        } else {
+            Duration::from_secs(3600)
         };
         tokio::select! {
             o = outputs.recv(), if open => match o {
                 Some(o) => {
+                    received += 1;
                     let (topic, payload) = o.to_message();
                     let critical = matches!(o, Output::Alert { .. } | Output::Transition { .. });
                     if let Some(e) = outbox.push(Pending { topic, payload, retain: o.retained(), critical }) {
@@ -206,9 +240,22 @@ impl MqttPipeline {
         true
     }
 
-    /// Stops reading, closes every open window, publishes the last outputs and waits
-    /// until the broker has acknowledged them.
+    /// Stops reading, publishes the last outputs and waits until the broker has
+    /// acknowledged them. With checkpoints, the open windows stay open: a last
+    /// checkpoint is written, what it covers is acknowledged, and the next start
+    /// continues from it. Without, every open window is closed and emitted.
     pub async fn stop(self) -> Result<EngineStats, RunError> {
+        if self.checkpointing {
+            let stats = self.handle.shutdown().await?;
+            drop(self.handle);
+            // Disconnecting after the acknowledgements the checkpoint released.
+            self.source.stop().await;
+            let _ = self.forward.await;
+            self.publish
+                .await
+                .map_err(|e| MqttError::Client(e.to_string()))??;
+            return Ok(stats);
+        }
         self.source.stop().await;
         let _ = self.forward.await;
         let stats = self.handle.finish().await?;

@@ -20,6 +20,10 @@ pub struct RunArgs {
     /// Models directory (overrides the config file).
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Checkpoint directory (overrides the config file): state survives restarts and
+    /// input is acknowledged only once a checkpoint covers it.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
     /// TOML configuration file with the same settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -40,6 +44,10 @@ struct FileConfig {
     max_payload_bytes: Option<usize>,
     topic_prefix: Option<String>,
     source_qos: Option<u8>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_interval_ms: Option<u64>,
+    checkpoint_max_unacked: Option<usize>,
+    checkpoint_keep: Option<usize>,
 }
 
 fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
@@ -75,6 +83,25 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = fc.topic_prefix {
         cfg.topic_prefix = v;
     }
+    if let Some(dir) = a.checkpoint_dir.or(fc.checkpoint_dir) {
+        let mut c = forewarn::CheckpointConfig::new(dir);
+        c.confirm_outputs = true;
+        if let Some(v) = fc.checkpoint_interval_ms {
+            c.interval = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = fc.checkpoint_max_unacked {
+            c.max_unacked = v.max(1);
+        }
+        if let Some(v) = fc.checkpoint_keep {
+            c.keep = v.max(1);
+        }
+        cfg.checkpoint = Some(c);
+    } else if fc.checkpoint_interval_ms.is_some()
+        || fc.checkpoint_max_unacked.is_some()
+        || fc.checkpoint_keep.is_some()
+    {
+        anyhow::bail!("checkpoint_* settings need checkpoint_dir");
+    }
     let pipeline = Pipeline::builder()
         .query_file(&queries)
         .models_dir(&models)
@@ -89,11 +116,16 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         1 => mqtt::QoS::AtLeastOnce,
         q => anyhow::bail!("source_qos must be 0 or 1, got {q}"),
     };
+    if let Some(seq) = pipeline.restored_checkpoint() {
+        tracing::info!(checkpoint = seq, "continuing from a checkpoint");
+    }
     let running = mqtt::start(pipeline, &url, &opts, None).await?;
     let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = tick.tick() => {
                 let s = running.handle().stats();
                 tracing::info!(messages = s.messages_in, readings = s.readings_in, windows = s.windows_closed, alerts = s.alerts_out, rejected = ?s.rejected, "running");
@@ -102,8 +134,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let s = running.stop().await?;
     eprintln!(
-        "stopped: {} messages, {} windows, {} alerts, rejected {:?}",
-        s.messages_in, s.windows_closed, s.alerts_out, s.rejected
+        "stopped: {} messages, {} windows, {} alerts, {} transitions, {} checkpoints, rejected {:?}",
+        s.messages_in, s.windows_closed, s.alerts_out, s.transitions_out, s.checkpoints, s.rejected
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 //! Expected window results are computed here in plain Rust, independently of DataFusion.
 #![allow(dead_code)]
 
+pub mod ckpt;
 pub mod mosquitto;
 
 use std::collections::BTreeMap;

@@ -14,7 +14,7 @@ pub use broker::EmbeddedBroker;
 pub use outbox::{Outbox, Pending};
 pub use rumqttc::QoS;
 pub use sink::{MqttSink, SinkStats};
-pub use source::{Incoming, MqttSource, SourceOptions};
+pub use source::{AckToken, Incoming, MqttSource, SourceOptions};
 pub use url::BrokerUrl;
 
 /// Errors from the MQTT connectors.

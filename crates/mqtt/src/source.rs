@@ -1,20 +1,68 @@
 //! Subscribing source: delivers messages to a bounded channel, reconnects with backoff.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::{back_off, Backoff, BrokerUrl, MqttError};
 
 /// One received message.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Incoming {
     /// Topic it was published on.
     pub topic: String,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// With [`SourceOptions::manual_acks`], a QoS 1 message is acknowledged to the
+    /// broker only when this is acked (until then the broker keeps it and resends it
+    /// to a persistent session after a reconnection or restart).
+    pub ack: Option<AckToken>,
+}
+
+/// Acknowledges one QoS 1 message to the broker (see [`Incoming::ack`]).
+#[derive(Debug)]
+pub struct AckToken {
+    pkid: u16,
+    generation: u64,
+    shared: Arc<AckShared>,
+}
+
+#[derive(Debug)]
+struct AckShared {
+    client: AsyncClient,
+    /// Packet ids delivered and not yet acknowledged, in the current session.
+    pending: Mutex<HashSet<u16>>,
+    /// Bumped when the broker starts a new session: older tokens then ack nothing.
+    generation: AtomicU64,
+    /// Redeliveries dropped because the engine already had the message.
+    duplicates: AtomicU64,
+}
+
+impl AckToken {
+    /// Sends the PUBACK (in the order tokens are acked). A token from before the broker
+    /// lost the session does nothing: that packet id may now name another message.
+    pub fn ack(self) {
+        let s = &self.shared;
+        if s.generation.load(Ordering::SeqCst) != self.generation
+            || !s.pending.lock().expect("lock").remove(&self.pkid)
+        {
+            return;
+        }
+        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
+        p.pkid = self.pkid;
+        if s.client.try_ack(&p).is_err() {
+            // The request queue is full: hand it over without blocking the engine.
+            let client = s.client.clone();
+            tokio::spawn(async move {
+                let _ = client.ack(&p).await;
+            });
+        }
+    }
 }
 
 /// How to connect and what to subscribe to.
@@ -38,6 +86,9 @@ pub struct SourceOptions {
     /// MQTT clean session (default true). `false` asks the broker to keep the
     /// subscriptions and queue QoS 1 messages while the client is away.
     pub clean_session: bool,
+    /// Acknowledge QoS 1 messages only through their [`AckToken`] (default false:
+    /// on arrival).
+    pub manual_acks: bool,
 }
 
 impl SourceOptions {
@@ -52,6 +103,7 @@ impl SourceOptions {
             keep_alive: Duration::from_secs(30),
             capacity: 4096,
             clean_session: true,
+            manual_acks: false,
         }
     }
 }
@@ -76,6 +128,7 @@ pub struct MqttSource {
     client: AsyncClient,
     task: JoinHandle<()>,
     connected: tokio::sync::watch::Receiver<bool>,
+    acks: Arc<AckShared>,
 }
 
 impl MqttSource {
@@ -91,15 +144,31 @@ impl MqttSource {
         );
         let mut mo = mo;
         mo.set_clean_session(opts.clean_session);
-        let (client, mut eventloop) = AsyncClient::new(mo, 64);
+        mo.set_manual_acks(opts.manual_acks);
+        // Held acks go through the request queue too: room for a checkpoint's worth.
+        let cap = if opts.manual_acks { 65_536 } else { 64 };
+        let (client, mut eventloop) = AsyncClient::new(mo, cap);
         let sub_client = client.clone();
+        let acks = Arc::new(AckShared {
+            client: client.clone(),
+            pending: Mutex::new(HashSet::new()),
+            generation: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        });
+        let shared = acks.clone();
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => {
                         backoff.reset();
-                        tracing::info!(broker = %opts.url, "source connected");
+                        if !c.session_present {
+                            // A new session: the broker forgot what was in flight, so
+                            // tokens from before must not ack whatever reuses their ids.
+                            shared.generation.fetch_add(1, Ordering::SeqCst);
+                            shared.pending.lock().expect("lock").clear();
+                        }
+                        tracing::info!(broker = %opts.url, session_present = c.session_present, "source connected");
                         // Clean sessions forget subscriptions: subscribe on every (re)connect.
                         for f in &opts.filters {
                             if sub_client.try_subscribe(f.clone(), opts.qos).is_err() {
@@ -110,9 +179,27 @@ impl MqttSource {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {}
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let ack = if opts.manual_acks && p.qos == QoS::AtLeastOnce {
+                            let fresh = shared.pending.lock().expect("lock").insert(p.pkid);
+                            if !fresh && p.dup {
+                                // The broker resends what we hold unacknowledged after a
+                                // reconnection; the engine has it already, and the
+                                // first delivery's token will acknowledge it.
+                                shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            Some(AckToken {
+                                pkid: p.pkid,
+                                generation: shared.generation.load(Ordering::SeqCst),
+                                shared: shared.clone(),
+                            })
+                        } else {
+                            None
+                        };
                         let msg = Incoming {
                             topic: p.topic.clone(),
                             payload: p.payload.to_vec(),
+                            ack,
                         };
                         if tx.send(msg).await.is_err() {
                             return; // receiver dropped: stop
@@ -130,6 +217,7 @@ impl MqttSource {
                 client,
                 task,
                 connected: crx,
+                acks,
             },
             rx,
         )
@@ -140,10 +228,21 @@ impl MqttSource {
         crate::wait_connected(&mut self.connected, timeout).await
     }
 
-    /// Disconnects and stops the background task.
+    /// Redeliveries dropped because the message was still held unacknowledged.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.acks.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Disconnects (after the acknowledgements already handed over) and stops the
+    /// background task.
     pub async fn stop(self) {
-        let _ = self.client.try_disconnect();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        self.task.abort();
+        let _ = self.client.disconnect().await;
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }

@@ -1,0 +1,254 @@
+//! kill -9: the `forewarn` binary runs with a checkpoint directory against a mosquitto
+//! the test starts; a publisher streams a known data set at QoS 1; the engine is killed
+//! with SIGKILL at a random point, started again, and everything it published is
+//! compared with an uninterrupted run of the same data in the library: every window
+//! result and every alert transition is there, and what comes twice carries the same id
+//! and content. Skips where mosquitto is not installed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::ckpt::{messages, same, SQL};
+use common::mosquitto::{mosquitto_binary, start_mosquitto_conf};
+use forewarn::mqtt::{BrokerUrl, MqttSource, SourceOptions};
+use forewarn::{EngineConfig, Pipeline};
+use serde_json::Value;
+
+/// Outputs of an uninterrupted run whose windows the stream's own watermark closes
+/// (the engine is stopped without closing the rest), keyed by topic and id.
+async fn reference() -> BTreeMap<String, Value> {
+    let p = Pipeline::builder()
+        .query_sql("ck.sql", SQL)
+        .config(EngineConfig {
+            wall_clock: false,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    for (t, m) in messages() {
+        h.push_json(&t, m).await.unwrap();
+    }
+    h.flush().await.unwrap();
+    let mut out = BTreeMap::new();
+    while let Ok(o) = rx.try_recv() {
+        let (topic, payload) = o.to_message();
+        if let Some(k) = key(&topic, &serde_json::from_slice(&payload).unwrap()) {
+            out.insert(k, serde_json::from_slice(&payload).unwrap());
+        }
+    }
+    out
+}
+
+/// Window results by alert id, transitions by event id; device state is not compared.
+fn key(topic: &str, v: &Value) -> Option<String> {
+    if topic.starts_with("forewarn/") {
+        return None;
+    }
+    let id = v.get("event_id").or_else(|| v.get("alert_id"))?;
+    Some(format!("{topic} {}", id.as_str()?))
+}
+
+async fn wait_for_log(file: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(file).is_ok_and(|l| l.contains(what)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no '{what}' in {}: {}",
+        file.display(),
+        std::fs::read_to_string(file).unwrap_or_default()
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn engine(dir: &Path, port: u16, log: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["run", "--broker", &format!("mqtt://127.0.0.1:{port}")])
+        .arg("--queries")
+        .arg(dir.join("queries"))
+        .arg("--models")
+        .arg(dir.join("models"))
+        .arg("--config")
+        .arg(dir.join("forewarn.toml"))
+        .env("RUST_LOG", "warn,forewarn=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).unwrap())
+        .spawn()
+        .expect("start forewarn")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing() {
+    let Some(bin) = mosquitto_binary() else {
+        eprintln!("SKIPPED: mosquitto is not installed; .ci/run installs it");
+        return;
+    };
+    let want = reference().await;
+    assert!(want.len() > 600);
+    let dir = std::env::temp_dir().join(format!("forewarn-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["queries", "models", "checkpoints"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("queries/ck.sql"), SQL).unwrap();
+    std::fs::write(
+        dir.join("forewarn.toml"),
+        format!(
+            "checkpoint_dir = {:?}\ncheckpoint_interval_ms = 200\ncheckpoint_max_unacked = 150\nclient_id = \"crash\"\n",
+            dir.join("checkpoints")
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    // The broker queues for the engine's persistent session while it is down, and lets
+    // it hold as many messages unacknowledged as a checkpoint covers.
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\nmax_queued_messages 100000\n"
+        ),
+    )
+    .unwrap();
+    let _broker = start_mosquitto_conf(&bin, port, &conf).expect("mosquitto starts");
+    let url = BrokerUrl::new("127.0.0.1", port);
+
+    // The external subscriber, connected throughout.
+    let mut opts = SourceOptions::new(url.clone(), "crash-observer", vec!["out/#".into()]);
+    opts.capacity = 100_000;
+    let (mut sub, mut rx) = MqttSource::start(opts);
+    sub.wait_connected(Duration::from_secs(10)).await.unwrap();
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            g.lock().unwrap().push((m.topic, v));
+        }
+    });
+    let count = |got: &Arc<Mutex<Vec<(String, Value)>>>| got.lock().unwrap().len();
+
+    let mut first = engine(&dir, port, "engine-1.log");
+    wait_for_log(&dir.join("engine-1.log"), "source connected").await;
+    // The subscription is queued right after the connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Kill after a random number of window results, somewhere in the middle.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    let kill_at = 100 + seed % 400;
+    eprintln!("killing after {kill_at} outputs (seed {seed})");
+    let publisher = common::connected_publisher(&url, "crash-plant").await;
+    let all = messages();
+    let sent = all.len();
+    let mut killed = None;
+    for (i, (t, m)) in all.into_iter().enumerate() {
+        publisher.publish(&t, m, false).await.unwrap();
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if killed.is_none() && count(&got) >= kill_at {
+            first.kill().unwrap(); // SIGKILL
+            first.wait().unwrap();
+            killed = Some((i + 1, count(&got)));
+        }
+    }
+    publisher.flush(Duration::from_secs(30)).await.unwrap();
+    let (published_before, outputs_before) =
+        killed.expect("the engine was killed before the stream ended");
+    eprintln!(
+        "killed with {published_before} of {sent} readings published and {outputs_before} outputs out"
+    );
+    let checkpoints = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "fwc")
+        })
+        .count();
+    assert!(checkpoints > 0, "the first run wrote checkpoints");
+
+    let mut second = engine(&dir, port, "engine-2.log");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let have: std::collections::BTreeSet<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(t, v)| key(t, v))
+            .collect();
+        if want.keys().all(|k| have.contains(k)) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let stragglers (duplicates) arrive, then stop the engine the operator's way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    let status = second.wait().unwrap();
+    let log2 = std::fs::read_to_string(dir.join("engine-2.log")).unwrap();
+    assert!(status.success(), "second run exits cleanly: {log2}");
+    assert!(
+        log2.contains("continuing from a checkpoint"),
+        "the second run restored a checkpoint: {log2}"
+    );
+
+    let got = got.lock().unwrap().clone();
+    let mut have: BTreeMap<String, Value> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for (t, v) in &got {
+        let Some(k) = key(t, v) else { continue };
+        match have.get(&k) {
+            Some(prev) => {
+                assert!(same(prev, v), "{k} came twice with different content");
+                duplicates.push(k);
+            }
+            None => {
+                have.insert(k, v.clone());
+            }
+        }
+    }
+    let lost: Vec<&String> = want.keys().filter(|k| !have.contains_key(*k)).collect();
+    let unexpected: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
+    let transitions = want.values().filter(|v| v.get("event_id").is_some()).count();
+    eprintln!(
+        "readings sent {sent}; compared {} window results and {transitions} transitions; lost {}; duplicates {} {:?}",
+        want.len() - transitions,
+        lost.len(),
+        duplicates.len(),
+        duplicates.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(unexpected.is_empty(), "not in the reference: {unexpected:?}");
+    for (k, v) in &want {
+        assert!(same(&have[k], v), "{k}: {} vs {v}", have[k]);
+    }
+    sub.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
