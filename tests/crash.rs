@@ -3,7 +3,9 @@
 //! with SIGKILL at a random point, started again, and everything it published is
 //! compared with an uninterrupted run of the same data in the library: every window
 //! result and every alert transition is there, and what comes twice carries the same id
-//! and content. Skips where mosquitto is not installed.
+//! and content. Also: the broker restarted (with persistence) mid-stream while the
+//! engine runs: it reconnects and nothing is lost. Skips where mosquitto is not
+//! installed.
 
 mod common;
 
@@ -79,20 +81,32 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn engine(dir: &Path, port: u16, log: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .args(["run", "--broker", &format!("mqtt://127.0.0.1:{port}")])
-        .arg("--queries")
-        .arg(dir.join("queries"))
-        .arg("--models")
-        .arg(dir.join("models"))
-        .arg("--config")
-        .arg(dir.join("forewarn.toml"))
-        .env("RUST_LOG", "warn,forewarn=info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(log)).unwrap())
-        .spawn()
-        .expect("start forewarn")
+/// The engine process; killed if still running when dropped (a failing test).
+struct Engine(Child);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn engine(dir: &Path, port: u16, log: &str) -> Engine {
+    Engine(
+        Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args(["run", "--broker", &format!("mqtt://127.0.0.1:{port}")])
+            .arg("--queries")
+            .arg(dir.join("queries"))
+            .arg("--models")
+            .arg(dir.join("models"))
+            .arg("--config")
+            .arg(dir.join("forewarn.toml"))
+            .env("RUST_LOG", "warn,forewarn=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
+            .spawn()
+            .expect("start forewarn"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,8 +182,8 @@ async fn sigkill_mid_stream_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if killed.is_none() && count(&got) >= kill_at {
-            first.kill().unwrap(); // SIGKILL
-            first.wait().unwrap();
+            first.0.kill().unwrap(); // SIGKILL
+            first.0.wait().unwrap();
             killed = Some((i + 1, count(&got)));
         }
     }
@@ -192,26 +206,14 @@ async fn sigkill_mid_stream_loses_nothing() {
     assert!(checkpoints > 0, "the first run wrote checkpoints");
 
     let mut second = engine(&dir, port, "engine-2.log");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let have: std::collections::BTreeSet<String> = got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(t, v)| key(t, v))
-            .collect();
-        if want.keys().all(|k| have.contains(k)) || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_all(&want, &got).await;
     // Let stragglers (duplicates) arrive, then stop the engine the operator's way.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
+        .args(["-TERM", &second.0.id().to_string()])
         .status()
         .unwrap();
-    let status = second.wait().unwrap();
+    let status = second.0.wait().unwrap();
     let log2 = std::fs::read_to_string(dir.join("engine-2.log")).unwrap();
     assert!(status.success(), "second run exits cleanly: {log2}");
     assert!(
@@ -219,10 +221,17 @@ async fn sigkill_mid_stream_loses_nothing() {
         "the second run restored a checkpoint: {log2}"
     );
 
-    let got = got.lock().unwrap().clone();
+    compare(&want, &got.lock().unwrap(), sent);
+    sub.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every reference output arrived, with the same content; repeats carry the same id
+/// and content. Prints the figures.
+fn compare(want: &BTreeMap<String, Value>, got: &[(String, Value)], sent: usize) {
     let mut have: BTreeMap<String, Value> = BTreeMap::new();
     let mut duplicates = Vec::new();
-    for (t, v) in &got {
+    for (t, v) in got {
         let Some(k) = key(t, v) else { continue };
         match have.get(&k) {
             Some(prev) => {
@@ -236,7 +245,10 @@ async fn sigkill_mid_stream_loses_nothing() {
     }
     let lost: Vec<&String> = want.keys().filter(|k| !have.contains_key(*k)).collect();
     let unexpected: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
-    let transitions = want.values().filter(|v| v.get("event_id").is_some()).count();
+    let transitions = want
+        .values()
+        .filter(|v| v.get("event_id").is_some())
+        .count();
     eprintln!(
         "readings sent {sent}; compared {} window results and {transitions} transitions; lost {}; duplicates {} {:?}",
         want.len() - transitions,
@@ -245,10 +257,136 @@ async fn sigkill_mid_stream_loses_nothing() {
         duplicates.iter().take(5).collect::<Vec<_>>()
     );
     assert!(lost.is_empty(), "lost: {lost:?}");
-    assert!(unexpected.is_empty(), "not in the reference: {unexpected:?}");
-    for (k, v) in &want {
+    assert!(
+        unexpected.is_empty(),
+        "not in the reference: {unexpected:?}"
+    );
+    for (k, v) in want {
         assert!(same(&have[k], v), "{k}: {} vs {v}", have[k]);
     }
+}
+
+/// Waits until every reference output has arrived (or 90 s).
+async fn wait_for_all(want: &BTreeMap<String, Value>, got: &Arc<Mutex<Vec<(String, Value)>>>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let have: std::collections::BTreeSet<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(t, v)| key(t, v))
+            .collect();
+        if want.keys().all(|k| have.contains(k)) || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let Some(bin) = mosquitto_binary() else {
+        eprintln!("SKIPPED: mosquitto is not installed; .ci/run installs it");
+        return;
+    };
+    let want = reference().await;
+    let dir = std::env::temp_dir().join(format!("forewarn-brestart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["queries", "models", "checkpoints"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    // mosquitto started as root drops to the `mosquitto` user before saving its database.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(dir.join("queries/ck.sql"), SQL).unwrap();
+    std::fs::write(
+        dir.join("forewarn.toml"),
+        format!(
+            "checkpoint_dir = {:?}\ncheckpoint_interval_ms = 200\ncheckpoint_max_unacked = 150\nclient_id = \"brestart\"\n",
+            dir.join("checkpoints")
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 0\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let broker = start_mosquitto_conf(&bin, port, &conf).expect("mosquitto starts");
+    let url = BrokerUrl::new("127.0.0.1", port);
+    // The observer keeps its session, so the broker holds its messages across the restart.
+    let mut opts = SourceOptions::new(url.clone(), "brestart-observer", vec!["out/#".into()]);
+    opts.capacity = 100_000;
+    opts.clean_session = false;
+    let (mut sub, mut rx) = MqttSource::start(opts);
+    sub.wait_connected(Duration::from_secs(10)).await.unwrap();
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            g.lock().unwrap().push((m.topic, v));
+        }
+    });
+    let mut engine = engine(&dir, port, "engine.log");
+    wait_for_log(&dir.join("engine.log"), "source connected").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The plant's publisher keeps a session too: what it had in flight is resent.
+    let mut publisher = forewarn::mqtt::MqttSink::start_persistent(
+        url.clone(),
+        "brestart-plant",
+        forewarn::mqtt::QoS::AtLeastOnce,
+    );
+    publisher
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let all = messages();
+    let sent = all.len();
+    let restart_at = sent * 2 / 5;
+    let mut broker = Some(broker);
+    for (i, (t, m)) in all.into_iter().enumerate() {
+        publisher.publish(&t, m, false).await.unwrap();
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if i + 1 == restart_at {
+            publisher.flush(Duration::from_secs(60)).await.unwrap();
+            // SIGTERM: mosquitto saves sessions, queues and in-flight messages.
+            broker.take().unwrap().terminate();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            broker = Some(start_mosquitto_conf(&bin, port, &conf).expect("mosquitto restarts"));
+        }
+    }
+    publisher.flush(Duration::from_secs(60)).await.unwrap();
+    wait_for_all(&want, &got).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Command::new("kill")
+        .args(["-TERM", &engine.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = engine.0.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("engine.log")).unwrap();
+    assert!(status.success(), "engine exits cleanly: {log}");
+    assert!(
+        log.contains("source connection failed"),
+        "the engine saw the broker go: {log}"
+    );
+    assert!(
+        log.matches("source connected").count() >= 2,
+        "and reconnected: {log}"
+    );
+    eprintln!("broker restarted after {restart_at} of {sent} readings");
+    compare(&want, &got.lock().unwrap(), sent);
     sub.stop().await;
+    drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }

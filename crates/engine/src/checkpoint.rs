@@ -217,7 +217,7 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter_map(|p| seq_of(&p).map(|s| (s, p)))
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(v.into_iter().map(|(_, p)| p).collect())
 }
 

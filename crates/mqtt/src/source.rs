@@ -1,6 +1,7 @@
 //! Subscribing source: delivers messages to a bounded channel, reconnects with backoff.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +36,9 @@ pub struct AckToken {
 #[derive(Debug)]
 struct AckShared {
     client: AsyncClient,
-    /// Packet ids delivered and not yet acknowledged, in the current session.
-    pending: Mutex<HashSet<u16>>,
+    /// Every packet id delivered in the current session: a hash of its topic and
+    /// payload, and whether we have acknowledged it.
+    seen: Mutex<HashMap<u16, (u64, bool)>>,
     /// Bumped when the broker starts a new session: older tokens then ack nothing.
     generation: AtomicU64,
     /// Redeliveries dropped because the engine already had the message.
@@ -48,13 +50,22 @@ impl AckToken {
     /// lost the session does nothing: that packet id may now name another message.
     pub fn ack(self) {
         let s = &self.shared;
-        if s.generation.load(Ordering::SeqCst) != self.generation
-            || !s.pending.lock().expect("lock").remove(&self.pkid)
-        {
+        if s.generation.load(Ordering::SeqCst) != self.generation {
             return;
         }
+        match s.seen.lock().expect("lock").get_mut(&self.pkid) {
+            Some((_, acked)) if !*acked => *acked = true,
+            _ => return,
+        }
+        s.send_ack(self.pkid);
+    }
+}
+
+impl AckShared {
+    fn send_ack(&self, pkid: u16) {
+        let s = self;
         let mut p = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
-        p.pkid = self.pkid;
+        p.pkid = pkid;
         if s.client.try_ack(&p).is_err() {
             // The request queue is full: hand it over without blocking the engine.
             let client = s.client.clone();
@@ -151,7 +162,7 @@ impl MqttSource {
         let sub_client = client.clone();
         let acks = Arc::new(AckShared {
             client: client.clone(),
-            pending: Mutex::new(HashSet::new()),
+            seen: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
         });
@@ -166,7 +177,7 @@ impl MqttSource {
                             // A new session: the broker forgot what was in flight, so
                             // tokens from before must not ack whatever reuses their ids.
                             shared.generation.fetch_add(1, Ordering::SeqCst);
-                            shared.pending.lock().expect("lock").clear();
+                            shared.seen.lock().expect("lock").clear();
                         }
                         tracing::info!(broker = %opts.url, session_present = c.session_present, "source connected");
                         // Clean sessions forget subscriptions: subscribe on every (re)connect.
@@ -180,14 +191,33 @@ impl MqttSource {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {}
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let ack = if opts.manual_acks && p.qos == QoS::AtLeastOnce {
-                            let fresh = shared.pending.lock().expect("lock").insert(p.pkid);
-                            if !fresh && p.dup {
-                                // The broker resends what we hold unacknowledged after a
-                                // reconnection; the engine has it already, and the
-                                // first delivery's token will acknowledge it.
-                                shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                                continue;
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            (&p.topic, &p.payload[..]).hash(&mut h);
+                            let h = h.finish();
+                            let mut seen = shared.seen.lock().expect("lock");
+                            match seen.get(&p.pkid) {
+                                // After a reconnection the broker resends what it has
+                                // not seen acknowledged. While we hold an id
+                                // unacknowledged the broker cannot reuse it, so this is
+                                // the same message: the engine has it, and its token
+                                // will acknowledge it.
+                                Some((_, false)) => {
+                                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                // Acknowledged, but the PUBACK was lost with the
+                                // connection: the same message again. Acknowledge again.
+                                Some((prev, true)) if *prev == h => {
+                                    drop(seen);
+                                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                                    shared.send_ack(p.pkid);
+                                    continue;
+                                }
+                                _ => {
+                                    seen.insert(p.pkid, (h, false));
+                                }
                             }
+                            drop(seen);
                             Some(AckToken {
                                 pkid: p.pkid,
                                 generation: shared.generation.load(Ordering::SeqCst),
