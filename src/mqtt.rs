@@ -223,6 +223,13 @@ impl MqttPipeline {
         &self.handle
     }
 
+    /// Redelivered input messages recognised and not processed twice (the broker
+    /// resent what was held unacknowledged, or whose PUBACK was lost, after a
+    /// reconnection).
+    pub fn redeliveries_dropped(&self) -> u64 {
+        self.source.duplicates_dropped()
+    }
+
     /// Outgoing messages dropped because the outbox was full while the broker was away.
     pub fn outbox_dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

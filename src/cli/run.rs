@@ -132,10 +132,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let redelivered = running.redeliveries_dropped();
     let s = running.stop().await?;
     eprintln!(
-        "stopped: {} messages, {} windows, {} alerts, {} transitions, {} checkpoints, rejected {:?}",
-        s.messages_in, s.windows_closed, s.alerts_out, s.transitions_out, s.checkpoints, s.rejected
+        "stopped: {} messages, {} windows, {} alerts, {} transitions, {} checkpoints, {} redeliveries dropped, rejected {:?}",
+        s.messages_in, s.windows_closed, s.alerts_out, s.transitions_out, s.checkpoints, redelivered, s.rejected
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -125,6 +125,8 @@ pub(crate) struct Snapshot {
     pub outbox: Vec<Output>,
     /// Input messages consumed over the pipeline's life (informational).
     pub inputs: u64,
+    /// Devices admitted by each source (the `max_devices` limit).
+    pub devices: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,6 +140,8 @@ struct Header {
     states: BTreeMap<String, DeviceState>,
     silenced: BTreeMap<String, i64>,
     outbox: Vec<Output>,
+    #[serde(default)]
+    devices: BTreeMap<String, Vec<String>>,
     /// (offset, length) of each IPC blob after the header.
     blobs: Vec<(u64, u64)>,
 }
@@ -272,6 +276,7 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, String> {
         states: s.states.clone(),
         silenced: s.silenced.clone(),
         outbox: s.outbox.clone(),
+        devices: s.devices.clone(),
         blobs: spans,
     };
     let header = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
@@ -325,15 +330,25 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         let b = data
             .get(off..off.checked_add(len).ok_or("blob span overflows")?)
             .ok_or(format!("blob {i} past the end"))?;
-        let mut r = StreamReader::try_new(std::io::Cursor::new(b), None)
-            .map_err(|e| format!("blob {i}: {e}"))?;
-        let schema = r.schema();
-        let mut batches = Vec::new();
-        for b in &mut r {
-            batches.push(b.map_err(|e| format!("blob {i}: {e}"))?);
-        }
-        datafusion::arrow::compute::concat_batches(&schema, &batches)
-            .map_err(|e| format!("blob {i}: {e}"))
+        // The checksum keeps out accidents; against a crafted file, the Arrow reader
+        // can panic on inconsistent buffer offsets, which must not take the engine down.
+        std::panic::catch_unwind(|| {
+            let mut r = StreamReader::try_new(std::io::Cursor::new(b), None)
+                .map_err(|e| format!("blob {i}: {e}"))?;
+            let schema = r.schema();
+            let mut batches = Vec::new();
+            for b in &mut r {
+                let b = b.map_err(|e| format!("blob {i}: {e}"))?;
+                b.columns()
+                    .iter()
+                    .try_for_each(|c| c.to_data().validate_full())
+                    .map_err(|e| format!("blob {i}: {e}"))?;
+                batches.push(b);
+            }
+            datafusion::arrow::compute::concat_batches(&schema, &batches)
+                .map_err(|e| format!("blob {i}: {e}"))
+        })
+        .unwrap_or_else(|_| Err(format!("blob {i}: malformed Arrow data")))
     };
     let mut queries = BTreeMap::new();
     for (name, q) in header.queries {
@@ -367,6 +382,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         silenced: header.silenced,
         outbox: header.outbox,
         inputs: header.inputs,
+        devices: header.devices,
     })
 }
 
@@ -455,7 +471,26 @@ pub(crate) fn check_fit(
                     ),
                 })
             }
-            Some(_) => {}
+            Some(s) => {
+                let want = q.partial.schema();
+                if let Some(p) = s
+                    .operator
+                    .panes
+                    .iter()
+                    .find(|p| p.batch.schema().fields() != want.fields())
+                {
+                    return Err(CheckpointError::Corrupt {
+                        path: file.to_path_buf(),
+                        reason: format!(
+                            "query '{}': state of pane {} has columns [{}], expected [{}]",
+                            q.name,
+                            p.start,
+                            fields(&p.batch.schema()),
+                            fields(&want)
+                        ),
+                    });
+                }
+            }
             None => tracing::warn!(
                 query = %q.name,
                 checkpoint = %file.display(),

@@ -104,6 +104,17 @@ pub struct EngineConfig {
     /// only once a checkpoint covers it (`None`: no checkpoints; input is acknowledged
     /// as soon as it is taken, and state is lost when the process stops).
     pub checkpoint: Option<CheckpointConfig>,
+    /// A message to an event-time source whose topic and bytes equal one of the last
+    /// this many messages is a resend: dead-lettered as `duplicate`, not counted twice
+    /// (0: off). Costs 8 bytes of hash per remembered message.
+    pub duplicate_window: usize,
+    /// Distinct devices a source admits (the device named by its topic template); a
+    /// message from one more is dead-lettered as `too_many_devices`, so a flood of new
+    /// ids cannot exhaust memory.
+    pub max_devices: usize,
+    /// Windows (panes) one query keeps open at once; rows that would open another are
+    /// dead-lettered as `too_many_windows`.
+    pub max_open_windows: usize,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +130,9 @@ impl Default for EngineConfig {
             wall_clock: true,
             model_reload_interval: Some(Duration::from_secs(2)),
             checkpoint: None,
+            duplicate_window: 65_536,
+            max_devices: 250_000,
+            max_open_windows: 10_000,
         }
     }
 }

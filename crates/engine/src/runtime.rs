@@ -99,6 +99,11 @@ struct Source {
     /// When input last arrived (idle detection).
     last_input: Instant,
     late_topic: Option<TopicTemplate>,
+    /// The topic template and the capture naming the device (`device`, else the first),
+    /// for the limit on distinct devices.
+    device_from_topic: Option<(TopicTemplate, String)>,
+    /// Devices admitted so far (at most `max_devices`).
+    devices: std::collections::HashSet<String>,
 }
 
 struct Operator {
@@ -156,6 +161,15 @@ pub(crate) struct Runtime {
     inputs: u64,
     /// When the last input message arrived.
     last_input: Instant,
+    /// Hashes of the latest messages, for [`Self::is_duplicate`].
+    recent: RecentMessages,
+}
+
+#[derive(Default)]
+struct RecentMessages {
+    hasher: std::collections::hash_map::RandomState,
+    set: std::collections::HashSet<u64>,
+    order: VecDeque<u64>,
 }
 
 impl Runtime {
@@ -189,6 +203,15 @@ impl Runtime {
                     idle_timeout: s.idle_timeout,
                     last_input: Instant::now(),
                     late_topic: s.late_topic.clone(),
+                    device_from_topic: s.template.as_ref().and_then(|t| {
+                        let cap = t
+                            .captures()
+                            .find(|c| *c == "device")
+                            .or_else(|| t.captures().next())?
+                            .to_string();
+                        Some((t.clone(), cap))
+                    }),
+                    devices: Default::default(),
                 }
             })
             .collect();
@@ -201,7 +224,7 @@ impl Runtime {
                 .find(|s| s.name == q.source)
                 .expect("source of a query");
             src.operators.push(Operator {
-                op: WindowOperator::new(q.clone()),
+                op: WindowOperator::new(q.clone()).with_max_open_panes(p.config.max_open_windows),
                 sink,
                 lifecycle: spec.map(|s| Lifecycle::new(&q.name, s)),
                 device_column,
@@ -230,6 +253,7 @@ impl Runtime {
             inputs: p.restored.as_ref().map_or(0, |s| s.inputs),
             restored: p.restored,
             last_input: Instant::now(),
+            recent: RecentMessages::default(),
         }
     }
 
@@ -255,6 +279,11 @@ impl Runtime {
                         })?;
                     }
                 }
+            }
+        }
+        for src in &mut self.sources {
+            if let Some(d) = snap.devices.get(&src.name) {
+                src.devices = d.iter().cloned().collect();
             }
         }
         self.states = snap.states.into_iter().collect();
@@ -351,6 +380,11 @@ impl Runtime {
             silenced: self.silenced.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             outbox: c.recent.iter().cloned().collect(),
             inputs: self.inputs,
+            devices: self
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.devices.iter().cloned().collect()))
+                .collect(),
         };
         let (dir, keep, seq) = (c.cfg.dir.clone(), c.cfg.keep, c.seq);
         let written = tokio::task::spawn_blocking(move || {
@@ -604,8 +638,73 @@ impl Runtime {
         String::from_utf8_lossy(cut).into_owned()
     }
 
+    /// Whether the message repeats one among the last `duplicate_window` messages to
+    /// event-time sources byte for byte (a QoS 1 publisher resends after a lost
+    /// PUBACK; with the timestamp inside, the same bytes are the same readings). Sources
+    /// timed by arrival are exempt: identical payloads are new readings there.
+    fn is_duplicate(&mut self, topic: &str, payload: &[u8]) -> bool {
+        if self.config.duplicate_window == 0
+            || !self
+                .sources
+                .iter()
+                .any(|s| !s.processing_time && filter_matches(&s.filter, topic))
+        {
+            return false;
+        }
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.recent.hasher.build_hasher();
+        topic.hash(&mut h);
+        payload.hash(&mut h);
+        let h = h.finish();
+        if !self.recent.set.insert(h) {
+            return true;
+        }
+        self.recent.order.push_back(h);
+        if self.recent.order.len() > self.config.duplicate_window {
+            if let Some(old) = self.recent.order.pop_front() {
+                self.recent.set.remove(&old);
+            }
+        }
+        false
+    }
+
+    /// The device named by `topic` if source `i` is full and has not seen it.
+    fn refused_device(&mut self, i: usize, topic: &str) -> Option<String> {
+        let src = &mut self.sources[i];
+        let (template, cap) = src.device_from_topic.as_ref()?;
+        let captures = template.captures_of(topic)?;
+        let device = captures.iter().find(|(c, _)| c == cap)?.1;
+        if src.devices.contains(device) {
+            return None;
+        }
+        if src.devices.len() >= self.config.max_devices {
+            return Some(device.to_string());
+        }
+        src.devices.insert(device.to_string());
+        None
+    }
+
     async fn on_json(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineError> {
         self.count(|s| s.messages_in += 1);
+        if self.is_duplicate(topic, payload) {
+            let letter = DeadLetter {
+                reason: "duplicate".into(),
+                detail: format!(
+                    "the same bytes on the same topic arrived among the last {} messages (a resent publish)",
+                    self.config.duplicate_window
+                ),
+                source_topic: topic.to_string(),
+                source: None,
+                index: None,
+                excerpt: self.excerpt(payload),
+            };
+            self.emit(Output::DeadLetter {
+                topic: format!("{}/deadletter/duplicate", self.config.topic_prefix),
+                letter,
+            })
+            .await;
+            return Ok(());
+        }
         let mut matched = false;
         for i in 0..self.sources.len() {
             if !filter_matches(&self.sources[i].filter, topic) {
@@ -613,6 +712,26 @@ impl Runtime {
             }
             matched = true;
             self.sources[i].last_input = Instant::now();
+            if let Some(device) = self.refused_device(i, topic) {
+                let source = self.sources[i].name.clone();
+                let letter = DeadLetter {
+                    reason: "too_many_devices".into(),
+                    detail: format!(
+                        "source '{source}' already has {} devices (max_devices); '{device}' is refused",
+                        self.config.max_devices
+                    ),
+                    source_topic: topic.to_string(),
+                    source: Some(source.clone()),
+                    index: None,
+                    excerpt: self.excerpt(payload),
+                };
+                self.emit(Output::DeadLetter {
+                    topic: format!("{}/deadletter/{source}", self.config.topic_prefix),
+                    letter,
+                })
+                .await;
+                continue;
+            }
             let outcome = self.sources[i].decoder.decode(topic, payload);
             self.count(|s| s.readings_in += outcome.accepted as u64);
             for r in outcome.rejected {

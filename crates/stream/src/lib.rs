@@ -64,6 +64,8 @@ pub enum RowRejection {
     Future,
     /// No event time.
     NoTimestamp,
+    /// It would open a window beyond the operator's limit of open windows.
+    TooManyWindows,
 }
 
 impl RowRejection {
@@ -73,6 +75,7 @@ impl RowRejection {
             RowRejection::Late => "late",
             RowRejection::Future => "future_timestamp",
             RowRejection::NoTimestamp => "missing_timestamp",
+            RowRejection::TooManyWindows => "too_many_windows",
         }
     }
 }
@@ -110,6 +113,9 @@ pub struct OperatorStats {
     pub future_rows: u64,
     /// Rows rejected for a missing timestamp.
     pub no_timestamp_rows: u64,
+    /// Rows rejected because their window would exceed the limit of open windows.
+    #[serde(default)]
+    pub too_many_windows_rows: u64,
     /// Windows closed.
     pub windows_closed: u64,
     /// Result rows produced.
@@ -260,6 +266,8 @@ pub struct WindowOperator {
     sessions: Option<Sessions>,
     /// The WHERE clause evaluated on leaf batches (sessions: rows it drops open no session).
     prefilter: Option<Arc<dyn PhysicalExpr>>,
+    /// Most panes open at once; rows that would open another are rejected.
+    max_open_panes: usize,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -334,7 +342,16 @@ impl WindowOperator {
             session_key_indices,
             sessions,
             prefilter,
+            max_open_panes: usize::MAX,
         }
+    }
+
+    /// Limits the panes open at once (a flood of far-apart timestamps cannot grow state
+    /// without bound): rows that would open one more are rejected as
+    /// [`RowRejection::TooManyWindows`].
+    pub fn with_max_open_panes(mut self, n: usize) -> Self {
+        self.max_open_panes = n.max(1);
+        self
     }
 
     /// The query this operator runs.
@@ -499,12 +516,43 @@ impl WindowOperator {
                     .push(i as u32),
             }
         }
+        // Panes this batch would open beyond the limit: their rows are refused (the
+        // latest panes first, so time keeps moving for the ones already open).
+        let open_now = self.open_panes();
+        let new: Vec<Millis> = by_pane
+            .keys()
+            .copied()
+            .filter(|p| !self.panes.contains_key(p) && !self.sealed.contains_key(p))
+            .collect();
+        let room = self.max_open_panes.saturating_sub(open_now);
+        if new.len() > room {
+            for p in &new[room..] {
+                let idx = by_pane.remove(p).expect("present");
+                rejected
+                    .entry(RowRejection::TooManyWindows.code())
+                    .or_insert((RowRejection::TooManyWindows, vec![]))
+                    .1
+                    .extend(idx);
+            }
+            // Refused rows must not move the watermark either.
+            max_ts = None;
+            key_max.clear();
+            for &i in by_pane.values().flatten() {
+                let t = ts.value(i as usize);
+                max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
+                if let Some(keys) = &wm_keys {
+                    let m = key_max.entry(keys.value(i as usize)).or_insert(t);
+                    *m = (*m).max(t);
+                }
+            }
+        }
         for (_, (reason, idx)) in rejected {
             let n = idx.len() as u64;
             match reason {
                 RowRejection::Late => self.stats.late_rows += n,
                 RowRejection::Future => self.stats.future_rows += n,
                 RowRejection::NoTimestamp => self.stats.no_timestamp_rows += n,
+                RowRejection::TooManyWindows => self.stats.too_many_windows_rows += n,
             }
             let rows = take_record_batch(batch, &UInt32Array::from(idx))
                 .map_err(|e| self.exec_err(e.into()))?;
