@@ -87,7 +87,7 @@ proptest! {
         let out = d.decode(&topic, &payload);
         prop_assert_eq!(d.buffered_rows() - before, out.accepted);
         // Nothing vanishes: an empty outcome only for an empty array.
-        prop_assert!(out.accepted + out.rejected.len() > 0 || payload.iter().filter(|b| !b.is_ascii_whitespace()).count() >= 2);
+        prop_assert!(out.accepted + out.rejected.len() > 0);
         let _ = d.flush();
     }
 
@@ -289,7 +289,7 @@ fn the_whole_pipeline_takes_any_payloads_and_accounts_for_each() {
             prop_assert_eq!(stats.messages_in, n);
             prop_assert_eq!(stats.query_errors, 0);
             // Every message gave readings or at least one dead letter.
-            prop_assert!(stats.readings_in + stats.dead_letters_out >= n || stats.readings_in > 0);
+            prop_assert!(stats.readings_in + stats.dead_letters_out >= n);
             Ok(())
         })
         .unwrap();

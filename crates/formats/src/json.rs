@@ -383,6 +383,12 @@ impl JsonDecoder {
                 return out;
             }
         };
+        if message.0.is_empty() {
+            // Nothing to take, but the message must not vanish without a trace.
+            out.rejected
+                .push(whole(DecodeError::NotAReading("an empty array")));
+            return out;
+        }
         let array = message.0.len() != 1;
         for (i, reading) in message.0.into_iter().enumerate() {
             let index = array.then_some(i);
