@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 #[cfg(feature = "broker")]
 pub use forewarn_mqtt::EmbeddedBroker;
 pub use forewarn_mqtt::{
-    AckToken, BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions,
+    AckToken, BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions, TlsSettings,
 };
 
 use crate::{EngineError, EngineStats, Output, Pipeline, PipelineHandle};

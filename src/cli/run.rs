@@ -48,6 +48,52 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_max_unacked: Option<usize>,
     checkpoint_keep: Option<usize>,
+    /// CA certificates (PEM) for mqtts://.
+    tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require them.
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    /// User name; the password comes from `password_file` or FOREWARN_MQTT_PASSWORD,
+    /// never from this file.
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    max_devices: Option<usize>,
+    max_open_windows: Option<usize>,
+}
+
+/// The environment variable holding the broker password.
+const PASSWORD_ENV: &str = "FOREWARN_MQTT_PASSWORD";
+
+/// Credentials and TLS from the configuration file and the environment.
+fn secure(url: &mut BrokerUrl, fc: &FileConfig) -> anyhow::Result<()> {
+    if let Some(u) = &fc.username {
+        url.username = Some(u.clone());
+    }
+    if url.username.is_some() && url.password.is_none() {
+        url.password = match (&fc.password_file, std::env::var(PASSWORD_ENV)) {
+            (Some(p), _) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("password_file {}", p.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, Ok(p)) => Some(p),
+            (None, Err(_)) => None,
+        };
+    }
+    let tls_files =
+        fc.tls_ca_file.is_some() || fc.tls_cert_file.is_some() || fc.tls_key_file.is_some();
+    if tls_files && url.tls.is_none() {
+        anyhow::bail!("tls_* settings need an mqtts:// broker URL (got {url})");
+    }
+    if url.tls.is_some() {
+        url.tls = Some(forewarn::mqtt::TlsSettings::from_files(
+            fc.tls_ca_file.as_deref(),
+            fc.tls_cert_file.as_deref(),
+            fc.tls_key_file.as_deref(),
+        )?);
+    }
+    Ok(())
 }
 
 fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
@@ -62,9 +108,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let broker = a
         .broker
-        .or(fc.broker)
+        .or(fc.broker.clone())
         .context("no broker: pass --broker mqtt://HOST:PORT or set broker in the config file")?;
-    let url = BrokerUrl::parse(&broker)?;
+    let mut url = BrokerUrl::parse(&broker)?;
+    secure(&mut url, &fc)?;
     let queries = a.queries.or(fc.queries).unwrap_or_else(|| "queries".into());
     let models = a.models.or(fc.models).unwrap_or_else(|| "models".into());
     let mut cfg = EngineConfig::default();
@@ -80,8 +127,14 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = fc.max_payload_bytes {
         cfg.max_payload_bytes = v;
     }
-    if let Some(v) = fc.topic_prefix {
+    if let Some(v) = fc.topic_prefix.clone() {
         cfg.topic_prefix = v;
+    }
+    if let Some(v) = fc.max_devices {
+        cfg.max_devices = v;
+    }
+    if let Some(v) = fc.max_open_windows {
+        cfg.max_open_windows = v;
     }
     if let Some(dir) = a.checkpoint_dir.or(fc.checkpoint_dir) {
         let mut c = forewarn::CheckpointConfig::new(dir);

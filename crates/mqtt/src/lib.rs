@@ -15,7 +15,7 @@ pub use outbox::{Outbox, Pending};
 pub use rumqttc::QoS;
 pub use sink::{MqttSink, SinkStats};
 pub use source::{AckToken, Incoming, MqttSource, SourceOptions};
-pub use url::BrokerUrl;
+pub use url::{BrokerUrl, TlsSettings};
 
 /// Errors from the MQTT connectors.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,9 @@ pub enum MqttError {
     /// The embedded broker could not start.
     #[error("embedded broker: {0}")]
     Broker(String),
+    /// TLS settings are wrong (a file missing or not PEM).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Waiting for acknowledgements timed out.
     #[error("timed out after {0:?} with {1} publishes still unacknowledged")]
     FlushTimeout(std::time::Duration, u64),

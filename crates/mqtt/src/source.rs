@@ -131,6 +131,15 @@ pub(crate) fn mqtt_options(
     if let Some(u) = &url.username {
         o.set_credentials(u.clone(), url.password.clone().unwrap_or_default());
     }
+    #[cfg(feature = "tls")]
+    if let Some(t) = &url.tls {
+        // One process-wide crypto provider (ring); a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        o.set_transport(match &t.ca {
+            Some(ca) => rumqttc::Transport::tls(ca.clone(), t.client_auth.clone(), None),
+            None => rumqttc::Transport::tls_with_default_config(),
+        });
+    }
     o
 }
 

@@ -1,6 +1,7 @@
-//! `mqtt://[user[:pass]@]host[:port]` URLs.
+//! `mqtt://[user[:pass]@]host[:port]` and `mqtts://` URLs, with TLS settings.
 
 use std::fmt;
+use std::path::Path;
 
 use crate::MqttError;
 
@@ -15,6 +16,61 @@ pub struct BrokerUrl {
     pub username: Option<String>,
     /// Password, if any (never printed by `Debug` or `Display`).
     pub password: Option<String>,
+    /// TLS (`mqtts://`), with its certificates.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Certificates for a TLS connection (PEM), read when configured so that a missing
+/// file is an error at start, not at the first connection.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// CA certificates the broker's certificate must chain to (`None`: the system's).
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate chain and private key, for brokers that require them.
+    pub client_auth: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
+            .field("client_auth", &self.client_auth.is_some())
+            .finish()
+    }
+}
+
+impl TlsSettings {
+    /// Reads a CA file and, optionally, a client certificate and key (all PEM).
+    pub fn from_files(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Self, MqttError> {
+        let read = |what: &str, p: &Path| {
+            let b = std::fs::read(p)
+                .map_err(|e| MqttError::Tls(format!("{what} {}: {e}", p.display())))?;
+            if !b.windows(10).any(|w| w == b"-----BEGIN") {
+                return Err(MqttError::Tls(format!(
+                    "{what} {}: not a PEM file (no -----BEGIN line)",
+                    p.display()
+                )));
+            }
+            Ok(b)
+        };
+        let client_auth = match (cert, key) {
+            (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(MqttError::Tls(
+                    "a client certificate needs its key, and a key its certificate".into(),
+                ))
+            }
+        };
+        Ok(TlsSettings {
+            ca: ca.map(|p| read("CA file", p)).transpose()?,
+            client_auth,
+        })
+    }
 }
 
 impl fmt::Debug for BrokerUrl {
@@ -30,9 +86,10 @@ impl fmt::Display for BrokerUrl {
         } else {
             self.host.clone()
         };
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
         match &self.username {
-            Some(u) => write!(f, "mqtt://{u}:***@{host}:{}", self.port),
-            None => write!(f, "mqtt://{host}:{}", self.port),
+            Some(u) => write!(f, "{scheme}://{u}:***@{host}:{}", self.port),
+            None => write!(f, "{scheme}://{host}:{}", self.port),
         }
     }
 }
@@ -45,10 +102,12 @@ impl BrokerUrl {
             port,
             username: None,
             password: None,
+            tls: None,
         }
     }
 
-    /// Parses `mqtt://[user[:pass]@]host[:port]` (`tcp://` is accepted too).
+    /// Parses `mqtt://[user[:pass]@]host[:port]` (`tcp://` is accepted too), or
+    /// `mqtts://` (`ssl://`) for TLS on port 8883 by default.
     pub fn parse(s: &str) -> Result<Self, MqttError> {
         let masked = match (s.find("://"), s.rfind('@')) {
             (Some(a), Some(b)) if b > a => format!("{}***{}", &s[..a + 3], &s[b..]),
@@ -58,10 +117,21 @@ impl BrokerUrl {
             url: masked.clone(),
             reason: reason.to_string(),
         };
-        let rest = s
+        let (tls, rest) = match s
             .strip_prefix("mqtt://")
             .or_else(|| s.strip_prefix("tcp://"))
-            .ok_or_else(|| bad("the scheme must be mqtt://"))?;
+        {
+            Some(r) => (false, r),
+            None => (
+                true,
+                s.strip_prefix("mqtts://")
+                    .or_else(|| s.strip_prefix("ssl://"))
+                    .ok_or_else(|| bad("the scheme must be mqtt:// or mqtts://"))?,
+            ),
+        };
+        if tls && !cfg!(feature = "tls") {
+            return Err(bad("mqtts:// needs Forewarn built with the `tls` feature"));
+        }
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rfind('@') {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
@@ -89,6 +159,7 @@ impl BrokerUrl {
             return Err(bad("no host"));
         }
         let port = match port {
+            None if tls => 8883,
             None => 1883,
             Some(p) => p
                 .parse()
@@ -99,6 +170,7 @@ impl BrokerUrl {
             port,
             username,
             password,
+            tls: tls.then(TlsSettings::default),
         })
     }
 }
