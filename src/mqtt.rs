@@ -41,6 +41,19 @@ pub struct RunOptions {
     /// full, the oldest non-critical messages (state, dead letters) are dropped first,
     /// counted and logged.
     pub max_outbox: usize,
+    /// What to do when the engine falls behind the input.
+    pub overload: Overload,
+}
+
+/// What the input side does when the engine cannot keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// Stop reading: the broker holds QoS 1 messages (and TCP holds the rest) until the
+    /// engine catches up. Nothing is lost; readings arrive late instead.
+    Block,
+    /// Keep reading and drop the oldest waiting messages beyond this many, counted and
+    /// logged (and acknowledged: they are given up on purpose). Fresh readings go first.
+    DropOldest(usize),
 }
 
 impl RunOptions {
@@ -50,6 +63,7 @@ impl RunOptions {
             client_id: client_id.to_string(),
             source_qos: QoS::AtLeastOnce,
             max_outbox: 100_000,
+            overload: Overload::Block,
         }
     }
 }
@@ -61,6 +75,7 @@ pub struct MqttPipeline {
     forward: JoinHandle<()>,
     publish: JoinHandle<Result<u64, MqttError>>,
     dropped: Arc<AtomicU64>,
+    shed: Arc<AtomicU64>,
     checkpointing: bool,
 }
 
@@ -103,25 +118,35 @@ pub async fn start(
     source.wait_connected(Duration::from_secs(10)).await?;
     let (handle, outputs) = pipeline.start();
     let h = handle.clone();
-    let forward = tokio::spawn(async move {
-        while let Some(m) = incoming.recv().await {
-            let pushed = match (m.topic.strip_prefix(&command_prefix), m.ack) {
-                (Some(device), None) => h.command(device, m.payload).await,
-                (Some(device), Some(t)) => {
-                    h.command_acked(device, m.payload, Box::new(move || t.ack()))
-                        .await
+    let shed = Arc::new(AtomicU64::new(0));
+    let forward = match opts.overload {
+        Overload::Block => tokio::spawn(async move {
+            while let Some(m) = incoming.recv().await {
+                let pushed = match (m.topic.strip_prefix(&command_prefix), m.ack) {
+                    (Some(device), None) => h.command(device, m.payload).await,
+                    (Some(device), Some(t)) => {
+                        h.command_acked(device, m.payload, Box::new(move || t.ack()))
+                            .await
+                    }
+                    (None, None) => h.push_json(&m.topic, m.payload).await,
+                    (None, Some(t)) => {
+                        h.push_json_acked(&m.topic, m.payload, Box::new(move || t.ack()))
+                            .await
+                    }
+                };
+                if pushed.is_err() {
+                    break;
                 }
-                (None, None) => h.push_json(&m.topic, m.payload).await,
-                (None, Some(t)) => {
-                    h.push_json_acked(&m.topic, m.payload, Box::new(move || t.ack()))
-                        .await
-                }
-            };
-            if pushed.is_err() {
-                break;
             }
-        }
-    });
+        }),
+        Overload::DropOldest(max) => tokio::spawn(shed_oldest(
+            incoming,
+            h,
+            command_prefix,
+            max.max(1),
+            shed.clone(),
+        )),
+    };
     let dropped = Arc::new(AtomicU64::new(0));
     let publish = tokio::spawn(publish_loop(
         sink,
@@ -139,8 +164,73 @@ pub async fn start(
         forward,
         publish,
         dropped,
+        shed,
         checkpointing,
     })
+}
+
+/// Forwards input, keeping at most `max` messages waiting for the engine: when more
+/// arrive, the oldest are dropped (acknowledged, counted, logged).
+async fn shed_oldest(
+    mut incoming: mpsc::Receiver<Incoming>,
+    h: PipelineHandle,
+    command_prefix: String,
+    max: usize,
+    shed: Arc<AtomicU64>,
+) {
+    type Waiting = (String, Vec<u8>, Option<crate::Ack>);
+    let mut waiting: std::collections::VecDeque<Waiting> = Default::default();
+    let mut open = true;
+    loop {
+        // Hand over what the engine takes now; commands wait their turn, never dropped.
+        while let Some((topic, payload, ack)) = waiting.pop_front() {
+            if let Some(device) = topic.strip_prefix(&command_prefix) {
+                let r = match ack {
+                    Some(a) => h.command_acked(device, payload, a).await,
+                    None => h.command(device, payload).await,
+                };
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
+            match h.try_push_json(&topic, payload, ack) {
+                Ok(None) => {}
+                Ok(Some((payload, ack))) => {
+                    waiting.push_front((topic, payload, ack));
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+        if !open && waiting.is_empty() {
+            return;
+        }
+        tokio::select! {
+            m = incoming.recv(), if open => match m {
+                Some(m) => {
+                    let ack = m.ack.map(|t| Box::new(move || t.ack()) as crate::Ack);
+                    waiting.push_back((m.topic, m.payload, ack));
+                    while waiting.len() > max {
+                        let i = waiting
+                            .iter()
+                            .position(|w| !w.0.starts_with(&command_prefix));
+                        let Some(i) = i else { break };
+                        let (topic, _, ack) = waiting.remove(i).expect("present");
+                        if let Some(a) = ack {
+                            a();
+                        }
+                        let n = shed.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(dropped = n, %topic, "engine behind: dropped the oldest waiting input");
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(1)), if !waiting.is_empty() => {}
+        }
+    }
 }
 
 /// Moves outputs from the pipeline to the broker. Outputs go into a bounded outbox at
@@ -230,6 +320,11 @@ impl MqttPipeline {
         self.source.duplicates_dropped()
     }
 
+    /// Input messages dropped because the engine was behind ([`Overload::DropOldest`]).
+    pub fn input_shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
     /// Outgoing messages dropped because the outbox was full while the broker was away.
     pub fn outbox_dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -271,5 +366,91 @@ impl MqttPipeline {
             .await
             .map_err(|e| MqttError::Client(e.to_string()))??;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CheckpointConfig, EngineConfig};
+
+    /// An engine that stops taking input (its outputs are not confirmed) behind a
+    /// burst: the oldest waiting messages are dropped and counted, the rest go through
+    /// once it moves again, and every message is one or the other.
+    #[tokio::test]
+    async fn drop_oldest_sheds_and_accounts_for_every_message() {
+        let dir = std::env::temp_dir().join(format!("forewarn-shed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ck = CheckpointConfig::new(&dir);
+        ck.confirm_outputs = true;
+        ck.max_unconfirmed = 1;
+        let p = Pipeline::builder()
+            .query_sql(
+                "s.sql",
+                "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts)
+                   WITH (connector = 'mqtt', topic = 's/+', topic_template = 's/{device}');
+                 CREATE TABLE o WITH (connector = 'mqtt', topic = 'o/{device}');
+                 INSERT INTO o SELECT device, count(*) AS n FROM r
+                 GROUP BY tumble(interval '1 millisecond'), device;",
+            )
+            .config(EngineConfig {
+                channel_capacity: 1,
+                wall_clock: false,
+                checkpoint: Some(ck),
+                ..Default::default()
+            })
+            .build()
+            .await
+            .unwrap();
+        let (h, mut outputs) = p.start();
+        let (tx, rx) = mpsc::channel(10_000);
+        let shed = Arc::new(AtomicU64::new(0));
+        let fwd = tokio::spawn(shed_oldest(
+            rx,
+            h.clone(),
+            "forewarn/command/".into(),
+            50,
+            shed.clone(),
+        ));
+        let sent = 2000u64;
+        for i in 0..sent {
+            let payload = format!("{{\"ts\": {}, \"v\": 1}}", 1_000_000 + i as i64).into_bytes();
+            tx.send(Incoming {
+                topic: "s/d1".into(),
+                payload,
+                ack: None,
+            })
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        // Let the forwarder shed while the engine is stalled, then let the engine go.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let shed_now = shed.load(Ordering::Relaxed);
+        assert!(shed_now > 0, "the stalled engine made the forwarder shed");
+        let mut confirmed = 0;
+        let drain = tokio::spawn({
+            let h = h.clone();
+            async move {
+                while outputs.recv().await.is_some() {
+                    confirmed += 1;
+                    h.confirm_outputs(confirmed);
+                }
+            }
+        });
+        fwd.await.unwrap();
+        let stats = h.finish().await.unwrap();
+        drop(h);
+        drain.await.unwrap();
+        let shed = shed.load(Ordering::Relaxed);
+        assert_eq!(
+            stats.messages_in + shed,
+            sent,
+            "taken {} + shed {shed}",
+            stats.messages_in
+        );
+        // The newest were kept: the last message went through.
+        assert!(stats.messages_in >= 50);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

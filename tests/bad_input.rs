@@ -307,3 +307,49 @@ async fn every_corpus_case_has_its_outcome_and_good_data_flows_around_it() {
     assert_eq!(stats.messages_in, messages);
     eprintln!("stats: {stats:?}");
 }
+
+/// Over `max_state_bytes`, rows are refused (state_limit) but still move time, so
+/// windows close, state shrinks and rows are taken again: the pipeline never wedges.
+#[tokio::test]
+async fn over_the_state_limit_rows_are_refused_and_time_moves_on() {
+    let config = EngineConfig {
+        max_state_bytes: 1,
+        wall_clock: false,
+        ..Default::default()
+    };
+    let p = Pipeline::builder()
+        .query_sql("bad.sql", SQL)
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    let rows = good(0, 60);
+    for chunk in rows.chunks(6) {
+        push_good(&h, chunk).await;
+        h.flush().await.unwrap();
+    }
+    let stats = h.finish().await.unwrap();
+    drop(h);
+    let mut outs = Vec::new();
+    while let Some(o) = rx.recv().await {
+        outs.push(o);
+    }
+    let refused = stats.rejected.get("state_limit").copied().unwrap_or(0);
+    let windows = outs
+        .iter()
+        .filter(|o| matches!(o, Output::Alert { .. }))
+        .count();
+    eprintln!(
+        "{} readings: {refused} refused, {} taken, {windows} window results",
+        rows.len(),
+        stats.readings_in as usize - refused as usize
+    );
+    assert!(refused > 0, "some rows were refused");
+    assert!(
+        (refused as usize) < rows.len(),
+        "and some taken again once windows closed"
+    );
+    assert!(windows >= 6, "windows kept closing: {windows}");
+    assert_eq!(stats.readings_in as usize, rows.len());
+}

@@ -59,6 +59,11 @@ struct FileConfig {
     password_file: Option<PathBuf>,
     max_devices: Option<usize>,
     max_open_windows: Option<usize>,
+    max_state_bytes: Option<usize>,
+    /// "block" (default) or "drop_oldest".
+    overload: Option<String>,
+    /// With overload = "drop_oldest": messages kept waiting before the oldest go.
+    overload_max_waiting: Option<usize>,
 }
 
 /// The environment variable holding the broker password.
@@ -136,6 +141,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = fc.max_open_windows {
         cfg.max_open_windows = v;
     }
+    if let Some(v) = fc.max_state_bytes {
+        cfg.max_state_bytes = v;
+    }
     if let Some(dir) = a.checkpoint_dir.or(fc.checkpoint_dir) {
         let mut c = forewarn::CheckpointConfig::new(dir);
         c.confirm_outputs = true;
@@ -164,6 +172,14 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let client = fc.client_id.unwrap_or_else(|| "forewarn".into());
     tracing::info!(broker = %url, queries = ?pipeline.query_names(), "starting");
     let mut opts = mqtt::RunOptions::new(&client);
+    opts.overload = match (fc.overload.as_deref(), fc.overload_max_waiting) {
+        (None | Some("block"), None) => mqtt::Overload::Block,
+        (Some("drop_oldest"), n) => mqtt::Overload::DropOldest(n.unwrap_or(10_000)),
+        (None | Some("block"), Some(_)) => {
+            anyhow::bail!("overload_max_waiting needs overload = \"drop_oldest\"")
+        }
+        (Some(o), _) => anyhow::bail!("overload must be \"block\" or \"drop_oldest\", got \"{o}\""),
+    };
     opts.source_qos = match fc.source_qos.unwrap_or(1) {
         0 => mqtt::QoS::AtMostOnce,
         1 => mqtt::QoS::AtLeastOnce,
@@ -186,6 +202,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let redelivered = running.redeliveries_dropped();
+    let shed = running.input_shed();
+    if shed > 0 {
+        eprintln!(
+            "dropped {shed} input messages because the engine was behind (overload = drop_oldest)"
+        );
+    }
     let s = running.stop().await?;
     eprintln!(
         "stopped: {} messages, {} windows, {} alerts, {} transitions, {} checkpoints, {} redeliveries dropped, rejected {:?}",

@@ -115,6 +115,10 @@ pub struct EngineConfig {
     /// Windows (panes) one query keeps open at once; rows that would open another are
     /// dead-lettered as `too_many_windows`.
     pub max_open_windows: usize,
+    /// Window state (open aggregates and panes kept for later windows) above which
+    /// input is refused, dead-lettered as `state_limit` and logged, until windows close
+    /// and free it: a clear error instead of the process being killed for memory.
+    pub max_state_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -133,6 +137,7 @@ impl Default for EngineConfig {
             duplicate_window: 65_536,
             max_devices: 250_000,
             max_open_windows: 10_000,
+            max_state_bytes: 1 << 30,
         }
     }
 }
@@ -601,6 +606,9 @@ async fn reload_models(
 /// MQTT PUBACK).
 pub type Ack = Box<dyn FnOnce() + Send>;
 
+/// A payload and its ack handed back by [`PipelineHandle::try_push_json`].
+pub type NotTaken = (Vec<u8>, Option<Ack>);
+
 pub(crate) enum Input {
     Json {
         topic: String,
@@ -695,6 +703,27 @@ impl PipelineHandle {
             sent?;
         }
         Ok(self.stats())
+    }
+
+    /// Pushes a message if the input channel has room now; otherwise gives the payload
+    /// and ack back (`Ok(Some(..))`), for callers that shed load instead of waiting.
+    pub fn try_push_json(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        ack: Option<Ack>,
+    ) -> Result<Option<NotTaken>, EngineError> {
+        match self.tx.try_send(Input::Json {
+            topic: topic.to_string(),
+            payload,
+            ack,
+        }) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(Input::Json { payload, ack, .. })) => {
+                Ok(Some((payload, ack)))
+            }
+            Err(_) => Err(EngineError::Stopped),
+        }
     }
 
     /// Delivers an operator command for `device` (JSON, see `forewarn_alerts::Command`):

@@ -163,6 +163,8 @@ pub(crate) struct Runtime {
     last_input: Instant,
     /// Hashes of the latest messages, for [`Self::is_duplicate`].
     recent: RecentMessages,
+    /// Window state after the last batch, bytes (for `max_state_bytes`).
+    state_bytes: usize,
 }
 
 #[derive(Default)]
@@ -254,6 +256,7 @@ impl Runtime {
             restored: p.restored,
             last_input: Instant::now(),
             recent: RecentMessages::default(),
+            state_bytes: 0,
         }
     }
 
@@ -686,6 +689,7 @@ impl Runtime {
 
     async fn on_json(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineError> {
         self.count(|s| s.messages_in += 1);
+
         if self.is_duplicate(topic, payload) {
             let letter = DeadLetter {
                 reason: "duplicate".into(),
@@ -838,14 +842,36 @@ impl Runtime {
 
     async fn process(&mut self, i: usize, batch: RecordBatch) -> Result<(), EngineError> {
         self.count(|s| s.batches += 1);
+        let over = self.state_bytes > self.config.max_state_bytes;
+        if over {
+            tracing::error!(
+                state_bytes = self.state_bytes,
+                limit = self.config.max_state_bytes,
+                "window state over max_state_bytes: rows refused (state_limit) until windows close"
+            );
+        }
         for k in 0..self.sources[i].operators.len() {
-            match self.sources[i].operators[k].op.process(&batch).await {
+            let op = &mut self.sources[i].operators[k].op;
+            let r = if over {
+                op.refuse(&batch).await
+            } else {
+                op.process(&batch).await
+            };
+            match r {
                 Ok(processed) => self.emit_processed(i, k, processed).await,
                 // One failing query must not stop the others, nor the pipeline.
                 Err(e) => self.query_failed(e),
             }
         }
+        self.measure_state();
         Ok(())
+    }
+
+    /// Window state now: the queries share one memory pool for their aggregates.
+    fn measure_state(&mut self) {
+        let ops = self.sources.iter().flat_map(|s| &s.operators);
+        let pool = ops.clone().map(|o| o.op.state_bytes()).max().unwrap_or(0);
+        self.state_bytes = pool + ops.map(|o| o.op.held_state_bytes()).sum::<usize>();
     }
 
     async fn finish(&mut self) -> Result<(), EngineError> {

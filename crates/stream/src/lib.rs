@@ -66,6 +66,8 @@ pub enum RowRejection {
     NoTimestamp,
     /// It would open a window beyond the operator's limit of open windows.
     TooManyWindows,
+    /// The pipeline's window state is over its byte limit.
+    StateLimit,
 }
 
 impl RowRejection {
@@ -76,6 +78,7 @@ impl RowRejection {
             RowRejection::Future => "future_timestamp",
             RowRejection::NoTimestamp => "missing_timestamp",
             RowRejection::TooManyWindows => "too_many_windows",
+            RowRejection::StateLimit => "state_limit",
         }
     }
 }
@@ -381,6 +384,17 @@ impl WindowOperator {
         self.q.task_ctx.memory_pool().reserved()
     }
 
+    /// Bytes of partial state held outside the aggregates: sealed panes (taken out at
+    /// a checkpoint) and closed panes kept for later windows.
+    pub fn held_state_bytes(&self) -> usize {
+        self.sealed
+            .values()
+            .chain(self.closed.values())
+            .flatten()
+            .map(|b| b.get_array_memory_size())
+            .sum()
+    }
+
     /// Closed panes whose partial state is kept for windows still to fire (hop windows).
     pub fn retained_panes(&self) -> usize {
         self.closed.len()
@@ -413,6 +427,38 @@ impl WindowOperator {
             return Ok(out);
         }
         self.watermark.advance_to(t);
+        self.close_ready(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Refuses a whole batch (state over its limit) but lets its event times move the
+    /// watermark, so that windows still close and free their state.
+    pub async fn refuse(&mut self, batch: &RecordBatch) -> Result<Processed, StreamError> {
+        let mut out = Processed::default();
+        if batch.num_rows() == 0 {
+            return Ok(out);
+        }
+        let ts_col =
+            cast(batch.column(self.ts_index), &time_type()).map_err(|e| self.exec_err(e.into()))?;
+        let ts = ts_col.as_primitive::<TimestampMillisecondType>();
+        let limit = self
+            .q
+            .watermark
+            .max_future
+            .zip(self.watermark.current().map(|w| w + self.q.watermark.delay))
+            .map(|(l, seen)| seen.saturating_add(l));
+        if let Some(t) = ts
+            .iter()
+            .flatten()
+            .filter(|t| limit.is_none_or(|l| *t <= l))
+            .max()
+        {
+            self.watermark
+                .advance_to(t.saturating_sub(self.q.watermark.delay));
+        }
+        self.stats.rows_in += batch.num_rows() as u64;
+        self.stats.too_many_windows_rows += batch.num_rows() as u64;
+        out.rejected.push((RowRejection::StateLimit, batch.clone()));
         self.close_ready(&mut out).await?;
         Ok(out)
     }
@@ -552,7 +598,9 @@ impl WindowOperator {
                 RowRejection::Late => self.stats.late_rows += n,
                 RowRejection::Future => self.stats.future_rows += n,
                 RowRejection::NoTimestamp => self.stats.no_timestamp_rows += n,
-                RowRejection::TooManyWindows => self.stats.too_many_windows_rows += n,
+                RowRejection::TooManyWindows | RowRejection::StateLimit => {
+                    self.stats.too_many_windows_rows += n
+                }
             }
             let rows = take_record_batch(batch, &UInt32Array::from(idx))
                 .map_err(|e| self.exec_err(e.into()))?;
