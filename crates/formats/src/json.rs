@@ -87,96 +87,189 @@ impl<'de> de::Deserialize<'de> for Scalar<'de> {
     }
 }
 
-/// A reading: its fields in payload order, or why it is not an object.
-type Reading<'a> = Result<Vec<(Cow<'a, str>, Scalar<'a>)>, &'static str>;
+/// What parsing one message produced: the converted cells of its good readings, row
+/// after row, and the rejected readings. Nothing reaches the column builders until the
+/// whole message has parsed, so a syntax error late in an array leaves no half message.
+struct Parsed<'de> {
+    /// `columns` cells per accepted reading.
+    cells: Vec<Cell<'de>>,
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
 
-struct ReadingVisitor;
+/// Per-message parsing context: the decoder's columns, the topic's captured levels,
+/// and the raw value of each column in the reading being read (reused across readings).
+struct MessageSeed<'a, 'de> {
+    columns: &'a [Column],
+    builders: &'a [Builder],
+    captured: &'a [(&'a str, &'de str)],
+    now: i64,
+    slots: Vec<Option<Scalar<'de>>>,
+    parsed: Parsed<'de>,
+}
 
-impl<'de> Visitor<'de> for ReadingVisitor {
-    type Value = Reading<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a reading object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-            fields.push((k, map.next_value::<Scalar<'de>>()?));
+impl<'de> MessageSeed<'_, 'de> {
+    /// Converts the reading in `slots` (column order, as before: the first bad column
+    /// decides the reason) and keeps its cells, or records why it is rejected.
+    fn finish_reading(&mut self, index: Option<usize>) {
+        let start = self.parsed.cells.len();
+        match self.convert_slots() {
+            Ok(()) => self.parsed.accepted += 1,
+            Err(error) => {
+                self.parsed.cells.truncate(start);
+                self.parsed.rejected.push(Rejected { index, error });
+            }
         }
-        Ok(Ok(fields))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Err("an array"))
+
+    fn convert_slots(&mut self) -> Result<(), DecodeError> {
+        for (ci, col) in self.columns.iter().enumerate() {
+            let cell = if col.arrival {
+                Cell::Ts(self.now)
+            } else if let Some((_, v)) = col.topic_capture.and_then(|k| self.captured.get(k)) {
+                convert(&self.builders[ci], &col.name, &Scalar::Str(Cow::Borrowed(v)))?
+            } else {
+                match self.slots[ci].take() {
+                    Some(v) => convert(&self.builders[ci], &col.name, &v)?,
+                    None => Cell::Null,
+                }
+            };
+            if matches!(cell, Cell::Null) && !col.nullable {
+                return Err(DecodeError::Missing(col.name.clone()));
+            }
+            self.parsed.cells.push(cell);
+        }
+        Ok(())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Err("a boolean"))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Err("a number"))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Err("a number"))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Err("a number"))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Err("a string"))
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Err("null"))
+
+    /// Reads one reading object into `slots`: fields of declared columns are parsed as
+    /// scalars (borrowed where possible), others skipped without building anything.
+    fn read_map<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        self.slots.iter_mut().for_each(|s| *s = None);
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            match self.columns.iter().position(|c| c.name == *k) {
+                // A repeated key: the last value counts, as in most JSON readers.
+                Some(ci) => self.slots[ci] = Some(map.next_value::<Scalar<'de>>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-struct ReadingSeed;
-impl<'de> de::DeserializeSeed<'de> for ReadingSeed {
-    type Value = Reading<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(ReadingVisitor)
+/// One element of an array message.
+struct ElementSeed<'s, 'a, 'de> {
+    m: &'s mut MessageSeed<'a, 'de>,
+    index: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ElementSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElementSeed<'_, '_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a reading object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.m.read_map(map)?;
+        self.m.finish_reading(Some(self.index));
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.m.not_a_reading(Some(self.index), "an array");
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.m.not_a_reading(Some(self.index), "a boolean");
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.m.not_a_reading(Some(self.index), "a number");
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.m.not_a_reading(Some(self.index), "a number");
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.m.not_a_reading(Some(self.index), "a number");
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.m.not_a_reading(Some(self.index), "a string");
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.m.not_a_reading(Some(self.index), "null");
+        Ok(())
+    }
+}
+
+impl MessageSeed<'_, '_> {
+    fn not_a_reading(&mut self, index: Option<usize>, kind: &'static str) {
+        self.parsed.rejected.push(Rejected {
+            index,
+            error: DecodeError::NotAReading(kind),
+        });
     }
 }
 
 /// The top level: one reading or an array of readings.
-struct Message<'a>(Vec<Reading<'a>>);
-
-impl<'de> de::Deserialize<'de> for Message<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct TopVisitor;
-        impl<'de> Visitor<'de> for TopVisitor {
-            type Value = Message<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a reading object or an array of them")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                Ok(Message(vec![ReadingVisitor.visit_map(map)?]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(4));
-                while let Some(r) = seq.next_element_seed(ReadingSeed)? {
-                    v.push(r);
-                }
-                Ok(Message(v))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Message(vec![Err("a boolean")]))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Message(vec![Err("a number")]))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Message(vec![Err("a number")]))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Message(vec![Err("a number")]))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Message(vec![Err("a string")]))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Message(vec![Err("null")]))
-            }
+impl<'de> Visitor<'de> for &mut MessageSeed<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a reading object or an array of them")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.read_map(map)?;
+        self.finish_reading(None);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while seq
+            .next_element_seed(ElementSeed { m: self, index })?
+            .is_some()
+        {
+            index += 1;
         }
-        d.deserialize_any(TopVisitor)
+        if index == 0 {
+            // Nothing to take, but the message must not vanish without a trace.
+            self.not_a_reading(None, "an empty array");
+        }
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.not_a_reading(None, "a boolean");
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.not_a_reading(None, "a number");
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.not_a_reading(None, "a number");
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.not_a_reading(None, "a number");
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.not_a_reading(None, "a string");
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.not_a_reading(None, "null");
+        Ok(())
     }
 }
 
@@ -239,7 +332,6 @@ pub struct JsonDecoder {
     template: Option<TopicTemplate>,
     max_payload: usize,
     rows: usize,
-    cells: Vec<Option<usize>>,
     /// Arrival time of the message being decoded, ms.
     now: i64,
 }
@@ -293,7 +385,6 @@ impl JsonDecoder {
             .filter_map(|f| Self::builder_for(f.data_type()))
             .collect();
         Ok(JsonDecoder {
-            cells: vec![None; schema.fields().len()],
             schema,
             columns,
             builders,
@@ -362,10 +453,10 @@ impl JsonDecoder {
             }));
             return out;
         }
-        let captured: Vec<&str> = match &self.template {
+        let captured: Vec<(&str, &str)> = match &self.template {
             None => Vec::new(),
             Some(t) => match t.captures_of(topic) {
-                Some(c) => c.into_iter().map(|(_, v)| v).collect(),
+                Some(c) => c,
                 None => {
                     out.rejected.push(whole(DecodeError::TopicMismatch {
                         topic: topic.to_string(),
@@ -375,84 +466,52 @@ impl JsonDecoder {
                 }
             },
         };
-        let message: Message = match serde_json::from_slice(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                out.rejected
-                    .push(whole(DecodeError::NotJson(e.to_string())));
-                return out;
-            }
+        let n = self.columns.len();
+        let mut seed = MessageSeed {
+            columns: &self.columns,
+            builders: &self.builders,
+            captured: &captured,
+            now: self.now,
+            slots: (0..n).map(|_| None).collect(),
+            parsed: Parsed {
+                cells: Vec::with_capacity(n),
+                accepted: 0,
+                rejected: Vec::new(),
+            },
         };
-        if message.0.is_empty() {
-            // Nothing to take, but the message must not vanish without a trace.
-            out.rejected
-                .push(whole(DecodeError::NotAReading("an empty array")));
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let parsed = de::Deserializer::deserialize_any(&mut de, &mut seed)
+            .and_then(|()| de.end());
+        if let Err(e) = parsed {
+            out.rejected.push(whole(DecodeError::NotJson(e.to_string())));
             return out;
         }
-        let array = message.0.len() != 1;
-        for (i, reading) in message.0.into_iter().enumerate() {
-            let index = array.then_some(i);
-            let result = match reading {
-                Err(kind) => Err(DecodeError::NotAReading(kind)),
-                Ok(fields) => self.append(&fields, &captured),
-            };
-            match result {
-                Ok(()) => out.accepted += 1,
-                Err(error) => out.rejected.push(Rejected { index, error }),
-            }
-        }
-        out
-    }
-
-    fn append(
-        &mut self,
-        fields: &[(Cow<str>, Scalar)],
-        captured: &[&str],
-    ) -> Result<(), DecodeError> {
-        // Index the fields by column once; schemas are small, a linear scan is cheapest.
-        self.cells.iter_mut().for_each(|c| *c = None);
-        for (fi, (name, _)) in fields.iter().enumerate() {
-            if let Some(ci) = self.columns.iter().position(|c| c.name == *name) {
-                self.cells[ci] = Some(fi);
-            }
-        }
-        let mut row: Vec<Cell> = Vec::with_capacity(self.columns.len());
-        for (ci, col) in self.columns.iter().enumerate() {
-            let cell = if col.arrival {
-                Cell::Ts(self.now)
-            } else if let Some(v) = col.topic_capture.and_then(|k| captured.get(k)) {
-                convert(
-                    &self.builders[ci],
-                    &col.name,
-                    &Scalar::Str(Cow::Borrowed(v)),
-                )?
-            } else {
-                match self.cells[ci] {
-                    Some(fi) => convert(&self.builders[ci], &col.name, &fields[fi].1)?,
-                    None => Cell::Null,
+        let Parsed {
+            cells,
+            accepted,
+            rejected,
+        } = seed.parsed;
+        out.accepted = accepted;
+        out.rejected = rejected;
+        let mut cells = cells.into_iter();
+        for _ in 0..accepted {
+            for b in self.builders.iter_mut() {
+                match (b, cells.next().expect("a cell per column")) {
+                    (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
+                    (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
+                    (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
+                    (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+                    (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
+                    (Builder::F64(b), _) => b.append_null(),
+                    (Builder::I64(b), _) => b.append_null(),
+                    (Builder::Str(b), _) => b.append_null(),
+                    (Builder::Bool(b), _) => b.append_null(),
+                    (Builder::Ts(b), _) => b.append_null(),
                 }
-            };
-            if matches!(cell, Cell::Null) && !col.nullable {
-                return Err(DecodeError::Missing(col.name.clone()));
-            }
-            row.push(cell);
-        }
-        for (b, cell) in self.builders.iter_mut().zip(row) {
-            match (b, cell) {
-                (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
-                (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
-                (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
-                (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
-                (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
-                (Builder::F64(b), _) => b.append_null(),
-                (Builder::I64(b), _) => b.append_null(),
-                (Builder::Str(b), _) => b.append_null(),
-                (Builder::Bool(b), _) => b.append_null(),
-                (Builder::Ts(b), _) => b.append_null(),
             }
         }
-        self.rows += 1;
-        Ok(())
+        self.rows += accepted;
+        out
     }
 
     /// Closes the pending batch; `None` when nothing is buffered.
