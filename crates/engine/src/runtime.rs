@@ -459,9 +459,12 @@ impl Runtime {
                         self.flush_all().await?;
                         let _ = done.send(());
                     }
+                    // The checkpoint comes first: it holds the open windows, so a later
+                    // start with the same directory continues them (a checkpoint taken after
+                    // closing everything would put the watermark at the end of time).
                     Some(Input::Finish(done)) => {
-                        self.finish().await?;
                         self.checkpoint().await?;
+                        self.finish().await?;
                         let _ = done.send(());
                         return Ok(());
                     }
@@ -475,8 +478,8 @@ impl Runtime {
                         return Ok(());
                     }
                     None => {
-                        self.finish().await?;
-                        return self.checkpoint().await;
+                        self.checkpoint().await?;
+                        return self.finish().await;
                     }
                 },
                 _ = tick.tick() => {
