@@ -106,6 +106,9 @@ struct MessageSeed<'a, 'de> {
     now: i64,
     slots: Vec<Option<Scalar<'de>>>,
     parsed: Parsed<'de>,
+    /// The column each key position matched last time: a device sends its fields in
+    /// the same order every time, so one comparison usually finds the column.
+    order: &'a mut Vec<usize>,
 }
 
 impl<'de> MessageSeed<'_, 'de> {
@@ -127,7 +130,11 @@ impl<'de> MessageSeed<'_, 'de> {
             let cell = if col.arrival {
                 Cell::Ts(self.now)
             } else if let Some((_, v)) = col.topic_capture.and_then(|k| self.captured.get(k)) {
-                convert(&self.builders[ci], &col.name, &Scalar::Str(Cow::Borrowed(v)))?
+                convert(
+                    &self.builders[ci],
+                    &col.name,
+                    &Scalar::Str(Cow::Borrowed(v)),
+                )?
             } else {
                 match self.slots[ci].take() {
                     Some(v) => convert(&self.builders[ci], &col.name, &v)?,
@@ -146,8 +153,26 @@ impl<'de> MessageSeed<'_, 'de> {
     /// scalars (borrowed where possible), others skipped without building anything.
     fn read_map<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
         self.slots.iter_mut().for_each(|s| *s = None);
+        let mut pos = 0;
         while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-            match self.columns.iter().position(|c| c.name == *k) {
+            let guess = self.order.get(pos).copied();
+            let found = match guess {
+                Some(g) if g < self.columns.len() && self.columns[g].name == *k => Some(g),
+                _ => {
+                    let f = self.columns.iter().position(|c| c.name == *k);
+                    let mark = f.unwrap_or(usize::MAX);
+                    match self.order.get_mut(pos) {
+                        Some(o) => *o = mark,
+                        // Remember the first 64 positions only: a hostile payload with
+                        // thousands of keys must not grow the decoder.
+                        None if pos < 64 => self.order.push(mark),
+                        None => {}
+                    }
+                    f
+                }
+            };
+            pos += 1;
+            match found {
                 // A repeated key: the last value counts, as in most JSON readers.
                 Some(ci) => self.slots[ci] = Some(map.next_value::<Scalar<'de>>()?),
                 None => {
@@ -332,6 +357,8 @@ pub struct JsonDecoder {
     template: Option<TopicTemplate>,
     max_payload: usize,
     rows: usize,
+    /// Column matched at each key position of the last reading (see `MessageSeed`).
+    key_order: Vec<usize>,
     /// Arrival time of the message being decoded, ms.
     now: i64,
 }
@@ -391,6 +418,7 @@ impl JsonDecoder {
             template,
             max_payload,
             rows: 0,
+            key_order: Vec::new(),
             now: 0,
         })
     }
@@ -478,12 +506,13 @@ impl JsonDecoder {
                 accepted: 0,
                 rejected: Vec::new(),
             },
+            order: &mut self.key_order,
         };
         let mut de = serde_json::Deserializer::from_slice(payload);
-        let parsed = de::Deserializer::deserialize_any(&mut de, &mut seed)
-            .and_then(|()| de.end());
+        let parsed = de::Deserializer::deserialize_any(&mut de, &mut seed).and_then(|()| de.end());
         if let Err(e) = parsed {
-            out.rejected.push(whole(DecodeError::NotJson(e.to_string())));
+            out.rejected
+                .push(whole(DecodeError::NotJson(e.to_string())));
             return out;
         }
         let Parsed {
