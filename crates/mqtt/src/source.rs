@@ -275,7 +275,8 @@ impl MqttSource {
     /// Disconnects (after the acknowledgements already handed over) and stops the
     /// background task.
     pub async fn stop(self) {
-        let _ = self.client.disconnect().await;
+        // Bounded: a task stuck delivering to a full channel no longer drains requests.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
         let mut task = self.task;
         if tokio::time::timeout(Duration::from_secs(2), &mut task)
             .await
