@@ -108,6 +108,8 @@ pub async fn start(
         MqttSink::start_persistent(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
     sink.wait_connected(Duration::from_secs(10)).await?;
     let checkpointing = pipeline.checkpointing();
+    // The publish loop confirms each output once the broker has acknowledged it.
+    let pipeline = pipeline.with_confirmed_outputs();
     let mut source_opts = SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters);
     source_opts.qos = opts.source_qos;
     if checkpointing {

@@ -522,6 +522,16 @@ impl Pipeline {
         self.restored.as_ref().map(|s| s.seq)
     }
 
+    /// With checkpoints: outputs count as delivered only when the consumer confirms
+    /// them ([`CheckpointConfig::confirm_outputs`]); connectors that see the broker's
+    /// acknowledgements turn this on.
+    pub fn with_confirmed_outputs(mut self) -> Self {
+        if let Some(c) = &mut self.config.checkpoint {
+            c.confirm_outputs = true;
+        }
+        self
+    }
+
     /// Whether the pipeline checkpoints (and so acknowledges input only after a
     /// checkpoint covers it).
     pub fn checkpointing(&self) -> bool {
