@@ -121,21 +121,11 @@ pub async fn start(
     let (handle, outputs) = pipeline.start();
     let h = handle.clone();
     let shed = Arc::new(AtomicU64::new(0));
-    let forward = match opts.overload {
+    let forwarder = match opts.overload {
         Overload::Block => tokio::spawn(async move {
             while let Some(m) = incoming.recv().await {
-                let pushed = match (m.topic.strip_prefix(&command_prefix), m.ack) {
-                    (Some(device), None) => h.command(device, m.payload).await,
-                    (Some(device), Some(t)) => {
-                        h.command_acked(device, m.payload, Box::new(move || t.ack()))
-                            .await
-                    }
-                    (None, None) => h.push_json(&m.topic, m.payload).await,
-                    (None, Some(t)) => {
-                        h.push_json_acked(&m.topic, m.payload, Box::new(move || t.ack()))
-                            .await
-                    }
-                };
+                let ack = m.ack.map(|t| Box::new(move || t.ack()) as crate::Ack);
+                let pushed = forward(&h, &command_prefix, &m.topic, m.payload, ack).await;
                 if pushed.is_err() {
                     break;
                 }
@@ -163,12 +153,29 @@ pub async fn start(
     Ok(MqttPipeline {
         handle,
         source,
-        forward,
+        forward: forwarder,
         publish,
         dropped,
         shed,
         checkpointing,
     })
+}
+
+/// Hands one message to the pipeline: operator commands on `{prefix}/command/{device}`,
+/// readings otherwise, each with its ack if it has one.
+async fn forward(
+    h: &PipelineHandle,
+    command_prefix: &str,
+    topic: &str,
+    payload: Vec<u8>,
+    ack: Option<crate::Ack>,
+) -> Result<(), EngineError> {
+    match (topic.strip_prefix(command_prefix), ack) {
+        (Some(device), Some(a)) => h.command_acked(device, payload, a).await,
+        (Some(device), None) => h.command(device, payload).await,
+        (None, Some(a)) => h.push_json_acked(topic, payload, a).await,
+        (None, None) => h.push_json(topic, payload).await,
+    }
 }
 
 /// Forwards input, keeping at most `max` messages waiting for the engine: when more
@@ -186,12 +193,11 @@ async fn shed_oldest(
     loop {
         // Hand over what the engine takes now; commands wait their turn, never dropped.
         while let Some((topic, payload, ack)) = waiting.pop_front() {
-            if let Some(device) = topic.strip_prefix(&command_prefix) {
-                let r = match ack {
-                    Some(a) => h.command_acked(device, payload, a).await,
-                    None => h.command(device, payload).await,
-                };
-                if r.is_err() {
+            if topic.starts_with(&command_prefix) {
+                if forward(&h, &command_prefix, &topic, payload, ack)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;

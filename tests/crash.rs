@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +56,49 @@ fn key(topic: &str, v: &Value) -> Option<String> {
     }
     let id = v.get("event_id").or_else(|| v.get("alert_id"))?;
     Some(format!("{topic} {}", id.as_str()?))
+}
+
+/// A fresh directory with the queries, an empty models directory and a forewarn.toml
+/// that checkpoints every 200 ms or 150 messages, client id `name`.
+fn engine_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("forewarn-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["queries", "models", "checkpoints"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("queries/ck.sql"), SQL).unwrap();
+    std::fs::write(
+        dir.join("forewarn.toml"),
+        format!(
+            "checkpoint_dir = {:?}\ncheckpoint_interval_ms = 200\ncheckpoint_max_unacked = 150\nclient_id = \"{name}\"\n",
+            dir.join("checkpoints")
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// An external subscriber to everything the engine publishes under `out/`, collecting
+/// (topic, JSON); `persistent` keeps its session across a broker restart.
+async fn observe(
+    url: &BrokerUrl,
+    id: &str,
+    persistent: bool,
+) -> (MqttSource, Arc<Mutex<Vec<(String, Value)>>>) {
+    let mut opts = SourceOptions::new(url.clone(), id, vec!["out/#".into()]);
+    opts.capacity = 100_000;
+    opts.clean_session = !persistent;
+    let (mut sub, mut rx) = MqttSource::start(opts);
+    sub.wait_connected(Duration::from_secs(10)).await.unwrap();
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            g.lock().unwrap().push((m.topic, v));
+        }
+    });
+    (sub, got)
 }
 
 async fn wait_for_log(file: &Path, what: &str) {
@@ -133,20 +176,7 @@ async fn sigkill_run(bin: &str) -> Vec<String> {
     let bin = bin.to_string();
     let want = reference().await;
     assert!(want.len() > 600);
-    let dir = std::env::temp_dir().join(format!("forewarn-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    for d in ["queries", "models", "checkpoints"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    std::fs::write(dir.join("queries/ck.sql"), SQL).unwrap();
-    std::fs::write(
-        dir.join("forewarn.toml"),
-        format!(
-            "checkpoint_dir = {:?}\ncheckpoint_interval_ms = 200\ncheckpoint_max_unacked = 150\nclient_id = \"crash\"\n",
-            dir.join("checkpoints")
-        ),
-    )
-    .unwrap();
+    let dir = engine_dir("crash");
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
     // The broker queues for the engine's persistent session while it is down, and lets
@@ -162,18 +192,7 @@ async fn sigkill_run(bin: &str) -> Vec<String> {
     let url = BrokerUrl::new("127.0.0.1", port);
 
     // The external subscriber, connected throughout.
-    let mut opts = SourceOptions::new(url.clone(), "crash-observer", vec!["out/#".into()]);
-    opts.capacity = 100_000;
-    let (mut sub, mut rx) = MqttSource::start(opts);
-    sub.wait_connected(Duration::from_secs(10)).await.unwrap();
-    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-    let g = got.clone();
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            g.lock().unwrap().push((m.topic, v));
-        }
-    });
+    let (sub, got) = observe(&url, "crash-observer", false).await;
     let count = |got: &Arc<Mutex<Vec<(String, Value)>>>| got.lock().unwrap().len();
 
     let mut first = engine(&dir, port, "engine-1.log");
@@ -313,25 +332,12 @@ async fn broker_restart_mid_stream_loses_nothing() {
         return;
     };
     let want = reference().await;
-    let dir = std::env::temp_dir().join(format!("forewarn-brestart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    for d in ["queries", "models", "checkpoints"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
+    let dir = engine_dir("brestart");
     // mosquitto started as root drops to the `mosquitto` user before saving its database.
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    std::fs::write(dir.join("queries/ck.sql"), SQL).unwrap();
-    std::fs::write(
-        dir.join("forewarn.toml"),
-        format!(
-            "checkpoint_dir = {:?}\ncheckpoint_interval_ms = 200\ncheckpoint_max_unacked = 150\nclient_id = \"brestart\"\n",
-            dir.join("checkpoints")
-        ),
-    )
-    .unwrap();
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
@@ -345,19 +351,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let broker = start_mosquitto_conf(&bin, port, &conf).expect("mosquitto starts");
     let url = BrokerUrl::new("127.0.0.1", port);
     // The observer keeps its session, so the broker holds its messages across the restart.
-    let mut opts = SourceOptions::new(url.clone(), "brestart-observer", vec!["out/#".into()]);
-    opts.capacity = 100_000;
-    opts.clean_session = false;
-    let (mut sub, mut rx) = MqttSource::start(opts);
-    sub.wait_connected(Duration::from_secs(10)).await.unwrap();
-    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-    let g = got.clone();
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            g.lock().unwrap().push((m.topic, v));
-        }
-    });
+    let (sub, got) = observe(&url, "brestart-observer", true).await;
     let mut engine = engine(&dir, port, "engine.log");
     wait_for_log(&dir.join("engine.log"), "source connected").await;
     tokio::time::sleep(Duration::from_millis(300)).await;

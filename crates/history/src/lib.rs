@@ -366,7 +366,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::datatypes::TimeUnit;
 
-    fn shape() -> SourceShape {
+    pub(super) fn shape() -> SourceShape {
         SourceShape {
             topic_filter: "plant/+/telemetry".into(),
             template: Some(TopicTemplate::parse("plant/{device}/telemetry").unwrap()),
@@ -476,26 +476,9 @@ mod tests {
 #[cfg(test)]
 mod fuzz {
     //! History files are outside input too: arbitrary bytes in any format never panic.
+    use super::tests::shape;
     use super::*;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use proptest::prelude::*;
-    use std::sync::Arc;
-
-    fn shape() -> SourceShape {
-        SourceShape {
-            topic_filter: "p/+/t".into(),
-            template: Some(TopicTemplate::parse("p/{device}/t").unwrap()),
-            schema: Arc::new(Schema::new(vec![
-                Field::new("device", DataType::Utf8, false),
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(TimeUnit::Millisecond, None),
-                    false,
-                ),
-                Field::new("v", DataType::Float64, true),
-            ])),
-        }
-    }
 
     fn read_all(ext: &str, bytes: &[u8]) {
         let dir = std::env::temp_dir().join(format!("forewarn-hist-fuzz-{}", std::process::id()));
