@@ -13,15 +13,17 @@
 pub use datafusion::arrow;
 pub use forewarn_alerts::{Health, TransitionKind};
 pub use forewarn_engine::{
-    Ack, Alert, CheckpointConfig, CheckpointError, DeadLetter, DeviceState, EngineConfig,
-    EngineError, EngineStats, Model, ModelRegistry, Output, Pipeline, PipelineBuilder,
-    PipelineHandle, SourceInfo, TransitionMessage,
+    Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter, DeviceState,
+    DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output, Pipeline,
+    PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
 };
 pub use forewarn_scorer::{metrics, Detector, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "history")]
 pub mod replay;
 pub mod training;

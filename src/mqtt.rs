@@ -73,10 +73,8 @@ pub struct MqttPipeline {
     handle: PipelineHandle,
     source: MqttSource,
     forward: JoinHandle<()>,
-    publish: JoinHandle<Result<u64, MqttError>>,
-    dropped: Arc<AtomicU64>,
+    outputs: Outputs,
     shed: Arc<AtomicU64>,
-    checkpointing: bool,
 }
 
 /// Connects `pipeline` to the broker at `url`. `tap`, if given, receives a copy of every output.
@@ -91,6 +89,13 @@ pub async fn start(
     opts: &RunOptions,
     tap: Option<mpsc::Sender<Output>>,
 ) -> Result<MqttPipeline, RunError> {
+    if let Some(s) = pipeline.sources().iter().find(|s| s.nats.is_some()) {
+        return Err(EngineError::Config(format!(
+            "source '{}' reads from NATS (connector = 'nats'): run it with --nats URL",
+            s.name
+        ))
+        .into());
+    }
     let client_id = opts.client_id.as_str();
     let mut filters: Vec<String> = pipeline
         .sources()
@@ -102,14 +107,15 @@ pub async fn start(
     // Operators' commands (acknowledge, silence) for devices: {prefix}/command/{device}.
     let command_prefix = format!("{}/command/", pipeline.topic_prefix());
     filters.push(format!("{command_prefix}+"));
-    // A persistent session, so publishes in flight when the connection breaks are resent
-    // after reconnecting (rumqttc drops them when the new session is clean).
-    let mut sink =
-        MqttSink::start_persistent(url.clone(), &format!("{client_id}-out"), QoS::AtLeastOnce);
-    sink.wait_connected(Duration::from_secs(10)).await?;
     let checkpointing = pipeline.checkpointing();
-    // The publish loop confirms each output once the broker has acknowledged it.
-    let pipeline = pipeline.with_confirmed_outputs();
+    let (outputs, handle) = start_outputs(
+        pipeline,
+        url,
+        &format!("{client_id}-out"),
+        opts.max_outbox,
+        tap,
+    )
+    .await?;
     let mut source_opts = SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters);
     source_opts.qos = opts.source_qos;
     if checkpointing {
@@ -117,15 +123,18 @@ pub async fn start(
         source_opts.manual_acks = true;
     }
     let (mut source, mut incoming) = MqttSource::start(source_opts);
-    source.wait_connected(Duration::from_secs(10)).await?;
-    let (handle, outputs) = pipeline.start();
+    if let Err(e) = source.wait_connected(Duration::from_secs(10)).await {
+        source.stop().await;
+        outputs.abort();
+        return Err(e.into());
+    }
     let h = handle.clone();
     let shed = Arc::new(AtomicU64::new(0));
     let forwarder = match opts.overload {
         Overload::Block => tokio::spawn(async move {
             while let Some(m) = incoming.recv().await {
                 let ack = m.ack.map(|t| Box::new(move || t.ack()) as crate::Ack);
-                let pushed = forward(&h, &command_prefix, &m.topic, m.payload, ack).await;
+                let pushed = forward(&h, &command_prefix, &m.topic, m.payload, ack, None).await;
                 if pushed.is_err() {
                     break;
                 }
@@ -139,42 +148,97 @@ pub async fn start(
             shed.clone(),
         )),
     };
-    let dropped = Arc::new(AtomicU64::new(0));
-    let publish = tokio::spawn(publish_loop(
-        sink,
-        outputs,
-        tap,
-        opts.max_outbox,
-        dropped.clone(),
-        checkpointing.then(|| handle.clone()),
-    ));
     // Give the broker a moment to install the subscriptions before publishers start.
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(MqttPipeline {
         handle,
         source,
         forward: forwarder,
-        publish,
-        dropped,
+        outputs,
         shed,
-        checkpointing,
     })
 }
 
+/// The output half of a pipeline on a broker: the pipeline started, its outputs
+/// published with QoS 1 by a background task.
+pub(crate) struct Outputs {
+    publish: JoinHandle<Result<u64, MqttError>>,
+    dropped: Arc<AtomicU64>,
+    checkpointing: bool,
+}
+
+impl Outputs {
+    /// Waits until the publish loop has handed over every output (the pipeline's
+    /// output channel closed) and the broker acknowledged them.
+    pub(crate) async fn finish(self) -> Result<u64, RunError> {
+        Ok(self
+            .publish
+            .await
+            .map_err(|e| MqttError::Client(e.to_string()))??)
+    }
+
+    /// Stops publishing at once (outputs not yet confirmed stay in the checkpoint).
+    pub(crate) fn abort(&self) {
+        self.publish.abort();
+    }
+}
+
+/// Connects a publishing client as `client_id` (persistent session) and starts
+/// `pipeline`, its outputs going to the broker. With checkpoints, outputs are
+/// confirmed to the pipeline once the broker has acknowledged them.
+pub(crate) async fn start_outputs(
+    pipeline: Pipeline,
+    url: &BrokerUrl,
+    client_id: &str,
+    max_outbox: usize,
+    tap: Option<mpsc::Sender<Output>>,
+) -> Result<(Outputs, PipelineHandle), RunError> {
+    // A persistent session, so publishes in flight when the connection breaks are resent
+    // after reconnecting (rumqttc drops them when the new session is clean).
+    let mut sink = MqttSink::start_persistent(url.clone(), client_id, QoS::AtLeastOnce);
+    if let Err(e) = sink.wait_connected(Duration::from_secs(10)).await {
+        sink.stop().await;
+        return Err(e.into());
+    }
+    let checkpointing = pipeline.checkpointing();
+    // The publish loop confirms each output once the broker has acknowledged it.
+    let pipeline = pipeline.with_confirmed_outputs();
+    let (handle, outputs) = pipeline.start();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let publish = tokio::spawn(publish_loop(
+        sink,
+        outputs,
+        tap,
+        max_outbox,
+        dropped.clone(),
+        checkpointing.then(|| handle.clone()),
+    ));
+    Ok((
+        Outputs {
+            publish,
+            dropped,
+            checkpointing,
+        },
+        handle,
+    ))
+}
+
 /// Hands one message to the pipeline: operator commands on `{prefix}/command/{device}`,
-/// readings otherwise, each with its ack if it has one.
-async fn forward(
+/// readings otherwise, each with its ack or its stream position if it has one.
+pub(crate) async fn forward(
     h: &PipelineHandle,
     command_prefix: &str,
     topic: &str,
     payload: Vec<u8>,
     ack: Option<crate::Ack>,
+    position: Option<u64>,
 ) -> Result<(), EngineError> {
-    match (topic.strip_prefix(command_prefix), ack) {
-        (Some(device), Some(a)) => h.command_acked(device, payload, a).await,
-        (Some(device), None) => h.command(device, payload).await,
-        (None, Some(a)) => h.push_json_acked(topic, payload, a).await,
-        (None, None) => h.push_json(topic, payload).await,
+    match (topic.strip_prefix(command_prefix), ack, position) {
+        (Some(device), Some(a), _) => h.command_acked(device, payload, a).await,
+        (Some(device), None, _) => h.command(device, payload).await,
+        (None, _, Some(p)) => h.push_json_at(topic, payload, p).await,
+        (None, Some(a), None) => h.push_json_acked(topic, payload, a).await,
+        (None, None, None) => h.push_json(topic, payload).await,
     }
 }
 
@@ -194,7 +258,7 @@ async fn shed_oldest(
         // Hand over what the engine takes now; commands wait their turn, never dropped.
         while let Some((topic, payload, ack)) = waiting.pop_front() {
             if topic.starts_with(&command_prefix) {
-                if forward(&h, &command_prefix, &topic, payload, ack)
+                if forward(&h, &command_prefix, &topic, payload, ack, None)
                     .await
                     .is_err()
                 {
@@ -335,7 +399,7 @@ impl MqttPipeline {
 
     /// Outgoing messages dropped because the outbox was full while the broker was away.
     pub fn outbox_dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.outputs.dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until at least `n` messages have entered the pipeline, or `timeout` passes.
@@ -355,24 +419,20 @@ impl MqttPipeline {
     /// checkpoint is written, what it covers is acknowledged, and the next start
     /// continues from it. Without, every open window is closed and emitted.
     pub async fn stop(self) -> Result<EngineStats, RunError> {
-        if self.checkpointing {
+        if self.outputs.checkpointing {
             let stats = self.handle.shutdown().await?;
             drop(self.handle);
             // Disconnecting after the acknowledgements the checkpoint released.
             self.source.stop().await;
             let _ = self.forward.await;
-            self.publish
-                .await
-                .map_err(|e| MqttError::Client(e.to_string()))??;
+            self.outputs.finish().await?;
             return Ok(stats);
         }
         self.source.stop().await;
         let _ = self.forward.await;
         let stats = self.handle.finish().await?;
         drop(self.handle);
-        self.publish
-            .await
-            .map_err(|e| MqttError::Client(e.to_string()))??;
+        self.outputs.finish().await?;
         Ok(stats)
     }
 }

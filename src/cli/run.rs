@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +28,22 @@ pub struct RunArgs {
     /// TOML configuration file with the same settings.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Scale-out: read the queries' `connector = 'nats'` sources from this NATS server
+    /// (comma-separated URLs for a cluster); state is checkpointed to NATS and outputs
+    /// go to --broker (e.g. the NATS server's MQTT listener).
+    #[arg(long)]
+    nats: Option<String>,
+    /// With --nats: `auto` (a fair share, taking over from dead workers) or a list of
+    /// partitions such as `0-3` or `0,2`.
+    #[arg(long)]
+    partitions: Option<String>,
+    /// With --nats: this worker's id, unique in the job (default: host name and pid).
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// With --nats: print the nats-server `mappings` block that partitions the
+    /// queries' topics, and exit.
+    #[arg(long)]
+    print_nats_mappings: bool,
 }
 
 /// The configuration file. Unknown keys are an error, so a typo cannot silently
@@ -64,6 +81,18 @@ struct FileConfig {
     overload: Option<String>,
     /// With overload = "drop_oldest": messages kept waiting before the oldest go.
     overload_max_waiting: Option<usize>,
+    /// Scale-out (see --nats).
+    nats: Option<String>,
+    partitions: Option<String>,
+    worker_id: Option<String>,
+    /// Names the deployment's leases and checkpoints in NATS (default "forewarn").
+    job: Option<String>,
+    lease_ttl_ms: Option<u64>,
+    /// Copies of the stream (when Forewarn creates it) and of the lease and checkpoint
+    /// buckets.
+    nats_replicas: Option<usize>,
+    /// How long the stream keeps readings, when Forewarn creates it.
+    stream_max_age_s: Option<u64>,
 }
 
 /// The environment variable holding the broker password.
@@ -111,14 +140,22 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => read_config(p)?,
         None => FileConfig::default(),
     };
-    let broker = a
-        .broker
-        .or(fc.broker.clone())
-        .context("no broker: pass --broker mqtt://HOST:PORT or set broker in the config file")?;
+    let broker =
+        a.broker.clone().or(fc.broker.clone()).context(
+            "no broker: pass --broker mqtt://HOST:PORT or set broker in the config file",
+        )?;
     let mut url = BrokerUrl::parse(&broker)?;
     secure(&mut url, &fc)?;
-    let queries = a.queries.or(fc.queries).unwrap_or_else(|| "queries".into());
-    let models = a.models.or(fc.models).unwrap_or_else(|| "models".into());
+    let queries = a
+        .queries
+        .clone()
+        .or(fc.queries.clone())
+        .unwrap_or_else(|| "queries".into());
+    let models = a
+        .models
+        .clone()
+        .or(fc.models.clone())
+        .unwrap_or_else(|| "models".into());
     let mut cfg = EngineConfig::default();
     if let Some(v) = fc.max_batch_rows {
         cfg.max_batch_rows = v;
@@ -143,6 +180,37 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = fc.max_state_bytes {
         cfg.max_state_bytes = v;
+    }
+    let nats = a.nats.clone().or(fc.nats.clone());
+    if a.print_nats_mappings {
+        let p = Pipeline::builder()
+            .query_file(&queries)
+            .models_dir(&models)
+            .config(cfg)
+            .build()
+            .await?;
+        print!("{}", forewarn::nats::server_mappings(&p)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(nats) = nats {
+        return run_nats(&nats, url, queries, models, cfg, &a, &fc).await;
+    }
+    for (set, what) in [
+        (
+            a.partitions.is_some() || fc.partitions.is_some(),
+            "partitions",
+        ),
+        (a.worker_id.is_some() || fc.worker_id.is_some(), "worker_id"),
+        (fc.job.is_some(), "job"),
+        (fc.lease_ttl_ms.is_some(), "lease_ttl_ms"),
+        (fc.nats_replicas.is_some(), "nats_replicas"),
+        (fc.stream_max_age_s.is_some(), "stream_max_age_s"),
+    ] {
+        if set {
+            anyhow::bail!(
+                "{what} applies to scale-out: it needs --nats URL (or nats in the config file)"
+            );
+        }
     }
     if let Some(dir) = a.checkpoint_dir.or(fc.checkpoint_dir) {
         let mut c = forewarn::CheckpointConfig::new(dir);
@@ -213,5 +281,79 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         "stopped: {} messages, {} windows, {} alerts, {} transitions, {} checkpoints, {} redeliveries dropped, rejected {:?}",
         s.messages_in, s.windows_closed, s.alerts_out, s.transitions_out, s.checkpoints, redelivered, s.rejected
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `forewarn run --nats`: one worker of a scale-out job.
+async fn run_nats(
+    nats: &str,
+    url: BrokerUrl,
+    queries: PathBuf,
+    models: PathBuf,
+    cfg: EngineConfig,
+    a: &RunArgs,
+    fc: &FileConfig,
+) -> anyhow::Result<ExitCode> {
+    use forewarn::nats::{self as fnats, Assignment, WorkerOptions};
+    if a.checkpoint_dir.is_some() || fc.checkpoint_dir.is_some() {
+        anyhow::bail!("with --nats, checkpoints are kept in the NATS object store (where every worker reaches them): drop checkpoint_dir");
+    }
+    let worker = a
+        .worker_id
+        .clone()
+        .or(fc.worker_id.clone())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+    let mut opts = WorkerOptions::new(nats, url, &worker);
+    if let Some(p) = a.partitions.as_ref().or(fc.partitions.as_ref()) {
+        opts.assignment = Assignment::parse(p).map_err(|e| anyhow::anyhow!("--partitions: {e}"))?;
+    }
+    if let Some(j) = &fc.job {
+        opts.job = j.clone();
+    }
+    if let Some(v) = fc.lease_ttl_ms {
+        opts.lease_ttl = Duration::from_millis(v.max(300));
+    }
+    if let Some(v) = fc.nats_replicas {
+        opts.replicas = v.clamp(1, 5);
+    }
+    if let Some(v) = fc.stream_max_age_s {
+        opts.stream_max_age = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = fc.checkpoint_interval_ms {
+        opts.checkpoint_interval = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = fc.checkpoint_keep {
+        opts.checkpoint_keep = v.max(1);
+    }
+    let factory: fnats::PipelineFactory = Arc::new(move |ck| {
+        let (queries, models) = (queries.clone(), models.clone());
+        let mut cfg = cfg.clone();
+        cfg.checkpoint = ck;
+        Box::pin(async move {
+            Pipeline::builder()
+                .query_file(&queries)
+                .models_dir(&models)
+                .config(cfg)
+                .build()
+                .await
+        })
+    });
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tracing::info!(nats, worker = %opts.worker, assignment = ?opts.assignment, "starting a scale-out worker");
+    fnats::run_worker(opts, factory, shutdown, None).await?;
+    eprintln!("worker {worker} stopped: partitions checkpointed and released");
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,11 @@
 //! windows and a rule with a lifecycle over six devices.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use forewarn::mqtt::{BrokerUrl, MqttSource, SourceOptions};
 use serde_json::Value;
 
 pub const BASE: i64 = 1_700_000_000_000;
@@ -71,5 +76,104 @@ pub fn same(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
         }
         _ => a == b,
+    }
+}
+
+/// Window results by alert id, transitions by event id; device state is not compared.
+pub fn key(topic: &str, v: &Value) -> Option<String> {
+    if topic.starts_with("forewarn/") {
+        return None;
+    }
+    let id = v.get("event_id").or_else(|| v.get("alert_id"))?;
+    Some(format!("{topic} {}", id.as_str()?))
+}
+
+/// An external subscriber to everything the engine publishes under `out/`, collecting
+/// (topic, JSON); `persistent` keeps its session across a broker restart.
+pub async fn observe(
+    url: &BrokerUrl,
+    id: &str,
+    persistent: bool,
+) -> (MqttSource, Arc<Mutex<Vec<(String, Value)>>>) {
+    let mut opts = SourceOptions::new(url.clone(), id, vec!["out/#".into()]);
+    opts.capacity = 100_000;
+    opts.clean_session = !persistent;
+    let (mut sub, mut rx) = MqttSource::start(opts);
+    sub.wait_connected(Duration::from_secs(10)).await.unwrap();
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            g.lock().unwrap().push((m.topic, v));
+        }
+    });
+    (sub, got)
+}
+
+/// Every reference output arrived, with the same content; repeats carry the same id
+/// and content. Prints the figures.
+pub fn compare(
+    want: &BTreeMap<String, Value>,
+    got: &[(String, Value)],
+    sent: usize,
+) -> Vec<String> {
+    let mut have: BTreeMap<String, Value> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    let mut mismatched = Vec::new();
+    for (t, v) in got {
+        let Some(k) = key(t, v) else { continue };
+        match have.get(&k) {
+            Some(prev) => {
+                if !same(prev, v) {
+                    mismatched.push(format!("{k}: {prev} then {v}"));
+                }
+                duplicates.push(k);
+            }
+            None => {
+                have.insert(k, v.clone());
+            }
+        }
+    }
+    let lost: Vec<&String> = want.keys().filter(|k| !have.contains_key(*k)).collect();
+    let unexpected: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
+    let transitions = want
+        .values()
+        .filter(|v| v.get("event_id").is_some())
+        .count();
+    eprintln!(
+        "readings sent {sent}; compared {} window results and {transitions} transitions; lost {}; duplicates {} {:?}",
+        want.len() - transitions,
+        lost.len(),
+        duplicates.len(),
+        duplicates.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(
+        unexpected.is_empty(),
+        "not in the reference: {unexpected:?}"
+    );
+    for (k, v) in want {
+        if !same(&have[k], v) {
+            mismatched.push(format!("{k}: {} vs the reference {v}", have[k]));
+        }
+    }
+    mismatched
+}
+
+/// Waits until every reference output has arrived (or 90 s).
+pub async fn wait_for_all(want: &BTreeMap<String, Value>, got: &Arc<Mutex<Vec<(String, Value)>>>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let have: std::collections::BTreeSet<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(t, v)| key(t, v))
+            .collect();
+        if want.keys().all(|k| have.contains(k)) || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -29,11 +29,69 @@ const MAGIC: &[u8; 8] = b"FWCKPT\0\x01";
 /// Version of the checkpoint layout.
 pub const CHECKPOINT_FORMAT: u32 = 1;
 
+/// Where checkpoints are kept: a local directory ([`DirStore`]) or storage every
+/// worker can reach (the NATS object store in scale-out).
+///
+/// The calls block; the pipeline makes them from a blocking thread of the tokio
+/// runtime (an implementation over an async client may use
+/// `tokio::runtime::Handle::current().block_on`).
+pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
+    /// Where the checkpoints are, for messages.
+    fn location(&self) -> PathBuf;
+    /// The name of checkpoint `seq`, for messages.
+    fn name(&self, seq: u64) -> PathBuf {
+        self.location().join(file_name(seq))
+    }
+    /// The sequence numbers of the checkpoints present, in any order.
+    fn list(&self) -> Result<Vec<u64>, CheckpointError>;
+    /// The bytes of checkpoint `seq`.
+    fn read(&self, seq: u64) -> Result<Vec<u8>, CheckpointError>;
+    /// Stores checkpoint `seq` durably and atomically: afterwards a reader sees either
+    /// all of it or (after a crash during the call) the checkpoints before it.
+    fn write(&self, seq: u64, bytes: &[u8]) -> Result<(), CheckpointError>;
+    /// Removes checkpoint `seq`.
+    fn remove(&self, seq: u64) -> Result<(), CheckpointError>;
+}
+
+/// Checkpoint files in a local directory, written to a temporary name, synced,
+/// renamed, and the directory synced.
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    dir: PathBuf,
+}
+
+impl DirStore {
+    /// Files in `dir` (created on the first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DirStore { dir: dir.into() }
+    }
+}
+
+impl CheckpointStore for DirStore {
+    fn location(&self) -> PathBuf {
+        self.dir.clone()
+    }
+    fn list(&self) -> Result<Vec<u64>, CheckpointError> {
+        list(&self.dir).map(|v| v.iter().filter_map(|p| seq_of(p)).collect())
+    }
+    fn read(&self, seq: u64) -> Result<Vec<u8>, CheckpointError> {
+        let path = self.dir.join(file_name(seq));
+        std::fs::read(&path).map_err(|source| CheckpointError::Io { path, source })
+    }
+    fn write(&self, seq: u64, bytes: &[u8]) -> Result<(), CheckpointError> {
+        write_file(&self.dir, seq, bytes)
+    }
+    fn remove(&self, seq: u64) -> Result<(), CheckpointError> {
+        let path = self.dir.join(file_name(seq));
+        std::fs::remove_file(&path).map_err(|source| CheckpointError::Io { path, source })
+    }
+}
+
 /// Where and how often the pipeline checkpoints.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
-    /// Directory for checkpoint files (created if missing).
-    pub dir: PathBuf,
+    /// Where checkpoints are kept.
+    pub store: Arc<dyn CheckpointStore>,
     /// Time between checkpoints while input arrives.
     pub interval: Duration,
     /// A checkpoint is also taken once this many input messages wait for one (each is
@@ -56,10 +114,16 @@ pub struct CheckpointConfig {
 }
 
 impl CheckpointConfig {
-    /// Defaults: every 5 s, after 50 000 messages, after 100 ms of silence; keep 3.
+    /// Files in the directory `dir`; defaults: every 5 s, after 50 000 messages, after
+    /// 100 ms of silence; keep 3.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::with_store(Arc::new(DirStore::new(dir)))
+    }
+
+    /// Checkpoints in `store`, with the defaults of [`CheckpointConfig::new`].
+    pub fn with_store(store: Arc<dyn CheckpointStore>) -> Self {
         CheckpointConfig {
-            dir: dir.into(),
+            store,
             interval: Duration::from_secs(5),
             max_unacked: 50_000,
             idle: Duration::from_millis(100),
@@ -89,7 +153,7 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
-    /// Every checkpoint file in the directory is damaged.
+    /// Every checkpoint in the store is damaged.
     #[error("no valid checkpoint in {dir}: {reasons}; move the files away to start without state")]
     NoneValid {
         /// The directory.
@@ -127,6 +191,9 @@ pub(crate) struct Snapshot {
     pub inputs: u64,
     /// Devices admitted by each source (the `max_devices` limit).
     pub devices: BTreeMap<String, Vec<String>>,
+    /// Position in the input stream of the last message covered (e.g. a JetStream
+    /// sequence), for connectors that resume from it.
+    pub position: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -142,6 +209,8 @@ struct Header {
     outbox: Vec<Output>,
     #[serde(default)]
     devices: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    position: Option<u64>,
     /// (offset, length) of each IPC blob after the header.
     blobs: Vec<(u64, u64)>,
 }
@@ -277,6 +346,7 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, String> {
         silenced: s.silenced.clone(),
         outbox: s.outbox.clone(),
         devices: s.devices.clone(),
+        position: s.position,
         blobs: spans,
     };
     let header = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
@@ -383,17 +453,30 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         outbox: header.outbox,
         inputs: header.inputs,
         devices: header.devices,
+        position: header.position,
     })
 }
 
-/// Writes `bytes` as checkpoint `seq` atomically and removes all but the newest `keep`.
-/// Returns the file.
+/// Writes `bytes` as checkpoint `seq` to `store` and removes all but the newest `keep`.
 pub(crate) fn write(
-    dir: &Path,
+    store: &dyn CheckpointStore,
     seq: u64,
     bytes: &[u8],
     keep: usize,
-) -> Result<PathBuf, CheckpointError> {
+) -> Result<(), CheckpointError> {
+    store.write(seq, bytes)?;
+    let mut seqs = store.list()?;
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
+    for old in seqs.into_iter().skip(keep.max(1)) {
+        if let Err(e) = store.remove(old) {
+            tracing::warn!(checkpoint = %store.name(old).display(), error = %e, "could not remove an old checkpoint");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` as file `seq` in `dir` atomically.
+fn write_file(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), CheckpointError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, source }
@@ -410,26 +493,21 @@ pub(crate) fn write(
     // The rename is durable only once the directory is synced.
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    for old in list(dir)?.into_iter().skip(keep.max(1)) {
-        if let Err(e) = std::fs::remove_file(&old) {
-            tracing::warn!(file = %old.display(), error = %e, "could not remove an old checkpoint");
-        }
-    }
-    Ok(fin)
+        .map_err(io(dir))
 }
 
-/// The newest checkpoint in `dir` that reads back intact, skipping damaged ones with a
-/// warning. `None` when the directory has no checkpoint; an error when it has only
+/// The newest checkpoint in `store` that reads back intact, skipping damaged ones with
+/// a warning. `None` when the store has no checkpoint; an error when it has only
 /// damaged ones.
-pub(crate) fn load_newest(dir: &Path) -> Result<Option<(PathBuf, Snapshot)>, CheckpointError> {
-    let files = list(dir)?;
+pub(crate) fn load_newest(
+    store: &dyn CheckpointStore,
+) -> Result<Option<(PathBuf, Snapshot)>, CheckpointError> {
+    let mut seqs = store.list()?;
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
     let mut reasons: Vec<(PathBuf, String)> = Vec::new();
-    for f in &files {
-        let bytes = std::fs::read(f).map_err(|source| CheckpointError::Io {
-            path: f.clone(),
-            source,
-        })?;
+    for seq in seqs {
+        let f = &store.name(seq);
+        let bytes = store.read(seq)?;
         match decode(&bytes) {
             Ok(s) => {
                 for (p, r) in &reasons {
@@ -444,7 +522,7 @@ pub(crate) fn load_newest(dir: &Path) -> Result<Option<(PathBuf, Snapshot)>, Che
         return Ok(None);
     }
     Err(CheckpointError::NoneValid {
-        dir: dir.to_path_buf(),
+        dir: store.location(),
         reasons: reasons
             .iter()
             .map(|(p, r)| format!("{}: {r}", p.display()))

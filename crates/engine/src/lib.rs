@@ -28,7 +28,9 @@ mod checkpoint;
 mod rows;
 mod runtime;
 
-pub use checkpoint::{CheckpointConfig, CheckpointError, CHECKPOINT_FORMAT};
+pub use checkpoint::{
+    CheckpointConfig, CheckpointError, CheckpointStore, DirStore, CHECKPOINT_FORMAT,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -389,10 +391,17 @@ impl PipelineBuilder {
                 processing_time: s.processing_time,
                 idle_timeout: s.idle_timeout.map(|ms| Duration::from_millis(ms as u64)),
                 late_topic,
+                nats: s.nats.clone(),
             });
         }
         let restored = match &self.config.checkpoint {
-            Some(c) => match checkpoint::load_newest(&c.dir)? {
+            // The store may block (a network store): off the async threads.
+            Some(c) => match {
+                let store = c.store.clone();
+                tokio::task::spawn_blocking(move || checkpoint::load_newest(store.as_ref()))
+                    .await
+                    .map_err(|e| EngineError::Config(format!("checkpoint task: {e}")))??
+            } {
                 Some((file, snap)) => {
                     checkpoint::check_fit(&file, &snap, &queries)?;
                     tracing::info!(checkpoint = %file.display(), seq = snap.seq, "restoring state");
@@ -458,6 +467,8 @@ pub struct SourceInfo {
     pub idle_timeout: Option<Duration>,
     /// Where late rows go (default `{prefix}/late/{source}`).
     pub late_topic: Option<TopicTemplate>,
+    /// Read from a partitioned JetStream stream (`connector = 'nats'`), not over MQTT.
+    pub nats: Option<forewarn_sql::NatsSource>,
 }
 
 /// A planned pipeline, ready to start.
@@ -520,6 +531,12 @@ impl Pipeline {
     /// Sequence number of the checkpoint this pipeline will continue from, if any.
     pub fn restored_checkpoint(&self) -> Option<u64> {
         self.restored.as_ref().map(|s| s.seq)
+    }
+
+    /// Stream position of the last input message the restored checkpoint covers (see
+    /// [`PipelineHandle::push_json_at`]): a connector resumes after it.
+    pub fn restored_position(&self) -> Option<u64> {
+        self.restored.as_ref().and_then(|s| s.position)
     }
 
     /// With checkpoints: outputs count as delivered only when the consumer confirms
@@ -624,6 +641,8 @@ pub(crate) enum Input {
         topic: String,
         payload: Vec<u8>,
         ack: Option<Ack>,
+        /// Position of the message in its stream (see [`PipelineHandle::push_json_at`]).
+        position: Option<u64>,
     },
     Command {
         device: String,
@@ -657,6 +676,26 @@ impl PipelineHandle {
             topic: topic.to_string(),
             payload,
             ack: None,
+            position: None,
+        })
+        .await
+    }
+
+    /// Like [`push_json`](Self::push_json), for a message at `position` in a replayable
+    /// stream (e.g. its JetStream sequence): the checkpoints record the position of the
+    /// last message they cover, and [`Pipeline::restored_position`] tells a restarted
+    /// connector where to resume.
+    pub async fn push_json_at(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        position: u64,
+    ) -> Result<(), EngineError> {
+        self.send(Input::Json {
+            topic: topic.to_string(),
+            payload,
+            ack: None,
+            position: Some(position),
         })
         .await
     }
@@ -673,6 +712,7 @@ impl PipelineHandle {
             topic: topic.to_string(),
             payload,
             ack: Some(ack),
+            position: None,
         })
         .await
     }
@@ -727,6 +767,7 @@ impl PipelineHandle {
             topic: topic.to_string(),
             payload,
             ack,
+            position: None,
         }) {
             Ok(()) => Ok(None),
             Err(mpsc::error::TrySendError::Full(Input::Json { payload, ack, .. })) => {

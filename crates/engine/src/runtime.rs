@@ -159,6 +159,8 @@ pub(crate) struct Runtime {
     restored: Option<Snapshot>,
     /// Input messages taken since start (and before, when restored).
     inputs: u64,
+    /// Position of the last input message in its stream (see [`Snapshot::position`]).
+    position: Option<u64>,
     /// When the last input message arrived.
     last_input: Instant,
     /// Hashes of the latest messages, for [`Self::is_duplicate`].
@@ -253,6 +255,7 @@ impl Runtime {
             silenced: HashMap::new(),
             ckpt,
             inputs: p.restored.as_ref().map_or(0, |s| s.inputs),
+            position: p.restored.as_ref().and_then(|s| s.position),
             restored: p.restored,
             last_input: Instant::now(),
             recent: RecentMessages::default(),
@@ -383,20 +386,21 @@ impl Runtime {
             silenced: self.silenced.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             outbox: c.recent.iter().cloned().collect(),
             inputs: self.inputs,
+            position: self.position,
             devices: self
                 .sources
                 .iter()
                 .map(|s| (s.name.clone(), s.devices.iter().cloned().collect()))
                 .collect(),
         };
-        let (dir, keep, seq) = (c.cfg.dir.clone(), c.cfg.keep, c.seq);
+        let (store, keep, seq) = (c.cfg.store.clone(), c.cfg.keep, c.seq);
         let written = tokio::task::spawn_blocking(move || {
             let bytes =
                 checkpoint::encode(&snap).map_err(|reason| crate::CheckpointError::Corrupt {
-                    path: dir.clone(),
+                    path: store.name(seq),
                     reason: format!("could not encode: {reason}"),
                 })?;
-            checkpoint::write(&dir, seq, &bytes, keep).map(|_| bytes.len())
+            checkpoint::write(store.as_ref(), seq, &bytes, keep).map(|_| bytes.len())
         })
         .await
         .map_err(|e| EngineError::Config(format!("checkpoint task: {e}")))?;
@@ -437,8 +441,11 @@ impl Runtime {
             let backlogged = self.backlogged();
             tokio::select! {
                 msg = rx.recv(), if !backlogged => match msg {
-                    Some(Input::Json { topic, payload, ack }) => {
+                    Some(Input::Json { topic, payload, ack, position }) => {
                         self.on_json(&topic, &payload).await?;
+                        if position.is_some() {
+                            self.position = position;
+                        }
                         // Nothing else waiting: close the micro-batch now rather than on
                         // the timer, so a reading that completes a window is not held back.
                         // Under load the queue is not empty and batches fill up.

@@ -59,6 +59,20 @@ pub struct SourceDecl {
     pub idle_timeout: Option<Millis>,
     /// Topic template for late rows (`late_topic = '...'`); default `{prefix}/late/{source}`.
     pub late_topic: Option<String>,
+    /// `connector = 'nats'`: read from a partitioned JetStream stream instead of
+    /// subscribing over MQTT.
+    pub nats: Option<NatsSource>,
+}
+
+/// Where a `connector = 'nats'` source reads: devices publish on `topic` (MQTT or
+/// NATS), the server maps each message to `part.{K}.{subject}` with K a partition of
+/// the device, and the stream `stream` stores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSource {
+    /// JetStream stream name.
+    pub stream: String,
+    /// Number of partitions the server's subject mapping spreads devices over.
+    pub partitions: u32,
 }
 
 /// A `CREATE TABLE ... WITH (connector = 'file', path = '...csv')`: a static
@@ -275,13 +289,22 @@ impl QuerySet {
         if connector == "file" {
             return self.add_reference(file, text, loc, name, columns, &map, wm);
         }
-        if connector != "mqtt" {
+        if connector != "mqtt" && connector != "nats" {
             let at = map["connector"].1;
             return Err(err(
                 file,
                 text,
                 at,
-                format!("unknown connector '{connector}' (supported: 'mqtt', 'file')"),
+                format!("unknown connector '{connector}' (supported: 'mqtt', 'nats', 'file')"),
+            ));
+        }
+        if connector == "nats" && columns.is_empty() {
+            let at = map["connector"].1;
+            return Err(err(
+                file,
+                text,
+                at,
+                "sinks publish over MQTT (connector = 'mqtt'); with NATS, point the engine's broker at the NATS server's MQTT listener",
             ));
         }
         let format = get("format").unwrap_or_else(|| "json".into());
@@ -315,6 +338,8 @@ impl QuerySet {
                 "max_skew",
                 "idle_timeout",
                 "late_topic",
+                "stream",
+                "partitions",
             ]
         };
         for (k, (_, at)) in &map {
@@ -330,7 +355,64 @@ impl QuerySet {
                     ),
                 ));
             }
+            if connector == "mqtt" && (k == "stream" || k == "partitions") {
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!("'{k}' is an option of connector = 'nats'"),
+                ));
+            }
         }
+        let nats = if connector == "nats" {
+            let stream = get("stream").ok_or_else(|| {
+                err(
+                    file,
+                    text,
+                    map["connector"].1,
+                    format!("nats source '{name}' needs stream = '<JetStream stream>'"),
+                )
+            })?;
+            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if stream.is_empty() || !stream.chars().all(valid) {
+                return Err(err(
+                    file,
+                    text,
+                    map["stream"].1,
+                    format!("stream name '{stream}' may use only letters, digits, '-' and '_'"),
+                ));
+            }
+            let (p, at) = map.get("partitions").cloned().ok_or_else(|| {
+                err(
+                    file,
+                    text,
+                    map["connector"].1,
+                    format!("nats source '{name}' needs partitions = '<N>', the N of the server's subject mapping"),
+                )
+            })?;
+            let partitions = match p.trim().parse::<u32>() {
+                Ok(n) if (1..=4096).contains(&n) => n,
+                _ => {
+                    return Err(err(
+                        file,
+                        text,
+                        at,
+                        format!("partitions = '{p}' must be a whole number from 1 to 4096"),
+                    ))
+                }
+            };
+            if wm.is_none() {
+                return Err(err(
+                    file,
+                    text,
+                    loc,
+                    format!("nats source '{name}' needs event time (WATERMARK FOR <column> AS ...): after a takeover the stream is replayed, and arrival times would change the windows"),
+                ));
+            }
+            Some(NatsSource { stream, partitions })
+        } else {
+            None
+        };
         if columns.is_empty() {
             if wm.is_some() {
                 return Err(err(
@@ -497,6 +579,7 @@ impl QuerySet {
                 watermark_key,
                 idle_timeout,
                 late_topic: get("late_topic"),
+                nats,
             },
         );
         Ok(())
