@@ -298,6 +298,19 @@ pub async fn run_worker(
     let job = sanitize(&opts.job);
     let presence_key = format!("{job}.worker.{}", sanitize(&opts.worker));
     let part_key = |k: u32| format!("{job}.part.{k}");
+    // A job's partition count is fixed while its checkpoints exist: each holds the
+    // state of the devices of one partition under that count.
+    let recorded = leases
+        .settle(
+            &format!("{job}.partitions"),
+            &format!("{stream}/{partitions}"),
+        )
+        .await?;
+    if recorded != format!("{stream}/{partitions}") {
+        return Err(WorkerError::Config(format!(
+            "job '{job}' runs stream/partitions {recorded}, the queries declare {stream}/{partitions}: a job's partition count changes only by the procedure in docs/scale-out.md (\"Changing the number of partitions\")"
+        )));
+    }
     let period = opts.lease_ttl / 3;
     // Announce this worker, then let one period pass so workers started together see
     // each other before taking shares.

@@ -339,6 +339,38 @@ async fn two_workers_over_four_partitions_match_one_process() {
             log(&dir, id)
         );
     }
+    // The server put every reading in the partition Forewarn computes for its device.
+    let n = forewarn::nats::Nats::connect(&nats).await.unwrap();
+    let mut stored = 0;
+    for k in 0..PARTITIONS {
+        let mut r = n.read_partition("READINGS", k, None, 10_000).await.unwrap();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), r.rx.recv()).await
+        {
+            let device = m.topic.strip_prefix("ck/").unwrap();
+            assert_eq!(
+                forewarn::nats::partition_of(device, PARTITIONS),
+                k,
+                "{}",
+                m.topic
+            );
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, sent, "every reading stored once");
+    // The job's partition count is fixed while its checkpoints exist.
+    std::fs::write(
+        dir.join("queries/ck.sql"),
+        sql().replace("partitions = '4'", "partitions = '2'"),
+    )
+    .unwrap();
+    let mut w3 = worker(&dir, &nats, nodes[0].mqtt, "w3", "auto");
+    let status = w3.0.wait().unwrap();
+    let l3 = log(&dir, "w3");
+    assert!(!status.success(), "{l3}");
+    assert!(
+        l3.contains("runs stream/partitions READINGS/4, the queries declare READINGS/2"),
+        "{l3}"
+    );
     sub.stop().await;
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);

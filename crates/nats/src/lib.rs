@@ -526,6 +526,27 @@ impl Leases {
             .map_err(req(format!("release lease {}", lease.key)))
     }
 
+    /// Records `value` under `key` if nothing is there yet; returns what is stored.
+    pub async fn settle(&self, key: &str, value: &str) -> Result<String, NatsError> {
+        match self
+            .kv
+            .create(key, value.to_string().into_bytes().into())
+            .await
+        {
+            Ok(_) => Ok(value.to_string()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let v = self
+                    .kv
+                    .get(key)
+                    .await
+                    .map_err(req(format!("read {key}")))?
+                    .unwrap_or_default();
+                Ok(String::from_utf8_lossy(&v).into_owned())
+            }
+            Err(e) => Err(req(format!("write {key}"))(e)),
+        }
+    }
+
     /// Live holders of the keys under `prefix` (e.g. the workers' presence entries).
     pub async fn live(&self, prefix: &str) -> Result<Vec<(String, LeaseValue)>, NatsError> {
         let mut keys = self
