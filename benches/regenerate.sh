@@ -5,9 +5,9 @@
 #
 #   benches/regenerate.sh            # all of them (44 min here; the library-only gateway
 #                                    # build compiles DataFusion a second time)
-#   benches/regenerate.sh decode     # just one: decode scoring windowed memory e2e footprint
+#   benches/regenerate.sh decode     # just one: decode scoring windowed memory e2e scale_out footprint
 #
-# Needs mosquitto for e2e (apt-get install mosquitto).
+# Needs mosquitto for e2e and nats-server for scale_out (apt-get install mosquitto nats-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 doc=docs/benchmarks.md
@@ -52,4 +52,5 @@ run windowed cargo bench -q --bench windowed -- 10000 2000000 tumble
 run hop cargo bench -q --bench windowed -- 10000 2000000 hop
 run memory cargo bench -q --bench memory
 run e2e cargo bench -q --bench e2e
+run scale_out cargo bench -q --bench scale_out
 run footprint footprint
