@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::ckpt::{compare, key, messages, observe, wait_for_all, SQL};
 use common::mosquitto::{mosquitto_binary, start_mosquitto_conf};
-use forewarn::mqtt::{BrokerUrl, MqttSource, SourceOptions};
+use forewarn::mqtt::BrokerUrl;
 use forewarn::{EngineConfig, Pipeline};
 use serde_json::Value;
 

@@ -394,21 +394,22 @@ impl PipelineBuilder {
                 nats: s.nats.clone(),
             });
         }
-        let restored = match &self.config.checkpoint {
-            // The store may block (a network store): off the async threads.
-            Some(c) => match {
+        // The store may block (a network store): off the async threads.
+        let loaded = match &self.config.checkpoint {
+            Some(c) => {
                 let store = c.store.clone();
                 tokio::task::spawn_blocking(move || checkpoint::load_newest(store.as_ref()))
                     .await
                     .map_err(|e| EngineError::Config(format!("checkpoint task: {e}")))??
-            } {
-                Some((file, snap)) => {
-                    checkpoint::check_fit(&file, &snap, &queries)?;
-                    tracing::info!(checkpoint = %file.display(), seq = snap.seq, "restoring state");
-                    Some(snap)
-                }
-                None => None,
-            },
+            }
+            None => None,
+        };
+        let restored = match loaded {
+            Some((file, snap)) => {
+                checkpoint::check_fit(&file, &snap, &queries)?;
+                tracing::info!(checkpoint = %file.display(), seq = snap.seq, "restoring state");
+                Some(snap)
+            }
             None => None,
         };
         let mut sinks = BTreeMap::new();

@@ -633,7 +633,7 @@ mod tests {
     #[test]
     fn fnv1a_matches_reference_values() {
         // FNV-1a 32 reference: "" → 0x811c9dc5, "a" → 0xe40c292c, "foobar" → 0xbf9cf968.
-        assert_eq!(partition_of("", u32::MAX), 0x811c9dc5 % u32::MAX);
+        assert_eq!(partition_of("", u32::MAX), 0x811c9dc5);
         assert_eq!(partition_of("a", u32::MAX), 0xe40c292c);
         assert_eq!(partition_of("foobar", u32::MAX), 0xbf9cf968);
         assert_eq!(partition_of("foobar", 4), 0xbf9cf968 % 4);
