@@ -108,6 +108,7 @@ pub async fn start(
     let command_prefix = format!("{}/command/", pipeline.topic_prefix());
     filters.push(format!("{command_prefix}+"));
     let checkpointing = pipeline.checkpointing();
+    let released = pipeline.restored_released();
     let (outputs, handle) = start_outputs(
         pipeline,
         url,
@@ -121,6 +122,7 @@ pub async fn start(
     if checkpointing {
         source_opts.clean_session = false;
         source_opts.manual_acks = true;
+        source_opts.acked_before = released;
     }
     let (mut source, mut incoming) = MqttSource::start(source_opts);
     if let Err(e) = source.wait_connected(Duration::from_secs(10)).await {
@@ -133,8 +135,18 @@ pub async fn start(
     let forwarder = match opts.overload {
         Overload::Block => tokio::spawn(async move {
             while let Some(m) = incoming.recv().await {
-                let ack = m.ack.map(|t| Box::new(move || t.ack()) as crate::Ack);
-                let pushed = forward(&h, &command_prefix, &m.topic, m.payload, ack, None).await;
+                let pushed = match m.ack {
+                    // Readings with an id, so the next start knows what was acknowledged.
+                    Some(t) if !m.topic.starts_with(&command_prefix) => {
+                        let id = t.id();
+                        h.push_json_acked_id(&m.topic, m.payload, Box::new(move || t.ack()), id)
+                            .await
+                    }
+                    ack => {
+                        let ack = ack.map(|t| Box::new(move || t.ack()) as crate::Ack);
+                        forward(&h, &command_prefix, &m.topic, m.payload, ack, None).await
+                    }
+                };
                 if pushed.is_err() {
                     break;
                 }

@@ -194,6 +194,11 @@ pub(crate) struct Snapshot {
     /// Position in the input stream of the last message covered (e.g. a JetStream
     /// sequence), for connectors that resume from it.
     pub position: Option<u64>,
+    /// Connector ids of the input acknowledged right after this checkpoint was written
+    /// (an MQTT packet id and content hash): if the process dies before those
+    /// acknowledgements reach the broker, it redelivers the messages, and the next
+    /// start must recognise them as already counted.
+    pub released: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -211,6 +216,8 @@ struct Header {
     devices: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     position: Option<u64>,
+    #[serde(default)]
+    released: Vec<u64>,
     /// (offset, length) of each IPC blob after the header.
     blobs: Vec<(u64, u64)>,
 }
@@ -347,6 +354,7 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, String> {
         outbox: s.outbox.clone(),
         devices: s.devices.clone(),
         position: s.position,
+        released: s.released.clone(),
         blobs: spans,
     };
     let header = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
@@ -454,6 +462,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         inputs: header.inputs,
         devices: header.devices,
         position: header.position,
+        released: header.released,
     })
 }
 

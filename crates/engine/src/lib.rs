@@ -534,6 +534,15 @@ impl Pipeline {
         self.restored.as_ref().map(|s| s.seq)
     }
 
+    /// Connector ids of the messages the restored checkpoint's run acknowledged right
+    /// after writing it (see [`PipelineHandle::push_json_acked_id`]).
+    pub fn restored_released(&self) -> Vec<u64> {
+        self.restored
+            .as_ref()
+            .map(|s| s.released.clone())
+            .unwrap_or_default()
+    }
+
     /// Stream position of the last input message the restored checkpoint covers (see
     /// [`PipelineHandle::push_json_at`]): a connector resumes after it.
     pub fn restored_position(&self) -> Option<u64> {
@@ -642,6 +651,8 @@ pub(crate) enum Input {
         topic: String,
         payload: Vec<u8>,
         ack: Option<Ack>,
+        /// The connector's id of the message (see [`PipelineHandle::push_json_acked_id`]).
+        ack_id: Option<u64>,
         /// Position of the message in its stream (see [`PipelineHandle::push_json_at`]).
         position: Option<u64>,
     },
@@ -677,6 +688,7 @@ impl PipelineHandle {
             topic: topic.to_string(),
             payload,
             ack: None,
+            ack_id: None,
             position: None,
         })
         .await
@@ -696,6 +708,7 @@ impl PipelineHandle {
             topic: topic.to_string(),
             payload,
             ack: None,
+            ack_id: None,
             position: Some(position),
         })
         .await
@@ -713,6 +726,30 @@ impl PipelineHandle {
             topic: topic.to_string(),
             payload,
             ack: Some(ack),
+            ack_id: None,
+            position: None,
+        })
+        .await
+    }
+
+    /// Like [`push_json_acked`](Self::push_json_acked), with the connector's id of the
+    /// message (e.g. an MQTT packet id and content hash). Checkpoints record the ids of
+    /// the messages acknowledged right after them, and
+    /// [`Pipeline::restored_released`] hands them to the next start, so that a
+    /// redelivery of a message whose acknowledgement died with the process is
+    /// recognised instead of counted twice.
+    pub async fn push_json_acked_id(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        ack: Ack,
+        id: u64,
+    ) -> Result<(), EngineError> {
+        self.send(Input::Json {
+            topic: topic.to_string(),
+            payload,
+            ack: Some(ack),
+            ack_id: Some(id),
             position: None,
         })
         .await
@@ -768,6 +805,7 @@ impl PipelineHandle {
             topic: topic.to_string(),
             payload,
             ack,
+            ack_id: None,
             position: None,
         }) {
             Ok(()) => Ok(None),

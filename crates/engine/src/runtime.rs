@@ -126,6 +126,8 @@ struct Checkpointing {
     last: Instant,
     /// Acks of input taken since the last checkpoint, in order.
     unacked: Vec<Ack>,
+    /// Connector ids of those acks, where given (see [`Snapshot::released`]).
+    unacked_ids: Vec<u64>,
     /// Input or output since the last checkpoint.
     dirty: bool,
     /// Outputs emitted and not yet confirmed by the consumer, oldest first.
@@ -241,6 +243,7 @@ impl Runtime {
             seq: p.restored.as_ref().map_or(1, |s| s.seq + 1),
             last: Instant::now(),
             unacked: Vec::new(),
+            unacked_ids: Vec::new(),
             dirty: false,
             recent: VecDeque::new(),
             emitted: 0,
@@ -318,7 +321,7 @@ impl Runtime {
 
     /// After an input message: its ack waits for the next checkpoint, or is called now
     /// without checkpoints.
-    async fn taken(&mut self, ack: Option<Ack>) -> Result<(), EngineError> {
+    async fn taken(&mut self, ack: Option<Ack>, ack_id: Option<u64>) -> Result<(), EngineError> {
         self.inputs += 1;
         self.last_input = Instant::now();
         let Some(c) = &mut self.ckpt else {
@@ -331,6 +334,7 @@ impl Runtime {
         c.dirty = true;
         if let Some(a) = ack {
             c.unacked.push(a);
+            c.unacked_ids.extend(ack_id);
         }
         if c.unacked.len() >= c.cfg.max_unacked {
             self.checkpoint().await?;
@@ -387,6 +391,7 @@ impl Runtime {
             outbox: c.recent.iter().cloned().collect(),
             inputs: self.inputs,
             position: self.position,
+            released: c.unacked_ids.clone(),
             devices: self
                 .sources
                 .iter()
@@ -410,6 +415,7 @@ impl Runtime {
                 c.seq += 1;
                 c.dirty = false;
                 let acks = std::mem::take(&mut c.unacked);
+                c.unacked_ids.clear();
                 let n = acks.len() as u64;
                 for a in acks {
                     a();
@@ -441,7 +447,7 @@ impl Runtime {
             let backlogged = self.backlogged();
             tokio::select! {
                 msg = rx.recv(), if !backlogged => match msg {
-                    Some(Input::Json { topic, payload, ack, position }) => {
+                    Some(Input::Json { topic, payload, ack, ack_id, position }) => {
                         self.on_json(&topic, &payload).await?;
                         if position.is_some() {
                             self.position = position;
@@ -452,15 +458,15 @@ impl Runtime {
                         if self.config.flush_when_idle && rx.is_empty() {
                             self.flush_all().await?;
                         }
-                        self.taken(ack).await?;
+                        self.taken(ack, ack_id).await?;
                     }
                     Some(Input::Batch { source, batch }) => {
                         self.on_batch(&source, batch).await?;
-                        self.taken(None).await?;
+                        self.taken(None, None).await?;
                     }
                     Some(Input::Command { device, payload, ack }) => {
                         self.on_command(&device, &payload).await;
-                        self.taken(ack).await?;
+                        self.taken(ack, None).await?;
                     }
                     Some(Input::Flush(done)) => {
                         self.flush_all().await?;

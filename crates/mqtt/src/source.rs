@@ -29,6 +29,7 @@ pub struct Incoming {
 #[derive(Debug)]
 pub struct AckToken {
     pkid: u16,
+    hash: u64,
     generation: u64,
     shared: Arc<AckShared>,
 }
@@ -45,7 +46,18 @@ struct AckShared {
     duplicates: AtomicU64,
 }
 
+/// A message's identity for recognising its redelivery: packet id and content hash.
+fn message_id(pkid: u16, hash: u64) -> u64 {
+    (u64::from(pkid) << 48) | (hash & 0xFFFF_FFFF_FFFF)
+}
+
 impl AckToken {
+    /// The message's packet id and a hash of its topic and payload, as one number:
+    /// what [`SourceOptions::acked_before`] takes back after a restart.
+    pub fn id(&self) -> u64 {
+        message_id(self.pkid, self.hash)
+    }
+
     /// Sends the PUBACK (in the order tokens are acked). A token from before the broker
     /// lost the session does nothing: that packet id may now name another message.
     pub fn ack(self) {
@@ -100,6 +112,11 @@ pub struct SourceOptions {
     /// Acknowledge QoS 1 messages only through their [`AckToken`] (default false:
     /// on arrival).
     pub manual_acks: bool,
+    /// [`AckToken::id`]s a previous run acknowledged just before it stopped (from its
+    /// last checkpoint): the broker may not have received those acknowledgements, and
+    /// a redelivery (DUP flag, same packet id and content) of one is acknowledged again
+    /// and not delivered.
+    pub acked_before: Vec<u64>,
 }
 
 impl SourceOptions {
@@ -115,6 +132,7 @@ impl SourceOptions {
             capacity: 4096,
             clean_session: true,
             manual_acks: false,
+            acked_before: Vec::new(),
         }
     }
 }
@@ -176,6 +194,8 @@ impl MqttSource {
             duplicates: AtomicU64::new(0),
         });
         let shared = acks.clone();
+        let mut acked_before: std::collections::HashSet<u64> =
+            opts.acked_before.iter().copied().collect();
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
             loop {
@@ -187,6 +207,7 @@ impl MqttSource {
                             // tokens from before must not ack whatever reuses their ids.
                             shared.generation.fetch_add(1, Ordering::SeqCst);
                             shared.seen.lock().expect("lock").clear();
+                            acked_before.clear();
                         }
                         tracing::info!(broker = %opts.url, session_present = c.session_present, "source connected");
                         // Clean sessions forget subscriptions: subscribe on every (re)connect.
@@ -222,6 +243,15 @@ impl MqttSource {
                                     shared.send_ack(p.pkid);
                                     continue;
                                 }
+                                // Acknowledged by the previous run at its last
+                                // checkpoint; the acknowledgement died with it.
+                                None if p.dup && acked_before.remove(&message_id(p.pkid, h)) => {
+                                    seen.insert(p.pkid, (h, true));
+                                    drop(seen);
+                                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                                    shared.send_ack(p.pkid);
+                                    continue;
+                                }
                                 _ => {
                                     seen.insert(p.pkid, (h, false));
                                 }
@@ -229,6 +259,7 @@ impl MqttSource {
                             drop(seen);
                             Some(AckToken {
                                 pkid: p.pkid,
+                                hash: h,
                                 generation: shared.generation.load(Ordering::SeqCst),
                                 shared: shared.clone(),
                             })

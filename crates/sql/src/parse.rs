@@ -340,9 +340,17 @@ impl QuerySet {
                 "late_topic",
                 "stream",
                 "partitions",
-            ]
+            ][..if connector == "nats" { 11 } else { 9 }]
         };
         for (k, (_, at)) in &map {
+            if connector == "mqtt" && (k == "stream" || k == "partitions") && !columns.is_empty() {
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!("'{k}' is an option of connector = 'nats'"),
+                ));
+            }
             if !allowed.contains(&k.as_str()) {
                 let kind = if columns.is_empty() { "sink" } else { "source" };
                 return Err(err(
@@ -350,17 +358,10 @@ impl QuerySet {
                     text,
                     *at,
                     format!(
-                        "unknown option '{k}' for an mqtt {kind} (allowed: {})",
+                        "unknown option '{k}' for {} {connector} {kind} (allowed: {})",
+                        if connector == "nats" { "a" } else { "an" },
                         allowed.join(", ")
                     ),
-                ));
-            }
-            if connector == "mqtt" && (k == "stream" || k == "partitions") {
-                return Err(err(
-                    file,
-                    text,
-                    *at,
-                    format!("'{k}' is an option of connector = 'nats'"),
                 ));
             }
         }
