@@ -13,9 +13,9 @@
 pub use datafusion::arrow;
 pub use forewarn_alerts::{Health, TransitionKind};
 pub use forewarn_engine::{
-    Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter, DeviceState,
-    DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output, Pipeline,
-    PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
+    verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
+    DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
+    Pipeline, PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
 };
 pub use forewarn_scorer::{metrics, Detector, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};

@@ -370,6 +370,12 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Checks a checkpoint file's bytes as a start would (magic, checksum, header, every
+/// pane's Arrow state), without a pipeline; the error names the problem.
+pub fn verify_checkpoint(bytes: &[u8]) -> Result<(), String> {
+    decode(bytes).map(|_| ())
+}
+
 /// Parses and verifies a checkpoint file's bytes.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     if bytes.len() < 8 + 8 + 32 {
@@ -409,7 +415,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
             .get(off..off.checked_add(len).ok_or("blob span overflows")?)
             .ok_or(format!("blob {i} past the end"))?;
         // The checksum keeps out accidents; against a crafted file, the Arrow reader
-        // can panic on inconsistent buffer offsets, which must not take the engine down.
+        // can panic on inconsistent buffer offsets, which must not take the engine down,
+        // and it allocates whatever length a message declares (an abort, not a panic),
+        // so lengths are checked against the blob first.
+        check_ipc_lengths(b).map_err(|e| format!("blob {i}: {e}"))?;
         std::panic::catch_unwind(|| {
             let mut r = StreamReader::try_new(std::io::Cursor::new(b), None)
                 .map_err(|e| format!("blob {i}: {e}"))?;
@@ -464,6 +473,47 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         position: header.position,
         released: header.released,
     })
+}
+
+/// Walks an Arrow IPC stream's message framing and refuses any metadata or body
+/// length that runs past the end of `b`.
+fn check_ipc_lengths(b: &[u8]) -> Result<(), String> {
+    let word = |pos: usize| -> Result<i32, String> {
+        b.get(pos..pos + 4)
+            .map(|w| i32::from_le_bytes(w.try_into().expect("4 bytes")))
+            .ok_or_else(|| "IPC stream truncated".to_string())
+    };
+    let mut pos = 0usize;
+    loop {
+        if pos == b.len() {
+            return Ok(());
+        }
+        let mut len = word(pos)?;
+        pos += 4;
+        if len == -1 {
+            // The continuation marker, then the length.
+            len = word(pos)?;
+            pos += 4;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = usize::try_from(len).map_err(|_| "negative IPC metadata length")?;
+        let meta = b
+            .get(pos..pos.checked_add(len).ok_or("IPC length overflows")?)
+            .ok_or("IPC metadata length past the end")?;
+        pos += len;
+        let msg = datafusion::arrow::ipc::root_as_message(meta)
+            .map_err(|e| format!("IPC metadata: {e}"))?;
+        let body = usize::try_from(msg.bodyLength()).map_err(|_| "negative IPC body length")?;
+        if body > b.len() - pos {
+            return Err(format!(
+                "IPC body of {body} bytes past the end ({} left)",
+                b.len() - pos
+            ));
+        }
+        pos += body;
+    }
 }
 
 /// Writes `bytes` as checkpoint `seq` to `store` and removes all but the newest `keep`.

@@ -29,7 +29,8 @@ mod rows;
 mod runtime;
 
 pub use checkpoint::{
-    CheckpointConfig, CheckpointError, CheckpointStore, DirStore, CHECKPOINT_FORMAT,
+    verify_checkpoint, CheckpointConfig, CheckpointError, CheckpointStore, DirStore,
+    CHECKPOINT_FORMAT,
 };
 
 use std::collections::BTreeMap;
