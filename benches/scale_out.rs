@@ -70,7 +70,7 @@ async fn main() {
     std::fs::write(
         dir.join("nats.conf"),
         format!(
-            "listen: 127.0.0.1:{client}\njetstream {{\n  store_dir: {:?}\n}}\nmqtt {{\n  listen: 127.0.0.1:{mqtt}\n}}\n{mappings}",
+            "server_name: bench\nlisten: 127.0.0.1:{client}\njetstream {{\n  store_dir: {:?}\n}}\nmqtt {{\n  listen: 127.0.0.1:{mqtt}\n}}\n{mappings}",
             dir.join("js")
         ),
     )
@@ -84,7 +84,9 @@ async fn main() {
             .spawn()
             .expect("nats-server on PATH"),
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", mqtt)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
     let url = format!("nats://127.0.0.1:{client}");
