@@ -9,45 +9,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ckpt::{compare, key, messages, observe, wait_for_all, SQL};
+use common::ckpt::{compare, messages, observe, reference, wait_for_all, SQL};
+use common::free_port;
 use common::mosquitto::{mosquitto_binary, start_mosquitto_conf};
 use forewarn::mqtt::BrokerUrl;
-use forewarn::{EngineConfig, Pipeline};
 use serde_json::Value;
-
-/// Outputs of an uninterrupted run whose windows the stream's own watermark closes
-/// (the engine is stopped without closing the rest), keyed by topic and id.
-async fn reference() -> BTreeMap<String, Value> {
-    let p = Pipeline::builder()
-        .query_sql("ck.sql", SQL)
-        .config(EngineConfig {
-            wall_clock: false,
-            ..Default::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    let (h, mut rx) = p.start();
-    for (t, m) in messages() {
-        h.push_json(&t, m).await.unwrap();
-    }
-    h.flush().await.unwrap();
-    let mut out = BTreeMap::new();
-    while let Ok(o) = rx.try_recv() {
-        let (topic, payload) = o.to_message();
-        if let Some(k) = key(&topic, &serde_json::from_slice(&payload).unwrap()) {
-            out.insert(k, serde_json::from_slice(&payload).unwrap());
-        }
-    }
-    out
-}
 
 /// A fresh directory with the queries, an empty models directory and a forewarn.toml
 /// that checkpoints every 200 ms or 150 messages, client id `name`.
@@ -82,14 +53,6 @@ async fn wait_for_log(file: &Path, what: &str) {
         file.display(),
         std::fs::read_to_string(file).unwrap_or_default()
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The engine process; killed if still running when dropped (a failing test).

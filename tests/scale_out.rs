@@ -8,15 +8,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ckpt::{compare, key, messages, observe, wait_for_all, SQL};
+use common::ckpt::{compare, messages, observe, reference, wait_for_all, SQL};
+use common::free_port;
 use forewarn::mqtt::BrokerUrl;
-use forewarn::{EngineConfig, Pipeline};
+use forewarn::Pipeline;
 use serde_json::Value;
 
 const PARTITIONS: u32 = 4;
@@ -48,14 +48,6 @@ fn nats_server() -> Option<String> {
             .is_ok()
     })
     .map(str::to_string)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process killed when dropped (a failing test leaves nothing running).
@@ -245,34 +237,6 @@ async fn wait_holders(
         assert!(start.elapsed() < limit, "leases after {limit:?}: {h:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Outputs of an uninterrupted single-process run whose windows the stream's own
-/// watermark closes, keyed by topic and id.
-async fn reference() -> BTreeMap<String, Value> {
-    let p = Pipeline::builder()
-        .query_sql("ck.sql", SQL)
-        .config(EngineConfig {
-            wall_clock: false,
-            ..Default::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    let (h, mut rx) = p.start();
-    for (t, m) in messages() {
-        h.push_json(&t, m).await.unwrap();
-    }
-    h.flush().await.unwrap();
-    let mut out = BTreeMap::new();
-    while let Ok(o) = rx.try_recv() {
-        let (topic, payload) = o.to_message();
-        let v: Value = serde_json::from_slice(&payload).unwrap();
-        if let Some(k) = key(&topic, &v) {
-            out.insert(k, v);
-        }
-    }
-    out
 }
 
 /// Publishes the data set over MQTT QoS 1 to the NATS listener; `during(i)` runs after

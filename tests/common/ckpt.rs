@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use forewarn::mqtt::{BrokerUrl, MqttSource, SourceOptions};
+use forewarn::{EngineConfig, Pipeline};
 use serde_json::Value;
 
 pub const BASE: i64 = 1_700_000_000_000;
@@ -176,4 +177,31 @@ pub async fn wait_for_all(want: &BTreeMap<String, Value>, got: &Arc<Mutex<Vec<(S
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Outputs of an uninterrupted run whose windows the stream's own watermark closes
+/// (the engine is stopped without closing the rest), keyed by topic and id.
+pub async fn reference() -> BTreeMap<String, Value> {
+    let p = Pipeline::builder()
+        .query_sql("ck.sql", SQL)
+        .config(EngineConfig {
+            wall_clock: false,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    for (t, m) in messages() {
+        h.push_json(&t, m).await.unwrap();
+    }
+    h.flush().await.unwrap();
+    let mut out = BTreeMap::new();
+    while let Ok(o) = rx.try_recv() {
+        let (topic, payload) = o.to_message();
+        if let Some(k) = key(&topic, &serde_json::from_slice(&payload).unwrap()) {
+            out.insert(k, serde_json::from_slice(&payload).unwrap());
+        }
+    }
+    out
 }

@@ -342,3 +342,12 @@ pub async fn connected_publisher(
         .unwrap();
     p
 }
+
+/// A port on 127.0.0.1 the OS says is free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
