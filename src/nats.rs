@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
+pub use forewarn_nats::async_nats;
 pub use forewarn_nats::{
     mapping, partition_of, topic_to_subject, Blobs, Lease, Leases, Nats, NatsError,
 };
@@ -185,9 +186,18 @@ impl NatsStore {
             source: std::io::Error::other(e.to_string()),
         }
     }
-    /// Runs a NATS call from the pipeline's blocking checkpoint thread.
-    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Handle::current().block_on(f)
+    /// Runs a NATS call from the pipeline's blocking checkpoint thread, for at most
+    /// [`STORE_TIMEOUT`]: while JetStream elects leaders some calls (an object listing)
+    /// wait without end, and a checkpoint that fails is retried, one that hangs is not.
+    fn block<T, E: std::fmt::Display>(
+        &self,
+        seq: Option<u64>,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, CheckpointError> {
+        match tokio::runtime::Handle::current().block_on(tokio::time::timeout(STORE_TIMEOUT, f)) {
+            Ok(r) => r.map_err(|e| self.err(seq, e)),
+            Err(_) => Err(self.err(seq, format!("no answer from NATS within {STORE_TIMEOUT:?}"))),
+        }
     }
 }
 
@@ -199,7 +209,7 @@ impl CheckpointStore for NatsStore {
         format!("nats-object-store:{}", self.object(seq)).into()
     }
     fn list(&self) -> Result<Vec<u64>, CheckpointError> {
-        let names = Self::block(self.blobs.0.list(&self.prefix)).map_err(|e| self.err(None, e))?;
+        let names = self.block(None, self.blobs.0.list(&self.prefix))?;
         Ok(names
             .iter()
             .filter_map(|n| {
@@ -212,33 +222,35 @@ impl CheckpointStore for NatsStore {
             .collect())
     }
     fn read(&self, seq: u64) -> Result<Vec<u8>, CheckpointError> {
-        Self::block(self.blobs.0.get(&self.object(seq))).map_err(|e| self.err(Some(seq), e))
+        self.block(Some(seq), self.blobs.0.get(&self.object(seq)))
     }
     fn write(&self, seq: u64, bytes: &[u8]) -> Result<(), CheckpointError> {
-        Self::block(async {
+        self.block(Some(seq), async {
             let mut lease = self.lease.lock().await;
             match self.leases.0.renew(&mut lease).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(self.err(
-                        Some(seq),
-                        "the partition's lease was lost to another worker: not written",
-                    ))
+                    return Err(
+                        "the partition's lease was lost to another worker: not written".to_string(),
+                    )
                 }
-                Err(e) => return Err(self.err(Some(seq), e)),
+                Err(e) => return Err(e.to_string()),
             }
             // Held while writing, so the lease loop's renewal waits behind it.
             self.blobs
                 .0
                 .put(&self.object(seq), bytes)
                 .await
-                .map_err(|e| self.err(Some(seq), e))
+                .map_err(|e| e.to_string())
         })
     }
     fn remove(&self, seq: u64) -> Result<(), CheckpointError> {
-        Self::block(self.blobs.0.delete(&self.object(seq))).map_err(|e| self.err(Some(seq), e))
+        self.block(Some(seq), self.blobs.0.delete(&self.object(seq)))
     }
 }
+
+/// The longest a checkpoint store call may take.
+const STORE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A partition this worker runs.
 struct Running {
@@ -374,13 +386,17 @@ pub async fn run_worker(
         let (share, wanted): (usize, Vec<u32>) = match &opts.assignment {
             Assignment::Fixed(set) => (set.len(), set.iter().copied().collect()),
             Assignment::Auto => {
-                let live = leases
-                    .live(&format!("{job}.worker."))
+                // Bounded: a listing can wait without end while JetStream elects
+                // leaders; this round then keeps what it holds.
+                let live = tokio::time::timeout(period, leases.live(&format!("{job}.worker.")))
                     .await
-                    .map(|v| v.len())
-                    .unwrap_or(1)
-                    .max(1);
-                let share = (partitions as usize).div_ceil(live);
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|v| v.len().max(1));
+                let share = match live {
+                    Some(live) => (partitions as usize).div_ceil(live),
+                    None => running.len(),
+                };
                 // Hand surplus back, one per round, so joining workers get a share.
                 if running.len() > share {
                     let k = *running.keys().next_back().expect("non-empty");
