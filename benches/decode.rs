@@ -148,7 +148,7 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(400_000);
-    println!("decode: {n} readings per case, best of 5 interleaved rounds, one core");
+    println!("decode: {n} readings per case, best of 10 interleaved rounds, one core");
     println!(
         "{:<28} {:>16} {:>16} {:>8}",
         "case", "forewarn rd/s", "serde_json rd/s", "ratio"
@@ -158,7 +158,7 @@ fn main() {
         case("10 readings per message", n, 10),
     ] {
         let (mut best_f, mut best_s) = (0f64, 0f64);
-        for _ in 0..5 {
+        for _ in 0..10 {
             best_f = best_f.max(forewarn(&c));
             best_s = best_s.max(serde(&c));
         }

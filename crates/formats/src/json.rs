@@ -14,6 +14,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::{DecodeError, TopicTemplate};
 
+mod flat;
+
 /// One JSON value, borrowed from the payload where possible.
 #[derive(Debug)]
 enum Scalar<'a> {
@@ -102,7 +104,7 @@ struct Parsed<'de> {
 struct MessageSeed<'a, 'de> {
     columns: &'a [Column],
     builders: &'a [Builder],
-    captured: &'a [(&'a str, &'de str)],
+    captured: &'a [&'de str],
     now: i64,
     slots: Vec<Option<Scalar<'de>>>,
     parsed: Parsed<'de>,
@@ -129,7 +131,7 @@ impl<'de> MessageSeed<'_, 'de> {
         for (ci, col) in self.columns.iter().enumerate() {
             let cell = if col.arrival {
                 Cell::Ts(self.now)
-            } else if let Some((_, v)) = col.topic_capture.and_then(|k| self.captured.get(k)) {
+            } else if let Some(v) = col.topic_capture.and_then(|k| self.captured.get(k)) {
                 convert(
                     &self.builders[ci],
                     &col.name,
@@ -149,28 +151,40 @@ impl<'de> MessageSeed<'_, 'de> {
         Ok(())
     }
 
+    /// The column named `key`, the `pos`-th key of its reading.
+    fn column_of(&mut self, pos: usize, key: &[u8]) -> Option<usize> {
+        match self.order.get(pos).copied() {
+            Some(g) if g < self.columns.len() && self.columns[g].name.as_bytes() == key => Some(g),
+            _ => {
+                let f = self.columns.iter().position(|c| c.name.as_bytes() == key);
+                let mark = f.unwrap_or(usize::MAX);
+                match self.order.get_mut(pos) {
+                    Some(o) => *o = mark,
+                    // Remember the first 64 positions only: a hostile payload with
+                    // thousands of keys must not grow the decoder.
+                    None if pos < 64 => self.order.push(mark),
+                    None => {}
+                }
+                f
+            }
+        }
+    }
+
+    /// Forgets what an abandoned fast-path attempt parsed.
+    fn reset(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = None);
+        self.parsed.cells.clear();
+        self.parsed.accepted = 0;
+        self.parsed.rejected.clear();
+    }
+
     /// Reads one reading object into `slots`: fields of declared columns are parsed as
     /// scalars (borrowed where possible), others skipped without building anything.
     fn read_map<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
         self.slots.iter_mut().for_each(|s| *s = None);
         let mut pos = 0;
         while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-            let guess = self.order.get(pos).copied();
-            let found = match guess {
-                Some(g) if g < self.columns.len() && self.columns[g].name == *k => Some(g),
-                _ => {
-                    let f = self.columns.iter().position(|c| c.name == *k);
-                    let mark = f.unwrap_or(usize::MAX);
-                    match self.order.get_mut(pos) {
-                        Some(o) => *o = mark,
-                        // Remember the first 64 positions only: a hostile payload with
-                        // thousands of keys must not grow the decoder.
-                        None if pos < 64 => self.order.push(mark),
-                        None => {}
-                    }
-                    f
-                }
-            };
+            let found = self.column_of(pos, k.as_bytes());
             pos += 1;
             match found {
                 // A repeated key: the last value counts, as in most JSON readers.
@@ -326,6 +340,23 @@ struct Column {
     arrival: bool,
 }
 
+/// A message's working buffers, empty between messages. Their elements borrow from the
+/// message (topic and payload), so they are kept at `'static` and re-typed per message.
+#[derive(Default)]
+struct Spare {
+    captured: Vec<&'static str>,
+    slots: Vec<Option<Scalar<'static>>>,
+    cells: Vec<Cell<'static>>,
+}
+
+/// An empty vector with `v`'s allocation, for elements that differ only in lifetime:
+/// collecting in place reuses the buffer (same layout), so a steady stream of messages
+/// allocates nothing here. Were the buffer not reused, this would merely allocate.
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
 /// What happened to one message.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct DecodeOutcome {
@@ -361,6 +392,13 @@ pub struct JsonDecoder {
     key_order: Vec<usize>,
     /// Arrival time of the message being decoded, ms.
     now: i64,
+    /// Buffers kept from one message to the next.
+    spare: Spare,
+    /// Whether the fast path is tried first (off only in tests comparing the paths).
+    fast: bool,
+    /// Messages the fast path took (tests check that it is exercised).
+    #[cfg(test)]
+    fast_hits: usize,
 }
 
 impl fmt::Debug for JsonDecoder {
@@ -420,6 +458,10 @@ impl JsonDecoder {
             rows: 0,
             key_order: Vec::new(),
             now: 0,
+            spare: Spare::default(),
+            fast: true,
+            #[cfg(test)]
+            fast_hits: 0,
         })
     }
 
@@ -481,51 +523,60 @@ impl JsonDecoder {
             }));
             return out;
         }
-        let captured: Vec<(&str, &str)> = match &self.template {
-            None => Vec::new(),
-            Some(t) => match t.captures_of(topic) {
-                Some(c) => c,
-                None => {
-                    out.rejected.push(whole(DecodeError::TopicMismatch {
-                        topic: topic.to_string(),
-                        template: t.as_str().to_string(),
-                    }));
-                    return out;
-                }
-            },
-        };
+        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
+        if let Some(t) = &self.template {
+            if !t.capture_values(topic, &mut captured) {
+                out.rejected.push(whole(DecodeError::TopicMismatch {
+                    topic: topic.to_string(),
+                    template: t.as_str().to_string(),
+                }));
+                return out;
+            }
+        }
         let n = self.columns.len();
+        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
+        slots.resize_with(n, || None);
         let mut seed = MessageSeed {
             columns: &self.columns,
             builders: &self.builders,
             captured: &captured,
             now: self.now,
-            slots: (0..n).map(|_| None).collect(),
+            slots,
             parsed: Parsed {
-                cells: Vec::with_capacity(n),
+                cells: recycle(std::mem::take(&mut self.spare.cells)),
                 accepted: 0,
                 rejected: Vec::new(),
             },
             order: &mut self.key_order,
         };
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let parsed = de::Deserializer::deserialize_any(&mut de, &mut seed).and_then(|()| de.end());
-        if let Err(e) = parsed {
-            out.rejected
-                .push(whole(DecodeError::NotJson(e.to_string())));
-            return out;
+        let fast = self.fast && flat::decode(payload, &mut seed).is_some();
+        #[cfg(test)]
+        {
+            self.fast_hits += usize::from(fast);
         }
+        if !fast {
+            seed.reset();
+            let mut de = serde_json::Deserializer::from_slice(payload);
+            let parsed =
+                de::Deserializer::deserialize_any(&mut de, &mut seed).and_then(|()| de.end());
+            if let Err(e) = parsed {
+                out.rejected
+                    .push(whole(DecodeError::NotJson(e.to_string())));
+                return out;
+            }
+        }
+        let MessageSeed { slots, parsed, .. } = seed;
         let Parsed {
-            cells,
+            mut cells,
             accepted,
             rejected,
-        } = seed.parsed;
+        } = parsed;
         out.accepted = accepted;
         out.rejected = rejected;
-        let mut cells = cells.into_iter();
+        let mut next = cells.drain(..);
         for _ in 0..accepted {
             for b in self.builders.iter_mut() {
-                match (b, cells.next().expect("a cell per column")) {
+                match (b, next.next().expect("a cell per column")) {
                     (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
                     (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
                     (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
@@ -539,6 +590,12 @@ impl JsonDecoder {
                 }
             }
         }
+        drop(next);
+        self.spare = Spare {
+            captured: recycle(captured),
+            slots: recycle(slots),
+            cells: recycle(cells),
+        };
         self.rows += accepted;
         out
     }
@@ -567,6 +624,7 @@ impl JsonDecoder {
     }
 }
 
+#[inline]
 fn convert<'a>(b: &Builder, field: &str, v: &Scalar<'a>) -> Result<Cell<'a>, DecodeError> {
     let wrong = |expected| DecodeError::WrongType {
         field: field.to_string(),
@@ -750,5 +808,156 @@ mod tests {
         );
         assert_eq!(big.decode("t", deep_field.as_bytes()).accepted, 1);
         assert_eq!(d.buffered_rows(), 0);
+    }
+
+    /// The fast path and serde_json give the same outcome and the same rows for every
+    /// payload: generated readings (scalars of every kind, nested values, escapes, big
+    /// numbers) and each of them with one byte changed, cut short or padded.
+    #[test]
+    fn fast_path_agrees_with_serde_path() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("v", DataType::Float64, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("ok", DataType::Boolean, true),
+            Field::new("label", DataType::Utf8, true),
+        ]));
+        let t = TopicTemplate::parse("p/{device}").unwrap();
+        let mut fast = JsonDecoder::new(schema.clone(), Some(t.clone()), 4096).unwrap();
+        let mut slow = JsonDecoder::new(schema, Some(t), 4096).unwrap();
+        slow.fast = false;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let values = [
+            "1",
+            "-0",
+            "0",
+            "01",
+            "1.5",
+            "-2.25e3",
+            "1E-2",
+            "1e400",
+            "-1e400",
+            "1.",
+            ".5",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551616",
+            "-",
+            "123456789012345678901234567890.5",
+            "0.1000000000000000055511151231257827",
+            "1e22",
+            "1e23",
+            "9007199254740993.0",
+            "4.35",
+            "-0.3",
+            "0.0",
+            "-0.0",
+            "-1.7976931348623157e308",
+            "5e-324",
+            "2.2250738585072014e-308",
+            "1e-400",
+            "123.456e-5",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "1e+2",
+            "true",
+            "false",
+            "null",
+            "nul",
+            "\"x\"",
+            "\"a\\nb\"",
+            "\"NaN\"",
+            "\"inf\"",
+            "\"1970-01-01T00:00:01Z\"",
+            "\"\\u00e9\"",
+            "\"\u{e9}t\u{e9}\"",
+            "[1,2]",
+            "{\"a\":1}",
+            "[]",
+            "{}",
+            "\"\t\"",
+        ];
+        let keys = [
+            "ts", "v", "n", "ok", "label", "device", "other", "v", "t\\u0073",
+        ];
+        let mut payloads = Vec::new();
+        for _ in 0..3000 {
+            let reading = |next: &mut dyn FnMut(u64) -> u64| {
+                let mut fields: Vec<String> = (0..next(6))
+                    .map(|_| {
+                        let k = keys[next(keys.len() as u64) as usize];
+                        let v = values[next(values.len() as u64) as usize];
+                        // Mostly values the column takes, so that readings pass too.
+                        let v = match (next(3), k) {
+                            (0, _) => v,
+                            (_, "v") => ["2.5", "-0.125", "7", "1e-3"][next(4) as usize],
+                            (_, "n") => ["3", "-12", "4.0"][next(3) as usize],
+                            (_, "ok") => ["true", "false"][next(2) as usize],
+                            (_, "label" | "device") => "\"x\u{e9}\"",
+                            _ => v,
+                        };
+                        format!(
+                            "\"{k}\"{}:{}{v}",
+                            [" ", ""][next(2) as usize],
+                            [" ", "\n", ""][next(3) as usize]
+                        )
+                    })
+                    .collect();
+                if next(4) > 0 {
+                    fields.insert(0, format!("\"ts\":{}", 1000 + next(100_000)));
+                }
+                format!("{{{}}}", fields.join(","))
+            };
+            let p = match next(4) {
+                0 => format!(
+                    "[{}]",
+                    (0..next(4))
+                        .map(|_| reading(&mut next))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                1 => format!(" {} ", reading(&mut next)),
+                _ => reading(&mut next),
+            };
+            payloads.push(p.clone().into_bytes());
+            let mut b = p.into_bytes();
+            if !b.is_empty() {
+                let at = next(b.len() as u64) as usize;
+                match next(3) {
+                    0 => b[at] = b"{}[],:\"\\ 0-.e9xn\xff"[next(17) as usize],
+                    1 => b.truncate(at),
+                    _ => b.insert(at, b",]} "[next(4) as usize]),
+                }
+            }
+            payloads.push(b);
+        }
+        let (mut accepted, mut rejected) = (0, 0);
+        for (i, p) in payloads.iter().enumerate() {
+            let topic = format!("p/d{}", i % 5);
+            let a = fast.decode(&topic, p);
+            let b = slow.decode(&topic, p);
+            assert_eq!(a, b, "payload {}", String::from_utf8_lossy(p));
+            accepted += a.accepted;
+            rejected += a.rejected.len();
+            if i % 50 == 49 {
+                assert_eq!(fast.flush(), slow.flush());
+            }
+        }
+        assert_eq!(fast.flush(), slow.flush());
+        // Both outcomes are well represented, or the comparison proves little.
+        assert!(accepted > 500 && rejected > 500, "{accepted} {rejected}");
+        assert!(fast.fast_hits > 1000, "{}", fast.fast_hits);
+        assert_eq!(slow.fast_hits, 0);
     }
 }

@@ -91,27 +91,40 @@ impl TopicTemplate {
 
     /// Matches a concrete topic; returns the captured `(column, value)` pairs.
     pub fn captures_of<'t>(&self, topic: &'t str) -> Option<Vec<(&str, &'t str)>> {
-        let mut out = Vec::new();
-        let mut parts = topic.split('/');
+        let mut values = Vec::new();
+        self.capture_values(topic, &mut values)
+            .then(|| self.captures().zip(values).collect())
+    }
+
+    /// Matches a concrete topic, leaving the captured values in `out` in the order of
+    /// [`captures`](Self::captures); `false` when the topic does not match. Reusing `out`
+    /// spares the decoder an allocation per message.
+    pub fn capture_values<'t>(&self, topic: &'t str, out: &mut Vec<&'t str>) -> bool {
+        out.clear();
+        // By hand rather than `split('/')`: this runs for every message.
+        let bytes = topic.as_bytes();
+        let mut at = 0;
         for level in &self.levels {
+            if matches!(level, Level::Rest) {
+                return true;
+            }
+            if at > bytes.len() {
+                return false;
+            }
+            let end = bytes[at..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(bytes.len(), |p| at + p);
+            let part = &topic[at..end];
+            at = end + 1;
             match level {
-                Level::Rest => return Some(out),
-                _ => {
-                    let part = parts.next()?;
-                    match level {
-                        Level::Literal(s) if s != part => return None,
-                        Level::Capture(name) => {
-                            if part.is_empty() {
-                                return None;
-                            }
-                            out.push((name.as_str(), part))
-                        }
-                        _ => {}
-                    }
-                }
+                Level::Literal(s) if s != part => return false,
+                Level::Capture(_) if part.is_empty() => return false,
+                Level::Capture(_) => out.push(part),
+                _ => {}
             }
         }
-        parts.next().is_none().then_some(out)
+        at > bytes.len()
     }
 
     /// Fills the template's captures from a lookup (used for sink topics such as
@@ -163,6 +176,13 @@ mod tests {
         assert_eq!(t.captures_of("plant/s1/l2/pump-7/status"), None);
         assert_eq!(t.captures_of("plant/s1/l2/pump-7/telemetry/x"), None);
         assert_eq!(t.captures_of("plant/s1//pump-7/telemetry"), None);
+        assert_eq!(t.captures_of("plant/s1/l2/pump-7/telemetry/"), None);
+        assert_eq!(t.captures_of("plant/s1/l2/pump-7"), None);
+        assert_eq!(t.captures_of(""), None);
+        let rest = TopicTemplate::parse("a/{x}/#").unwrap();
+        assert_eq!(rest.captures_of("a/1/b/c"), Some(vec![("x", "1")]));
+        assert_eq!(rest.captures_of("a/1"), Some(vec![("x", "1")]));
+        assert_eq!(rest.captures_of("a/"), None);
         assert!(TopicTemplate::parse("a/#/b").is_err());
         assert!(TopicTemplate::parse("a/x{y}").is_err());
     }

@@ -1,0 +1,249 @@
+//! The fast path: a reading object (or an array of them) whose values are all scalars
+//! and whose strings carry no escapes, scanned byte by byte without serde's visitor
+//! machinery. That is what devices send nearly always. Anything else (nested values,
+//! escapes, numbers beyond i64 or f64, syntax errors) returns `None` and the message
+//! goes through serde_json instead, which decides what it is and words the error, so
+//! both paths give the same outcome for every payload.
+
+use std::borrow::Cow;
+
+use super::{MessageSeed, Scalar};
+
+/// Bytes that end a string on the fast path: the closing quote, and the escape and
+/// control characters it leaves to serde_json.
+static STOPS_STRING: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// A cursor over the payload.
+struct Cursor<'de> {
+    b: &'de [u8],
+    i: usize,
+}
+
+impl<'de> Cursor<'de> {
+    /// The next byte that is not JSON whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        let skip = self.b[self.i..]
+            .iter()
+            .position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'))?;
+        self.i += skip;
+        Some(self.b[self.i])
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// A string's bytes after its opening quote, without escapes or control characters
+    /// (not yet checked to be UTF-8).
+    fn raw_string(&mut self) -> Option<&'de [u8]> {
+        let start = self.i;
+        let end = start
+            + self.b[start..]
+                .iter()
+                .position(|&c| STOPS_STRING[usize::from(c)])?;
+        if self.b[end] != b'"' {
+            return None;
+        }
+        self.i = end + 1;
+        Some(&self.b[start..end])
+    }
+
+    /// Skips ASCII digits, accumulating them into `m` (wrapping: the caller counts
+    /// digits to know whether `m` is exact); returns how many there were.
+    fn digits(&mut self, m: &mut u64) -> usize {
+        let mut n = 0;
+        for &c in &self.b[self.i..] {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            *m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+            n += 1;
+        }
+        self.i += n;
+        n
+    }
+
+    /// A JSON number: an `Int` when it has no fraction or exponent and fits i64.
+    fn number(&mut self) -> Option<Scalar<'de>> {
+        let start = self.i;
+        let neg = self.b[self.i] == b'-';
+        if neg {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        let mut m = 0u64;
+        let int_len = self.digits(&mut m);
+        // JSON has no leading zeros ("01") and no bare sign.
+        if int_len == 0 || (int_len > 1 && self.b[int_start] == b'0') {
+            return None;
+        }
+        let (mut float, mut exp10) = (false, 0i64);
+        let mut count = int_len;
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            let n = self.digits(&mut m);
+            if n == 0 {
+                return None;
+            }
+            count += n;
+            exp10 = -(n as i64);
+            float = true;
+        }
+        // Up to 19 digits always fit a u64.
+        let mut exact = count <= 19;
+        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            let eneg = self.b.get(self.i) == Some(&b'-');
+            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            let mut e = 0u64;
+            let n = self.digits(&mut e);
+            if n == 0 {
+                return None;
+            }
+            // A longer exponent is left to the exact parser.
+            exact &= n <= 4;
+            exp10 += if eneg { -(e as i64) } else { e as i64 };
+            float = true;
+        }
+        if !float {
+            return match (exact, neg) {
+                // Like serde_json, "-0" is the float -0.0.
+                (true, true) if m == 0 => Some(Scalar::Float(-0.0)),
+                (true, true) if m <= 1 << 63 => Some(Scalar::Int((m as i64).wrapping_neg())),
+                (true, false) if m <= i64::MAX as u64 => Some(Scalar::Int(m as i64)),
+                // Past i64, serde_json's u64 and f64 rules apply.
+                _ => None,
+            };
+        }
+        // Exact when the digits fit 53 bits and the power of ten is exact too: one
+        // correctly rounded operation (Clinger's fast path), the common case.
+        const POW10: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        let f = if exact && m < 1 << 53 && exp10.unsigned_abs() < 23 {
+            let x = m as f64;
+            let p = POW10[exp10.unsigned_abs() as usize];
+            let v = if exp10 < 0 { x / p } else { x * p };
+            if neg {
+                -v
+            } else {
+                v
+            }
+        } else {
+            // Correctly rounded, as serde_json with `float_roundtrip`. ASCII by
+            // construction.
+            std::str::from_utf8(&self.b[start..self.i])
+                .ok()?
+                .parse()
+                .ok()?
+        };
+        // Out of range is serde_json's error to word.
+        f.is_finite().then_some(Scalar::Float(f))
+    }
+
+    fn word(&mut self, w: &[u8], v: Scalar<'de>) -> Option<Scalar<'de>> {
+        self.b[self.i..].starts_with(w).then(|| {
+            self.i += w.len();
+            v
+        })
+    }
+
+    /// A scalar value; `None` for objects, arrays and anything malformed.
+    fn scalar(&mut self) -> Option<Scalar<'de>> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                let s = std::str::from_utf8(self.raw_string()?).ok()?;
+                Some(Scalar::Str(Cow::Borrowed(s)))
+            }
+            b'-' | b'0'..=b'9' => self.number(),
+            b't' => self.word(b"true", Scalar::Bool(true)),
+            b'f' => self.word(b"false", Scalar::Bool(false)),
+            b'n' => self.word(b"null", Scalar::Null),
+            _ => None,
+        }
+    }
+
+    /// One reading object, its `{` already consumed, into the seed's slots.
+    fn object(&mut self, seed: &mut MessageSeed<'_, 'de>) -> Option<()> {
+        seed.slots.iter_mut().for_each(|s| *s = None);
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        let mut pos = 0;
+        loop {
+            self.eat(b'"')?;
+            let key = self.raw_string()?;
+            self.eat(b':')?;
+            let value = self.scalar()?;
+            // A repeated key: the last value counts, as on the serde path.
+            match seed.column_of(pos, key) {
+                Some(ci) => seed.slots[ci] = Some(value),
+                // A key equal to a column name is UTF-8; any other must be checked,
+                // since serde_json refuses one that is not.
+                None => {
+                    std::str::from_utf8(key).ok()?;
+                }
+            }
+            pos += 1;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Decodes the whole message into `seed` on the fast path; `None` (with `seed` left to
+/// be reset) when the message needs the general path.
+pub(super) fn decode<'de>(payload: &'de [u8], seed: &mut MessageSeed<'_, 'de>) -> Option<()> {
+    let mut c = Cursor { b: payload, i: 0 };
+    match c.peek()? {
+        b'{' => {
+            c.i += 1;
+            c.object(seed)?;
+            seed.finish_reading(None);
+        }
+        b'[' => {
+            c.i += 1;
+            let mut index = 0;
+            loop {
+                // Empty arrays and elements that are not objects: the general path
+                // words their rejection.
+                c.eat(b'{')?;
+                c.object(seed)?;
+                seed.finish_reading(Some(index));
+                index += 1;
+                match c.peek()? {
+                    b',' => c.i += 1,
+                    b']' => {
+                        c.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        _ => return None,
+    }
+    // Trailing characters: serde_json's error.
+    c.peek().is_none().then_some(())
+}
