@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench decode [-- MESSAGES]` (default 400,000 single-reading messages;
 //! the array case uses the same number of readings in messages of 10). One core, best of
-//! 5 interleaved rounds. Prints readings/s for each side and the ratio.
+//! 10 interleaved rounds. Prints readings/s for each side and the ratio.
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -949,47 +949,69 @@ impl Runtime {
                 letters.push(Output::DeadLetter { topic, letter });
             }
         }
-        let model = op.model.clone();
-        let sink = op.sink.clone();
-        let device_column = op.device_column.clone();
-        // Each result row as an alert with its topic and window.
-        let mut rows: Vec<(String, Alert, forewarn_core::Pane)> = Vec::new();
-        for res in p.results {
-            for r in 0..res.batch.num_rows() {
-                let row = row_to_json(&res.batch, r);
-                let values: HashMap<&str, String> = row
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str(),
-                            v.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| v.to_string()),
-                        )
-                    })
-                    .collect();
-                let topic = sink.render(|c| values.get(c).cloned());
-                let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
-                let alert = Alert::from_row(
-                    &query,
-                    model.as_deref(),
-                    &device_column,
-                    (window.start, window.end),
-                    row,
-                );
-                rows.push((topic, alert, window));
-            }
-        }
-        let outs = if self.sources[i].operators[k].lifecycle.is_some() {
-            self.lifecycle_outputs(i, k, rows)
-        } else {
-            rows.into_iter()
-                .map(|(topic, alert, _)| Output::Alert { topic, alert })
-                .collect()
-        };
-        for o in letters.into_iter().chain(outs) {
+        for o in letters {
             self.emit(o).await;
         }
+        // A window of a large fleet closes with one row per device: its alerts are built
+        // and sent a chunk at a time, so the output channel's back-pressure, not the
+        // fleet size, bounds how many exist at once.
+        const CHUNK: usize = 256;
+        for res in &p.results {
+            let mut at = 0;
+            while at < res.batch.num_rows() {
+                let end = (at + CHUNK).min(res.batch.num_rows());
+                let rows = self.alert_rows(i, k, res, at..end);
+                at = end;
+                let outs = if self.sources[i].operators[k].lifecycle.is_some() {
+                    self.lifecycle_outputs(i, k, rows)
+                } else {
+                    rows.into_iter()
+                        .map(|(topic, alert, _)| Output::Alert { topic, alert })
+                        .collect()
+                };
+                for o in outs {
+                    self.emit(o).await;
+                }
+            }
+        }
+    }
+
+    /// Rows `range` of a closed window's result as alerts, each with its topic and window.
+    fn alert_rows(
+        &self,
+        i: usize,
+        k: usize,
+        res: &forewarn_stream::WindowResult,
+        range: std::ops::Range<usize>,
+    ) -> Vec<(String, Alert, forewarn_core::Pane)> {
+        let op = &self.sources[i].operators[k];
+        let query = &op.op.query().name;
+        let mut rows = Vec::with_capacity(range.len());
+        for r in range {
+            let row = row_to_json(&res.batch, r);
+            let values: HashMap<&str, String> = row
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str(),
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect();
+            let topic = op.sink.render(|c| values.get(c).cloned());
+            let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
+            let alert = Alert::from_row(
+                query,
+                op.model.as_deref(),
+                &op.device_column,
+                (window.start, window.end),
+                row,
+            );
+            rows.push((topic, alert, window));
+        }
+        rows
     }
 
     /// Feeds a lifecycle rule's window rows to its state machines: each transition and
