@@ -154,9 +154,14 @@ impl<'de> MessageSeed<'_, 'de> {
     /// The column named `key`, the `pos`-th key of its reading.
     fn column_of(&mut self, pos: usize, key: &[u8]) -> Option<usize> {
         match self.order.get(pos).copied() {
-            Some(g) if g < self.columns.len() && self.columns[g].name.as_bytes() == key => Some(g),
+            Some(g) if g < self.columns.len() && same(self.columns[g].name.as_bytes(), key) => {
+                Some(g)
+            }
             _ => {
-                let f = self.columns.iter().position(|c| c.name.as_bytes() == key);
+                let f = self
+                    .columns
+                    .iter()
+                    .position(|c| same(c.name.as_bytes(), key));
                 let mark = f.unwrap_or(usize::MAX);
                 match self.order.get_mut(pos) {
                     Some(o) => *o = mark,
@@ -338,6 +343,24 @@ struct Column {
     topic_capture: Option<usize>,
     /// Filled with the message's arrival time (processing-time sources).
     arrival: bool,
+}
+
+/// Byte equality for short strings (field names, topic levels) without a call to
+/// `memcmp`, which costs more than the comparison for a few bytes: this runs for every
+/// field of every reading.
+#[inline]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    match n {
+        // Two overlapping words cover 8 to 16 bytes.
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        0..=7 => a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0,
+        _ => a == b,
+    }
 }
 
 /// A message's working buffers, empty between messages. Their elements borrow from the
@@ -808,6 +831,21 @@ mod tests {
         );
         assert_eq!(big.decode("t", deep_field.as_bytes()).accepted, 1);
         assert_eq!(d.buffered_rows(), 0);
+    }
+
+    #[test]
+    fn same_is_byte_equality() {
+        let base: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..40 {
+            let a = &base[..n];
+            assert!(same(a, a));
+            assert!(!same(a, &base[..n + 1]));
+            for at in 0..n {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same(a, &b), "length {n}, byte {at}");
+            }
+        }
     }
 
     /// The fast path and serde_json give the same outcome and the same rows for every
