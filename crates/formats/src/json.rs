@@ -614,10 +614,16 @@ impl JsonDecoder {
             }
         }
         drop(next);
+        // One huge array message must not pin its cell buffer for good.
+        let cells = if cells.capacity() <= 1 << 14 {
+            recycle(cells)
+        } else {
+            Vec::new()
+        };
         self.spare = Spare {
             captured: recycle(captured),
             slots: recycle(slots),
-            cells: recycle(cells),
+            cells,
         };
         self.rows += accepted;
         out
