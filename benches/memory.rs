@@ -37,14 +37,12 @@ fn status_kb(field: &str) -> u64 {
 async fn child(devices: usize, seconds: usize) {
     let before = status_kb("VmRSS:");
     let peak_anon = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sampler = {
-        let peak = peak_anon.clone();
-        std::thread::spawn(move || loop {
-            peak.fetch_max(status_kb("RssAnon:"), std::sync::atomic::Ordering::Relaxed);
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        })
-    };
-    drop(sampler);
+    // Runs until the process exits.
+    let peak = peak_anon.clone();
+    std::thread::spawn(move || loop {
+        peak.fetch_max(status_kb("RssAnon:"), std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    });
     let p = Pipeline::builder()
         .query_sql("m.sql", SQL)
         .build()

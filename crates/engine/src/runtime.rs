@@ -61,6 +61,11 @@ fn batch_problem(
 use crate::checkpoint::{self, CheckpointConfig, QueryState, Snapshot};
 use crate::{Ack, DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
 
+/// A JSON value as a topic level: strings as they are, anything else as JSON text.
+fn topic_text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
 fn wall_ms() -> i64 {
     forewarn_core::duration_ms(
         std::time::SystemTime::now()
@@ -924,13 +929,9 @@ impl Runtime {
             for r in 0..rows.num_rows() {
                 let fields = row_to_json(&rows, r);
                 let topic = match (&reason, &src.late_topic) {
-                    (forewarn_stream::RowRejection::Late, Some(t)) => t.render(|c| {
-                        fields.get(c).map(|v| {
-                            v.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| v.to_string())
-                        })
-                    }),
+                    (forewarn_stream::RowRejection::Late, Some(t)) => {
+                        t.render(|c| fields.get(c).map(topic_text))
+                    }
                     _ => default_topic.clone(),
                 };
                 let row = serde_json::Value::Object(fields);
@@ -989,18 +990,7 @@ impl Runtime {
         let mut rows = Vec::with_capacity(range.len());
         for r in range {
             let row = row_to_json(&res.batch, r);
-            let values: HashMap<&str, String> = row
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str(),
-                        v.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| v.to_string()),
-                    )
-                })
-                .collect();
-            let topic = op.sink.render(|c| values.get(c).cloned());
+            let topic = op.sink.render(|c| row.get(c).map(topic_text));
             let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
             let alert = Alert::from_row(
                 query,

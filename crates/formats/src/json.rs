@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::{DecodeError, TopicTemplate};
+use crate::{same, DecodeError, TopicTemplate};
 
 mod flat;
 
@@ -343,24 +343,6 @@ struct Column {
     topic_capture: Option<usize>,
     /// Filled with the message's arrival time (processing-time sources).
     arrival: bool,
-}
-
-/// Byte equality for short strings (field names, topic levels) without a call to
-/// `memcmp`, which costs more than the comparison for a few bytes: this runs for every
-/// field of every reading.
-#[inline]
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
-    match n {
-        // Two overlapping words cover 8 to 16 bytes.
-        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        0..=7 => a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0,
-        _ => a == b,
-    }
 }
 
 /// A message's working buffers, empty between messages. Their elements borrow from the
@@ -716,16 +698,22 @@ mod tests {
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::{Field, Float64Type, Schema, TimestampMillisecondType};
 
-    fn decoder() -> JsonDecoder {
-        let schema = Arc::new(Schema::new(vec![
+    /// A required `device` and `ts`, then `rest`.
+    fn schema(rest: Vec<Field>) -> SchemaRef {
+        let mut fields = vec![
             Field::new("device", DataType::Utf8, false),
             Field::new(
                 "ts",
                 DataType::Timestamp(TimeUnit::Millisecond, None),
                 false,
             ),
-            Field::new("vibration", DataType::Float64, true),
-        ]));
+        ];
+        fields.extend(rest);
+        Arc::new(Schema::new(fields))
+    }
+
+    fn decoder() -> JsonDecoder {
+        let schema = schema(vec![Field::new("vibration", DataType::Float64, true)]);
         let t = TopicTemplate::parse("plant/{site}/{device}/telemetry").unwrap();
         JsonDecoder::new(schema, Some(t), 1024).unwrap()
     }
@@ -859,18 +847,12 @@ mod tests {
     /// numbers) and each of them with one byte changed, cut short or padded.
     #[test]
     fn fast_path_agrees_with_serde_path() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("device", DataType::Utf8, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
+        let schema = schema(vec![
             Field::new("v", DataType::Float64, true),
             Field::new("n", DataType::Int64, true),
             Field::new("ok", DataType::Boolean, true),
             Field::new("label", DataType::Utf8, true),
-        ]));
+        ]);
         let t = TopicTemplate::parse("p/{device}").unwrap();
         let mut fast = JsonDecoder::new(schema.clone(), Some(t.clone()), 4096).unwrap();
         let mut slow = JsonDecoder::new(schema, Some(t), 4096).unwrap();

@@ -78,3 +78,21 @@ impl DecodeError {
         }
     }
 }
+
+/// Byte equality for short strings (field names, topic levels) without a call to
+/// `memcmp`, which costs more than the comparison for a few bytes: this runs for every
+/// field of every reading.
+#[inline]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    match n {
+        // Two overlapping words cover 8 to 16 bytes.
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        0..=7 => a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0,
+        _ => a == b,
+    }
+}

@@ -118,9 +118,7 @@ impl TopicTemplate {
             let part = &topic[at..end];
             at = end + 1;
             match level {
-                Level::Literal(s) if !crate::json::same(s.as_bytes(), part.as_bytes()) => {
-                    return false
-                }
+                Level::Literal(s) if !crate::same(s.as_bytes(), part.as_bytes()) => return false,
                 Level::Capture(_) if part.is_empty() => return false,
                 Level::Capture(_) => out.push(part),
                 _ => {}
