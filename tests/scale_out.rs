@@ -258,13 +258,19 @@ async fn publish(url: &BrokerUrl, mut during: impl FnMut(usize)) -> usize {
 
 type Got = Arc<Mutex<Vec<(String, Value)>>>;
 
-fn stop_worker(mut w: Proc, dir: &Path, id: &str) {
-    Command::new("kill")
-        .args(["-TERM", &w.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = w.0.wait().unwrap();
-    assert!(status.success(), "{id} exits cleanly: {}", log(dir, id));
+/// SIGTERM to every worker first, then waits for each: stopped one after the other, a
+/// worker still running takes over the partitions the first one released.
+fn stop_workers(workers: Vec<(Proc, &str)>, dir: &Path) {
+    for (w, _) in &workers {
+        Command::new("kill")
+            .args(["-TERM", &w.0.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    for (mut w, id) in workers {
+        let status = w.0.wait().unwrap();
+        assert!(status.success(), "{id} exits cleanly: {}", log(dir, id));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,8 +296,7 @@ async fn two_workers_over_four_partitions_match_one_process() {
     let sent = publish(&url, |_| {}).await;
     wait_for_all(&want, &got).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_worker(w1, &dir, "w1");
-    stop_worker(w2, &dir, "w2");
+    stop_workers(vec![(w1, "w1"), (w2, "w2")], &dir);
     let mismatched = compare(&want, &got.lock().unwrap(), sent);
     assert!(mismatched.is_empty(), "{mismatched:?}");
     // Both workers did part of the work.
@@ -388,7 +393,7 @@ async fn sigkill_one_worker_the_other_takes_over() {
     );
     wait_for_all(&want, &got).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_worker(w1, &dir, "w1");
+    stop_workers(vec![(w1, "w1")], &dir);
     let l1 = log(&dir, "w1");
     assert!(
         l1.matches("partition acquired").count() >= 4,
@@ -479,7 +484,7 @@ async fn three_node_cluster_loses_a_node_mid_stream() {
     eprintln!("publishes retried: {retries}");
     wait_for_all(&want, &got).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_worker(w1, &dir, "w1");
+    stop_workers(vec![(w1, "w1")], &dir);
     let mismatched = compare(&want, &got.lock().unwrap(), total);
     assert!(mismatched.is_empty(), "{mismatched:?}");
     sub.stop().await;
