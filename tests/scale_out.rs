@@ -299,14 +299,12 @@ async fn two_workers_over_four_partitions_match_one_process() {
     stop_workers(vec![(w1, "w1"), (w2, "w2")], &dir);
     let mismatched = compare(&want, &got.lock().unwrap(), sent);
     assert!(mismatched.is_empty(), "{mismatched:?}");
-    // Both workers did part of the work.
+    // Both workers did part of the work. At least two each, not exactly: under a loaded
+    // machine a worker once handed a partition over and took it back (share computed as
+    // 1 while NATS stalled), with the results still exact.
     for id in ["w1", "w2"] {
-        assert_eq!(
-            log(&dir, id).matches("partition acquired").count(),
-            2,
-            "{id}: {}",
-            log(&dir, id)
-        );
+        let acquired = log(&dir, id).matches("partition acquired").count();
+        assert!(acquired >= 2, "{id} acquired {acquired}: {}", log(&dir, id));
     }
     // The server put every reading in the partition Forewarn computes for its device.
     let n = forewarn::nats::Nats::connect(&nats).await.unwrap();

@@ -561,6 +561,10 @@ impl Leases {
                 names.push(k);
             }
         }
+        // The listing's consumer can be re-created mid-way while JetStream is slow and
+        // deliver a key twice; a worker counted twice would shrink everyone's share.
+        names.sort();
+        names.dedup();
         let mut out = Vec::new();
         for k in names {
             if let Some(v) = self.holder(&k).await? {
