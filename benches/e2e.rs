@@ -13,7 +13,7 @@
 //!   reaches an external subscriber is measured (so it includes the broker hop in and
 //!   the hop out, an upper bound of the time from the watermark passing).
 
-#[path = "../tests/common/mosquitto.rs"]
+#[path = "../tests/integration/common/mosquitto.rs"]
 mod mosquitto;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-mod common;
+use crate::common;
 
 use common::ckpt::{messages, same, SQL};
 use forewarn::{CheckpointConfig, EngineConfig, EngineError, Output, Pipeline};

@@ -1,7 +1,7 @@
 //! Operator commands through the library: silence, acknowledge, and what a command that
 //! cannot be applied produces.
 
-mod common;
+use crate::common;
 
 use forewarn::Output;
 use serde_json::Value;

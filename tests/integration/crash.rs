@@ -7,7 +7,7 @@
 //! engine runs: it reconnects and nothing is lost. Skips where mosquitto is not
 //! installed.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

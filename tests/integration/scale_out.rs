@@ -5,7 +5,7 @@
 //! compared with an uninterrupted single-process run of the same readings. Skips where
 //! nats-server is not installed (`.ci/run` installs it).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

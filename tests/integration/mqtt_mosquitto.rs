@@ -2,7 +2,7 @@
 //! `mosquitto -p <free port>` on loopback; it skips (with a message) where mosquitto
 //! is not installed. `.ci/run` installs it, so CI always runs it.
 
-mod common;
+use crate::common;
 
 use common::mosquitto::{mosquitto_binary, start_mosquitto};
 

@@ -4,7 +4,7 @@
 //! subscriber connecting after the run receives. Skips (with a message) where
 //! mosquitto, mosquitto_sub or paho-mqtt are not installed; `.ci/run` installs them.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};

@@ -125,7 +125,7 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
 
 /// Golden results: every file in `queries/`, over a small simulated plant, gives exactly
 /// the alerts recorded in `tests/golden/<file>.jsonl` (numbers to 1e-9 relative).
-/// After an intended change, regenerate with `UPDATE_GOLDEN=1 cargo test --test shipped`
+/// After an intended change, regenerate with `UPDATE_GOLDEN=1 cargo test --test integration shipped::`
 /// and review the diff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_results_for_every_shipped_query() {

@@ -5,7 +5,7 @@
 //! publish the broker stored but had not acknowledged when it stopped is sent again).
 //! Skips where mosquitto is not installed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

@@ -1,6 +1,6 @@
 //! The embedded library API, with no broker: push JSON and Arrow batches, read outputs.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! End to end through the embedded rumqttd broker on a free loopback port.
 
-mod common;
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_through_embedded_broker() {

@@ -5,7 +5,7 @@
 //! certificate, does not get in; the password never appears in what is printed.
 //! Skips where mosquitto or openssl is not installed.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -1,0 +1,33 @@
+//! Forewarn's integration tests, one module per subject, linked into one test binary.
+//!
+//! One binary, not one per file: every test binary links DataFusion, and twenty of
+//! them filled a CI machine's disk (and spent minutes linking). Run one subject with
+//! `cargo test --test integration scale_out::`. Modules that need an optional feature
+//! are compiled only with it, as their `required-features` used to say.
+
+mod common;
+
+mod alert_delivery;
+mod bad_input;
+mod broker_restart;
+mod check_errors;
+mod checkpoint;
+#[cfg(feature = "cli")]
+mod crash;
+mod differential;
+mod event_time;
+mod fuzz_decoders;
+mod library;
+#[cfg(feature = "cli")]
+mod models;
+#[cfg(feature = "broker")]
+mod mqtt_embedded;
+#[cfg(feature = "mqtt")]
+mod mqtt_mosquitto;
+mod operator_commands;
+#[cfg(all(feature = "cli", feature = "broker"))]
+mod scale_out;
+mod shipped;
+#[cfg(feature = "tls")]
+mod tls;
+mod windows;
