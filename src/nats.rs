@@ -338,6 +338,8 @@ pub async fn run_worker(
     tracing::info!(worker = %opts.worker, %stream, partitions, "worker started");
     tokio::pin!(shutdown);
     let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+    // Rounds in a row that found more partitions held than the share.
+    let mut surplus_rounds = 0u32;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -397,8 +399,15 @@ pub async fn run_worker(
                     Some(live) => (partitions as usize).div_ceil(live),
                     None => running.len(),
                 };
-                // Hand surplus back, one per round, so joining workers get a share.
-                if running.len() > share {
+                // Hand surplus back, one per round, so joining workers get a share; only
+                // after two rounds agree, as one listing taken while JetStream stalls can
+                // miscount the workers.
+                surplus_rounds = if running.len() > share {
+                    surplus_rounds + 1
+                } else {
+                    0
+                };
+                if surplus_rounds >= 2 {
                     let k = *running.keys().next_back().expect("non-empty");
                     let r = running.remove(&k).expect("present");
                     tracing::info!(
