@@ -10,11 +10,11 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ckpt::{compare, messages, observe, reference, wait_for_all, SQL};
+use common::ckpt::{compare, forewarn_run, messages, observe, reference, wait_for_all, Proc, SQL};
 use common::free_port;
 use common::mosquitto::{mosquitto_binary, start_mosquitto_conf};
 use forewarn::mqtt::BrokerUrl;
@@ -56,31 +56,8 @@ async fn wait_for_log(file: &Path, what: &str) {
 }
 
 /// The engine process; killed if still running when dropped (a failing test).
-struct Engine(Child);
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn engine(dir: &Path, port: u16, log: &str) -> Engine {
-    Engine(
-        Command::new(env!("CARGO_BIN_EXE_forewarn"))
-            .args(["run", "--broker", &format!("mqtt://127.0.0.1:{port}")])
-            .arg("--queries")
-            .arg(dir.join("queries"))
-            .arg("--models")
-            .arg(dir.join("models"))
-            .arg("--config")
-            .arg(dir.join("forewarn.toml"))
-            .env("RUST_LOG", "warn,forewarn=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(log)).unwrap())
-            .spawn()
-            .expect("start forewarn"),
-    )
+fn engine(dir: &Path, port: u16, log: &str) -> Proc {
+    forewarn_run(dir, port, &[], log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

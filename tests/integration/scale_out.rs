@@ -9,11 +9,11 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ckpt::{compare, messages, observe, reference, wait_for_all, SQL};
+use common::ckpt::{compare, forewarn_run, messages, observe, reference, wait_for_all, Proc, SQL};
 use common::free_port;
 use forewarn::mqtt::BrokerUrl;
 use forewarn::Pipeline;
@@ -48,16 +48,6 @@ fn nats_server() -> Option<String> {
             .is_ok()
     })
     .map(str::to_string)
-}
-
-/// A child process killed when dropped (a failing test leaves nothing running).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One nats-server: client, MQTT and (in a cluster) route ports.
@@ -169,29 +159,15 @@ async fn job_dir(name: &str, replicas: usize) -> (PathBuf, String) {
 }
 
 fn worker(dir: &Path, nats: &str, mqtt: u16, id: &str, partitions: &str) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_forewarn"))
-            .args(["run", "--broker", &format!("mqtt://127.0.0.1:{mqtt}")])
-            .args([
-                "--nats",
-                nats,
-                "--partitions",
-                partitions,
-                "--worker-id",
-                id,
-            ])
-            .arg("--queries")
-            .arg(dir.join("queries"))
-            .arg("--models")
-            .arg(dir.join("models"))
-            .arg("--config")
-            .arg(dir.join("forewarn.toml"))
-            .env("RUST_LOG", "warn,forewarn=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{id}.log"))).unwrap())
-            .spawn()
-            .expect("start forewarn"),
-    )
+    let extra = [
+        "--nats",
+        nats,
+        "--partitions",
+        partitions,
+        "--worker-id",
+        id,
+    ];
+    forewarn_run(dir, mqtt, &extra, &format!("{id}.log"))
 }
 
 fn log(dir: &Path, id: &str) -> String {

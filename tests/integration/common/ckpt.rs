@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -204,4 +206,36 @@ pub async fn reference() -> BTreeMap<String, Value> {
         }
     }
     out
+}
+
+/// A child process killed when dropped (a failing test leaves nothing running).
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `forewarn run` on the broker at `mqtt_port` with the queries, models and
+/// `forewarn.toml` set out in `dir`, and `extra` arguments; its log goes to `dir/log`.
+#[cfg(feature = "cli")]
+pub fn forewarn_run(dir: &Path, mqtt_port: u16, extra: &[&str], log: &str) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args(["run", "--broker", &format!("mqtt://127.0.0.1:{mqtt_port}")])
+            .args(extra)
+            .arg("--queries")
+            .arg(dir.join("queries"))
+            .arg("--models")
+            .arg(dir.join("models"))
+            .arg("--config")
+            .arg(dir.join("forewarn.toml"))
+            .env("RUST_LOG", "warn,forewarn=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
+            .spawn()
+            .expect("start forewarn"),
+    )
 }
