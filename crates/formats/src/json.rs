@@ -635,7 +635,7 @@ impl JsonDecoder {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn convert<'a>(b: &Builder, field: &str, v: &Scalar<'a>) -> Result<Cell<'a>, DecodeError> {
     let wrong = |expected| DecodeError::WrongType {
         field: field.to_string(),
