@@ -10,7 +10,6 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,15 +158,11 @@ async fn sigkill_run(bin: &str) -> Vec<String> {
         .count();
     assert!(checkpoints > 0, "the first run wrote checkpoints");
 
-    let mut second = engine(&dir, port, "engine-2.log");
+    let second = engine(&dir, port, "engine-2.log");
     wait_for_all(&want, &got).await;
     // Let stragglers (duplicates) arrive, then stop the engine the operator's way.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Command::new("kill")
-        .args(["-TERM", &second.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = second.0.wait().unwrap();
+    let status = second.terminate();
     let log2 = std::fs::read_to_string(dir.join("engine-2.log")).unwrap();
     assert!(status.success(), "second run exits cleanly: {log2}");
     assert!(
@@ -208,7 +203,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let url = BrokerUrl::new("127.0.0.1", port);
     // The observer keeps its session, so the broker holds its messages across the restart.
     let (sub, got) = observe(&url, "brestart-observer", true).await;
-    let mut engine = engine(&dir, port, "engine.log");
+    let engine = engine(&dir, port, "engine.log");
     wait_for_log(&dir.join("engine.log"), "source connected").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -241,11 +236,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     publisher.flush(Duration::from_secs(60)).await.unwrap();
     wait_for_all(&want, &got).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Command::new("kill")
-        .args(["-TERM", &engine.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = engine.0.wait().unwrap();
+    let status = engine.terminate();
     let log = std::fs::read_to_string(dir.join("engine.log")).unwrap();
     assert!(status.success(), "engine exits cleanly: {log}");
     assert!(

@@ -63,11 +63,7 @@ impl Node {
     }
     fn stop(&mut self) {
         if let Some(p) = self.proc.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.0.id().to_string()])
-                .status();
-            let mut p = p;
-            let _ = p.0.wait();
+            p.terminate();
         }
     }
 }
@@ -238,10 +234,7 @@ type Got = Arc<Mutex<Vec<(String, Value)>>>;
 /// worker still running takes over the partitions the first one released.
 fn stop_workers(workers: Vec<(Proc, &str)>, dir: &Path) {
     for (w, _) in &workers {
-        Command::new("kill")
-            .args(["-TERM", &w.0.id().to_string()])
-            .status()
-            .unwrap();
+        w.sigterm();
     }
     for (mut w, id) in workers {
         let status = w.0.wait().unwrap();

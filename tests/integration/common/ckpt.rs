@@ -211,6 +211,22 @@ pub async fn reference() -> BTreeMap<String, Value> {
 /// A child process killed when dropped (a failing test leaves nothing running).
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Sends SIGTERM (the operator's stop) without waiting.
+    pub fn sigterm(&self) {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.0.wait().unwrap()
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
