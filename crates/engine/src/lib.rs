@@ -347,14 +347,21 @@ impl PipelineBuilder {
                 forewarn_sql::register_reference(&ctx, r)?;
             }
         }
-        let mut queries = Vec::new();
-        for q in &set.queries {
-            let text = files
+        let text_of = |file: &str| {
+            files
                 .iter()
-                .find(|(n, _)| *n == q.file)
+                .find(|(n, _)| n == file)
                 .map(|f| f.1.as_str())
-                .unwrap_or("");
-            let compiled = forewarn_sql::compile(&ctx, q, &set.sources[&q.source], text).await?;
+                .unwrap_or("")
+        };
+        let mut queries = Vec::new();
+        let mut device_columns = BTreeMap::new();
+        for q in &set.queries {
+            let compiled =
+                forewarn_sql::compile(&ctx, q, &set.sources[&q.source], text_of(&q.file)).await?;
+            let sink = &set.sinks[&q.sink];
+            let device = forewarn_sql::bind_sink(sink, &compiled, text_of(&sink.file))?;
+            device_columns.insert(q.name.clone(), device);
             queries.push(Arc::new(compiled));
         }
         let mut sources = Vec::new();
@@ -424,6 +431,7 @@ impl PipelineBuilder {
             queries,
             sources,
             sinks,
+            device_columns,
             registry,
             model_dirs: self.model_dirs,
             restored,
@@ -479,6 +487,8 @@ pub struct Pipeline {
     queries: Vec<Arc<CompiledQuery>>,
     sources: Vec<SourceInfo>,
     sinks: BTreeMap<String, (TopicTemplate, Option<forewarn_alerts::LifecycleSpec>)>,
+    /// The result column naming the device, by query name (see [`forewarn_sql::bind_sink`]).
+    device_columns: BTreeMap<String, String>,
     registry: Arc<ModelRegistry>,
     model_dirs: Vec<PathBuf>,
     /// The checkpoint to continue from.

@@ -104,9 +104,10 @@ struct Source {
     /// When input last arrived (idle detection).
     last_input: Instant,
     late_topic: Option<TopicTemplate>,
-    /// The topic template and the capture naming the device (`device`, else the first),
-    /// for the limit on distinct devices.
-    device_from_topic: Option<(TopicTemplate, String)>,
+    /// The topic template and the capture naming the device, for the limit on distinct
+    /// devices: `{device}`, else (`None`) all captures together, which tell devices
+    /// apart whichever of them names the device.
+    device_from_topic: Option<(TopicTemplate, Option<String>)>,
     /// Devices admitted so far (at most `max_devices`).
     devices: std::collections::HashSet<String>,
 }
@@ -116,7 +117,7 @@ struct Operator {
     sink: TopicTemplate,
     /// Sinks with a lifecycle publish transitions, not rows.
     lifecycle: Option<Lifecycle>,
-    /// Column holding the device id (the sink topic's first capture, else `device`).
+    /// Column holding the device id (see [`forewarn_sql::bind_sink`]).
     device_column: String,
     model: Option<String>,
     /// What a checkpoint of this operator's state must match to be restored.
@@ -214,21 +215,21 @@ impl Runtime {
                     idle_timeout: s.idle_timeout,
                     last_input: Instant::now(),
                     late_topic: s.late_topic.clone(),
-                    device_from_topic: s.template.as_ref().and_then(|t| {
-                        let cap = t
-                            .captures()
-                            .find(|c| *c == "device")
-                            .or_else(|| t.captures().next())?
-                            .to_string();
-                        Some((t.clone(), cap))
-                    }),
+                    device_from_topic: s
+                        .template
+                        .as_ref()
+                        .filter(|t| t.captures().next().is_some())
+                        .map(|t| {
+                            let cap = t.captures().find(|c| *c == "device").map(str::to_string);
+                            (t.clone(), cap)
+                        }),
                     devices: Default::default(),
                 }
             })
             .collect();
         for q in &p.queries {
             let (sink, spec) = p.sinks[&q.sink].clone();
-            let device_column = sink.captures().next().unwrap_or("device").to_string();
+            let device_column = p.device_columns[&q.name].clone();
             let model = (q.models.len() == 1).then(|| q.models[0].clone());
             let src = sources
                 .iter_mut()
@@ -697,14 +698,22 @@ impl Runtime {
         let src = &mut self.sources[i];
         let (template, cap) = src.device_from_topic.as_ref()?;
         let captures = template.captures_of(topic)?;
-        let device = captures.iter().find(|(c, _)| c == cap)?.1;
-        if src.devices.contains(device) {
+        let device: std::borrow::Cow<str> = match cap {
+            Some(cap) => captures.iter().find(|(c, _)| c == cap)?.1.into(),
+            None => captures
+                .iter()
+                .map(|(_, v)| *v)
+                .collect::<Vec<_>>()
+                .join("/")
+                .into(),
+        };
+        if src.devices.contains(device.as_ref()) {
             return None;
         }
         if src.devices.len() >= self.config.max_devices {
-            return Some(device.to_string());
+            return Some(device.into_owned());
         }
-        src.devices.insert(device.to_string());
+        src.devices.insert(device.into_owned());
         None
     }
 

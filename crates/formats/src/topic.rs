@@ -89,6 +89,48 @@ impl TopicTemplate {
             .join("/")
     }
 
+    /// Why no topic can match both this template and the MQTT subscription `filter`
+    /// (a phrase to follow the template, e.g. "has 3 levels, but ..."), or `None` when
+    /// some topic can. `+` and `{x}` match any one level, `#` any number of
+    /// levels (zero included) on either side.
+    pub fn mismatch_with_filter(&self, filter: &str) -> Option<String> {
+        let f: Vec<&str> = filter.split('/').collect();
+        let shape = |n: usize, rest: bool| match (n, rest) {
+            (1, false) => "1 level".to_string(),
+            (n, false) => format!("{n} levels"),
+            (n, true) => format!("{n} or more levels"),
+        };
+        for i in 0.. {
+            match (self.levels.get(i), f.get(i).copied()) {
+                // Either side takes whatever levels the other still needs.
+                (Some(Level::Rest), _) | (_, Some("#")) | (None, None) => return None,
+                (Some(_), None) | (None, Some(_)) => {
+                    let t_rest = matches!(self.levels.last(), Some(Level::Rest));
+                    let f_rest = f.last() == Some(&"#");
+                    return Some(format!(
+                        "it has {}, but topic '{filter}' matches topics of {}: no message can match both",
+                        shape(self.levels.len() - t_rest as usize, t_rest),
+                        shape(f.len() - f_rest as usize, f_rest),
+                    ));
+                }
+                (Some(Level::Literal(a)), Some(b)) if b != "+" && a != b => {
+                    return Some(format!(
+                        "has '{a}' at level {}, but topic '{filter}' has '{b}': no message can match both",
+                        i + 1
+                    ));
+                }
+                (Some(Level::Capture(c)), Some("")) => {
+                    return Some(format!(
+                        "captures level {} as '{{{c}}}', but topic '{filter}' has it empty: no message can match both",
+                        i + 1
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Matches a concrete topic; returns the captured `(column, value)` pairs.
     pub fn captures_of<'t>(&self, topic: &'t str) -> Option<Vec<(&str, &'t str)>> {
         let mut values = Vec::new();
@@ -195,6 +237,46 @@ mod tests {
             "forewarn/alerts/pump-7"
         );
         assert_eq!(t.render(|_| Some("a/b".into())), "forewarn/alerts/a_b");
+    }
+
+    #[test]
+    fn template_against_filter() {
+        let m = |t: &str, f: &str| TopicTemplate::parse(t).unwrap().mismatch_with_filter(f);
+        for (t, f) in [
+            ("w/{device}", "w/+"),
+            ("w/{device}", "w/d1"),
+            ("w/{device}", "#"),
+            ("w/{device}", "w/#"),
+            ("w/{device}/x/y", "w/#"),
+            ("a/{x}/#", "a/+"),
+            ("a/{x}/#", "a/+/b/c"),
+            ("a/#", "a"),
+            ("+/{x}", "a/b"),
+            ("a/{x}", "a/+/#"),
+        ] {
+            assert_eq!(m(t, f), None, "{t} against {f}");
+        }
+        assert_eq!(
+            m("w/{device}/x", "w/+").unwrap(),
+            "has 3 levels, but topic 'w/+' matches topics of 2 levels: no message can match both"
+        );
+        assert_eq!(
+            m("a/{x}", "a/+/+/#").unwrap(),
+            "has 2 levels, but topic 'a/+/+/#' matches topics of 3 or more levels: no message can match both"
+        );
+        assert_eq!(
+            m("a/{x}/c/#", "a").unwrap(),
+            "has 3 or more levels, but topic 'a' matches topics of 1 level: no message can match both"
+        );
+        assert_eq!(
+            m("a/{x}/c", "a/+/b").unwrap(),
+            "has 'c' at level 3, but topic 'a/+/b' has 'b': no message can match both"
+        );
+        assert_eq!(
+            m("b/{x}", "a/#").unwrap(),
+            "has 'b' at level 1, but topic 'a/#' has 'a': no message can match both"
+        );
+        assert!(m("a/{x}", "a/").is_some());
     }
 
     #[test]

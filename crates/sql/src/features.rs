@@ -125,6 +125,9 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                 topic: format!("features/{{{key}}}"),
                 format: "json".into(),
                 lifecycle: None,
+                device_column: None,
+                file: q.file.clone(),
+                option_at: Default::default(),
             },
         );
         out.references = set.references.clone();

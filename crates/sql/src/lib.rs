@@ -7,9 +7,12 @@
 
 mod error;
 mod features;
+mod locate;
 mod moments;
 mod parse;
 mod plan;
+mod reference;
+mod sink;
 mod udf;
 
 pub use error::SqlError;
@@ -20,7 +23,8 @@ pub use parse::{
     DEFAULT_MAX_SKEW, WINDOW_END, WINDOW_START,
 };
 pub use plan::{
-    compile, register_reference, replace_leaf, replace_partial, streaming_context, time_type,
-    CompiledQuery,
+    compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,
 };
+pub use reference::register_reference;
+pub use sink::bind_sink;
 pub use udf::AnomalyScore;

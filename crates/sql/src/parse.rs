@@ -13,6 +13,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, Tokenizer};
 use forewarn_alerts::LifecycleSpec;
 use forewarn_core::{parse_interval, Millis, WatermarkSpec, WindowSpec};
+use forewarn_formats::TopicTemplate;
 
 use crate::SqlError;
 
@@ -101,6 +102,13 @@ pub struct SinkDecl {
     /// Alert lifecycle (`warning_at = ...` and friends): publish state transitions
     /// instead of every result row.
     pub lifecycle: Option<LifecycleSpec>,
+    /// The result column naming the device (`device_column = '...'`), when given; see
+    /// [`crate::bind_sink`] for how it is found otherwise.
+    pub device_column: Option<String>,
+    /// File the sink was declared in.
+    pub file: String,
+    /// Line and column of each option's key (lower case), for errors about its value.
+    pub option_at: BTreeMap<String, (u64, u64)>,
 }
 
 /// One `INSERT INTO sink SELECT ...` with its window lifted out of the `GROUP BY`.
@@ -423,6 +431,16 @@ impl QuerySet {
                     "a sink table has no columns and no WATERMARK",
                 ));
             }
+            if let Some(t) = topic_template(file, text, &map, "topic")? {
+                if t.as_str().split('/').any(|l| l == "+" || l == "#") {
+                    return Err(err(
+                        file,
+                        text,
+                        map["topic"].1,
+                        format!("a sink publishes on topic '{}': it cannot contain the wildcards '+' or '#' (use {{column}} levels)", t.as_str()),
+                    ));
+                }
+            }
             let lifecycle = lifecycle_options(file, text, &map)?;
             self.sinks.insert(
                 name.to_string(),
@@ -431,23 +449,34 @@ impl QuerySet {
                     topic,
                     format,
                     lifecycle,
+                    device_column: get("device_column"),
+                    file: file.to_string(),
+                    option_at: map
+                        .iter()
+                        .map(|(k, (_, at))| (k.clone(), (at.line, at.column)))
+                        .collect(),
                 },
             );
             return Ok(());
         }
         let template = get("topic_template");
-        let captures: Vec<String> = template
-            .as_deref()
-            .map(|t| {
-                t.split('/')
-                    .filter_map(|l| {
-                        l.strip_prefix('{')
-                            .and_then(|l| l.strip_suffix('}'))
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let captures: Vec<String> = match topic_template(file, text, &map, "topic_template")? {
+            Some(t) => {
+                // A template the subscription never delivers a message for would leave
+                // the source silently empty.
+                if let Some(why) = t.mismatch_with_filter(&topic) {
+                    return Err(err(
+                        file,
+                        text,
+                        map["topic_template"].1,
+                        format!("topic_template '{}' {why}", t.as_str()),
+                    ));
+                }
+                t.captures().map(str::to_string).collect()
+            }
+            None => Vec::new(),
+        };
+        topic_template(file, text, &map, "late_topic")?;
         let mut fields = Vec::new();
         for c in columns {
             let cname = c.name.value.clone();
@@ -962,18 +991,7 @@ fn check_columns(
     let Some((id, table, candidates)) = unknown else {
         return Ok(());
     };
-    let nearest = candidates
-        .iter()
-        .map(|k| {
-            (
-                strsim::jaro_winkler(&k.to_ascii_lowercase(), &id.value.to_ascii_lowercase()),
-                k,
-            )
-        })
-        .filter(|(score, _)| *score > 0.7)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| format!("; did you mean '{k}'?"))
-        .unwrap_or_default();
+    let nearest = crate::error::did_you_mean(&id.value, &candidates);
     let what = if tables.len() > 1 && table == src_name {
         format!(
             "in '{}'",
@@ -994,11 +1012,27 @@ fn check_columns(
     ))
 }
 
+/// Option `key` parsed as a topic template, if given; a bad one is an error at the option.
+fn topic_template(
+    file: &str,
+    text: &str,
+    map: &BTreeMap<String, (String, Location)>,
+    key: &str,
+) -> Result<Option<TopicTemplate>, SqlError> {
+    let Some((t, at)) = map.get(key) else {
+        return Ok(None);
+    };
+    TopicTemplate::parse(t)
+        .map(Some)
+        .map_err(|e| err(file, text, *at, format!("{key}: {e}")))
+}
+
 /// Options of an mqtt sink: where it publishes, then its alert lifecycle.
 const SINK_OPTIONS: &[&str] = &[
     "connector",
     "format",
     "topic",
+    "device_column",
     "score",
     "warning_at",
     "alarm_at",
@@ -1010,7 +1044,7 @@ const SINK_OPTIONS: &[&str] = &[
 ];
 
 /// The lifecycle part of [`SINK_OPTIONS`].
-const LIFECYCLE_OPTIONS: &[&str] = SINK_OPTIONS.split_at(3).1;
+const LIFECYCLE_OPTIONS: &[&str] = SINK_OPTIONS.split_at(4).1;
 
 /// The sink's lifecycle options, if `warning_at` is given.
 fn lifecycle_options(

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::streaming::StreamingTable;
-use datafusion::catalog::MemTable;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionContext;
@@ -34,7 +33,8 @@ use datafusion::prelude::SessionConfig;
 use forewarn_core::{WatermarkSpec, WindowSpec};
 use forewarn_scorer::ModelRegistry;
 
-use crate::parse::{QueryDecl, ReferenceDecl, SourceDecl, WINDOW_END, WINDOW_START};
+use crate::locate::{locate, Functions};
+use crate::parse::{QueryDecl, SourceDecl, WINDOW_END, WINDOW_START};
 use crate::udf::AnomalyScore;
 use crate::SqlError;
 
@@ -139,43 +139,6 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
     ctx
 }
 
-/// Where a model function error points: the call naming the model the message names
-/// (`model 'x'`), searched from the query's first line. Returns line, column and width.
-fn model_call_site(text: &str, from_line: u64, message: &str) -> Option<(u64, u64, usize)> {
-    let start = message.find("model '")? + "model '".len();
-    let name = &message[start..start + message[start..].find('\'')?];
-    let needle = format!("'{name}'");
-    // The function the message names, else any model function.
-    let named: Vec<&str> = ["anomaly_score", "is_anomaly", "top_contributors"]
-        .into_iter()
-        .filter(|f| message.contains(&format!(" {f} ")) || message.contains(&format!(" {f}(")))
-        .collect();
-    let funcs = if named.is_empty() {
-        vec!["anomaly_score", "is_anomaly", "top_contributors"]
-    } else {
-        named
-    };
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .skip(from_line.saturating_sub(1) as usize)
-    {
-        let lower = line.to_ascii_lowercase();
-        for &f in &funcs {
-            let mut from = 0;
-            while let Some(at) = lower[from..].find(f) {
-                let at = from + at;
-                let rest = line[at + f.len()..].trim_start();
-                if rest.starts_with('(') && rest[1..].trim_start().starts_with(&needle) {
-                    return Some((i as u64 + 1, at as u64 + 1, f.len()));
-                }
-                from = at + f.len();
-            }
-        }
-    }
-    None
-}
-
 /// Plans `q` against `src` once and splits the plan.
 pub async fn compile(
     ctx: &SessionContext,
@@ -183,9 +146,21 @@ pub async fn compile(
     src: &SourceDecl,
     text: &str,
 ) -> Result<CompiledQuery, SqlError> {
-    let plan_err = |m: String| match model_call_site(text, q.line, &m) {
-        Some((line, col, width)) => SqlError::at(&q.file, text, line, col, width, m),
-        None => SqlError::at(&q.file, text, q.line, 1, 6, m),
+    let plan_err = |m: String| {
+        let state = ctx.state();
+        let functions = Functions {
+            all: (state.scalar_functions().keys())
+                .chain(state.aggregate_functions().keys())
+                .chain(state.window_functions().keys())
+                .cloned()
+                .collect(),
+            aggregates: state.aggregate_functions().keys().cloned().collect(),
+        };
+        match locate(text, q.line, &m, &functions) {
+            Ok(l) => SqlError::at(&q.file, text, l.line, l.column, l.width, l.message),
+            // Nothing to point at: the query's INSERT.
+            Err(m) => SqlError::at(&q.file, text, q.line, 1, 6, m),
+        }
     };
     let mut fields: Vec<Field> = src
         .schema
@@ -364,26 +339,6 @@ impl PartitionStream for Placeholder {
             ),
         )
     }
-}
-
-/// Loads a file table (CSV with a header) and registers it in `ctx`.
-pub fn register_reference(ctx: &SessionContext, r: &ReferenceDecl) -> Result<(), SqlError> {
-    let fail = |m: String| SqlError::reference(&r.origin, &r.name, m);
-    let file = std::fs::File::open(&r.path)
-        .map_err(|e| fail(format!("cannot read {}: {e}", r.path.display())))?;
-    let reader = datafusion::arrow::csv::ReaderBuilder::new(r.schema.clone())
-        .with_header(true)
-        .build(file)
-        .map_err(|e| fail(format!("{}: {e}", r.path.display())))?;
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("{}: {e}", r.path.display())))?;
-    let table =
-        MemTable::try_new(r.schema.clone(), vec![batches]).map_err(|e| fail(e.to_string()))?;
-    let _ = ctx.deregister_table(r.name.as_str());
-    ctx.register_table(r.name.as_str(), Arc::new(table))
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(())
 }
 
 /// Replaces the partial half inside `root` with `input` (the panes' partial state).

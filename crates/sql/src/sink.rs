@@ -1,0 +1,106 @@
+//! A sink against the rows a query writes to it: which column names the device, and
+//! whether the columns its options name exist. Checked once the query is planned, since
+//! only the plan knows the result columns.
+
+use forewarn_formats::TopicTemplate;
+
+use crate::error::did_you_mean;
+use crate::{CompiledQuery, SinkDecl, SqlError};
+
+/// Checks `sink` against the result columns of `query`, which writes to it, and returns
+/// the column naming each row's device.
+///
+/// The device is `device_column = '...'` when given; otherwise `device` when the topic
+/// captures `{device}` or the query selects a `device` column; otherwise the topic's only
+/// capture. A topic with several captures, none of them `device`, is ambiguous: an error
+/// at the topic. So are columns the options name that the query does not select: a topic
+/// capture (its level would be `_`), `device_column`, and the lifecycle's `score` (no
+/// alert could ever fire). `text` is the file the sink was declared in.
+pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<String, SqlError> {
+    let columns: Vec<&str> = query
+        .output_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    let err = |option: &str, message: String| {
+        let (line, column) = sink.option_at.get(option).copied().unwrap_or((0, 0));
+        SqlError::at(&sink.file, text, line, column, option.len(), message)
+    };
+    let listed = format!("(its columns: {})", columns.join(", "));
+    let unknown = |option: &str, name: &str| {
+        err(
+            option,
+            format!(
+                "{option} = '{name}' names no output column of query '{}' {listed}{}",
+                query.name,
+                did_you_mean(name, &columns)
+            ),
+        )
+    };
+    let selects = |name: &str| columns.contains(&name);
+    let topic = TopicTemplate::parse(&sink.topic).map_err(|e| err("topic", e.to_string()))?;
+    let captures: Vec<&str> = topic.captures().collect();
+    if let Some(c) = captures.iter().find(|c| !selects(c)) {
+        return Err(err(
+            "topic",
+            format!(
+                "topic captures '{{{c}}}', but query '{}' selects no column '{c}' {listed}",
+                query.name
+            ),
+        ));
+    }
+    let device = match &sink.device_column {
+        Some(d) if selects(d) => d.clone(),
+        Some(d) => return Err(unknown("device_column", d)),
+        None if captures.contains(&"device") || selects("device") => "device".into(),
+        None => match captures.as_slice() {
+            // Nothing names a device: alerts carry an empty one.
+            [] => "device".into(),
+            [only] => only.to_string(),
+            several => {
+                return Err(err(
+                    "topic",
+                    format!(
+                        "which column names the device? topic '{}' captures {} and query '{}' selects no column 'device': add device_column = '<column>'",
+                        sink.topic,
+                        several.iter().map(|c| format!("'{{{c}}}'")).collect::<Vec<_>>().join(", "),
+                        query.name
+                    ),
+                ))
+            }
+        },
+    };
+    if let Some(spec) = &sink.lifecycle {
+        let score = spec.score_column.as_str();
+        let Some(field) = query.output_schema.fields().find(score).map(|(_, f)| f) else {
+            return Err(if sink.option_at.contains_key("score") {
+                unknown("score", score)
+            } else {
+                err(
+                    "warning_at",
+                    format!(
+                        "the lifecycle reads each window's score from column '{score}', which query '{}' does not select {listed}: select it (... AS {score}) or add score = '<column>'",
+                        query.name
+                    ),
+                )
+            });
+        };
+        if !field.data_type().is_numeric() {
+            let option = if sink.option_at.contains_key("score") {
+                "score"
+            } else {
+                "warning_at"
+            };
+            return Err(err(
+                option,
+                format!(
+                    "the score column '{score}' of query '{}' is {}, not a number",
+                    query.name,
+                    field.data_type()
+                ),
+            ));
+        }
+    }
+    Ok(device)
+}
