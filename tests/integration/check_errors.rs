@@ -38,6 +38,34 @@ const CASES: &[(&str, &str, &str)] = &[
     ("FROM r GROUP", "FROM r JOIN r2 ON r.device = r2.device GROUP", "6:13: unknown table 'r2' (declare it with CREATE TABLE ... WITH (connector = 'file', path = '...csv'))"),
     ("tumble(interval '10 seconds'), device", "session(interval '1 minute'), upper(device)", "6:47: session windows are keyed by columns of the source 'r'; 'upper(device)' is not one"),
     ("SELECT device, window_start", "SELECT device, tumble(interval '10 seconds'), window_start", "5:32: select window bounds as window_start and window_end, not with the window function"),
+    // Sinks against the columns their query selects.
+    ("topic = 'o/{device}');\nINSERT INTO out SELECT device,", "topic = 'o/{machine}/{v}');\nINSERT INTO out SELECT device AS machine,", "4:44: topic 'o/{machine}/{v}' captures '{machine}' and '{v}', and query 'q' selects no column 'device': say which names the device with device_column = '<column>'"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', device_column = 'dev'", "4:66: device_column = 'dev' names no output column of query 'q' (its columns: device, window_start, v); did you mean 'device'?"),
+    ("topic = 'o/{device}'", "topic = 'o/{site}/{device}'", "4:44: topic captures '{site}', but query 'q' selects no column 'site' (its columns: device, window_start, v)"),
+    ("topic = 'o/{device}'", "topic = 'o/+'", "4:44: a sink publishes on topic 'o/+': it cannot contain the wildcards '+' or '#' (use {column} levels)"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'scor'", "4:84: score = 'scor' names no output column of query 'q' (its columns: device, window_start, v)"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1'", "4:66: the lifecycle reads each window's score from column 'score', which query 'q' does not select (its columns: device, window_start, v): select it (... AS score) or add score = '<column>'"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'device'", "4:84: the score column 'device' of query 'q' is TEXT, not a number"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'v', raise_after = '0'", "4:97: raise_after must be a whole number of windows, at least 1, got '0'"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'v', clear_below = '2'", "4:97: clear_below (2) must not exceed warning_at (1)"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '2', score = 'v', alarm_at = '1'", "4:97: alarm_at (1) must not be below warning_at (2)"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'v', cooldown = '-5 minutes'", "4:97: cooldown cannot be negative"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', score = 'v'", "4:66: 'score' belongs to an alert lifecycle: add warning_at = '<score>'"),
+    // A source's template against its subscription.
+    ("topic_template = 'w/{device}'", "topic_template = 'w/{device}/x'", "3:44: topic_template 'w/{device}/x' has 3 levels, but topic 'w/+' matches topics of 2 levels: no message can match both"),
+    ("topic = 'w/+', topic_template = 'w/{device}'", "topic = 'a/+/b', topic_template = 'a/{device}/c'", "3:46: topic_template 'a/{device}/c' has 'c' at level 3, but topic 'a/+/b' has 'b': no message can match both"),
+    ("topic = 'w/+', topic_template = 'w/{device}'", "topic = 'w/+/#', topic_template = 'w/{device}'", "accepted"),
+    ("topic = 'w/+', topic_template = 'w/{device}'", "topic = 'w/#', topic_template = 'w/{device}/+/x'", "accepted"),
+    ("topic = 'w/+', topic_template = 'w/{device}'", "topic = 'w/+/+/#', topic_template = 'w/{device}'", "3:48: topic_template 'w/{device}' has 2 levels, but topic 'w/+/+/#' matches topics of 3 or more levels: no message can match both"),
+    ("topic_template = 'w/{device}'", "topic_template = 'w/#/{device}'", "3:44: topic_template: bad topic template 'w/#/{device}': '#' may only be the last level"),
+    // Planning errors, at what they name.
+    ("avg(v) AS v", "kurtosys(v) AS v", "5:46: unknown function 'kurtosys'; did you mean 'kurtosis'?"),
+    ("avg(v) AS v", "avg(v) AS a, v + 1 AS b", "5:59: column 'v' in SELECT is neither a GROUP BY key nor inside an aggregate function: aggregate it (avg(v), max(v), last_value(v), ...) or add it to GROUP BY"),
+    ("device;", "device HAVING r.v > 1;", "6:62: column 'r.v' in HAVING is neither a GROUP BY key nor inside an aggregate function: aggregate it (avg(v), max(v), last_value(v), ...) or add it to GROUP BY"),
+    ("SELECT device, window_start, avg(v) AS v", "SELECT *", "5:24: * brings in column 'ts', which is neither a GROUP BY key nor aggregated: list the columns to select instead of *"),
+    ("avg(v) AS v", "avg(v) AS v, r.*", "5:59: r.* brings in a second column 'device' (SELECT item 1 already selects it): list the columns to select instead of r.*"),
+    ("avg(v) AS v", "avg(v) AS v, device", "5:59: SELECT item 4 ('device') has the same output name as item 1: give one of them another name with AS"),
+    ("avg(v) AS v", "avg(device) AS v", "5:46: no signature of avg takes (Utf8); its signatures: avg(Decimal), avg(Duration), avg(Float64)"),
 ];
 
 #[tokio::test]
@@ -78,4 +106,154 @@ async fn errors_underline_the_offending_text() {
         e.to_string(),
         "q.sql:5:50: error: unknown column 'vibraton' in source 'r'; did you mean 'v'?\n    5 | INSERT INTO out SELECT device, window_start, avg(vibraton) AS v\n      |                                                  ^^^^^^^^"
     );
+}
+
+/// The chiller plant of `tests/streaming/sink_device_column.slt`: the sink topic captures
+/// the site before the device.
+const CHILLERS: &str = "CREATE TABLE chillers (site TEXT, device TEXT, ts TIMESTAMP, temp DOUBLE,
+  WATERMARK FOR ts AS ts)
+  WITH (connector = 'mqtt', topic = 'factory/+/chiller/+/data',
+        topic_template = 'factory/{site}/chiller/{device}/data');
+CREATE TABLE chiller_alerts WITH (connector = 'mqtt',
+  topic = 'factory/{site}/chiller/{device}/alerts',
+  score = 'temp', warning_at = '10', clear_below = '8', raise_after = '2', clear_after = '2');
+INSERT INTO chiller_alerts
+SELECT site, device, window_start, window_end, max(temp) AS temp
+FROM chillers GROUP BY tumble(interval '10 seconds'), site, device;
+";
+
+/// Runs `sql` over chillers c1 (too warm in its first two windows) and c2 (fine) of site
+/// s1; returns every output as (topic, JSON).
+async fn run_chillers(sql: &str) -> Vec<(String, serde_json::Value)> {
+    let p = Pipeline::builder()
+        .query_sql("case.sql", sql)
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    for (i, (c1, c2)) in [(12, 5), (12, 5), (5, 5), (5, 5), (5, 5)]
+        .iter()
+        .enumerate()
+    {
+        for (d, t) in [("c1", c1), ("c2", c2)] {
+            let payload = format!(r#"{{"ts": "2026-01-05T06:00:{}0Z", "temp": {t}}}"#, i);
+            h.push_json(
+                &format!("factory/s1/chiller/{d}/data"),
+                payload.into_bytes(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    h.finish().await.unwrap();
+    drop(h);
+    let mut out = Vec::new();
+    while let Some(o) = rx.recv().await {
+        let (topic, payload) = o.to_message();
+        out.push((topic, serde_json::from_slice(&payload).unwrap()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_device_is_the_device_column_not_the_first_capture() {
+    let got = run_chillers(CHILLERS).await;
+    let summary: Vec<String> = got
+        .iter()
+        .map(|(topic, v)| {
+            let what = v.get("transition").or_else(|| v.get("state")).unwrap();
+            format!("{topic} {} {}", v["device"], what)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "forewarn/state/c1 \"c1\" \"ok\"",
+            "forewarn/state/c2 \"c2\" \"ok\"",
+            "factory/s1/chiller/c1/alerts \"c1\" \"raised\"",
+            "forewarn/state/c1 \"c1\" \"warning\"",
+            "factory/s1/chiller/c1/alerts \"c1\" \"cleared\"",
+            "forewarn/state/c1 \"c1\" \"ok\"",
+        ],
+        "{got:#?}"
+    );
+
+    // Several captures and no device column: device_column says which one it is.
+    let sql = CHILLERS
+        .replace("{device}/alerts", "{unit}/alerts")
+        .replace("SELECT site, device,", "SELECT site, device AS unit,");
+    let e = Pipeline::builder()
+        .query_sql("case.sql", &sql)
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "case.sql:6:3: error: topic 'factory/{site}/chiller/{unit}/alerts' captures '{site}' and '{unit}', and query 'case' selects no column 'device': say which names the device with device_column = '<column>'\n    6 |   topic = 'factory/{site}/chiller/{unit}/alerts',\n      |   ^^^^^"
+    );
+    let sql = sql.replace("score = 'temp'", "device_column = 'unit', score = 'temp'");
+    let got = run_chillers(&sql).await;
+    let states: Vec<&str> = got
+        .iter()
+        .filter(|(t, _)| t.starts_with("forewarn/state/"))
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "forewarn/state/c1",
+            "forewarn/state/c2",
+            "forewarn/state/c1",
+            "forewarn/state/c1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_reference_cell_is_shown_in_the_csv_file() {
+    let dir = std::env::temp_dir().join(format!("forewarn-check-csv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sql = GOOD.replace(
+        "INSERT INTO out",
+        "CREATE TABLE assets (device TEXT, kind TEXT, rated_v DOUBLE)
+  WITH (connector = 'file', path = 'assets.csv');
+INSERT INTO out",
+    ) .replace("FROM r GROUP BY tumble(interval '10 seconds'), device", "FROM r JOIN assets a ON r.device = a.device GROUP BY tumble(interval '10 seconds'), r.device")
+    .replace("SELECT device,", "SELECT r.device,");
+    std::fs::write(dir.join("q.sql"), &sql).unwrap();
+    let csv = dir.join("assets.csv");
+    let check = |content: &str| {
+        std::fs::write(&csv, content).unwrap();
+        let file = dir.join("q.sql");
+        async move {
+            match Pipeline::builder().query_file(&file).build().await {
+                Ok(_) => "accepted".to_string(),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let d = csv.display();
+    let q = dir.join("q.sql");
+    let q = q.display();
+    assert_eq!(
+        check("device,kind,rated_v\nw1,pump,2.0\n").await,
+        "accepted"
+    );
+    assert_eq!(
+        check("device,kind,rated_v\nw1,pump,2.0\nw2,fan,high\n").await,
+        format!("{d}:3:8: error: file table 'assets' ({q}:5): cannot read 'high' as DOUBLE for column 'rated_v'\n    3 | w2,fan,high\n      |        ^^^^")
+    );
+    assert_eq!(
+        check("device,kind,rated_v\r\n\r\nw1,\"pump, \"\"big\"\"\",x2\r\n").await,
+        format!("{d}:3:20: error: file table 'assets' ({q}:5): cannot read 'x2' as DOUBLE for column 'rated_v'\n    3 | w1,\"pump, \"\"big\"\"\",x2\n      |                    ^^")
+    );
+    assert_eq!(
+        check("device,kind,rated_v\nw1,pump\n").await,
+        format!("{d}:2:1: error: file table 'assets' ({q}:5): this line has 2 values, but the table declares 3 columns (device, kind, rated_v)\n    2 | w1,pump\n      | ^^")
+    );
+    assert_eq!(
+        check("device,rated_v,kind\nw1,2.0,pump\n").await,
+        format!("{d}:1:8: error: file table 'assets' ({q}:5): header column 2 is 'rated_v', but the table declares 'kind' there (columns are read by position; declared: device, kind, rated_v)\n    1 | device,rated_v,kind\n      |        ^^^^^^^")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

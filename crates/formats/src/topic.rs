@@ -108,7 +108,7 @@ impl TopicTemplate {
                     let t_rest = matches!(self.levels.last(), Some(Level::Rest));
                     let f_rest = f.last() == Some(&"#");
                     return Some(format!(
-                        "it has {}, but topic '{filter}' matches topics of {}: no message can match both",
+                        "has {}, but topic '{filter}' matches topics of {}: no message can match both",
                         shape(self.levels.len() - t_rest as usize, t_rest),
                         shape(f.len() - f_rest as usize, f_rest),
                     ));

@@ -277,7 +277,11 @@ impl<'a> QueryTokens<'a> {
             .unwrap_or_default();
         let message = match called {
             Some(called) => format!(
-                "no signature of {name} takes {called}; it takes {} (cast the arguments?)",
+                "no signature of {name} takes ({}); its signatures: {}",
+                called
+                    .strip_prefix(&format!("{name}("))
+                    .and_then(|c| c.strip_suffix(')'))
+                    .unwrap_or(&called),
                 candidates.join(", ")
             ),
             None => message.to_string(),

@@ -1114,9 +1114,11 @@ fn lifecycle_options(
     }
     let cooldown = match map.get("cooldown") {
         None => 0,
-        Some((v, at)) => {
-            parse_interval(v, None).map_err(|e| err(file, text, *at, e.to_string()))?
-        }
+        Some((v, at)) => match parse_interval(v, None) {
+            Ok(ms) if ms >= 0 => ms,
+            Ok(_) => return Err(err(file, text, *at, "cooldown cannot be negative")),
+            Err(e) => return Err(err(file, text, *at, e.to_string())),
+        },
     };
     Ok(Some(LifecycleSpec {
         score_column: map
@@ -1156,6 +1158,18 @@ fn map_type(t: &ast::DataType) -> Option<DataType> {
         T::Timestamp(_, _) | T::Datetime(_) => DataType::Timestamp(TimeUnit::Millisecond, None),
         _ => return None,
     })
+}
+
+/// The query-file name of a column type (the reverse of [`map_type`]).
+pub(crate) fn sql_type(t: &DataType) -> String {
+    match t {
+        DataType::Utf8 => "TEXT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Timestamp(..) => "TIMESTAMP".into(),
+        other => other.to_string(),
+    }
 }
 
 /// `tumble(...)`/`hop(...)`/`session(...)` as a function call: name, args, span.

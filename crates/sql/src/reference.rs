@@ -9,11 +9,12 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use datafusion::arrow::csv::ReaderBuilder;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::execution::context::SessionContext;
 
+use crate::parse::sql_type;
 use crate::{ReferenceDecl, SqlError};
 
 /// Loads a file table (CSV with a header) and registers it in `ctx`.
@@ -150,18 +151,6 @@ fn read_cell(field: &Field, value: &str) -> Result<(), String> {
     let schema = Arc::new(Schema::new(vec![field.clone().with_nullable(true)]));
     let quoted = format!("{}\n\"{}\"\n", field.name(), value.replace('"', "\"\""));
     read(&schema, quoted.as_bytes()).map(drop)
-}
-
-/// The query-file name of a column type.
-fn sql_type(t: &DataType) -> String {
-    match t {
-        DataType::Utf8 => "TEXT".into(),
-        DataType::Float64 => "DOUBLE".into(),
-        DataType::Int64 => "BIGINT".into(),
-        DataType::Boolean => "BOOLEAN".into(),
-        DataType::Timestamp(..) => "TIMESTAMP".into(),
-        other => other.to_string(),
-    }
 }
 
 /// One CSV cell: its value and where it starts in the file (1-based line and column,

@@ -5,6 +5,7 @@
 use forewarn_formats::TopicTemplate;
 
 use crate::error::did_you_mean;
+use crate::parse::sql_type;
 use crate::{CompiledQuery, SinkDecl, SqlError};
 
 /// Checks `sink` against the result columns of `query`, which writes to it, and returns
@@ -58,16 +59,17 @@ pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<S
             // Nothing names a device: alerts carry an empty one.
             [] => "device".into(),
             [only] => only.to_string(),
-            several => {
+            [init @ .., last] => {
+                let init: Vec<String> = init.iter().map(|c| format!("'{{{c}}}'")).collect();
                 return Err(err(
                     "topic",
                     format!(
-                        "which column names the device? topic '{}' captures {} and query '{}' selects no column 'device': add device_column = '<column>'",
+                        "topic '{}' captures {} and '{{{last}}}', and query '{}' selects no column 'device': say which names the device with device_column = '<column>'",
                         sink.topic,
-                        several.iter().map(|c| format!("'{{{c}}}'")).collect::<Vec<_>>().join(", "),
+                        init.join(", "),
                         query.name
                     ),
-                ))
+                ));
             }
         },
     };
@@ -97,7 +99,7 @@ pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<S
                 format!(
                     "the score column '{score}' of query '{}' is {}, not a number",
                     query.name,
-                    field.data_type()
+                    sql_type(field.data_type())
                 ),
             ));
         }
