@@ -26,6 +26,9 @@ struct Case {
     expects: Vec<(usize, Option<String>, Vec<(String, Value)>)>,
     /// `expect counters`: (dotted name, value).
     counters: Vec<(String, i64)>,
+    /// `expect replay error TEXT`: replay must refuse the input with a message
+    /// containing TEXT (the live run, which cannot refuse it, is not made).
+    replay_error: Option<String>,
 }
 
 fn parse(path: &Path, text: &str) -> Result<Case, String> {
@@ -96,6 +99,9 @@ fn parse(path: &Path, text: &str) -> Result<Case, String> {
             }
             "replay" => {
                 case.replay_args = rest.split_whitespace().map(String::from).collect();
+            }
+            "expect" if rest.starts_with("replay error ") => {
+                case.replay_error = Some(rest["replay error ".len()..].to_string());
             }
             "expect" if rest == "counters" => {
                 for l in block(&mut i) {
@@ -229,14 +235,23 @@ fn input_file(case: &Case, dir: &Path) -> PathBuf {
     }
 }
 
+fn order(case: &Case) -> forewarn::replay::Order {
+    if case.replay_args.iter().any(|a| a == "--sort") {
+        forewarn::replay::Order::Sort
+    } else {
+        forewarn::replay::Order::Check
+    }
+}
+
 async fn replay(case: &Case, input: &Path) -> Result<Run, String> {
     let pipeline = build(&case.sql).await.map_err(|e| e.to_string())?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let stats = forewarn::replay::replay(pipeline, input, None, move |o: Output| {
-        let _ = tx.send(o.to_message());
-    })
-    .await
-    .map_err(|e| format!("replay failed: {e}"))?;
+    let stats =
+        forewarn::replay::replay_ordered(pipeline, input, None, order(case), move |o: Output| {
+            let _ = tx.send(o.to_message());
+        })
+        .await
+        .map_err(|e| format!("replay failed: {e}"))?;
     let messages = rx
         .try_iter()
         .map(|(t, p)| (t, serde_json::from_slice(&p).expect("outputs are JSON")))
@@ -244,14 +259,9 @@ async fn replay(case: &Case, input: &Path) -> Result<Run, String> {
     Ok(Run { messages, stats })
 }
 
-/// The messages the live run publishes: the publish lines, or what replay derives from
-/// the history file.
+/// The messages the live run publishes: those replay pushes, in its order.
 fn live_input(case: &Case, pipeline: &Pipeline, input: &Path) -> Vec<(String, Vec<u8>)> {
-    if case.history.is_none() {
-        return case.publish.clone();
-    }
-    let shape = forewarn::replay::source_shape(pipeline, None).expect("one source");
-    forewarn_history::messages(input, &shape)
+    forewarn::replay::ordered_messages(pipeline, input, None, order(case))
         .expect("history file")
         .map(|m| {
             let m = m.expect("history row");
@@ -531,6 +541,22 @@ async fn run_file(path: &Path) -> Vec<String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let input = input_file(&case, &dir);
+    if let Some(want) = &case.replay_error {
+        let r = replay(&case, &input).await;
+        match r {
+            Err(e) if e.contains(want.as_str()) => {}
+            Err(e) => fails.push(format!(
+                "{}: replay error\n   want: ...{want}...\n    got: {e}",
+                path.display()
+            )),
+            Ok(_) => fails.push(format!(
+                "{}: replay accepted the input; want an error with: {want}",
+                path.display()
+            )),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return fails;
+    }
     let print = std::env::var_os("FOREWARN_SLT_PRINT").is_some();
     for (label, run) in [
         ("replay", replay(&case, &input).await),

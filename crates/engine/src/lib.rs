@@ -431,6 +431,7 @@ impl PipelineBuilder {
                 schema: s.schema.clone(),
                 event_time: s.event_time.clone(),
                 processing_time: s.processing_time,
+                watermark: s.watermark,
                 idle_timeout: s.idle_timeout.map(|ms| Duration::from_millis(ms as u64)),
                 late_topic,
                 nats: s.nats.clone(),
@@ -506,6 +507,9 @@ pub struct SourceInfo {
     pub event_time: String,
     /// Timed by arrival: the engine fills `arrival_time`.
     pub processing_time: bool,
+    /// How its watermark trails event time (`WATERMARK FOR ... - INTERVAL`, max_future,
+    /// per-key watermarks).
+    pub watermark: forewarn_core::WatermarkSpec,
     /// Wall-clock time without input after which the watermark moves with the clock.
     pub idle_timeout: Option<Duration>,
     /// Where late rows go (default `{prefix}/late/{source}`).
