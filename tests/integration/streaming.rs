@@ -2,6 +2,7 @@
 //! live pipeline (embedded broker) and through replay, each checked against the file's
 //! expectations. The format is described in `tests/streaming/README.md`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -471,28 +472,58 @@ fn print_run(path: &str, run: &Run) -> String {
 fn check(case: &Case, path: &str, run: &Run) -> Vec<String> {
     let mut fails = Vec::new();
     for (line, filter, want) in &case.expects {
-        let got: Vec<(String, Value)> = canonical(
-            run.messages
-                .iter()
-                .filter(|(t, _)| {
-                    filter
-                        .as_ref()
-                        .is_none_or(|f| forewarn_formats::filter_matches(f, t))
-                })
-                .cloned()
-                .collect(),
-        );
-        let want = canonical(want.clone());
-        let n = got.len().max(want.len());
+        let by_topic = |v: &mut dyn Iterator<Item = &(String, Value)>| {
+            let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+            for (t, j) in v {
+                m.entry(t.clone()).or_default().push(j.clone());
+            }
+            m
+        };
+        let got = by_topic(&mut run.messages.iter().filter(|(t, _)| {
+            filter
+                .as_ref()
+                .is_none_or(|f| forewarn_formats::filter_matches(f, t))
+        }));
+        let want_by = by_topic(&mut want.iter());
+        let topics: std::collections::BTreeSet<&String> =
+            got.keys().chain(want_by.keys()).collect();
         let mut diff = String::new();
-        for k in 0..n {
-            match (want.get(k), got.get(k)) {
-                (Some((wt, wv)), Some((gt, gv))) if wt == gt && matches(wv, gv) => {}
-                (w, g) => {
-                    let show = |x: Option<&(String, Value)>| {
-                        x.map_or("(nothing)".to_string(), |(t, v)| format!("{t} {v}"))
-                    };
-                    let _ = writeln!(diff, "  #{k}\n    want: {}\n     got: {}", show(w), show(g));
+        for t in topics {
+            let (w, g) = (
+                want_by.get(t).cloned().unwrap_or_default(),
+                got.get(t).cloned().unwrap_or_default(),
+            );
+            if unordered_topic(t) {
+                // Each expected message matches a distinct published one, in any order.
+                let mut left = g.clone();
+                for x in &w {
+                    match left.iter().position(|y| matches(x, y)) {
+                        Some(k) => {
+                            left.remove(k);
+                        }
+                        None => {
+                            let _ = writeln!(diff, "  missing: {t} {x}");
+                        }
+                    }
+                }
+                for y in left {
+                    let _ = writeln!(diff, "  unexpected: {t} {y}");
+                }
+            } else {
+                for k in 0..w.len().max(g.len()) {
+                    match (w.get(k), g.get(k)) {
+                        (Some(x), Some(y)) if matches(x, y) => {}
+                        (x, y) => {
+                            let show =
+                                |v: Option<&Value>| v.map_or("(nothing)".into(), |v| v.to_string());
+                            let _ = writeln!(
+                                diff,
+                                "  {t} #{k}\n    want: {}\n     got: {}",
+                                show(x),
+                                show(y)
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -500,7 +531,7 @@ fn check(case: &Case, path: &str, run: &Run) -> Vec<String> {
             fails.push(format!(
                 "{path}: expect at line {line}: {} expected, {} published\n{diff}",
                 want.len(),
-                got.len()
+                got.values().map(Vec::len).sum::<usize>()
             ));
         }
     }
@@ -637,4 +668,137 @@ fn subset_matching_is_strict_where_it_lists() {
     assert!(!matches(&serde_json::json!({"a": 2}), &got));
     assert!(!matches(&serde_json::json!({"b": {"c": [1]}}), &got));
     assert!(!matches(&serde_json::json!({"z": "*"}), &got));
+}
+
+mod batch_shape {
+    //! Properties behind the files: results do not depend on micro-batch boundaries,
+    //! and `max_future` never rejects in-order input.
+    use super::*;
+    use proptest::prelude::*;
+
+    const SQL: &str = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE,
+        WATERMARK FOR ts AS ts - INTERVAL '3' SECOND)
+      WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}',
+            max_future = '1 minute' KEYED);
+    CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+    INSERT INTO out SELECT device, window_start, count(*) AS n, sum(v) AS s
+    FROM r GROUP BY tumble(interval '10 seconds'), device;";
+
+    /// Every output, sorted, and the rejections by reason, for `msgs` pushed in chunks
+    /// of the given sizes (cycled).
+    async fn run(
+        keyed: bool,
+        msgs: &[(String, Vec<u8>)],
+        chunks: &[usize],
+    ) -> (Vec<String>, BTreeMap<String, u64>) {
+        let sql = SQL.replace(
+            " KEYED",
+            if keyed {
+                ", watermark_key = 'device'"
+            } else {
+                ""
+            },
+        );
+        let p = Pipeline::builder()
+            .query_sql("p.sql", &sql)
+            .config(forewarn::EngineConfig {
+                flush_when_idle: false,
+                max_batch_delay: Duration::from_secs(3600),
+                wall_clock: false,
+                ..Default::default()
+            })
+            .build()
+            .await
+            .unwrap();
+        let (h, mut rx) = p.start();
+        let collect = tokio::spawn(async move {
+            let mut v = Vec::new();
+            while let Some(o) = rx.recv().await {
+                let (t, p) = o.to_message();
+                let mut j: Value = serde_json::from_slice(&p).unwrap();
+                if let Some(o) = j.as_object_mut() {
+                    o.remove("detail");
+                }
+                v.push(format!("{t} {j}"));
+            }
+            v.sort();
+            v
+        });
+        let (mut c, mut n) = (0, 0);
+        for (t, p) in msgs {
+            h.push_json(t, p.clone()).await.unwrap();
+            n += 1;
+            if n == chunks[c % chunks.len()] {
+                h.flush().await.unwrap();
+                (c, n) = (c + 1, 0);
+            }
+        }
+        let stats = h.finish().await.unwrap();
+        drop(h);
+        (collect.await.unwrap(), stats.rejected)
+    }
+
+    /// Readings of up to three devices; each device's clock only moves forward, by up to
+    /// 50 s between its readings (less than max_future), with the devices interleaved
+    /// and trailing each other by up to `lag` ms.
+    fn stream(in_order: bool) -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+        proptest::collection::vec((0usize..3, 0i64..50_000, 0i64..30_000), 1..400).prop_map(
+            move |steps| {
+                let mut clock = [1_700_000_000_000i64; 3];
+                steps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (d, step, back))| {
+                        clock[d] += step;
+                        // Out of order: up to 30 s behind the device's own clock.
+                        let ts = if in_order { clock[d] } else { clock[d] - back };
+                        (
+                            format!("w/d{d}"),
+                            format!(r#"{{"ts": {ts}, "v": {}}}"#, i % 7).into_bytes(),
+                        )
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// In-order readings (each device's own clock only moves forward by less than
+        /// max_future) are never rejected as from the future, whatever the batches.
+        #[test]
+        fn max_future_never_rejects_in_order_devices(
+            msgs in stream(true),
+            chunks in proptest::collection::vec(1usize..600, 1..8),
+        ) {
+            let rt = runtime();
+            for keyed in [false, true] {
+                let (_, rejected) = rt.block_on(run(keyed, &msgs, &chunks));
+                prop_assert_eq!(rejected.get("future_timestamp"), None, "keyed {}", keyed);
+            }
+        }
+
+        /// Any input, in or out of order: the same outputs (results, late and future
+        /// rows) in one batch per reading as in arbitrary batches.
+        #[test]
+        fn outputs_do_not_depend_on_batch_boundaries(
+            msgs in stream(false),
+            chunks in proptest::collection::vec(1usize..600, 1..8),
+        ) {
+            let rt = runtime();
+            for keyed in [false, true] {
+                let one = rt.block_on(run(keyed, &msgs, &[1]));
+                let any = rt.block_on(run(keyed, &msgs, &chunks));
+                prop_assert_eq!(&one, &any, "keyed {}", keyed);
+            }
+        }
+    }
 }

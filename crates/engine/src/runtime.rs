@@ -997,26 +997,29 @@ impl Runtime {
             };
             // Only what does not depend on how input was batched: the same reading
             // gets the same words live and in replay.
-            let queries = r.queries.join("', '");
+            let queries = match r.queries.len() {
+                1 => format!("query '{}'", r.queries[0]),
+                _ => format!("queries '{}'", r.queries.join("', '")),
+            };
             let detail = match r.reason {
                 R::Late => match r.window {
                     Some(w) => format!(
-                        "the watermark had passed the end of the reading's window [{}, {}) (query '{queries}')",
+                        "the watermark had passed the end of the reading's window [{}, {}) ({queries})",
                         forewarn_core::format_rfc3339(w.start),
                         forewarn_core::format_rfc3339(w.end)
                     ),
-                    None => format!("the reading's window had closed (query '{queries}')"),
+                    None => format!("the reading's window had closed ({queries})"),
                 },
                 R::Future => format!(
-                    "the reading's time is further ahead than max_future of the newest reading before it (query '{queries}')"
+                    "the reading's time is further ahead than max_future of the newest reading before it ({queries})"
                 ),
-                R::NoTimestamp => format!("the reading has no event time (query '{queries}')"),
+                R::NoTimestamp => format!("the reading has no event time ({queries})"),
                 R::TooManyWindows => format!(
-                    "the reading would open more than max_open_windows = {} windows (query '{queries}')",
+                    "the reading would open more than max_open_windows = {} windows ({queries})",
                     self.config.max_open_windows
                 ),
                 R::StateLimit => format!(
-                    "window state is over max_state_bytes = {}; input is refused until windows close (query '{queries}')",
+                    "window state is over max_state_bytes = {}; input is refused until windows close ({queries})",
                     self.config.max_state_bytes
                 ),
             };
