@@ -28,27 +28,32 @@ pub enum ReplayError {
     #[error("{0}")]
     Source(String),
     /// The history is not in time order (see [`Order`]).
-    #[error("{path}: not in time order: reading {at} ({topic}, {time}) is {behind} behind reading {newest_at} ({newest}), more than the watermark delay of source '{table}' ({delay}); live, it would be late. Sort the file by time, or replay with --sort (sorts in memory)")]
-    Unsorted {
-        /// The history file.
-        path: String,
-        /// The reading out of order (1-based, in file order).
-        at: u64,
-        /// Its topic.
-        topic: String,
-        /// Its event time.
-        time: String,
-        /// How far it is behind the newest before it.
-        behind: String,
-        /// The newest reading before it (1-based) and its time.
-        newest_at: u64,
-        /// Its time.
-        newest: String,
-        /// The source table.
-        table: String,
-        /// The source's watermark delay.
-        delay: String,
-    },
+    #[error(transparent)]
+    Unsorted(Box<OutOfOrder>),
+}
+
+/// Where history first goes back in time by more than the watermark delay.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: not in time order: reading {at} ({topic}, {time}) is {behind} behind reading {newest_at} ({newest}), more than the watermark delay of source '{table}' ({delay}); live, it would be late. Sort the file by time, or replay with --sort (sorts in memory)")]
+pub struct OutOfOrder {
+    /// The history file.
+    pub path: String,
+    /// The reading out of order (1-based, in file order).
+    pub at: u64,
+    /// Its topic.
+    pub topic: String,
+    /// Its event time.
+    pub time: String,
+    /// How far it is behind the newest before it.
+    pub behind: String,
+    /// The newest reading before it (1-based).
+    pub newest_at: u64,
+    /// Its time.
+    pub newest: String,
+    /// The source table.
+    pub table: String,
+    /// The source's watermark delay.
+    pub delay: String,
 }
 
 /// How replay treats history that is not in event-time order.
@@ -137,7 +142,7 @@ pub fn ordered_messages(
         if let (Some(t), false) = (m.time, m.recorded) {
             match newest {
                 Some((n_at, n)) if t < n.saturating_sub(delay) => {
-                    return Err(ReplayError::Unsorted {
+                    return Err(ReplayError::Unsorted(Box::new(OutOfOrder {
                         path: path.clone(),
                         at,
                         topic: m.topic.clone(),
@@ -147,7 +152,7 @@ pub fn ordered_messages(
                         newest: forewarn_core::format_rfc3339(n),
                         table: name.clone(),
                         delay: format_duration(delay),
-                    })
+                    })))
                 }
                 Some((_, n)) if n >= t => {}
                 _ => newest = Some((at, t)),

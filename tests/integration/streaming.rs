@@ -10,6 +10,9 @@ use std::time::Duration;
 use forewarn::{EngineStats, Output, Pipeline};
 use serde_json::Value;
 
+/// An `expect [filter]` block: its line, the filter, the expected messages.
+type Expect = (usize, Option<String>, Vec<(String, Value)>);
+
 /// One parsed `.slt` file.
 #[derive(Debug, Default)]
 struct Case {
@@ -24,7 +27,7 @@ struct Case {
     /// Options of the replay run.
     replay_args: Vec<String>,
     /// `expect [filter]` blocks: (line, filter, expected messages).
-    expects: Vec<(usize, Option<String>, Vec<(String, Value)>)>,
+    expects: Vec<Expect>,
     /// `expect counters`: (dotted name, value).
     counters: Vec<(String, i64)>,
     /// `expect replay error TEXT`: replay must refuse the input with a message
