@@ -299,7 +299,8 @@ pub struct WindowOperator {
     /// Session windows: key columns in the source schema, and the sessions.
     session_key_indices: Vec<usize>,
     sessions: Option<Sessions>,
-    /// The WHERE clause evaluated on leaf batches (sessions: rows it drops open no session).
+    /// The WHERE clause evaluated on leaf batches: rows it drops are never late or
+    /// refused for this query (and, for sessions, open no session).
     prefilter: Option<Arc<dyn PhysicalExpr>>,
     /// Most panes open at once; rows that would open another are rejected.
     max_open_panes: usize,
@@ -307,6 +308,10 @@ pub struct WindowOperator {
     /// far ahead, while no row within reach came after it (see `future_ok`). Not kept
     /// in checkpoints: after a restart a jump takes one more row to confirm.
     jumps: std::collections::HashMap<String, Millis>,
+    /// Per-key watermarks: the tick of the newest event time at the last recomputation,
+    /// and the tick's length (a second, or the pane width if shorter); see `observe`.
+    wm_tick: Option<Millis>,
+    wm_tick_ms: Millis,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -365,7 +370,8 @@ impl WindowOperator {
             }),
             _ => None,
         };
-        let prefilter = sessions.as_ref().and_then(|_| leaf_filter(&q.partial));
+        let prefilter = leaf_filter(&q.partial);
+        let wm_tick_ms = q.window.pane_width().clamp(1, 1000);
         WindowOperator {
             watermark: Watermark::new(q.watermark),
             q,
@@ -383,6 +389,8 @@ impl WindowOperator {
             prefilter,
             max_open_panes: usize::MAX,
             jumps: Default::default(),
+            wm_tick: None,
+            wm_tick_ms,
         }
     }
 
@@ -543,7 +551,6 @@ impl WindowOperator {
         // and replay (thousands at once) give the same results. Windows still close once
         // per batch, after it: a row that is not late by this rule belongs to a pane the
         // watermark has not passed, so closing later changes nothing.
-        let delay = self.q.watermark.delay;
         let max_future = self.q.watermark.max_future;
         let per_key = self.watermark.per_key();
         // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
@@ -562,6 +569,16 @@ impl WindowOperator {
         let mut closed = self.closed_until;
         for i in 0..ts.len() {
             if keep.as_ref().is_some_and(|k| !k[i]) {
+                // The query does not want this row: it is not late or refused for it
+                // (another query of the source may want it), but, except for sessions,
+                // its time moves the watermark as if it had gone through the aggregate.
+                if self.sessions.is_none() && !ts.is_null(i) {
+                    let t = ts.value(i);
+                    let key = wm_keys.as_ref().map_or("", |k| k.value(i));
+                    if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
+                        self.observe(key, t);
+                    }
+                }
                 continue;
             }
             let verdict = if ts.is_null(i) {
@@ -576,16 +593,8 @@ impl WindowOperator {
                         continue;
                     }
                 }
-                // The watermark can only have passed this pane if the newest event time
-                // minus the delay has (per-key watermarks trail it): only then is the
-                // exact value needed, which in per-key mode costs a pass over the keys.
-                let newest = self.watermark.max_seen();
-                if newest.is_some_and(|m| pane.end <= m.saturating_sub(delay))
-                    && closed.is_none_or(|c| pane.end > c)
-                {
-                    self.watermark.update();
-                    closed = max_opt(closed, self.watermark.current());
-                }
+                // The watermark as the rows before this one left it.
+                closed = max_opt(closed, self.watermark.current());
                 let late = match (&mut self.sessions, &session_keys) {
                     (Some(sessions), Some(keys)) => {
                         match sessions.assign(session_key(keys, i, &mut key_buf), t, closed) {
@@ -610,11 +619,7 @@ impl WindowOperator {
                     if new_pane {
                         opened.insert(pane.start);
                     }
-                    if per_key {
-                        self.watermark.observe_key(key, t);
-                    } else {
-                        self.watermark.observe(t);
-                    }
+                    self.observe(key, t);
                     Ok(pane.start)
                 }
             };
@@ -660,9 +665,32 @@ impl WindowOperator {
             self.stats.rows_aggregated += rows.num_rows() as u64;
             self.feed(start, rows, ids).await?;
         }
-        self.watermark.update();
+        if !per_key {
+            self.watermark.update();
+        }
         self.close_ready(&mut out).await?;
         Ok(out)
+    }
+
+    /// Takes an accepted row's event time into the watermark. A per-key watermark is
+    /// recomputed (a pass over the keys: the fleet's median) when the newest event time
+    /// enters a new tick of `wm_tick` ms, not after every row nor every batch: cheap,
+    /// and a function of the rows alone, so the same wherever batches are cut. Windows
+    /// close at most one tick later than a recomputation after every row would close them.
+    fn observe(&mut self, key: &str, t: Millis) {
+        if !self.watermark.per_key() {
+            self.watermark.observe(t);
+            return;
+        }
+        self.watermark.observe_key(key, t);
+        let tick = self
+            .watermark
+            .max_seen()
+            .map(|m| m.div_euclid(self.wm_tick_ms));
+        if tick != self.wm_tick {
+            self.wm_tick = tick;
+            self.watermark.update();
+        }
     }
 
     /// Whether a row at `t` is within `limit` (`max_future`) of the newest event time
