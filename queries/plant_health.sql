@@ -23,7 +23,13 @@ CREATE TABLE telemetry (
   connector = 'mqtt',
   topic = 'plant/+/+/+/telemetry',
   topic_template = 'plant/{site}/{line}/{device}/telemetry',
-  format = 'json'
+  format = 'json',
+  -- One watermark per machine: a machine whose clock runs ahead cannot make the rest
+  -- of the fleet's readings late, and one that stops cannot hold windows open.
+  watermark_key = 'device',
+  -- A reading more than 10 minutes ahead of the newest one (a clock that jumped) is
+  -- dead-lettered as future_timestamp instead of moving time on for its machine.
+  max_future = '10 minutes'
 );
 
 -- Alerts are state transitions, not window rows: a machine is raised to `warning`

@@ -333,7 +333,32 @@ async fn publish_loop(
     let mut n = 0u64;
     let mut received = 0u64;
     let mut open = true;
+    // The latest retained message (device state) per topic, to publish again when the
+    // broker comes back without our session: it may have lost its retained messages, and
+    // a subscriber to `{prefix}/state/#` would otherwise see an empty fleet until every
+    // device's state next changes. One entry per device.
+    let mut retained: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let mut sessions_lost = 0u64;
     loop {
+        let lost = sink.stats().sessions_lost.load(Ordering::Relaxed);
+        if lost > sessions_lost {
+            sessions_lost = lost;
+            tracing::warn!(
+                states = retained.len(),
+                "the broker has no session for us (restarted without persistence?): publishing every device state again"
+            );
+            for (topic, payload) in &retained {
+                if let Some(e) = outbox.push(Pending {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                    retain: true,
+                    critical: false,
+                }) {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic = %e.topic, "outbox full: dropped the oldest non-critical message");
+                }
+            }
+        }
         if let Some(h) = &confirm {
             // Outputs leave in order: all but those still queued or unacknowledged
             // are with the broker (a dropped one is gone either way).
@@ -360,6 +385,9 @@ async fn publish_loop(
         }
         let wait = if !outbox.is_empty() || confirm.is_some() {
             Duration::from_millis(10)
+        } else if !retained.is_empty() {
+            // Look for a lost session now and then, even when nothing else happens.
+            Duration::from_millis(250)
         } else {
             Duration::from_secs(3600)
         };
@@ -368,6 +396,9 @@ async fn publish_loop(
                 Some(o) => {
                     received += 1;
                     let (topic, payload) = o.to_message();
+                    if o.retained() {
+                        retained.insert(topic.clone(), payload.clone());
+                    }
                     let critical = matches!(o, Output::Alert { .. } | Output::Transition { .. });
                     if let Some(e) = outbox.push(Pending { topic, payload, retain: o.retained(), critical }) {
                         dropped.fetch_add(1, Ordering::Relaxed);

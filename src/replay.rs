@@ -23,9 +23,53 @@ pub enum ReplayError {
     /// The query set has no feature query for the model.
     #[error(transparent)]
     Sql(#[from] SqlError),
-    /// Which source the data belongs to is ambiguous or unknown.
+    /// Which source the data belongs to is ambiguous or unknown, or it cannot be
+    /// replayed.
     #[error("{0}")]
     Source(String),
+    /// The history is not in time order (see [`Order`]).
+    #[error(transparent)]
+    Unsorted(Box<OutOfOrder>),
+}
+
+/// Where history first goes back in time by more than the watermark delay.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: not in time order: reading {at} ({topic}, {time}) is {behind} behind reading {newest_at} ({newest}), more than the watermark delay of source '{table}' ({delay}); live, it would be late. Sort the file by time, or replay with --sort (sorts in memory)")]
+pub struct OutOfOrder {
+    /// The history file.
+    pub path: String,
+    /// The reading out of order (1-based, in file order).
+    pub at: u64,
+    /// Its topic.
+    pub topic: String,
+    /// Its event time.
+    pub time: String,
+    /// How far it is behind the newest before it.
+    pub behind: String,
+    /// The newest reading before it (1-based).
+    pub newest_at: u64,
+    /// Its time.
+    pub newest: String,
+    /// The source table.
+    pub table: String,
+    /// The source's watermark delay.
+    pub delay: String,
+}
+
+/// How replay treats history that is not in event-time order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Replay in file order, and stop with [`ReplayError::Unsorted`] at the first
+    /// reading further behind the newest before it than the source's watermark delay
+    /// (live, it would be late): exports ordered by device would otherwise lose most of
+    /// their readings as late without a word. Recorded messages (`{"topic",
+    /// "payload"}` lines) are not checked: their order is the order they arrived in.
+    #[default]
+    Check,
+    /// Sort the readings by event time first (stable; readings without a readable time
+    /// first, for the decoder to refuse). Holds the whole file in memory, about its
+    /// size as JSON.
+    Sort,
 }
 
 /// The shape of the source `name` (or of the only source) of `pipeline`.
@@ -53,23 +97,92 @@ pub fn source_shape(pipeline: &Pipeline, name: Option<&str>) -> Result<SourceSha
             )))
         }
     };
+    if s.processing_time {
+        return Err(ReplayError::Source(format!(
+            "source '{}' has no event time (no WATERMARK FOR in its CREATE TABLE), so its windows follow the wall clock: history cannot be replayed through it. Declare the time column, e.g. WATERMARK FOR ts AS ts - INTERVAL '10' SECOND",
+            s.name
+        )));
+    }
     Ok(SourceShape {
         topic_filter: s.topic_filter.clone(),
         template: s.template.clone(),
         schema: s.schema.clone(),
+        event_time: Some(s.event_time.clone()),
     })
 }
 
+/// The messages of `data` for source `source` (or the only source) of `pipeline`, in
+/// the order replay pushes them (see [`Order`]).
+pub fn ordered_messages(
+    pipeline: &Pipeline,
+    data: &Path,
+    source: Option<&str>,
+    order: Order,
+) -> Result<Box<dyn Iterator<Item = Result<Message, ReplayError>>>, ReplayError> {
+    let shape = source_shape(pipeline, source)?;
+    let info = pipeline
+        .sources()
+        .iter()
+        .find(|s| source.is_none_or(|n| n == s.name))
+        .expect("source_shape found it");
+    let messages = forewarn_history::messages(data, &shape)?;
+    if order == Order::Sort {
+        let mut all = messages.collect::<Result<Vec<_>, _>>()?;
+        all.sort_by_key(|m| m.time.unwrap_or(i64::MIN));
+        return Ok(Box::new(all.into_iter().map(Ok)));
+    }
+    let delay = info.watermark.delay;
+    let (name, path) = (info.name.clone(), data.display().to_string());
+    let mut newest: Option<(u64, i64)> = None;
+    let mut at = 0u64;
+    Ok(Box::new(messages.map(move |m| {
+        let m = m?;
+        at += 1;
+        // A recorded message stream is replayed as it arrived, late readings included.
+        if let (Some(t), false) = (m.time, m.recorded) {
+            match newest {
+                Some((n_at, n)) if t < n.saturating_sub(delay) => {
+                    return Err(ReplayError::Unsorted(Box::new(OutOfOrder {
+                        path: path.clone(),
+                        at,
+                        topic: m.topic.clone(),
+                        time: forewarn_core::format_rfc3339(t),
+                        behind: format_duration(n - t),
+                        newest_at: n_at,
+                        newest: forewarn_core::format_rfc3339(n),
+                        table: name.clone(),
+                        delay: format_duration(delay),
+                    })))
+                }
+                Some((_, n)) if n >= t => {}
+                _ => newest = Some((at, t)),
+            }
+        }
+        Ok(m)
+    })))
+}
+
 /// Replays `data` into `source` (or the only source) and hands every output to `sink`
-/// in order. Returns the pipeline's counters.
+/// in order. Returns the pipeline's counters. History must be in time order (see
+/// [`Order::Check`]; [`replay_ordered`] can sort it).
 pub async fn replay(
     pipeline: Pipeline,
     data: &Path,
     source: Option<&str>,
+    sink: impl FnMut(Output) + Send + 'static,
+) -> Result<EngineStats, ReplayError> {
+    replay_ordered(pipeline, data, source, Order::Check, sink).await
+}
+
+/// [`replay`], with the treatment of history out of time order.
+pub async fn replay_ordered(
+    pipeline: Pipeline,
+    data: &Path,
+    source: Option<&str>,
+    order: Order,
     mut sink: impl FnMut(Output) + Send + 'static,
 ) -> Result<EngineStats, ReplayError> {
-    let shape = source_shape(&pipeline, source)?;
-    let messages = forewarn_history::messages(data, &shape)?;
+    let messages = ordered_messages(&pipeline, data, source, order)?;
     let (handle, mut outputs) = pipeline.without_wall_clock().start();
     let drain = tokio::spawn(async move {
         while let Some(o) = outputs.recv().await {
@@ -114,9 +227,8 @@ pub async fn features(
         .build()
         .await?
         .without_wall_clock();
-    let shape = source_shape(&pipeline, None)?;
     let source = pipeline.sources()[0].clone();
-    let messages = forewarn_history::messages(data, &shape)?;
+    let messages = ordered_messages(&pipeline, data, None, Order::Check)?;
     let (handle, mut outputs) = pipeline.start();
     let collect = tokio::spawn(async move {
         let mut rows = crate::training::FeatureRows::new(names);
@@ -177,4 +289,15 @@ pub async fn features(
         labels,
         stats,
     })
+}
+
+/// A duration in the units an engineer reads: `90 s`, `12 min 5 s`, `3 h 20 min`.
+fn format_duration(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        _ if ms < 1000 => format!("{ms} ms"),
+        0..120 => format!("{:.3} s", ms as f64 / 1000.0).replace(".000 s", " s"),
+        120..7200 => format!("{} min {} s", s / 60, s % 60).replace(" 0 s", ""),
+        _ => format!("{} h {} min", s / 3600, s / 60 % 60).replace(" 0 min", ""),
+    }
 }

@@ -137,7 +137,10 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let summary = summarize(&truth, &events);
-    println!("\nreadings published {published}, received by the engine {}, windows closed {}, alert messages (transitions) published {}, rejected {:?}", stats.messages_in, stats.windows_closed, stats.transitions_out, stats.rejected);
+    println!(
+        "\nreadings published {published}; engine: {}",
+        stats.summary()
+    );
     let failing = truth.failing_devices();
     let per_machine = |d: &str| alerts.iter().filter(|t| t.device == d).count();
     if !failing.is_empty() {

@@ -265,7 +265,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => break,
             _ = tick.tick() => {
                 let s = running.handle().stats();
-                tracing::info!(messages = s.messages_in, readings = s.readings_in, windows = s.windows_closed, alerts = s.alerts_out, rejected = ?s.rejected, "running");
+                tracing::info!("running: {}", s.summary());
             }
         }
     }
@@ -278,8 +278,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let s = running.stop().await?;
     eprintln!(
-        "stopped: {} messages, {} windows, {} alerts, {} transitions, {} checkpoints, {} redeliveries dropped, rejected {:?}",
-        s.messages_in, s.windows_closed, s.alerts_out, s.transitions_out, s.checkpoints, redelivered, s.rejected
+        "stopped: {}, checkpoints {}, redeliveries dropped {redelivered}",
+        s.summary(),
+        s.checkpoints
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -200,3 +200,64 @@ async fn a_full_outbox_sheds_instead_of_blocking_the_pipeline() {
     let dropped = running.outbox_dropped();
     assert!(dropped >= 5_000 - 100 - 1_024 - 1_024, "dropped {dropped}");
 }
+
+/// A broker restarted without persistence has lost the retained device states: once the
+/// engine reconnects (the broker has no session for it), it publishes every device's
+/// state again, so a new subscriber to `forewarn/state/#` sees the whole fleet at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_states_are_published_again_after_a_broker_lost_them() {
+    let Some(bin) = mosquitto_binary() else {
+        eprintln!("SKIPPED: mosquitto is not installed; .ci/run installs it");
+        return;
+    };
+    let (broker, port) = common::mosquitto::start_mosquitto(&bin);
+    let url = BrokerUrl::new("127.0.0.1", port);
+    let running = mqtt::start(
+        common::lifecycle_pipeline().await,
+        &url,
+        &mqtt::RunOptions::new("engine-retained"),
+        None,
+    )
+    .await
+    .unwrap();
+    // Forty seconds of the twelve devices: every device has a state.
+    for (_, t, p) in readings().into_iter().filter(|(s, _, _)| *s < 40) {
+        running.handle().push_json(&t, p).await.unwrap();
+    }
+    running.handle().flush().await.unwrap();
+    let states = |tag: &'static str| {
+        let url = url.clone();
+        async move {
+            let (mut sub, mut rx) = MqttSource::start(SourceOptions::new(
+                url,
+                tag,
+                vec!["forewarn/state/#".into()],
+            ));
+            sub.wait_connected(Duration::from_secs(10)).await.unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while seen.len() < DEVICES as usize {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(m)) => {
+                        seen.insert(m.topic);
+                    }
+                    _ => break,
+                }
+            }
+            sub.stop().await;
+            seen
+        }
+    };
+    assert_eq!(states("retained-before").await.len(), DEVICES as usize);
+
+    // Restarted without persistence: no sessions, no retained messages.
+    broker.terminate();
+    let _broker = common::mosquitto::start_mosquitto_on(&bin, port).expect("mosquitto restarts");
+    let after = states("retained-after").await;
+    assert_eq!(
+        after.len(),
+        DEVICES as usize,
+        "states after the restart: {after:?}"
+    );
+    running.stop().await.unwrap();
+}

@@ -28,6 +28,8 @@ mod operator_commands;
 #[cfg(all(feature = "cli", feature = "broker"))]
 mod scale_out;
 mod shipped;
+#[cfg(all(feature = "cli", feature = "broker"))]
+mod streaming;
 #[cfg(feature = "tls")]
 mod tls;
 mod windows;

@@ -228,8 +228,14 @@ pub struct EngineStats {
     pub rejected: BTreeMap<String, u64>,
     /// Micro-batches processed.
     pub batches: u64,
-    /// Windows closed, over all queries.
+    /// Windows closed, over all queries: one per query and window (time span), however
+    /// many devices' rows it had.
     pub windows_closed: u64,
+    /// The same by query.
+    pub windows_closed_by_query: BTreeMap<String, u64>,
+    /// Result rows the queries produced (one per device and window, after `HAVING`):
+    /// published as alerts, or fed to a lifecycle that turns them into transitions.
+    pub results: u64,
     /// Alerts produced (result rows of sinks without a lifecycle).
     pub alerts_out: u64,
     /// Lifecycle transitions produced (raised, escalated, cleared).
@@ -258,6 +264,41 @@ pub struct EngineStats {
     /// Outputs emitted again after a restart because the checkpoint held them
     /// unconfirmed.
     pub outputs_replayed: u64,
+}
+
+impl EngineStats {
+    /// Readings refused after decoding or by the windows, all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    /// The counters as one line, the same wherever they are reported (the periodic log,
+    /// `replay`, `train`, the demo): e.g. `readings 1440, rejected 3 (late 2,
+    /// not_json 1), windows 120, results 120, alerts 0, transitions 2, states 3, dead
+    /// letters 3`.
+    pub fn summary(&self) -> String {
+        let rejected = if self.rejected.is_empty() {
+            "rejected 0".to_string()
+        } else {
+            let by: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            format!("rejected {} ({})", self.rejected_total(), by.join(", "))
+        };
+        format!(
+            "messages {}, readings {}, {rejected}, windows {}, results {}, alerts {}, transitions {}, states {}, dead letters {}",
+            self.messages_in,
+            self.readings_in,
+            self.windows_closed,
+            self.results,
+            self.alerts_out,
+            self.transitions_out,
+            self.states_out,
+            self.dead_letters_out
+        )
+    }
 }
 
 /// Builds a [`Pipeline`].
@@ -397,6 +438,7 @@ impl PipelineBuilder {
                 schema: s.schema.clone(),
                 event_time: s.event_time.clone(),
                 processing_time: s.processing_time,
+                watermark: s.watermark,
                 idle_timeout: s.idle_timeout.map(|ms| Duration::from_millis(ms as u64)),
                 late_topic,
                 nats: s.nats.clone(),
@@ -473,6 +515,9 @@ pub struct SourceInfo {
     pub event_time: String,
     /// Timed by arrival: the engine fills `arrival_time`.
     pub processing_time: bool,
+    /// How its watermark trails event time (`WATERMARK FOR ... - INTERVAL`, max_future,
+    /// per-key watermarks).
+    pub watermark: forewarn_core::WatermarkSpec,
     /// Wall-clock time without input after which the watermark moves with the clock.
     pub idle_timeout: Option<Duration>,
     /// Where late rows go (default `{prefix}/late/{source}`).

@@ -110,6 +110,26 @@ struct Source {
     device_from_topic: Option<(TopicTemplate, Option<String>)>,
     /// Devices admitted so far (at most `max_devices`).
     devices: std::collections::HashSet<String>,
+    /// Where each buffered reading came from: its message's topic and its position in
+    /// an array message (for the dead letter of a reading the windows refuse).
+    origins: Vec<Origin>,
+}
+
+/// The message a reading came from.
+#[derive(Clone)]
+struct Origin {
+    topic: Arc<str>,
+    index: Option<usize>,
+}
+
+/// A reading the window operators refused, with what the dead letter says of it.
+struct Refusal {
+    reason: forewarn_stream::RowRejection,
+    row: serde_json::Map<String, serde_json::Value>,
+    /// The queries that refused it.
+    queries: Vec<String>,
+    /// The pane of the reading's event time in the first of them.
+    window: Option<forewarn_core::Pane>,
 }
 
 struct Operator {
@@ -224,6 +244,7 @@ impl Runtime {
                             (t.clone(), cap)
                         }),
                     devices: Default::default(),
+                    origins: Vec::new(),
                 }
             })
             .collect();
@@ -768,6 +789,24 @@ impl Runtime {
             }
             let outcome = self.sources[i].decoder.decode(topic, payload);
             self.count(|s| s.readings_in += outcome.accepted as u64);
+            if outcome.accepted > 0 {
+                let topic: Arc<str> = topic.into();
+                let origins = &mut self.sources[i].origins;
+                if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+                    let bad: Vec<usize> = outcome.rejected.iter().filter_map(|r| r.index).collect();
+                    origins.extend(
+                        (0..)
+                            .filter(|k| !bad.contains(k))
+                            .take(outcome.accepted)
+                            .map(|k| Origin {
+                                topic: topic.clone(),
+                                index: Some(k),
+                            }),
+                    );
+                } else {
+                    origins.push(Origin { topic, index: None });
+                }
+            }
             for r in outcome.rejected {
                 let source = self.sources[i].name.clone();
                 let letter = DeadLetter {
@@ -852,7 +891,14 @@ impl Runtime {
         self.sources[i].last_input = Instant::now();
         self.count(|s| s.readings_in += batch.num_rows() as u64);
         self.flush_source(i).await?;
-        self.process(i, batch).await
+        // Rows of a pushed batch are named by their position in it.
+        let origins = (0..batch.num_rows())
+            .map(|k| Origin {
+                topic: "".into(),
+                index: Some(k),
+            })
+            .collect();
+        self.process(i, batch, origins).await
     }
 
     async fn flush_all(&mut self) -> Result<(), EngineError> {
@@ -864,13 +910,19 @@ impl Runtime {
 
     async fn flush_source(&mut self, i: usize) -> Result<(), EngineError> {
         self.sources[i].pending_since = None;
+        let origins = std::mem::take(&mut self.sources[i].origins);
         match self.sources[i].decoder.flush() {
-            Some(batch) => self.process(i, batch).await,
+            Some(batch) => self.process(i, batch, origins).await,
             None => Ok(()),
         }
     }
 
-    async fn process(&mut self, i: usize, batch: RecordBatch) -> Result<(), EngineError> {
+    async fn process(
+        &mut self,
+        i: usize,
+        batch: RecordBatch,
+        origins: Vec<Origin>,
+    ) -> Result<(), EngineError> {
         self.count(|s| s.batches += 1);
         let over = self.state_bytes > self.config.max_state_bytes;
         if over {
@@ -880,6 +932,10 @@ impl Runtime {
                 "window state over max_state_bytes: rows refused (state_limit) until windows close"
             );
         }
+        // A reading refused by several queries (late for each) is one dead letter: it
+        // is the reading that is lost, once, whichever queries wanted it.
+        let mut refused: BTreeMap<u32, Refusal> = BTreeMap::new();
+        let mut done = Vec::new();
         for k in 0..self.sources[i].operators.len() {
             let op = &mut self.sources[i].operators[k].op;
             let r = if over {
@@ -888,13 +944,107 @@ impl Runtime {
                 op.process(&batch).await
             };
             match r {
-                Ok(processed) => self.emit_processed(i, k, processed).await,
+                Ok(mut processed) => {
+                    let op = &self.sources[i].operators[k].op;
+                    for rej in std::mem::take(&mut processed.rejected) {
+                        for (r, &row) in rej.index.iter().enumerate() {
+                            refused
+                                .entry(row)
+                                .or_insert_with(|| {
+                                    let row = row_to_json(&rej.rows, r);
+                                    let q = op.query();
+                                    let window = match &row.get(&q.event_time) {
+                                        Some(serde_json::Value::String(t)) => {
+                                            forewarn_core::parse_rfc3339(t)
+                                                .map(|t| q.window.pane_of(t))
+                                        }
+                                        _ => None,
+                                    };
+                                    Refusal {
+                                        reason: rej.reason,
+                                        row,
+                                        queries: Vec::new(),
+                                        window,
+                                    }
+                                })
+                                .queries
+                                .push(op.query().name.clone());
+                        }
+                    }
+                    done.push((k, processed));
+                }
                 // One failing query must not stop the others, nor the pipeline.
                 Err(e) => self.query_failed(e),
             }
         }
+        self.emit_refused(i, refused, &origins).await;
+        for (k, processed) in done {
+            self.emit_processed(i, k, processed).await;
+        }
         self.measure_state();
         Ok(())
+    }
+
+    /// One dead letter (late rows: one late message) per refused reading, with the
+    /// topic and array position of the message it came in.
+    async fn emit_refused(
+        &mut self,
+        i: usize,
+        refused: BTreeMap<u32, Refusal>,
+        origins: &[Origin],
+    ) {
+        use forewarn_stream::RowRejection as R;
+        let src = &self.sources[i];
+        let mut letters = Vec::with_capacity(refused.len());
+        for (row, r) in refused {
+            let origin = origins.get(row as usize);
+            let fields = r.row;
+            let topic = match (r.reason, &src.late_topic) {
+                (R::Late, Some(t)) => t.render(|c| fields.get(c).map(topic_text)),
+                (R::Late, None) => format!("{}/late/{}", self.config.topic_prefix, src.name),
+                _ => format!("{}/deadletter/{}", self.config.topic_prefix, src.name),
+            };
+            // Only what does not depend on how input was batched: the same reading
+            // gets the same words live and in replay.
+            let queries = match r.queries.len() {
+                1 => format!("query '{}'", r.queries[0]),
+                _ => format!("queries '{}'", r.queries.join("', '")),
+            };
+            let detail = match r.reason {
+                R::Late => match r.window {
+                    Some(w) => format!(
+                        "the watermark had passed the end of the reading's window [{}, {}) ({queries})",
+                        forewarn_core::format_rfc3339(w.start),
+                        forewarn_core::format_rfc3339(w.end)
+                    ),
+                    None => format!("the reading's window had closed ({queries})"),
+                },
+                R::Future => format!(
+                    "the reading's time is further ahead than max_future of the newest reading before it ({queries})"
+                ),
+                R::NoTimestamp => format!("the reading has no event time ({queries})"),
+                R::TooManyWindows => format!(
+                    "the reading would open more than max_open_windows = {} windows ({queries})",
+                    self.config.max_open_windows
+                ),
+                R::StateLimit => format!(
+                    "window state is over max_state_bytes = {}; input is refused until windows close ({queries})",
+                    self.config.max_state_bytes
+                ),
+            };
+            let letter = DeadLetter {
+                reason: r.reason.code().into(),
+                detail,
+                source_topic: origin.map_or(String::new(), |o| o.topic.to_string()),
+                source: Some(src.name.clone()),
+                index: origin.and_then(|o| o.index),
+                excerpt: serde_json::Value::Object(fields).to_string(),
+            };
+            letters.push(Output::DeadLetter { topic, letter });
+        }
+        for o in letters {
+            self.emit(o).await;
+        }
     }
 
     /// Window state now: the queries share one memory pool for their aggregates.
@@ -923,45 +1073,16 @@ impl Runtime {
     }
 
     async fn emit_processed(&mut self, i: usize, k: usize, p: Processed) {
-        let src = &self.sources[i];
-        let op = &src.operators[k];
-        let query = op.op.query().name.clone();
-        self.count(|s| s.windows_closed += p.results.len() as u64);
-        let mut letters = Vec::new();
-        for (reason, rows) in p.rejected {
-            let default_topic = match reason {
-                forewarn_stream::RowRejection::Late => {
-                    format!("{}/late/{}", self.config.topic_prefix, src.name)
-                }
-                _ => format!("{}/deadletter/{}", self.config.topic_prefix, src.name),
-            };
-            for r in 0..rows.num_rows() {
-                let fields = row_to_json(&rows, r);
-                let topic = match (&reason, &src.late_topic) {
-                    (forewarn_stream::RowRejection::Late, Some(t)) => {
-                        t.render(|c| fields.get(c).map(topic_text))
-                    }
-                    _ => default_topic.clone(),
-                };
-                let row = serde_json::Value::Object(fields);
-                let letter = DeadLetter {
-                    reason: reason.code().into(),
-                    detail: format!(
-                        "query '{query}': row rejected ({}) at watermark {:?}",
-                        reason.code(),
-                        op.op.watermark().map(forewarn_core::format_rfc3339)
-                    ),
-                    source_topic: String::new(),
-                    source: Some(src.name.clone()),
-                    index: None,
-                    excerpt: row.to_string(),
-                };
-                letters.push(Output::DeadLetter { topic, letter });
+        let query = self.sources[i].operators[k].op.query().name.clone();
+        let rows: u64 = p.results.iter().map(|r| r.batch.num_rows() as u64).sum();
+        self.count(|s| {
+            s.windows_closed += p.results.len() as u64;
+            s.results += rows;
+            if !p.results.is_empty() {
+                *s.windows_closed_by_query.entry(query).or_default() += p.results.len() as u64;
             }
-        }
-        for o in letters {
-            self.emit(o).await;
-        }
+        });
+        debug_assert!(p.rejected.is_empty(), "rejections go through emit_refused");
         // A window of a large fleet closes with one row per device: its alerts are built
         // and sent a chunk at a time, so the output channel's back-pressure, not the
         // fleet size, bounds how many exist at once.

@@ -186,6 +186,24 @@ impl TopicTemplate {
             .collect::<Vec<_>>()
             .join("/")
     }
+
+    /// The topic with each capture's value as it is and a missing one as an empty
+    /// level: the topic a device with these values would publish on (history replay).
+    /// Unlike [`render`](Self::render) nothing is substituted, so a value live input
+    /// could not carry (empty, or with a `/`) gives a topic the template does not match,
+    /// and the reading is refused as it would be live.
+    pub fn render_exact(&self, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
+        self.levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.clone(),
+                Level::Capture(n) => lookup(n).unwrap_or_default(),
+                Level::Any => "+".into(),
+                Level::Rest => "#".into(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
 }
 
 /// Whether an MQTT topic filter (with `+` and `#`) matches a topic.

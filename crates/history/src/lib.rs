@@ -86,13 +86,17 @@ pub struct SourceShape {
     pub template: Option<TopicTemplate>,
     /// Its declared columns.
     pub schema: SchemaRef,
+    /// Its event-time column, read into [`Message::time`] (`None`: not read).
+    pub event_time: Option<String>,
 }
 
 impl SourceShape {
     /// The topic a reading with these fields would have been published on.
     pub fn topic_for(&self, fields: &Map<String, Value>) -> String {
         match &self.template {
-            Some(t) => t.render(|c| {
+            // Values as they are, a missing one as an empty level: a row live input
+            // could not have carried gets a topic the decoder refuses, as live would.
+            Some(t) => t.render_exact(|c| {
                 fields.get(c).map(|v| match v {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -116,6 +120,23 @@ pub struct Message {
     pub topic: String,
     /// Payload bytes (JSON).
     pub payload: Vec<u8>,
+    /// The reading's event time (epoch ms), when the shape names the column and the
+    /// value is a timestamp; for keeping replay in time order.
+    pub time: Option<i64>,
+    /// A recorded message (`{"topic", "payload"}` line), whose place in the file is
+    /// its arrival order, late readings included; not a row of a table.
+    pub recorded: bool,
+}
+
+impl SourceShape {
+    /// The event time in a reading's fields, if it has a readable one.
+    fn time_of(&self, fields: &Map<String, Value>) -> Option<i64> {
+        match fields.get(self.event_time.as_deref()?)? {
+            Value::String(s) => forewarn_core::parse_rfc3339(s),
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+    }
 }
 
 /// The messages of a history file, in file order.
@@ -174,26 +195,46 @@ fn json_line(shape: &SourceShape, line: String) -> Message {
     match serde_json::from_str::<Value>(&line) {
         Ok(Value::Object(o)) if o.len() == 2 && o.contains_key("topic") => {
             match (o.get("topic"), o.get("payload")) {
-                (Some(Value::String(t)), Some(p)) => Message {
-                    topic: t.clone(),
-                    payload: match p {
-                        Value::String(s) => s.clone().into_bytes(),
-                        other => other.to_string().into_bytes(),
-                    },
-                },
+                (Some(Value::String(t)), Some(p)) => {
+                    let time = match p {
+                        Value::Object(f) => shape.time_of(f),
+                        Value::String(s) if shape.event_time.is_some() => {
+                            match serde_json::from_str::<Value>(s) {
+                                Ok(Value::Object(f)) => shape.time_of(&f),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    Message {
+                        topic: t.clone(),
+                        payload: match p {
+                            Value::String(s) => s.clone().into_bytes(),
+                            other => other.to_string().into_bytes(),
+                        },
+                        time,
+                        recorded: true,
+                    }
+                }
                 _ => Message {
                     topic: shape.topic_for(&o),
+                    time: shape.time_of(&o),
                     payload: line.into_bytes(),
+                    recorded: false,
                 },
             }
         }
         Ok(Value::Object(o)) => Message {
             topic: shape.topic_for(&o),
+            time: shape.time_of(&o),
             payload: line.into_bytes(),
+            recorded: false,
         },
         _ => Message {
             topic: shape.topic_for(&Map::new()),
             payload: line.into_bytes(),
+            time: None,
+            recorded: false,
         },
     }
 }
@@ -296,6 +337,8 @@ fn batch_messages(
                     Box::new(rows.into_iter().map(move |fields| {
                         Ok(Message {
                             topic: shape.topic_for(&fields),
+                            time: shape.time_of(&fields),
+                            recorded: false,
                             payload: Value::Object(fields).to_string().into_bytes(),
                         })
                     }))
@@ -379,6 +422,7 @@ mod tests {
                 ),
                 Field::new("v", DataType::Float64, true),
             ])),
+            event_time: Some("ts".into()),
         }
     }
 

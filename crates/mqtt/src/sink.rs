@@ -19,6 +19,10 @@ pub struct SinkStats {
     pub acked: AtomicU64,
     /// QoS 0 publishes written to the socket.
     pub sent_qos0: AtomicU64,
+    /// Reconnections to a broker that had no session for this client
+    /// (`session_present = false` after the first connection): it restarted without its
+    /// state, and may have lost retained messages too.
+    pub sessions_lost: AtomicU64,
 }
 
 /// A publishing connection.
@@ -53,10 +57,15 @@ impl MqttSink {
         let (ctx, crx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
+            let mut connected_before = false;
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => {
                         backoff.reset();
+                        if connected_before && !c.session_present {
+                            st.sessions_lost.fetch_add(1, Ordering::Relaxed);
+                        }
+                        connected_before = true;
                         let _ = ctx.send(true);
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {

@@ -99,8 +99,40 @@ pub struct WindowResult {
 pub struct Processed {
     /// Windows that closed, oldest first.
     pub results: Vec<WindowResult>,
-    /// Rows not aggregated, with the reason (original source columns).
-    pub rejected: Vec<(RowRejection, RecordBatch)>,
+    /// Rows not aggregated, by reason.
+    pub rejected: Vec<Rejection>,
+}
+
+/// Rows of one batch that were not aggregated, for one reason.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Why.
+    pub reason: RowRejection,
+    /// The rows (original source columns).
+    pub rows: RecordBatch,
+    /// Their positions in the batch given to [`WindowOperator::process`] (empty for
+    /// [`WindowOperator::refuse`]d batches, which are rejected whole).
+    pub index: Vec<u32>,
+}
+
+/// Files row `i` under `reason`.
+fn record(
+    rejected: &mut BTreeMap<&'static str, (RowRejection, Vec<u32>)>,
+    reason: RowRejection,
+    i: usize,
+) {
+    rejected
+        .entry(reason.code())
+        .or_insert((reason, vec![]))
+        .1
+        .push(i as u32);
+}
+
+fn max_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Running totals for one operator.
@@ -267,10 +299,19 @@ pub struct WindowOperator {
     /// Session windows: key columns in the source schema, and the sessions.
     session_key_indices: Vec<usize>,
     sessions: Option<Sessions>,
-    /// The WHERE clause evaluated on leaf batches (sessions: rows it drops open no session).
+    /// The WHERE clause evaluated on leaf batches: rows it drops are never late or
+    /// refused for this query (and, for sessions, open no session).
     prefilter: Option<Arc<dyn PhysicalExpr>>,
     /// Most panes open at once; rows that would open another are rejected.
     max_open_panes: usize,
+    /// Per watermark key (`""` without one): the time of the last row rejected as too
+    /// far ahead, while no row within reach came after it (see `future_ok`). Not kept
+    /// in checkpoints: after a restart a jump takes one more row to confirm.
+    jumps: std::collections::HashMap<String, Millis>,
+    /// Per-key watermarks: the tick of the newest event time at the last recomputation,
+    /// and the tick's length (a second, or the pane width if shorter); see `observe`.
+    wm_tick: Option<Millis>,
+    wm_tick_ms: Millis,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -329,7 +370,8 @@ impl WindowOperator {
             }),
             _ => None,
         };
-        let prefilter = sessions.as_ref().and_then(|_| leaf_filter(&q.partial));
+        let prefilter = leaf_filter(&q.partial);
+        let wm_tick_ms = q.window.pane_width().clamp(1, 1000);
         WindowOperator {
             watermark: Watermark::new(q.watermark),
             q,
@@ -346,6 +388,9 @@ impl WindowOperator {
             sessions,
             prefilter,
             max_open_panes: usize::MAX,
+            jumps: Default::default(),
+            wm_tick: None,
+            wm_tick_ms,
         }
     }
 
@@ -445,7 +490,7 @@ impl WindowOperator {
             .q
             .watermark
             .max_future
-            .zip(self.watermark.current().map(|w| w + self.q.watermark.delay))
+            .zip(self.watermark.max_seen())
             .map(|(l, seen)| seen.saturating_add(l));
         if let Some(t) = ts
             .iter()
@@ -458,7 +503,11 @@ impl WindowOperator {
         }
         self.stats.rows_in += batch.num_rows() as u64;
         self.stats.too_many_windows_rows += batch.num_rows() as u64;
-        out.rejected.push((RowRejection::StateLimit, batch.clone()));
+        out.rejected.push(Rejection {
+            reason: RowRejection::StateLimit,
+            rows: batch.clone(),
+            index: (0..batch.num_rows() as u32).collect(),
+        });
         self.close_ready(&mut out).await?;
         Ok(out)
     }
@@ -483,11 +532,6 @@ impl WindowOperator {
         let ts_col =
             cast(batch.column(self.ts_index), &time_type()).map_err(|e| self.exec_err(e.into()))?;
         let ts = ts_col.as_primitive::<TimestampMillisecondType>();
-        let max_ahead = self
-            .q
-            .watermark
-            .max_future
-            .zip(self.watermark.current().map(|w| w + self.q.watermark.delay));
         let keep = match &self.prefilter {
             Some(_) => Some(self.prefilter_mask(batch)?),
             None => None,
@@ -500,6 +544,15 @@ impl WindowOperator {
             Some(_) => Some(self.session_key_columns(batch)?),
             None => None,
         };
+        // Rows are judged one at a time, in arrival order, against what the rows before
+        // them established (the watermark, the newest event time, the open panes), and
+        // accepted rows move the watermark at once: so a row's fate does not depend on
+        // how the input was cut into micro-batches, and live input (a message at a time)
+        // and replay (thousands at once) give the same results. Windows still close once
+        // per batch, after it: a row that is not late by this rule belongs to a pane the
+        // watermark has not passed, so closing later changes nothing.
+        let max_future = self.q.watermark.max_future;
+        let per_key = self.watermark.per_key();
         // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
         let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
         let mut rejected: BTreeMap<&'static str, (RowRejection, Vec<u32>)> = BTreeMap::new();
@@ -509,87 +562,70 @@ impl WindowOperator {
             Some(_) => vec![0; batch.num_rows()],
             None => Vec::new(),
         };
-        let mut key_max: std::collections::HashMap<&str, Millis> = Default::default();
-        let mut max_ts = None::<Millis>;
+        // Panes this batch opens (for the limit on open panes).
+        let open_before = self.open_panes();
+        let mut opened: std::collections::HashSet<Millis> = Default::default();
+        // The watermark as of the row being judged (`closed_until` before the batch).
+        let mut closed = self.closed_until;
         for i in 0..ts.len() {
             if keep.as_ref().is_some_and(|k| !k[i]) {
+                // The query does not want this row: it is not late or refused for it
+                // (another query of the source may want it), but, except for sessions,
+                // its time moves the watermark as if it had gone through the aggregate.
+                if self.sessions.is_none() && !ts.is_null(i) {
+                    let t = ts.value(i);
+                    let key = wm_keys.as_ref().map_or("", |k| k.value(i));
+                    if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
+                        self.observe(key, t);
+                    }
+                }
                 continue;
             }
             let verdict = if ts.is_null(i) {
                 Err(RowRejection::NoTimestamp)
             } else {
                 let t = ts.value(i);
+                let key = wm_keys.as_ref().map_or("", |k| k.value(i));
                 let pane = self.q.window.pane_of(t);
+                if let Some(limit) = max_future {
+                    if !self.future_ok(key, t, limit) {
+                        record(&mut rejected, RowRejection::Future, i);
+                        continue;
+                    }
+                }
+                // The watermark as the rows before this one left it.
+                closed = max_opt(closed, self.watermark.current());
                 let late = match (&mut self.sessions, &session_keys) {
-                    (Some(sessions), Some(keys)) => match max_ahead {
-                        Some((limit, seen)) if t > seen.saturating_add(limit) => None,
-                        _ => match sessions.assign(
-                            session_key(keys, i, &mut key_buf),
-                            t,
-                            self.closed_until,
-                        ) {
+                    (Some(sessions), Some(keys)) => {
+                        match sessions.assign(session_key(keys, i, &mut key_buf), t, closed) {
                             Some(id) => {
                                 session_ids[i] = id;
-                                Some(false)
+                                false
                             }
-                            None => Some(true),
-                        },
-                    },
-                    _ => Some(self.closed_until.is_some_and(|c| pane.end <= c)),
-                };
-                match (late, max_ahead) {
-                    (Some(true), _) => Err(RowRejection::Late),
-                    (_, Some((limit, seen))) if t > seen.saturating_add(limit) => {
-                        Err(RowRejection::Future)
-                    }
-                    _ => {
-                        max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
-                        if let Some(keys) = &wm_keys {
-                            let k = keys.value(i);
-                            let m = key_max.entry(k).or_insert(t);
-                            *m = (*m).max(t);
+                            None => true,
                         }
-                        Ok(pane.start)
                     }
+                    _ => closed.is_some_and(|c| pane.end <= c),
+                };
+                let new_pane = !self.panes.contains_key(&pane.start)
+                    && !self.sealed.contains_key(&pane.start)
+                    && !opened.contains(&pane.start);
+                if late {
+                    Err(RowRejection::Late)
+                } else if new_pane && open_before + opened.len() >= self.max_open_panes {
+                    // Refused rows must not move the watermark either.
+                    Err(RowRejection::TooManyWindows)
+                } else {
+                    if new_pane {
+                        opened.insert(pane.start);
+                    }
+                    self.observe(key, t);
+                    Ok(pane.start)
                 }
             };
             match verdict {
                 Ok(p) => by_pane.entry(p).or_default().push(i as u32),
-                Err(r) => rejected
-                    .entry(r.code())
-                    .or_insert((r, vec![]))
-                    .1
-                    .push(i as u32),
-            }
-        }
-        // Panes this batch would open beyond the limit: their rows are refused (the
-        // latest panes first, so time keeps moving for the ones already open).
-        let open_now = self.open_panes();
-        let new: Vec<Millis> = by_pane
-            .keys()
-            .copied()
-            .filter(|p| !self.panes.contains_key(p) && !self.sealed.contains_key(p))
-            .collect();
-        let room = self.max_open_panes.saturating_sub(open_now);
-        if new.len() > room {
-            for p in &new[room..] {
-                let idx = by_pane.remove(p).expect("present");
-                rejected
-                    .entry(RowRejection::TooManyWindows.code())
-                    .or_insert((RowRejection::TooManyWindows, vec![]))
-                    .1
-                    .extend(idx);
-            }
-            // Refused rows must not move the watermark either.
-            max_ts = None;
-            key_max.clear();
-            for &i in by_pane.values().flatten() {
-                let t = ts.value(i as usize);
-                max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
-                if let Some(keys) = &wm_keys {
-                    let m = key_max.entry(keys.value(i as usize)).or_insert(t);
-                    *m = (*m).max(t);
-                }
+                Err(r) => record(&mut rejected, r, i),
             }
         }
         for (_, (reason, idx)) in rejected {
@@ -602,9 +638,13 @@ impl WindowOperator {
                     self.stats.too_many_windows_rows += n
                 }
             }
-            let rows = take_record_batch(batch, &UInt32Array::from(idx))
+            let rows = take_record_batch(batch, &UInt32Array::from(idx.clone()))
                 .map_err(|e| self.exec_err(e.into()))?;
-            out.rejected.push((reason, rows));
+            out.rejected.push(Rejection {
+                reason,
+                rows,
+                index: idx,
+            });
         }
         let single = by_pane.len() == 1 && out.rejected.is_empty() && keep.is_none();
         for (start, idx) in by_pane {
@@ -625,21 +665,60 @@ impl WindowOperator {
             self.stats.rows_aggregated += rows.num_rows() as u64;
             self.feed(start, rows, ids).await?;
         }
-        match &wm_keys {
-            Some(_) => {
-                for (k, t) in key_max {
-                    self.watermark.observe_key(k, t);
-                }
-            }
-            None => {
-                if let Some(t) = max_ts {
-                    self.watermark.observe(t);
-                }
-            }
+        if !per_key {
+            self.watermark.update();
         }
-        self.watermark.update();
         self.close_ready(&mut out).await?;
         Ok(out)
+    }
+
+    /// Takes an accepted row's event time into the watermark. A per-key watermark is
+    /// recomputed (a pass over the keys: the fleet's median) when the newest event time
+    /// enters a new tick of `wm_tick` ms, not after every row nor every batch: cheap,
+    /// and a function of the rows alone, so the same wherever batches are cut. Windows
+    /// close at most one tick later than a recomputation after every row would close them.
+    fn observe(&mut self, key: &str, t: Millis) {
+        if !self.watermark.per_key() {
+            self.watermark.observe(t);
+            return;
+        }
+        self.watermark.observe_key(key, t);
+        let tick = self
+            .watermark
+            .max_seen()
+            .map(|m| m.div_euclid(self.wm_tick_ms));
+        if tick != self.wm_tick {
+            self.wm_tick = tick;
+            self.watermark.update();
+        }
+    }
+
+    /// Whether a row at `t` is within `limit` (`max_future`) of the newest event time
+    /// accepted so far. A row beyond it is refused; but a stream that really jumped
+    /// ahead (a plant back after an outage longer than the limit) must not be refused
+    /// forever: a second row of the same key at or after the refused one, and within
+    /// `limit` of it, with no row within reach in between, confirms the jump. One rogue
+    /// timestamp among normal readings never does.
+    fn future_ok(&mut self, key: &str, t: Millis, limit: Millis) -> bool {
+        let Some(newest) = self.watermark.max_seen() else {
+            return true;
+        };
+        if t <= newest.saturating_add(limit) {
+            if !self.jumps.is_empty() {
+                self.jumps.remove(key);
+            }
+            return true;
+        }
+        match self.jumps.get(key) {
+            Some(&first) if t >= first && t - first <= limit => {
+                self.jumps.remove(key);
+                true
+            }
+            _ => {
+                self.jumps.insert(key.to_string(), t);
+                false
+            }
+        }
     }
 
     fn prefilter_mask(&self, batch: &RecordBatch) -> Result<Vec<bool>, StreamError> {
