@@ -64,6 +64,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("device;", "device HAVING r.v > 1;", "6:62: column 'r.v' in HAVING is neither a GROUP BY key nor inside an aggregate function: aggregate it (avg(v), max(v), last_value(v), ...) or add it to GROUP BY"),
     ("SELECT device, window_start, avg(v) AS v", "SELECT *", "5:24: * brings in column 'ts', which is neither a GROUP BY key nor aggregated: list the columns to select instead of *"),
     ("avg(v) AS v", "avg(v) AS v, r.*", "5:59: r.* brings in a second column 'device' (SELECT item 1 already selects it): list the columns to select instead of r.*"),
+    ("avg(v) AS v", "avg(v) AS w, sum(v) OVER () AS s", "5:63: column 'v' in SELECT is neither a GROUP BY key nor inside an aggregate function: aggregate it (avg(v), max(v), last_value(v), ...) or add it to GROUP BY"),
+    ("avg(v) AS v", "avg(v) AS v, max(v) FILTER (WHERE v > 1) AS m", "accepted"),
     ("avg(v) AS v", "avg(v) AS v, device", "5:59: SELECT item 4 ('device') has the same output name as item 1: give one of them another name with AS"),
     ("avg(v) AS v", "avg(device) AS v", "5:46: no signature of avg takes (Utf8); its signatures: avg(Decimal), avg(Duration), avg(Float64)"),
 ];

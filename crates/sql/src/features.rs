@@ -110,22 +110,35 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
         let mut out = QuerySet::default();
         out.sources
             .insert(q.source.clone(), set.sources[&q.source].clone());
+        // The rows' device: the first GROUP BY key that is a column, named as the
+        // feature query projects it. The sink's topic is never published.
         let key = match &select.group_by {
-            GroupByExpr::Expressions(keys, _) => keys
-                .iter()
-                .map(|k| k.to_string())
-                .find(|k| k != WINDOW_START && k != WINDOW_END)
-                .unwrap_or_else(|| "device".into()),
-            _ => "device".into(),
+            GroupByExpr::Expressions(keys, _) => keys.iter().find_map(|k| {
+                // A key that is also an argument is projected under the argument's name.
+                if let Some(i) = args.iter().position(|a| a == k) {
+                    return Some(names[i].clone());
+                }
+                let id = match k {
+                    Expr::Identifier(i) => i,
+                    Expr::CompoundIdentifier(p) => p.last()?,
+                    _ => return None,
+                };
+                let name = match id.quote_style {
+                    Some(_) => id.value.clone(),
+                    None => id.value.to_ascii_lowercase(),
+                };
+                (name != WINDOW_START && name != WINDOW_END).then_some(name)
+            }),
+            _ => None,
         };
         out.sinks.insert(
             FEATURE_SINK.into(),
             SinkDecl {
                 name: FEATURE_SINK.into(),
-                topic: format!("features/{{{key}}}"),
+                topic: "features".into(),
                 format: "json".into(),
                 lifecycle: None,
-                device_column: None,
+                device_column: key,
                 file: q.file.clone(),
                 option_at: Default::default(),
             },
