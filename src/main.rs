@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", cli::render_error(&e));
             std::process::ExitCode::from(2)
         }
     }

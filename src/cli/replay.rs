@@ -15,9 +15,10 @@ pub struct ReplayArgs {
     /// Query file or directory.
     #[arg(long)]
     queries: PathBuf,
-    /// Models directory.
-    #[arg(long, default_value = "models")]
-    models: PathBuf,
+    /// Models directory [default: ./models when it exists; needed only when the queries
+    /// call models].
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
     /// Source table the data belongs to (needed when the queries read several).
     #[arg(long)]
     source: Option<String>,
@@ -27,17 +28,28 @@ pub struct ReplayArgs {
     /// Also write dead letters and late rows.
     #[arg(long)]
     dead_letters: bool,
+    /// Fail (exit 1) when more than this share of the readings is rejected (dead-lettered
+    /// or late), in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 1.0)]
+    max_rejected: f64,
 }
 
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let models = super::models_dir(a.models.as_deref())?;
+    let checked = super::read_query_set("--queries", std::slice::from_ref(&a.queries))
+        .and_then(|set| super::require_models(&set, &models));
+    if let Err(e) = checked {
+        eprintln!("{}", super::render_error(&e));
+        return Ok(ExitCode::from(1));
+    }
     let mut b = Pipeline::builder().query_file(&a.queries);
-    if a.models.exists() {
-        b = b.models_dir(&a.models);
+    if let Some(dir) = &models {
+        b = b.models_dir(dir);
     }
     let pipeline = match b.build().await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", super::render_error(&e.into()));
             return Ok(ExitCode::from(1));
         }
     };
@@ -74,16 +86,28 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         .map_err(|_| anyhow::anyhow!("output writer panicked"))?
         .context("writing the output")?;
     let secs = started.elapsed().as_secs_f64();
+    let rejections = forewarn::replay::Rejections::of(&stats);
     eprintln!(
-        "replayed {} messages ({} readings) in {:.2} s ({:.0} readings/s): {} windows closed, {} results, {} rejected {:?}",
+        "replayed {} messages ({} readings) in {:.2} s ({:.0} readings/s): {} windows closed, {} results, {} rejected{}",
         stats.messages_in,
         stats.readings_in,
         secs,
         stats.readings_in as f64 / secs.max(1e-9),
         stats.windows_closed,
         stats.alerts_out,
-        stats.rejected.values().sum::<u64>(),
-        stats.rejected
+        rejections.rejected,
+        if rejections.rejected > 0 {
+            format!(" ({})", rejections.reasons())
+        } else {
+            String::new()
+        }
     );
+    if rejections.exceed(a.max_rejected) {
+        eprintln!(
+            "error: {}; see --dead-letters / --max-rejected",
+            rejections.summary()
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
