@@ -57,24 +57,6 @@ pub struct DemoArgs {
 }
 
 pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    let url = match &a.broker {
-        Some(u) => {
-            let url = BrokerUrl::parse(u)?;
-            url.resolve().await?;
-            url
-        }
-        None => start_embedded()?,
-    };
-    println!("broker: {url}");
-    println!(
-        "  watch alerts with: mosquitto_sub -h {} -p {} -t 'forewarn/alerts/#' -v",
-        url.host, url.port
-    );
-    println!(
-        "  fleet health (retained): mosquitto_sub -h {} -p {} -t 'forewarn/state/#' -v",
-        url.host, url.port
-    );
-
     let mut b = Pipeline::builder();
     b = match &a.queries {
         Some(q) => b.query_file(q),
@@ -99,7 +81,26 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Loaded first: a wrong query file fails before anything starts.
     let pipeline = b.build().await?;
+
+    let url = match &a.broker {
+        Some(u) => {
+            let url = BrokerUrl::parse(u)?;
+            url.resolve().await?;
+            url
+        }
+        None => start_embedded()?,
+    };
+    println!("broker: {url}");
+    println!(
+        "  watch alerts with: mosquitto_sub -h {} -p {} -t 'forewarn/alerts/#' -v",
+        url.host, url.port
+    );
+    println!(
+        "  fleet health (retained): mosquitto_sub -h {} -p {} -t 'forewarn/state/#' -v",
+        url.host, url.port
+    );
     println!(
         "queries: {}   models: {}",
         pipeline.query_names().join(", "),

@@ -179,6 +179,7 @@ fn print_table(rows: &[Figures]) {
 }
 
 pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    super::require_file("--data", a.data.as_deref())?;
     let set = read_queries(&a.queries)?;
     let name = model_name(&set, a.model.as_deref())?;
     match (&a.protocol, &a.data) {

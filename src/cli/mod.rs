@@ -131,7 +131,7 @@ pub fn require_models(set: &QuerySet, dir: &Option<PathBuf>) -> anyhow::Result<(
         let used = forewarn_sql::scored_models(set)?;
         if !used.is_empty() {
             bail!(
-                "{} (the queries score with {})",
+                "{}; the queries score with {}",
                 no_models_dir(),
                 used.join(", ")
             );
@@ -153,6 +153,14 @@ pub fn read_query_set(flag: &str, paths: &[PathBuf]) -> anyhow::Result<QuerySet>
         }
     }
     Ok(set)
+}
+
+/// Fails naming `flag` when the input file `path` does not exist.
+pub fn require_file(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
+    match path {
+        Some(p) if !p.exists() => bail!("{flag} {}: no such file or directory", p.display()),
+        _ => Ok(()),
+    }
 }
 
 /// The query files at `path`: the file, or every `*.sql` in the directory (sorted, as
@@ -255,9 +263,8 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => {
             if !missing.is_empty() {
                 eprintln!(
-                    "note: models not loaded, so their calls were not checked against them: {} ({})",
+                    "note: not loaded, so the calls to them were not checked against them: {} (no models: ./{DEFAULT_MODELS} does not exist; pass --models DIR)",
                     missing.join(", "),
-                    no_models_dir()
                 );
             }
             println!(

@@ -35,6 +35,7 @@ pub struct ReplayArgs {
 }
 
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    super::require_file("--data", Some(&a.data))?;
     let models = super::models_dir(a.models.as_deref())?;
     let checked = super::read_query_set("--queries", std::slice::from_ref(&a.queries))
         .and_then(|set| super::require_models(&set, &models));

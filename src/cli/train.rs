@@ -133,6 +133,8 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         margin: a.margin,
         seed: a.plant.seed,
     };
+    super::require_file("--data", a.data.as_deref())?;
+    super::require_file("--validate", a.validate.as_deref())?;
     let mut dead = DeadLetters::create(a.dead_letters.as_deref())?;
     let rows = if let Some(cols) = &a.features {
         csv_columns(a.data.as_deref().expect("clap requires --data"), cols)?

@@ -45,6 +45,10 @@ pub enum MqttError {
     /// TLS settings are wrong (a file missing or not PEM).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The first connection did not come up in time (each failed attempt is logged
+    /// with its reason).
+    #[error("could not connect to the broker within {0:?} (the warnings above say why)")]
+    NotConnected(std::time::Duration),
     /// Waiting for acknowledgements timed out.
     #[error("timed out after {0:?} with {1} publishes still unacknowledged")]
     FlushTimeout(std::time::Duration, u64),
@@ -84,7 +88,7 @@ pub(crate) async fn wait_connected(
 ) -> Result<(), MqttError> {
     tokio::time::timeout(timeout, connected.wait_for(|c| *c))
         .await
-        .map_err(|_| MqttError::Client(format!("not connected after {timeout:?}")))?
+        .map_err(|_| MqttError::NotConnected(timeout))?
         .map_err(|e| MqttError::Client(e.to_string()))?;
     Ok(())
 }
