@@ -34,7 +34,8 @@ const SHIPPED_MODELS: &[(&str, &str)] = &[
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Wall-clock seconds the demo runs (the simulated hour is compressed into it).
+    /// Wall-clock seconds the demo runs (the simulated span, --sim-seconds, is compressed
+    /// into it).
     #[arg(long, default_value_t = 60.0)]
     duration: f64,
     /// Use this broker instead of starting the embedded one.

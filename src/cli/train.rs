@@ -60,9 +60,24 @@ pub struct TrainArgs {
     /// letter each with its reason).
     #[arg(long, value_name = "FILE")]
     dead_letters: Option<PathBuf>,
-    /// Simulated healthy history: the plant to replay (failures are switched off).
+    /// Without --data: the simulated healthy plant to replay (no machine fails).
     #[command(flatten)]
-    plant: PlantArgs,
+    plant: HealthyPlantArgs,
+}
+
+/// The simulated plant `train` replays without --data: healthy, so no `--failing`.
+#[derive(clap::Args, Debug)]
+pub struct HealthyPlantArgs {
+    /// Seed of the simulated plant and of the training (the same seed gives the same
+    /// model).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated machines (split over pumps, motors and compressors), without --data.
+    #[arg(long, default_value_t = 240)]
+    machines: usize,
+    /// Simulated span, seconds of event time, without --data.
+    #[arg(long, default_value_t = 3600)]
+    sim_seconds: i64,
 }
 
 /// Per-kind settings; unset ones keep the kind's defaults.
@@ -382,7 +397,7 @@ pub fn window_labels(
 async fn simulated_features(
     set: &QuerySet,
     name: &str,
-    plant: &PlantArgs,
+    plant: &HealthyPlantArgs,
 ) -> anyhow::Result<FeatureRows> {
     let (features, names) = forewarn_sql::feature_query(set, name)?;
     let pipeline = Pipeline::builder().query_set(features).build().await?;
@@ -396,8 +411,13 @@ async fn simulated_features(
         }
         rows
     });
-    let mut cfg = plant.config();
-    cfg.failing_fraction = 0.0;
+    let cfg = PlantArgs {
+        seed: plant.seed,
+        machines: plant.machines,
+        sim_seconds: plant.sim_seconds,
+        failing: 0.0,
+    }
+    .config();
     let mut plant = Plant::new(cfg);
     let bar = progress("readings of healthy simulated history");
     let mut n = 0u64;

@@ -106,7 +106,7 @@ fn every_subcommand_prints_a_query_error_once() {
     ];
     for args in cases {
         let (code, _, err) = forewarn_in(&dir, args);
-        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(code, 1, "{args:?}");
         // The diagnostic is the whole of stderr, once, with no "error: " in front.
         assert_eq!(err, located, "{args:?}");
     }
