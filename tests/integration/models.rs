@@ -212,6 +212,8 @@ fn train_from_history_then_evaluate_labelled_history_with_a_plot() {
         &p("test.csv"),
         "--out",
         &p("pumps_dev_validated.json"),
+        "--model",
+        "pumps_dev",
     ]);
     assert!(ok, "{err}");
     let validated = Model::load(&dir.join("pumps_dev_validated.json")).unwrap();
