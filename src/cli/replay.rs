@@ -25,7 +25,7 @@ pub struct ReplayArgs {
     /// Where to write what the sinks would have published (JSON lines); default stdout.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also write dead letters and late rows.
+    /// Also write dead letters and late rows (to --out, with the results).
     #[arg(long)]
     dead_letters: bool,
     /// Fail (exit 1) when more than this share of the readings is rejected (dead-lettered
