@@ -564,3 +564,40 @@ async fn client_ids_default_per_query_set_and_a_clash_is_named() {
     assert_eq!(id(&t).as_deref(), Some(kept.trim()), "{t}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The same through the library, on the embedded broker and on mosquitto (when
+/// installed): two sources with one client id count the connections the broker keeps
+/// closing; two with their own ids count none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_connections_are_counted_on_either_broker() {
+    use forewarn::mqtt::{BrokerUrl, MqttSource, SourceOptions};
+    let embedded = forewarn::mqtt::EmbeddedBroker::start().unwrap();
+    let mut brokers = vec![("rumqttd", embedded.url(), None)];
+    if let Some(bin) = crate::common::mosquitto::mosquitto_binary() {
+        let (m, port) = crate::common::mosquitto::start_mosquitto(&bin);
+        brokers.push(("mosquitto", BrokerUrl::new("127.0.0.1", port), Some(m)));
+    } else {
+        eprintln!("mosquitto not installed: the embedded broker only");
+    }
+    for (name, url, _keep) in &brokers {
+        let source =
+            |id: &str| MqttSource::start(SourceOptions::new(url.clone(), id, vec!["x/#".into()]));
+        let (a, _ra) = source("edge-same");
+        let (b, _rb) = source("edge-same");
+        let (c, _rc) = source("edge-c");
+        let (d, _rd) = source("edge-d");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while a.short_connections() + b.short_connections() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (same, own) = (
+            a.short_connections() + b.short_connections(),
+            c.short_connections() + d.short_connections(),
+        );
+        assert!(same >= 3, "{name}: {same} short connections with one id");
+        assert_eq!(own, 0, "{name}: distinct ids");
+        for s in [a, b, c, d] {
+            s.stop().await;
+        }
+    }
+}
