@@ -126,7 +126,7 @@ pub fn no_models_dir() -> String {
 }
 
 /// Fails with [`no_models_dir`] when the queries score with models but none are loaded.
-pub fn require_models(set: &QuerySet, dir: &Option<PathBuf>) -> anyhow::Result<()> {
+pub fn require_models(set: &QuerySet, dir: Option<&Path>) -> anyhow::Result<()> {
     if dir.is_none() {
         let used = forewarn_sql::scored_models(set)?;
         if !used.is_empty() {
@@ -188,13 +188,10 @@ pub fn query_files(flag: &str, path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Stand-ins for the models the queries score with that are not loaded, so that
 /// `check` plans everything else: each takes the arguments of the first call to it
 /// (a key first when that argument is a text column of the source).
-fn stand_ins(set: &QuerySet, loaded: &[String]) -> anyhow::Result<Vec<Model>> {
+fn stand_ins(set: &QuerySet) -> anyhow::Result<Vec<Model>> {
     use forewarn_scorer::{Calibration, Detector, Provenance, RobustParams, Scaler};
     let mut out = Vec::new();
     for name in forewarn_sql::scored_models(set)? {
-        if loaded.contains(&name) {
-            continue;
-        }
         let (fq, mut features) = forewarn_sql::feature_query(set, &name)?;
         let keyed = fq.sources.values().next().is_some_and(|s| {
             features.len() > 1
@@ -246,17 +243,9 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         // Without models the queries are still parsed, planned and type-checked; the
         // calls to models are planned against stand-ins and reported.
-        match read_query_set("", &a.files).and_then(|set| stand_ins(&set, &[])) {
-            Ok(v) => {
-                for m in v {
-                    missing.push(m.name.clone());
-                    b = b.model(m);
-                }
-            }
-            Err(e) => {
-                eprintln!("{}", render_error(&e));
-                return Ok(ExitCode::from(1));
-            }
+        for m in stand_ins(&read_query_set("", &a.files)?)? {
+            missing.push(m.name.clone());
+            b = b.model(m);
         }
     }
     match b.build().await {
@@ -279,9 +268,7 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            eprintln!("{}", render_error(&e.into()));
-            Ok(ExitCode::from(1))
-        }
+        // Printed by main: exit code 1 for a query error, 2 for anything else.
+        Err(e) => Err(e.into()),
     }
 }

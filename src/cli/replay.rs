@@ -37,23 +37,13 @@ pub struct ReplayArgs {
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     super::require_file("--data", Some(&a.data))?;
     let models = super::models_dir(a.models.as_deref())?;
-    let checked = super::read_query_set("--queries", std::slice::from_ref(&a.queries))
-        .and_then(|set| super::require_models(&set, &models));
-    if let Err(e) = checked {
-        eprintln!("{}", super::render_error(&e));
-        return Ok(ExitCode::from(1));
-    }
+    let set = super::read_query_set("--queries", std::slice::from_ref(&a.queries))?;
+    super::require_models(&set, models.as_deref())?;
     let mut b = Pipeline::builder().query_file(&a.queries);
     if let Some(dir) = &models {
         b = b.models_dir(dir);
     }
-    let pipeline = match b.build().await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{}", super::render_error(&e.into()));
-            return Ok(ExitCode::from(1));
-        }
-    };
+    let pipeline = b.build().await?;
     let mut out: Box<dyn Write + Send> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

@@ -167,7 +167,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| "queries".into());
     let models = super::models_dir(a.models.as_deref().or(fc.models.as_deref()))?;
     let set = super::read_query_set("--queries", std::slice::from_ref(&queries))?;
-    super::require_models(&set, &models)?;
+    super::require_models(&set, models.as_deref())?;
     let mut cfg = EngineConfig::default();
     if let Some(v) = fc.max_batch_rows {
         cfg.max_batch_rows = v;

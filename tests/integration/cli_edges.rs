@@ -117,7 +117,7 @@ fn every_subcommand_prints_a_query_error_once() {
     );
     assert_eq!(
         (code, err.as_str()),
-        (1, "error: --queries nope.sql: no such file or directory\n")
+        (2, "error: --queries nope.sql: no such file or directory\n")
     );
     for cmd in ["train", "eval"] {
         let (code, _, err) = forewarn_in(
@@ -190,7 +190,7 @@ fn models_flag_is_named_and_check_works_without_models() {
     // Commands that score need the models: the default is named with the way out.
     let want = "error: --models models: no such directory (default: ./models; pass --models DIR); the queries score with m\n";
     let (code, _, err) = forewarn_in(&dir, &["replay", "--data", "d.csv", "--queries", "q.sql"]);
-    assert_eq!((code, err.as_str()), (1, want));
+    assert_eq!((code, err.as_str()), (2, want));
     let (code, _, err) = forewarn_in(
         &dir,
         &[
