@@ -177,6 +177,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                     thousands(r.rows.rows.len() as u64),
                     rejected_note(&rejections)
                 );
+                eprintln!("replay counters: {}", r.stats.summary());
                 if let Some(code) = too_many_rejected(&rejections, a.max_rejected, &dead) {
                     return Ok(code);
                 }
