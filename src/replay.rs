@@ -371,8 +371,16 @@ pub async fn features_with(
             };
             match (time, anomalous) {
                 (Some(t), Some(a)) => {
-                    let device = v["device"].as_str().unwrap_or("");
-                    labels.push(device, t, a);
+                    // As the decoder does: a topic level overrides the payload's field.
+                    let from_topic = source.template.as_ref().and_then(|tpl| {
+                        tpl.captures_of(&m.topic)?
+                            .into_iter()
+                            .find(|(c, _)| *c == "device")
+                            .map(|(_, d)| d.to_string())
+                    });
+                    let device = from_topic
+                        .unwrap_or_else(|| v["device"].as_str().unwrap_or("").to_string());
+                    labels.push(&device, t, a);
                 }
                 _ => {
                     return Err(ReplayError::Source(format!(
