@@ -36,7 +36,7 @@ pub enum ReplayError {
 
 /// Where history first goes back in time by more than the watermark delay.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: not in time order: reading {at} ({topic}, {time}) is {behind} behind reading {newest_at} ({newest}), more than the watermark delay of source '{table}' ({delay}); live, it would be late. Sort the file by time, or replay with --sort (sorts in memory)")]
+#[error("{path}: not in time order: reading {at} ({topic}, {time}) is {behind} behind reading {newest_at} ({newest}), more than the watermark delay of source '{table}' ({delay}); live, it would be late. Sort the file by time, or pass --sort (sorts in memory)")]
 pub struct OutOfOrder {
     /// The history file.
     pub path: String,
@@ -133,7 +133,7 @@ pub fn ordered_messages(
         all.sort_by_key(|m| m.time.unwrap_or(i64::MIN));
         return Ok(Box::new(all.into_iter().map(Ok)));
     }
-    let delay = info.watermark.delay;
+    let (delay, max_future) = (info.watermark.delay, info.watermark.max_future);
     let (name, path) = (info.name.clone(), data.display().to_string());
     let mut newest: Option<(u64, i64)> = None;
     let mut at = 0u64;
@@ -157,6 +157,9 @@ pub fn ordered_messages(
                     })))
                 }
                 Some((_, n)) if n >= t => {}
+                // Further ahead than max_future: the engine refuses it (a clock that
+                // jumped), so it is no reference for the readings after it.
+                Some((_, n)) if max_future.is_some_and(|l| t > n.saturating_add(l)) => {}
                 _ => newest = Some((at, t)),
             }
         }
@@ -317,7 +320,7 @@ pub async fn features(
     label: Option<&str>,
     progress: impl FnMut(u64),
 ) -> Result<ReplayedFeatures, ReplayError> {
-    features_with(set, model, data, label, progress, |_| {}).await
+    features_with(set, model, data, label, Order::Check, progress, |_| {}).await
 }
 
 /// Like [`features`]; every output that is not a feature row (the dead letters of
@@ -327,6 +330,7 @@ pub async fn features_with(
     model: &str,
     data: &Path,
     label: Option<&str>,
+    order: Order,
     mut progress: impl FnMut(u64),
     mut others: impl FnMut(Output) + Send + 'static,
 ) -> Result<ReplayedFeatures, ReplayError> {
@@ -337,7 +341,7 @@ pub async fn features_with(
         .await?
         .without_wall_clock();
     let source = pipeline.sources()[0].clone();
-    let messages = ordered_messages(&pipeline, data, None, Order::Check)?;
+    let messages = ordered_messages(&pipeline, data, None, order)?;
     let (handle, mut outputs) = pipeline.start();
     let collect = tokio::spawn(async move {
         let mut rows = crate::training::FeatureRows::new(names);

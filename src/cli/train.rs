@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// letter each with its reason).
     #[arg(long, value_name = "FILE")]
     dead_letters: Option<PathBuf>,
+    /// Sort --data and --validate by event time before replaying them (in memory); without
+    /// it, a file out of time order is refused, as `forewarn replay` refuses it.
+    #[arg(long)]
+    sort: bool,
     /// Without --data: the simulated healthy plant to replay (no machine fails).
     #[command(flatten)]
     plant: HealthyPlantArgs,
@@ -151,6 +155,11 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     super::require_file("--data", a.data.as_deref())?;
     super::require_file("--validate", a.validate.as_deref())?;
     let mut dead = DeadLetters::create(a.dead_letters.as_deref())?;
+    let order = if a.sort {
+        forewarn::replay::Order::Sort
+    } else {
+        forewarn::replay::Order::Check
+    };
     let rows = if let Some(cols) = &a.features {
         csv_columns(a.data.as_deref().expect("clap requires --data"), cols)?
     } else {
@@ -164,6 +173,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                     &name,
                     data,
                     None,
+                    order,
                     |n| bar.set_position(n),
                     dead.sink(),
                 )
@@ -177,7 +187,6 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                     thousands(r.rows.rows.len() as u64),
                     rejected_note(&rejections)
                 );
-                eprintln!("replay counters: {}", r.stats.summary());
                 if let Some(code) = too_many_rejected(&rejections, a.max_rejected, &dead) {
                     return Ok(code);
                 }
@@ -198,6 +207,19 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         rows.names.join(", "),
         complete.len()
     );
+    // Straight from CSV columns each row is a reading: one that cannot be used is a
+    // rejected reading, under the same limit as readings replayed through a query.
+    if a.features.is_some() && !rows.rows.is_empty() {
+        let pct = 100.0 * skipped as f64 / rows.rows.len() as f64;
+        if skipped > 0 && pct > a.max_rejected {
+            eprintln!(
+                "error: {} of {} rows ({pct:.1} %) have a missing or unreadable value in the --features columns; see --max-rejected",
+                thousands(skipped as u64),
+                thousands(rows.rows.len() as u64)
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     let x = rows.matrix(complete.iter().copied());
     let mut model = if a.per_device {
         let keys: Vec<String> = complete.iter().map(|r| r.device.clone()).collect();
@@ -213,9 +235,16 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(v) = &a.validate {
         let set = read_queries(a.queries.as_ref().expect("clap requires --queries"))?;
-        let mut r =
-            forewarn::replay::features_with(&set, &name, v, Some(&a.label), |_| {}, dead.sink())
-                .await?;
+        let mut r = forewarn::replay::features_with(
+            &set,
+            &name,
+            v,
+            Some(&a.label),
+            order,
+            |_| {},
+            dead.sink(),
+        )
+        .await?;
         let rejections = r.rejections();
         if rejections.rejected > 0 {
             eprintln!(
