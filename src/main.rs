@@ -23,8 +23,12 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
+            eprintln!("{}", cli::render_error(&e));
+            // 1: a query file is wrong (as `check` reports it); 2: anything else.
+            let query_error = e
+                .chain()
+                .any(|c| c.downcast_ref::<forewarn::SqlError>().is_some());
+            std::process::ExitCode::from(if query_error { 1 } else { 2 })
         }
     }
 }

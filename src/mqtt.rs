@@ -177,6 +177,8 @@ pub(crate) struct Outputs {
     publish: JoinHandle<Result<u64, MqttError>>,
     dropped: Arc<AtomicU64>,
     checkpointing: bool,
+    /// The sink's short-lived connections (see [`MqttPipeline::short_connections`]).
+    short: Arc<AtomicU64>,
 }
 
 impl Outputs {
@@ -213,6 +215,7 @@ pub(crate) async fn start_outputs(
         return Err(e.into());
     }
     let checkpointing = pipeline.checkpointing();
+    let short = sink.stats().short_connections.clone();
     // The publish loop confirms each output once the broker has acknowledged it.
     let pipeline = pipeline.with_confirmed_outputs();
     let (handle, outputs) = pipeline.start();
@@ -230,6 +233,7 @@ pub(crate) async fn start_outputs(
             publish,
             dropped,
             checkpointing,
+            short,
         },
         handle,
     ))
@@ -443,6 +447,13 @@ impl MqttPipeline {
     /// Outgoing messages dropped because the outbox was full while the broker was away.
     pub fn outbox_dropped(&self) -> u64 {
         self.outputs.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Connections (input and output) the broker closed within
+    /// [`forewarn_mqtt::SHORT_CONNECTION`] of accepting them. More than a few in a row
+    /// mean another client probably uses the same client id; that is also logged.
+    pub fn short_connections(&self) -> u64 {
+        self.source.short_connections() + self.outputs.short.load(Ordering::Relaxed)
     }
 
     /// Waits until at least `n` messages have entered the pipeline, or `timeout` passes.

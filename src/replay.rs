@@ -5,6 +5,7 @@
 //! live input, as fast as the pipeline takes it. Windows are timed by the data's event
 //! time only, so the results are those the live pipeline gives on the same readings.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use forewarn_history::{HistoryError, HistoryFormat, Message, SourceShape};
@@ -20,8 +21,9 @@ pub enum ReplayError {
     /// The pipeline failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The query set has no feature query for the model.
-    #[error(transparent)]
+    /// The query set has no feature query for the model. (Not transparent: the
+    /// located error stays in the source chain, where the CLI finds it.)
+    #[error("{0}")]
     Sql(#[from] SqlError),
     /// Which source the data belongs to is ambiguous or unknown, or it cannot be
     /// replayed.
@@ -34,7 +36,7 @@ pub enum ReplayError {
 
 /// Where history first goes back in time by more than the watermark delay.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: not in time order: reading {at} ({topic}, {time}) is {behind} behind reading {newest_at} ({newest}), more than the watermark delay of source '{table}' ({delay}); live, it would be late. Sort the file by time, or replay with --sort (sorts in memory)")]
+#[error("{path}: not in time order: reading {at} ({topic}, {time}) is {behind} behind reading {newest_at} ({newest}), more than the watermark delay of source '{table}' ({delay}); live, it would be late. Sort the file by time, or pass --sort (sorts in memory)")]
 pub struct OutOfOrder {
     /// The history file.
     pub path: String,
@@ -131,7 +133,7 @@ pub fn ordered_messages(
         all.sort_by_key(|m| m.time.unwrap_or(i64::MIN));
         return Ok(Box::new(all.into_iter().map(Ok)));
     }
-    let delay = info.watermark.delay;
+    let (delay, max_future) = (info.watermark.delay, info.watermark.max_future);
     let (name, path) = (info.name.clone(), data.display().to_string());
     let mut newest: Option<(u64, i64)> = None;
     let mut at = 0u64;
@@ -155,6 +157,9 @@ pub fn ordered_messages(
                     })))
                 }
                 Some((_, n)) if n >= t => {}
+                // Further ahead than max_future: the engine refuses it (a clock that
+                // jumped), so it is no reference for the readings after it.
+                Some((_, n)) if max_future.is_some_and(|l| t > n.saturating_add(l)) => {}
                 _ => newest = Some((at, t)),
             }
         }
@@ -199,6 +204,93 @@ pub async fn replay_ordered(
     Ok(stats)
 }
 
+/// Reason codes of rows refused after decoding (by a query's window operator): those
+/// readings are already counted in [`EngineStats::readings_in`]. Every other reason
+/// refuses a message or reading before it is counted there.
+const AFTER_DECODING: &[&str] = &[
+    "late",
+    "future_timestamp",
+    "missing_timestamp",
+    "too_many_windows",
+    "state_limit",
+];
+
+/// How many of a replay's readings were refused, and why, from its counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rejections {
+    /// Readings offered: those decoded plus those refused before decoding.
+    pub readings: u64,
+    /// Refusals over all reasons (a reading refused by several queries of its source
+    /// counts once; capped at `readings` for the share all the same).
+    pub rejected: u64,
+    /// Refusals by reason code (`late`, `future_timestamp`, `not_json`, ...).
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+impl Rejections {
+    /// The refusals in `stats`.
+    pub fn of(stats: &EngineStats) -> Self {
+        let before: u64 = stats
+            .rejected
+            .iter()
+            .filter(|(r, _)| !AFTER_DECODING.contains(&r.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        Rejections {
+            readings: stats.readings_in + before,
+            rejected: stats.rejected.values().sum(),
+            by_reason: stats.rejected.clone(),
+        }
+    }
+
+    /// Percentage of the readings refused (0 when there were none).
+    pub fn percent(&self) -> f64 {
+        if self.readings == 0 {
+            return 0.0;
+        }
+        100.0 * self.rejected.min(self.readings) as f64 / self.readings as f64
+    }
+
+    /// Whether more than `max_percent` % of the readings were refused.
+    pub fn exceed(&self, max_percent: f64) -> bool {
+        self.rejected > 0 && self.percent() > max_percent
+    }
+
+    /// The reasons, most frequent first: `future_timestamp 16,724, late 3`.
+    pub fn reasons(&self) -> String {
+        let mut v: Vec<(&String, &u64)> = self.by_reason.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        v.iter()
+            .map(|(r, n)| format!("{r} {}", thousands(**n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `16,724 of 17,280 readings (96.8 %) were rejected (future_timestamp 16,724)`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} of {} readings ({:.1} %) were rejected ({})",
+            thousands(self.rejected),
+            thousands(self.readings),
+            self.percent(),
+            self.reasons()
+        )
+    }
+}
+
+/// `17280` as `17,280`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// What [`features`] read.
 #[derive(Debug)]
 pub struct ReplayedFeatures {
@@ -210,6 +302,13 @@ pub struct ReplayedFeatures {
     pub stats: EngineStats,
 }
 
+impl ReplayedFeatures {
+    /// The readings refused, by reason.
+    pub fn rejections(&self) -> Rejections {
+        Rejections::of(&self.stats)
+    }
+}
+
 /// Replays `data` through the feature query of `model` (see
 /// [`forewarn_sql::feature_query`]) and collects its rows. With `label`, also reads
 /// that column of every reading (true, 1 or 1.0 = anomalous) for evaluation.
@@ -219,7 +318,21 @@ pub async fn features(
     model: &str,
     data: &Path,
     label: Option<&str>,
+    progress: impl FnMut(u64),
+) -> Result<ReplayedFeatures, ReplayError> {
+    features_with(set, model, data, label, Order::Check, progress, |_| {}).await
+}
+
+/// Like [`features`]; every output that is not a feature row (the dead letters of
+/// refused readings) goes to `others`.
+pub async fn features_with(
+    set: &QuerySet,
+    model: &str,
+    data: &Path,
+    label: Option<&str>,
+    order: Order,
     mut progress: impl FnMut(u64),
+    mut others: impl FnMut(Output) + Send + 'static,
 ) -> Result<ReplayedFeatures, ReplayError> {
     let (features, names) = forewarn_sql::feature_query(set, model)?;
     let pipeline = Pipeline::builder()
@@ -228,12 +341,14 @@ pub async fn features(
         .await?
         .without_wall_clock();
     let source = pipeline.sources()[0].clone();
-    let messages = ordered_messages(&pipeline, data, None, Order::Check)?;
+    let messages = ordered_messages(&pipeline, data, None, order)?;
     let (handle, mut outputs) = pipeline.start();
     let collect = tokio::spawn(async move {
         let mut rows = crate::training::FeatureRows::new(names);
         while let Some(o) = outputs.recv().await {
-            rows.push(&o);
+            if !rows.push(&o) {
+                others(o);
+            }
         }
         rows
     });
@@ -260,8 +375,16 @@ pub async fn features(
             };
             match (time, anomalous) {
                 (Some(t), Some(a)) => {
-                    let device = v["device"].as_str().unwrap_or("");
-                    labels.push(device, t, a);
+                    // As the decoder does: a topic level overrides the payload's field.
+                    let from_topic = source.template.as_ref().and_then(|tpl| {
+                        tpl.captures_of(&m.topic)?
+                            .into_iter()
+                            .find(|(c, _)| *c == "device")
+                            .map(|(_, d)| d.to_string())
+                    });
+                    let device = from_topic
+                        .unwrap_or_else(|| v["device"].as_str().unwrap_or("").to_string());
+                    labels.push(&device, t, a);
                 }
                 _ => {
                     return Err(ReplayError::Source(format!(
@@ -299,5 +422,35 @@ fn format_duration(ms: i64) -> String {
         0..120 => format!("{:.3} s", ms as f64 / 1000.0).replace(".000 s", " s"),
         120..7200 => format!("{} min {} s", s / 60, s % 60).replace(" 0 s", ""),
         _ => format!("{} h {} min", s / 3600, s / 60 % 60).replace(" 0 min", ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_count_decoded_and_undecodable_readings_once() {
+        let mut stats = EngineStats {
+            readings_in: 17_280,
+            ..Default::default()
+        };
+        stats.rejected.insert("future_timestamp".into(), 16_724);
+        let r = Rejections::of(&stats);
+        assert_eq!(
+            r.summary(),
+            "16,724 of 17,280 readings (96.8 %) were rejected (future_timestamp 16,724)"
+        );
+        assert!(r.exceed(1.0) && !r.exceed(97.0));
+        // Refused before decoding: not in readings_in, so they add to the readings.
+        stats.rejected.insert("not_json".into(), 720);
+        let r = Rejections::of(&stats);
+        assert_eq!((r.readings, r.rejected), (18_000, 17_444));
+        assert_eq!(r.reasons(), "future_timestamp 16,724, not_json 720");
+        assert!(!Rejections::of(&EngineStats::default()).exceed(0.0));
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

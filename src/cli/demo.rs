@@ -11,20 +11,42 @@ use forewarn_sim::{summarize, AlertEvent};
 
 use super::simulate::{publish_plant, PlantArgs};
 
+/// The demo's queries and models, built into the binary so that `forewarn demo` works
+/// from any directory (e.g. after `cargo install`): (file name for messages, contents).
+const SHIPPED_QUERIES: &[(&str, &str)] = &[(
+    "queries/plant_health.sql",
+    include_str!("../../queries/plant_health.sql"),
+)];
+const SHIPPED_MODELS: &[(&str, &str)] = &[
+    (
+        "models/compressor_gmm.json",
+        include_str!("../../models/compressor_gmm.json"),
+    ),
+    (
+        "models/motor_gmm.json",
+        include_str!("../../models/motor_gmm.json"),
+    ),
+    (
+        "models/pump_gmm.json",
+        include_str!("../../models/pump_gmm.json"),
+    ),
+];
+
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Wall-clock seconds the demo runs (the simulated hour is compressed into it).
+    /// Wall-clock seconds the demo runs (the simulated span, --sim-seconds, is compressed
+    /// into it).
     #[arg(long, default_value_t = 60.0)]
     duration: f64,
     /// Use this broker instead of starting the embedded one.
     #[arg(long)]
     broker: Option<String>,
-    /// Query files directory.
-    #[arg(long, default_value = "queries")]
-    queries: PathBuf,
-    /// Models directory.
-    #[arg(long, default_value = "models")]
-    models: PathBuf,
+    /// Query file or directory [default: the shipped queries/plant_health.sql, built in].
+    #[arg(long, value_name = "PATH")]
+    queries: Option<PathBuf>,
+    /// Models directory [default: the shipped models/*.json, built in].
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
     /// Also write the detection summary as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -36,8 +58,39 @@ pub struct DemoArgs {
 }
 
 pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut b = Pipeline::builder();
+    b = match &a.queries {
+        Some(q) => b.query_file(q),
+        None => SHIPPED_QUERIES
+            .iter()
+            .fold(b, |b, (file, sql)| b.query_sql(file, sql)),
+    };
+    match &a.models {
+        Some(m) => {
+            let dir = super::models_dir(Some(m))?.expect("given");
+            b = b.models_dir(dir);
+        }
+        None => {
+            for (file, json) in SHIPPED_MODELS {
+                let path = std::path::Path::new(file);
+                let mut m = forewarn::Model::from_json(path, json.as_bytes())?;
+                // As when loading the directory: the file stem is the name.
+                if let Some(stem) = path.file_stem() {
+                    m.name = stem.to_string_lossy().into_owned();
+                }
+                b = b.model(m);
+            }
+        }
+    }
+    // Loaded first: a wrong query file fails before anything starts.
+    let pipeline = b.build().await?;
+
     let url = match &a.broker {
-        Some(u) => BrokerUrl::parse(u)?,
+        Some(u) => {
+            let url = BrokerUrl::parse(u)?;
+            url.resolve().await?;
+            url
+        }
         None => start_embedded()?,
     };
     println!("broker: {url}");
@@ -49,13 +102,6 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "  fleet health (retained): mosquitto_sub -h {} -p {} -t 'forewarn/state/#' -v",
         url.host, url.port
     );
-
-    let pipeline = Pipeline::builder()
-        .query_file(&a.queries)
-        .models_dir(&a.models)
-        .build()
-        .await
-        .context("loading the shipped queries and models")?;
     println!(
         "queries: {}   models: {}",
         pipeline.query_names().join(", "),

@@ -29,9 +29,9 @@ pub struct EvalArgs {
     /// Model name in the query (default: the only model it scores with).
     #[arg(long)]
     model: Option<String>,
-    /// Models directory (for --data).
-    #[arg(long, default_value = "models")]
-    models: PathBuf,
+    /// Models directory (for --data) [default: ./models].
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
     /// Label column (1/true = anomalous).
     #[arg(long, default_value = "anomaly")]
     label: String,
@@ -179,6 +179,7 @@ fn print_table(rows: &[Figures]) {
 }
 
 pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    super::require_file("--data", a.data.as_deref())?;
     let set = read_queries(&a.queries)?;
     let name = model_name(&set, a.model.as_deref())?;
     match (&a.protocol, &a.data) {
@@ -201,15 +202,22 @@ async fn labelled(
     name: &str,
     data: &Path,
 ) -> anyhow::Result<ExitCode> {
+    let Some(dir) = super::models_dir(a.models.as_deref())? else {
+        bail!("{}", super::no_models_dir());
+    };
     let registry = ModelRegistry::new();
-    registry.load_dir(&a.models)?;
+    registry.load_dir(&dir)?;
     let model = registry
         .get(name)
-        .with_context(|| format!("no model '{name}' in {}", a.models.display()))?;
+        .with_context(|| format!("no model '{name}' in --models {}", dir.display()))?;
     let bar = progress("readings replayed");
     let r = forewarn::replay::features(set, name, data, Some(&a.label), |n| bar.set_position(n))
         .await?;
     bar.finish_and_clear();
+    let rejections = r.rejections();
+    if rejections.rejected > 0 {
+        eprintln!("note: {}", rejections.summary());
+    }
     let scores = score_rows(&model, &r.rows)?;
     let series = reading_scores(&r.rows, &r.labels, &scores, name);
     let (mut c, mut d) = (Confusion::default(), Delays::default());

@@ -8,10 +8,13 @@ mod run;
 mod simulate;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use datafusion::arrow::datatypes::DataType;
+use forewarn::{Model, QuerySet, SqlError};
 
 /// Forewarn: predictive maintenance on MQTT sensor streams with streaming SQL and anomaly models.
 #[derive(Parser, Debug)]
@@ -25,11 +28,11 @@ pub struct Cli {
 enum Command {
     /// Zero-setup demo: embedded broker, simulated plant, shipped queries and models; prints alerts and a detection table.
     Demo(demo::DemoArgs),
-    /// Run query files against a real plant's broker until Ctrl-C.
+    /// Run query files against a real plant's broker until Ctrl-C or SIGTERM.
     Run(run::RunArgs),
     /// Publish the simulated plant to a broker and write its ground truth.
     Simulate(simulate::SimulateArgs),
-    /// Train a model from the feature query it is scored with, over simulated healthy history.
+    /// Train a model on the feature query it is scored with, replayed over recorded history (--data) or simulated healthy history; or on CSV columns (--features).
     Train(train::TrainArgs),
     /// Score labelled history and report F1, false/missed-alarm rates and delay; run the SKAB benchmark.
     Eval(eval::EvalArgs),
@@ -44,9 +47,10 @@ struct CheckArgs {
     /// Query files or directories.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Model directory.
-    #[arg(long, default_value = "models")]
-    models: PathBuf,
+    /// Model directory [default: ./models when it exists; without one, the queries are
+    /// checked and the models they call are reported as not loaded].
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
     /// Also print each query's streaming plan (per-pane partial half, final half).
     #[arg(long)]
     explain: bool,
@@ -64,13 +68,194 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// An error as the terminal should show it: every message of the chain once. A query
+/// error (`file:line:column: error: ...` with the line underlined) reads like a
+/// compiler's and is printed as it is, after whatever context wraps it; anything else
+/// is `error: context: cause`.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let chain: Vec<&(dyn std::error::Error + 'static)> = e.chain().collect();
+    // Wrappers often repeat their source's text (`#[error("{0}")]`, `"{path}: {source}"`),
+    // and anyhow's chain then prints it twice: keep a message only if the one before
+    // it does not already say it.
+    let messages = |errs: &[&(dyn std::error::Error + 'static)]| {
+        let mut kept: Vec<String> = Vec::new();
+        for m in errs.iter().map(|c| c.to_string()) {
+            if !kept.last().is_some_and(|k| k.contains(&m)) {
+                kept.push(m);
+            }
+        }
+        kept
+    };
+    if let Some(i) = chain
+        .iter()
+        .position(|c| c.downcast_ref::<SqlError>().is_some())
+    {
+        let located = chain[i].to_string();
+        let context: Vec<String> = messages(&chain[..i])
+            .into_iter()
+            .filter(|m| !m.contains(&located))
+            .collect();
+        return if context.is_empty() {
+            located
+        } else {
+            format!("error: {}\n{located}", context.join(": "))
+        };
+    }
+    format!("error: {}", messages(&chain).join(": "))
+}
+
+/// The `--models` directory: the one given, or `./models` if it exists. A directory
+/// given but missing is an error naming the flag; `None` when none was given and
+/// `./models` does not exist.
+pub fn models_dir(given: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    match given {
+        Some(p) if p.is_dir() => Ok(Some(p.to_path_buf())),
+        Some(p) if p.exists() => bail!("--models {}: not a directory", p.display()),
+        Some(p) => bail!("--models {}: no such directory", p.display()),
+        None if Path::new(DEFAULT_MODELS).is_dir() => Ok(Some(DEFAULT_MODELS.into())),
+        None => Ok(None),
+    }
+}
+
+/// Where models are looked for when `--models` is not given.
+pub const DEFAULT_MODELS: &str = "models";
+
+/// Why no models are loaded, for messages: `--models models: no such directory ...`.
+pub fn no_models_dir() -> String {
+    format!("--models {DEFAULT_MODELS}: no such directory (default: ./{DEFAULT_MODELS}; pass --models DIR)")
+}
+
+/// Fails with [`no_models_dir`] when the queries score with models but none are loaded.
+pub fn require_models(set: &QuerySet, dir: Option<&Path>) -> anyhow::Result<()> {
+    if dir.is_none() {
+        let used = forewarn_sql::scored_models(set)?;
+        if !used.is_empty() {
+            bail!(
+                "{}; the queries score with {}",
+                no_models_dir(),
+                used.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The query files at `paths` (files, or every `*.sql` in a directory) parsed into one
+/// set; a path that does not exist is an error naming `flag` (e.g. `--queries`; empty
+/// for positional arguments).
+pub fn read_query_set(flag: &str, paths: &[PathBuf]) -> anyhow::Result<QuerySet> {
+    let mut set = QuerySet::default();
+    for path in paths {
+        for f in query_files(flag, path)? {
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            set.add_file(&f.display().to_string(), &text)?;
+        }
+    }
+    Ok(set)
+}
+
+/// Fails naming `flag` when the input file `path` does not exist.
+pub fn require_file(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
+    match path {
+        Some(p) if !p.exists() => bail!("{flag} {}: no such file or directory", p.display()),
+        _ => Ok(()),
+    }
+}
+
+/// The query files at `path`: the file, or every `*.sql` in the directory (sorted, as
+/// the pipeline reads them). A path that does not exist is an error naming `flag`.
+pub fn query_files(flag: &str, path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let named = || {
+        let sep = if flag.is_empty() { "" } else { " " };
+        format!("{flag}{sep}{}", path.display())
+    };
+    if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(named)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        v.sort();
+        Ok(v)
+    } else if path.exists() {
+        Ok(vec![path.to_path_buf()])
+    } else {
+        bail!("{}: no such file or directory", named())
+    }
+}
+
+/// Stand-ins for the models the queries score with that are not loaded, so that
+/// `check` plans everything else: each takes the arguments of the first call to it
+/// (a key first when that argument is a text column of the source).
+fn stand_ins(set: &QuerySet) -> anyhow::Result<Vec<Model>> {
+    use forewarn_scorer::{Calibration, Detector, Provenance, RobustParams, Scaler};
+    let mut out = Vec::new();
+    for name in forewarn_sql::scored_models(set)? {
+        let (fq, mut features) = forewarn_sql::feature_query(set, &name)?;
+        let keyed = fq.sources.values().next().is_some_and(|s| {
+            features.len() > 1
+                && s.schema.fields().iter().any(|f| {
+                    f.name() == &features[0]
+                        && matches!(
+                            f.data_type(),
+                            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                        )
+                })
+        });
+        let key = keyed.then(|| features.remove(0));
+        let n = features.len();
+        out.push(Model {
+            format_version: forewarn_scorer::FORMAT_VERSION,
+            name,
+            features,
+            key,
+            scaler: Scaler {
+                mean: vec![0.0; n],
+                std: vec![1.0; n],
+            },
+            detector: Detector::Robust(RobustParams::default()),
+            calibration: Calibration {
+                baseline: 0.0,
+                threshold: 1.0,
+                method: "stand-in for forewarn check".into(),
+            },
+            provenance: Provenance {
+                rows: 0,
+                fingerprint: String::new(),
+                created: String::new(),
+                forewarn_version: env!("CARGO_PKG_VERSION").into(),
+            },
+        });
+    }
+    Ok(out)
+}
+
 async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
-    let mut b = forewarn::Pipeline::builder().models_dir(&a.models);
+    let models = models_dir(a.models.as_deref())?;
+    let mut b = forewarn::Pipeline::builder();
     for f in &a.files {
         b = b.query_file(f);
     }
+    let mut missing = Vec::new();
+    if let Some(dir) = &models {
+        b = b.models_dir(dir);
+    } else {
+        // Without models the queries are still parsed, planned and type-checked; the
+        // calls to models are planned against stand-ins and reported.
+        for m in stand_ins(&read_query_set("", &a.files)?)? {
+            missing.push(m.name.clone());
+            b = b.model(m);
+        }
+    }
     match b.build().await {
         Ok(p) => {
+            if !missing.is_empty() {
+                eprintln!(
+                    "note: not loaded, so the calls to them were not checked against them: {} (no models: ./{DEFAULT_MODELS} does not exist; pass --models DIR)",
+                    missing.join(", "),
+                );
+            }
             println!(
                 "ok: {} queries ({})",
                 p.query_names().len(),
@@ -83,9 +268,7 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            eprintln!("{e}");
-            Ok(ExitCode::from(1))
-        }
+        // Printed by main: exit code 1 for a query error, 2 for anything else.
+        Err(e) => Err(e.into()),
     }
 }

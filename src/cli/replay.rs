@@ -15,36 +15,39 @@ pub struct ReplayArgs {
     /// Query file or directory.
     #[arg(long)]
     queries: PathBuf,
-    /// Models directory.
-    #[arg(long, default_value = "models")]
-    models: PathBuf,
+    /// Models directory [default: ./models when it exists; needed only when the queries
+    /// call models].
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
     /// Source table the data belongs to (needed when the queries read several).
     #[arg(long)]
     source: Option<String>,
     /// Where to write what the sinks would have published (JSON lines); default stdout.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also write dead letters and late rows.
+    /// Also write dead letters and late rows (to --out, with the results).
     #[arg(long)]
     dead_letters: bool,
     /// Sort the history by event time before replaying it (in memory). Without it,
     /// replay stops at the first reading that live input would have found late.
     #[arg(long)]
     sort: bool,
+    /// Fail (exit 1) when more than this share of the readings is rejected (dead-lettered
+    /// or late), in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 1.0)]
+    max_rejected: f64,
 }
 
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    super::require_file("--data", Some(&a.data))?;
+    let models = super::models_dir(a.models.as_deref())?;
+    let set = super::read_query_set("--queries", std::slice::from_ref(&a.queries))?;
+    super::require_models(&set, models.as_deref())?;
     let mut b = Pipeline::builder().query_file(&a.queries);
-    if a.models.exists() {
-        b = b.models_dir(&a.models);
+    if let Some(dir) = &models {
+        b = b.models_dir(dir);
     }
-    let pipeline = match b.build().await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(1));
-        }
-    };
+    let pipeline = b.build().await?;
     let mut out: Box<dyn Write + Send> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -85,11 +88,19 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         .map_err(|_| anyhow::anyhow!("output writer panicked"))?
         .context("writing the output")?;
     let secs = started.elapsed().as_secs_f64();
+    let rejections = forewarn::replay::Rejections::of(&stats);
     eprintln!(
         "replayed in {:.2} s ({:.0} readings/s): {}",
         secs,
         stats.readings_in as f64 / secs.max(1e-9),
         stats.summary()
     );
+    if rejections.exceed(a.max_rejected) {
+        eprintln!(
+            "error: {}; see --dead-letters / --max-rejected",
+            rejections.summary()
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }

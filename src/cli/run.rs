@@ -12,15 +12,27 @@ use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Broker URL, e.g. mqtt://127.0.0.1:1883 (overrides the config file).
+    /// Broker URL (overrides the config file): mqtt://[USER@]HOST[:PORT] (or tcp://);
+    /// mqtts://, ssl:// or tls:// for TLS.
     #[arg(long)]
     broker: Option<String>,
-    /// Query file or directory (overrides the config file).
+    /// Query file or directory (overrides the config file) [default: queries].
     #[arg(long)]
     queries: Option<PathBuf>,
-    /// Models directory (overrides the config file).
-    #[arg(long)]
+    /// Models directory (overrides the config file) [default: ./models when it exists;
+    /// needed only when the queries call models].
+    #[arg(long, value_name = "DIR")]
     models: Option<PathBuf>,
+    /// MQTT client id prefix (overrides the config file): the engine connects as
+    /// ID-in and ID-out, and each engine on a broker needs its own. Default:
+    /// forewarn-HOST-HASH (HASH of the query files), or with a checkpoint directory the
+    /// id kept in it (see docs/operations.md, "Client ids").
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+    /// Keep retrying a broker host name that does not resolve (e.g. while DNS comes
+    /// up), instead of failing at start.
+    #[arg(long)]
+    retry_dns: bool,
     /// Checkpoint directory (overrides the config file): state survives restarts and
     /// input is acknowledged only once a checkpoint covers it.
     #[arg(long)]
@@ -55,6 +67,8 @@ struct FileConfig {
     queries: Option<PathBuf>,
     models: Option<PathBuf>,
     client_id: Option<String>,
+    /// See --retry-dns.
+    retry_dns: Option<bool>,
     max_batch_rows: Option<usize>,
     max_batch_delay_ms: Option<u64>,
     flush_when_idle: Option<bool>,
@@ -151,11 +165,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or(fc.queries.clone())
         .unwrap_or_else(|| "queries".into());
-    let models = a
-        .models
-        .clone()
-        .or(fc.models.clone())
-        .unwrap_or_else(|| "models".into());
+    let models = super::models_dir(a.models.as_deref().or(fc.models.as_deref()))?;
+    let set = super::read_query_set("--queries", std::slice::from_ref(&queries))?;
+    super::require_models(&set, models.as_deref())?;
     let mut cfg = EngineConfig::default();
     if let Some(v) = fc.max_batch_rows {
         cfg.max_batch_rows = v;
@@ -183,16 +195,18 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let nats = a.nats.clone().or(fc.nats.clone());
     if a.print_nats_mappings {
-        let p = Pipeline::builder()
-            .query_file(&queries)
-            .models_dir(&models)
+        let p = builder(&queries, models.as_deref())
             .config(cfg)
             .build()
             .await?;
         print!("{}", forewarn::nats::server_mappings(&p)?);
         return Ok(ExitCode::SUCCESS);
     }
+    resolve_broker(&url, a.retry_dns || fc.retry_dns.unwrap_or(false)).await?;
     if let Some(nats) = nats {
+        if a.client_id.is_some() || fc.client_id.is_some() {
+            anyhow::bail!("with --nats, outputs are published as {{job}}-pK-out per partition: drop client_id (name the job with job in the config file)");
+        }
         return run_nats(&nats, url, queries, models, cfg, &a, &fc).await;
     }
     for (set, what) in [
@@ -212,7 +226,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if let Some(dir) = a.checkpoint_dir.or(fc.checkpoint_dir) {
+    let checkpoint_dir = a.checkpoint_dir.clone().or(fc.checkpoint_dir.clone());
+    let client = match a.client_id.clone().or(fc.client_id.clone()) {
+        Some(c) => c,
+        None => default_client_id(&queries, checkpoint_dir.as_deref())?,
+    };
+    if let Some(dir) = checkpoint_dir {
         let mut c = forewarn::CheckpointConfig::new(dir);
         c.confirm_outputs = true;
         if let Some(v) = fc.checkpoint_interval_ms {
@@ -231,14 +250,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("checkpoint_* settings need checkpoint_dir");
     }
-    let pipeline = Pipeline::builder()
-        .query_file(&queries)
-        .models_dir(&models)
+    let pipeline = builder(&queries, models.as_deref())
         .config(cfg)
         .build()
         .await?;
-    let client = fc.client_id.unwrap_or_else(|| "forewarn".into());
-    tracing::info!(broker = %url, queries = ?pipeline.query_names(), "starting");
+    tracing::info!(broker = %url, client_id = %client, queries = ?pipeline.query_names(), "starting");
     let mut opts = mqtt::RunOptions::new(&client);
     opts.overload = match (fc.overload.as_deref(), fc.overload_max_waiting) {
         (None | Some("block"), None) => mqtt::Overload::Block,
@@ -285,12 +301,123 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The pipeline's queries and, when there is a directory, models.
+fn builder(queries: &Path, models: Option<&Path>) -> forewarn::PipelineBuilder {
+    let b = Pipeline::builder().query_file(queries);
+    match models {
+        Some(m) => b.models_dir(m),
+        None => b,
+    }
+}
+
+/// Fails at start, naming the host, when the broker's host name does not resolve: a
+/// connection would retry it forever like a refused one. With `retry`, waits for it.
+async fn resolve_broker(url: &BrokerUrl, retry: bool) -> anyhow::Result<()> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match url.resolve().await {
+            Ok(_) => return Ok(()),
+            Err(e) if retry => {
+                tracing::warn!(broker = %url, retry_in = ?delay, "{e}; retrying (--retry-dns)");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => anyhow::bail!(
+                "{e} (broker {url}); pass --retry-dns (or retry_dns = true) to wait for it"
+            ),
+        }
+    }
+}
+
+/// The file in a checkpoint directory that keeps the engine's default client id.
+const CLIENT_ID_FILE: &str = "client-id";
+
+/// The default MQTT client id: `forewarn-{host}-{hash of the query files}`, the same
+/// on every start of the same queries on this host, different for other queries or
+/// hosts. With checkpoints the id must outlive edits of the queries (HAVING, scoring)
+/// and host renames (containers): the broker keeps the persistent session, and the
+/// messages queued for the engine while it was down, under the id. So the first start
+/// writes it into the checkpoint directory and later starts read it from there.
+fn default_client_id(queries: &Path, checkpoint_dir: Option<&Path>) -> anyhow::Result<String> {
+    let host = host_name();
+    let mut h = Fnv::new();
+    for f in super::query_files("--queries", queries)? {
+        let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        h.write(&text);
+        h.write(&[0]);
+    }
+    let Some(dir) = checkpoint_dir else {
+        return Ok(format!("forewarn-{host}-{:08x}", h.finish() as u32));
+    };
+    let file = dir.join(CLIENT_ID_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    // Two engines on this host with the same queries need two checkpoint directories:
+    // the directory makes their ids differ.
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    h.write(abs.as_os_str().as_encoded_bytes());
+    let id = format!("forewarn-{host}-{:08x}", h.finish() as u32);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(&file, format!("{id}\n"))
+        .with_context(|| format!("writing {}", file.display()))?;
+    tracing::info!(client_id = %id, file = %file.display(), "client id chosen and kept with the checkpoints");
+    Ok(id)
+}
+
+/// This machine's name, as far as a client id may carry it.
+fn host_name() -> String {
+    let raw = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .take(40)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "host".into()
+    } else {
+        name
+    }
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms, unlike the standard
+/// library's hasher, so an upgrade does not change a default client id.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
 /// `forewarn run --nats`: one worker of a scale-out job.
 async fn run_nats(
     nats: &str,
     url: BrokerUrl,
     queries: PathBuf,
-    models: PathBuf,
+    models: Option<PathBuf>,
     cfg: EngineConfig,
     a: &RunArgs,
     fc: &FileConfig,
@@ -334,9 +461,7 @@ async fn run_nats(
         let mut cfg = cfg.clone();
         cfg.checkpoint = ck;
         Box::pin(async move {
-            Pipeline::builder()
-                .query_file(&queries)
-                .models_dir(&models)
+            builder(&queries, models.as_deref())
                 .config(cfg)
                 .build()
                 .await

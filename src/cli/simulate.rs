@@ -10,7 +10,7 @@ use forewarn_sim::{Plant, PlantConfig, Truth};
 
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
-    /// Broker URL, e.g. mqtt://127.0.0.1:1883.
+    /// Broker URL, e.g. mqtt://127.0.0.1:1883 (tcp:// too; mqtts://, ssl:// or tls:// for TLS).
     #[arg(long)]
     broker: String,
     #[command(flatten)]
@@ -87,6 +87,7 @@ pub async fn publish_plant(
 
 pub async fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
     let url = BrokerUrl::parse(&a.broker)?;
+    url.resolve().await?;
     let cfg = a.plant.config();
     eprintln!(
         "simulating {} machines, {} s of event time over {:.0} s, publishing to {url}",

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use forewarn::replay::{thousands, Rejections};
 use forewarn::training::FeatureRows;
 use forewarn::{Model, ModelKind, Output, Pipeline, QuerySet, TrainOptions};
 use forewarn_sim::Plant;
@@ -51,9 +52,36 @@ pub struct TrainArgs {
     /// Label column of --validate (1/true = anomalous).
     #[arg(long, default_value = "anomaly")]
     label: String,
-    /// Simulated healthy history: the plant to replay (failures are switched off).
+    /// Fail (exit 1) when more than this share of the readings of --data or --validate
+    /// is rejected (dead-lettered or late), in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 1.0)]
+    max_rejected: f64,
+    /// Write the rejected readings of --data and --validate here (JSON lines, one dead
+    /// letter each with its reason).
+    #[arg(long, value_name = "FILE")]
+    dead_letters: Option<PathBuf>,
+    /// Sort --data and --validate by event time before replaying them (in memory); without
+    /// it, a file out of time order is refused, as `forewarn replay` refuses it.
+    #[arg(long)]
+    sort: bool,
+    /// Without --data: the simulated healthy plant to replay (no machine fails).
     #[command(flatten)]
-    plant: PlantArgs,
+    plant: HealthyPlantArgs,
+}
+
+/// The simulated plant `train` replays without --data: healthy, so no `--failing`.
+#[derive(clap::Args, Debug)]
+pub struct HealthyPlantArgs {
+    /// Seed of the simulated plant and of the training (the same seed gives the same
+    /// model).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated machines (split over pumps, motors and compressors), without --data.
+    #[arg(long, default_value_t = 240)]
+    machines: usize,
+    /// Simulated span, seconds of event time, without --data.
+    #[arg(long, default_value_t = 3600)]
+    sim_seconds: i64,
 }
 
 /// Per-kind settings; unset ones keep the kind's defaults.
@@ -124,6 +152,14 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         margin: a.margin,
         seed: a.plant.seed,
     };
+    super::require_file("--data", a.data.as_deref())?;
+    super::require_file("--validate", a.validate.as_deref())?;
+    let mut dead = DeadLetters::create(a.dead_letters.as_deref())?;
+    let order = if a.sort {
+        forewarn::replay::Order::Sort
+    } else {
+        forewarn::replay::Order::Check
+    };
     let rows = if let Some(cols) = &a.features {
         csv_columns(a.data.as_deref().expect("clap requires --data"), cols)?
     } else {
@@ -132,16 +168,28 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         match &a.data {
             Some(data) => {
                 let bar = progress("readings of history replayed");
-                let r =
-                    forewarn::replay::features(&set, &name, data, None, |n| bar.set_position(n))
-                        .await?;
+                let r = forewarn::replay::features_with(
+                    &set,
+                    &name,
+                    data,
+                    None,
+                    order,
+                    |n| bar.set_position(n),
+                    dead.sink(),
+                )
+                .await?;
                 bar.finish_and_clear();
+                let rejections = r.rejections();
                 eprintln!(
-                    "replayed {} readings of {} into {} feature rows",
-                    r.stats.readings_in,
+                    "replayed {} readings of {} into {} feature rows{}",
+                    thousands(rejections.readings),
                     data.display(),
-                    r.rows.rows.len()
+                    thousands(r.rows.rows.len() as u64),
+                    rejected_note(&rejections)
                 );
+                if let Some(code) = too_many_rejected(&rejections, a.max_rejected, &dead) {
+                    return Ok(code);
+                }
                 r.rows
             }
             None => simulated_features(&set, &name, &a.plant).await?,
@@ -149,15 +197,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let mut rows = rows;
     if a.per_device && a.features.is_none() {
-        // A keyed call passes the key first: anomaly_score('m', device, f1, ...). The key
-        // of each row is its window's device; the argument itself is not a feature.
-        if rows.names.len() < 2 {
-            bail!("--per-device: the anomaly_score call needs the key and at least one feature, e.g. anomaly_score('{name}', device, avg(v))");
-        }
-        rows.names.remove(0);
-        for r in &mut rows.rows {
-            r.values.remove(0);
-        }
+        strip_key(&mut rows, &name)?;
     }
     let complete: Vec<_> = rows.rows.iter().filter(|r| r.complete()).collect();
     let skipped = rows.rows.len() - complete.len();
@@ -167,6 +207,19 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         rows.names.join(", "),
         complete.len()
     );
+    // Straight from CSV columns each row is a reading: one that cannot be used is a
+    // rejected reading, under the same limit as readings replayed through a query.
+    if a.features.is_some() && !rows.rows.is_empty() {
+        let pct = 100.0 * skipped as f64 / rows.rows.len() as f64;
+        if skipped > 0 && pct > a.max_rejected {
+            eprintln!(
+                "error: {} of {} rows ({pct:.1} %) have a missing or unreadable value in the --features columns; see --max-rejected",
+                thousands(skipped as u64),
+                thousands(rows.rows.len() as u64)
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     let x = rows.matrix(complete.iter().copied());
     let mut model = if a.per_device {
         let keys: Vec<String> = complete.iter().map(|r| r.device.clone()).collect();
@@ -182,10 +235,44 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(v) = &a.validate {
         let set = read_queries(a.queries.as_ref().expect("clap requires --queries"))?;
-        let r = forewarn::replay::features(&set, &name, v, Some(&a.label), |_| {}).await?;
-        let (xv, labels) = window_labels(&r.rows, &r.labels);
-        model.calibrate_with_labels(xv.view(), &labels)?;
+        let mut r = forewarn::replay::features_with(
+            &set,
+            &name,
+            v,
+            Some(&a.label),
+            order,
+            |_| {},
+            dead.sink(),
+        )
+        .await?;
+        let rejections = r.rejections();
+        if rejections.rejected > 0 {
+            eprintln!(
+                "validation: {} readings of {}{}",
+                thousands(rejections.readings),
+                v.display(),
+                rejected_note(&rejections)
+            );
+        }
+        if let Some(code) = too_many_rejected(&rejections, a.max_rejected, &dead) {
+            return Ok(code);
+        }
+        if a.per_device {
+            strip_key(&mut r.rows, &name)?;
+        }
+        let (xv, labels, keep) = window_labels(&r.rows, &r.labels);
+        if model.key.is_some() {
+            // Each window is judged against its device's baseline, as it will be live.
+            let keys: Vec<Option<&str>> = keep
+                .iter()
+                .map(|&i| Some(r.rows.rows[i].device.as_str()))
+                .collect();
+            model.calibrate_with_labels_keyed(Some(&keys), xv.view(), &labels)?;
+        } else {
+            model.calibrate_with_labels(xv.view(), &labels)?;
+        }
     }
+    dead.finish()?;
     model.save(&a.out)?;
     eprintln!(
         "wrote {} ({}; threshold {:.4}, baseline {:.4}: {})",
@@ -198,20 +285,126 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The query file given as `--queries`.
 pub fn read_queries(path: &Path) -> anyhow::Result<QuerySet> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut set = QuerySet::default();
-    set.add_file(&path.display().to_string(), &text)?;
-    Ok(set)
+    super::read_query_set("--queries", &[path.to_path_buf()])
+}
+
+/// A keyed call passes the key first: `anomaly_score('m', device, f1, ...)`. The key of
+/// each row is its window's device; the argument itself is not a feature.
+fn strip_key(rows: &mut FeatureRows, name: &str) -> anyhow::Result<()> {
+    if rows.names.len() < 2 {
+        bail!("--per-device: the anomaly_score call needs the key and at least one feature, e.g. anomaly_score('{name}', device, avg(v))");
+    }
+    rows.names.remove(0);
+    for r in &mut rows.rows {
+        r.values.remove(0);
+    }
+    Ok(())
+}
+
+/// ` (16,724 rejected: future_timestamp 16,724)`, or nothing when none were.
+fn rejected_note(r: &Rejections) -> String {
+    if r.rejected == 0 {
+        return String::new();
+    }
+    format!("; {} rejected ({})", thousands(r.rejected), r.reasons())
+}
+
+/// Exit code 1, with the message, when more than `max_percent` % of the readings were
+/// rejected: a model trained on what is left would be trained on the wrong data.
+fn too_many_rejected(r: &Rejections, max_percent: f64, dead: &DeadLetters) -> Option<ExitCode> {
+    if !r.exceed(max_percent) {
+        return None;
+    }
+    let see = match &dead.path {
+        Some(p) => format!(
+            "the dead letters are in {}; see --max-rejected",
+            p.display()
+        ),
+        None => "see --dead-letters / --max-rejected".into(),
+    };
+    eprintln!("error: {}; {see}", r.summary());
+    Some(ExitCode::from(1))
+}
+
+/// `--dead-letters FILE`: rejected readings as JSON lines, written by a thread.
+struct DeadLetters {
+    path: Option<PathBuf>,
+    tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl DeadLetters {
+    fn create(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(p) = path else {
+            return Ok(DeadLetters {
+                path: None,
+                tx: None,
+                writer: None,
+            });
+        };
+        let file =
+            std::fs::File::create(p).with_context(|| format!("--dead-letters {}", p.display()))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(file);
+            for line in rx {
+                out.write_all(&line)?;
+            }
+            out.flush()
+        });
+        Ok(DeadLetters {
+            path: Some(p.to_path_buf()),
+            tx: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// What a replay hands its outputs that are not feature rows.
+    fn sink(&self) -> impl FnMut(Output) + Send + 'static {
+        let tx = self.tx.clone();
+        move |o| {
+            let (Some(tx), Output::DeadLetter { .. }) = (&tx, &o) else {
+                return;
+            };
+            let (topic, payload) = o.to_message();
+            let payload: serde_json::Value =
+                serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+            let mut line =
+                serde_json::to_vec(&serde_json::json!({"topic": topic, "payload": payload}))
+                    .expect("serialises");
+            line.push(b'\n');
+            let _ = tx.send(line);
+        }
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("dead-letter writer panicked"))?
+                .context("writing --dead-letters")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DeadLetters {
+    fn drop(&mut self) {
+        // Early exits (too many rejected) still leave a complete file.
+        let _ = self.finish();
+    }
 }
 
 /// Complete feature rows with a label each: a window is anomalous when the latest
-/// labelled reading it scored first is.
+/// labelled reading it scored first is. Also returns the index in `rows` of each
+/// matrix row.
 pub fn window_labels(
     rows: &FeatureRows,
     labels: &forewarn::training::Labels,
-) -> (Array2<f64>, Vec<bool>) {
+) -> (Array2<f64>, Vec<bool>, Vec<usize>) {
     let mut label = vec![None; rows.rows.len()];
     for (device, readings) in &labels.by_device {
         for (w, (_, l)) in forewarn::training::reading_windows(readings, &rows.rows, device)
@@ -227,13 +420,14 @@ pub fn window_labels(
         .filter(|&i| label[i].is_some() && rows.rows[i].complete())
         .collect();
     let x = rows.matrix(keep.iter().map(|&i| &rows.rows[i]));
-    (x, keep.iter().map(|&i| label[i].unwrap_or(false)).collect())
+    let labels = keep.iter().map(|&i| label[i].unwrap_or(false)).collect();
+    (x, labels, keep)
 }
 
 async fn simulated_features(
     set: &QuerySet,
     name: &str,
-    plant: &PlantArgs,
+    plant: &HealthyPlantArgs,
 ) -> anyhow::Result<FeatureRows> {
     let (features, names) = forewarn_sql::feature_query(set, name)?;
     let pipeline = Pipeline::builder().query_set(features).build().await?;
@@ -247,8 +441,13 @@ async fn simulated_features(
         }
         rows
     });
-    let mut cfg = plant.config();
-    cfg.failing_fraction = 0.0;
+    let cfg = PlantArgs {
+        seed: plant.seed,
+        machines: plant.machines,
+        sim_seconds: plant.sim_seconds,
+        failing: 0.0,
+    }
+    .config();
     let mut plant = Plant::new(cfg);
     let bar = progress("readings of healthy simulated history");
     let mut n = 0u64;
@@ -264,7 +463,12 @@ async fn simulated_features(
     let stats = handle.finish().await?;
     drop(handle);
     bar.finish_and_clear();
-    eprintln!("replayed {} readings of healthy history", stats.readings_in);
+    let rejections = Rejections::of(&stats);
+    eprintln!(
+        "replayed {} readings of healthy simulated history{}",
+        thousands(rejections.readings),
+        rejected_note(&rejections)
+    );
     Ok(collector.await?)
 }
 

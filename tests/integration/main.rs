@@ -12,6 +12,8 @@ mod bad_input;
 mod broker_restart;
 mod check_errors;
 mod checkpoint;
+#[cfg(all(feature = "cli", feature = "broker"))]
+mod cli_edges;
 #[cfg(feature = "cli")]
 mod crash;
 mod differential;

@@ -197,6 +197,31 @@ fn train_from_history_then_evaluate_labelled_history_with_a_plot() {
         }
         d => panic!("{d:?}"),
     }
+    // ... and with a threshold from labelled validation: the key is not a validation
+    // feature either, and each window is judged against its device's baseline.
+    let (ok, _, err) = forewarn(&[
+        "train",
+        "--queries",
+        &p("keyed.sql"),
+        "--data",
+        &p("train.csv"),
+        "--kind",
+        "robust",
+        "--per-device",
+        "--validate",
+        &p("test.csv"),
+        "--out",
+        &p("pumps_dev_validated.json"),
+        "--model",
+        "pumps_dev",
+    ]);
+    assert!(ok, "{err}");
+    let validated = Model::load(&dir.join("pumps_dev_validated.json")).unwrap();
+    assert!(validated.calibration.method.starts_with("best F1"), "{err}");
+    assert_eq!(
+        (validated.key.as_deref(), &validated.detector),
+        (Some("device"), &keyed.detector)
+    );
     // Plain CSV columns, no query.
     let (ok, _, err) = forewarn(&[
         "train",

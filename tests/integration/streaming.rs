@@ -33,6 +33,20 @@ struct Case {
     /// `expect replay error TEXT`: replay must refuse the input with a message
     /// containing TEXT (the live run, which cannot refuse it, is not made).
     replay_error: Option<String>,
+    /// `file NAME` blocks: files written beside the query file for commands.
+    files: Vec<(String, String)>,
+    /// `command ARGS` records: the arguments and the checks on the process.
+    commands: Vec<Command>,
+}
+
+/// A run of the `forewarn` binary and what it must do.
+#[derive(Debug, Default)]
+struct Command {
+    line: usize,
+    args: String,
+    exit: Option<i32>,
+    /// (stream, text, exactly once).
+    contains: Vec<(&'static str, String, bool)>,
 }
 
 fn parse(path: &Path, text: &str) -> Result<Case, String> {
@@ -103,6 +117,40 @@ fn parse(path: &Path, text: &str) -> Result<Case, String> {
             "history" => {
                 let b = block(&mut i);
                 case.history = Some((rest.trim().to_string(), b.join("\n") + "\n"));
+            }
+            "file" => {
+                let b = block(&mut i);
+                case.files
+                    .push((rest.trim().to_string(), b.join("\n") + "\n"));
+            }
+            "command" => {
+                let mut c = Command {
+                    line: n + 1,
+                    args: rest.to_string(),
+                    ..Default::default()
+                };
+                for l in block(&mut i) {
+                    let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+                    match k {
+                        "exit" => {
+                            c.exit = Some(
+                                v.trim()
+                                    .parse()
+                                    .map_err(|_| format!("{}: exit N", at(n)))?,
+                            )
+                        }
+                        "stdout" => c.contains.push(("stdout", v.to_string(), false)),
+                        "stderr" => c.contains.push(("stderr", v.to_string(), false)),
+                        "stderr-once" => c.contains.push(("stderr", v.to_string(), true)),
+                        _ => {
+                            return Err(format!(
+                                "{}: after command: exit N, stdout TEXT, stderr TEXT or stderr-once TEXT",
+                                at(n)
+                            ))
+                        }
+                    }
+                }
+                case.commands.push(c);
             }
             "replay" => {
                 case.replay_args = rest.split_whitespace().map(String::from).collect();
@@ -544,6 +592,59 @@ fn check(case: &Case, path: &str, run: &Run) -> Vec<String> {
     fails
 }
 
+/// Runs the `forewarn` binary in `dir` with a command record's arguments (`{sql}`,
+/// `{input}` and `{dir}` filled in) and checks its exit code and output.
+fn run_command(c: &Command, path: &Path, dir: &Path, input: &Path) -> Vec<String> {
+    let args: Vec<String> = c
+        .args
+        .split_whitespace()
+        .map(|a| {
+            a.replace("{sql}", &dir.join("case.sql").display().to_string())
+                .replace("{input}", &input.display().to_string())
+                .replace("{dir}", &dir.display().to_string())
+        })
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(&args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run forewarn");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    let mut fails = Vec::new();
+    let mut fail = |what: String| {
+        fails.push(format!(
+            "{}:{}: forewarn {}: {what}\n--- stdout:\n{stdout}--- stderr:\n{stderr}",
+            path.display(),
+            c.line,
+            c.args
+        ))
+    };
+    if let Some(want) = c.exit {
+        if out.status.code() != Some(want) {
+            fail(format!("exit {:?}, want {want}", out.status.code()));
+        }
+    }
+    for (stream, text, once) in &c.contains {
+        let got = if *stream == "stdout" {
+            &stdout
+        } else {
+            &stderr
+        };
+        let n = got.matches(text.as_str()).count();
+        if n == 0 || (*once && n != 1) {
+            fail(format!(
+                "{stream} has '{text}' {n} times, want {}",
+                if *once { "once" } else { "at least once" }
+            ));
+        }
+    }
+    fails
+}
+
 async fn run_file(path: &Path) -> Vec<String> {
     let name = path.file_stem().unwrap().to_string_lossy().to_string();
     let text = std::fs::read_to_string(path).unwrap();
@@ -565,13 +666,27 @@ async fn run_file(path: &Path) -> Vec<String> {
             ));
         }
     }
-    if case.sql.trim().is_empty() {
+    if case.sql.trim().is_empty() && case.commands.is_empty() {
         return fails;
     }
     let dir = std::env::temp_dir().join(format!("forewarn-slt-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let input = input_file(&case, &dir);
+    std::fs::write(dir.join("case.sql"), &case.sql).unwrap();
+    for (name, text) in &case.files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    for c in &case.commands {
+        fails.extend(run_command(c, path, &dir, &input));
+    }
+    let has_input = !case.publish.is_empty() || case.history.is_some();
+    if case.sql.trim().is_empty() || (!has_input && case.expects.is_empty()) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return fails;
+    }
     if let Some(want) = &case.replay_error {
         let r = replay(&case, &input).await;
         match r {

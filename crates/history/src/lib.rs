@@ -97,9 +97,11 @@ impl SourceShape {
             // Values as they are, a missing one as an empty level: a row live input
             // could not have carried gets a topic the decoder refuses, as live would.
             Some(t) => t.render_exact(|c| {
-                fields.get(c).map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                fields.get(c).and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    // A null is no value: an empty level, refused like a missing cell.
+                    Value::Null => None,
+                    other => Some(other.to_string()),
                 })
             }),
             // Without a template any topic matching the filter will do.

@@ -8,7 +8,7 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::task::JoinHandle;
 
 use crate::source::mqtt_options;
-use crate::{back_off, Backoff, BrokerUrl, MqttError};
+use crate::{back_off, Backoff, BrokerUrl, Liveness, MqttError};
 
 /// Publish counters.
 #[derive(Debug, Default)]
@@ -23,6 +23,9 @@ pub struct SinkStats {
     /// (`session_present = false` after the first connection): it restarted without its
     /// state, and may have lost retained messages too.
     pub sessions_lost: AtomicU64,
+    /// Connections the broker closed within [`crate::SHORT_CONNECTION`] of accepting
+    /// them (more than a few: probably a client-id clash, also logged as a warning).
+    pub short_connections: Arc<AtomicU64>,
 }
 
 /// A publishing connection.
@@ -55,13 +58,14 @@ impl MqttSink {
         let stats = Arc::new(SinkStats::default());
         let st = stats.clone();
         let (ctx, crx) = tokio::sync::watch::channel(false);
+        let mut liveness = Liveness::new("sink", client_id, stats.short_connections.clone());
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
             let mut connected_before = false;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                        backoff.reset();
+                        liveness.connected();
                         if connected_before && !c.session_present {
                             st.sessions_lost.fetch_add(1, Ordering::Relaxed);
                         }
@@ -77,7 +81,7 @@ impl MqttSink {
                     // Our own disconnect: the loop is done (an error would follow otherwise).
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
-                    Err(e) => back_off("sink", &url, &e, &ctx, &mut backoff).await,
+                    Err(e) => back_off(&url, &e, &ctx, &mut backoff, &mut liveness).await,
                 }
             }
         });

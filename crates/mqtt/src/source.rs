@@ -10,7 +10,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{back_off, Backoff, BrokerUrl, MqttError};
+use crate::{back_off, Backoff, BrokerUrl, Liveness, MqttError};
 
 /// One received message.
 #[derive(Debug)]
@@ -167,6 +167,7 @@ pub struct MqttSource {
     task: JoinHandle<()>,
     connected: tokio::sync::watch::Receiver<bool>,
     acks: Arc<AckShared>,
+    short: Arc<AtomicU64>,
 }
 
 impl MqttSource {
@@ -196,12 +197,14 @@ impl MqttSource {
         let shared = acks.clone();
         let mut acked_before: std::collections::HashSet<u64> =
             opts.acked_before.iter().copied().collect();
+        let short = Arc::new(AtomicU64::new(0));
+        let mut liveness = Liveness::new("source", &opts.client_id, short.clone());
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                        backoff.reset();
+                        liveness.connected();
                         if !c.session_present {
                             // A new session: the broker forgot what was in flight, so
                             // tokens from before must not ack whatever reuses their ids.
@@ -278,7 +281,7 @@ impl MqttSource {
                     // Our own disconnect: the loop is done (an error would follow otherwise).
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
-                    Err(e) => back_off("source", &opts.url, &e, &ctx, &mut backoff).await,
+                    Err(e) => back_off(&opts.url, &e, &ctx, &mut backoff, &mut liveness).await,
                 }
             }
         });
@@ -288,6 +291,7 @@ impl MqttSource {
                 task,
                 connected: crx,
                 acks,
+                short,
             },
             rx,
         )
@@ -301,6 +305,13 @@ impl MqttSource {
     /// Redeliveries dropped because the message was still held unacknowledged.
     pub fn duplicates_dropped(&self) -> u64 {
         self.acks.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Connections the broker closed within [`crate::SHORT_CONNECTION`] of accepting
+    /// them: more than a few mean another client probably uses the same client id
+    /// (also logged as a warning).
+    pub fn short_connections(&self) -> u64 {
+        self.short.load(Ordering::Relaxed)
     }
 
     /// Disconnects (after the acknowledgements already handed over) and stops the

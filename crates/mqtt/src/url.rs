@@ -1,4 +1,5 @@
-//! `mqtt://[user[:pass]@]host[:port]` and `mqtts://` URLs, with TLS settings.
+//! Broker URLs: `mqtt://[user[:pass]@]host[:port]` (also `tcp://`), and `mqtts://` (also
+//! `ssl://`, `tls://`) for TLS; with TLS settings and host name resolution.
 
 use std::fmt;
 use std::path::Path;
@@ -106,8 +107,9 @@ impl BrokerUrl {
         }
     }
 
-    /// Parses `mqtt://[user[:pass]@]host[:port]` (`tcp://` is accepted too), or
-    /// `mqtts://` (`ssl://`) for TLS on port 8883 by default.
+    /// Parses `mqtt://[user[:pass]@]host[:port]`. The scheme says the transport:
+    /// `mqtt://` or `tcp://` for plain TCP (port 1883 by default), `mqtts://`, `ssl://`
+    /// or `tls://` for TLS (port 8883 by default); any case.
     pub fn parse(s: &str) -> Result<Self, MqttError> {
         let masked = match (s.find("://"), s.rfind('@')) {
             (Some(a), Some(b)) if b > a => format!("{}***{}", &s[..a + 3], &s[b..]),
@@ -117,20 +119,19 @@ impl BrokerUrl {
             url: masked.clone(),
             reason: reason.to_string(),
         };
-        let (tls, rest) = match s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-        {
-            Some(r) => (false, r),
-            None => (
-                true,
-                s.strip_prefix("mqtts://")
-                    .or_else(|| s.strip_prefix("ssl://"))
-                    .ok_or_else(|| bad("the scheme must be mqtt:// or mqtts://"))?,
-            ),
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Err(bad("no scheme"));
+        };
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" | "tls" => true,
+            "ws" | "wss" => return Err(bad("MQTT over WebSockets is not supported")),
+            _ => return Err(bad(&format!("unknown scheme '{scheme}://'"))),
         };
         if tls && !cfg!(feature = "tls") {
-            return Err(bad("mqtts:// needs Forewarn built with the `tls` feature"));
+            return Err(bad(&format!(
+                "{scheme}:// (TLS) needs Forewarn built with the `tls` feature"
+            )));
         }
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rfind('@') {
@@ -175,6 +176,29 @@ impl BrokerUrl {
     }
 }
 
+impl BrokerUrl {
+    /// Resolves the host name, as each connection attempt will: an error naming the
+    /// host when it does not resolve. A connection retries a name that does not resolve
+    /// like a refused connection, so a typo in the name would otherwise only show as
+    /// retries in the log; callers check once at start.
+    pub async fn resolve(&self) -> Result<Vec<std::net::SocketAddr>, MqttError> {
+        let unresolved = |reason: String| MqttError::Resolve {
+            host: self.host.clone(),
+            reason,
+        };
+        match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
+            Ok(addrs) => {
+                let v: Vec<_> = addrs.collect();
+                if v.is_empty() {
+                    return Err(unresolved("no addresses".into()));
+                }
+                Ok(v)
+            }
+            Err(e) => Err(unresolved(e.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +214,48 @@ mod tests {
         let e = BrokerUrl::parse("http://a:pw@h:1").unwrap_err().to_string();
         assert!(e.contains("scheme") && !e.contains("pw"), "{e}");
         assert!(BrokerUrl::parse("mqtt://h:99999").is_err());
+    }
+
+    #[test]
+    fn schemes_name_the_transport() {
+        for plain in ["mqtt://h", "tcp://h", "MQTT://h", "Tcp://h"] {
+            let u = BrokerUrl::parse(plain).unwrap();
+            assert_eq!((u.port, u.tls.is_some()), (1883, false), "{plain}");
+        }
+        for tls in ["mqtts://h", "ssl://h", "tls://h", "SSL://h"] {
+            match BrokerUrl::parse(tls) {
+                Ok(u) => assert_eq!((u.port, u.tls.is_some()), (8883, true), "{tls}"),
+                // Without the tls feature the scheme is still recognised as TLS.
+                Err(e) => assert!(
+                    !cfg!(feature = "tls") && e.to_string().contains("(TLS) needs"),
+                    "{e}"
+                ),
+            }
+        }
+        let e = BrokerUrl::parse("http://h:1").unwrap_err().to_string();
+        assert_eq!(e, "bad broker URL 'http://h:1': unknown scheme 'http://' (expected mqtt://[USER[:PASS]@]HOST[:PORT]; tcp:// is the same, mqtts://, ssl:// and tls:// are TLS)");
+        let e = BrokerUrl::parse("10.0.0.5:1883").unwrap_err().to_string();
+        assert!(e.contains("no scheme"), "{e}");
+        let e = BrokerUrl::parse("ws://h").unwrap_err().to_string();
+        assert!(e.contains("WebSockets"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_host_is_named() {
+        assert!(!BrokerUrl::new("127.0.0.1", 1883)
+            .resolve()
+            .await
+            .unwrap()
+            .is_empty());
+        // `.invalid` never resolves (RFC 2606).
+        let e = BrokerUrl::new("no-such-broker.invalid", 1883)
+            .resolve()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot resolve the broker's host name 'no-such-broker.invalid'"),
+            "{e}"
+        );
     }
 }

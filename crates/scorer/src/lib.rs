@@ -493,6 +493,18 @@ impl Model {
         x: ArrayView2<f64>,
         labels: &[bool],
     ) -> Result<(), ModelError> {
+        self.calibrate_with_labels_keyed(None, x, labels)
+    }
+
+    /// Like [`Model::calibrate_with_labels`], with each row's key (device) for keyed
+    /// models: every row is scored against its own key's baseline, as it will be live
+    /// ([`Model::score_keyed`]), not the fleet's.
+    pub fn calibrate_with_labels_keyed(
+        &mut self,
+        keys: Option<&[Option<&str>]>,
+        x: ArrayView2<f64>,
+        labels: &[bool],
+    ) -> Result<(), ModelError> {
         self.check_width(x.ncols())?;
         if labels.len() != x.nrows() {
             return Err(ModelError::Training(format!(
@@ -501,7 +513,17 @@ impl Model {
                 x.nrows()
             )));
         }
-        let raw = self.detector.raw(self.scaler.apply(x).view());
+        let raw = match keys {
+            Some(k) if k.len() != x.nrows() => {
+                return Err(ModelError::Training(format!(
+                    "{} keys for {} validation rows",
+                    k.len(),
+                    x.nrows()
+                )))
+            }
+            Some(k) => self.raw_keyed(k, x),
+            None => self.detector.raw(self.scaler.apply(x).view()),
+        };
         let mut pairs: Vec<(f64, bool)> = raw
             .iter()
             .zip(labels)
@@ -971,6 +993,55 @@ mod tests {
             &opts("pca")
         )
         .is_err());
+    }
+
+    /// Validation of a keyed model scores each row against its device's baseline: with
+    /// the fleet's, p2's normal level (5.0) would look as odd as p1's fault (1.6).
+    #[test]
+    fn keyed_validation_uses_each_devices_baseline() {
+        let mut rng = Xoshiro256Plus::seed_from_u64(6);
+        let (mut rows, mut keys) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            let (k, level) = if i % 2 == 0 { ("p1", 1.0) } else { ("p2", 5.0) };
+            rows.push(level + rng.gen_range(-0.1..0.1));
+            keys.push(k.to_string());
+        }
+        let x = Array2::from_shape_vec((400, 1), rows).unwrap();
+        let mut m = Model::train_keyed(
+            "vib",
+            vec!["v".into()],
+            Some(("device", &keys)),
+            x.view(),
+            &opts("robust"),
+        )
+        .unwrap();
+        // Validation: p1 faulty at 1.6 (labelled), everything else normal.
+        let mut v = Vec::new();
+        let mut vk = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..200 {
+            let (k, level, bad) = match i % 4 {
+                0 => ("p1", 1.6, true),
+                1 => ("p1", 1.0, false),
+                _ => ("p2", 5.0, false),
+            };
+            v.push(level + rng.gen_range(-0.05..0.05));
+            vk.push(Some(k));
+            labels.push(bad);
+        }
+        let xv = Array2::from_shape_vec((200, 1), v).unwrap();
+        let width = m.calibrate_with_labels_keyed(Some(&vk[..3]), xv.view(), &labels);
+        assert!(width.is_err(), "3 keys for 200 rows");
+        m.calibrate_with_labels_keyed(Some(&vk), xv.view(), &labels)
+            .unwrap();
+        assert!(
+            m.calibration.method.starts_with("best F1 (1.000)"),
+            "{:?}",
+            m.calibration
+        );
+        let s = m.score_keyed(&vk, xv.view()).unwrap();
+        let flagged: Vec<bool> = s.iter().map(|s| *s > 1.0).collect();
+        assert_eq!(flagged, labels);
     }
 
     #[test]

@@ -1,0 +1,606 @@
+//! The command line at its edges (issue 16, "Trust at the edges"), through the built
+//! binary: each error printed once; `--models` named in errors and optional for
+//! `check`; `demo` from any directory; rejected readings reported and failing `replay`
+//! and `train` beyond `--max-rejected`; broker URL schemes and host names that do not
+//! resolve; default client ids, and the warning when two engines share one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::ckpt::Proc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_forewarn");
+
+/// A fresh directory for one test.
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fw-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `forewarn args` in `dir`: (exit code, stdout, stderr).
+fn forewarn_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        // The defaults a user gets (the embedded broker's own log off).
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A query scoring with model `m`; `vv` is a misspelt column when `bad`.
+fn query(bad: bool) -> String {
+    format!(
+        "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+  WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{{device}}');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{{device}}');
+INSERT INTO out SELECT device, window_start, avg({}) AS v, anomaly_score('m', avg(v)) AS s
+FROM r GROUP BY tumble(interval '10 seconds'), device;
+",
+        if bad { "vv" } else { "v" }
+    )
+}
+
+/// A query without models, reading `w/+`.
+const PLAIN: &str = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+  WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+INSERT INTO out SELECT device, window_start, avg(v) AS v
+FROM r GROUP BY tumble(interval '10 seconds'), device;
+";
+
+/// `n` readings of device d1, one a second; the first `bad` have a text value.
+fn history(n: usize, bad: usize) -> String {
+    let mut s = String::from("device,ts,v\n");
+    for i in 0..n {
+        let v = if i < bad {
+            "abc".to_string()
+        } else {
+            format!("{}", 1.0 + (i % 7) as f64 * 0.1)
+        };
+        s.push_str(&format!(
+            "d1,{},{v}\n",
+            1_700_000_000_000i64 + i as i64 * 1000
+        ));
+    }
+    s
+}
+
+#[test]
+fn every_subcommand_prints_a_query_error_once() {
+    let dir = tmp("once");
+    std::fs::write(dir.join("bad.sql"), query(true)).unwrap();
+    std::fs::write(dir.join("d.csv"), history(30, 0)).unwrap();
+    let located = "bad.sql:5:50: error: unknown column 'vv' in source 'r'; did you mean 'v'?\n    5 | INSERT INTO out SELECT device, window_start, avg(vv) AS v, anomaly_score('m', avg(v)) AS s\n      |                                                  ^^\n";
+    let cases: &[&[&str]] = &[
+        &["check", "bad.sql"],
+        &[
+            "run",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--queries",
+            "bad.sql",
+        ],
+        &["replay", "--data", "d.csv", "--queries", "bad.sql"],
+        &[
+            "train",
+            "--queries",
+            "bad.sql",
+            "--data",
+            "d.csv",
+            "--out",
+            "m.json",
+        ],
+        &["eval", "--queries", "bad.sql", "--data", "d.csv"],
+        &["demo", "--queries", "bad.sql", "--duration", "1"],
+    ];
+    for args in cases {
+        let (code, _, err) = forewarn_in(&dir, args);
+        assert_eq!(code, 1, "{args:?}");
+        // The diagnostic is the whole of stderr, once, with no "error: " in front.
+        assert_eq!(err, located, "{args:?}");
+    }
+    // Other errors: one "error: " prefix, each cause once.
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &["replay", "--data", "d.csv", "--queries", "nope.sql"],
+    );
+    assert_eq!(
+        (code, err.as_str()),
+        (2, "error: --queries nope.sql: no such file or directory\n")
+    );
+    for cmd in ["train", "eval"] {
+        let (code, _, err) = forewarn_in(
+            &dir,
+            &[
+                cmd,
+                "--queries",
+                "bad.sql",
+                "--data",
+                "nope.csv",
+                "--out",
+                "m.json",
+            ][..if cmd == "train" { 7 } else { 5 }],
+        );
+        assert_eq!(
+            (code, err.as_str()),
+            (2, "error: --data nope.csv: no such file or directory\n")
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn models_flag_is_named_and_check_works_without_models() {
+    let dir = tmp("models");
+    std::fs::write(dir.join("q.sql"), query(false)).unwrap();
+    std::fs::write(dir.join("d.csv"), history(30, 0)).unwrap();
+    // No ./models: check plans everything and says which models it could not check.
+    let (code, out, err) = forewarn_in(&dir, &["check", "q.sql"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "ok: 1 queries (q)\n");
+    assert_eq!(err, "note: not loaded, so the calls to them were not checked against them: m (no models: ./models does not exist; pass --models DIR)\n");
+    // ... still finding everything else.
+    std::fs::write(dir.join("bad.sql"), query(true)).unwrap();
+    let (code, _, err) = forewarn_in(&dir, &["check", "bad.sql"]);
+    assert!(
+        code == 1 && err.starts_with("bad.sql:5:50: error: unknown column 'vv'"),
+        "{err}"
+    );
+    // A keyed call (key first) gets a keyed stand-in; a text feature is still refused.
+    std::fs::write(
+        dir.join("keyed.sql"),
+        query(false).replace(
+            "anomaly_score('m', avg(v))",
+            "anomaly_score('k', device, avg(v))",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = forewarn_in(&dir, &["check", "keyed.sql"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        dir.join("text.sql"),
+        query(false).replace(
+            "anomaly_score('m', avg(v))",
+            "anomaly_score('t', avg(v), device)",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = forewarn_in(&dir, &["check", "text.sql"]);
+    assert!(
+        code == 1 && err.contains("features must be numeric"),
+        "{err}"
+    );
+    // A directory given but missing names the flag and the path.
+    let (code, _, err) = forewarn_in(&dir, &["check", "q.sql", "--models", "nodir"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (2, "error: --models nodir: no such directory\n")
+    );
+    // Commands that score need the models: the default is named with the way out.
+    let want = "error: --models models: no such directory (default: ./models; pass --models DIR); the queries score with m\n";
+    let (code, _, err) = forewarn_in(&dir, &["replay", "--data", "d.csv", "--queries", "q.sql"]);
+    assert_eq!((code, err.as_str()), (2, want));
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "run",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--queries",
+            "q.sql",
+        ],
+    );
+    assert_eq!((code, err.as_str()), (2, want));
+    let (code, _, err) = forewarn_in(&dir, &["eval", "--queries", "q.sql", "--data", "d.csv"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            2,
+            "error: --models models: no such directory (default: ./models; pass --models DIR)\n"
+        )
+    );
+    // With a models directory that lacks the model, check reports it at the call.
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    let (code, _, err) = forewarn_in(&dir, &["check", "q.sql"]);
+    assert!(
+        code == 1 && err.contains("unknown model 'm' in anomaly_score (loaded models: none)"),
+        "{err}"
+    );
+    // Queries that call no model need no models directory.
+    std::fs::remove_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("plain.sql"), PLAIN).unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "replay",
+            "--data",
+            "d.csv",
+            "--queries",
+            "plain.sql",
+            "--out",
+            "o.jsonl",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The demo's queries and models are built in: it runs from a directory without them.
+#[test]
+fn demo_runs_from_any_directory() {
+    let dir = tmp("demo");
+    let (code, out, err) = forewarn_in(
+        &dir,
+        &[
+            "demo",
+            "--duration",
+            "2",
+            "--machines",
+            "6",
+            "--sim-seconds",
+            "300",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Every shipped model is built in.
+    let mut shipped: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().to_string())
+            .collect();
+    shipped.sort();
+    assert!(
+        out.contains(&format!(
+            "queries: plant_health_1, plant_health_2, plant_health_3   models: {}",
+            shipped.join(", ")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("Detection against the simulator's ground truth"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn rejected_readings_are_reported_and_fail_beyond_the_limit() {
+    let dir = tmp("rejected");
+    std::fs::write(dir.join("q.sql"), query(false)).unwrap();
+    std::fs::write(dir.join("plain.sql"), PLAIN).unwrap();
+    // 100 readings, 10 of them with a text value: 10 % rejected.
+    std::fs::write(dir.join("d.csv"), history(100, 10)).unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "replay",
+            "--data",
+            "d.csv",
+            "--queries",
+            "plain.sql",
+            "--out",
+            "o.jsonl",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(", readings 90, rejected 10 (wrong_type 10), "),
+        "{err}"
+    );
+    assert!(err.ends_with("error: 10 of 100 readings (10.0 %) were rejected (wrong_type 10); see --dead-letters / --max-rejected\n"), "{err}");
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "replay",
+            "--data",
+            "d.csv",
+            "--queries",
+            "plain.sql",
+            "--out",
+            "o.jsonl",
+            "--max-rejected",
+            "10",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    // train: the same limit, before a model is written.
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            "m.json",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "replayed 100 readings of d.csv into 9 feature rows; 10 rejected (wrong_type 10)\n"
+        ),
+        "{err}"
+    );
+    assert!(err.ends_with("error: 10 of 100 readings (10.0 %) were rejected (wrong_type 10); see --dead-letters / --max-rejected\n"), "{err}");
+    assert!(!dir.join("m.json").exists());
+    // Allowed, with the rejected readings written out.
+    std::fs::write(dir.join("d.csv"), history(200, 10)).unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            "m.json",
+            "--max-rejected",
+            "5",
+            "--dead-letters",
+            "dead.jsonl",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let dead = std::fs::read_to_string(dir.join("dead.jsonl")).unwrap();
+    assert_eq!(dead.lines().count(), 10);
+    assert!(
+        dead.lines()
+            .all(|l| l.contains("\"reason\":\"wrong_type\"")),
+        "{dead}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn broker_host_names_that_do_not_resolve_fail_at_start() {
+    let dir = tmp("dns");
+    std::fs::write(dir.join("plain.sql"), PLAIN).unwrap();
+    let started = Instant::now();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "run",
+            "--broker",
+            "tcp://no-such-broker.invalid:1883",
+            "--queries",
+            "plain.sql",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: cannot resolve the broker's host name 'no-such-broker.invalid': ")
+            && err.ends_with("(broker mqtt://no-such-broker.invalid:1883); pass --retry-dns (or retry_dns = true) to wait for it\n"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // With --retry-dns it keeps trying (and says so) until stopped.
+    let log = dir.join("retry.log");
+    let p = Proc(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--broker",
+                "mqtt://no-such-broker.invalid",
+                "--queries",
+                "plain.sql",
+                "--retry-dns",
+            ])
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("retrying (--retry-dns)"), "{text}");
+    drop(p);
+    for (url, why) in [
+        ("http://127.0.0.1", "unknown scheme 'http://'"),
+        ("127.0.0.1:1883", "no scheme"),
+    ] {
+        let (code, _, err) = forewarn_in(&dir, &["run", "--broker", url, "--queries", "plain.sql"]);
+        assert!(
+            code == 2
+                && err.contains(why)
+                && err.contains("tcp:// is the same, mqtts://, ssl:// and tls:// are TLS"),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `forewarn run` in `dir` on the broker at `port`, logging to `dir/log`.
+fn engine(dir: &Path, port: u16, queries: &str, extra: &[&str], log: &str) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--broker",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--queries",
+                queries,
+            ])
+            .args(extra)
+            .current_dir(dir)
+            .env("RUST_LOG", "warn,forewarn=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for_log(file: &Path, what: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.contains(what) || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const CLASH: &str = "probably another client is connected with the same client id";
+
+/// Two engines with the same queries on one host have the same default client id: the
+/// broker keeps dropping one for the other, and the log says why. Engines with other
+/// queries get other ids and both receive every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_default_per_query_set_and_a_clash_is_named() {
+    let broker = forewarn::mqtt::EmbeddedBroker::start().unwrap();
+    let port = broker.addr().port();
+    let dir = tmp("clientid");
+    std::fs::write(dir.join("a.sql"), PLAIN).unwrap();
+    std::fs::write(
+        dir.join("b.sql"),
+        PLAIN.replace("avg(v) AS v", "max(v) AS v"),
+    )
+    .unwrap();
+
+    // The same queries: the same id, a fight, a warning.
+    let one = engine(&dir, port, "a.sql", &[], "one.log");
+    let two = engine(&dir, port, "a.sql", &[], "two.log");
+    let mut warned = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !warned && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        warned = ["one.log", "two.log"]
+            .iter()
+            .any(|l| std::fs::read_to_string(dir.join(l)).is_ok_and(|t| t.contains(CLASH)));
+    }
+    let logs =
+        ["one.log", "two.log"].map(|l| std::fs::read_to_string(dir.join(l)).unwrap_or_default());
+    assert!(warned, "no clash warning:\n{}\n{}", logs[0], logs[1]);
+    let id = |log: &str| {
+        log.split("client_id=")
+            .nth(1)
+            .map(|s| s.split_whitespace().next().unwrap().to_string())
+    };
+    assert_eq!(id(&logs[0]), id(&logs[1]), "{}", logs[0]);
+    drop((one, two));
+
+    // Other queries: other ids; both engines get every message.
+    let a = engine(&dir, port, "a.sql", &[], "a.log");
+    let b = engine(&dir, port, "b.sql", &[], "b.log");
+    for l in ["a.log", "b.log"] {
+        let t = wait_for_log(&dir.join(l), "source connected", Duration::from_secs(20));
+        assert!(t.contains("source connected"), "{t}");
+    }
+    // mqtt::start gives the broker 100 ms to install the subscriptions.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = forewarn::mqtt::BrokerUrl::new("127.0.0.1", port);
+    let publisher = crate::common::connected_publisher(&url, "cli-edges-publisher").await;
+    let n = 200;
+    for i in 0..n {
+        let payload = format!(
+            "{{\"ts\": {}, \"v\": 1.0}}",
+            1_700_000_000_000i64 + i * 1000
+        );
+        publisher
+            .publish("w/d1", payload.into_bytes(), false)
+            .await
+            .unwrap();
+    }
+    publisher.flush(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut ids = Vec::new();
+    for (p, l) in [(a, "a.log"), (b, "b.log")] {
+        p.terminate();
+        let t = std::fs::read_to_string(dir.join(l)).unwrap();
+        assert!(t.contains(&format!("stopped: messages {n}, ")), "{t}");
+        assert!(!t.contains(CLASH), "{t}");
+        ids.push(id(&t));
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert!(
+        ids[0].as_deref().unwrap().starts_with("forewarn-"),
+        "{ids:?}"
+    );
+
+    // With checkpoints the id is kept in the checkpoint directory and reused.
+    let ck = dir.join("ck").display().to_string();
+    let first = engine(&dir, port, "a.sql", &["--checkpoint-dir", &ck], "ck1.log");
+    let t = wait_for_log(
+        &dir.join("ck1.log"),
+        "source connected",
+        Duration::from_secs(20),
+    );
+    first.terminate();
+    let kept = std::fs::read_to_string(dir.join("ck/client-id")).unwrap();
+    assert_eq!(id(&t).as_deref(), Some(kept.trim()), "{t}");
+    // The queries change: the id does not (the broker keeps the session under it).
+    std::fs::write(
+        dir.join("a.sql"),
+        PLAIN.replace("avg(v) AS v", "avg(v) AS mean_v"),
+    )
+    .unwrap();
+    let second = engine(&dir, port, "a.sql", &["--checkpoint-dir", &ck], "ck2.log");
+    let t = wait_for_log(
+        &dir.join("ck2.log"),
+        "source connected",
+        Duration::from_secs(20),
+    );
+    second.terminate();
+    assert_eq!(id(&t).as_deref(), Some(kept.trim()), "{t}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The same through the library, on the embedded broker and on mosquitto (when
+/// installed): two sources with one client id count the connections the broker keeps
+/// closing; two with their own ids count none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_connections_are_counted_on_either_broker() {
+    use forewarn::mqtt::{BrokerUrl, MqttSource, SourceOptions};
+    let embedded = forewarn::mqtt::EmbeddedBroker::start().unwrap();
+    let mut brokers = vec![("rumqttd", embedded.url(), None)];
+    if let Some(bin) = crate::common::mosquitto::mosquitto_binary() {
+        let (m, port) = crate::common::mosquitto::start_mosquitto(&bin);
+        brokers.push(("mosquitto", BrokerUrl::new("127.0.0.1", port), Some(m)));
+    } else {
+        eprintln!("mosquitto not installed: the embedded broker only");
+    }
+    for (name, url, _keep) in &brokers {
+        let source =
+            |id: &str| MqttSource::start(SourceOptions::new(url.clone(), id, vec!["x/#".into()]));
+        let (a, _ra) = source("edge-same");
+        let (b, _rb) = source("edge-same");
+        let (c, _rc) = source("edge-c");
+        let (d, _rd) = source("edge-d");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while a.short_connections() + b.short_connections() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (same, own) = (
+            a.short_connections() + b.short_connections(),
+            c.short_connections() + d.short_connections(),
+        );
+        assert!(same >= 3, "{name}: {same} short connections with one id");
+        assert_eq!(own, 0, "{name}: distinct ids");
+        for s in [a, b, c, d] {
+            s.stop().await;
+        }
+    }
+}
