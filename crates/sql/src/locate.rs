@@ -218,7 +218,7 @@ impl<'a> QueryTokens<'a> {
         rest: &str,
         functions: &Functions,
     ) -> Result<Located, String> {
-        let qualified = rest.split('"').next().unwrap_or_default();
+        let qualified = rest.split_once("\" must appear").map_or(rest, |r| r.0);
         let name = qualified.rsplit('.').next().unwrap_or(qualified);
         let having = prefix.contains("HAVING");
         let (clause, range) = if having {
@@ -408,5 +408,55 @@ impl<'a> QueryTokens<'a> {
             width: width.max(1),
             message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "CREATE TABLE pump (\"Flow Rate\" DOUBLE) WITH (connector = 'mqtt');
+INSERT INTO out
+SELECT window_start, max(\"Flow Rate\") FILTER (WHERE \"Flow Rate\" > 0) AS m,
+       sum(\"Flow Rate\") OVER () AS s
+FROM pump GROUP BY tumble(interval '1 second');";
+
+    fn functions() -> Functions {
+        Functions {
+            all: vec!["max".into(), "sum".into()],
+            aggregates: ["max".to_string(), "sum".to_string()].into(),
+        }
+    }
+
+    #[test]
+    fn an_ungrouped_column_is_found_outside_aggregates() {
+        // DataFusion's message for the window function's argument.
+        let m = "Column in SELECT must be in GROUP BY or an aggregate function: While expanding wildcard, column \"pump.Flow Rate\" must appear in the GROUP BY clause or must be part of an aggregate function, currently only \"pump.window_start\" appears in the SELECT clause satisfies this requirement";
+        let l = locate(TEXT, 2, m, &functions()).unwrap_or_else(|m| panic!("{m}"));
+        // Not the max(...) argument nor the FILTER condition: the one under OVER.
+        assert_eq!((l.line, l.column, l.width), (4, 12, 11));
+        assert!(
+            l.message
+                .starts_with("column '\"Flow Rate\"' in SELECT is neither"),
+            "{}",
+            l.message
+        );
+    }
+
+    #[test]
+    fn an_unknown_function_is_found_with_a_suggestion() {
+        let text = TEXT.replace("sum(", "summ(");
+        let l = locate(
+            &text,
+            2,
+            "Invalid function 'summ'.\nDid you mean 'sum'?",
+            &functions(),
+        )
+        .unwrap_or_else(|m| panic!("{m}"));
+        assert_eq!((l.line, l.column, l.width), (4, 8, 4));
+        assert_eq!(l.message, "unknown function 'summ'; did you mean 'sum'?");
+        // Not in the query: reworded, without a position.
+        let e = locate(TEXT, 2, "Invalid function 'nope'", &functions()).err();
+        assert_eq!(e.as_deref(), Some("unknown function 'nope'"));
     }
 }
