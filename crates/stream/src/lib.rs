@@ -9,7 +9,7 @@
 //! projection, scoring. State therefore grows with open panes × groups, never with
 //! the number of rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
@@ -567,6 +567,8 @@ impl WindowOperator {
         let mut opened: std::collections::HashSet<Millis> = Default::default();
         // The watermark as of the row being judged (`closed_until` before the batch).
         let mut closed = self.closed_until;
+        // Per-key maxima not yet handed to the watermark (see `observe`).
+        let mut keys: HashMap<&str, Millis> = HashMap::new();
         for i in 0..ts.len() {
             if keep.as_ref().is_some_and(|k| !k[i]) {
                 // The query does not want this row: it is not late or refused for it
@@ -576,7 +578,7 @@ impl WindowOperator {
                     let t = ts.value(i);
                     let key = wm_keys.as_ref().map_or("", |k| k.value(i));
                     if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
-                        self.observe(key, t);
+                        self.observe(&mut keys, key, t);
                     }
                 }
                 continue;
@@ -619,7 +621,7 @@ impl WindowOperator {
                     if new_pane {
                         opened.insert(pane.start);
                     }
-                    self.observe(key, t);
+                    self.observe(&mut keys, key, t);
                     Ok(pane.start)
                 }
             };
@@ -665,7 +667,9 @@ impl WindowOperator {
             self.stats.rows_aggregated += rows.num_rows() as u64;
             self.feed(start, rows, ids).await?;
         }
-        if !per_key {
+        if per_key {
+            self.flush_keys(&mut keys);
+        } else {
             self.watermark.update();
         }
         self.close_ready(&mut out).await?;
@@ -677,19 +681,32 @@ impl WindowOperator {
     /// enters a new tick of `wm_tick` ms, not after every row nor every batch: cheap,
     /// and a function of the rows alone, so the same wherever batches are cut. Windows
     /// close at most one tick later than a recomputation after every row would close them.
-    fn observe(&mut self, key: &str, t: Millis) {
+    ///
+    /// Keys' maxima gather in `keys` (one entry per key of the batch, no allocation per
+    /// row) and reach the watermark before each recomputation and at the end of the batch
+    /// (`flush_keys`): the per-key values only matter when it is recomputed.
+    fn observe<'a>(&mut self, keys: &mut HashMap<&'a str, Millis>, key: &'a str, t: Millis) {
+        self.watermark.observe(t);
         if !self.watermark.per_key() {
-            self.watermark.observe(t);
             return;
         }
-        self.watermark.observe_key(key, t);
+        let m = keys.entry(key).or_insert(t);
+        *m = (*m).max(t);
         let tick = self
             .watermark
             .max_seen()
             .map(|m| m.div_euclid(self.wm_tick_ms));
         if tick != self.wm_tick {
             self.wm_tick = tick;
+            self.flush_keys(keys);
             self.watermark.update();
+        }
+    }
+
+    /// Hands the gathered per-key maxima to the watermark.
+    fn flush_keys(&mut self, keys: &mut HashMap<&str, Millis>) {
+        for (k, t) in keys.drain() {
+            self.watermark.observe_key(k, t);
         }
     }
 
