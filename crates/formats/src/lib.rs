@@ -10,7 +10,7 @@ mod json;
 mod topic;
 
 pub use json::{DecodeOutcome, JsonDecoder, Rejected};
-pub use topic::{filter_matches, TopicTemplate, TopicTemplateError};
+pub use topic::{filter_matches, filter_problem, TopicTemplate, TopicTemplateError};
 
 /// Why a message or one reading in it was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -94,16 +94,27 @@ impl TopicTemplate {
     /// some topic can. `+` and `{x}` match any one level, `#` any number of
     /// levels (zero included) on either side.
     pub fn mismatch_with_filter(&self, filter: &str) -> Option<String> {
+        let mut seen: Vec<&str> = Vec::new();
+        for c in self.captures() {
+            if seen.contains(&c) {
+                return Some(format!(
+                    "captures '{{{c}}}' twice: each column can come from one level only"
+                ));
+            }
+            seen.push(c);
+        }
         let f: Vec<&str> = filter.split('/').collect();
         let shape = |n: usize, rest: bool| match (n, rest) {
             (1, false) => "1 level".to_string(),
             (n, false) => format!("{n} levels"),
             (n, true) => format!("{n} or more levels"),
         };
+        let mut on_literal: Option<(usize, &str, &str)> = None;
+        let mut uncaptured: Option<usize> = None;
         for i in 0.. {
             match (self.levels.get(i), f.get(i).copied()) {
                 // Either side takes whatever levels the other still needs.
-                (Some(Level::Rest), _) | (_, Some("#")) | (None, None) => return None,
+                (Some(Level::Rest), _) | (_, Some("#")) | (None, None) => break,
                 (Some(_), None) | (None, Some(_)) => {
                     let t_rest = matches!(self.levels.last(), Some(Level::Rest));
                     let f_rest = f.last() == Some(&"#");
@@ -119,6 +130,16 @@ impl TopicTemplate {
                         i + 1
                     ));
                 }
+                // A capture on a level the filter fixes gives every message the same
+                // value: right for a filter naming one device (`w/d1`), but beside a
+                // wildcard level left uncaptured it is a template shifted by a level,
+                // and every device would be named after the literal.
+                (Some(Level::Capture(c)), Some(b)) if b != "+" && !b.is_empty() => {
+                    on_literal.get_or_insert((i + 1, c.as_str(), b));
+                }
+                (Some(Level::Literal(_) | Level::Any), Some("+")) => {
+                    uncaptured.get_or_insert(i + 1);
+                }
                 (Some(Level::Capture(c)), Some("")) => {
                     return Some(format!(
                         "captures level {} as '{{{c}}}', but topic '{filter}' has it empty: no message can match both",
@@ -128,7 +149,12 @@ impl TopicTemplate {
                 _ => {}
             }
         }
-        None
+        match (on_literal, uncaptured) {
+            (Some((at, c, lit)), Some(free)) => Some(format!(
+                "captures level {at} as '{{{c}}}', where topic '{filter}' has the fixed level '{lit}', and leaves level {free}, a '+' of the topic, uncaptured: every message would have {c} = '{lit}' (is the template shifted by a level?)"
+            )),
+            _ => None,
+        }
     }
 
     /// Matches a concrete topic; returns the captured `(column, value)` pairs.
@@ -204,6 +230,32 @@ impl TopicTemplate {
             .collect::<Vec<_>>()
             .join("/")
     }
+}
+
+/// What is wrong with an MQTT topic filter a client would subscribe to, if anything:
+/// brokers refuse an empty filter and wildcards that are not a whole level, or a `#`
+/// that is not the last level (the subscription then silently delivers nothing).
+pub fn filter_problem(filter: &str) -> Option<String> {
+    if filter.is_empty() {
+        return Some("is empty".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if (l.contains('+') || l.contains('#')) && l.len() > 1 {
+            return Some(format!(
+                "has '{l}' at level {}: a wildcard '+' or '#' must be a whole level",
+                i + 1
+            ));
+        }
+        if *l == "#" && i + 1 < levels.len() {
+            return Some(format!(
+                "has '#' at level {} of {}: '#' may only be the last level",
+                i + 1,
+                levels.len()
+            ));
+        }
+    }
+    None
 }
 
 /// Whether an MQTT topic filter (with `+` and `#`) matches a topic.

@@ -126,6 +126,12 @@ pub struct QueryDecl {
     pub window: WindowSpec,
     /// For session windows: the key columns (the other `GROUP BY` items).
     pub session_keys: Vec<String>,
+    /// Output columns that are GROUP BY keys (selected as they are, or under an alias):
+    /// each window has one row per combination of them.
+    pub key_columns: Vec<String>,
+    /// Those of them the source's topic template captures, from its coarsest level to
+    /// its finest (e.g. `site`, `chiller` for `factory/{site}/chiller/{chiller}/data`).
+    pub topic_keys: Vec<String>,
     /// The `SELECT` with the window call replaced by `window_start, window_end`.
     pub select_sql: String,
     /// File the query came from.
@@ -460,6 +466,15 @@ impl QuerySet {
             return Ok(());
         }
         let template = get("topic_template");
+        // The broker would refuse the subscription, and the source would stay empty.
+        if let Some(why) = forewarn_formats::filter_problem(&topic) {
+            return Err(err(
+                file,
+                text,
+                map["topic"].1,
+                format!("topic '{topic}' {why}"),
+            ));
+        }
         let captures: Vec<String> = match topic_template(file, text, &map, "topic_template")? {
             Some(t) => {
                 // A template the subscription never delivers a message for would leave
@@ -889,6 +904,43 @@ impl QuerySet {
                 }
             }
         }
+        // Output columns that are GROUP BY keys, with the key's column name (`r.device`
+        // and `device` are the same key).
+        let name_of = |e: &Expr| match e {
+            Expr::Identifier(i) => i.value.to_lowercase(),
+            Expr::CompoundIdentifier(p) => {
+                p.last().map_or(String::new(), |i| i.value.to_lowercase())
+            }
+            other => other.to_string(),
+        };
+        let key_names: Vec<String> = keys.iter().map(name_of).collect();
+        let mut key_columns: Vec<(String, String)> = Vec::new();
+        for item in &select.projection {
+            match item {
+                SelectItem::UnnamedExpr(e) if key_names.contains(&name_of(e)) => {
+                    key_columns.push((name_of(e), name_of(e)))
+                }
+                SelectItem::ExprWithAlias { expr, alias } if key_names.contains(&name_of(expr)) => {
+                    key_columns.push((alias.value.clone(), name_of(expr)))
+                }
+                _ => {}
+            }
+        }
+        // The keys the source's topic captures, from the coarsest level to the finest.
+        let mut topic_keys = Vec::new();
+        if let Some(t) = self.sources[&source]
+            .topic_template
+            .as_deref()
+            .and_then(|t| TopicTemplate::parse(t).ok())
+        {
+            for c in t.captures() {
+                if let Some((out, _)) = key_columns.iter().find(|(_, k)| k.eq_ignore_ascii_case(c))
+                {
+                    topic_keys.push(out.clone());
+                }
+            }
+        }
+        let key_columns: Vec<String> = key_columns.into_iter().map(|(o, _)| o).collect();
         for item in &select.projection {
             let e = match item {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
@@ -905,6 +957,8 @@ impl QuerySet {
             references,
             window,
             session_keys,
+            key_columns,
+            topic_keys,
             select_sql: query.to_string(),
             file: file.to_string(),
             line,

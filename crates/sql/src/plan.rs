@@ -62,6 +62,10 @@ pub struct CompiledQuery {
     pub watermark_key: Option<String>,
     /// Session windows: key columns in the source schema.
     pub session_keys: Vec<String>,
+    /// Output columns that are GROUP BY keys (see [`crate::QueryDecl::key_columns`]).
+    pub key_columns: Vec<String>,
+    /// See [`crate::QueryDecl::topic_keys`].
+    pub topic_keys: Vec<String>,
     /// Source schema plus `window_start`, `window_end`: what a pane is fed.
     pub pane_schema: SchemaRef,
     /// Subtree up to and including the Partial aggregate; its leaf is a placeholder scan.
@@ -231,6 +235,8 @@ pub async fn compile(
         event_time: src.event_time.clone(),
         watermark_key: src.watermark_key.clone(),
         session_keys: q.session_keys.clone(),
+        key_columns: q.key_columns.clone(),
+        topic_keys: q.topic_keys.clone(),
         pane_schema,
         output_schema: root.schema(),
         partial,

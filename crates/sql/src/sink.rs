@@ -74,6 +74,45 @@ pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<S
         },
     };
     if let Some(spec) = &sink.lifecycle {
+        // One state machine per device: if the device is not one of the keys the rows
+        // are grouped by, each window feeds it several rows (e.g. every chiller of a
+        // site into the site's), and one chiller's fault drowns among the others.
+        let keys = &query.key_columns;
+        let option = if sink.option_at.contains_key("device_column") {
+            "device_column"
+        } else {
+            "topic"
+        };
+        // Keyed by a coarser level of the source's topic than another key (the site,
+        // while rows are per chiller): as bad, though the device is a key.
+        if let Some(pos) = query
+            .topic_keys
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(&device))
+        {
+            if let Some(finer) = query.topic_keys.get(pos + 1..).and_then(|f| f.last()) {
+                return Err(err(
+                    option,
+                    format!(
+                        "the lifecycle keeps one state machine per device, keyed by column '{device}', but query '{}' also groups by '{finer}', a finer level of its source's topic: each window would feed every '{finer}' of a '{device}' to one state machine. Key it by '{finer}' (device_column = '{finer}')",
+                        query.name
+                    ),
+                ));
+            }
+        }
+        if !keys.is_empty() && !keys.iter().any(|k| k.eq_ignore_ascii_case(&device)) {
+            return Err(err(
+                option,
+                format!(
+                    "the lifecycle keeps one state machine per device, keyed by column '{device}', but query '{}' groups its rows by {}: each window would feed several rows to one state machine. Key it by a GROUP BY column (device_column = '<column>'), or group by '{device}'",
+                    query.name,
+                    keys.iter()
+                        .map(|k| format!("'{k}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let score = spec.score_column.as_str();
         let Some(field) = query.output_schema.fields().find(score).map(|(_, f)| f) else {
             return Err(if sink.option_at.contains_key("score") {
