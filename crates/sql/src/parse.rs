@@ -279,7 +279,17 @@ impl QuerySet {
                         Expr::Identifier(i) => i.value.clone(),
                         other => other.to_string(),
                     };
-                    map.insert(key.value.to_ascii_lowercase(), (v, key.span.start));
+                    let k = key.value.to_ascii_lowercase();
+                    // The last would silently win: refuse, at the repeat.
+                    if map.contains_key(&k) {
+                        return Err(err(
+                            file,
+                            text,
+                            key.span.start,
+                            format!("option '{k}' is given twice"),
+                        ));
+                    }
+                    map.insert(k, (v, key.span.start));
                 }
                 _ => {
                     return Err(err(

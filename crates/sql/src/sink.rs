@@ -73,6 +73,29 @@ pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<S
             }
         },
     };
+    // A device id is text or a whole number; a measurement would make every window
+    // a new "device".
+    if let Some((_, f)) = query.output_schema.fields().find(&device) {
+        use datafusion::arrow::datatypes::DataType as T;
+        if !matches!(
+            f.data_type(),
+            T::Utf8 | T::LargeUtf8 | T::Utf8View | T::Int64 | T::Int32 | T::UInt64 | T::UInt32
+        ) {
+            let option = if sink.option_at.contains_key("device_column") {
+                "device_column"
+            } else {
+                "topic"
+            };
+            return Err(err(
+                option,
+                format!(
+                    "the device column '{device}' of query '{}' is {}: a device id is TEXT or BIGINT",
+                    query.name,
+                    sql_type(f.data_type())
+                ),
+            ));
+        }
+    }
     if let Some(spec) = &sink.lifecycle {
         // One state machine per device: if the device is not one of the keys the rows
         // are grouped by, each window feeds it several rows (e.g. every chiller of a
