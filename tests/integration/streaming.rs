@@ -666,6 +666,16 @@ async fn run_file(path: &Path) -> Vec<String> {
             ));
         }
     }
+    // The statement ok blocks must build, whether or not the file has input to run.
+    if !case.sql.trim().is_empty() {
+        if let Err(e) = build(&case.sql).await {
+            fails.push(format!(
+                "{}: statement ok blocks do not build: {e}",
+                path.display()
+            ));
+            return fails;
+        }
+    }
     if case.sql.trim().is_empty() && case.commands.is_empty() {
         return fails;
     }

@@ -24,8 +24,13 @@ use crate::{ReferenceDecl, SqlError};
 /// its column's type is reported at its line and column in the CSV file.
 pub fn register_reference(ctx: &SessionContext, r: &ReferenceDecl) -> Result<(), SqlError> {
     let fail = |m: String| SqlError::reference(&r.origin, &r.name, m);
-    let bytes = std::fs::read(&r.path)
+    let mut bytes = std::fs::read(&r.path)
         .map_err(|e| fail(format!("cannot read {}: {e}", r.path.display())))?;
+    // Spreadsheets save "CSV UTF-8" with a byte-order mark, which would otherwise be
+    // part of the first header name.
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
     let text = String::from_utf8_lossy(&bytes);
     let records = cells(&text);
     let at = |cell: &Cell, message: String| {
