@@ -194,9 +194,19 @@ pub async fn replay_ordered(
             sink(o);
         }
     });
-    for m in messages {
-        let m = m?;
-        handle.push_json(&m.topic, m.payload).await?;
+    let pushed: Result<(), ReplayError> = async {
+        for m in messages {
+            let m = m?;
+            handle.push_json(&m.topic, m.payload).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = pushed {
+        // Stop the pipeline in order: left running, its tasks would be cancelled with
+        // the runtime and log misleading query failures after the real error.
+        let _ = handle.finish().await;
+        return Err(e);
     }
     let stats = handle.finish().await?;
     drop(handle);
@@ -354,53 +364,62 @@ pub async fn features_with(
     });
     let mut labels = crate::training::Labels::default();
     let mut n = 0u64;
-    for m in messages {
-        let m = m?;
-        if let Some(col) = label {
-            let v: serde_json::Value =
-                serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
-            let time = match &v[source.event_time.as_str()] {
-                serde_json::Value::String(s) => forewarn_core::parse_rfc3339(s),
-                other => other.as_i64(),
-            };
-            let anomalous = match &v[col] {
-                serde_json::Value::Bool(b) => Some(*b),
-                serde_json::Value::Number(x) => x.as_f64().map(|x| x >= 0.5),
-                serde_json::Value::String(s) => match s.trim() {
-                    "true" | "1" | "1.0" => Some(true),
-                    "false" | "0" | "0.0" => Some(false),
+    let pushed: Result<(), ReplayError> = async {
+        for m in messages {
+            let m = m?;
+            if let Some(col) = label {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+                let time = match &v[source.event_time.as_str()] {
+                    serde_json::Value::String(s) => forewarn_core::parse_rfc3339(s),
+                    other => other.as_i64(),
+                };
+                let anomalous = match &v[col] {
+                    serde_json::Value::Bool(b) => Some(*b),
+                    serde_json::Value::Number(x) => x.as_f64().map(|x| x >= 0.5),
+                    serde_json::Value::String(s) => match s.trim() {
+                        "true" | "1" | "1.0" => Some(true),
+                        "false" | "0" | "0.0" => Some(false),
+                        _ => None,
+                    },
                     _ => None,
-                },
-                _ => None,
-            };
-            match (time, anomalous) {
-                (Some(t), Some(a)) => {
-                    // As the decoder does: a topic level overrides the payload's field.
-                    let from_topic = source.template.as_ref().and_then(|tpl| {
-                        tpl.captures_of(&m.topic)?
-                            .into_iter()
-                            .find(|(c, _)| *c == "device")
-                            .map(|(_, d)| d.to_string())
-                    });
-                    let device = from_topic
-                        .unwrap_or_else(|| v["device"].as_str().unwrap_or("").to_string());
-                    labels.push(&device, t, a);
-                }
-                _ => {
-                    return Err(ReplayError::Source(format!(
-                        "{}: a reading has no usable '{}' time or '{col}' label: {}",
-                        data.display(),
-                        source.event_time,
-                        String::from_utf8_lossy(&m.payload)
-                    )))
+                };
+                match (time, anomalous) {
+                    (Some(t), Some(a)) => {
+                        // As the decoder does: a topic level overrides the payload's field.
+                        let from_topic = source.template.as_ref().and_then(|tpl| {
+                            tpl.captures_of(&m.topic)?
+                                .into_iter()
+                                .find(|(c, _)| *c == "device")
+                                .map(|(_, d)| d.to_string())
+                        });
+                        let device = from_topic
+                            .unwrap_or_else(|| v["device"].as_str().unwrap_or("").to_string());
+                        labels.push(&device, t, a);
+                    }
+                    _ => {
+                        return Err(ReplayError::Source(format!(
+                            "{}: a reading has no usable '{}' time or '{col}' label: {}",
+                            data.display(),
+                            source.event_time,
+                            String::from_utf8_lossy(&m.payload)
+                        )))
+                    }
                 }
             }
+            handle.push_json(&m.topic, m.payload).await?;
+            n += 1;
+            if n.is_multiple_of(1024) {
+                progress(n);
+            }
         }
-        handle.push_json(&m.topic, m.payload).await?;
-        n += 1;
-        if n.is_multiple_of(1024) {
-            progress(n);
-        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = pushed {
+        // As in `replay_ordered`: stop the pipeline in order before reporting.
+        let _ = handle.finish().await;
+        return Err(e);
     }
     progress(n);
     let stats = handle.finish().await?;

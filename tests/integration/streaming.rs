@@ -47,6 +47,8 @@ struct Command {
     exit: Option<i32>,
     /// (stream, text, exactly once).
     contains: Vec<(&'static str, String, bool)>,
+    /// Texts standard error must not contain.
+    absent: Vec<String>,
 }
 
 fn parse(path: &Path, text: &str) -> Result<Case, String> {
@@ -142,9 +144,10 @@ fn parse(path: &Path, text: &str) -> Result<Case, String> {
                         "stdout" => c.contains.push(("stdout", v.to_string(), false)),
                         "stderr" => c.contains.push(("stderr", v.to_string(), false)),
                         "stderr-once" => c.contains.push(("stderr", v.to_string(), true)),
+                        "stderr-not" => c.absent.push(v.to_string()),
                         _ => {
                             return Err(format!(
-                                "{}: after command: exit N, stdout TEXT, stderr TEXT or stderr-once TEXT",
+                                "{}: after command: exit N, stdout TEXT, stderr TEXT, stderr-once TEXT or stderr-not TEXT",
                                 at(n)
                             ))
                         }
@@ -626,6 +629,11 @@ fn run_command(c: &Command, path: &Path, dir: &Path, input: &Path) -> Vec<String
     if let Some(want) = c.exit {
         if out.status.code() != Some(want) {
             fail(format!("exit {:?}, want {want}", out.status.code()));
+        }
+    }
+    for text in &c.absent {
+        if stderr.contains(text.as_str()) {
+            fail(format!("stderr has '{text}', want none"));
         }
     }
     for (stream, text, once) in &c.contains {
