@@ -272,3 +272,24 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// An output as one line of `replay --out` and `--dead-letters` files:
+/// `{"topic": ..., "payload": ...}` and a newline.
+pub fn output_line(o: &forewarn::Output) -> Vec<u8> {
+    let (topic, payload) = o.to_message();
+    let payload: serde_json::Value =
+        serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+    let mut line = serde_json::to_vec(&serde_json::json!({"topic": topic, "payload": payload}))
+        .expect("serialises");
+    line.push(b'\n');
+    line
+}
+
+/// The history order a `--sort` flag asks for.
+pub fn order(sort: bool) -> forewarn::replay::Order {
+    if sort {
+        forewarn::replay::Order::Sort
+    } else {
+        forewarn::replay::Order::Check
+    }
+}

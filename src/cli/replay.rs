@@ -63,24 +63,13 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         out.flush()
     });
     let started = std::time::Instant::now();
-    let order = if a.sort {
-        forewarn::replay::Order::Sort
-    } else {
-        forewarn::replay::Order::Check
-    };
+    let order = super::order(a.sort);
     let stats =
         forewarn::replay::replay_ordered(pipeline, &a.data, a.source.as_deref(), order, move |o| {
             if matches!(o, Output::DeadLetter { .. }) && !dead {
                 return;
             }
-            let (topic, payload) = o.to_message();
-            let payload: serde_json::Value =
-                serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
-            let mut line =
-                serde_json::to_vec(&serde_json::json!({"topic": topic, "payload": payload}))
-                    .expect("serialises");
-            line.push(b'\n');
-            let _ = tx.send(line);
+            let _ = tx.send(super::output_line(&o));
         })
         .await?;
     writer

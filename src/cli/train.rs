@@ -155,11 +155,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     super::require_file("--data", a.data.as_deref())?;
     super::require_file("--validate", a.validate.as_deref())?;
     let mut dead = DeadLetters::create(a.dead_letters.as_deref())?;
-    let order = if a.sort {
-        forewarn::replay::Order::Sort
-    } else {
-        forewarn::replay::Order::Check
-    };
+    let order = super::order(a.sort);
     let rows = if let Some(cols) = &a.features {
         csv_columns(a.data.as_deref().expect("clap requires --data"), cols)?
     } else {
@@ -369,14 +365,7 @@ impl DeadLetters {
             let (Some(tx), Output::DeadLetter { .. }) = (&tx, &o) else {
                 return;
             };
-            let (topic, payload) = o.to_message();
-            let payload: serde_json::Value =
-                serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
-            let mut line =
-                serde_json::to_vec(&serde_json::json!({"topic": topic, "payload": payload}))
-                    .expect("serialises");
-            line.push(b'\n');
-            let _ = tx.send(line);
+            let _ = tx.send(super::output_line(&o));
         }
     }
 

@@ -412,13 +412,11 @@ async fn live(case: &Case, input: &Path, tag: &str) -> Result<Run, String> {
     })
 }
 
-/// The library pipeline without a broker, fed in micro-batches of irregular sizes (1,
-/// 700, 3, 64, 1,500, 2, … readings), so that batch boundaries fall elsewhere than in the
-/// other two runs.
-async fn batched(case: &Case, input: &Path) -> Result<Run, String> {
-    // Batches close only on flush (or at 4,096 readings), never on a timer or when idle.
-    let pipeline = Pipeline::builder()
-        .query_sql("case.sql", &case.sql)
+/// A pipeline whose micro-batches close only on `flush()` (or at 4,096 readings), never
+/// on a timer or when idle, timed by event time only.
+async fn flush_batched(sql: &str) -> Result<Pipeline, forewarn::EngineError> {
+    Pipeline::builder()
+        .query_sql("case.sql", sql)
         .config(forewarn::EngineConfig {
             flush_when_idle: false,
             max_batch_delay: Duration::from_secs(3600),
@@ -427,7 +425,13 @@ async fn batched(case: &Case, input: &Path) -> Result<Run, String> {
         })
         .build()
         .await
-        .map_err(|e| e.to_string())?;
+}
+
+/// The library pipeline without a broker, fed in micro-batches of irregular sizes (1,
+/// 700, 3, 64, 1,500, 2, … readings), so that batch boundaries fall elsewhere than in the
+/// other two runs.
+async fn batched(case: &Case, input: &Path) -> Result<Run, String> {
+    let pipeline = flush_batched(&case.sql).await.map_err(|e| e.to_string())?;
     let messages = live_input(case, &pipeline, input);
     let (h, mut rx) = pipeline.start();
     let collect = tokio::spawn(async move {
@@ -832,17 +836,7 @@ mod batch_shape {
                 ""
             },
         );
-        let p = Pipeline::builder()
-            .query_sql("p.sql", &sql)
-            .config(forewarn::EngineConfig {
-                flush_when_idle: false,
-                max_batch_delay: Duration::from_secs(3600),
-                wall_clock: false,
-                ..Default::default()
-            })
-            .build()
-            .await
-            .unwrap();
+        let p = flush_batched(&sql).await.unwrap();
         let (h, mut rx) = p.start();
         let collect = tokio::spawn(async move {
             let mut v = Vec::new();
