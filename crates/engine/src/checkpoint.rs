@@ -177,6 +177,8 @@ pub(crate) struct QueryState {
     pub fingerprint: String,
     pub operator: OperatorState,
     pub lifecycle: Option<serde_json::Value>,
+    /// What the sink's online detector learned of each device.
+    pub detector: Option<serde_json::Value>,
 }
 
 /// Everything a checkpoint holds, in memory.
@@ -228,6 +230,8 @@ struct QueryHeader {
     meta: OperatorMeta,
     #[serde(default)]
     lifecycle: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detector: Option<serde_json::Value>,
     panes: Vec<PaneHeader>,
 }
 
@@ -325,6 +329,7 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, String> {
                 fingerprint: q.fingerprint.clone(),
                 meta: q.operator.meta.clone(),
                 lifecycle: q.lifecycle.clone(),
+                detector: q.detector.clone(),
                 panes,
             },
         );
@@ -459,6 +464,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
                     panes,
                 },
                 lifecycle: q.lifecycle,
+                detector: q.detector,
             },
         );
     }

@@ -122,6 +122,10 @@ pub struct EngineConfig {
     /// input is refused, dead-lettered as `state_limit` and logged, until windows close
     /// and free it: a clear error instead of the process being killed for memory.
     pub max_state_bytes: usize,
+    /// Rules with a lifecycle also emit every window row, with its score, as an
+    /// [`Output::Alert`] (for analysis: `forewarn eval --windows`); off by default, when
+    /// they emit only transitions and states.
+    pub window_rows: bool,
 }
 
 impl Default for EngineConfig {
@@ -141,6 +145,7 @@ impl Default for EngineConfig {
             max_devices: 250_000,
             max_open_windows: 10_000,
             max_state_bytes: 1 << 30,
+            window_rows: false,
         }
     }
 }
@@ -397,12 +402,16 @@ impl PipelineBuilder {
         };
         let mut queries = Vec::new();
         let mut device_columns = BTreeMap::new();
+        let mut online = BTreeMap::new();
         for q in &set.queries {
             let compiled =
                 forewarn_sql::compile(&ctx, q, &set.sources[&q.source], text_of(&q.file)).await?;
             let sink = &set.sinks[&q.sink];
-            let device = forewarn_sql::bind_sink(sink, &compiled, text_of(&sink.file))?;
-            device_columns.insert(q.name.clone(), device);
+            let bound = forewarn_sql::bind_sink(sink, &compiled, text_of(&sink.file))?;
+            device_columns.insert(q.name.clone(), bound.device_column);
+            if let Some(o) = bound.online {
+                online.insert(q.name.clone(), o);
+            }
             queries.push(Arc::new(compiled));
         }
         let mut sources = Vec::new();
@@ -474,6 +483,7 @@ impl PipelineBuilder {
             sources,
             sinks,
             device_columns,
+            online,
             registry,
             model_dirs: self.model_dirs,
             restored,
@@ -532,6 +542,8 @@ pub struct Pipeline {
     queries: Vec<Arc<CompiledQuery>>,
     sources: Vec<SourceInfo>,
     sinks: BTreeMap<String, (TopicTemplate, Option<forewarn_alerts::LifecycleSpec>)>,
+    /// Online detectors, by query name (see [`forewarn_sql::bind_sink`]).
+    online: BTreeMap<String, forewarn_sql::OnlineBinding>,
     /// The result column naming the device, by query name (see [`forewarn_sql::bind_sink`]).
     device_columns: BTreeMap<String, String>,
     registry: Arc<ModelRegistry>,
@@ -566,6 +578,21 @@ impl Pipeline {
     /// Sources read by the queries (what an MQTT connector must subscribe to).
     pub fn sources(&self) -> &[SourceInfo] {
         &self.sources
+    }
+
+    /// The alert lifecycle of each query whose sink has one, by query name, with its
+    /// threshold resolved (an online detector's comes from its `false_alerts` rate).
+    pub fn lifecycles(&self) -> BTreeMap<String, forewarn_alerts::LifecycleSpec> {
+        self.queries
+            .iter()
+            .filter_map(|q| {
+                let spec = match self.online.get(&q.name) {
+                    Some(o) => Some(o.lifecycle.clone()),
+                    None => self.sinks[&q.sink].1.clone(),
+                };
+                spec.map(|s| (q.name.clone(), s))
+            })
+            .collect()
     }
 
     /// Names of the queries.

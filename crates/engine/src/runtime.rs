@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
+use forewarn_scorer::OnlineDetectors;
 use forewarn_alerts::{
     Acknowledgement, Alert, Command, DeviceState, Health, Lifecycle, RuleState, TransitionMessage,
     WindowEvidence,
@@ -137,6 +138,8 @@ struct Operator {
     sink: TopicTemplate,
     /// Sinks with a lifecycle publish transitions, not rows.
     lifecycle: Option<Lifecycle>,
+    /// The sink's online detector: scores each row before the lifecycle sees it.
+    online: Option<OnlineDetectors>,
     /// Column holding the device id (see [`forewarn_sql::bind_sink`]).
     device_column: String,
     model: Option<String>,
@@ -249,9 +252,14 @@ impl Runtime {
             })
             .collect();
         for q in &p.queries {
-            let (sink, spec) = p.sinks[&q.sink].clone();
+            let (sink, mut spec) = p.sinks[&q.sink].clone();
             let device_column = p.device_columns[&q.name].clone();
-            let model = (q.models.len() == 1).then(|| q.models[0].clone());
+            let mut model = (q.models.len() == 1).then(|| q.models[0].clone());
+            let online = p.online.get(&q.name).map(|b| {
+                spec = Some(b.lifecycle.clone());
+                model = Some("online".to_string());
+                OnlineDetectors::new(b.spec.clone(), b.features.clone())
+            });
             let src = sources
                 .iter_mut()
                 .find(|s| s.name == q.source)
@@ -260,6 +268,7 @@ impl Runtime {
                 op: WindowOperator::new(q.clone()).with_max_open_panes(p.config.max_open_windows),
                 sink,
                 lifecycle: spec.map(|s| Lifecycle::new(&q.name, s)),
+                online,
                 device_column,
                 model,
                 fingerprint: checkpoint::fingerprint(q),
@@ -305,6 +314,15 @@ impl Runtime {
             for op in &mut src.operators {
                 if let Some(q) = queries.remove(&op.op.query().name) {
                     op.op.restore(q.operator)?;
+                    if let (Some(d), Some(v)) = (op.online.as_mut(), q.detector) {
+                        d.load(v).map_err(|e| {
+                            EngineError::Config(format!(
+                                "checkpoint {}: learned state of '{}': {e}",
+                                snap.seq,
+                                op.op.query().name
+                            ))
+                        })?;
+                    }
                     if let (Some(l), Some(v)) = (op.lifecycle.as_mut(), q.lifecycle) {
                         l.load(v).map_err(|e| {
                             EngineError::Config(format!(
@@ -400,6 +418,7 @@ impl Runtime {
                         fingerprint: op.fingerprint.clone(),
                         operator: state,
                         lifecycle: op.lifecycle.as_ref().map(|l| l.save()),
+                        detector: op.online.as_ref().map(|d| d.save()),
                     },
                 );
             }
@@ -1145,11 +1164,21 @@ impl Runtime {
         rows: Vec<(String, Alert, forewarn_core::Pane)>,
     ) -> Vec<Output> {
         let prefix = self.config.topic_prefix.clone();
+        let window_rows = self.config.window_rows;
         let op = &mut self.sources[i].operators[k];
         let lifecycle = op.lifecycle.as_mut().expect("called for lifecycle rules");
         let rule = op.op.query().name.clone();
         let mut outs = Vec::new();
-        for (topic, alert, window) in rows {
+        for (topic, mut alert, window) in rows {
+            if let Some(d) = op.online.as_mut() {
+                score_online(d, &mut alert);
+            }
+            if window_rows {
+                outs.push(Output::Alert {
+                    topic: topic.clone(),
+                    alert: alert.clone(),
+                });
+            }
             let score = match lifecycle.spec().score_column.as_str() {
                 "score" => alert.score,
                 c => alert.features.get(c).and_then(|v| v.as_f64()),
@@ -1228,5 +1257,29 @@ impl Runtime {
             }
         }
         outs
+    }
+}
+
+/// Scores a window row with its device's online detector (which then learns from it):
+/// the row gets the score and, when the query did not select one, an explanation.
+fn score_online(d: &mut OnlineDetectors, alert: &mut Alert) {
+    let x: Vec<f64> = d
+        .features()
+        .iter()
+        .map(|f| {
+            alert
+                .features
+                .get(f)
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN)
+        })
+        .collect();
+    let s = d.observe(&alert.device, &x);
+    alert.score = s.score;
+    if let Some(e) = d.explain(&s) {
+        alert
+            .features
+            .entry("explanation".to_string())
+            .or_insert(serde_json::Value::String(e));
     }
 }

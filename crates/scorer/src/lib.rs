@@ -7,9 +7,11 @@
 mod distance;
 mod gmm;
 pub mod metrics;
+pub mod online;
 mod pca;
 mod registry;
 mod svm;
+pub mod tail;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 pub use distance::{KmeansParams, KnnParams};
 pub use gmm::GmmParams;
+pub use online::{OnlineDetectors, OnlineSpec, OnlineState, Surprise};
 pub use pca::{PcaParams, PcaStatistic};
 pub use registry::{ModelRegistry, ReloadReport};
 pub use svm::OcsvmParams;

@@ -5,6 +5,7 @@
 //! [`QuerySet`] parses files; [`compile`] plans each query once and cuts it into the
 //! partial half (fed per pane) and the final half (run when a window closes).
 
+mod detector;
 mod error;
 mod features;
 mod locate;
@@ -26,5 +27,6 @@ pub use plan::{
     compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,
 };
 pub use reference::register_reference;
-pub use sink::bind_sink;
+pub use detector::{OnlineBinding, OnlineDecl, Span};
+pub use sink::{bind_sink, SinkBinding};
 pub use udf::AnomalyScore;

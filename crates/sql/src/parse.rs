@@ -102,6 +102,9 @@ pub struct SinkDecl {
     /// Alert lifecycle (`warning_at = ...` and friends): publish state transitions
     /// instead of every result row.
     pub lifecycle: Option<LifecycleSpec>,
+    /// `detector = 'online'`: the sink scores each device's windows itself, against
+    /// what it learned from that device's earlier windows (implies a lifecycle).
+    pub online: Option<crate::detector::OnlineDecl>,
     /// The result column naming the device (`device_column = '...'`), when given; see
     /// [`crate::bind_sink`] for how it is found otherwise.
     pub device_column: Option<String>,
@@ -457,7 +460,11 @@ impl QuerySet {
                     ));
                 }
             }
-            let lifecycle = lifecycle_options(file, text, &map)?;
+            let online = crate::detector::online_options(
+                &map.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
+            )
+            .map_err(|(k, m)| err(file, text, map[k].1, m))?;
+            let lifecycle = lifecycle_options(file, text, &map, online.is_some())?;
             self.sinks.insert(
                 name.to_string(),
                 SinkDecl {
@@ -465,6 +472,7 @@ impl QuerySet {
                     topic,
                     format,
                     lifecycle,
+                    online,
                     device_column: get("device_column"),
                     file: file.to_string(),
                     option_at: map
@@ -1105,19 +1113,31 @@ const SINK_OPTIONS: &[&str] = &[
     "clear_after",
     "cooldown",
     "severity",
+    "detector",
+    "features",
+    "warmup",
+    "half_life",
+    "false_alerts",
 ];
 
 /// The lifecycle part of [`SINK_OPTIONS`].
 const LIFECYCLE_OPTIONS: &[&str] = SINK_OPTIONS.split_at(4).1;
 
-/// The sink's lifecycle options, if `warning_at` is given.
+/// The sink's lifecycle options, if `warning_at` is given or the sink has an online
+/// detector (whose threshold, unless `warning_at` gives it, comes from `false_alerts`
+/// once the query's window is known: NaN until then).
 fn lifecycle_options(
     file: &str,
     text: &str,
     map: &BTreeMap<String, (String, Location)>,
+    online: bool,
 ) -> Result<Option<LifecycleSpec>, SqlError> {
-    if !map.contains_key("warning_at") {
-        if let Some(k) = LIFECYCLE_OPTIONS.iter().find(|k| map.contains_key(**k)) {
+    if !map.contains_key("warning_at") && !online {
+        if let Some(k) = LIFECYCLE_OPTIONS
+            .iter()
+            .filter(|k| !crate::detector::DETECTOR_OPTIONS.contains(k))
+            .find(|k| map.contains_key(**k))
+        {
             return Err(err(
                 file,
                 text,
@@ -1157,9 +1177,17 @@ fn lifecycle_options(
                 }),
         }
     };
-    let warning_at = num("warning_at")?.expect("checked above");
+    let warning_at = num("warning_at")?.unwrap_or(f64::NAN);
     let alarm_at = num("alarm_at")?;
     let clear_below = num("clear_below")?.unwrap_or(warning_at);
+    if map.contains_key("score") && online {
+        return Err(err(
+            file,
+            text,
+            map["score"].1,
+            "the online detector computes each window's score itself: leave out score = '...'",
+        ));
+    }
     if clear_below > warning_at {
         return Err(err(
             file,

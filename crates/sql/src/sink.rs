@@ -6,7 +6,8 @@ use forewarn_formats::TopicTemplate;
 
 use crate::error::did_you_mean;
 use crate::parse::sql_type;
-use crate::{CompiledQuery, SinkDecl, SqlError};
+use crate::{CompiledQuery, OnlineBinding, OnlineDecl, SinkDecl, SqlError};
+use forewarn_alerts::LifecycleSpec;
 
 /// Checks `sink` against the result columns of `query`, which writes to it, and returns
 /// the column naming each row's device.
@@ -17,7 +18,11 @@ use crate::{CompiledQuery, SinkDecl, SqlError};
 /// at the topic. So are columns the options name that the query does not select: a topic
 /// capture (its level would be `_`), `device_column`, and the lifecycle's `score` (no
 /// alert could ever fire). `text` is the file the sink was declared in.
-pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<String, SqlError> {
+pub fn bind_sink(
+    sink: &SinkDecl,
+    query: &CompiledQuery,
+    text: &str,
+) -> Result<SinkBinding, SqlError> {
     let columns: Vec<&str> = query
         .output_schema
         .fields()
@@ -136,6 +141,13 @@ pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<S
                 ),
             ));
         }
+        if let Some(decl) = &sink.online {
+            let online = bind_online(sink, decl, spec, query, &device, &err, &unknown)?;
+            return Ok(SinkBinding {
+                device_column: device,
+                online: Some(online),
+            });
+        }
         let score = spec.score_column.as_str();
         let Some(field) = query.output_schema.fields().find(score).map(|(_, f)| f) else {
             return Err(if sink.option_at.contains_key("score") {
@@ -166,5 +178,100 @@ pub fn bind_sink(sink: &SinkDecl, query: &CompiledQuery, text: &str) -> Result<S
             ));
         }
     }
-    Ok(device)
+    Ok(SinkBinding {
+        device_column: device,
+        online: None,
+    })
+}
+
+/// A sink bound to one query that writes to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkBinding {
+    /// The result column naming each row's device.
+    pub device_column: String,
+    /// The sink's online detector, resolved against the query's window and columns.
+    pub online: Option<OnlineBinding>,
+}
+
+/// Checks an online detector against the query's columns: its features are numeric
+/// result columns (by default all of them but the window bounds, the device and the
+/// grouping keys), and the query leaves the score column to it.
+fn bind_online(
+    sink: &SinkDecl,
+    decl: &OnlineDecl,
+    spec: &LifecycleSpec,
+    query: &CompiledQuery,
+    device: &str,
+    err: &dyn Fn(&str, String) -> SqlError,
+    unknown: &dyn Fn(&str, &str) -> SqlError,
+) -> Result<OnlineBinding, SqlError> {
+    let schema = &query.output_schema;
+    let score = spec.score_column.as_str();
+    if schema.fields().find(score).is_some() {
+        return Err(err(
+            "detector",
+            format!(
+                "the online detector writes each window's score as '{score}', but query '{}' selects a column '{score}' too: rename it",
+                query.name
+            ),
+        ));
+    }
+    let features = match &decl.features {
+        Some(names) => {
+            for n in names {
+                let Some((_, f)) = schema.fields().find(n) else {
+                    return Err(unknown("features", n));
+                };
+                if !f.data_type().is_numeric() {
+                    return Err(err(
+                        "features",
+                        format!(
+                            "feature '{n}' of query '{}' is {}, not a number",
+                            query.name,
+                            sql_type(f.data_type())
+                        ),
+                    ));
+                }
+            }
+            names.clone()
+        }
+        None => {
+            let f: Vec<String> = schema
+                .fields()
+                .iter()
+                .filter(|f| f.data_type().is_numeric())
+                .map(|f| f.name().clone())
+                .filter(|n| {
+                    !["window_start", "window_end"].contains(&n.as_str())
+                        && !n.eq_ignore_ascii_case(device)
+                        && !query.key_columns.iter().any(|k| k.eq_ignore_ascii_case(n))
+                })
+                .collect();
+            if f.is_empty() {
+                return Err(err(
+                    "detector",
+                    format!(
+                        "query '{}' selects no numeric column for the online detector to learn (e.g. avg(temperature) AS temperature)",
+                        query.name
+                    ),
+                ));
+            }
+            f
+        }
+    };
+    let given = |k: &str| sink.option_at.contains_key(k);
+    let bound = crate::detector::bind(decl, &query.window, spec.clone(), features, &given)
+        .map_err(|(k, m)| err(k, m))?;
+    if let Some(a) = bound.lifecycle.alarm_at {
+        if a < bound.lifecycle.warning_at {
+            return Err(err(
+                "alarm_at",
+                format!(
+                    "alarm_at ({a}) must not be below the threshold false_alerts gives ({:.2})",
+                    bound.lifecycle.warning_at
+                ),
+            ));
+        }
+    }
+    Ok(bound)
 }

@@ -12,6 +12,11 @@ use serde_json::json;
 
 use super::train::{progress, read_queries, KindSettings};
 
+mod cmapss;
+mod nab;
+pub(super) mod rule;
+mod skab;
+
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// Query file whose anomaly_score('MODEL', ...) call defines the features.
@@ -20,7 +25,9 @@ pub struct EvalArgs {
     /// Labelled history (CSV, JSON lines, Parquet) to score with a trained model.
     #[arg(long, conflicts_with = "protocol")]
     data: Option<PathBuf>,
-    /// Benchmark protocol: `skab` trains and tests per file of DIR (SKAB's layout).
+    /// Benchmark protocol over DIR: `nab` (Numenta Anomaly Benchmark's rules), `cmapss`
+    /// (run-to-failure fleet: engines warned, lead time, false alerts), `skab` (trains
+    /// and tests per file; with an online rule, runs the rule as deployed).
     #[arg(long, value_name = "NAME")]
     protocol: Option<String>,
     /// Benchmark data directory (for --protocol).
@@ -56,6 +63,10 @@ pub struct EvalArgs {
     /// Draw each score over time with the threshold and the labelled spans (.svg).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write every window the rule scored (score and features) as JSON lines
+    /// (--protocol nab, cmapss, and skab with an online rule).
+    #[arg(long, value_name = "FILE")]
+    windows: Option<PathBuf>,
 }
 
 /// One series' scores and labels, for the report and the plot.
@@ -66,6 +77,11 @@ pub struct Series {
     pub times: Vec<i64>,
     pub labels: Vec<bool>,
     pub scores: Vec<f64>,
+    /// The alarm threshold on this score.
+    pub threshold: f64,
+    /// Times the rule raised and cleared alerts, when a rule ran.
+    pub raised: Vec<i64>,
+    pub cleared: Vec<i64>,
 }
 
 impl Series {
@@ -108,6 +124,9 @@ fn reading_scores(rows: &FeatureRows, labels: &Labels, scores: &[f64], name: &st
                     .iter()
                     .map(|i| i.map_or(f64::NAN, |i| scores[i]))
                     .collect(),
+                threshold: 1.0,
+                raised: vec![],
+                cleared: vec![],
             }
         })
         .collect()
@@ -181,18 +200,28 @@ fn print_table(rows: &[Figures]) {
 pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
     super::require_file("--data", a.data.as_deref())?;
     let set = read_queries(&a.queries)?;
-    let name = model_name(&set, a.model.as_deref())?;
-    match (&a.protocol, &a.data) {
-        (Some(p), _) if p == "skab" => {
-            let dir = a
-                .dir
-                .clone()
-                .context("--protocol skab needs the SKAB data directory")?;
-            skab(&a, &set, &name, &dir).await
+    let dir = || {
+        a.dir.clone().with_context(|| {
+            format!(
+                "--protocol {} needs the benchmark's data directory",
+                a.protocol.as_deref().unwrap_or("")
+            )
+        })
+    };
+    match (a.protocol.as_deref(), &a.data) {
+        (Some("skab"), _) if rule::online(&set) => skab::skab_rule(&a, &set, &dir()?).await,
+        (Some("skab"), _) => {
+            let name = model_name(&set, a.model.as_deref())?;
+            skab::skab(&a, &set, &name, &dir()?).await
         }
-        (Some(p), _) => bail!("unknown protocol '{p}' (known: skab)"),
-        (None, Some(data)) => labelled(&a, &set, &name, data).await,
-        (None, None) => bail!("give --data LABELLED_HISTORY, or --protocol skab DIR"),
+        (Some("nab"), _) => nab::nab(&a, &set, &dir()?).await,
+        (Some("cmapss"), _) => cmapss::cmapss(&a, &set, &dir()?).await,
+        (Some(p), _) => bail!("unknown protocol '{p}' (known: nab, cmapss, skab)"),
+        (None, Some(data)) => {
+            let name = model_name(&set, a.model.as_deref())?;
+            labelled(&a, &set, &name, data).await
+        }
+        (None, None) => bail!("give --data LABELLED_HISTORY, or --protocol nab|cmapss|skab DIR"),
     }
 }
 
@@ -249,160 +278,3 @@ fn write_json(p: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", p.display()))
 }
 
-/// SKAB's 34 test files: every CSV under `valve1`, `valve2` and `other`.
-fn skab_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for sub in ["valve1", "valve2", "other"] {
-        let d = dir.join(sub);
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&d)
-            .with_context(|| format!("{} is not SKAB's data directory", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
-            .collect();
-        v.sort_by_key(|p| {
-            p.file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u32>().ok())
-        });
-        files.extend(v);
-    }
-    Ok(files)
-}
-
-async fn skab(
-    a: &EvalArgs,
-    set: &forewarn::QuerySet,
-    name: &str,
-    dir: &Path,
-) -> anyhow::Result<ExitCode> {
-    let base: Vec<(String, ModelKind)> = if a.kind == "all" {
-        ModelKind::all()
-            .into_iter()
-            .map(|(k, _)| Ok((k.to_string(), a.settings.kind(k)?)))
-            .collect::<anyhow::Result<_>>()?
-    } else {
-        a.kind
-            .split(',')
-            .map(|k| Ok((k.to_string(), a.settings.kind(k)?)))
-            .collect::<anyhow::Result<_>>()?
-    };
-    let mut kinds: Vec<(String, ModelKind, f64)> = Vec::new();
-    for (k, m) in base {
-        for margin in &a.margin {
-            let label = if a.margin.len() > 1 {
-                format!("{k} x{margin}")
-            } else {
-                k.clone()
-            };
-            kinds.push((label, m, *margin));
-        }
-    }
-    let files = skab_files(dir)?;
-    let mut pooled: Vec<(Confusion, Delays)> = vec![Default::default(); kinds.len()];
-    let mut per_file = Vec::new();
-    let mut first_series: Vec<Series> = Vec::new();
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files {msg} ({elapsed})")
-            .expect("valid template"),
-    );
-    for file in &files {
-        bar.set_message(file.display().to_string());
-        let r = forewarn::replay::features(set, name, file, Some(&a.label), |_| {}).await?;
-        let readings = r.labels.by_device.get("").cloned().unwrap_or_default();
-        if readings.len() <= a.train_rows {
-            bail!(
-                "{}: {} rows, not more than the {} training rows",
-                file.display(),
-                readings.len(),
-                a.train_rows
-            );
-        }
-        // Training windows hold training readings only: they end no later than the
-        // first test reading.
-        let split = readings[a.train_rows].0;
-        let train: Vec<_> = r
-            .rows
-            .rows
-            .iter()
-            .filter(|w| w.window_end <= split)
-            .collect();
-        let x = r.rows.matrix(train.iter().copied());
-        let test = &readings[a.train_rows..];
-        let w = reading_windows(test, &r.rows.rows, "");
-        let labels: Vec<bool> = test.iter().map(|t| t.1).collect();
-        let times: Vec<i64> = test.iter().map(|t| t.0).collect();
-        let mut file_figs = Vec::new();
-        for (i, (kind, k, margin)) in kinds.iter().enumerate() {
-            let opts = TrainOptions {
-                kind: *k,
-                quantile: a.quantile,
-                margin: *margin,
-                seed: 42,
-            };
-            let model = Model::train(name, r.rows.names.clone(), x.view(), &opts)
-                .with_context(|| format!("{}: training {kind}", file.display()))?;
-            let scores = score_rows(&model, &r.rows)?;
-            let s: Vec<f64> = w
-                .iter()
-                .map(|i| i.map_or(f64::NAN, |i| scores[i]))
-                .collect();
-            let p: Vec<bool> = s.iter().map(|v| *v > 1.0).collect();
-            let c = Confusion::count(&p, &labels);
-            let d = Delays::measure(&times, &p, &labels);
-            file_figs.push(json!({"kind": kind, "f1": c.f1(), "far": c.far(), "mar": c.mar()}));
-            pooled[i].0.add(c);
-            pooled[i].1.add(d);
-            if i == 0 && first_series.len() < 4 {
-                first_series.push(Series {
-                    name: format!(
-                        "{kind} on {}",
-                        file.strip_prefix(dir).unwrap_or(file).display()
-                    ),
-                    times: times.clone(),
-                    labels: labels.clone(),
-                    scores: s,
-                });
-            }
-        }
-        per_file.push(json!({"file": file.strip_prefix(dir).unwrap_or(file), "training_windows": x.nrows(), "test_rows": test.len(), "kinds": file_figs}));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let figs: Vec<Figures> = kinds
-        .iter()
-        .zip(&pooled)
-        .map(|((k, _, _), (c, d))| figures(k, *c, d))
-        .collect();
-    let test_rows = pooled
-        .first()
-        .map_or(0, |p| p.0.tp + p.0.fp + p.0.tn + p.0.fn_);
-    println!(
-        "SKAB protocol: {} files, first {} rows of each train, {} test rows; point-wise metrics pooled over files",
-        files.len(),
-        a.train_rows,
-        test_rows
-    );
-    print_table(&figs);
-    if let Some(p) = &a.json {
-        write_json(
-            p,
-            &json!({
-                "protocol": "skab",
-                "queries": a.queries,
-                "files": files.len(),
-                "train_rows": a.train_rows,
-                "test_rows": test_rows,
-                "quantile": a.quantile,
-                "margin": a.margin,
-                "kinds": figs,
-                "per_file": per_file,
-            }),
-        )?;
-    }
-    if let Some(p) = &a.plot {
-        super::plot::scores(p, "SKAB: first files", &first_series)?;
-        eprintln!("plot: {}", p.display());
-    }
-    Ok(ExitCode::SUCCESS)
-}

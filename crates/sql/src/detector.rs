@@ -1,0 +1,273 @@
+//! A sink's online detector (`detector = 'online'` and its options): each device's
+//! windows are scored against what that device's own earlier windows taught it, and
+//! the alert threshold can be stated as an affordable rate of false alerts.
+
+use std::collections::BTreeMap;
+
+use forewarn_alerts::LifecycleSpec;
+use forewarn_core::{parse_interval, Millis, WindowSpec};
+use forewarn_scorer::OnlineSpec;
+
+/// The options that belong to an online detector.
+pub(crate) const DETECTOR_OPTIONS: &[&str] = &[
+    "detector",
+    "features",
+    "warmup",
+    "half_life",
+    "false_alerts",
+];
+
+/// Default affordable false alerts per device-month.
+pub const DEFAULT_FALSE_ALERTS: f64 = 1.0;
+/// Default warm-up.
+pub const DEFAULT_WARMUP: Span = Span::Windows(30.0);
+/// Default half-life of what a device has learned.
+pub const DEFAULT_HALF_LIFE: Span = Span::Windows(500.0);
+
+/// A length given either in windows (`'30 windows'`) or in event time (`'6 hours'`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Span {
+    /// A number of windows.
+    Windows(f64),
+    /// A duration, ms; counted in the query's window slide.
+    Time(Millis),
+}
+
+impl Span {
+    fn parse(v: &str) -> Result<Span, String> {
+        let t = v.trim();
+        let lower = t.to_ascii_lowercase();
+        for unit in ["windows", "window"] {
+            if let Some(n) = lower.strip_suffix(unit) {
+                return n
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|n| n.is_finite() && *n >= 1.0)
+                    .map(Span::Windows)
+                    .ok_or_else(|| format!("'{v}' is not a number of windows (at least 1)"));
+            }
+        }
+        match parse_interval(t, None) {
+            Ok(ms) if ms > 0 => Ok(Span::Time(ms)),
+            _ => Err(format!(
+                "'{v}' is neither a number of windows ('30 windows') nor a duration ('6 hours')"
+            )),
+        }
+    }
+
+    /// In windows of `slide` ms (`None`: the windows have no fixed slide).
+    fn windows(self, slide: Option<Millis>) -> Option<f64> {
+        match self {
+            Span::Windows(n) => Some(n),
+            Span::Time(ms) => slide.map(|s| (ms as f64 / s as f64).max(1.0)),
+        }
+    }
+}
+
+/// `detector = 'online'` as declared on a sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineDecl {
+    /// `features = 'a, b'`: the result columns it learns; `None`: every numeric column
+    /// that is not a window bound, the device or a grouping key.
+    pub features: Option<Vec<String>>,
+    /// `warmup`: windows learned from before a device is scored.
+    pub warmup: Span,
+    /// `half_life`: how fast the learned normal follows slow change.
+    pub half_life: Span,
+    /// `false_alerts = 'N per device-month'` when the threshold is derived from it
+    /// (`None` when `warning_at` is given).
+    pub false_alerts: Option<f64>,
+}
+
+/// A rate such as `1 per device-month`, `0.5 per device-week`, in false alerts per
+/// device per 30 days.
+fn rate(v: &str) -> Result<f64, String> {
+    let bad = || {
+        format!(
+            "false_alerts = '{v}' is not a rate like '1 per device-month' (per device-day, -week, -month or -year)"
+        )
+    };
+    let lower = v.trim().to_ascii_lowercase();
+    let (n, per) = lower.split_once(" per ").ok_or_else(bad)?;
+    let n: f64 = n.trim().parse().map_err(|_| bad())?;
+    let days = match per.trim().trim_start_matches("device").trim_start_matches(['-', ' ']) {
+        "day" => 1.0,
+        "week" => 7.0,
+        "month" => 30.0,
+        "year" => 365.0,
+        _ => return Err(bad()),
+    };
+    if !(n > 0.0 && n.is_finite()) {
+        return Err(format!("false_alerts = '{v}': the rate must be above 0"));
+    }
+    Ok(n * 30.0 / days)
+}
+
+/// The detector options of a sink's `WITH (...)`, if `detector` is given. Errors name
+/// the option whose value is wrong.
+pub(crate) fn online_options(
+    map: &BTreeMap<String, String>,
+) -> Result<Option<OnlineDecl>, (&'static str, String)> {
+    let Some(kind) = map.get("detector") else {
+        if let Some(k) = DETECTOR_OPTIONS.iter().find(|k| map.contains_key(**k)) {
+            return Err((
+                k,
+                format!(
+                    "'{k}' belongs to an online detector: add detector = 'online' (or use a trained model's score with warning_at)"
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    if !kind.trim().eq_ignore_ascii_case("online") {
+        return Err((
+            "detector",
+            format!("unknown detector '{kind}' (supported: 'online')"),
+        ));
+    }
+    if map.contains_key("warning_at") && map.contains_key("false_alerts") {
+        return Err((
+            "false_alerts",
+            "give the threshold once: false_alerts (a rate the engine turns into a score) or warning_at (the score itself)".into(),
+        ));
+    }
+    let span = |k: &'static str, default: Span| match map.get(k) {
+        None => Ok(default),
+        Some(v) => Span::parse(v).map_err(|e| (k, format!("{k} = {e}"))),
+    };
+    let features = match map.get("features") {
+        None => None,
+        Some(v) => {
+            let f: Vec<String> = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if f.is_empty() {
+                return Err(("features", "features = '' names no column".into()));
+            }
+            Some(f)
+        }
+    };
+    let false_alerts = match (map.get("warning_at"), map.get("false_alerts")) {
+        (Some(_), _) => None,
+        (None, Some(v)) => Some(rate(v).map_err(|e| ("false_alerts", e))?),
+        (None, None) => Some(DEFAULT_FALSE_ALERTS),
+    };
+    Ok(Some(OnlineDecl {
+        features,
+        warmup: span("warmup", DEFAULT_WARMUP)?,
+        half_life: span("half_life", DEFAULT_HALF_LIFE)?,
+        false_alerts,
+    }))
+}
+
+/// An online detector bound to the query that feeds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineBinding {
+    /// How it learns.
+    pub spec: OnlineSpec,
+    /// The result columns it learns, in order.
+    pub features: Vec<String>,
+    /// The lifecycle with its threshold resolved.
+    pub lifecycle: LifecycleSpec,
+    /// Windows a device closes in 30 days, when the window has a fixed slide.
+    pub windows_per_month: Option<f64>,
+}
+
+/// The slide of `window` (`None` for sessions, which have none).
+pub(crate) fn slide(window: &WindowSpec) -> Option<Millis> {
+    match window {
+        WindowSpec::Tumble { width } => Some(*width),
+        WindowSpec::Hop { slide, .. } => Some(*slide),
+        _ => None,
+    }
+}
+
+/// Resolves `decl` against the query's window: spans in windows, the threshold from the
+/// rate. `given` says which lifecycle options the sink set; errors name the option.
+pub(crate) fn bind(
+    decl: &OnlineDecl,
+    window: &WindowSpec,
+    mut lifecycle: LifecycleSpec,
+    features: Vec<String>,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<OnlineBinding, (&'static str, String)> {
+    let slide = slide(window);
+    let windows_per_month = slide.map(|s| 30.0 * 86_400_000.0 / s as f64);
+    let need_slide = |k: &'static str| {
+        (
+            k,
+            format!(
+                "{k} is a duration, but session windows have no fixed length to count it in: give it in windows ('30 windows')"
+            ),
+        )
+    };
+    let warmup = decl
+        .warmup
+        .windows(slide)
+        .ok_or_else(|| need_slide("warmup"))?;
+    let half_life = decl
+        .half_life
+        .windows(slide)
+        .ok_or_else(|| need_slide("half_life"))?;
+    if let Some(rate) = decl.false_alerts {
+        let Some(n) = windows_per_month else {
+            return Err((
+                "detector",
+                "session windows have no fixed rate, so false_alerts cannot be turned into a score: give warning_at (a surprise, e.g. '5')".into(),
+            ));
+        };
+        lifecycle.warning_at = forewarn_scorer::online::threshold_for(rate, n);
+        if !given("clear_below") {
+            lifecycle.clear_below = default_clear_below(lifecycle.warning_at);
+        }
+    }
+    if lifecycle.clear_below > lifecycle.warning_at {
+        return Err((
+            "clear_below",
+            format!(
+                "clear_below ({}) must not exceed the threshold false_alerts gives ({:.2})",
+                lifecycle.clear_below, lifecycle.warning_at
+            ),
+        ));
+    }
+    Ok(OnlineBinding {
+        spec: OnlineSpec {
+            warmup: warmup.round().min(u32::MAX as f64) as u32,
+            half_life,
+            ..OnlineSpec::default()
+        },
+        features,
+        lifecycle,
+        windows_per_month,
+    })
+}
+
+/// Where an episode clears when the threshold comes from a rate: a tenth as surprising
+/// as the threshold (one log10 unit lower), so a score wandering about the threshold
+/// does not flap.
+pub fn default_clear_below(warning_at: f64) -> f64 {
+    (warning_at - 1.0).max(warning_at / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_and_rates() {
+        assert_eq!(Span::parse("30 windows"), Ok(Span::Windows(30.0)));
+        assert_eq!(Span::parse("1 window"), Ok(Span::Windows(1.0)));
+        assert_eq!(Span::parse("6 hours"), Ok(Span::Time(6 * 3_600_000)));
+        assert!(Span::parse("0 windows").is_err() && Span::parse("soon").is_err());
+        assert_eq!(Span::Time(3_600_000).windows(Some(60_000)), Some(60.0));
+        assert_eq!(Span::Time(3_600_000).windows(None), None);
+        assert_eq!(rate("1 per device-month"), Ok(1.0));
+        assert_eq!(rate("2 per device-day"), Ok(60.0));
+        assert_eq!(rate("7 per device week"), Ok(30.0));
+        assert!(rate("1 per month and a bit").is_err());
+        assert!(rate("0 per device-month").is_err());
+    }
+}
