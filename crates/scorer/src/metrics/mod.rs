@@ -1,6 +1,10 @@
-//! Point-wise detection metrics (the SKAB definitions) and detection delay.
+//! Point-wise detection metrics (the SKAB definitions) and detection delay; the NAB
+//! score ([`nab`]); early-warning metrics for run-to-failure data and fleets ([`fleet`]).
 
 use serde::Serialize;
+
+pub mod fleet;
+pub mod nab;
 
 /// Confusion counts and the rates derived from them, pooled over any number of series.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
