@@ -104,7 +104,7 @@ pub fn normal_surprise(z: f64) -> f64 {
 }
 
 /// Complementary error function (via the incomplete gamma function).
-fn erfc(x: f64) -> f64 {
+pub fn erfc(x: f64) -> f64 {
     if x < 0.0 {
         2.0 - erfc(-x)
     } else {
