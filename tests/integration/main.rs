@@ -26,6 +26,7 @@ mod models;
 mod mqtt_embedded;
 #[cfg(feature = "mqtt")]
 mod mqtt_mosquitto;
+mod nab_reference;
 mod operator_commands;
 #[cfg(all(feature = "cli", feature = "broker"))]
 mod scale_out;
