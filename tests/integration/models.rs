@@ -478,6 +478,37 @@ fn skab_protocol_beats_the_published_best() {
     assert!(f1 > 0.78 && far < 13.55, "{stdout}");
 }
 
+/// The shipped C-MAPSS rule, as deployed (the sink's online detector, its documented
+/// defaults): every engine of the FD001 training fleet warned in the second half of its
+/// life, at a median lead of at least 30 cycles, with no false alert on almost all.
+#[test]
+fn cmapss_fleet_is_warned_before_failure() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cmapss");
+    if !dir.join("train_FD001.txt").is_file() {
+        eprintln!("skipped: C-MAPSS data not found at {}", dir.display());
+        return;
+    }
+    let out = tmp("cmapss").join("cmapss.json");
+    let q = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/cmapss/cmapss.sql");
+    let (ok, stdout, err) = forewarn(&[
+        "eval",
+        "--queries",
+        &q.display().to_string(),
+        "--protocol",
+        "cmapss",
+        &dir.display().to_string(),
+        "--json",
+        &out.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let r = &v["report"];
+    assert_eq!(r["failures"].as_u64(), Some(100), "{stdout}");
+    assert!(r["failures_warned"].as_u64().unwrap() >= 95, "{stdout}");
+    assert!(r["lead_times"]["median"].as_f64().unwrap() >= 30.0, "{stdout}");
+    assert!(r["false_alerts_per_device"].as_f64().unwrap() <= 0.05, "{stdout}");
+}
+
 async fn next_score(rx: &mut tokio::sync::mpsc::Receiver<Output>) -> f64 {
     loop {
         if let Some(Output::Alert { alert, .. }) = rx.recv().await {

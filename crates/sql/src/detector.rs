@@ -13,16 +13,38 @@ pub(crate) const DETECTOR_OPTIONS: &[&str] = &[
     "detector",
     "features",
     "warmup",
-    "half_life",
+    "horizon",
     "false_alerts",
 ];
 
 /// Default affordable false alerts per device-month.
 pub const DEFAULT_FALSE_ALERTS: f64 = 1.0;
-/// Default warm-up.
-pub const DEFAULT_WARMUP: Span = Span::Windows(30.0);
-/// Default half-life of what a device has learned.
-pub const DEFAULT_HALF_LIFE: Span = Span::Windows(500.0);
+/// Default warm-up: windows before a device's first score.
+pub const DEFAULT_WARMUP: Span = Span::Windows(60.0);
+/// Default learning horizon: once warmed up, what a device has learned averages over
+/// about this many windows.
+pub const DEFAULT_HORIZON: Span = Span::Windows(1000.0);
+
+/// Which online detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnlineKind {
+    /// `online`: faults persist and grow; surprising windows are not learned.
+    Persistent,
+    /// `online-adaptive`: changes become the new normal; every window is learned, a
+    /// value outside the range seen so far is news, one window raises.
+    Adaptive,
+}
+
+impl OnlineKind {
+    /// Lifecycle defaults: consecutive windows to raise and to clear, and how far below
+    /// the threshold a window must score to count towards a clear.
+    fn lifecycle(self) -> (u32, u32, f64) {
+        match self {
+            OnlineKind::Persistent => (3, 10, 0.5),
+            OnlineKind::Adaptive => (1, 5, 1.0),
+        }
+    }
+}
 
 /// A length given either in windows (`'30 windows'`) or in event time (`'6 hours'`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,13 +90,15 @@ impl Span {
 /// `detector = 'online'` as declared on a sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnlineDecl {
+    /// `detector = 'online'` or `'online-adaptive'`.
+    pub kind: OnlineKind,
     /// `features = 'a, b'`: the result columns it learns; `None`: every numeric column
     /// that is not a window bound, the device or a grouping key.
     pub features: Option<Vec<String>>,
     /// `warmup`: windows learned from before a device is scored.
     pub warmup: Span,
-    /// `half_life`: how fast the learned normal follows slow change.
-    pub half_life: Span,
+    /// `horizon`: once warmed up, how many recent windows the learned normal averages over.
+    pub horizon: Span,
     /// `false_alerts = 'N per device-month'` when the threshold is derived from it
     /// (`None` when `warning_at` is given).
     pub false_alerts: Option<f64>,
@@ -120,12 +144,16 @@ pub(crate) fn online_options(
         }
         return Ok(None);
     };
-    if !kind.trim().eq_ignore_ascii_case("online") {
-        return Err((
-            "detector",
-            format!("unknown detector '{kind}' (supported: 'online')"),
-        ));
-    }
+    let kind = match kind.trim().to_ascii_lowercase().as_str() {
+        "online" => OnlineKind::Persistent,
+        "online-adaptive" => OnlineKind::Adaptive,
+        _ => {
+            return Err((
+                "detector",
+                format!("unknown detector '{kind}' (supported: 'online', 'online-adaptive')"),
+            ))
+        }
+    };
     if map.contains_key("warning_at") && map.contains_key("false_alerts") {
         return Err((
             "false_alerts",
@@ -156,9 +184,10 @@ pub(crate) fn online_options(
         (None, None) => Some(DEFAULT_FALSE_ALERTS),
     };
     Ok(Some(OnlineDecl {
+        kind,
         features,
         warmup: span("warmup", DEFAULT_WARMUP)?,
-        half_life: span("half_life", DEFAULT_HALF_LIFE)?,
+        horizon: span("horizon", DEFAULT_HORIZON)?,
         false_alerts,
     }))
 }
@@ -208,10 +237,17 @@ pub(crate) fn bind(
         .warmup
         .windows(slide)
         .ok_or_else(|| need_slide("warmup"))?;
-    let half_life = decl
-        .half_life
+    let horizon = decl
+        .horizon
         .windows(slide)
-        .ok_or_else(|| need_slide("half_life"))?;
+        .ok_or_else(|| need_slide("horizon"))?;
+    let (raise_after, clear_after, clear_offset) = decl.kind.lifecycle();
+    if !given("raise_after") {
+        lifecycle.raise_after = raise_after;
+    }
+    if !given("clear_after") {
+        lifecycle.clear_after = clear_after;
+    }
     if let Some(rate) = decl.false_alerts {
         let Some(n) = windows_per_month else {
             return Err((
@@ -220,9 +256,9 @@ pub(crate) fn bind(
             ));
         };
         lifecycle.warning_at = forewarn_scorer::online::threshold_for(rate, n);
-        if !given("clear_below") {
-            lifecycle.clear_below = default_clear_below(lifecycle.warning_at);
-        }
+    }
+    if !given("clear_below") {
+        lifecycle.clear_below = lifecycle.warning_at - clear_offset;
     }
     if lifecycle.clear_below > lifecycle.warning_at {
         return Err((
@@ -233,23 +269,22 @@ pub(crate) fn bind(
             ),
         ));
     }
+    let base = match decl.kind {
+        OnlineKind::Persistent => OnlineSpec::default(),
+        OnlineKind::Adaptive => OnlineSpec::adaptive(),
+    };
+    let mut spec = base.with_warmup(warmup.round().min(u32::MAX as f64) as u32);
+    spec.horizon = horizon;
+    if decl.kind == OnlineKind::Adaptive {
+        // Its calibration is a running average over the whole horizon.
+        spec.calibration_cumulative = horizon.round().min(u32::MAX as f64) as u32;
+    }
     Ok(OnlineBinding {
-        spec: OnlineSpec {
-            warmup: warmup.round().min(u32::MAX as f64) as u32,
-            half_life,
-            ..OnlineSpec::default()
-        },
+        spec,
         features,
         lifecycle,
         windows_per_month,
     })
-}
-
-/// Where an episode clears when the threshold comes from a rate: a tenth as surprising
-/// as the threshold (one log10 unit lower), so a score wandering about the threshold
-/// does not flap.
-pub fn default_clear_below(warning_at: f64) -> f64 {
-    (warning_at - 1.0).max(warning_at / 2.0)
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                 topic: "features".into(),
                 format: "json".into(),
                 lifecycle: None,
+                online: None,
                 device_column: key,
                 file: q.file.clone(),
                 option_at: Default::default(),

@@ -27,6 +27,6 @@ pub use plan::{
     compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,
 };
 pub use reference::register_reference;
-pub use detector::{OnlineBinding, OnlineDecl, Span};
+pub use detector::{OnlineBinding, OnlineDecl, OnlineKind, Span};
 pub use sink::{bind_sink, SinkBinding};
 pub use udf::AnomalyScore;

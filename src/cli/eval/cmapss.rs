@@ -147,7 +147,7 @@ pub(super) async fn cmapss(a: &EvalArgs, set: &QuerySet, dir: &Path) -> anyhow::
         rule::write_windows(p, &[(String::new(), &run)])?;
     }
     if let Some(p) = &a.plot {
-        super::super::plot::fleet(p, "C-MAPSS FD001: first engines", &run, 6)?;
+        crate::cli::plot::fleet(p, "C-MAPSS FD001: first engines", &run, 6)?;
         eprintln!("plot: {}", p.display());
     }
     Ok(ExitCode::SUCCESS)

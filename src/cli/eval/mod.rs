@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use forewarn::metrics::{Confusion, Delays};
 use forewarn::training::{reading_windows, FeatureRows, Labels};
-use forewarn::{Model, ModelKind, ModelRegistry, TrainOptions};
+use forewarn::{Model, ModelRegistry};
 use serde_json::json;
 
 use super::train::{progress, read_queries, KindSettings};
@@ -267,7 +267,7 @@ async fn labelled(
         write_json(p, &json!({"data": data, "model": name, "figures": f}))?;
     }
     if let Some(p) = &a.plot {
-        super::plot::scores(p, &format!("{name} on {}", data.display()), &series)?;
+        crate::cli::plot::scores(p, &format!("{name} on {}", data.display()), &series)?;
         eprintln!("plot: {}", p.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -137,7 +137,7 @@ pub(super) async fn nab(a: &EvalArgs, set: &QuerySet, dir: &Path) -> anyhow::Res
             .take(6)
             .map(|((n, r), f)| (n.clone(), r, f.windows.clone()))
             .collect();
-        super::super::plot::rule_runs(p, "NAB: first labelled files", &first)?;
+        crate::cli::plot::rule_runs(p, "NAB: first labelled files", &first)?;
         eprintln!("plot: {}", p.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -41,15 +41,6 @@ pub struct RuleRun {
 }
 
 impl RuleRun {
-    /// Transitions by device, in time order.
-    pub fn by_device(&self) -> BTreeMap<&str, Vec<&Change>> {
-        let mut m: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
-        for c in &self.changes {
-            m.entry(c.device.as_str()).or_default().push(c);
-        }
-        m
-    }
-
     /// The threshold of the (first) rule.
     pub fn threshold(&self) -> Option<f64> {
         self.thresholds.values().next().copied()

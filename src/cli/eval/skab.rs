@@ -167,7 +167,7 @@ pub(super) async fn skab(
         )?;
     }
     if let Some(p) = &a.plot {
-        super::plot::scores(p, "SKAB: first files", &first_series)?;
+        crate::cli::plot::scores(p, "SKAB: first files", &first_series)?;
         eprintln!("plot: {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -293,7 +293,7 @@ pub(super) async fn skab_rule(
         rule::write_windows(p, &refs)?;
     }
     if let Some(p) = &a.plot {
-        super::super::plot::scores(p, "SKAB: first files", &series)?;
+        crate::cli::plot::scores(p, "SKAB: first files", &series)?;
         eprintln!("plot: {}", p.display());
     }
     Ok(ExitCode::SUCCESS)

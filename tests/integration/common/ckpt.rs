@@ -1,5 +1,6 @@
 //! The data set of the checkpoint and crash tests: tumbling, hopping and session
-//! windows and a rule with a lifecycle over six devices.
+//! windows, a rule with a lifecycle, and a rule whose online detector learns each device,
+//! over six devices.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -14,7 +15,8 @@ use serde_json::Value;
 
 pub const BASE: i64 = 1_700_000_000_000;
 
-/// Tumbling, hopping and session windows, and a rule with a lifecycle.
+/// Tumbling, hopping and session windows, a rule with a lifecycle, and one with an
+/// online detector (its learned state must survive a restart like window state).
 pub const SQL: &str = "
 CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
   WITH (connector = 'mqtt', topic = 'ck/+', topic_template = 'ck/{device}');
@@ -32,6 +34,10 @@ INSERT INTO sessions SELECT device, window_start, window_end, count(*) AS n, max
   FROM r GROUP BY session(interval '3 seconds'), device;
 INSERT INTO rule SELECT device, window_start, window_end, avg(v) AS score
   FROM r GROUP BY tumble(interval '5 seconds'), device;
+CREATE TABLE learned WITH (connector = 'mqtt', topic = 'out/learned/{device}',
+  detector = 'online', warmup = '12 windows', warning_at = '3');
+INSERT INTO learned SELECT device, window_start, window_end, avg(v) AS v
+  FROM r GROUP BY tumble(interval '2 seconds'), device;
 ";
 
 /// Six devices over 200 s, one reading a second each, slightly out of order; d1 runs
