@@ -17,7 +17,7 @@ pub use forewarn_engine::{
     DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
     Pipeline, PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
 };
-pub use forewarn_scorer::{metrics, Detector, ModelError, ModelKind, TrainOptions};
+pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};
 
 #[cfg(feature = "mqtt")]

@@ -10,7 +10,7 @@ use std::path::Path;
 
 pub use forewarn_history::{HistoryError, HistoryFormat, Message, SourceShape};
 
-use crate::{EngineError, EngineStats, Output, Pipeline, QuerySet, SqlError};
+use crate::{EngineError, EngineStats, Output, Pipeline, QuerySet, SourceInfo, SqlError};
 
 /// Errors from a replay.
 #[derive(Debug, thiserror::Error)]
@@ -368,44 +368,8 @@ pub async fn features_with(
         for m in messages {
             let m = m?;
             if let Some(col) = label {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
-                let time = match &v[source.event_time.as_str()] {
-                    serde_json::Value::String(s) => forewarn_core::parse_rfc3339(s),
-                    other => other.as_i64(),
-                };
-                let anomalous = match &v[col] {
-                    serde_json::Value::Bool(b) => Some(*b),
-                    serde_json::Value::Number(x) => x.as_f64().map(|x| x >= 0.5),
-                    serde_json::Value::String(s) => match s.trim() {
-                        "true" | "1" | "1.0" => Some(true),
-                        "false" | "0" | "0.0" => Some(false),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                match (time, anomalous) {
-                    (Some(t), Some(a)) => {
-                        // As the decoder does: a topic level overrides the payload's field.
-                        let from_topic = source.template.as_ref().and_then(|tpl| {
-                            tpl.captures_of(&m.topic)?
-                                .into_iter()
-                                .find(|(c, _)| *c == "device")
-                                .map(|(_, d)| d.to_string())
-                        });
-                        let device = from_topic
-                            .unwrap_or_else(|| v["device"].as_str().unwrap_or("").to_string());
-                        labels.push(&device, t, a);
-                    }
-                    _ => {
-                        return Err(ReplayError::Source(format!(
-                            "{}: a reading has no usable '{}' time or '{col}' label: {}",
-                            data.display(),
-                            source.event_time,
-                            String::from_utf8_lossy(&m.payload)
-                        )))
-                    }
-                }
+                let (device, t, a) = label_of(&source, &m, col, data)?;
+                labels.push(&device, t, a);
             }
             handle.push_json(&m.topic, m.payload).await?;
             n += 1;
@@ -431,6 +395,69 @@ pub async fn features_with(
         labels,
         stats,
     })
+}
+
+/// The device, event time and label (`col`: true, 1 or 1.0 = anomalous) of one
+/// history message of `source`.
+fn label_of(
+    source: &SourceInfo,
+    m: &forewarn_history::Message,
+    col: &str,
+    data: &Path,
+) -> Result<(String, i64, bool), ReplayError> {
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+    let time = match &v[source.event_time.as_str()] {
+        serde_json::Value::String(s) => forewarn_core::parse_rfc3339(s),
+        other => other.as_i64(),
+    };
+    let anomalous = match &v[col] {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::Number(x) => x.as_f64().map(|x| x >= 0.5),
+        serde_json::Value::String(s) => match s.trim() {
+            "true" | "1" | "1.0" => Some(true),
+            "false" | "0" | "0.0" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    };
+    match (time, anomalous) {
+        (Some(t), Some(a)) => {
+            // As the decoder does: a topic level overrides the payload's field.
+            let from_topic = source.template.as_ref().and_then(|tpl| {
+                tpl.captures_of(&m.topic)?
+                    .into_iter()
+                    .find(|(c, _)| *c == "device")
+                    .map(|(_, d)| d.to_string())
+            });
+            let device =
+                from_topic.unwrap_or_else(|| v["device"].as_str().unwrap_or("").to_string());
+            Ok((device, t, a))
+        }
+        _ => Err(ReplayError::Source(format!(
+            "{}: a reading has no usable '{}' time or '{col}' label: {}",
+            data.display(),
+            source.event_time,
+            String::from_utf8_lossy(&m.payload)
+        ))),
+    }
+}
+
+/// The labels of `data`'s readings for the (only) source of `pipeline`, by device and in
+/// time order, as [`features`] reads them.
+pub fn labels(
+    pipeline: &Pipeline,
+    data: &Path,
+    label: &str,
+    order: Order,
+) -> Result<crate::training::Labels, ReplayError> {
+    let source = pipeline.sources()[0].clone();
+    let mut labels = crate::training::Labels::default();
+    for m in ordered_messages(pipeline, data, None, order)? {
+        let (device, t, a) = label_of(&source, &m?, label, data)?;
+        labels.push(&device, t, a);
+    }
+    labels.sort();
+    Ok(labels)
 }
 
 /// A duration in the units an engineer reads: `90 s`, `12 min 5 s`, `3 h 20 min`.

@@ -261,6 +261,9 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
                 p.query_names().len(),
                 p.query_names().join(", ")
             );
+            for d in p.describe_detectors() {
+                println!("  {d}");
+            }
             if a.explain {
                 for e in p.explain() {
                     println!("\n{e}");

@@ -580,6 +580,33 @@ impl Pipeline {
         &self.sources
     }
 
+    /// One line per query whose sink learns online: its features, warm-up, and the
+    /// threshold with the false-alert rate it stands for.
+    pub fn describe_detectors(&self) -> Vec<String> {
+        self.online
+            .iter()
+            .map(|(q, o)| {
+                let l = &o.lifecycle;
+                let rate = o.windows_per_month.map_or(String::new(), |n| {
+                    format!(
+                        " (about {:.2} false alerts per device-month at {n:.0} windows a month)",
+                        n * 10f64.powf(-l.warning_at)
+                    )
+                });
+                format!(
+                    "{q}: learns each device online from {} feature(s) ({}); first score after {} windows; raises at surprise {:.2}{rate} after {} window(s) in a row, clears below {:.2} after {}",
+                    o.features.len(),
+                    o.features.join(", "),
+                    o.spec.warmup(),
+                    l.warning_at,
+                    l.raise_after,
+                    l.clear_below,
+                    l.clear_after
+                )
+            })
+            .collect()
+    }
+
     /// The alert lifecycle of each query whose sink has one, by query name, with its
     /// threshold resolved (an online detector's comes from its `false_alerts` rate).
     pub fn lifecycles(&self) -> BTreeMap<String, forewarn_alerts::LifecycleSpec> {

@@ -140,6 +140,9 @@ struct Operator {
     lifecycle: Option<Lifecycle>,
     /// The sink's online detector: scores each row before the lifecycle sees it.
     online: Option<OnlineDetectors>,
+    /// Grouping columns besides the device: the online detector learns each of their
+    /// combinations apart (the lifecycle stays per device).
+    regime_keys: Vec<String>,
     /// Column holding the device id (see [`forewarn_sql::bind_sink`]).
     device_column: String,
     model: Option<String>,
@@ -269,6 +272,12 @@ impl Runtime {
                 sink,
                 lifecycle: spec.map(|s| Lifecycle::new(&q.name, s)),
                 online,
+                regime_keys: q
+                    .key_columns
+                    .iter()
+                    .filter(|k| !k.eq_ignore_ascii_case(&device_column))
+                    .cloned()
+                    .collect(),
                 device_column,
                 model,
                 fingerprint: checkpoint::fingerprint(q),
@@ -1171,7 +1180,7 @@ impl Runtime {
         let mut outs = Vec::new();
         for (topic, mut alert, window) in rows {
             if let Some(d) = op.online.as_mut() {
-                score_online(d, &mut alert);
+                score_online(d, &op.regime_keys, &mut alert);
             }
             if window_rows {
                 outs.push(Output::Alert {
@@ -1261,8 +1270,10 @@ impl Runtime {
 }
 
 /// Scores a window row with its device's online detector (which then learns from it):
-/// the row gets the score and, when the query did not select one, an explanation.
-fn score_online(d: &mut OnlineDetectors, alert: &mut Alert) {
+/// the row gets the score and, when the query did not select one, an explanation. A
+/// query grouped by more than the device (an operating mode, say) learns each
+/// combination apart: `regime_keys` are those other grouping columns.
+fn score_online(d: &mut OnlineDetectors, regime_keys: &[String], alert: &mut Alert) {
     let x: Vec<f64> = d
         .features()
         .iter()
@@ -1274,7 +1285,16 @@ fn score_online(d: &mut OnlineDetectors, alert: &mut Alert) {
                 .unwrap_or(f64::NAN)
         })
         .collect();
-    let s = d.observe(&alert.device, &x);
+    let s = if regime_keys.is_empty() {
+        d.observe(&alert.device, &x)
+    } else {
+        let mut key = alert.device.clone();
+        for k in regime_keys {
+            key.push('\u{1f}');
+            key.push_str(&alert.features.get(k).map_or(String::new(), topic_text));
+        }
+        d.observe(&key, &x)
+    };
     alert.score = s.score;
     if let Some(e) = d.explain(&s) {
         alert

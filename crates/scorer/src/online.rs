@@ -36,6 +36,11 @@ pub struct OnlineSpec {
     /// Windows scoring at or above this are not learned from at all, so a developing
     /// fault is not taken for the new normal (`f64::INFINITY`: learn everything).
     pub learn_below: f64,
+    /// Nor is a window whose own raw score (before averaging) is at or above this once
+    /// the device is warmed up: a sudden step is far out on its first window, while the
+    /// averaged score is still catching up, and learning it would widen the device's
+    /// normal until the step no longer stands out.
+    pub learn_raw_below: f64,
     /// When set, a window with a feature outside the range learned so far by more than
     /// this fraction of the range scores the maximum (a new range is news).
     pub new_range: Option<f64>,
@@ -54,6 +59,7 @@ impl Default for OnlineSpec {
             calibration_cumulative: 40,
             short: 10,
             learn_below: 2.0,
+            learn_raw_below: 8.0,
             new_range: None,
         }
     }
@@ -67,6 +73,7 @@ impl OnlineSpec {
         OnlineSpec {
             calibration_cumulative: 1000,
             learn_below: f64::INFINITY,
+            learn_raw_below: f64::INFINITY,
             new_range: Some(0.02),
             ..OnlineSpec::default()
         }
@@ -90,8 +97,8 @@ impl OnlineSpec {
     }
 }
 
-/// One device's learned normal. `2d + short + 7` numbers for `d` features (plus `2d`
-/// for the range with `new_range`): 29 numbers, 232 bytes, for six features.
+/// One device's learned normal: 168 + 8 × (2d + short) bytes for `d` features (344 for
+/// six features with the default `short` of 10), plus 16d with `new_range`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OnlineState {
     /// Windows the feature statistics learned.
@@ -222,7 +229,8 @@ impl OnlineState {
             }
         }
         // 4. Learn, unless too surprising.
-        if score.is_none_or(|s| s < spec.learn_below) {
+        let step = self.cal_n >= u64::from(spec.warmup_calibration) && a >= spec.learn_raw_below;
+        if score.is_none_or(|s| s < spec.learn_below) && !step {
             self.learn_features(spec, x);
             let al = if self.cal_n < u64::from(spec.calibration_cumulative) {
                 1.0 / (self.cal_n + 1) as f64
@@ -393,6 +401,23 @@ mod tests {
         let s = last.unwrap();
         assert!(s.score.unwrap() > 5.0, "{s:?}");
         assert_eq!(d.explain(&s).unwrap().split(' ').next(), Some("b"));
+    }
+
+    /// A sudden step that persists is seen and stays seen: its first windows, while the
+    /// averaged score is still low, are not learned (they are far out on their own).
+    #[test]
+    fn a_step_that_persists_is_not_learned_away() {
+        let spec = OnlineSpec::default();
+        let mut s = OnlineState::default();
+        for i in 0..70 {
+            s.observe(&spec, &[20.0 + (i % 3) as f64]);
+        }
+        let scores: Vec<f64> = (0..30)
+            .map(|_| s.observe(&spec, &[35.0]).score.unwrap())
+            .collect();
+        // Reference implementation: 0.89, 2.16, 3.74, 5.83, 9.01, ... 31.51 from the 10th.
+        assert!((scores[0] - 0.89).abs() < 0.01 && (scores[3] - 5.83).abs() < 0.01, "{scores:?}");
+        assert!(scores[9..].iter().all(|v| *v > 31.0), "{scores:?}");
     }
 
     /// Scores of the reference implementation the method was chosen with (Python,

@@ -1116,7 +1116,7 @@ const SINK_OPTIONS: &[&str] = &[
     "detector",
     "features",
     "warmup",
-    "half_life",
+    "horizon",
     "false_alerts",
 ];
 

@@ -64,7 +64,7 @@ pub struct EvalArgs {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Write every window the rule scored (score and features) as JSON lines
-    /// (--protocol nab, cmapss, and skab with an online rule).
+    /// (--protocol nab, cmapss, and skab or --data with an online rule).
     #[arg(long, value_name = "FILE")]
     windows: Option<PathBuf>,
 }
@@ -217,6 +217,7 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         (Some("nab"), _) => nab::nab(&a, &set, &dir()?).await,
         (Some("cmapss"), _) => cmapss::cmapss(&a, &set, &dir()?).await,
         (Some(p), _) => bail!("unknown protocol '{p}' (known: nab, cmapss, skab)"),
+        (None, Some(data)) if rule::online(&set) => labelled_rule(&a, &set, data).await,
         (None, Some(data)) => {
             let name = model_name(&set, a.model.as_deref())?;
             labelled(&a, &set, &name, data).await
@@ -268,6 +269,73 @@ async fn labelled(
     }
     if let Some(p) = &a.plot {
         crate::cli::plot::scores(p, &format!("{name} on {}", data.display()), &series)?;
+        eprintln!("plot: {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Labelled history judged by the rule as deployed (an online detector's sink): a
+/// reading is flagged while its device is in alert as the first window holding it closes.
+async fn labelled_rule(
+    a: &EvalArgs,
+    set: &forewarn::QuerySet,
+    data: &Path,
+) -> anyhow::Result<ExitCode> {
+    let pipeline = forewarn::Pipeline::builder()
+        .query_set(set.clone())
+        .registry(rule::registry(a)?)
+        .build()
+        .await?;
+    let labels = forewarn::replay::labels(&pipeline, data, &a.label, forewarn::replay::Order::Check)?;
+    drop(pipeline);
+    let bar = progress("readings replayed");
+    let run = rule::run(set, rule::registry(a)?, data, false).await;
+    bar.finish_and_clear();
+    let run = run?;
+    let rejections = forewarn::replay::Rejections::of(&run.stats);
+    if rejections.rejected > 0 {
+        eprintln!("note: {}", rejections.summary());
+    }
+    let (mut c, mut d) = (Confusion::default(), Delays::default());
+    let mut series = Vec::new();
+    for (device, readings) in &labels.by_device {
+        let (p, scores) = rule::judge(&run, device, readings);
+        let labels: Vec<bool> = readings.iter().map(|r| r.1).collect();
+        let times: Vec<i64> = readings.iter().map(|r| r.0).collect();
+        c.add(Confusion::count(&p, &labels));
+        d.add(Delays::measure(&times, &p, &labels));
+        let episodes = run.episodes(device);
+        series.push(Series {
+            name: if device.is_empty() {
+                data.display().to_string()
+            } else {
+                format!("{} {device}", data.display())
+            },
+            times,
+            labels,
+            scores,
+            threshold: run.threshold().unwrap_or(f64::NAN),
+            raised: episodes.iter().map(|e| e.0).collect(),
+            cleared: episodes.iter().filter_map(|e| e.1).collect(),
+        });
+    }
+    let f = figures("online (rule)", c, &d);
+    println!(
+        "{}: {} readings, {} windows scored by the rule as deployed; a reading is flagged while its device is in alert",
+        data.display(),
+        labels.len(),
+        run.windows.len()
+    );
+    print_table(std::slice::from_ref(&f));
+    if let Some(p) = &a.json {
+        write_json(p, &json!({"data": data, "rule": true, "figures": f}))?;
+    }
+    if let Some(p) = &a.windows {
+        rule::write_windows(p, &[(String::new(), &run)])?;
+    }
+    if let Some(p) = &a.plot {
+        series.truncate(6);
+        crate::cli::plot::scores(p, &format!("the rule on {}", data.display()), &series)?;
         eprintln!("plot: {}", p.display());
     }
     Ok(ExitCode::SUCCESS)

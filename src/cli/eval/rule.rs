@@ -123,6 +123,35 @@ pub async fn run(
     Ok(r)
 }
 
+/// Judges each of `device`'s labelled readings (time, label) by the rule: flagged while
+/// the device is in alert (raised, not yet cleared) as the first window holding the
+/// reading closes. Also returns that window's score (NaN when no window held it).
+pub fn judge(run: &RuleRun, device: &str, readings: &[(i64, bool)]) -> (Vec<bool>, Vec<f64>) {
+    let mut ends: Vec<(i64, Option<f64>)> = run
+        .windows
+        .iter()
+        .filter(|w| w.device == device)
+        .map(|w| (w.end_ms, w.score))
+        .collect();
+    ends.sort_by_key(|e| e.0);
+    let episodes = run.episodes(device);
+    let in_alert = |t: i64| {
+        episodes
+            .iter()
+            .any(|(r, c)| *r <= t && c.is_none_or(|c| t < c))
+    };
+    readings
+        .iter()
+        .map(|(t, _)| {
+            let i = ends.partition_point(|e| e.0 <= *t);
+            match ends.get(i) {
+                Some((end, score)) => (in_alert(*end), score.unwrap_or(f64::NAN)),
+                None => (false, f64::NAN),
+            }
+        })
+        .unzip()
+}
+
 /// Writes every window as a JSON line: query, device, bounds, score and features.
 pub fn write_windows(path: &Path, runs: &[(String, &RuleRun)]) -> anyhow::Result<()> {
     use std::io::Write;

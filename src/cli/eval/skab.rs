@@ -234,26 +234,9 @@ pub(super) async fn skab_rule(
         let run = rule::run(set, registry.clone(), file, false)
             .await
             .with_context(|| format!("replaying {}", file.display()))?;
-        let mut ends: Vec<(i64, Option<f64>)> =
-            run.windows.iter().map(|w| (w.end_ms, w.score)).collect();
-        ends.sort_by_key(|e| e.0);
-        let episodes = run.episodes("");
-        let in_alert = |t: i64| episodes.iter().any(|(r, c)| *r <= t && c.is_none_or(|c| t < c));
         let test = &readings[a.train_rows..];
-        let (mut p, mut s) = (Vec::new(), Vec::new());
-        for (t, _) in test {
-            let i = ends.partition_point(|e| e.0 <= *t);
-            match ends.get(i) {
-                Some((end, score)) => {
-                    p.push(in_alert(*end));
-                    s.push(score.unwrap_or(f64::NAN));
-                }
-                None => {
-                    p.push(false);
-                    s.push(f64::NAN);
-                }
-            }
-        }
+        let (p, s) = rule::judge(&run, "", test);
+        let episodes = run.episodes("");
         let labels: Vec<bool> = test.iter().map(|r| r.1).collect();
         let times: Vec<i64> = test.iter().map(|r| r.0).collect();
         let c = Confusion::count(&p, &labels);
