@@ -405,7 +405,8 @@ fn label_of(
     col: &str,
     data: &Path,
 ) -> Result<(String, i64, bool), ReplayError> {
-    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+    let v: serde_json::Value =
+        serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
     let time = match &v[source.event_time.as_str()] {
         serde_json::Value::String(s) => forewarn_core::parse_rfc3339(s),
         other => other.as_i64(),

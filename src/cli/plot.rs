@@ -49,7 +49,13 @@ pub fn panels(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> 
     for (area, p) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
         let finite = || p.points.iter().filter(|(_, y)| y.is_finite());
         let x_min = p.points.iter().map(|q| q.0).min().unwrap_or(0);
-        let x_max = p.points.iter().map(|q| q.0).max().unwrap_or(1).max(x_min + 1);
+        let x_max = p
+            .points
+            .iter()
+            .map(|q| q.0)
+            .max()
+            .unwrap_or(1)
+            .max(x_min + 1);
         let t = p.threshold.filter(|t| t.is_finite());
         let cap = t.map_or(f64::INFINITY, |t| t.abs().max(1.0) * CLIP_FACTOR);
         let y_hi = finite()
@@ -171,7 +177,12 @@ pub fn scores(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()>
         .iter()
         .map(|s| Panel {
             name: s.name.clone(),
-            points: s.times.iter().copied().zip(s.scores.iter().copied()).collect(),
+            points: s
+                .times
+                .iter()
+                .copied()
+                .zip(s.scores.iter().copied())
+                .collect(),
             threshold: Some(s.threshold),
             spans: spans(&s.times, &s.labels),
             raised: s.raised.clone(),
@@ -201,12 +212,11 @@ fn device_panel(name: String, run: &RuleRun, device: &str, spans: Vec<(i64, i64)
     }
 }
 
+/// A series' name, the rule's run over it (one device), and its labelled spans (ms).
+pub type LabelledRun<'a> = (String, &'a RuleRun, Vec<(i64, i64)>);
+
 /// One panel per series of rule runs (one device each), with its labelled spans.
-pub fn rule_runs(
-    path: &Path,
-    title: &str,
-    runs: &[(String, &RuleRun, Vec<(i64, i64)>)],
-) -> anyhow::Result<()> {
+pub fn rule_runs(path: &Path, title: &str, runs: &[LabelledRun]) -> anyhow::Result<()> {
     let p: Vec<Panel> = runs
         .iter()
         .map(|(n, r, s)| {

@@ -505,8 +505,14 @@ fn cmapss_fleet_is_warned_before_failure() {
     let r = &v["report"];
     assert_eq!(r["failures"].as_u64(), Some(100), "{stdout}");
     assert!(r["failures_warned"].as_u64().unwrap() >= 95, "{stdout}");
-    assert!(r["lead_times"]["median"].as_f64().unwrap() >= 30.0, "{stdout}");
-    assert!(r["false_alerts_per_device"].as_f64().unwrap() <= 0.05, "{stdout}");
+    assert!(
+        r["lead_times"]["median"].as_f64().unwrap() >= 30.0,
+        "{stdout}"
+    );
+    assert!(
+        r["false_alerts_per_device"].as_f64().unwrap() <= 0.05,
+        "{stdout}"
+    );
 }
 
 async fn next_score(rx: &mut tokio::sync::mpsc::Receiver<Output>) -> f64 {

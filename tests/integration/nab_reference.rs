@@ -342,8 +342,8 @@ fn synthetic_corpus_matches_reference_script() {
     let mut files = Vec::new();
     // a: 400 rows every 5 min; rows 200..212 repeat the hour before them.
     let mut a: Vec<i64> = (0..400).map(|i| t0 + i * 5 * min).collect();
-    for i in 200..212 {
-        a[i] = t0 + (i as i64 - 12) * 5 * min;
+    for (i, t) in a.iter_mut().enumerate().take(212).skip(200) {
+        *t = t0 + (i as i64 - 12) * 5 * min;
     }
     a[300] = a[299]; // a repeated timestamp
     let at = |v: &Vec<i64>, i: usize| v[i];

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn_scorer::OnlineDetectors;
 use forewarn_alerts::{
     Acknowledgement, Alert, Command, DeviceState, Health, Lifecycle, RuleState, TransitionMessage,
     WindowEvidence,
 };
 use forewarn_formats::{filter_matches, JsonDecoder, TopicTemplate};
+use forewarn_scorer::OnlineDetectors;
 use forewarn_stream::{Processed, WindowOperator};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};

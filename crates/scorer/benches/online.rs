@@ -40,13 +40,21 @@ fn main() {
     let mean: Vec<f64> = (0..d).map(|j| 10.0 * (j + 1) as f64).collect();
     let floor = time(&mut || {
         for r in &rows {
-            black_box(r.iter().zip(&mean).map(|(x, m)| (x - m) * (x - m)).sum::<f64>());
+            black_box(
+                r.iter()
+                    .zip(&mean)
+                    .map(|(x, m)| (x - m) * (x - m))
+                    .sum::<f64>(),
+            );
         }
     });
     println!("online detectors: {d} features, {n} windows over 1,000 devices, best of 3");
     println!("{:<10} {:>14} {:>10}", "detector", "windows/s", "vs floor");
     println!("{:<10} {floor:>14.0} {:>10.3}", "floor", 1.0);
-    for (name, spec) in [("online", OnlineSpec::default()), ("adaptive", OnlineSpec::adaptive())] {
+    for (name, spec) in [
+        ("online", OnlineSpec::default()),
+        ("adaptive", OnlineSpec::adaptive()),
+    ] {
         let rate = time(&mut || {
             let mut states = vec![OnlineState::default(); 1000];
             for (i, r) in rows.iter().enumerate() {

@@ -180,8 +180,16 @@ impl OnlineState {
                 mean: vec![0.0; d],
                 var: vec![0.0; d],
                 recent: vec![0.0; spec.short.max(1)],
-                low: if spec.new_range.is_some() { vec![f64::INFINITY; d] } else { vec![] },
-                high: if spec.new_range.is_some() { vec![f64::NEG_INFINITY; d] } else { vec![] },
+                low: if spec.new_range.is_some() {
+                    vec![f64::INFINITY; d]
+                } else {
+                    vec![]
+                },
+                high: if spec.new_range.is_some() {
+                    vec![f64::NEG_INFINITY; d]
+                } else {
+                    vec![]
+                },
                 ..OnlineState::default()
             };
         }
@@ -246,9 +254,9 @@ impl OnlineState {
     }
 
     fn learn_features(&mut self, spec: &OnlineSpec, x: &[f64]) {
-        for j in 0..self.low.len() {
-            self.low[j] = self.low[j].min(x[j]);
-            self.high[j] = self.high[j].max(x[j]);
+        for ((lo, hi), v) in self.low.iter_mut().zip(self.high.iter_mut()).zip(x) {
+            *lo = lo.min(*v);
+            *hi = hi.max(*v);
         }
         // A plain running average for the first `horizon` windows, then exponential.
         let a = if (self.n as f64) < spec.horizon {
@@ -416,7 +424,10 @@ mod tests {
             .map(|_| s.observe(&spec, &[35.0]).score.unwrap())
             .collect();
         // Reference implementation: 0.89, 2.16, 3.74, 5.83, 9.01, ... 31.51 from the 10th.
-        assert!((scores[0] - 0.89).abs() < 0.01 && (scores[3] - 5.83).abs() < 0.01, "{scores:?}");
+        assert!(
+            (scores[0] - 0.89).abs() < 0.01 && (scores[3] - 5.83).abs() < 0.01,
+            "{scores:?}"
+        );
         assert!(scores[9..].iter().all(|v| *v > 31.0), "{scores:?}");
     }
 
@@ -427,7 +438,10 @@ mod tests {
     fn agrees_with_the_reference_implementation() {
         for (file, spec) in [
             ("online_cmapss_unit1.json", OnlineSpec::default()),
-            ("online_adaptive_nab_speed_7578.json", OnlineSpec::adaptive()),
+            (
+                "online_adaptive_nab_speed_7578.json",
+                OnlineSpec::adaptive(),
+            ),
         ] {
             let path = format!("{}/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
             let g: serde_json::Value =

@@ -125,7 +125,10 @@ mod tests {
         assert!((chi2_surprise(3.841_458_820_694_124, 1) - (-(0.05f64).log10())).abs() < 1e-9);
         for q in [0.1, 1.0, 5.0, 30.0, 300.0, 3000.0] {
             let want = q / 2.0 / LN_10;
-            assert!((chi2_surprise(q, 2) - want).abs() < 1e-9 * want.max(1.0), "{q}");
+            assert!(
+                (chi2_surprise(q, 2) - want).abs() < 1e-9 * want.max(1.0),
+                "{q}"
+            );
         }
         // One-sided normal: P(Z ≥ 1.959964) = 0.025, P(Z ≥ 0) = 0.5.
         assert!((normal_surprise(1.959_963_984_540_054) - (-(0.025f64).log10())).abs() < 1e-9);

@@ -9,13 +9,8 @@ use forewarn_core::{parse_interval, Millis, WindowSpec};
 use forewarn_scorer::OnlineSpec;
 
 /// The options that belong to an online detector.
-pub(crate) const DETECTOR_OPTIONS: &[&str] = &[
-    "detector",
-    "features",
-    "warmup",
-    "horizon",
-    "false_alerts",
-];
+pub(crate) const DETECTOR_OPTIONS: &[&str] =
+    &["detector", "features", "warmup", "horizon", "false_alerts"];
 
 /// Default affordable false alerts per device-month.
 pub const DEFAULT_FALSE_ALERTS: f64 = 1.0;
@@ -115,7 +110,11 @@ fn rate(v: &str) -> Result<f64, String> {
     let lower = v.trim().to_ascii_lowercase();
     let (n, per) = lower.split_once(" per ").ok_or_else(bad)?;
     let n: f64 = n.trim().parse().map_err(|_| bad())?;
-    let days = match per.trim().trim_start_matches("device").trim_start_matches(['-', ' ']) {
+    let days = match per
+        .trim()
+        .trim_start_matches("device")
+        .trim_start_matches(['-', ' '])
+    {
         "day" => 1.0,
         "week" => 7.0,
         "month" => 30.0,

@@ -16,6 +16,7 @@ mod reference;
 mod sink;
 mod udf;
 
+pub use detector::{OnlineBinding, OnlineDecl, OnlineKind, Span};
 pub use error::SqlError;
 pub use features::{feature_query, scored_models, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};
@@ -27,6 +28,5 @@ pub use plan::{
     compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,
 };
 pub use reference::register_reference;
-pub use detector::{OnlineBinding, OnlineDecl, OnlineKind, Span};
 pub use sink::{bind_sink, SinkBinding};
 pub use udf::AnomalyScore;

@@ -461,7 +461,9 @@ impl QuerySet {
                 }
             }
             let online = crate::detector::online_options(
-                &map.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
+                &map.iter()
+                    .map(|(k, (v, _))| (k.clone(), v.clone()))
+                    .collect(),
             )
             .map_err(|(k, m)| err(file, text, map[k].1, m))?;
             let lifecycle = lifecycle_options(file, text, &map, online.is_some())?;

@@ -44,8 +44,14 @@ fn history(dir: &Path, out: &Path) -> anyhow::Result<Vec<(i64, i64)>> {
             );
         }
         let num = |i: usize| -> anyhow::Result<i64> {
-            v[i].parse()
-                .with_context(|| format!("{}:{}: '{}' is not a whole number", src.display(), n + 1, v[i]))
+            v[i].parse().with_context(|| {
+                format!(
+                    "{}:{}: '{}' is not a whole number",
+                    src.display(),
+                    n + 1,
+                    v[i]
+                )
+            })
         };
         rows.push((num(0)?, num(1)?, v[2..].to_vec()));
     }

@@ -286,7 +286,8 @@ async fn labelled_rule(
         .registry(rule::registry(a)?)
         .build()
         .await?;
-    let labels = forewarn::replay::labels(&pipeline, data, &a.label, forewarn::replay::Order::Check)?;
+    let labels =
+        forewarn::replay::labels(&pipeline, data, &a.label, forewarn::replay::Order::Check)?;
     drop(pipeline);
     let bar = progress("readings replayed");
     let run = rule::run(set, rule::registry(a)?, data, false).await;
@@ -345,4 +346,3 @@ fn write_json(p: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
     std::fs::write(p, serde_json::to_vec_pretty(v)?)
         .with_context(|| format!("writing {}", p.display()))
 }
-

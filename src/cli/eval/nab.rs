@@ -130,7 +130,7 @@ pub(super) async fn nab(a: &EvalArgs, set: &QuerySet, dir: &Path) -> anyhow::Res
         rule::write_windows(p, &refs)?;
     }
     if let Some(p) = &a.plot {
-        let first: Vec<(String, &RuleRun, Vec<(i64, i64)>)> = runs
+        let first: Vec<crate::cli::plot::LabelledRun> = runs
             .iter()
             .zip(&files)
             .filter(|(_, f)| !f.windows.is_empty())

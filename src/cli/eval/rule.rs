@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use forewarn::{EngineConfig, EngineStats, ModelRegistry, Output, Pipeline, QuerySet};
 use forewarn::TransitionKind;
+use forewarn::{EngineConfig, EngineStats, ModelRegistry, Output, Pipeline, QuerySet};
 use serde_json::{Map, Value};
 
 /// One window row as the sink saw it.

@@ -272,7 +272,8 @@ pub(super) async fn skab_rule(
         )?;
     }
     if let Some(p) = &a.windows {
-        let refs: Vec<(String, &rule::RuleRun)> = runs.iter().map(|(n, r)| (n.clone(), r)).collect();
+        let refs: Vec<(String, &rule::RuleRun)> =
+            runs.iter().map(|(n, r)| (n.clone(), r)).collect();
         rule::write_windows(p, &refs)?;
     }
     if let Some(p) = &a.plot {
