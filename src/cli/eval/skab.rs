@@ -73,14 +73,7 @@ pub(super) async fn skab(
         bar.set_message(file.display().to_string());
         let r = forewarn::replay::features(set, name, file, Some(&a.label), |_| {}).await?;
         let readings = r.labels.by_device.get("").cloned().unwrap_or_default();
-        if readings.len() <= a.train_rows {
-            bail!(
-                "{}: {} rows, not more than the {} training rows",
-                file.display(),
-                readings.len(),
-                a.train_rows
-            );
-        }
+        check_rows(file, readings.len(), a.train_rows)?;
         // Training windows hold training readings only: they end no later than the
         // first test reading.
         let split = readings[a.train_rows].0;
@@ -173,35 +166,15 @@ pub(super) async fn skab(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Times and labels of a SKAB file's readings (`datetime`, `anomaly` columns).
-fn skab_labels(file: &Path, label: &str) -> anyhow::Result<Vec<(i64, bool)>> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
-    let col = |n: &str| {
-        header
-            .iter()
-            .position(|h| h.trim() == n)
-            .with_context(|| format!("{}: no column '{n}'", file.display()))
-    };
-    let (t, l) = (col("datetime")?, col(label)?);
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, line)| {
-            let v: Vec<&str> = line.split(';').collect();
-            let time = v
-                .get(t)
-                .and_then(|s| forewarn_core::parse_rfc3339(s))
-                .with_context(|| format!("{}:{}: no datetime", file.display(), i + 2))?;
-            let anomalous = v
-                .get(l)
-                .and_then(|s| s.trim().parse::<f64>().ok())
-                .with_context(|| format!("{}:{}: no {label}", file.display(), i + 2))?;
-            Ok((time, anomalous >= 0.5))
-        })
-        .collect()
+/// A SKAB file must hold more readings than its training (warm-up) rows.
+fn check_rows(file: &Path, readings: usize, train_rows: usize) -> anyhow::Result<()> {
+    if readings <= train_rows {
+        bail!(
+            "{}: {readings} rows, not more than the {train_rows} training rows",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 /// SKAB with the rule as deployed: each file is replayed whole through the query and
@@ -222,15 +195,16 @@ pub(super) async fn skab_rule(
     let mut series = Vec::new();
     let mut runs = Vec::new();
     for file in &files {
-        let readings = skab_labels(file, &a.label)?;
-        if readings.len() <= a.train_rows {
-            bail!(
-                "{}: {} rows, not more than the {} training rows",
-                file.display(),
-                readings.len(),
-                a.train_rows
-            );
-        }
+        let pipeline = forewarn::Pipeline::builder()
+            .query_set(set.clone())
+            .registry(registry.clone())
+            .build()
+            .await?;
+        let labels =
+            forewarn::replay::labels(&pipeline, file, &a.label, forewarn::replay::Order::Check)?;
+        drop(pipeline);
+        let readings = labels.by_device.get("").cloned().unwrap_or_default();
+        check_rows(file, readings.len(), a.train_rows)?;
         let run = rule::run(set, registry.clone(), file, false)
             .await
             .with_context(|| format!("replaying {}", file.display()))?;
