@@ -219,6 +219,10 @@ fn stand_ins(set: &QuerySet) -> anyhow::Result<Vec<Model>> {
                 baseline: 0.0,
                 threshold: 1.0,
                 method: "stand-in for forewarn check".into(),
+                tail: Some(forewarn_scorer::ScoreTail {
+                    knots: vec![[0.0, 0.0], [1.0, -3.0]],
+                    scale: 1.0,
+                }),
             },
             provenance: Provenance {
                 rows: 0,

@@ -522,3 +522,135 @@ async fn next_score(rx: &mut tokio::sync::mpsc::Receiver<Output>) -> f64 {
         }
     }
 }
+
+const SURPRISE_SQL: &str = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}', score = 'surprise',
+  false_alerts = '1 per device-month');
+INSERT INTO out SELECT device, window_start, anomaly_surprise('lvl', avg(v)) AS surprise
+FROM r GROUP BY tumble(interval '10 seconds'), device;
+";
+
+/// A trained model's score as a surprise is the fraction of its training windows that
+/// scored at least as high, and a sink turns a false-alert rate into the threshold on it.
+#[tokio::test]
+async fn a_trained_models_surprise_takes_its_threshold_from_a_false_alert_rate() {
+    // 2,001 training windows spread evenly over [0, 1], median 0.5: a robust model's
+    // score rises with the distance from 0.5, so the training windows scoring at least
+    // as high as v are those at least as far from 0.5.
+    let train: Vec<f64> = (0..=2000).map(|i| f64::from(i) / 2000.0).collect();
+    let x = Array2::from_shape_vec((train.len(), 1), train.clone()).unwrap();
+    let opts = TrainOptions {
+        kind: "robust".parse().unwrap(),
+        ..Default::default()
+    };
+    let model = Model::train("lvl", vec!["v".into()], x.view(), &opts).unwrap();
+    for p in [0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01] {
+        let v = 0.5 + 0.5 * (1.0 - p);
+        let beyond = train
+            .iter()
+            .filter(|x| (*x - 0.5).abs() >= (v - 0.5) - 1e-12)
+            .count();
+        let want = beyond as f64 / train.len() as f64;
+        let a = Array2::from_shape_vec((1, 1), vec![v]).unwrap();
+        let s = model.surprise_keyed(&[None], a.view()).unwrap()[0];
+        // At the fractions the model keeps (these), to two training windows (ties
+        // between the two sides of 0.5, rounding of the rank).
+        let got = 10f64.powf(-s);
+        assert!(
+            (got - want).abs() <= 2.0 / train.len() as f64,
+            "v = {v}: fraction {got}, want {want}"
+        );
+    }
+    let far = |v: f64| {
+        let a = Array2::from_shape_vec((1, 1), vec![v]).unwrap();
+        model.surprise_keyed(&[None], a.view()).unwrap()[0]
+    };
+    assert!(far(1.2) > 3.0 && far(1.2) < far(1.5) && far(1e6) == 50.0);
+
+    let p = Pipeline::builder()
+        .query_sql("q.sql", SURPRISE_SQL)
+        .model(model.clone())
+        .build()
+        .await
+        .unwrap();
+    // 10-second windows: 259,200 a month, so one false alert a month is a surprise of
+    // log10(259,200); three windows in a row raise, as for the online detector.
+    let l = &p.lifecycles()["q"];
+    assert_eq!(l.warning_at, 259_200f64.log10());
+    assert_eq!((l.raise_after, l.clear_after), (3, 10));
+    assert!(p.describe_detectors()[0].contains("about 1.00 false alerts per device-month"));
+    let (h, mut rx) = p.start();
+    // p1 reads normal values for 20 windows, then 2.5 for 5; p2 stays normal.
+    for w in 0..25i64 {
+        for d in ["p1", "p2"] {
+            let v = if d == "p1" && w >= 20 {
+                2.5
+            } else {
+                0.1 + 0.8 * noise(w as u64 * 2 + u64::from(d == "p2"))
+            };
+            h.push_json(
+                &format!("w/{d}"),
+                format!(r#"{{"ts":{},"v":{v}}}"#, BASE + w * 10_000).into_bytes(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    h.finish().await.unwrap();
+    drop(h);
+    let mut raised = Vec::new();
+    while let Some(o) = rx.recv().await {
+        if let Output::Transition { message, .. } = o {
+            raised.push((message.device.clone(), message.transition, message.score));
+        }
+    }
+    assert_eq!(
+        raised,
+        [(
+            "p1".to_string(),
+            forewarn::TransitionKind::Raised,
+            Some(far(2.5))
+        )],
+        "{raised:?}"
+    );
+}
+
+#[tokio::test]
+async fn false_alerts_needs_a_surprise() {
+    // The same rule scored with anomaly_score: its scale is the model's own, not a
+    // probability, so no rate can be turned into a threshold on it.
+    let x = Array2::from_shape_vec((100, 1), (0..100).map(f64::from).collect()).unwrap();
+    let opts = TrainOptions {
+        kind: "robust".parse().unwrap(),
+        ..Default::default()
+    };
+    let model = Model::train("lvl", vec!["v".into()], x.view(), &opts).unwrap();
+    let sql = SURPRISE_SQL.replace("anomaly_surprise", "anomaly_score");
+    let e = Pipeline::builder()
+        .query_sql("q.sql", &sql)
+        .model(model.clone())
+        .build()
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("q.sql:5:3") && e.contains("false_alerts needs a score that is a surprise"),
+        "{e}"
+    );
+    // A model file without a score tail (written by an earlier build) is refused where
+    // it is called.
+    let mut old = model;
+    old.calibration.tail = None;
+    let e = Pipeline::builder()
+        .query_sql("q.sql", SURPRISE_SQL)
+        .model(old)
+        .build()
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("keeps no tail of its training scores"), "{e}");
+}

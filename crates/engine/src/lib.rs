@@ -402,6 +402,8 @@ impl PipelineBuilder {
         };
         let mut queries = Vec::new();
         let mut device_columns = BTreeMap::new();
+        let mut lifecycles = BTreeMap::new();
+        let mut rated = BTreeMap::new();
         let mut online = BTreeMap::new();
         for q in &set.queries {
             let compiled =
@@ -409,6 +411,12 @@ impl PipelineBuilder {
             let sink = &set.sinks[&q.sink];
             let bound = forewarn_sql::bind_sink(sink, &compiled, text_of(&sink.file))?;
             device_columns.insert(q.name.clone(), bound.device_column);
+            if let Some(l) = bound.lifecycle {
+                lifecycles.insert(q.name.clone(), l);
+            }
+            if let Some(n) = bound.rated {
+                rated.insert(q.name.clone(), n);
+            }
             if let Some(o) = bound.online {
                 online.insert(q.name.clone(), o);
             }
@@ -475,13 +483,15 @@ impl PipelineBuilder {
         for s in set.sinks.values() {
             let t = TopicTemplate::parse(&s.topic)
                 .map_err(|e| EngineError::Config(format!("sink '{}': {e}", s.name)))?;
-            sinks.insert(s.name.clone(), (t, s.lifecycle.clone()));
+            sinks.insert(s.name.clone(), t);
         }
         Ok(Pipeline {
             config: self.config,
             queries,
             sources,
             sinks,
+            lifecycles,
+            rated,
             device_columns,
             online,
             registry,
@@ -541,7 +551,13 @@ pub struct Pipeline {
     config: EngineConfig,
     queries: Vec<Arc<CompiledQuery>>,
     sources: Vec<SourceInfo>,
-    sinks: BTreeMap<String, (TopicTemplate, Option<forewarn_alerts::LifecycleSpec>)>,
+    sinks: BTreeMap<String, TopicTemplate>,
+    /// Each query's alert lifecycle, if its sink has one, with the threshold resolved
+    /// (see [`forewarn_sql::bind_sink`]).
+    lifecycles: BTreeMap<String, forewarn_alerts::LifecycleSpec>,
+    /// Windows a device closes in 30 days, for queries whose sink turns a
+    /// `false_alerts` rate into a threshold on a trained model's surprise.
+    rated: BTreeMap<String, f64>,
     /// Online detectors, by query name (see [`forewarn_sql::bind_sink`]).
     online: BTreeMap<String, forewarn_sql::OnlineBinding>,
     /// The result column naming the device, by query name (see [`forewarn_sql::bind_sink`]).
@@ -580,46 +596,46 @@ impl Pipeline {
         &self.sources
     }
 
-    /// One line per query whose sink learns online: its features, warm-up, and the
-    /// threshold with the false-alert rate it stands for.
+    /// One line per query whose sink learns online or takes its threshold from a
+    /// false-alert rate: its features, warm-up, and the threshold with the rate it
+    /// stands for.
     pub fn describe_detectors(&self) -> Vec<String> {
-        self.online
-            .iter()
-            .map(|(q, o)| {
-                let l = &o.lifecycle;
-                let rate = o.windows_per_month.map_or(String::new(), |n| {
-                    format!(
-                        " (about {:.2} false alerts per device-month at {n:.0} windows a month)",
-                        n * 10f64.powf(-l.warning_at)
-                    )
-                });
+        let rate = |l: &forewarn_alerts::LifecycleSpec, n: Option<f64>| {
+            let rate = n.map_or(String::new(), |n| {
                 format!(
-                    "{q}: learns each device online from {} feature(s) ({}); first score after {} windows; raises at surprise {:.2}{rate} after {} window(s) in a row, clears below {:.2} after {}",
-                    o.features.len(),
-                    o.features.join(", "),
-                    o.spec.warmup(),
-                    l.warning_at,
-                    l.raise_after,
-                    l.clear_below,
-                    l.clear_after
+                    " (about {:.2} false alerts per device-month at {n:.0} windows a month)",
+                    n * 10f64.powf(-l.warning_at)
                 )
-            })
-            .collect()
+            });
+            format!(
+                "raises at surprise {:.2}{rate} after {} window(s) in a row, clears below {:.2} after {}",
+                l.warning_at, l.raise_after, l.clear_below, l.clear_after
+            )
+        };
+        let online = self.online.iter().map(|(q, o)| {
+            format!(
+                "{q}: learns each device online from {} feature(s) ({}); first score after {} windows; {}",
+                o.features.len(),
+                o.features.join(", "),
+                o.spec.warmup(),
+                rate(&o.lifecycle, o.windows_per_month)
+            )
+        });
+        let calibrated = self.rated.iter().map(|(q, n)| {
+            let l = &self.lifecycles[q];
+            format!(
+                "{q}: scores with a trained model as a surprise ('{}'); {}",
+                l.score_column,
+                rate(l, Some(*n))
+            )
+        });
+        online.chain(calibrated).collect()
     }
 
     /// The alert lifecycle of each query whose sink has one, by query name, with its
-    /// threshold resolved (an online detector's comes from its `false_alerts` rate).
+    /// threshold resolved (from a `false_alerts` rate where one gives it).
     pub fn lifecycles(&self) -> BTreeMap<String, forewarn_alerts::LifecycleSpec> {
-        self.queries
-            .iter()
-            .filter_map(|q| {
-                let spec = match self.online.get(&q.name) {
-                    Some(o) => Some(o.lifecycle.clone()),
-                    None => self.sinks[&q.sink].1.clone(),
-                };
-                spec.map(|s| (q.name.clone(), s))
-            })
-            .collect()
+        self.lifecycles.clone()
     }
 
     /// Names of the queries.

@@ -255,11 +255,11 @@ impl Runtime {
             })
             .collect();
         for q in &p.queries {
-            let (sink, mut spec) = p.sinks[&q.sink].clone();
+            let sink = p.sinks[&q.sink].clone();
+            let spec = p.lifecycles.get(&q.name).cloned();
             let device_column = p.device_columns[&q.name].clone();
             let mut model = (q.models.len() == 1).then(|| q.models[0].clone());
             let online = p.online.get(&q.name).map(|b| {
-                spec = Some(b.lifecycle.clone());
                 model = Some("online".to_string());
                 OnlineDetectors::new(b.spec.clone(), b.features.clone())
             });

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod online;
 mod pca;
 mod registry;
+pub mod score_tail;
 mod svm;
 pub mod tail;
 
@@ -26,11 +27,15 @@ pub use gmm::GmmParams;
 pub use online::{OnlineDetectors, OnlineSpec, OnlineState, Surprise};
 pub use pca::{PcaParams, PcaStatistic};
 pub use registry::{ModelRegistry, ReloadReport};
+pub use score_tail::ScoreTail;
 pub use svm::OcsvmParams;
 
 /// Version of the model file format this build writes and the newest it reads.
 /// Version 2 added the PCA, k-means, kNN, one-class SVM and robust kinds, and `key`.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// Why a model cannot give surprises.
+pub const NO_TAIL: &str = "it keeps no tail of its training scores (it was trained by an earlier build): train it again with forewarn train";
 
 /// The model kinds this build reads, as written in the files' `detector.kind`.
 pub const KINDS: &[&str] = &["gmm", "pca", "kmeans", "knn", "ocsvm", "robust"];
@@ -312,6 +317,10 @@ pub struct Calibration {
     pub threshold: f64,
     /// How the threshold was chosen, e.g. `quantile 0.999 x 1.5`.
     pub method: String,
+    /// The training scores' upper tail, for scores as surprises
+    /// (`anomaly_surprise`); absent in files trained before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<ScoreTail>,
 }
 
 /// Where a model came from.
@@ -445,6 +454,7 @@ impl Model {
                 baseline: 0.0,
                 threshold: 1.0,
                 method: String::new(),
+                tail: None,
             },
             provenance: Provenance {
                 rows: data.nrows(),
@@ -484,7 +494,11 @@ impl Model {
             (Detector::Knn(k), _) => k.raw_with(z.view(), true),
             (d, _) => d.raw(z.view()),
         };
-        model.calibration = calibrate(raw, q, opts.margin);
+        let tail = ScoreTail::fit(raw.as_slice().unwrap_or(&raw.to_vec()));
+        model.calibration = Calibration {
+            tail,
+            ..calibrate(raw, q, opts.margin)
+        };
         model.check()?;
         Ok(model)
     }
@@ -628,6 +642,25 @@ impl Model {
         Ok(self.normalise(self.raw_keyed(keys, x)))
     }
 
+    /// Each row's score as a surprise: −log10 of the fraction of training windows that
+    /// scored at least as high (extrapolated beyond them), on the online detectors'
+    /// scale. NaN when a feature is missing; an error for a model without a score tail
+    /// (trained before tails were kept).
+    pub fn surprise_keyed(
+        &self,
+        keys: &[Option<&str>],
+        x: ArrayView2<f64>,
+    ) -> Result<Array1<f64>, ModelError> {
+        self.check_width(x.ncols())?;
+        let Some(tail) = &self.calibration.tail else {
+            return Err(ModelError::Invalid {
+                path: PathBuf::from(format!("model '{}'", self.name)),
+                reason: NO_TAIL.into(),
+            });
+        };
+        Ok(self.raw_keyed(keys, x).mapv(|r| tail.surprise(r)))
+    }
+
     /// Which features make row `x` anomalous: each feature's share of the score (shares
     /// sum to 1), largest first. Empty when a feature is missing.
     pub fn contributions(&self, x: &[f64]) -> Result<Vec<(String, f64)>, ModelError> {
@@ -739,6 +772,9 @@ impl Model {
                 c.baseline, c.threshold
             ));
         }
+        if let Some(t) = &c.tail {
+            t.check()?;
+        }
         if self.key.is_some() && !matches!(self.detector, Detector::Robust(_)) {
             return Err("only robust models can be keyed".into());
         }
@@ -818,6 +854,7 @@ fn calibrate(raw: Array1<f64>, quantile_level: f64, margin: f64) -> Calibration 
         baseline,
         threshold,
         method: format!("median .. quantile {quantile_level} of training scores, x {margin}"),
+        tail: None,
     }
 }
 

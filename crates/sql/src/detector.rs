@@ -133,7 +133,12 @@ pub(crate) fn online_options(
     map: &BTreeMap<String, String>,
 ) -> Result<Option<OnlineDecl>, (&'static str, String)> {
     let Some(kind) = map.get("detector") else {
-        if let Some(k) = DETECTOR_OPTIONS.iter().find(|k| map.contains_key(**k)) {
+        // false_alerts also sets the threshold on a trained model's surprise.
+        if let Some(k) = DETECTOR_OPTIONS
+            .iter()
+            .filter(|k| **k != "false_alerts")
+            .find(|k| map.contains_key(**k))
+        {
             return Err((
                 k,
                 format!(
@@ -153,12 +158,7 @@ pub(crate) fn online_options(
             ))
         }
     };
-    if map.contains_key("warning_at") && map.contains_key("false_alerts") {
-        return Err((
-            "false_alerts",
-            "give the threshold once: false_alerts (a rate the engine turns into a score) or warning_at (the score itself)".into(),
-        ));
-    }
+    one_threshold(map)?;
     let span = |k: &'static str, default: Span| match map.get(k) {
         None => Ok(default),
         Some(v) => Span::parse(v).map_err(|e| (k, format!("{k} = {e}"))),
@@ -189,6 +189,81 @@ pub(crate) fn online_options(
         horizon: span("horizon", DEFAULT_HORIZON)?,
         false_alerts,
     }))
+}
+
+/// `warning_at` and `false_alerts` both give the threshold: only one may be given.
+fn one_threshold(map: &BTreeMap<String, String>) -> Result<(), (&'static str, String)> {
+    if map.contains_key("warning_at") && map.contains_key("false_alerts") {
+        return Err((
+            "false_alerts",
+            "give the threshold once: false_alerts (a rate the engine turns into a score) or warning_at (the score itself)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `false_alerts` on a sink without a detector, in false alerts per device per 30 days:
+/// the threshold on a score that is a surprise (`anomaly_surprise`), derived once the
+/// query's window is known ([`bind_calibrated`]).
+pub(crate) fn calibrated_rate(
+    map: &BTreeMap<String, String>,
+) -> Result<Option<f64>, (&'static str, String)> {
+    if map.contains_key("detector") {
+        return Ok(None);
+    }
+    one_threshold(map)?;
+    map.get("false_alerts")
+        .map(|v| rate(v).map_err(|e| ("false_alerts", e)))
+        .transpose()
+}
+
+/// Resolves the threshold of a lifecycle whose score is a surprise from `rate` (false
+/// alerts per device-month) and the query's window slide. Unless `given`, the rest is
+/// as for `detector = 'online'`: 3 windows in a row raise, 10 below half a decade under
+/// the threshold clear. Errors name the option.
+pub(crate) fn bind_calibrated(
+    rate: f64,
+    window: &WindowSpec,
+    mut lifecycle: LifecycleSpec,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<(LifecycleSpec, f64), (&'static str, String)> {
+    let Some(slide) = slide(window) else {
+        return Err((
+            "false_alerts",
+            "session windows have no fixed rate, so false_alerts cannot be turned into a score: give warning_at (a surprise, e.g. '5')".into(),
+        ));
+    };
+    let n = 30.0 * 86_400_000.0 / slide as f64;
+    let (raise_after, clear_after, clear_offset) = OnlineKind::Persistent.lifecycle();
+    if !given("raise_after") {
+        lifecycle.raise_after = raise_after;
+    }
+    if !given("clear_after") {
+        lifecycle.clear_after = clear_after;
+    }
+    lifecycle.warning_at = forewarn_scorer::online::threshold_for(rate, n);
+    if !given("clear_below") {
+        lifecycle.clear_below = lifecycle.warning_at - clear_offset;
+    }
+    if lifecycle.clear_below > lifecycle.warning_at {
+        return Err((
+            "clear_below",
+            format!(
+                "clear_below ({}) must not exceed the threshold false_alerts gives ({:.2})",
+                lifecycle.clear_below, lifecycle.warning_at
+            ),
+        ));
+    }
+    if let Some(a) = lifecycle.alarm_at.filter(|a| *a < lifecycle.warning_at) {
+        return Err((
+            "alarm_at",
+            format!(
+                "alarm_at ({a}) must not be below the threshold false_alerts gives ({:.2})",
+                lifecycle.warning_at
+            ),
+        ));
+    }
+    Ok((lifecycle, n))
 }
 
 /// An online detector bound to the query that feeds it.

@@ -139,6 +139,7 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                 format: "json".into(),
                 lifecycle: None,
                 online: None,
+                false_alerts: None,
                 device_column: key,
                 file: q.file.clone(),
                 option_at: Default::default(),
@@ -188,9 +189,7 @@ pub fn scored_models(set: &QuerySet) -> Result<Vec<String>, SqlError> {
 
 fn calls_score(e: &Expr) -> bool {
     visit_expressions(e, |x| match x {
-        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("anomaly_score") => {
-            ControlFlow::Break(())
-        }
+        Expr::Function(f) if is_score_function(&f.name.to_string()) => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),
     })
     .is_break()
@@ -222,10 +221,16 @@ fn conjuncts(e: Expr) -> Vec<Expr> {
     }
 }
 
-/// An `anomaly_score('model', args...)` call: the model name and the arguments after it.
+/// `anomaly_score` or `anomaly_surprise`: the calls whose arguments are a model's features.
+pub(crate) fn is_score_function(name: &str) -> bool {
+    name.eq_ignore_ascii_case("anomaly_score") || name.eq_ignore_ascii_case("anomaly_surprise")
+}
+
+/// An `anomaly_score('model', args...)` (or `anomaly_surprise`) call: the model name and
+/// the arguments after it.
 fn score_call(e: &Expr) -> Option<(String, Vec<Expr>)> {
     let Expr::Function(f) = e else { return None };
-    if !f.name.to_string().eq_ignore_ascii_case("anomaly_score") {
+    if !is_score_function(&f.name.to_string()) {
         return None;
     }
     let FunctionArguments::List(l) = &f.args else {

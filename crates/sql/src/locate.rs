@@ -15,7 +15,12 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Wor
 use crate::error::did_you_mean;
 
 /// Functions whose first argument names a model.
-const MODEL_FUNCTIONS: [&str; 3] = ["anomaly_score", "is_anomaly", "top_contributors"];
+const MODEL_FUNCTIONS: [&str; 4] = [
+    "anomaly_score",
+    "anomaly_surprise",
+    "is_anomaly",
+    "top_contributors",
+];
 
 /// What the planner knows about functions, for suggestions and for telling aggregate
 /// calls from scalar ones.

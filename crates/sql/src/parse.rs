@@ -105,6 +105,9 @@ pub struct SinkDecl {
     /// `detector = 'online'`: the sink scores each device's windows itself, against
     /// what it learned from that device's earlier windows (implies a lifecycle).
     pub online: Option<crate::detector::OnlineDecl>,
+    /// `false_alerts` without a detector: the lifecycle's threshold on a score that is a
+    /// surprise (`anomaly_surprise`), as false alerts per device per 30 days.
+    pub false_alerts: Option<f64>,
     /// The result column naming the device (`device_column = '...'`), when given; see
     /// [`crate::bind_sink`] for how it is found otherwise.
     pub device_column: Option<String>,
@@ -460,13 +463,16 @@ impl QuerySet {
                     ));
                 }
             }
-            let online = crate::detector::online_options(
-                &map.iter()
-                    .map(|(k, (v, _))| (k.clone(), v.clone()))
-                    .collect(),
-            )
-            .map_err(|(k, m)| err(file, text, map[k].1, m))?;
-            let lifecycle = lifecycle_options(file, text, &map, online.is_some())?;
+            let values = map
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect();
+            let online = crate::detector::online_options(&values)
+                .map_err(|(k, m)| err(file, text, map[k].1, m))?;
+            let false_alerts = crate::detector::calibrated_rate(&values)
+                .map_err(|(k, m)| err(file, text, map[k].1, m))?;
+            let lifecycle =
+                lifecycle_options(file, text, &map, online.is_some() || false_alerts.is_some())?;
             self.sinks.insert(
                 name.to_string(),
                 SinkDecl {
@@ -475,6 +481,7 @@ impl QuerySet {
                     format,
                     lifecycle,
                     online,
+                    false_alerts,
                     device_column: get("device_column"),
                     file: file.to_string(),
                     option_at: map
@@ -1125,16 +1132,17 @@ const SINK_OPTIONS: &[&str] = &[
 /// The lifecycle part of [`SINK_OPTIONS`].
 const LIFECYCLE_OPTIONS: &[&str] = SINK_OPTIONS.split_at(4).1;
 
-/// The sink's lifecycle options, if `warning_at` is given or the sink has an online
-/// detector (whose threshold, unless `warning_at` gives it, comes from `false_alerts`
-/// once the query's window is known: NaN until then).
+/// The sink's lifecycle options, if `warning_at` is given or the threshold comes from
+/// `false_alerts` (`rated`: an online detector, or a surprise score), once the query's
+/// window is known (NaN until then).
 fn lifecycle_options(
     file: &str,
     text: &str,
     map: &BTreeMap<String, (String, Location)>,
-    online: bool,
+    rated: bool,
 ) -> Result<Option<LifecycleSpec>, SqlError> {
-    if !map.contains_key("warning_at") && !online {
+    let online = map.contains_key("detector");
+    if !map.contains_key("warning_at") && !rated {
         if let Some(k) = LIFECYCLE_OPTIONS
             .iter()
             .filter(|k| !crate::detector::DETECTOR_OPTIONS.contains(k))

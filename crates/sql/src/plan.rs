@@ -131,6 +131,9 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::new(models.clone())));
+    ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::surprise(
+        models.clone(),
+    )));
     ctx.register_udf(ScalarUDF::new_from_impl(AnomalyScore::is_anomaly(
         models.clone(),
     )));
@@ -195,7 +198,7 @@ pub async fn compile(
             node.apply_expressions(|e| {
                 e.apply(|x| {
                     if let LExpr::ScalarFunction(f) = x {
-                        if f.name() == "anomaly_score" {
+                        if crate::features::is_score_function(f.name()) {
                             if let Some(LExpr::Literal(ScalarValue::Utf8(Some(m)), _)) =
                                 f.args.first()
                             {

@@ -145,16 +145,23 @@ pub fn bind_sink(
             let online = bind_online(sink, decl, spec, query, &device, &err, &unknown)?;
             return Ok(SinkBinding {
                 device_column: device,
+                lifecycle: Some(online.lifecycle.clone()),
                 online: Some(online),
+                rated: None,
             });
         }
         let score = spec.score_column.as_str();
+        let threshold_option = if sink.false_alerts.is_some() {
+            "false_alerts"
+        } else {
+            "warning_at"
+        };
         let Some(field) = query.output_schema.fields().find(score).map(|(_, f)| f) else {
             return Err(if sink.option_at.contains_key("score") {
                 unknown("score", score)
             } else {
                 err(
-                    "warning_at",
+                    threshold_option,
                     format!(
                         "the lifecycle reads each window's score from column '{score}', which query '{}' does not select {listed}: select it (... AS {score}) or add score = '<column>'",
                         query.name
@@ -166,7 +173,7 @@ pub fn bind_sink(
             let option = if sink.option_at.contains_key("score") {
                 "score"
             } else {
-                "warning_at"
+                threshold_option
             };
             return Err(err(
                 option,
@@ -177,10 +184,45 @@ pub fn bind_sink(
                 ),
             ));
         }
+        let Some(rate) = sink.false_alerts else {
+            return Ok(SinkBinding {
+                device_column: device,
+                lifecycle: Some(spec.clone()),
+                online: None,
+                rated: None,
+            });
+        };
+        // A rate can only be turned into a threshold on a score that is a probability.
+        let surprise = field
+            .metadata()
+            .get(crate::udf::SCORE_SCALE_KEY)
+            .map(String::as_str)
+            == Some(crate::udf::SURPRISE);
+        if !surprise {
+            return Err(err(
+                "false_alerts",
+                format!(
+                    "false_alerts needs a score that is a surprise (−log10 of a probability), but the score column '{score}' of query '{}' is not one: compute it with anomaly_surprise('model', ...) instead of anomaly_score, give warning_at instead, or let the sink learn online (detector = 'online')",
+                    query.name
+                ),
+            ));
+        }
+        let given = |k: &str| sink.option_at.contains_key(k);
+        let (lifecycle, n) =
+            crate::detector::bind_calibrated(rate, &query.window, spec.clone(), &given)
+                .map_err(|(k, m)| err(k, m))?;
+        return Ok(SinkBinding {
+            device_column: device,
+            lifecycle: Some(lifecycle),
+            online: None,
+            rated: Some(n),
+        });
     }
     Ok(SinkBinding {
         device_column: device,
+        lifecycle: None,
         online: None,
+        rated: None,
     })
 }
 
@@ -189,8 +231,14 @@ pub fn bind_sink(
 pub struct SinkBinding {
     /// The result column naming each row's device.
     pub device_column: String,
+    /// The sink's alert lifecycle for this query's rows, its threshold resolved (from
+    /// `false_alerts` and the query's window slide where the rate gives it).
+    pub lifecycle: Option<LifecycleSpec>,
     /// The sink's online detector, resolved against the query's window and columns.
     pub online: Option<OnlineBinding>,
+    /// Windows a device closes in 30 days, when the threshold on a trained model's
+    /// surprise came from a `false_alerts` rate.
+    pub rated: Option<f64>,
 }
 
 /// Checks an online detector against the query's columns: its features are numeric

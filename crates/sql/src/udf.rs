@@ -1,4 +1,6 @@
 //! `anomaly_score('model', f1, f2, ...)`: scores rows with a model from the registry;
+//! `anomaly_surprise('model', f1, f2, ...)`: the score as a surprise, −log10 of the
+//! fraction of training windows scoring at least as high (the online detectors' scale);
 //! `is_anomaly('model', f1, f2, ...)`: whether the score is above the threshold (1.0);
 //! `top_contributors('model', f1, f2, ...)`: says which features make the score.
 //! Keyed models (per-device baselines) take the key first: `('model', device, f1, ...)`.
@@ -25,7 +27,15 @@ enum Output {
     Contributors,
     /// `is_anomaly`: score above 1.0.
     IsAnomaly,
+    /// `anomaly_surprise`: −log10 of the training windows' exceedance fraction.
+    Surprise,
 }
+
+/// Field metadata key marking a result column as a surprise (−log10 of a probability),
+/// so that a sink can turn a false-alert rate into a threshold on it.
+pub const SCORE_SCALE_KEY: &str = "forewarn.score_scale";
+/// [`SCORE_SCALE_KEY`]'s value for surprises.
+pub const SURPRISE: &str = "surprise";
 
 /// The scoring function. Values above 1.0 are anomalous; NULL when a feature is NULL.
 /// Also, as [`AnomalyScore::top_contributors`], the explanation function.
@@ -55,6 +65,16 @@ impl AnomalyScore {
     pub fn top_contributors(models: Arc<ModelRegistry>) -> Self {
         AnomalyScore {
             output: Output::Contributors,
+            ..Self::new(models)
+        }
+    }
+
+    /// `anomaly_surprise('model', f1, ...)`: the model's score as a surprise, −log10 of
+    /// the fraction of its training windows that scored at least as high; NULL when a
+    /// feature is NULL. Needs a model trained with its score tail.
+    pub fn surprise(models: Arc<ModelRegistry>) -> Self {
+        AnomalyScore {
+            output: Output::Surprise,
             ..Self::new(models)
         }
     }
@@ -93,7 +113,7 @@ fn model_name(arg: Option<&ScalarValue>) -> Option<&str> {
 impl AnomalyScore {
     fn data_type(&self) -> DataType {
         match self.output {
-            Output::Score => DataType::Float64,
+            Output::Score | Output::Surprise => DataType::Float64,
             Output::Contributors => DataType::Utf8,
             Output::IsAnomaly => DataType::Boolean,
         }
@@ -106,6 +126,7 @@ impl ScalarUDFImpl for AnomalyScore {
             Output::Score => "anomaly_score",
             Output::Contributors => "top_contributors",
             Output::IsAnomaly => "is_anomaly",
+            Output::Surprise => "anomaly_surprise",
         }
     }
     fn signature(&self) -> &Signature {
@@ -155,6 +176,18 @@ impl ScalarUDFImpl for AnomalyScore {
                     f.data_type()
                 );
             }
+        }
+        if self.output == Output::Surprise {
+            if model.calibration.tail.is_none() {
+                return plan_err!(
+                    "anomaly_surprise cannot use model '{name}': {}",
+                    forewarn_scorer::NO_TAIL
+                );
+            }
+            let meta = [(SCORE_SCALE_KEY.to_string(), SURPRISE.to_string())];
+            return Ok(Arc::new(
+                Field::new(self.name(), self.data_type(), true).with_metadata(meta.into()),
+            ));
         }
         Ok(Arc::new(Field::new(self.name(), self.data_type(), true)))
     }
@@ -222,7 +255,10 @@ impl ScalarUDFImpl for AnomalyScore {
             }
             return Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))));
         }
-        let scores = if keys.is_some() {
+        let scores = if self.output == Output::Surprise {
+            let k: Vec<Option<&str>> = (0..n).map(key_of).collect();
+            model.surprise_keyed(&k, x.view())
+        } else if keys.is_some() {
             let k: Vec<Option<&str>> = (0..n).map(key_of).collect();
             model.score_keyed(&k, x.view())
         } else {

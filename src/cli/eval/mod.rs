@@ -209,7 +209,7 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         })
     };
     match (a.protocol.as_deref(), &a.data) {
-        (Some("skab"), _) if rule::online(&set) => skab::skab_rule(&a, &set, &dir()?).await,
+        (Some("skab"), _) if rule::deployed(&set) => skab::skab_rule(&a, &set, &dir()?).await,
         (Some("skab"), _) => {
             let name = model_name(&set, a.model.as_deref())?;
             skab::skab(&a, &set, &name, &dir()?).await
@@ -217,7 +217,7 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         (Some("nab"), _) => nab::nab(&a, &set, &dir()?).await,
         (Some("cmapss"), _) => cmapss::cmapss(&a, &set, &dir()?).await,
         (Some(p), _) => bail!("unknown protocol '{p}' (known: nab, cmapss, skab)"),
-        (None, Some(data)) if rule::online(&set) => labelled_rule(&a, &set, data).await,
+        (None, Some(data)) if rule::deployed(&set) => labelled_rule(&a, &set, data).await,
         (None, Some(data)) => {
             let name = model_name(&set, a.model.as_deref())?;
             labelled(&a, &set, &name, data).await
@@ -320,7 +320,7 @@ async fn labelled_rule(
             cleared: episodes.iter().filter_map(|e| e.1).collect(),
         });
     }
-    let f = figures("online (rule)", c, &d);
+    let f = figures(rule::label(set), c, &d);
     println!(
         "{}: {} readings, {} windows scored by the rule as deployed; a reading is flagged while its device is in alert",
         data.display(),

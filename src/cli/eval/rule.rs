@@ -186,9 +186,22 @@ pub fn write_windows(path: &Path, runs: &[(String, &RuleRun)]) -> anyhow::Result
     Ok(())
 }
 
-/// Whether a sink of `set` learns online (`detector = 'online'`).
-pub fn online(set: &QuerySet) -> bool {
-    set.sinks.values().any(|s| s.online.is_some())
+/// Whether a sink of `set` learns online (`detector = 'online'`) or takes its threshold
+/// from a false-alert rate (`false_alerts` on a trained model's surprise): then `eval`
+/// judges what the lifecycle publishes.
+pub fn deployed(set: &QuerySet) -> bool {
+    set.sinks
+        .values()
+        .any(|s| s.online.is_some() || s.false_alerts.is_some())
+}
+
+/// How the figures name the rule: `online (rule)` or `trained (rule)`.
+pub fn label(set: &QuerySet) -> &'static str {
+    if set.sinks.values().any(|s| s.online.is_some()) {
+        "online (rule)"
+    } else {
+        "trained (rule)"
+    }
 }
 
 /// Benchmarks judge the rule's alerts, so its sink needs a lifecycle.

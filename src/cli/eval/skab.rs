@@ -231,7 +231,7 @@ pub(super) async fn skab_rule(
         }
         runs.push((name, run));
     }
-    let f = figures("online (rule)", pooled, &delays);
+    let f = figures(rule::label(set), pooled, &delays);
     println!(
         "SKAB protocol, the rule as deployed: {} files, first {} readings of each are warm-up, {} test rows; a reading is flagged while its device is in alert; point-wise metrics pooled over files",
         files.len(),
