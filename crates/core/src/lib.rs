@@ -349,6 +349,14 @@ impl Watermark {
         self.advance_to(Millis::MAX);
     }
 
+    /// Puts the watermark at `t`, even below where it stood: after the end of input
+    /// moved it to the end of time and closed every window, it rests at the end of the
+    /// last window closed, so a checkpoint taken then continues after those windows
+    /// instead of at the end of time.
+    pub fn rest_at(&mut self, t: Millis) {
+        self.floor = Some(t);
+    }
+
     /// The largest event time seen, over all keys.
     pub fn max_seen(&self) -> Option<Millis> {
         self.max_seen

@@ -971,7 +971,11 @@ impl PipelineHandle {
     }
 
     /// Ends the input: closes every open window, emits the last results and stops.
-    /// Returns the pipeline's error if it failed.
+    /// With checkpoints, the last checkpoint is taken after the windows closed: a later
+    /// start from the same directory continues after them, so a reading that falls in a
+    /// window already emitted is late (counted), never a second, different version of
+    /// that window under the same id. To stop and continue the open windows later, use
+    /// [`shutdown`](Self::shutdown). Returns the pipeline's error if it failed.
     pub async fn finish(&self) -> Result<EngineStats, EngineError> {
         let (tx, rx) = oneshot::channel();
         let sent = self.send(Input::Finish(tx)).await;

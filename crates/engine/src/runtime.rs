@@ -527,12 +527,13 @@ impl Runtime {
                         self.flush_all().await?;
                         let _ = done.send(());
                     }
-                    // The checkpoint comes first: it holds the open windows, so a later
-                    // start with the same directory continues them (a checkpoint taken after
-                    // closing everything would put the watermark at the end of time).
+                    // The end of input closes every window, then checkpoints: a later start
+                    // with the same directory continues after the windows already emitted
+                    // (readings for them are late), so one id never stands for two
+                    // versions of a window.
                     Some(Input::Finish(done)) => {
-                        self.checkpoint().await?;
                         self.finish().await?;
+                        self.checkpoint().await?;
                         let _ = done.send(());
                         return Ok(());
                     }
@@ -546,8 +547,8 @@ impl Runtime {
                         return Ok(());
                     }
                     None => {
-                        self.checkpoint().await?;
-                        return self.finish().await;
+                        self.finish().await?;
+                        return self.checkpoint().await;
                     }
                 },
                 _ = tick.tick() => {

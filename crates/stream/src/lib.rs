@@ -759,9 +759,19 @@ impl WindowOperator {
 
     /// Ends the input: closes every open window.
     pub async fn finish(&mut self) -> Result<Processed, StreamError> {
+        let before = self.watermark.current();
         self.watermark.advance_to_end();
         let mut out = Processed::default();
         self.close_ready(&mut out).await?;
+        // Every window is closed and emitted. Rest where the last of them ended: a
+        // snapshot taken now continues after them (their readings arriving later are
+        // late, not a second, different version of a window already emitted), and later
+        // windows still open normally.
+        let rest = out.results.iter().map(|r| r.window.end).chain(before).max();
+        if let Some(r) = rest {
+            self.watermark.rest_at(r);
+            self.closed_until = Some(r);
+        }
         Ok(out)
     }
 
