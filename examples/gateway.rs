@@ -1,7 +1,10 @@
 //! A gateway embedding Forewarn: no broker, the caller's tokio runtime, readings pushed
 //! in as JSON and as an Arrow batch, alerts read from a channel.
 //!
-//! Run from the repository root: `cargo run --example gateway`.
+//! Run from the repository root: `cargo run --example gateway`. As a crate of your own
+//! it needs `forewarn = { version = "0.1", default-features = false }` and
+//! `tokio = { version = "1", features = ["macros", "rt-multi-thread"] }`, and the
+//! repository's `queries/` and `models/` folders beside it.
 
 use std::sync::Arc;
 
@@ -42,16 +45,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     // Two minutes of a healthy pump, one reading every 5 s, as JSON messages.
-    let start = forewarn_core::parse_rfc3339("2026-01-05T06:00:00Z").expect("valid time");
+    let start = forewarn::parse_rfc3339("2026-01-05T06:00:00Z").expect("valid time");
     for i in 0..24 {
-        let reading = serde_json::json!({
-            "ts": start + i * 5_000, "vibration": 2.2, "kurtosis": 3.0, "temperature": 40.5,
-            "motor_current": 35.0, "pressure": 4.3, "load": 0.75, "ambient": 20.0
-        });
+        let reading = format!(
+            r#"{{"ts": {}, "vibration": 2.2, "kurtosis": 3.0, "temperature": 40.5,
+                "motor_current": 35.0, "pressure": 4.3, "load": 0.75, "ambient": 20.0}}"#,
+            start + i * 5_000
+        );
         handle
             .push_json(
                 "plant/site1/line1/pump-0001/telemetry",
-                serde_json::to_vec(&reading)?,
+                reading.into_bytes(),
             )
             .await?;
     }

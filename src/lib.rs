@@ -12,6 +12,8 @@
 /// The Arrow version Forewarn is built on, for building `RecordBatch`es to push.
 pub use datafusion::arrow;
 pub use forewarn_alerts::{Health, TransitionKind};
+/// Event time as epoch milliseconds from RFC 3339 text and back, as readings carry it.
+pub use forewarn_core::{format_rfc3339, parse_rfc3339};
 pub use forewarn_engine::{
     verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
     DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,

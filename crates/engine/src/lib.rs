@@ -3,24 +3,36 @@
 //! This is the embeddable API. It needs no broker and no global state: build a
 //! [`Pipeline`] from query files and models, [`Pipeline::start`] it inside your tokio
 //! runtime, push readings through the [`PipelineHandle`] (JSON bytes with their
-//! topic, or Arrow batches), and read [`Output`]s (alerts and dead letters) from the
-//! receiver. Memory is bounded by the channel capacities, the micro-batch size and
-//! the open windows' aggregate state.
+//! topic, or Arrow batches), and read [`Output`]s from the receiver: result rows of
+//! sinks without a lifecycle (`Output::Alert`), a lifecycle's state changes
+//! (`Output::Transition`) and device states (`Output::State`), and dead letters. Read
+//! them while pushing: the channel is bounded, and the pipeline waits for room. Memory
+//! is bounded by the channel capacities, the micro-batch size and the open windows'
+//! aggregate state.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), forewarn_engine::EngineError> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use forewarn_engine::{Output, Pipeline};
 //! let pipeline = Pipeline::builder()
-//!     .query_file("queries/pump_health.sql")
+//!     .query_file("queries/plant_health.sql")
 //!     .models_dir("models")
 //!     .build()
 //!     .await?;
 //! let (handle, mut outputs) = pipeline.start();
+//! let reader = tokio::spawn(async move {
+//!     while let Some(out) = outputs.recv().await {
+//!         match out {
+//!             Output::Transition { message, .. } => println!("{} {:?}", message.device, message.transition),
+//!             Output::State { state, .. } => println!("{} {:?}", state.device, state.state),
+//!             Output::Alert { alert, .. } => println!("{} {:?}", alert.device, alert.score),
+//!             Output::DeadLetter { letter, .. } => println!("refused: {}", letter.reason),
+//!         }
+//!     }
+//! });
 //! handle.push_json("plant/s1/l1/pump-0001/telemetry", br#"{"ts": 0, "vibration": 1.0}"#.to_vec()).await?;
 //! handle.finish().await?;
-//! while let Some(out) = outputs.recv().await {
-//!     if let Output::Alert { alert, .. } = out { println!("{}", alert.device); }
-//! }
+//! drop(handle);
+//! reader.await?; // the channel ends once the pipeline has stopped
 //! # Ok(()) }
 //! ```
 
