@@ -393,3 +393,90 @@ async fn a_large_fleet_window_arrives_whole_through_a_small_channel() {
         );
     }
 }
+
+/// `max_devices` holds for every input: pushed Arrow batches and device ids read from
+/// the payload are admitted row by row like topics naming the device, and the rows of a
+/// device beyond the limit are dead-lettered as `too_many_devices`, each with its row.
+#[tokio::test]
+async fn max_devices_holds_for_batches_and_payload_ids() {
+    const SQL: &str = "CREATE TABLE readings (device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH (connector = 'mqtt', topic = 'plant/readings');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+INSERT INTO out SELECT device, window_start, count(*) AS n
+FROM readings GROUP BY tumble(interval '10 seconds'), device;";
+    let config = forewarn::EngineConfig {
+        max_devices: 2,
+        wall_clock: false,
+        ..Default::default()
+    };
+    let p = Pipeline::builder()
+        .query_sql("q.sql", SQL)
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    // Devices d0..d5 in one batch (d0 twice), then d1 and d6 as JSON with the id in the
+    // payload.
+    const BASE: i64 = 1_700_000_000_000;
+    let devices = ["d0", "d1", "d2", "d0", "d3", "d4", "d5"];
+    let n = devices.len();
+    let batch = RecordBatch::try_new(
+        p_schema(),
+        vec![
+            Arc::new(StringArray::from(devices.to_vec())),
+            Arc::new(TimestampMillisecondArray::from(vec![BASE; n])),
+            Arc::new(Float64Array::from(vec![1.0; n])),
+        ],
+    )
+    .unwrap();
+    h.push_batch("readings", batch).await.unwrap();
+    for d in ["d1", "d6"] {
+        let msg = format!(r#"{{"device": "{d}", "ts": {}, "v": 1}}"#, BASE + 1000);
+        h.push_json("plant/readings", msg.into_bytes())
+            .await
+            .unwrap();
+    }
+    let stats = h.finish().await.unwrap();
+    drop(h);
+    let (mut counts, mut refused) = (std::collections::BTreeMap::new(), Vec::new());
+    while let Some(o) = rx.recv().await {
+        match o {
+            Output::Alert { alert, .. } => {
+                counts.insert(alert.device.clone(), alert.features["n"].as_i64().unwrap());
+            }
+            Output::DeadLetter { letter, .. } => {
+                assert_eq!(letter.reason, "too_many_devices", "{letter:?}");
+                refused.push((letter.index, letter.source_topic.clone()));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        counts,
+        [("d0".into(), 2), ("d1".into(), 2)].into(),
+        "{counts:?}"
+    );
+    // Batch rows 2, 4, 5, 6 (d2, d3, d4, d5), then the d6 message.
+    assert_eq!(
+        refused,
+        [
+            (Some(2), String::new()),
+            (Some(4), String::new()),
+            (Some(5), String::new()),
+            (Some(6), String::new()),
+            (None, "plant/readings".into())
+        ]
+    );
+    assert_eq!(stats.readings_in, 9, "{stats:?}");
+}
+
+fn p_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("device", DataType::Utf8, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        Field::new("v", DataType::Float64, true),
+    ]))
+}

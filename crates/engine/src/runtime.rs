@@ -111,6 +111,10 @@ struct Source {
     device_from_topic: Option<(TopicTemplate, Option<String>)>,
     /// Devices admitted so far (at most `max_devices`).
     devices: std::collections::HashSet<String>,
+    /// The columns naming a row's device, for admitting the rows of pushed batches and
+    /// of messages whose device is in the payload: the `device` column, else the topic's
+    /// captures (joined with `/`, as the topic check joins them). Empty: one device.
+    device_key: Vec<usize>,
     /// Where each buffered reading came from: its message's topic and its position in
     /// an array message (for the dead letter of a reading the windows refuse).
     origins: Vec<Origin>,
@@ -250,6 +254,7 @@ impl Runtime {
                             (t.clone(), cap)
                         }),
                     devices: Default::default(),
+                    device_key: device_key(s),
                     origins: Vec::new(),
                 }
             })
@@ -927,7 +932,96 @@ impl Runtime {
                 index: Some(k),
             })
             .collect();
+        let (batch, origins) = self.admit_rows(i, batch, origins).await;
         self.process(i, batch, origins).await
+    }
+
+    /// The rows of `batch` whose device source `i` has admitted or can still admit;
+    /// the others are dead-lettered as `too_many_devices`. Messages whose topic names
+    /// the device were admitted before decoding; this covers pushed batches and device
+    /// ids read from the payload.
+    async fn admit_rows(
+        &mut self,
+        i: usize,
+        batch: RecordBatch,
+        origins: Vec<Origin>,
+    ) -> (RecordBatch, Vec<Origin>) {
+        use datafusion::arrow::array::BooleanArray;
+        use datafusion::arrow::compute::filter_record_batch;
+        let src = &mut self.sources[i];
+        if src.device_key.is_empty() || batch.num_rows() == 0 {
+            return (batch, origins);
+        }
+        let max = self.config.max_devices;
+        let text: Vec<_> = src
+            .device_key
+            .iter()
+            .map(|&c| {
+                datafusion::arrow::compute::cast(
+                    batch.column(c),
+                    &datafusion::arrow::datatypes::DataType::Utf8,
+                )
+            })
+            .collect::<Result<_, _>>()
+            .expect("a device column casts to text");
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut refused = Vec::new();
+        for row in 0..batch.num_rows() {
+            let device = text
+                .iter()
+                .map(|a| {
+                    use datafusion::arrow::array::{Array, AsArray};
+                    let a = a.as_string::<i32>();
+                    if a.is_valid(row) {
+                        a.value(row)
+                    } else {
+                        ""
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let ok = src.devices.contains(&device) || {
+                let room = src.devices.len() < max;
+                if room {
+                    src.devices.insert(device.clone());
+                }
+                room
+            };
+            if !ok {
+                refused.push((row, device));
+            }
+            keep.push(ok);
+        }
+        if refused.is_empty() {
+            return (batch, origins);
+        }
+        let source = src.name.clone();
+        for (row, device) in &refused {
+            let origin = origins.get(*row);
+            let letter = DeadLetter {
+                reason: "too_many_devices".into(),
+                detail: format!(
+                    "source '{source}' already has {max} devices (max_devices); '{device}' is refused"
+                ),
+                source_topic: origin.map_or(String::new(), |o| o.topic.to_string()),
+                source: Some(source.clone()),
+                index: origin.and_then(|o| o.index),
+                excerpt: serde_json::Value::Object(row_to_json(&batch, *row)).to_string(),
+            };
+            self.emit(Output::DeadLetter {
+                topic: format!("{}/deadletter/{source}", self.config.topic_prefix),
+                letter,
+            })
+            .await;
+        }
+        let origins = origins
+            .into_iter()
+            .zip(&keep)
+            .filter_map(|(o, k)| k.then_some(o))
+            .collect();
+        let mask = BooleanArray::from(keep);
+        let batch = filter_record_batch(&batch, &mask).expect("mask as long as the batch");
+        (batch, origins)
     }
 
     async fn flush_all(&mut self) -> Result<(), EngineError> {
@@ -941,6 +1035,11 @@ impl Runtime {
         self.sources[i].pending_since = None;
         let origins = std::mem::take(&mut self.sources[i].origins);
         match self.sources[i].decoder.flush() {
+            // A topic that names the device was admitted before decoding.
+            Some(batch) if self.sources[i].device_from_topic.is_none() => {
+                let (batch, origins) = self.admit_rows(i, batch, origins).await;
+                self.process(i, batch, origins).await
+            }
             Some(batch) => self.process(i, batch, origins).await,
             None => Ok(()),
         }
@@ -1303,4 +1402,24 @@ fn score_online(d: &mut OnlineDetectors, regime_keys: &[String], alert: &mut Ale
             .entry("explanation".to_string())
             .or_insert(serde_json::Value::String(e));
     }
+}
+
+/// The columns naming a row's device in source `s` (see `Source::device_key`), keyed
+/// as the topic check keys them: the `device` capture, else every capture, else a
+/// `device` column from the payload.
+fn device_key(s: &crate::SourceInfo) -> Vec<usize> {
+    let col = |name: &str| {
+        s.schema
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    };
+    let captures: Vec<&str> = s
+        .template
+        .as_ref()
+        .map_or(vec![], |t| t.captures().collect());
+    if captures.contains(&"device") || captures.is_empty() {
+        return col("device").into_iter().collect();
+    }
+    captures.into_iter().filter_map(col).collect()
 }
