@@ -5,6 +5,13 @@
 -- (min over the window) ignores start-up transients; temperature is taken as the
 -- rise over ambient, and load, current and pressure go in beside it, so the model
 -- learns what temperature and pressure a given load should give.
+--
+-- A casing follows a change of load with a thermal lag of about four minutes, so
+-- right after a load step its temperature says little about the new load. The
+-- temperature it is heading for is the window's mean plus the lag times its slope
+-- (a first-order lag: T_final = T + tau * dT/dt, tau = 240 s); that estimate, not the
+-- lagging reading, is compared with the load, and an overheating machine shows
+-- minutes earlier.
 
 CREATE TABLE telemetry (
   site TEXT,
@@ -56,13 +63,13 @@ INSERT INTO alerts
 SELECT device, site, window_start, window_end,
        min(vibration) AS vibration_floor,
        avg(kurtosis) AS kurtosis,
-       avg(temperature) - avg(ambient) AS temperature_rise,
+       avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient) AS temperature_rise,
        avg(load) AS load,
        avg(motor_current) AS motor_current,
        avg(pressure) AS pressure,
-       anomaly_score('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+       anomaly_score('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient),
                      avg(load), avg(motor_current), avg(pressure)) AS score,
-       top_contributors('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+       top_contributors('pump_gmm', min(vibration), avg(kurtosis), avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient),
                         avg(load), avg(motor_current), avg(pressure)) AS explanation
 FROM telemetry
 WHERE device LIKE 'pump-%' AND load > 0.3
@@ -74,12 +81,12 @@ INSERT INTO alerts
 SELECT device, site, window_start, window_end,
        min(vibration) AS vibration_floor,
        avg(kurtosis) AS kurtosis,
-       avg(temperature) - avg(ambient) AS temperature_rise,
+       avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient) AS temperature_rise,
        avg(load) AS load,
        avg(motor_current) AS motor_current,
-       anomaly_score('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+       anomaly_score('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient),
                      avg(load), avg(motor_current)) AS score,
-       top_contributors('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+       top_contributors('motor_gmm', min(vibration), avg(kurtosis), avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient),
                         avg(load), avg(motor_current)) AS explanation
 FROM telemetry
 WHERE device LIKE 'motor-%' AND load > 0.3
@@ -91,13 +98,13 @@ INSERT INTO alerts
 SELECT device, site, window_start, window_end,
        min(vibration) AS vibration_floor,
        avg(kurtosis) AS kurtosis,
-       avg(temperature) - avg(ambient) AS temperature_rise,
+       avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient) AS temperature_rise,
        avg(load) AS load,
        avg(motor_current) AS motor_current,
        avg(pressure) AS pressure,
-       anomaly_score('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+       anomaly_score('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient),
                      avg(load), avg(motor_current), avg(pressure)) AS score,
-       top_contributors('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) - avg(ambient),
+       top_contributors('compressor_gmm', min(vibration), avg(kurtosis), avg(temperature) + 240 * regr_slope(temperature, date_part('epoch', ts)) - avg(ambient),
                         avg(load), avg(motor_current), avg(pressure)) AS explanation
 FROM telemetry
 WHERE device LIKE 'compressor-%' AND load > 0.3

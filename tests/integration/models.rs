@@ -633,8 +633,8 @@ async fn false_alerts_needs_a_surprise() {
         .model(model.clone())
         .build()
         .await
-        .err()
-        .expect("refused")
+        .map(|_| ())
+        .expect_err("refused")
         .to_string();
     assert!(
         e.contains("q.sql:5:3") && e.contains("false_alerts needs a score that is a surprise"),
@@ -649,8 +649,8 @@ async fn false_alerts_needs_a_surprise() {
         .model(old)
         .build()
         .await
-        .err()
-        .expect("refused")
+        .map(|_| ())
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("keeps no tail of its training scores"), "{e}");
 }
