@@ -461,7 +461,7 @@ fn skab_protocol_beats_the_published_best() {
         "--kind",
         "pca",
         "--margin",
-        "3",
+        "4",
         "--json",
         &out.display().to_string(),
     ]);
@@ -474,8 +474,9 @@ fn skab_protocol_beats_the_published_best() {
     );
     let pca = &v["kinds"][0];
     let (f1, far) = (pca["f1"].as_f64().unwrap(), pca["far"].as_f64().unwrap());
-    // Conv-AE, the best published: F1 0.78 with FAR 13.55 %.
-    assert!(f1 > 0.78 && far < 13.55, "{stdout}");
+    // Forewarn's target: F1 at least 0.80 with FAR under 10 % (Conv-AE, the best
+    // published: F1 0.78 with FAR 13.55 %).
+    assert!(f1 > 0.80 && far < 10.0, "{stdout}");
 }
 
 /// The shipped C-MAPSS rule, as deployed (the sink's online detector, its documented
