@@ -616,6 +616,33 @@ async fn a_trained_models_surprise_takes_its_threshold_from_a_false_alert_rate()
         )],
         "{raised:?}"
     );
+
+    // With every window row emitted (what `eval --windows` and `--plot` read), a row's
+    // score is the one the lifecycle judges, from the sink's score column.
+    let p = Pipeline::builder()
+        .query_sql("q.sql", SURPRISE_SQL)
+        .model(model.clone())
+        .config(EngineConfig {
+            window_rows: true,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    h.push_json("w/p1", format!(r#"{{"ts":{BASE},"v":2.5}}"#).into_bytes())
+        .await
+        .unwrap();
+    h.finish().await.unwrap();
+    drop(h);
+    let mut rows = 0;
+    while let Some(o) = rx.recv().await {
+        if let Output::Alert { alert, .. } = o {
+            assert_eq!(alert.score, Some(far(2.5)), "{alert:?}");
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 1);
 }
 
 #[tokio::test]

@@ -1282,16 +1282,19 @@ impl Runtime {
             if let Some(d) = op.online.as_mut() {
                 score_online(d, &op.regime_keys, &mut alert);
             }
-            if window_rows {
-                outs.push(Output::Alert {
-                    topic: topic.clone(),
-                    alert: alert.clone(),
-                });
-            }
             let score = match lifecycle.spec().score_column.as_str() {
                 "score" => alert.score,
                 c => alert.features.get(c).and_then(|v| v.as_f64()),
             };
+            if window_rows {
+                // The row with the score the lifecycle judges, whatever its column.
+                let mut row = alert.clone();
+                row.score = score;
+                outs.push(Output::Alert {
+                    topic: topic.clone(),
+                    alert: row,
+                });
+            }
             let evidence = WindowEvidence {
                 start_ms: window.start,
                 end_ms: window.end,

@@ -263,7 +263,69 @@ pub(crate) fn bind_calibrated(
             ),
         ));
     }
+    reachable(&lifecycle, true, given)?;
     Ok((lifecycle, n))
+}
+
+/// Checks that a lifecycle over a surprise (0 to [`MAX_SCORE`]) can raise, escalate and
+/// clear. `rated`: the threshold came from `false_alerts`; `given`: options the sink set.
+pub(crate) fn reachable(
+    l: &LifecycleSpec,
+    rated: bool,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<(), (&'static str, String)> {
+    use forewarn_scorer::online::MAX_SCORE;
+    let threshold = |k: &'static str| -> (&'static str, String) {
+        if rated && !given("warning_at") {
+            (
+                "false_alerts",
+                format!("false_alerts gives a threshold of {:.2}", l.warning_at),
+            )
+        } else {
+            (k, format!("warning_at is {}", l.warning_at))
+        }
+    };
+    if l.warning_at > MAX_SCORE {
+        let (k, what) = threshold("warning_at");
+        return Err((
+            k,
+            format!(
+                "{what}, but a surprise is capped at {MAX_SCORE}: no window could ever raise an alert (state more false alerts, or a lower threshold)"
+            ),
+        ));
+    }
+    if let Some(a) = l.alarm_at.filter(|a| *a > MAX_SCORE) {
+        return Err((
+            "alarm_at",
+            format!("alarm_at is {a}, but a surprise is capped at {MAX_SCORE}: no alert could ever escalate"),
+        ));
+    }
+    if l.clear_below <= 0.0 {
+        if !given("clear_below") && rated {
+            return Err((
+                "false_alerts",
+                format!(
+                    "false_alerts gives a threshold of {:.2}, to clear below {:.2}, but a surprise is never below 0, so an alert could never clear: so many false alerts (a window in {:.0} or more) are no threshold; state fewer",
+                    l.warning_at + 0.0, // not "-0.00
+                    l.clear_below,
+                    10f64.powf(l.warning_at.max(0.0)),
+                ),
+            ));
+        }
+        let k = if given("clear_below") {
+            "clear_below"
+        } else {
+            "warning_at"
+        };
+        return Err((
+            k,
+            format!(
+                "windows must score below {:.2} to clear, but a surprise is never below 0: an alert could never clear",
+                l.clear_below
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An online detector bound to the query that feeds it.
@@ -324,9 +386,14 @@ pub(crate) fn bind(
     }
     if let Some(rate) = decl.false_alerts {
         let Some(n) = windows_per_month else {
+            let which = if given("false_alerts") {
+                "false_alerts"
+            } else {
+                "the default false_alerts ('1 per device-month')"
+            };
             return Err((
                 "detector",
-                "session windows have no fixed rate, so false_alerts cannot be turned into a score: give warning_at (a surprise, e.g. '5')".into(),
+                format!("session windows have no fixed rate, so {which} cannot be turned into a score: give warning_at (a surprise, e.g. '5')"),
             ));
         };
         lifecycle.warning_at = forewarn_scorer::online::threshold_for(rate, n);
@@ -343,6 +410,7 @@ pub(crate) fn bind(
             ),
         ));
     }
+    reachable(&lifecycle, decl.false_alerts.is_some(), given)?;
     let base = match decl.kind {
         OnlineKind::Persistent => OnlineSpec::default(),
         OnlineKind::Adaptive => OnlineSpec::adaptive(),

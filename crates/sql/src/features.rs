@@ -163,7 +163,7 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
         file,
         line: 0,
         column: 0,
-        message: format!("no query calls anomaly_score('{model}', ...) (name the model with --model, or name the output file after it)"),
+        message: format!("no query calls anomaly_score('{model}', ...) or anomaly_surprise('{model}', ...) (name the model with --model, or name the output file after it)"),
         snippet: None,
     })
 }

@@ -184,7 +184,17 @@ pub fn bind_sink(
                 ),
             ));
         }
+        // A rate can only be turned into a threshold on a score that is a probability.
+        let surprise = field
+            .metadata()
+            .get(crate::udf::SCORE_SCALE_KEY)
+            .map(String::as_str)
+            == Some(crate::udf::SURPRISE);
+        let given = |k: &str| sink.option_at.contains_key(k);
         let Some(rate) = sink.false_alerts else {
+            if surprise {
+                crate::detector::reachable(spec, false, &given).map_err(|(k, m)| err(k, m))?;
+            }
             return Ok(SinkBinding {
                 device_column: device,
                 lifecycle: Some(spec.clone()),
@@ -192,22 +202,15 @@ pub fn bind_sink(
                 rated: None,
             });
         };
-        // A rate can only be turned into a threshold on a score that is a probability.
-        let surprise = field
-            .metadata()
-            .get(crate::udf::SCORE_SCALE_KEY)
-            .map(String::as_str)
-            == Some(crate::udf::SURPRISE);
         if !surprise {
             return Err(err(
                 "false_alerts",
                 format!(
-                    "false_alerts needs a score that is a surprise (−log10 of a probability), but the score column '{score}' of query '{}' is not one: compute it with anomaly_surprise('model', ...) instead of anomaly_score, give warning_at instead, or let the sink learn online (detector = 'online')",
+                    "false_alerts needs a score that is a surprise (−log10 of a probability), but the score column '{score}' of query '{}' is not one: select anomaly_surprise('model', ...) itself as the score (not anomaly_score, nor an expression over it), give warning_at instead, or let the sink learn online (detector = 'online')",
                     query.name
                 ),
             ));
         }
-        let given = |k: &str| sink.option_at.contains_key(k);
         let (lifecycle, n) =
             crate::detector::bind_calibrated(rate, &query.window, spec.clone(), &given)
                 .map_err(|(k, m)| err(k, m))?;
