@@ -1280,7 +1280,7 @@ impl Runtime {
         let mut outs = Vec::new();
         for (topic, mut alert, window) in rows {
             if let Some(d) = op.online.as_mut() {
-                score_online(d, &op.regime_keys, &mut alert);
+                score_online(d, &op.regime_keys, window.start, &mut alert);
             }
             let score = match lifecycle.spec().score_column.as_str() {
                 "score" => alert.score,
@@ -1376,7 +1376,7 @@ impl Runtime {
 /// the row gets the score and, when the query did not select one, an explanation. A
 /// query grouped by more than the device (an operating mode, say) learns each
 /// combination apart: `regime_keys` are those other grouping columns.
-fn score_online(d: &mut OnlineDetectors, regime_keys: &[String], alert: &mut Alert) {
+fn score_online(d: &mut OnlineDetectors, regime_keys: &[String], start_ms: i64, alert: &mut Alert) {
     let x: Vec<f64> = d
         .features()
         .iter()
@@ -1389,14 +1389,14 @@ fn score_online(d: &mut OnlineDetectors, regime_keys: &[String], alert: &mut Ale
         })
         .collect();
     let s = if regime_keys.is_empty() {
-        d.observe(&alert.device, &x)
+        d.observe_at(&alert.device, start_ms, &x)
     } else {
         let mut key = alert.device.clone();
         for k in regime_keys {
             key.push('\u{1f}');
             key.push_str(&alert.features.get(k).map_or(String::new(), topic_text));
         }
-        d.observe(&key, &x)
+        d.observe_at(&key, start_ms, &x)
     };
     alert.score = s.score;
     if let Some(e) = d.explain(&s) {

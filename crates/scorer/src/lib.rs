@@ -11,6 +11,7 @@ pub mod online;
 mod pca;
 mod registry;
 pub mod score_tail;
+pub mod seasonal;
 mod svm;
 pub mod tail;
 
@@ -28,6 +29,7 @@ pub use online::{OnlineDetectors, OnlineSpec, OnlineState, Surprise};
 pub use pca::{PcaParams, PcaStatistic};
 pub use registry::{ModelRegistry, ReloadReport};
 pub use score_tail::ScoreTail;
+pub use seasonal::Season;
 pub use svm::OcsvmParams;
 
 /// Version of the model file format this build writes and the newest it reads.

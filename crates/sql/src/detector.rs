@@ -9,8 +9,14 @@ use forewarn_core::{parse_interval, Millis, WindowSpec};
 use forewarn_scorer::OnlineSpec;
 
 /// The options that belong to an online detector.
-pub(crate) const DETECTOR_OPTIONS: &[&str] =
-    &["detector", "features", "warmup", "horizon", "false_alerts"];
+pub(crate) const DETECTOR_OPTIONS: &[&str] = &[
+    "detector",
+    "features",
+    "warmup",
+    "horizon",
+    "false_alerts",
+    "season",
+];
 
 /// Default affordable false alerts per device-month.
 pub const DEFAULT_FALSE_ALERTS: f64 = 1.0;
@@ -97,6 +103,8 @@ pub struct OnlineDecl {
     /// `false_alerts = 'N per device-month'` when the threshold is derived from it
     /// (`None` when `warning_at` is given).
     pub false_alerts: Option<f64>,
+    /// `season = '1 day'`: the period of the seasonal channel, ms.
+    pub season: Option<Millis>,
 }
 
 /// A rate such as `1 per device-month`, `0.5 per device-week`, in false alerts per
@@ -182,12 +190,25 @@ pub(crate) fn online_options(
         (None, Some(v)) => Some(rate(v).map_err(|e| ("false_alerts", e))?),
         (None, None) => Some(DEFAULT_FALSE_ALERTS),
     };
+    let season = match map.get("season") {
+        None => None,
+        Some(v) => match parse_interval(v, None) {
+            Ok(ms) if ms > 0 => Some(ms),
+            _ => {
+                return Err((
+                    "season",
+                    format!("season = '{v}' is not a period like '1 day' or '1 week'"),
+                ))
+            }
+        },
+    };
     Ok(Some(OnlineDecl {
         kind,
         features,
         warmup: span("warmup", DEFAULT_WARMUP)?,
         horizon: span("horizon", DEFAULT_HORIZON)?,
         false_alerts,
+        season,
     }))
 }
 
@@ -417,6 +438,15 @@ pub(crate) fn bind(
     };
     let mut spec = base.with_warmup(warmup.round().min(u32::MAX as f64) as u32);
     spec.horizon = horizon;
+    if let Some(period) = decl.season {
+        let Some(slide) = slide.filter(|s| period >= 2 * s) else {
+            return Err((
+                "season",
+                "season needs windows with a fixed slide of at most half the period, to cut it into slots of one slide".into(),
+            ));
+        };
+        spec.season = Some(forewarn_scorer::Season::new(period, slide));
+    }
     if decl.kind == OnlineKind::Adaptive {
         // Its calibration is a running average over the whole horizon.
         spec.calibration_cumulative = horizon.round().min(u32::MAX as f64) as u32;

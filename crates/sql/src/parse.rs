@@ -1127,6 +1127,7 @@ const SINK_OPTIONS: &[&str] = &[
     "warmup",
     "horizon",
     "false_alerts",
+    "season",
 ];
 
 /// The lifecycle part of [`SINK_OPTIONS`].
