@@ -388,9 +388,10 @@ impl QuerySet {
                     text,
                     *at,
                     format!(
-                        "unknown option '{k}' for {} {connector} {kind} (allowed: {})",
+                        "unknown option '{k}' for {} {connector} {kind} (allowed: {}){}",
                         if connector == "nats" { "a" } else { "an" },
-                        allowed.join(", ")
+                        allowed.join(", "),
+                        crate::error::did_you_mean(k, allowed)
                     ),
                 ));
             }
