@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
         // unless RUST_LOG asks for it.
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,rumqttd=off,forewarn=info".into()),
+                .unwrap_or_else(|_| args.default_log_filter().into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)

@@ -52,7 +52,7 @@ pub struct DemoArgs {
     summary: Option<PathBuf>,
     /// Print only the summary, not each alert.
     #[arg(long)]
-    quiet: bool,
+    pub quiet: bool,
     #[command(flatten)]
     plant: PlantArgs,
 }

@@ -24,6 +24,17 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// The log filter when `RUST_LOG` gives none: the engine's progress at info, except
+    /// for `demo --quiet`, which prints only its summary.
+    pub fn default_log_filter(&self) -> &'static str {
+        match &self.command {
+            Command::Demo(d) if d.quiet => "warn,rumqttd=off",
+            _ => "warn,rumqttd=off,forewarn=info",
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Zero-setup demo: embedded broker, simulated plant, shipped queries and models; prints alerts and a detection table.
