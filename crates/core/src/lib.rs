@@ -349,12 +349,12 @@ impl Watermark {
         self.advance_to(Millis::MAX);
     }
 
-    /// Puts the watermark at `t`, even below where it stood: after the end of input
-    /// moved it to the end of time and closed every window, it rests at the end of the
-    /// last window closed, so a checkpoint taken then continues after those windows
-    /// instead of at the end of time.
-    pub fn rest_at(&mut self, t: Millis) {
-        self.floor = Some(t);
+    /// Puts the watermark at `t` (`None`: where it stood before any row), even below
+    /// where it stood: after the end of input moved it to the end of time and closed
+    /// every window, it rests at the end of the last window closed, so a checkpoint
+    /// taken then continues after those windows instead of at the end of time.
+    pub fn rest_at(&mut self, t: Option<Millis>) {
+        self.floor = t;
     }
 
     /// The largest event time seen, over all keys.

@@ -766,12 +766,10 @@ impl WindowOperator {
         // Every window is closed and emitted. Rest where the last of them ended: a
         // snapshot taken now continues after them (their readings arriving later are
         // late, not a second, different version of a window already emitted), and later
-        // windows still open normally.
+        // windows still open normally. With nothing seen, where it started.
         let rest = out.results.iter().map(|r| r.window.end).chain(before).max();
-        if let Some(r) = rest {
-            self.watermark.rest_at(r);
-            self.closed_until = Some(r);
-        }
+        self.watermark.rest_at(rest);
+        self.closed_until = rest;
         Ok(out)
     }
 
