@@ -274,6 +274,24 @@ impl Lifecycle {
 mod tests {
     use super::*;
 
+    /// Rules' windows close in an order that depends on batching: a device's `updated`
+    /// is the latest change whatever order the rules report in.
+    #[test]
+    fn a_device_state_is_updated_at_its_latest_change() {
+        let rule = |since: &str| RuleState {
+            state: Health::Ok,
+            since: since.into(),
+            alert_id: None,
+            score: None,
+        };
+        let mut d = DeviceState::new("d0", "2026-01-05T06:00:00.000Z");
+        d.set("a", rule("2026-01-05T06:00:25.000Z"));
+        d.set("b", rule("2026-01-05T06:00:22.000Z"));
+        assert_eq!(d.updated, "2026-01-05T06:00:25.000Z");
+        d.set("b", rule("2026-01-05T06:01:00.000Z"));
+        assert_eq!(d.updated, "2026-01-05T06:01:00.000Z");
+    }
+
     fn w(i: i64, score: f64) -> WindowEvidence {
         WindowEvidence {
             start_ms: i * 60_000,
@@ -575,7 +593,12 @@ impl DeviceState {
     /// Records a rule's state and recomputes the worst. A new episode, or the device
     /// returning to `ok`, ends an acknowledgement.
     pub fn set(&mut self, rule: &str, s: RuleState) {
-        self.updated = s.since.clone();
+        // The latest change over all rules: rules' windows close in an order that
+        // depends on batching, so an older change may be recorded after a newer one.
+        // (Both are RFC 3339 UTC with milliseconds, so text order is time order.)
+        if s.since > self.updated {
+            self.updated = s.since.clone();
+        }
         if let Some(ack) = &mut self.acknowledged {
             let before = self.rules.get(rule).and_then(|r| r.alert_id.clone());
             if before.as_ref() != s.alert_id.as_ref() {
