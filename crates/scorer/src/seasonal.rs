@@ -43,7 +43,7 @@ impl Season {
 
 /// One device's seasonal channel: the slot means, the slot being accumulated, and the
 /// detector of the residuals. 8 × (slots × (d + 0.5) + 2d) bytes plus the residual
-/// detector's state, for `d` features (3.5 KB for one feature in 5-minute slots of a day).
+/// detector's state, for `d` features (about 3.7 KB for one feature in 5-minute slots of a day).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeasonalState {
     /// Per slot and feature (slot-major), the mean of the slot's per-period averages.
