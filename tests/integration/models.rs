@@ -582,6 +582,22 @@ async fn a_trained_models_surprise_takes_its_threshold_from_a_false_alert_rate()
     assert_eq!(l.warning_at, 259_200f64.log10());
     assert_eq!((l.raise_after, l.clear_after), (3, 10));
     assert!(p.describe_detectors()[0].contains("about 1.00 false alerts per device-month"));
+    // A threshold given as warning_at on a surprise is described by the rate it stands for.
+    let given = Pipeline::builder()
+        .query_sql(
+            "q.sql",
+            &SURPRISE_SQL.replace("false_alerts = '1 per device-month'", "warning_at = '3'"),
+        )
+        .model(model.clone())
+        .build()
+        .await
+        .unwrap();
+    assert!(
+        given.describe_detectors()[0]
+            .contains("raises at surprise 3.00 (about 259.20 false alerts per device-month"),
+        "{:?}",
+        given.describe_detectors()
+    );
     let (h, mut rx) = p.start();
     // p1 reads normal values for 20 windows, then 2.5 for 5; p2 stays normal.
     for w in 0..25i64 {

@@ -567,8 +567,8 @@ pub struct Pipeline {
     /// Each query's alert lifecycle, if its sink has one, with the threshold resolved
     /// (see [`forewarn_sql::bind_sink`]).
     lifecycles: BTreeMap<String, forewarn_alerts::LifecycleSpec>,
-    /// Windows a device closes in 30 days, for queries whose sink turns a
-    /// `false_alerts` rate into a threshold on a trained model's surprise.
+    /// Windows a device closes in 30 days, for queries whose sink's score is a trained
+    /// model's surprise (its threshold stands for a false-alert rate).
     rated: BTreeMap<String, f64>,
     /// Online detectors, by query name (see [`forewarn_sql::bind_sink`]).
     online: BTreeMap<String, forewarn_sql::OnlineBinding>,

@@ -195,11 +195,16 @@ pub fn bind_sink(
             if surprise {
                 crate::detector::reachable(spec, false, &given).map_err(|(k, m)| err(k, m))?;
             }
+            // A surprise threshold given as warning_at still stands for a rate.
+            let rated = surprise
+                .then(|| crate::detector::slide(&query.window))
+                .flatten()
+                .map(|s| 30.0 * 86_400_000.0 / s as f64);
             return Ok(SinkBinding {
                 device_column: device,
                 lifecycle: Some(spec.clone()),
                 online: None,
-                rated: None,
+                rated,
             });
         };
         if !surprise {
@@ -239,8 +244,8 @@ pub struct SinkBinding {
     pub lifecycle: Option<LifecycleSpec>,
     /// The sink's online detector, resolved against the query's window and columns.
     pub online: Option<OnlineBinding>,
-    /// Windows a device closes in 30 days, when the threshold on a trained model's
-    /// surprise came from a `false_alerts` rate.
+    /// Windows a device closes in 30 days, when the score is a trained model's surprise
+    /// (its threshold from a `false_alerts` rate, or a `warning_at` that stands for one).
     pub rated: Option<f64>,
 }
 
