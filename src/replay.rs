@@ -434,10 +434,20 @@ fn label_of(
                 from_topic.unwrap_or_else(|| v["device"].as_str().unwrap_or("").to_string());
             Ok((device, t, a))
         }
-        _ => Err(ReplayError::Source(format!(
-            "{}: a reading has no usable '{}' time or '{col}' label: {}",
+        (None, _) => Err(ReplayError::Source(format!(
+            "{}: a reading has no usable '{}' time: {}",
             data.display(),
             source.event_time,
+            String::from_utf8_lossy(&m.payload)
+        ))),
+        (_, None) => Err(ReplayError::Source(format!(
+            "{}: a reading has no usable '{col}' label (true/false or 1/0{}): {}",
+            data.display(),
+            if v.get(col).is_none() {
+                "; the column is missing, name the label column with --label"
+            } else {
+                ""
+            },
             String::from_utf8_lossy(&m.payload)
         ))),
     }
