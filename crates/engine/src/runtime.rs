@@ -966,29 +966,39 @@ impl Runtime {
             .expect("a device column casts to text");
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut refused = Vec::new();
+        let mut joined = String::new();
         for row in 0..batch.num_rows() {
-            let device = text
-                .iter()
-                .map(|a| {
-                    use datafusion::arrow::array::{Array, AsArray};
-                    let a = a.as_string::<i32>();
-                    if a.is_valid(row) {
-                        a.value(row)
-                    } else {
-                        ""
+            use datafusion::arrow::array::{Array, AsArray};
+            fn cell(a: &datafusion::arrow::array::ArrayRef, row: usize) -> &str {
+                let a = a.as_string::<i32>();
+                if a.is_valid(row) {
+                    a.value(row)
+                } else {
+                    ""
+                }
+            }
+            // One key column (the usual case) is looked up without copying it.
+            let device: &str = if let [only] = text.as_slice() {
+                cell(only, row)
+            } else {
+                joined.clear();
+                for (k, a) in text.iter().enumerate() {
+                    if k > 0 {
+                        joined.push('/');
                     }
-                })
-                .collect::<Vec<_>>()
-                .join("/");
-            let ok = src.devices.contains(&device) || {
+                    joined.push_str(cell(a, row));
+                }
+                &joined
+            };
+            let ok = src.devices.contains(device) || {
                 let room = src.devices.len() < max;
                 if room {
-                    src.devices.insert(device.clone());
+                    src.devices.insert(device.to_string());
                 }
                 room
             };
             if !ok {
-                refused.push((row, device));
+                refused.push((row, device.to_string()));
             }
             keep.push(ok);
         }

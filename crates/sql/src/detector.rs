@@ -238,31 +238,30 @@ pub(crate) fn calibrated_rate(
         .transpose()
 }
 
-/// Resolves the threshold of a lifecycle whose score is a surprise from `rate` (false
-/// alerts per device-month) and the query's window slide. Unless `given`, the rest is
-/// as for `detector = 'online'`: 3 windows in a row raise, 10 below half a decade under
-/// the threshold clear. Errors name the option.
-pub(crate) fn bind_calibrated(
-    rate: f64,
-    window: &WindowSpec,
+/// Windows a device closes in 30 days, for windows with a fixed slide.
+pub(crate) fn windows_per_month(window: &WindowSpec) -> Option<f64> {
+    slide(window).map(|s| 30.0 * 86_400_000.0 / s as f64)
+}
+
+/// Fills in the lifecycle options the sink left out with `kind`'s defaults, the
+/// threshold from `threshold` when a rate gives it (and clearing below it by the kind's
+/// offset), and checks clearing is not above raising. `given`: options the sink set.
+fn lifecycle_defaults(
     mut lifecycle: LifecycleSpec,
+    kind: OnlineKind,
+    threshold: Option<f64>,
     given: &dyn Fn(&str) -> bool,
-) -> Result<(LifecycleSpec, f64), (&'static str, String)> {
-    let Some(slide) = slide(window) else {
-        return Err((
-            "false_alerts",
-            "session windows have no fixed rate, so false_alerts cannot be turned into a score: give warning_at (a surprise, e.g. '5')".into(),
-        ));
-    };
-    let n = 30.0 * 86_400_000.0 / slide as f64;
-    let (raise_after, clear_after, clear_offset) = OnlineKind::Persistent.lifecycle();
+) -> Result<LifecycleSpec, (&'static str, String)> {
+    let (raise_after, clear_after, clear_offset) = kind.lifecycle();
     if !given("raise_after") {
         lifecycle.raise_after = raise_after;
     }
     if !given("clear_after") {
         lifecycle.clear_after = clear_after;
     }
-    lifecycle.warning_at = forewarn_scorer::online::threshold_for(rate, n);
+    if let Some(t) = threshold {
+        lifecycle.warning_at = t;
+    }
     if !given("clear_below") {
         lifecycle.clear_below = lifecycle.warning_at - clear_offset;
     }
@@ -275,6 +274,27 @@ pub(crate) fn bind_calibrated(
             ),
         ));
     }
+    Ok(lifecycle)
+}
+
+/// Resolves the threshold of a lifecycle whose score is a surprise from `rate` (false
+/// alerts per device-month) and the query's window slide. Unless `given`, the rest is
+/// as for `detector = 'online'`: 3 windows in a row raise, 10 below half a decade under
+/// the threshold clear. Errors name the option.
+pub(crate) fn bind_calibrated(
+    rate: f64,
+    window: &WindowSpec,
+    lifecycle: LifecycleSpec,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<(LifecycleSpec, f64), (&'static str, String)> {
+    let Some(n) = windows_per_month(window) else {
+        return Err((
+            "false_alerts",
+            "session windows have no fixed rate, so false_alerts cannot be turned into a score: give warning_at (a surprise, e.g. '5')".into(),
+        ));
+    };
+    let threshold = forewarn_scorer::online::threshold_for(rate, n);
+    let lifecycle = lifecycle_defaults(lifecycle, OnlineKind::Persistent, Some(threshold), given)?;
     if let Some(a) = lifecycle.alarm_at.filter(|a| *a < lifecycle.warning_at) {
         return Err((
             "alarm_at",
@@ -376,12 +396,12 @@ pub(crate) fn slide(window: &WindowSpec) -> Option<Millis> {
 pub(crate) fn bind(
     decl: &OnlineDecl,
     window: &WindowSpec,
-    mut lifecycle: LifecycleSpec,
+    lifecycle: LifecycleSpec,
     features: Vec<String>,
     given: &dyn Fn(&str) -> bool,
 ) -> Result<OnlineBinding, (&'static str, String)> {
     let slide = slide(window);
-    let windows_per_month = slide.map(|s| 30.0 * 86_400_000.0 / s as f64);
+    let windows_per_month = windows_per_month(window);
     let need_slide = |k: &'static str| {
         (
             k,
@@ -398,39 +418,24 @@ pub(crate) fn bind(
         .horizon
         .windows(slide)
         .ok_or_else(|| need_slide("horizon"))?;
-    let (raise_after, clear_after, clear_offset) = decl.kind.lifecycle();
-    if !given("raise_after") {
-        lifecycle.raise_after = raise_after;
-    }
-    if !given("clear_after") {
-        lifecycle.clear_after = clear_after;
-    }
-    if let Some(rate) = decl.false_alerts {
-        let Some(n) = windows_per_month else {
-            let which = if given("false_alerts") {
-                "false_alerts"
-            } else {
-                "the default false_alerts ('1 per device-month')"
-            };
-            return Err((
+    let threshold = match decl.false_alerts {
+        None => None,
+        Some(rate) => {
+            let Some(n) = windows_per_month else {
+                let which = if given("false_alerts") {
+                    "false_alerts"
+                } else {
+                    "the default false_alerts ('1 per device-month')"
+                };
+                return Err((
                 "detector",
                 format!("session windows have no fixed rate, so {which} cannot be turned into a score: give warning_at (a surprise, e.g. '5')"),
             ));
-        };
-        lifecycle.warning_at = forewarn_scorer::online::threshold_for(rate, n);
-    }
-    if !given("clear_below") {
-        lifecycle.clear_below = lifecycle.warning_at - clear_offset;
-    }
-    if lifecycle.clear_below > lifecycle.warning_at {
-        return Err((
-            "clear_below",
-            format!(
-                "clear_below ({}) must not exceed the threshold false_alerts gives ({:.2})",
-                lifecycle.clear_below, lifecycle.warning_at
-            ),
-        ));
-    }
+            };
+            Some(forewarn_scorer::online::threshold_for(rate, n))
+        }
+    };
+    let lifecycle = lifecycle_defaults(lifecycle, decl.kind, threshold, given)?;
     reachable(&lifecycle, decl.false_alerts.is_some(), given)?;
     let base = match decl.kind {
         OnlineKind::Persistent => OnlineSpec::default(),

@@ -197,9 +197,8 @@ pub fn bind_sink(
             }
             // A surprise threshold given as warning_at still stands for a rate.
             let rated = surprise
-                .then(|| crate::detector::slide(&query.window))
-                .flatten()
-                .map(|s| 30.0 * 86_400_000.0 / s as f64);
+                .then(|| crate::detector::windows_per_month(&query.window))
+                .flatten();
             return Ok(SinkBinding {
                 device_column: device,
                 lifecycle: Some(spec.clone()),
