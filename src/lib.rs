@@ -17,10 +17,13 @@ pub use forewarn_core::{format_rfc3339, parse_rfc3339};
 pub use forewarn_engine::{
     verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
     DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
-    Pipeline, PipelineBuilder, PipelineHandle, SourceInfo, TransitionMessage,
+    Pipeline, PipelineBuilder, PipelineHandle, SinkInfo, SourceInfo, TransitionMessage,
 };
 pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};
+
+/// The connector boundary: typed `WITH` options of each connector, the registry.
+pub use forewarn_connect as connect;
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
@@ -29,6 +32,8 @@ pub mod nats;
 #[cfg(feature = "history")]
 pub mod replay;
 pub mod training;
+#[cfg(feature = "mqtt")]
+pub mod webhook;
 
 /// The README's Rust example is compiled and run as a doctest, so it cannot rot.
 #[cfg(doctest)]

@@ -89,10 +89,20 @@ pub async fn start(
     opts: &RunOptions,
     tap: Option<mpsc::Sender<Output>>,
 ) -> Result<MqttPipeline, RunError> {
-    if let Some(s) = pipeline.sources().iter().find(|s| s.nats.is_some()) {
+    if let Some(s) = pipeline
+        .sources()
+        .iter()
+        .find(|s| s.connector.connector() != "mqtt")
+    {
+        let how = match s.connector.connector() {
+            "nats" => "run it with --nats URL".to_string(),
+            other => format!("connector '{other}' cannot feed an MQTT pipeline"),
+        };
         return Err(EngineError::Config(format!(
-            "source '{}' reads from NATS (connector = 'nats'): run it with --nats URL",
-            s.name
+            "source '{}' reads from {} (connector = '{}'): {how}",
+            s.name,
+            s.connector.connector().to_uppercase(),
+            s.connector.connector()
         ))
         .into());
     }
@@ -179,6 +189,8 @@ pub(crate) struct Outputs {
     checkpointing: bool,
     /// The sink's short-lived connections (see [`MqttPipeline::short_connections`]).
     short: Arc<AtomicU64>,
+    /// Counters of the webhook sinks, if any.
+    webhook: Option<Arc<crate::webhook::WebhookStats>>,
 }
 
 impl Outputs {
@@ -214,6 +226,14 @@ pub(crate) async fn start_outputs(
         sink.stop().await;
         return Err(e.into());
     }
+    let webhooks = match crate::webhook::Webhooks::start(&pipeline, max_outbox) {
+        Ok(w) => w,
+        Err(e) => {
+            sink.stop().await;
+            return Err(e.into());
+        }
+    };
+    let webhook_stats = webhooks.as_ref().map(|w| w.stats.clone());
     let checkpointing = pipeline.checkpointing();
     let short = sink.stats().short_connections.clone();
     // The publish loop confirms each output once the broker has acknowledged it.
@@ -222,6 +242,7 @@ pub(crate) async fn start_outputs(
     let dropped = Arc::new(AtomicU64::new(0));
     let publish = tokio::spawn(publish_loop(
         sink,
+        webhooks,
         outputs,
         tap,
         max_outbox,
@@ -234,6 +255,7 @@ pub(crate) async fn start_outputs(
             dropped,
             checkpointing,
             short,
+            webhook: webhook_stats,
         },
         handle,
     ))
@@ -327,6 +349,7 @@ async fn shed_oldest(
 /// was in flight when the connection broke).
 async fn publish_loop(
     sink: MqttSink,
+    webhooks: Option<crate::webhook::Webhooks>,
     mut outputs: mpsc::Receiver<Output>,
     tap: Option<mpsc::Sender<Output>>,
     max_outbox: usize,
@@ -343,6 +366,9 @@ async fn publish_loop(
     // device's state next changes. One entry per device.
     let mut retained: std::collections::HashMap<String, Vec<u8>> = Default::default();
     let mut sessions_lost = 0u64;
+    // Sequence numbers of the outputs handed to the broker and not known to be with it
+    // (for confirmations when webhook sinks take some outputs out of the order).
+    let mut mqtt_seqs: std::collections::VecDeque<u64> = Default::default();
     loop {
         let lost = sink.stats().sessions_lost.load(Ordering::Relaxed);
         if lost > sessions_lost {
@@ -369,7 +395,15 @@ async fn publish_loop(
             let st = sink.stats();
             let done = st.acked.load(Ordering::Relaxed) + st.sent_qos0.load(Ordering::Relaxed);
             let in_flight = st.published.load(Ordering::Relaxed).saturating_sub(done);
-            h.confirm_outputs(received.saturating_sub(outbox.len() as u64 + in_flight));
+            let not_done = outbox.len() as u64 + in_flight;
+            while mqtt_seqs.len() as u64 > not_done {
+                mqtt_seqs.pop_front();
+            }
+            let mut confirmed = mqtt_seqs.front().copied().unwrap_or(received);
+            if let Some(p) = webhooks.as_ref().and_then(|w| w.first_pending()) {
+                confirmed = confirmed.min(p);
+            }
+            h.confirm_outputs(confirmed);
         }
         // Drain what the client accepts now.
         while sink.is_connected() {
@@ -398,7 +432,17 @@ async fn publish_loop(
         tokio::select! {
             o = outputs.recv(), if open => match o {
                 Some(o) => {
+                    let seq = received;
                     received += 1;
+                    if webhooks.as_ref().is_some_and(|w| w.route(seq, &o)) {
+                        if let Some(t) = &tap {
+                            let _ = t.send(o).await;
+                        }
+                        continue;
+                    }
+                    if confirm.is_some() {
+                        mqtt_seqs.push_back(seq);
+                    }
                     let (topic, payload) = o.to_message();
                     if o.retained() {
                         retained.insert(topic.clone(), payload.clone());
@@ -420,6 +464,9 @@ async fn publish_loop(
             },
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+    if let Some(w) = webhooks {
+        w.finish(Duration::from_secs(10)).await;
     }
     sink.flush(Duration::from_secs(30)).await?;
     sink.stop().await;
@@ -454,6 +501,12 @@ impl MqttPipeline {
     /// mean another client probably uses the same client id; that is also logged.
     pub fn short_connections(&self) -> u64 {
         self.source.short_connections() + self.outputs.short.load(Ordering::Relaxed)
+    }
+
+    /// Outputs of webhook sinks delivered, failed (refused or given up on) and dropped
+    /// from a full queue; `None` without webhook sinks.
+    pub fn webhook_stats(&self) -> Option<&crate::webhook::WebhookStats> {
+        self.outputs.webhook.as_deref()
     }
 
     /// Waits until at least `n` messages have entered the pipeline, or `timeout` passes.

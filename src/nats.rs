@@ -559,7 +559,7 @@ async fn run_partition(
 fn nats_source(p: &Pipeline) -> Result<(String, u32), WorkerError> {
     let mut found: Option<(String, u32, String)> = None;
     for s in p.sources() {
-        let Some(n) = &s.nats else {
+        let Some(n) = s.connector.get::<forewarn_connect::nats::NatsSource>() else {
             return Err(WorkerError::Config(format!(
                 "source '{}' reads MQTT directly; with --nats every source must be connector = 'nats' (each worker would read all of it)",
                 s.name

@@ -35,4 +35,6 @@ mod shipped;
 mod streaming;
 #[cfg(feature = "tls")]
 mod tls;
+#[cfg(all(feature = "webhook", feature = "broker"))]
+mod webhook;
 mod windows;

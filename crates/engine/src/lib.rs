@@ -203,6 +203,16 @@ impl Output {
         matches!(self, Output::State { .. })
     }
 
+    /// The query an alert or a transition comes from (its sink's outputs are told
+    /// apart by it); `None` for device states and dead letters.
+    pub fn query(&self) -> Option<&str> {
+        match self {
+            Output::Alert { alert, .. } => Some(&alert.query),
+            Output::Transition { message, .. } => Some(&message.rule),
+            Output::State { .. } | Output::DeadLetter { .. } => None,
+        }
+    }
+
     /// Topic and JSON payload, ready to publish.
     pub fn to_message(&self) -> (String, Vec<u8>) {
         match self {
@@ -470,7 +480,7 @@ impl PipelineBuilder {
                 watermark: s.watermark,
                 idle_timeout: s.idle_timeout.map(|ms| Duration::from_millis(ms as u64)),
                 late_topic,
-                nats: s.nats.clone(),
+                connector: s.connector.clone(),
             });
         }
         // The store may block (a network store): off the async threads.
@@ -492,16 +502,32 @@ impl PipelineBuilder {
             None => None,
         };
         let mut sinks = BTreeMap::new();
+        let mut sink_infos = Vec::new();
         for s in set.sinks.values() {
             let t = TopicTemplate::parse(&s.topic)
                 .map_err(|e| EngineError::Config(format!("sink '{}': {e}", s.name)))?;
-            sinks.insert(s.name.clone(), t);
+            sinks.insert(s.name.clone(), t.clone());
+            let queries: Vec<String> = set
+                .queries
+                .iter()
+                .filter(|q| q.sink == s.name)
+                .map(|q| q.name.clone())
+                .collect();
+            if !queries.is_empty() {
+                sink_infos.push(SinkInfo {
+                    name: s.name.clone(),
+                    topic: t,
+                    connector: s.connector.clone(),
+                    queries,
+                });
+            }
         }
         Ok(Pipeline {
             config: self.config,
             queries,
             sources,
             sinks,
+            sink_infos,
             lifecycles,
             rated,
             device_columns,
@@ -554,8 +580,23 @@ pub struct SourceInfo {
     pub idle_timeout: Option<Duration>,
     /// Where late rows go (default `{prefix}/late/{source}`).
     pub late_topic: Option<TopicTemplate>,
-    /// Read from a partitioned JetStream stream (`connector = 'nats'`), not over MQTT.
-    pub nats: Option<forewarn_sql::NatsSource>,
+    /// The connector delivering its readings, with its settings (for `connector =
+    /// 'nats'`, a [`forewarn_connect::nats::NatsSource`]).
+    pub connector: forewarn_connect::ConnectorConfig,
+}
+
+/// A sink the pipeline's queries write to, for the service that delivers its outputs.
+#[derive(Debug, Clone)]
+pub struct SinkInfo {
+    /// Table name.
+    pub name: String,
+    /// The topic template its outputs are published on (or labelled with).
+    pub topic: TopicTemplate,
+    /// The connector taking its outputs, with its settings (for `connector =
+    /// 'webhook'`, a [`forewarn_connect::webhook::WebhookSink`]).
+    pub connector: forewarn_connect::ConnectorConfig,
+    /// The queries writing to it ([`Output::query`] of their outputs).
+    pub queries: Vec<String>,
 }
 
 /// A planned pipeline, ready to start.
@@ -564,6 +605,7 @@ pub struct Pipeline {
     queries: Vec<Arc<CompiledQuery>>,
     sources: Vec<SourceInfo>,
     sinks: BTreeMap<String, TopicTemplate>,
+    sink_infos: Vec<SinkInfo>,
     /// Each query's alert lifecycle, if its sink has one, with the threshold resolved
     /// (see [`forewarn_sql::bind_sink`]).
     lifecycles: BTreeMap<String, forewarn_alerts::LifecycleSpec>,
@@ -606,6 +648,12 @@ impl Pipeline {
     /// Sources read by the queries (what an MQTT connector must subscribe to).
     pub fn sources(&self) -> &[SourceInfo] {
         &self.sources
+    }
+
+    /// Sinks written by the queries, with their connectors (what the service delivers
+    /// outputs to).
+    pub fn sinks(&self) -> &[SinkInfo] {
+        &self.sink_infos
     }
 
     /// One line per query whose sink learns online or takes its threshold from a

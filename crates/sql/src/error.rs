@@ -110,18 +110,4 @@ fn parse_position(msg: &str) -> Option<(u64, u64)> {
 }
 
 /// `"; did you mean 'x'?"` for the candidate closest to `name`, or `""` when none is close.
-pub(crate) fn did_you_mean<S: AsRef<str>>(name: &str, candidates: &[S]) -> String {
-    let name = name.to_ascii_lowercase();
-    candidates
-        .iter()
-        .map(|k| {
-            (
-                strsim::jaro_winkler(&k.as_ref().to_ascii_lowercase(), &name),
-                k,
-            )
-        })
-        .filter(|(score, _)| *score > 0.7)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| format!("; did you mean '{}'?", k.as_ref()))
-        .unwrap_or_default()
-}
+pub(crate) use forewarn_connect::did_you_mean;

@@ -141,6 +141,10 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                 online: None,
                 false_alerts: None,
                 device_column: key,
+                connector: forewarn_connect::ConnectorConfig::new(
+                    "mqtt",
+                    forewarn_connect::mqtt::MqttSettings,
+                ),
                 file: q.file.clone(),
                 option_at: Default::default(),
             },

@@ -21,8 +21,8 @@ pub use error::SqlError;
 pub use features::{feature_query, scored_models, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};
 pub use parse::{
-    NatsSource, QueryDecl, QuerySet, ReferenceDecl, SinkDecl, SourceDecl, ARRIVAL_TIME,
-    DEFAULT_MAX_SKEW, WINDOW_END, WINDOW_START,
+    QueryDecl, QuerySet, ReferenceDecl, SinkDecl, SourceDecl, ARRIVAL_TIME, DEFAULT_MAX_SKEW,
+    WINDOW_END, WINDOW_START,
 };
 pub use plan::{
     compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,

@@ -16,6 +16,7 @@ use forewarn_core::{parse_interval, Millis, WatermarkSpec, WindowSpec};
 use forewarn_formats::TopicTemplate;
 
 use crate::SqlError;
+use forewarn_connect::{ConnectorConfig, Options, Pos, Registry, Role, TableContext};
 
 /// Allowed skew of per-key watermarks when `max_skew` is not given.
 pub const DEFAULT_MAX_SKEW: Millis = 5 * 60_000;
@@ -31,7 +32,7 @@ pub const WINDOW_END: &str = "window_end";
 /// The implicit event-time column of a source without `WATERMARK FOR`.
 pub const ARRIVAL_TIME: &str = "arrival_time";
 
-/// A `CREATE TABLE` with `connector = 'mqtt'` read by queries.
+/// A `CREATE TABLE` with columns that queries read: a stream of readings.
 #[derive(Debug, Clone)]
 pub struct SourceDecl {
     /// Table name.
@@ -60,20 +61,9 @@ pub struct SourceDecl {
     pub idle_timeout: Option<Millis>,
     /// Topic template for late rows (`late_topic = '...'`); default `{prefix}/late/{source}`.
     pub late_topic: Option<String>,
-    /// `connector = 'nats'`: read from a partitioned JetStream stream instead of
-    /// subscribing over MQTT.
-    pub nats: Option<NatsSource>,
-}
-
-/// Where a `connector = 'nats'` source reads: devices publish on `topic` (MQTT or
-/// NATS), the server maps each message to `part.{K}.{subject}` with K a partition of
-/// the device, and the stream `stream` stores them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatsSource {
-    /// JetStream stream name.
-    pub stream: String,
-    /// Number of partitions the server's subject mapping spreads devices over.
-    pub partitions: u32,
+    /// The connector delivering its readings (`connector = 'mqtt'`, `'nats'`, ...) with
+    /// its own settings.
+    pub connector: ConnectorConfig,
 }
 
 /// A `CREATE TABLE ... WITH (connector = 'file', path = '...csv')`: a static
@@ -113,6 +103,9 @@ pub struct SinkDecl {
     pub device_column: Option<String>,
     /// File the sink was declared in.
     pub file: String,
+    /// The connector taking its outputs (`connector = 'mqtt'`, `'webhook'`, ...) with
+    /// its own settings.
+    pub connector: ConnectorConfig,
     /// Line and column of each option's key (lower case), for errors about its value.
     pub option_at: BTreeMap<String, (u64, u64)>,
 }
@@ -157,6 +150,8 @@ pub struct QuerySet {
     pub references: BTreeMap<String, ReferenceDecl>,
     /// Queries in file order.
     pub queries: Vec<QueryDecl>,
+    /// The connectors tables may name ([`Registry::builtin`] unless replaced).
+    pub connectors: Registry,
 }
 
 impl QuerySet {
@@ -308,7 +303,7 @@ impl QuerySet {
             }
         }
         let get = |k: &str| map.get(k).map(|(v, _)| v.clone());
-        let connector = get("connector").ok_or_else(|| {
+        let connector_name = get("connector").ok_or_else(|| {
             err(
                 file,
                 text,
@@ -316,26 +311,98 @@ impl QuerySet {
                 format!("table '{name}' needs WITH (connector = 'mqtt', ...)"),
             )
         })?;
-        if connector == "file" {
-            return self.add_reference(file, text, loc, name, columns, &map, wm);
-        }
-        if connector != "mqtt" && connector != "nats" {
-            let at = map["connector"].1;
+        let connector_at = map["connector"].1;
+        let Some(connector) = self.connectors.get(&connector_name).cloned() else {
+            let supported: Vec<String> = self
+                .connectors
+                .names()
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect();
             return Err(err(
                 file,
                 text,
-                at,
-                format!("unknown connector '{connector}' (supported: 'mqtt', 'nats', 'file')"),
+                connector_at,
+                format!(
+                    "unknown connector '{connector_name}' (supported: {})",
+                    supported.join(", ")
+                ),
             ));
-        }
-        if connector == "nats" && columns.is_empty() {
-            let at = map["connector"].1;
+        };
+        let role = if connector.options(Role::Table).is_ok() {
+            Role::Table
+        } else if columns.is_empty() {
+            Role::Sink
+        } else {
+            Role::Source
+        };
+        let own = connector
+            .options(role)
+            .map_err(|m| err(file, text, connector_at, m))?;
+        let common: &[&str] = match role {
+            Role::Sink => SINK_OPTIONS,
+            Role::Source => SOURCE_OPTIONS,
+            Role::Table => &["connector"],
+        };
+        let allowed: Vec<&str> = common.iter().chain(own).copied().collect();
+        for (k, (_, at)) in &map {
+            if allowed.contains(&k.as_str()) {
+                continue;
+            }
+            if let Some(other) = self.connectors.owner_of(k, role) {
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!("'{k}' is an option of connector = '{other}'"),
+                ));
+            }
             return Err(err(
                 file,
                 text,
-                at,
-                "sinks publish over MQTT (connector = 'mqtt'); with NATS, point the engine's broker at the NATS server's MQTT listener",
+                *at,
+                format!(
+                    "unknown option '{k}' for {} {connector_name} {} (allowed: {}){}",
+                    article(&connector_name),
+                    role.as_str(),
+                    allowed.join(", "),
+                    crate::error::did_you_mean(k, &allowed)
+                ),
             ));
+        }
+        let mut options = Options::default();
+        for (k, (v, at)) in &map {
+            let pos = Pos {
+                line: at.line,
+                column: at.column,
+            };
+            options
+                .insert(k, v.clone(), pos)
+                .map_err(|e| err(file, text, *at, e.message))?;
+        }
+        let dir = std::path::Path::new(file)
+            .parent()
+            .map(|d| d.to_path_buf())
+            .unwrap_or_default();
+        let context = TableContext {
+            name,
+            role,
+            event_time: wm.is_some(),
+            dir: &dir,
+        };
+        if role == Role::Table {
+            return self.add_reference(
+                file,
+                text,
+                loc,
+                name,
+                columns,
+                &map,
+                wm,
+                &*connector,
+                &context,
+                &options,
+            );
         }
         let format = get("format").unwrap_or_else(|| "json".into());
         if format != "json" {
@@ -347,104 +414,24 @@ impl QuerySet {
                 format!("unknown format '{format}' (supported: 'json')"),
             ));
         }
-        let topic = get("topic").ok_or_else(|| {
-            err(
-                file,
-                text,
-                loc,
-                format!("table '{name}' needs a topic = '...' option"),
-            )
-        })?;
-        let allowed: &[&str] = if columns.is_empty() {
-            SINK_OPTIONS
-        } else {
-            &[
-                "connector",
-                "format",
-                "topic",
-                "topic_template",
-                "max_future",
-                "watermark_key",
-                "max_skew",
-                "idle_timeout",
-                "late_topic",
-                "stream",
-                "partitions",
-            ][..if connector == "nats" { 11 } else { 9 }]
-        };
-        for (k, (_, at)) in &map {
-            if connector == "mqtt" && (k == "stream" || k == "partitions") && !columns.is_empty() {
-                return Err(err(
-                    file,
-                    text,
-                    *at,
-                    format!("'{k}' is an option of connector = 'nats'"),
-                ));
+        let topic = match get("topic") {
+            Some(t) => t,
+            None if role == Role::Sink && !connector.sink_needs_topic() => {
+                format!("{connector_name}/{name}")
             }
-            if !allowed.contains(&k.as_str()) {
-                let kind = if columns.is_empty() { "sink" } else { "source" };
-                return Err(err(
-                    file,
-                    text,
-                    *at,
-                    format!(
-                        "unknown option '{k}' for {} {connector} {kind} (allowed: {}){}",
-                        if connector == "nats" { "a" } else { "an" },
-                        allowed.join(", "),
-                        crate::error::did_you_mean(k, allowed)
-                    ),
-                ));
-            }
-        }
-        let nats = if connector == "nats" {
-            let stream = get("stream").ok_or_else(|| {
-                err(
-                    file,
-                    text,
-                    map["connector"].1,
-                    format!("nats source '{name}' needs stream = '<JetStream stream>'"),
-                )
-            })?;
-            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-            if stream.is_empty() || !stream.chars().all(valid) {
-                return Err(err(
-                    file,
-                    text,
-                    map["stream"].1,
-                    format!("stream name '{stream}' may use only letters, digits, '-' and '_'"),
-                ));
-            }
-            let (p, at) = map.get("partitions").cloned().ok_or_else(|| {
-                err(
-                    file,
-                    text,
-                    map["connector"].1,
-                    format!("nats source '{name}' needs partitions = '<N>', the N of the server's subject mapping"),
-                )
-            })?;
-            let partitions = match p.trim().parse::<u32>() {
-                Ok(n) if (1..=4096).contains(&n) => n,
-                _ => {
-                    return Err(err(
-                        file,
-                        text,
-                        at,
-                        format!("partitions = '{p}' must be a whole number from 1 to 4096"),
-                    ))
-                }
-            };
-            if wm.is_none() {
+            None => {
                 return Err(err(
                     file,
                     text,
                     loc,
-                    format!("nats source '{name}' needs event time (WATERMARK FOR <column> AS ...): after a takeover the stream is replayed, and arrival times would change the windows"),
-                ));
+                    format!("table '{name}' needs a topic = '...' option"),
+                ))
             }
-            Some(NatsSource { stream, partitions })
-        } else {
-            None
         };
+        let config = connector.configure(&context, &options).map_err(|e| {
+            let at = e.key.as_ref().and_then(|k| map.get(k)).map(|(_, at)| *at);
+            err(file, text, at.unwrap_or(loc), e.message)
+        })?;
         if columns.is_empty() {
             if wm.is_some() {
                 return Err(err(
@@ -484,6 +471,7 @@ impl QuerySet {
                     online,
                     false_alerts,
                     device_column: get("device_column"),
+                    connector: config,
                     file: file.to_string(),
                     option_at: map
                         .iter()
@@ -652,7 +640,7 @@ impl QuerySet {
                 watermark_key,
                 idle_timeout,
                 late_topic: get("late_topic"),
-                nats,
+                connector: config,
             },
         );
         Ok(())
@@ -668,29 +656,10 @@ impl QuerySet {
         columns: &[ast::ColumnDef],
         map: &BTreeMap<String, (String, Location)>,
         wm: Option<&WatermarkClause>,
+        connector: &dyn forewarn_connect::Connector,
+        context: &TableContext<'_>,
+        options: &Options,
     ) -> Result<(), SqlError> {
-        for (k, (_, at)) in map {
-            if !["connector", "path", "format"].contains(&k.as_str()) {
-                return Err(err(
-                    file,
-                    text,
-                    *at,
-                    format!(
-                        "unknown option '{k}' for a file table (allowed: connector, path, format)"
-                    ),
-                ));
-            }
-        }
-        if let Some((f, at)) = map.get("format") {
-            if f != "csv" {
-                return Err(err(
-                    file,
-                    text,
-                    *at,
-                    format!("unknown format '{f}' for a file table (supported: 'csv')"),
-                ));
-            }
-        }
         if let Some(w) = wm {
             return Err(err(
                 file,
@@ -707,35 +676,21 @@ impl QuerySet {
                 format!("file table '{name}' must declare its columns"),
             ));
         }
-        let (rel, at) = map.get("path").cloned().ok_or_else(|| {
-            err(
-                file,
-                text,
-                loc,
-                format!("file table '{name}' needs a path = '...csv' option"),
-            )
+        let config = connector.configure(context, options).map_err(|e| {
+            let at = e.key.as_ref().and_then(|k| map.get(k)).map(|(_, at)| *at);
+            err(file, text, at.unwrap_or(loc), e.message)
         })?;
-        // Sandbox: only files beside the query file (or below it) can be read.
-        let p = std::path::Path::new(&rel);
-        if p.is_absolute()
-            || p.components().any(|c| {
-                !matches!(
-                    c,
-                    std::path::Component::Normal(_) | std::path::Component::CurDir
-                )
-            })
-        {
+        let Some(table) = config.get::<forewarn_connect::file::FileTable>() else {
             return Err(err(
                 file,
                 text,
-                at,
-                format!("path '{rel}' must be relative to the query file's directory and stay inside it (no '..', no absolute paths)"),
+                loc,
+                format!(
+                    "connector '{}' declares a reference table the SQL front end cannot load",
+                    config.connector()
+                ),
             ));
-        }
-        let dir = std::path::Path::new(file)
-            .parent()
-            .map(|d| d.to_path_buf())
-            .unwrap_or_default();
+        };
         let mut fields = Vec::new();
         for c in columns {
             let dt = map_type(&c.data_type).ok_or_else(|| {
@@ -748,7 +703,7 @@ impl QuerySet {
             ReferenceDecl {
                 name: name.to_string(),
                 schema: Arc::new(Schema::new(fields)),
-                path: dir.join(p),
+                path: table.path.clone(),
                 origin: format!("{file}:{}", loc.line),
             },
         );
@@ -1109,7 +1064,39 @@ fn topic_template(
         .map_err(|e| err(file, text, *at, format!("{key}: {e}")))
 }
 
-/// Options of an mqtt sink: where it publishes, then its alert lifecycle.
+/// Options every source takes, whatever its connector: how its messages are read and
+/// how its watermark moves.
+const SOURCE_OPTIONS: &[&str] = &[
+    "connector",
+    "format",
+    "topic",
+    "topic_template",
+    "max_future",
+    "watermark_key",
+    "max_skew",
+    "idle_timeout",
+    "late_topic",
+];
+
+/// `a` or `an` before a connector's name, as it is read aloud ("an mqtt source").
+fn article(word: &str) -> &'static str {
+    // A name without vowels is an acronym, read letter by letter.
+    let spelled = !word.contains(['a', 'e', 'i', 'o', 'u']);
+    let first = word.chars().next().unwrap_or('x');
+    let vowel_sound = if spelled {
+        "aefhilmnorsx".contains(first)
+    } else {
+        "aeiou".contains(first)
+    };
+    if vowel_sound {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// Options every sink takes, whatever its connector: where it publishes, then its
+/// alert lifecycle.
 const SINK_OPTIONS: &[&str] = &[
     "connector",
     "format",

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ckpt;
+pub mod http;
 pub mod mosquitto;
 
 use std::collections::BTreeMap;

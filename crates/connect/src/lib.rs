@@ -1,0 +1,84 @@
+//! Forewarn's connector boundary.
+//!
+//! A query file names a connector in each table's `WITH (connector = '...', ...)`. The
+//! SQL front end reads the options every table of a role shares (a source's `topic`,
+//! `topic_template` and watermark options; a sink's `topic` and alert lifecycle) and
+//! hands the rest to the connector, which owns them: it says which it takes, reads them
+//! into its own typed configuration ([`ConnectorConfig`]) and refuses bad values with
+//! the option's position. Adding a connector is one folder here plus one line in
+//! [`Registry::builtin`]; see `docs/connectors.md`.
+//!
+//! This crate does no IO of its own unless a connector's feature is on (`webhook`):
+//! the SQL front end and `forewarn check` use it to validate query files anywhere.
+
+mod config;
+mod options;
+mod registry;
+
+pub mod file;
+pub mod mqtt;
+pub mod nats;
+pub mod webhook;
+
+pub use config::ConnectorConfig;
+pub use options::{did_you_mean, OptionError, Options, Pos};
+pub use registry::Registry;
+
+/// What a table is to the queries that use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A stream of readings queries read (`CREATE TABLE t (columns ...)`).
+    Source,
+    /// Where a query's results or alerts go (`CREATE TABLE t WITH (...)`, no columns).
+    Sink,
+    /// Static reference data queries join (an asset registry).
+    Table,
+}
+
+impl Role {
+    /// `source`, `sink` or `table`, as error messages name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Sink => "sink",
+            Role::Table => "table",
+        }
+    }
+}
+
+/// What the connector is told about the table besides its options.
+#[derive(Debug, Clone, Copy)]
+pub struct TableContext<'a> {
+    /// The table's name.
+    pub name: &'a str,
+    /// Its role.
+    pub role: Role,
+    /// Whether a source declares event time (`WATERMARK FOR`).
+    pub event_time: bool,
+    /// The query file's directory (relative paths are resolved against it).
+    pub dir: &'a std::path::Path,
+}
+
+/// A kind of connector: the options it owns in each role it plays, read into a typed
+/// configuration the running side uses.
+pub trait Connector: Send + Sync + 'static {
+    /// The name in `connector = '...'`.
+    fn name(&self) -> &'static str;
+
+    /// The options this connector adds in `role`, or why it cannot play that role.
+    fn options(&self, role: Role) -> Result<&'static [&'static str], String>;
+
+    /// Reads this connector's options (those [`Connector::options`] lists) for a table.
+    /// Options not read here are the SQL front end's, already checked.
+    fn configure(
+        &self,
+        table: &TableContext<'_>,
+        options: &Options,
+    ) -> Result<ConnectorConfig, OptionError>;
+
+    /// Whether a sink of this connector needs `topic = '...'`. Connectors that do not
+    /// publish on topics (a webhook) take it as an optional label.
+    fn sink_needs_topic(&self) -> bool {
+        true
+    }
+}

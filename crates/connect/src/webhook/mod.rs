@@ -1,0 +1,197 @@
+//! `connector = 'webhook'`: a sink that POSTs each alert (or alert transition) as JSON
+//! to a URL, for CMMS systems and chat tools. Delivery ([`deliver`], feature `webhook`)
+//! retries with backoff, and a delivered output counts as confirmed only once the
+//! server answered 2xx — the same meaning as a broker's PUBACK for MQTT outputs.
+
+#[cfg(feature = "webhook")]
+pub mod deliver;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Connector, ConnectorConfig, OptionError, Options, Role, TableContext};
+
+/// The webhook connector.
+#[derive(Debug, Clone, Copy)]
+pub struct Webhook;
+
+/// Where the bearer token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file holding the token (trailing white space trimmed), relative to the query
+    /// file's directory unless absolute: `bearer_token_file = '...'`.
+    File(PathBuf),
+    /// An environment variable: `bearer_token_env = 'CMMS_TOKEN'`.
+    Env(String),
+}
+
+/// A webhook sink's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSink {
+    /// `url = 'https://cmms.example/api/alerts'`.
+    pub url: String,
+    /// `bearer_token_file` or `bearer_token_env`, if given.
+    pub token: Option<TokenSource>,
+    /// One attempt's limit, connect to response (`timeout`, default 10 s).
+    pub timeout: Duration,
+    /// Attempts after the first (`retries`, default 5), with backoff from 1 s doubling
+    /// to at most 30 s.
+    pub retries: u32,
+}
+
+/// Default `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `retries`.
+pub const DEFAULT_RETRIES: u32 = 5;
+
+impl Connector for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn options(&self, role: Role) -> Result<&'static [&'static str], String> {
+        match role {
+            Role::Sink => Ok(&[
+                "url",
+                "bearer_token_file",
+                "bearer_token_env",
+                "timeout",
+                "retries",
+            ]),
+            _ => Err("a webhook only sends: declare it as a sink (no columns)".into()),
+        }
+    }
+
+    fn sink_needs_topic(&self) -> bool {
+        false
+    }
+
+    fn configure(&self, t: &TableContext<'_>, o: &Options) -> Result<ConnectorConfig, OptionError> {
+        let name = t.name;
+        let url = o.get("url").ok_or_else(|| {
+            OptionError::at(
+                "connector",
+                format!("webhook sink '{name}' needs url = 'http://...' or 'https://...'"),
+            )
+        })?;
+        if let Some(why) = url_problem(url) {
+            return Err(OptionError::at("url", format!("url '{url}' {why}")));
+        }
+        let token = match (o.get("bearer_token_file"), o.get("bearer_token_env")) {
+            (Some(_), Some(_)) => {
+                return Err(OptionError::at(
+                    "bearer_token_env",
+                    "give bearer_token_file or bearer_token_env, not both",
+                ))
+            }
+            (Some(f), None) => Some(TokenSource::File(t.dir.join(f))),
+            (None, Some(v)) if !v.is_empty() => Some(TokenSource::Env(v.to_string())),
+            (None, Some(_)) => {
+                return Err(OptionError::at(
+                    "bearer_token_env",
+                    "bearer_token_env names an environment variable, and is empty",
+                ))
+            }
+            (None, None) => None,
+        };
+        let timeout = o
+            .interval("timeout")?
+            .map(|ms| Duration::from_millis(ms as u64))
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let retries = o
+            .whole("retries", 0..=100)?
+            .unwrap_or(DEFAULT_RETRIES as u64) as u32;
+        Ok(ConnectorConfig::new(
+            "webhook",
+            WebhookSink {
+                url: url.to_string(),
+                token,
+                timeout,
+                retries,
+            },
+        ))
+    }
+}
+
+/// Why `url` cannot be posted to, if it cannot.
+fn url_problem(url: &str) -> Option<&'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let Some(rest) = rest else {
+        return Some("must start with http:// or https://");
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Some("has no host");
+    }
+    if url.chars().any(char::is_whitespace) {
+        return Some("contains white space");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Pos;
+    use std::path::Path;
+
+    fn sink(kv: &[(&str, &str)]) -> Result<WebhookSink, OptionError> {
+        let mut o = Options::default();
+        for (k, v) in kv {
+            o.insert(k, v.to_string(), Pos::default()).unwrap();
+        }
+        let t = TableContext {
+            name: "cmms",
+            role: Role::Sink,
+            event_time: false,
+            dir: Path::new("q"),
+        };
+        Webhook
+            .configure(&t, &o)
+            .map(|c| c.get::<WebhookSink>().unwrap().clone())
+    }
+
+    #[test]
+    fn defaults_and_options() {
+        let s = sink(&[("url", "http://127.0.0.1:8080/hook")]).unwrap();
+        assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(s.retries, DEFAULT_RETRIES);
+        assert_eq!(s.token, None);
+        let s = sink(&[
+            ("url", "https://cmms.example/api?x=1"),
+            ("timeout", "2 seconds"),
+            ("retries", "0"),
+            ("bearer_token_file", "token.txt"),
+        ])
+        .unwrap();
+        assert_eq!(s.timeout, Duration::from_secs(2));
+        assert_eq!(s.retries, 0);
+        assert_eq!(s.token, Some(TokenSource::File("q/token.txt".into())));
+    }
+
+    #[test]
+    fn bad_settings_point_at_their_option() {
+        let key = |kv: &[(&str, &str)]| sink(kv).unwrap_err().key;
+        assert_eq!(key(&[]), Some("connector".into()));
+        assert_eq!(key(&[("url", "ftp://x/y")]), Some("url".into()));
+        assert_eq!(key(&[("url", "http:///y")]), Some("url".into()));
+        assert_eq!(
+            key(&[("url", "http://h"), ("retries", "-1")]),
+            Some("retries".into())
+        );
+        assert_eq!(
+            key(&[("url", "http://h"), ("timeout", "0 seconds")]),
+            Some("timeout".into())
+        );
+        assert_eq!(
+            key(&[
+                ("url", "http://h"),
+                ("bearer_token_file", "a"),
+                ("bearer_token_env", "B")
+            ]),
+            Some("bearer_token_env".into())
+        );
+    }
+}
