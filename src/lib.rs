@@ -25,15 +25,16 @@ pub use forewarn_sql::{QuerySet, SqlError};
 /// The connector boundary: typed `WITH` options of each connector, the registry.
 pub use forewarn_connect as connect;
 
+// Forewarn as a process (the `forewarn-service` crate).
 #[cfg(feature = "mqtt")]
-pub mod mqtt;
+pub use forewarn_service::mqtt;
 #[cfg(feature = "nats")]
-pub mod nats;
+pub use forewarn_service::nats;
 #[cfg(feature = "history")]
-pub mod replay;
-pub mod training;
+pub use forewarn_service::replay;
+pub use forewarn_service::training;
 #[cfg(feature = "mqtt")]
-pub mod webhook;
+pub use forewarn_service::webhook;
 
 /// The README's Rust example is compiled and run as a doctest, so it cannot rot.
 #[cfg(doctest)]

@@ -35,7 +35,7 @@ mod delivery {
     use tokio::sync::Notify;
     use tokio::task::JoinHandle;
 
-    use crate::{EngineError, Output, Pipeline};
+    use forewarn_engine::{EngineError, Output, Pipeline};
 
     /// One sink's queue: outputs in order, with their sequence numbers.
     struct Queue {
@@ -189,7 +189,7 @@ mod delivery {
 #[cfg(not(feature = "webhook"))]
 mod without {
     use super::*;
-    use crate::{EngineError, Output, Pipeline};
+    use forewarn_engine::{EngineError, Output, Pipeline};
 
     pub(crate) struct Webhooks {
         pub(crate) stats: Arc<WebhookStats>,

@@ -17,7 +17,7 @@ pub use forewarn_mqtt::{
     AckToken, BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions, TlsSettings,
 };
 
-use crate::{EngineError, EngineStats, Output, Pipeline, PipelineHandle};
+use forewarn_engine::{EngineError, EngineStats, Output, Pipeline, PipelineHandle};
 
 /// Errors from running a pipeline over MQTT.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub struct MqttPipeline {
 
 /// Connects `pipeline` to the broker at `url`. `tap`, if given, receives a copy of every output.
 ///
-/// A pipeline with checkpoints (see [`crate::CheckpointConfig`]) reads through a
+/// A pipeline with checkpoints (see [`forewarn_engine::CheckpointConfig`]) reads through a
 /// persistent session (clean session off) and acknowledges each QoS 1 message only
 /// once a checkpoint covers it, and it confirms outputs to the pipeline only once the
 /// broker acknowledged them: a crash loses neither input nor output.
@@ -153,7 +153,7 @@ pub async fn start(
                             .await
                     }
                     ack => {
-                        let ack = ack.map(|t| Box::new(move || t.ack()) as crate::Ack);
+                        let ack = ack.map(|t| Box::new(move || t.ack()) as forewarn_engine::Ack);
                         forward(&h, &command_prefix, &m.topic, m.payload, ack, None).await
                     }
                 };
@@ -268,7 +268,7 @@ pub(crate) async fn forward(
     command_prefix: &str,
     topic: &str,
     payload: Vec<u8>,
-    ack: Option<crate::Ack>,
+    ack: Option<forewarn_engine::Ack>,
     position: Option<u64>,
 ) -> Result<(), EngineError> {
     match (topic.strip_prefix(command_prefix), ack, position) {
@@ -289,7 +289,7 @@ async fn shed_oldest(
     max: usize,
     shed: Arc<AtomicU64>,
 ) {
-    type Waiting = (String, Vec<u8>, Option<crate::Ack>);
+    type Waiting = (String, Vec<u8>, Option<forewarn_engine::Ack>);
     let mut waiting: std::collections::VecDeque<Waiting> = Default::default();
     let mut open = true;
     loop {
@@ -319,7 +319,7 @@ async fn shed_oldest(
         tokio::select! {
             m = incoming.recv(), if open => match m {
                 Some(m) => {
-                    let ack = m.ack.map(|t| Box::new(move || t.ack()) as crate::Ack);
+                    let ack = m.ack.map(|t| Box::new(move || t.ack()) as forewarn_engine::Ack);
                     waiting.push_back((m.topic, m.payload, ack));
                     while waiting.len() > max {
                         let i = waiting
@@ -547,7 +547,7 @@ impl MqttPipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CheckpointConfig, EngineConfig};
+    use forewarn_engine::{CheckpointConfig, EngineConfig};
 
     /// An engine that stops taking input (its outputs are not confirmed) behind a
     /// burst: the oldest waiting messages are dropped and counted, the rest go through

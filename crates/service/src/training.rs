@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use ndarray::Array2;
 
-use crate::Output;
+use forewarn_engine::Output;
 
 /// One window's features.
 #[derive(Debug, Clone, PartialEq)]

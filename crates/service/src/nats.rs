@@ -26,7 +26,7 @@ pub use forewarn_nats::{
 };
 
 use crate::mqtt::{self, BrokerUrl, RunError};
-use crate::{CheckpointConfig, CheckpointError, CheckpointStore, EngineError, Pipeline};
+use forewarn_engine::{CheckpointConfig, CheckpointError, CheckpointStore, EngineError, Pipeline};
 
 /// Which partitions a worker runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

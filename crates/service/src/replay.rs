@@ -10,7 +10,8 @@ use std::path::Path;
 
 pub use forewarn_history::{HistoryError, HistoryFormat, Message, SourceShape};
 
-use crate::{EngineError, EngineStats, Output, Pipeline, QuerySet, SourceInfo, SqlError};
+use forewarn_engine::{EngineError, EngineStats, Output, Pipeline, SourceInfo};
+use forewarn_sql::{QuerySet, SqlError};
 
 /// Errors from a replay.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,23 @@
+//! Forewarn as a process: what turns the embeddable [`forewarn_engine::Pipeline`] into
+//! a service. The `forewarn` crate re-exports these modules (`forewarn::mqtt`, ...);
+//! its CLI runs them.
+//!
+//! * [`mqtt`] (feature `mqtt`): a pipeline on a broker — subscriptions, operator
+//!   commands, QoS 1 outputs with ack-after-checkpoint, store and forward;
+//! * [`webhook`] (with `mqtt`; delivery with feature `webhook`): webhook sinks beside the
+//!   MQTT publisher;
+//! * [`nats`] (feature `nats`): scale-out workers reading partitions of a JetStream
+//!   stream, with leases and checkpoints in NATS;
+//! * [`replay`] (feature `history`): backtests over recorded history through the same
+//!   pipeline;
+//! * [`training`]: feature rows and labels collected from a pipeline's outputs.
+
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "history")]
+pub mod replay;
+pub mod training;
+#[cfg(feature = "mqtt")]
+pub mod webhook;
