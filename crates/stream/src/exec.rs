@@ -1,0 +1,286 @@
+//! DataFusion plumbing: a pane's long-lived partial aggregate (the query's partial
+//! half with its leaf replaced by a channel-fed streaming scan), the leaf batches fed
+//! to it, and the final half run over partial state when a window fires.
+
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{ArrayRef, AsArray, TimestampMillisecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{collect, ExecutionPlan, PhysicalExpr, SendableRecordBatchStream};
+use forewarn_core::{Millis, Pane};
+use forewarn_sql::{
+    replace_leaf, replace_partial, time_type, CompiledQuery, WINDOW_END, WINDOW_START,
+};
+use futures::TryStreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::StreamError;
+
+/// One pane's running partial aggregate: batches go in through `tx`; closing `tx`
+/// ends its input and `state` then yields the aggregate's state rows.
+pub(crate) struct OpenPane {
+    tx: mpsc::Sender<DfResult<RecordBatch>>,
+    state: JoinHandle<DfResult<Vec<RecordBatch>>>,
+}
+
+impl OpenPane {
+    /// Starts `q`'s partial half over a fresh channel.
+    pub(crate) fn start(q: &CompiledQuery) -> DfResult<OpenPane> {
+        let (tx, rx) = mpsc::channel(16);
+        let input = Arc::new(ChannelPartition {
+            schema: q.leaf_schema.clone(),
+            rx: Mutex::new(Some(rx)),
+        });
+        let leaf = StreamingTableExec::try_new(
+            q.leaf_schema.clone(),
+            vec![input],
+            None,
+            vec![],
+            false,
+            None,
+        )?;
+        let plan = replace_leaf(&q.partial, Arc::new(leaf))?;
+        let stream = plan.execute(0, q.task_ctx.clone())?;
+        let state = tokio::spawn(async move { stream.try_collect::<Vec<_>>().await });
+        Ok(OpenPane { tx, state })
+    }
+
+    /// Feeds a leaf batch; `false` when the aggregate has already stopped (its error
+    /// surfaces from [`drain`](Self::drain)).
+    pub(crate) async fn send(&self, leaf_batch: RecordBatch) -> bool {
+        self.tx.send(Ok(leaf_batch)).await.is_ok()
+    }
+
+    /// Closes the aggregate's input and returns its state rows.
+    pub(crate) async fn drain(self) -> DfResult<Vec<RecordBatch>> {
+        drop(self.tx);
+        let state = self
+            .state
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        Ok(state.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+}
+
+/// The partial half's input for `rows` (source columns): the leaf's columns, picked by
+/// `leaf_projection` (each leaf column's index in the pane schema), with the window
+/// columns set to the pane (or, for sessions, to each row's session id).
+pub(crate) fn leaf_batch(
+    q: &CompiledQuery,
+    leaf_projection: &[usize],
+    rows: RecordBatch,
+    start: Millis,
+    end: Millis,
+    ids: Option<Vec<Millis>>,
+) -> Result<RecordBatch, StreamError> {
+    let n = rows.num_rows();
+    let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
+    match ids {
+        Some(ids) => {
+            let a: ArrayRef = Arc::new(TimestampMillisecondArray::from(ids));
+            cols.push(a.clone());
+            cols.push(a);
+        }
+        None => {
+            cols.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+            cols.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
+        }
+    }
+    let leaf_cols = leaf_projection.iter().map(|&i| cols[i].clone()).collect();
+    RecordBatch::try_new(q.leaf_schema.clone(), leaf_cols).map_err(|e| StreamError::Schema {
+        query: q.name.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Runs the final half over partial state, with the window columns of each state
+/// batch replaced by `bounds(rows)` (a hop window spans several panes; a session's
+/// rows carry its id until it fires).
+pub(crate) async fn finish_window(
+    q: &CompiledQuery,
+    state: Vec<RecordBatch>,
+    mut bounds: impl FnMut(usize) -> (ArrayRef, ArrayRef),
+) -> Result<RecordBatch, StreamError> {
+    let err = |e: DataFusionError| StreamError::exec(&q.name, e);
+    let schema = q.partial.schema();
+    let ws = schema.index_of(WINDOW_START).map_err(|e| err(e.into()))?;
+    let we = schema.index_of(WINDOW_END).map_err(|e| err(e.into()))?;
+    let state = state
+        .into_iter()
+        .map(|b| {
+            let mut cols = b.columns().to_vec();
+            let (s, e) = bounds(b.num_rows());
+            cols[ws] = s;
+            cols[we] = e;
+            RecordBatch::try_new(schema.clone(), cols).map_err(|e| err(e.into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let input = MemorySourceConfig::try_new_exec(&[state], schema, None).map_err(err)?;
+    let plan = replace_partial(&q.root, input as Arc<dyn ExecutionPlan>).map_err(err)?;
+    let batches = collect(plan, q.task_ctx.clone()).await.map_err(err)?;
+    datafusion::arrow::compute::concat_batches(&q.output_schema, &batches)
+        .map_err(|e| err(e.into()))
+}
+
+/// Each output row's window, when the query selects `window_start` and `window_end`.
+pub(crate) fn output_windows(
+    q: &CompiledQuery,
+    batch: &RecordBatch,
+) -> Result<Option<Vec<Pane>>, StreamError> {
+    let schema = batch.schema();
+    let (Ok(s), Ok(e)) = (schema.index_of(WINDOW_START), schema.index_of(WINDOW_END)) else {
+        return Ok(None);
+    };
+    let col = |i: usize| {
+        cast(batch.column(i), &time_type()).map_err(|e| StreamError::exec(&q.name, e.into()))
+    };
+    let (s, e) = (col(s)?, col(e)?);
+    let (s, e) = (
+        s.as_primitive::<TimestampMillisecondType>(),
+        e.as_primitive::<TimestampMillisecondType>(),
+    );
+    Ok(Some(
+        (0..batch.num_rows())
+            .map(|i| Pane {
+                start: s.value(i),
+                end: e.value(i),
+            })
+            .collect(),
+    ))
+}
+
+/// The WHERE predicate applied right above the source scan, if there is one.
+pub(crate) fn leaf_filter(partial: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn PhysicalExpr>> {
+    if let Some(f) = partial.as_ref().downcast_ref::<FilterExec>() {
+        let input = f.input();
+        if input.children().is_empty() && f.projection().is_none() {
+            return Some(f.predicate().clone());
+        }
+    }
+    partial.children().into_iter().find_map(leaf_filter)
+}
+
+/// The leaf of a pane's partial aggregate: yields the batches sent to its channel.
+#[derive(Debug)]
+struct ChannelPartition {
+    schema: SchemaRef,
+    rx: Mutex<Option<mpsc::Receiver<DfResult<RecordBatch>>>>,
+}
+
+impl PartitionStream for ChannelPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let rx = self.rx.lock().expect("lock").take();
+        let stream = futures::stream::unfold(rx, |rx| async move {
+            let mut rx = rx?;
+            let item = rx.recv().await?;
+            Some((item, Some(rx)))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fixture, output, row};
+    use crate::WindowResult;
+
+    #[tokio::test]
+    async fn the_where_clause_is_found_above_the_leaf() {
+        let f = fixture("tumble(interval '10 seconds')", "WHERE v > 0", "").await;
+        let pred = leaf_filter(&f.q.partial).expect("a WHERE clause");
+        assert!(pred.to_string().contains('v'), "{pred}");
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        assert!(leaf_filter(&f.q.partial).is_none());
+    }
+
+    #[tokio::test]
+    async fn leaf_batches_carry_the_pane_bounds_or_the_session_ids() {
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let projection: Vec<usize> =
+            f.q.leaf_schema
+                .fields()
+                .iter()
+                .map(|c| f.q.pane_schema.index_of(c.name()).unwrap())
+                .collect();
+        let rows = f.rows(&[("a", 1, 1.0), ("b", 2, 2.0)]);
+        let column = |b: &RecordBatch, name: &str| -> Vec<Millis> {
+            b.column(b.schema().index_of(name).unwrap())
+                .as_primitive::<TimestampMillisecondType>()
+                .values()
+                .to_vec()
+        };
+        let b = leaf_batch(&f.q, &projection, rows.clone(), 0, 10, None).unwrap();
+        assert_eq!(b.schema(), f.q.leaf_schema);
+        assert_eq!(column(&b, WINDOW_START), vec![0, 0]);
+        assert_eq!(column(&b, WINDOW_END), vec![10, 10]);
+        let b = leaf_batch(&f.q, &projection, rows, 0, 10, Some(vec![7, 8])).unwrap();
+        assert_eq!(column(&b, WINDOW_START), vec![7, 8]);
+        assert_eq!(column(&b, WINDOW_END), vec![7, 8]);
+    }
+
+    #[tokio::test]
+    async fn a_pane_aggregate_keeps_one_state_row_per_group_and_the_final_half_adds_them_up() {
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let projection: Vec<usize> =
+            f.q.leaf_schema
+                .fields()
+                .iter()
+                .map(|c| f.q.pane_schema.index_of(c.name()).unwrap())
+                .collect();
+        let pane = OpenPane::start(&f.q).unwrap();
+        for rows in [
+            &[("a", 1, 1.0), ("b", 2, 2.0)][..],
+            &[("a", 3, 4.0), ("a", 4, 8.0), ("b", 5, 16.0)][..],
+        ] {
+            let b = leaf_batch(&f.q, &projection, f.rows(rows), 0, 10, None).unwrap();
+            assert!(pane.send(b).await);
+        }
+        let state = pane.drain().await.unwrap();
+        assert_eq!(state.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        // The final half with the window columns set to a wider window.
+        let batch = finish_window(&f.q, state, |n| {
+            (
+                Arc::new(TimestampMillisecondArray::from_value(-10, n)) as ArrayRef,
+                Arc::new(TimestampMillisecondArray::from_value(20, n)) as ArrayRef,
+            )
+        })
+        .await
+        .unwrap();
+        let result = WindowResult {
+            window: Pane {
+                start: -10,
+                end: 20,
+            },
+            batch,
+            row_windows: None,
+        };
+        assert_eq!(
+            output(std::slice::from_ref(&result)),
+            vec![row(-10, 20, "a", 3, 13.0), row(-10, 20, "b", 2, 18.0)]
+        );
+        let windows = output_windows(&f.q, &result.batch).unwrap().unwrap();
+        assert_eq!(
+            windows,
+            vec![
+                Pane {
+                    start: -10,
+                    end: 20
+                };
+                2
+            ]
+        );
+    }
+}

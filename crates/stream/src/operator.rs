@@ -1,0 +1,889 @@
+//! The [`WindowOperator`]: admits rows (lateness, `max_future`, the limit of open
+//! panes), feeds them to their panes' aggregates, moves the watermark, and fires the
+//! windows and sessions it has passed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::physical_plan::PhysicalExpr;
+use forewarn_core::{Millis, Pane, Watermark, WindowSpec};
+use forewarn_sql::{time_type, CompiledQuery, WINDOW_START};
+
+use crate::admission::{max_opt, record, FutureCheck, Rejected};
+use crate::error::StreamError;
+use crate::exec::{finish_window, leaf_batch, leaf_filter, output_windows, OpenPane};
+use crate::output::{OperatorStats, Processed, Rejection, RowRejection, WindowResult};
+use crate::panes::Panes;
+use crate::session::{session_key, Sessions};
+use crate::snapshot::{check_fits, OperatorMeta, OperatorState, SessionsState};
+
+/// Runs one compiled query over a stream of source batches.
+pub struct WindowOperator {
+    q: Arc<CompiledQuery>,
+    source_schema: SchemaRef,
+    ts_index: usize,
+    /// For each leaf column, its index in the pane schema.
+    leaf_projection: Vec<usize>,
+    panes: Panes,
+    watermark: Watermark,
+    /// Every pane ending at or before this has been closed.
+    closed_until: Option<Millis>,
+    stats: OperatorStats,
+    /// Column of per-key watermarks, in the source schema.
+    wm_key_index: Option<usize>,
+    /// Session windows: key columns in the source schema, and the sessions.
+    session_key_indices: Vec<usize>,
+    sessions: Option<Sessions>,
+    /// The WHERE clause evaluated on leaf batches: rows it drops are never late or
+    /// refused for this query (and, for sessions, open no session).
+    prefilter: Option<Arc<dyn PhysicalExpr>>,
+    /// Most panes open at once; rows that would open another are rejected.
+    max_open_panes: usize,
+    /// The `max_future` check, with the jumps it has yet to confirm.
+    future: FutureCheck,
+    /// Per-key watermarks: the tick of the newest event time at the last recomputation,
+    /// and the tick's length (a second, or the pane width if shorter); see `observe`.
+    wm_tick: Option<Millis>,
+    wm_tick_ms: Millis,
+}
+
+impl std::fmt::Debug for WindowOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowOperator")
+            .field("query", &self.q.name)
+            .field("open_panes", &self.panes.open.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl WindowOperator {
+    /// An operator for `q`; batches passed to [`process`](Self::process) must have the
+    /// source's schema (the pane schema without the window columns).
+    pub fn new(q: Arc<CompiledQuery>) -> Self {
+        let n = q.pane_schema.fields().len() - 2;
+        let source_schema = Arc::new(
+            q.pane_schema
+                .project(&(0..n).collect::<Vec<_>>())
+                .expect("prefix"),
+        );
+        let ts_index = source_schema
+            .index_of(&q.event_time)
+            .expect("event-time column is declared");
+        let leaf_projection = q
+            .leaf_schema
+            .fields()
+            .iter()
+            .map(|f| {
+                q.pane_schema
+                    .index_of(f.name())
+                    .expect("leaf columns come from the pane schema")
+            })
+            .collect();
+        let wm_key_index = q.watermark_key.as_ref().map(|k| {
+            source_schema
+                .index_of(k)
+                .expect("watermark key is declared")
+        });
+        let session_key_indices = q
+            .session_keys
+            .iter()
+            .map(|k| {
+                source_schema
+                    .index_of(k)
+                    .expect("session keys are declared")
+            })
+            .collect();
+        let sessions = match q.window {
+            WindowSpec::Session { gap, max_length } => {
+                Some(Sessions::new(gap, max_length, q.window.pane_width()))
+            }
+            _ => None,
+        };
+        let prefilter = leaf_filter(&q.partial);
+        let wm_tick_ms = q.window.pane_width().clamp(1, 1000);
+        WindowOperator {
+            watermark: Watermark::new(q.watermark),
+            q,
+            source_schema,
+            ts_index,
+            leaf_projection,
+            panes: Panes::default(),
+            closed_until: None,
+            stats: OperatorStats::default(),
+            wm_key_index,
+            session_key_indices,
+            sessions,
+            prefilter,
+            max_open_panes: usize::MAX,
+            future: FutureCheck::default(),
+            wm_tick: None,
+            wm_tick_ms,
+        }
+    }
+
+    /// Limits the panes open at once (a flood of far-apart timestamps cannot grow state
+    /// without bound): rows that would open one more are rejected as
+    /// [`RowRejection::TooManyWindows`].
+    pub fn with_max_open_panes(mut self, n: usize) -> Self {
+        self.max_open_panes = n.max(1);
+        self
+    }
+
+    /// The query this operator runs.
+    pub fn query(&self) -> &Arc<CompiledQuery> {
+        &self.q
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> OperatorStats {
+        self.stats
+    }
+
+    /// Panes currently open (each holds one partial aggregate, or sealed state from a
+    /// checkpoint, or both).
+    pub fn open_panes(&self) -> usize {
+        self.panes.open_count()
+    }
+
+    /// Bytes of aggregate state reserved in the query's DataFusion memory pool (shared by
+    /// the queries of one pipeline): the open panes' partial aggregates.
+    pub fn state_bytes(&self) -> usize {
+        self.q.task_ctx.memory_pool().reserved()
+    }
+
+    /// Bytes of partial state held outside the aggregates: sealed panes (taken out at
+    /// a checkpoint) and closed panes kept for later windows.
+    pub fn held_state_bytes(&self) -> usize {
+        self.panes.held_bytes()
+    }
+
+    /// Closed panes whose partial state is kept for windows still to fire (hop windows).
+    pub fn retained_panes(&self) -> usize {
+        self.panes.retained()
+    }
+
+    /// Current watermark.
+    pub fn watermark(&self) -> Option<Millis> {
+        self.watermark.current()
+    }
+
+    /// Largest event time seen.
+    pub fn max_event_time(&self) -> Option<Millis> {
+        self.watermark.max_seen()
+    }
+
+    /// Open sessions (session windows).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.as_ref().map_or(0, Sessions::open_count)
+    }
+
+    /// Keys with their own watermark (per-key watermarks).
+    pub fn watermark_keys(&self) -> usize {
+        self.watermark.tracked_keys()
+    }
+
+    /// Moves the watermark forward to `t` (an idle source) and closes what it passed.
+    pub async fn advance_watermark(&mut self, t: Millis) -> Result<Processed, StreamError> {
+        let mut out = Processed::default();
+        if self.watermark.current().is_some_and(|w| w >= t) {
+            return Ok(out);
+        }
+        self.watermark.advance_to(t);
+        self.close_ready(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Refuses a whole batch (state over its limit) but lets its event times move the
+    /// watermark, so that windows still close and free their state.
+    pub async fn refuse(&mut self, batch: &RecordBatch) -> Result<Processed, StreamError> {
+        let mut out = Processed::default();
+        if batch.num_rows() == 0 {
+            return Ok(out);
+        }
+        let ts_col =
+            cast(batch.column(self.ts_index), &time_type()).map_err(|e| self.exec_err(e.into()))?;
+        let ts = ts_col.as_primitive::<TimestampMillisecondType>();
+        let limit = self
+            .q
+            .watermark
+            .max_future
+            .zip(self.watermark.max_seen())
+            .map(|(l, seen)| seen.saturating_add(l));
+        if let Some(t) = ts
+            .iter()
+            .flatten()
+            .filter(|t| limit.is_none_or(|l| *t <= l))
+            .max()
+        {
+            self.watermark
+                .advance_to(t.saturating_sub(self.q.watermark.delay));
+        }
+        self.stats.rows_in += batch.num_rows() as u64;
+        self.stats.too_many_windows_rows += batch.num_rows() as u64;
+        out.rejected.push(Rejection {
+            reason: RowRejection::StateLimit,
+            rows: batch.clone(),
+            index: (0..batch.num_rows() as u32).collect(),
+        });
+        self.close_ready(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Aggregates a batch and closes every window the watermark has passed.
+    pub async fn process(&mut self, batch: &RecordBatch) -> Result<Processed, StreamError> {
+        let mut out = Processed::default();
+        if batch.num_rows() == 0 {
+            return Ok(out);
+        }
+        if batch.num_columns() != self.source_schema.fields().len() {
+            return Err(StreamError::Schema {
+                query: self.q.name.clone(),
+                reason: format!(
+                    "{} columns, expected {}",
+                    batch.num_columns(),
+                    self.source_schema.fields().len()
+                ),
+            });
+        }
+        self.stats.rows_in += batch.num_rows() as u64;
+        let ts_col =
+            cast(batch.column(self.ts_index), &time_type()).map_err(|e| self.exec_err(e.into()))?;
+        let ts = ts_col.as_primitive::<TimestampMillisecondType>();
+        let keep = match &self.prefilter {
+            Some(_) => Some(self.prefilter_mask(batch)?),
+            None => None,
+        };
+        let wm_keys = match self.wm_key_index {
+            Some(i) => Some(string_column(batch.column(i)).map_err(|e| self.exec_err(e))?),
+            None => None,
+        };
+        let session_keys = match &self.sessions {
+            Some(_) => Some(self.session_key_columns(batch)?),
+            None => None,
+        };
+        // Rows are judged one at a time, in arrival order, against what the rows before
+        // them established (the watermark, the newest event time, the open panes), and
+        // accepted rows move the watermark at once: so a row's fate does not depend on
+        // how the input was cut into micro-batches, and live input (a message at a time)
+        // and replay (thousands at once) give the same results. Windows still close once
+        // per batch, after it: a row that is not late by this rule belongs to a pane the
+        // watermark has not passed, so closing later changes nothing.
+        let max_future = self.q.watermark.max_future;
+        let per_key = self.watermark.per_key();
+        // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
+        let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
+        let mut rejected = Rejected::new();
+        let mut key_buf = String::new();
+        // Session id of each row (sessions only), indexed by row.
+        let mut session_ids: Vec<Millis> = match self.sessions {
+            Some(_) => vec![0; batch.num_rows()],
+            None => Vec::new(),
+        };
+        // Panes this batch opens (for the limit on open panes).
+        let open_before = self.open_panes();
+        let mut opened: std::collections::HashSet<Millis> = Default::default();
+        // The watermark as of the row being judged (`closed_until` before the batch).
+        let mut closed = self.closed_until;
+        // Per-key maxima not yet handed to the watermark (see `observe`).
+        let mut keys: HashMap<&str, Millis> = HashMap::new();
+        for i in 0..ts.len() {
+            if keep.as_ref().is_some_and(|k| !k[i]) {
+                // The query does not want this row: it is not late or refused for it
+                // (another query of the source may want it), but, except for sessions,
+                // its time moves the watermark as if it had gone through the aggregate.
+                if self.sessions.is_none() && !ts.is_null(i) {
+                    let t = ts.value(i);
+                    let key = wm_keys.as_ref().map_or("", |k| k.value(i));
+                    if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
+                        self.observe(&mut keys, key, t);
+                    }
+                }
+                continue;
+            }
+            let verdict = if ts.is_null(i) {
+                Err(RowRejection::NoTimestamp)
+            } else {
+                let t = ts.value(i);
+                let key = wm_keys.as_ref().map_or("", |k| k.value(i));
+                let pane = self.q.window.pane_of(t);
+                if let Some(limit) = max_future {
+                    if !self.future_ok(key, t, limit) {
+                        record(&mut rejected, RowRejection::Future, i);
+                        continue;
+                    }
+                }
+                // The watermark as the rows before this one left it.
+                closed = max_opt(closed, self.watermark.current());
+                let late = match (&mut self.sessions, &session_keys) {
+                    (Some(sessions), Some(keys)) => {
+                        match sessions.assign(session_key(keys, i, &mut key_buf), t, closed) {
+                            Some(id) => {
+                                session_ids[i] = id;
+                                false
+                            }
+                            None => true,
+                        }
+                    }
+                    _ => closed.is_some_and(|c| pane.end <= c),
+                };
+                let new_pane = !self.panes.is_open(pane.start) && !opened.contains(&pane.start);
+                if late {
+                    Err(RowRejection::Late)
+                } else if new_pane && open_before + opened.len() >= self.max_open_panes {
+                    // Refused rows must not move the watermark either.
+                    Err(RowRejection::TooManyWindows)
+                } else {
+                    if new_pane {
+                        opened.insert(pane.start);
+                    }
+                    self.observe(&mut keys, key, t);
+                    Ok(pane.start)
+                }
+            };
+            match verdict {
+                Ok(p) => by_pane.entry(p).or_default().push(i as u32),
+                Err(r) => record(&mut rejected, r, i),
+            }
+        }
+        for (_, (reason, idx)) in rejected {
+            let n = idx.len() as u64;
+            match reason {
+                RowRejection::Late => self.stats.late_rows += n,
+                RowRejection::Future => self.stats.future_rows += n,
+                RowRejection::NoTimestamp => self.stats.no_timestamp_rows += n,
+                RowRejection::TooManyWindows | RowRejection::StateLimit => {
+                    self.stats.too_many_windows_rows += n
+                }
+            }
+            let rows = take_record_batch(batch, &UInt32Array::from(idx.clone()))
+                .map_err(|e| self.exec_err(e.into()))?;
+            out.rejected.push(Rejection {
+                reason,
+                rows,
+                index: idx,
+            });
+        }
+        let single = by_pane.len() == 1 && out.rejected.is_empty() && keep.is_none();
+        for (start, idx) in by_pane {
+            let (first, n) = (idx[0] as usize, idx.len());
+            let rows = if single {
+                batch.clone()
+            } else if idx[n - 1] as usize == first + n - 1 {
+                // In-order input puts a pane's rows in one contiguous run: a zero-copy slice.
+                batch.slice(first, n)
+            } else {
+                take_record_batch(batch, &UInt32Array::from(idx.clone()))
+                    .map_err(|e| self.exec_err(e.into()))?
+            };
+            let ids = self
+                .sessions
+                .as_ref()
+                .map(|_| idx.iter().map(|&i| session_ids[i as usize]).collect());
+            self.stats.rows_aggregated += rows.num_rows() as u64;
+            self.feed(start, rows, ids).await?;
+        }
+        if per_key {
+            self.flush_keys(&mut keys);
+        } else {
+            self.watermark.update();
+        }
+        self.close_ready(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Takes an accepted row's event time into the watermark. A per-key watermark is
+    /// recomputed (a pass over the keys: the fleet's median) when the newest event time
+    /// enters a new tick of `wm_tick` ms, not after every row nor every batch: cheap,
+    /// and a function of the rows alone, so the same wherever batches are cut. Windows
+    /// close at most one tick later than a recomputation after every row would close them.
+    ///
+    /// Keys' maxima gather in `keys` (one entry per key of the batch, no allocation per
+    /// row) and reach the watermark before each recomputation and at the end of the batch
+    /// (`flush_keys`): the per-key values only matter when it is recomputed.
+    fn observe<'a>(&mut self, keys: &mut HashMap<&'a str, Millis>, key: &'a str, t: Millis) {
+        self.watermark.observe(t);
+        if !self.watermark.per_key() {
+            return;
+        }
+        let m = keys.entry(key).or_insert(t);
+        *m = (*m).max(t);
+        let tick = self
+            .watermark
+            .max_seen()
+            .map(|m| m.div_euclid(self.wm_tick_ms));
+        if tick != self.wm_tick {
+            self.wm_tick = tick;
+            self.flush_keys(keys);
+            self.watermark.update();
+        }
+    }
+
+    /// Hands the gathered per-key maxima to the watermark.
+    fn flush_keys(&mut self, keys: &mut HashMap<&str, Millis>) {
+        for (k, t) in keys.drain() {
+            self.watermark.observe_key(k, t);
+        }
+    }
+
+    /// Whether a row of `key` at `t` is within `limit` (`max_future`) of the newest
+    /// event time accepted so far (see [`FutureCheck::ok`]).
+    fn future_ok(&mut self, key: &str, t: Millis, limit: Millis) -> bool {
+        self.future.ok(self.watermark.max_seen(), key, t, limit)
+    }
+
+    fn prefilter_mask(&self, batch: &RecordBatch) -> Result<Vec<bool>, StreamError> {
+        let pred = self.prefilter.as_ref().expect("called with a prefilter");
+        let leaf = leaf_batch(&self.q, &self.leaf_projection, batch.clone(), 0, 0, None)?;
+        let v = pred
+            .evaluate(&leaf)
+            .and_then(|v| v.into_array(leaf.num_rows()))
+            .map_err(|e| self.exec_err(e))?;
+        let b = v.as_boolean();
+        Ok((0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect())
+    }
+
+    fn session_key_columns(&self, batch: &RecordBatch) -> Result<Vec<StringArray>, StreamError> {
+        self.session_key_indices
+            .iter()
+            .map(|&i| string_column(batch.column(i)))
+            .collect::<DfResult<Vec<_>>>()
+            .map_err(|e| self.exec_err(e))
+    }
+
+    /// Ends the input: closes every open window.
+    pub async fn finish(&mut self) -> Result<Processed, StreamError> {
+        let before = self.watermark.current();
+        self.watermark.advance_to_end();
+        let mut out = Processed::default();
+        self.close_ready(&mut out).await?;
+        // Every window is closed and emitted. Rest where the last of them ended: a
+        // snapshot taken now continues after them (their readings arriving later are
+        // late, not a second, different version of a window already emitted), and later
+        // windows still open normally. With nothing seen, where it started.
+        let rest = out.results.iter().map(|r| r.window.end).chain(before).max();
+        self.watermark.rest_at(rest);
+        self.closed_until = rest;
+        Ok(out)
+    }
+
+    fn exec_err(&self, source: DataFusionError) -> StreamError {
+        StreamError::exec(&self.q.name, source)
+    }
+
+    /// Feeds `rows` to the aggregate of the pane at `start`, starting one if needed.
+    async fn feed(
+        &mut self,
+        start: Millis,
+        rows: RecordBatch,
+        ids: Option<Vec<Millis>>,
+    ) -> Result<(), StreamError> {
+        let end = start + self.q.window.pane_width();
+        let leaf_batch = leaf_batch(&self.q, &self.leaf_projection, rows, start, end, ids)?;
+        let q = &self.q;
+        let pane = self
+            .panes
+            .aggregate(start, || OpenPane::start(q))
+            .map_err(|e| StreamError::exec(&q.name, e))?;
+        if !pane.send(leaf_batch).await {
+            // The partial aggregate stopped early: its error surfaces when the pane closes.
+            tracing::warn!(query = %self.q.name, pane = start, "partial aggregate ended before its pane closed");
+        }
+        Ok(())
+    }
+
+    async fn close_ready(&mut self, out: &mut Processed) -> Result<(), StreamError> {
+        let Some(wm) = self.watermark.current() else {
+            return Ok(());
+        };
+        // Close every pane the watermark has passed; keep its partial state until the
+        // last window containing it has fired (for tumbling windows: right away).
+        self.panes
+            .close_passed(&self.q.window, wm)
+            .await
+            .map_err(|e| self.exec_err(e))?;
+        if self.sessions.is_some() {
+            self.fire_sessions(wm, out).await?;
+            self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
+            return Ok(());
+        }
+        // Fire every window the watermark has passed that was not fired before, in order.
+        for window in self
+            .panes
+            .windows_due(&self.q.window, wm, self.closed_until)
+        {
+            let state = self.panes.state_of(window);
+            if state.is_empty() {
+                continue;
+            }
+            let bounds = |n: usize| -> (ArrayRef, ArrayRef) {
+                (
+                    Arc::new(TimestampMillisecondArray::from_value(window.start, n)),
+                    Arc::new(TimestampMillisecondArray::from_value(window.end, n)),
+                )
+            };
+            let batch = finish_window(&self.q, state, bounds).await?;
+            self.stats.windows_closed += 1;
+            self.stats.rows_out += batch.num_rows() as u64;
+            out.results.push(WindowResult {
+                window,
+                batch,
+                row_windows: None,
+            });
+        }
+        self.panes.forget_passed(self.q.window.width(), wm);
+        self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
+        Ok(())
+    }
+
+    /// Everything needed to continue later exactly where this operator stands: the
+    /// partial aggregate state of every open pane and of closed panes later windows
+    /// still need, the watermark, the sessions and the counters. Open panes are sealed
+    /// (their aggregates drained); rows arriving afterwards start a fresh aggregate for
+    /// the pane, and the two add up when it closes.
+    pub async fn snapshot(&mut self) -> Result<OperatorState, StreamError> {
+        self.panes.seal().await.map_err(|e| self.exec_err(e))?;
+        let panes = self
+            .panes
+            .states(&self.q.partial.schema())
+            .map_err(|e| self.exec_err(e))?;
+        Ok(OperatorState {
+            meta: OperatorMeta {
+                watermark: self.watermark.clone(),
+                closed_until: self.closed_until,
+                stats: self.stats,
+                sessions: self.sessions.clone().map(SessionsState),
+            },
+            panes,
+        })
+    }
+
+    /// Continues from a [`snapshot`](Self::snapshot) of an operator for the same query.
+    /// Must be called before the first batch. Fails, changing nothing, when the state
+    /// does not fit this query (its partial state has other columns).
+    pub fn restore(&mut self, state: OperatorState) -> Result<(), StreamError> {
+        check_fits(&self.q, &state)?;
+        self.panes.restore(state.panes);
+        self.watermark = state.meta.watermark;
+        self.closed_until = state.meta.closed_until;
+        self.stats = state.meta.stats;
+        self.sessions = state.meta.sessions.map(|s| s.0);
+        Ok(())
+    }
+
+    /// Fires every session the watermark has passed, all in one run of the final half:
+    /// their partial state rows are picked out of the closed panes by session id, and
+    /// their window columns set to each session's bounds.
+    async fn fire_sessions(&mut self, wm: Millis, out: &mut Processed) -> Result<(), StreamError> {
+        let sessions = self.sessions.as_mut().expect("session operator");
+        let ready = sessions.take_ready(wm);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let bounds = sessions.bounds_by_id(&ready);
+        let schema = self.q.partial.schema();
+        let ws = schema
+            .index_of(WINDOW_START)
+            .map_err(|e| self.exec_err(e.into()))?;
+        let fired = self
+            .panes
+            .take_rows_of(ws, &bounds)
+            .map_err(|e| self.exec_err(e.into()))?;
+        if fired.is_empty() {
+            return Ok(());
+        }
+        // Each row's session bounds, looked up by the id it was tagged with.
+        let row_bounds: Vec<Pane> = fired
+            .iter()
+            .flat_map(|b| {
+                let ids = b
+                    .column(ws)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .clone();
+                (0..ids.len())
+                    .map(|i| bounds[&ids.value(i)])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut offset = 0;
+        let mut per_batch = Vec::new();
+        for b in &fired {
+            per_batch.push(row_bounds[offset..offset + b.num_rows()].to_vec());
+            offset += b.num_rows();
+        }
+        let mut per_batch = per_batch.into_iter();
+        let batch = finish_window(&self.q, fired, move |_n| {
+            let p = per_batch.next().expect("one entry per batch");
+            (
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    p.iter().map(|p| p.start),
+                )) as ArrayRef,
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    p.iter().map(|p| p.end),
+                )) as ArrayRef,
+            )
+        })
+        .await?;
+        // The final half may reorder rows: read each row's session back from its output.
+        let row_windows = output_windows(&self.q, &batch)?;
+        let span = Pane {
+            start: ready.iter().map(|s| s.start).min().expect("non-empty"),
+            end: bounds.values().map(|p| p.end).max().expect("non-empty"),
+        };
+        self.stats.windows_closed += ready.len() as u64;
+        self.stats.rows_out += batch.num_rows() as u64;
+        out.results.push(WindowResult {
+            window: span,
+            batch,
+            row_windows,
+        });
+        Ok(())
+    }
+}
+
+/// A column as strings (keys of per-key watermarks and sessions).
+fn string_column(a: &ArrayRef) -> DfResult<StringArray> {
+    Ok(cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fixture, output, row};
+
+    const S: Millis = 1000;
+
+    fn reasons(p: &Processed) -> Vec<(RowRejection, Vec<u32>)> {
+        p.rejected
+            .iter()
+            .map(|r| (r.reason, r.index.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn tumbling_windows_fire_once_the_watermark_passes_their_end() {
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let mut op = f.operator();
+        let p = op
+            .process(&f.rows(&[("a", S, 1.0), ("a", 4 * S, 2.0), ("b", 5 * S, 4.0)]))
+            .await
+            .unwrap();
+        assert!(p.results.is_empty() && p.rejected.is_empty());
+        assert_eq!(op.open_panes(), 1);
+        // The watermark (newest time - 2 s) reaches 10 s only at 12 s.
+        let p = op.process(&f.rows(&[("a", 11_999, 8.0)])).await.unwrap();
+        assert!(p.results.is_empty());
+        assert_eq!(op.watermark(), Some(9_999));
+        let p = op.process(&f.rows(&[("b", 12 * S, 16.0)])).await.unwrap();
+        assert_eq!(p.results.len(), 1);
+        assert_eq!(
+            p.results[0].window,
+            Pane {
+                start: 0,
+                end: 10 * S
+            }
+        );
+        assert_eq!(
+            output(&p.results),
+            vec![row(0, 10 * S, "a", 2, 3.0), row(0, 10 * S, "b", 1, 4.0)]
+        );
+        let p = op.finish().await.unwrap();
+        assert_eq!(
+            output(&p.results),
+            vec![
+                row(10 * S, 20 * S, "a", 1, 8.0),
+                row(10 * S, 20 * S, "b", 1, 16.0)
+            ]
+        );
+        let s = op.stats();
+        assert_eq!((s.rows_in, s.rows_aggregated), (5, 5));
+        assert_eq!((s.windows_closed, s.rows_out), (2, 4));
+    }
+
+    #[tokio::test]
+    async fn rows_of_a_closed_window_are_late_judged_row_by_row() {
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let mut op = f.operator();
+        op.process(&f.rows(&[("a", S, 1.0)])).await.unwrap();
+        // In one batch: the row at 13 s moves the watermark to 11 s, which closes the
+        // first window for the row at 9 s after it, but not for the row at 2 s before it.
+        let p = op
+            .process(&f.rows(&[("a", 2 * S, 2.0), ("a", 13 * S, 4.0), ("a", 9 * S, 8.0)]))
+            .await
+            .unwrap();
+        assert_eq!(reasons(&p), vec![(RowRejection::Late, vec![2])]);
+        assert_eq!(p.rejected[0].rows.num_rows(), 1);
+        assert_eq!(output(&p.results), vec![row(0, 10 * S, "a", 2, 3.0)]);
+        let p = op.process(&f.rows(&[("a", 5 * S, 1.0)])).await.unwrap();
+        assert_eq!(reasons(&p), vec![(RowRejection::Late, vec![0])]);
+        assert_eq!(op.stats().late_rows, 2);
+        assert_eq!(op.stats().rows_aggregated, 3);
+    }
+
+    #[tokio::test]
+    async fn rows_too_far_ahead_are_refused_until_a_second_row_confirms_the_jump() {
+        let f = fixture(
+            "tumble(interval '10 seconds')",
+            "",
+            ", max_future = '1 minute'",
+        )
+        .await;
+        let mut op = f.operator();
+        let p = op
+            .process(&f.batch(&[
+                ("a", Some(S), 1.0),
+                ("a", Some(62 * S), 2.0),
+                ("a", None, 4.0),
+                ("a", Some(61 * S), 8.0),
+            ]))
+            .await
+            .unwrap();
+        // 62 s is more than a minute after 1 s; 61 s is not.
+        assert_eq!(
+            reasons(&p),
+            vec![
+                (RowRejection::Future, vec![1]),
+                (RowRejection::NoTimestamp, vec![2]),
+            ]
+        );
+        assert_eq!(op.max_event_time(), Some(61 * S));
+        let p = op.process(&f.rows(&[("a", 200 * S, 1.0)])).await.unwrap();
+        assert_eq!(reasons(&p), vec![(RowRejection::Future, vec![0])]);
+        assert_eq!(
+            op.max_event_time(),
+            Some(61 * S),
+            "refused rows do not count"
+        );
+        // A second row within a minute of the refused one: the stream really jumped.
+        let p = op.process(&f.rows(&[("a", 230 * S, 1.0)])).await.unwrap();
+        assert!(p.rejected.is_empty());
+        assert_eq!(op.max_event_time(), Some(230 * S));
+        let s = op.stats();
+        assert_eq!((s.future_rows, s.no_timestamp_rows, s.rows_in), (2, 1, 6));
+    }
+
+    #[tokio::test]
+    async fn rows_that_would_open_one_pane_too_many_are_refused() {
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let mut op = f.operator().with_max_open_panes(2);
+        // Panes 20 s and 30 s: two, within the limit; the watermark (29 s) closes neither.
+        let p = op
+            .process(&f.rows(&[
+                ("a", 21 * S, 1.0),
+                ("a", 25 * S, 1.0),
+                ("a", 31 * S, 1.0),
+                ("a", 26 * S, 1.0),
+            ]))
+            .await
+            .unwrap();
+        assert!(p.rejected.is_empty() && p.results.is_empty());
+        assert_eq!(op.open_panes(), 2);
+        // 45 s would open a third pane; 33 s goes to an open one.
+        let p = op
+            .process(&f.rows(&[("a", 45 * S, 1.0), ("a", 33 * S, 1.0)]))
+            .await
+            .unwrap();
+        assert_eq!(reasons(&p), vec![(RowRejection::TooManyWindows, vec![0])]);
+        assert_eq!(
+            op.max_event_time(),
+            Some(33 * S),
+            "refused rows do not count"
+        );
+        assert_eq!(op.stats().too_many_windows_rows, 1);
+        // The watermark at 31 s closed pane 20 s.
+        assert_eq!(output(&p.results), vec![row(20 * S, 30 * S, "a", 3, 3.0)]);
+        assert_eq!(op.open_panes(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_still_moves_the_watermark() {
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let mut op = f.operator();
+        op.process(&f.rows(&[("a", S, 1.0)])).await.unwrap();
+        let p = op.refuse(&f.rows(&[("a", 15 * S, 1.0)])).await.unwrap();
+        assert_eq!(reasons(&p), vec![(RowRejection::StateLimit, vec![0])]);
+        assert_eq!(op.watermark(), Some(13 * S));
+        assert_eq!(output(&p.results), vec![row(0, 10 * S, "a", 1, 1.0)]);
+        assert_eq!(op.stats().rows_aggregated, 1);
+    }
+
+    #[tokio::test]
+    async fn rows_the_query_filters_out_are_never_rejected_but_move_the_watermark() {
+        let f = fixture("tumble(interval '10 seconds')", "WHERE v > 0", "").await;
+        let mut op = f.operator();
+        op.process(&f.rows(&[("a", S, 1.0), ("a", 2 * S, -1.0)]))
+            .await
+            .unwrap();
+        let p = op.process(&f.rows(&[("a", 13 * S, -1.0)])).await.unwrap();
+        assert_eq!(op.watermark(), Some(11 * S));
+        assert_eq!(output(&p.results), vec![row(0, 10 * S, "a", 1, 1.0)]);
+        // Late by time, but the query would not take it anyway.
+        let p = op.process(&f.rows(&[("a", 3 * S, -1.0)])).await.unwrap();
+        assert!(p.rejected.is_empty());
+        assert_eq!(op.stats().late_rows, 0);
+    }
+
+    #[tokio::test]
+    async fn hop_windows_merge_the_panes_they_cover() {
+        let f = fixture("hop(interval '5 seconds', interval '10 seconds')", "", "").await;
+        let mut op = f.operator();
+        let p = op
+            .process(&f.rows(&[("a", S, 1.0), ("a", 6 * S, 2.0), ("a", 12 * S, 4.0)]))
+            .await
+            .unwrap();
+        // The watermark at 10 s has passed the windows ending at 5 and 10 s.
+        let mut results = p.results;
+        assert_eq!(results.len(), 2);
+        results.extend(op.finish().await.unwrap().results);
+        // Rows at 1, 6, 12 s in windows [-5,5), [0,10), [5,15), [10,20).
+        assert_eq!(
+            output(&results),
+            vec![
+                row(-5 * S, 5 * S, "a", 1, 1.0),
+                row(0, 10 * S, "a", 2, 3.0),
+                row(5 * S, 15 * S, "a", 2, 6.0),
+                row(10 * S, 20 * S, "a", 1, 4.0),
+            ]
+        );
+        assert_eq!(op.stats().windows_closed, 4);
+    }
+
+    #[tokio::test]
+    async fn a_row_bridging_two_sessions_merges_their_results() {
+        let f = fixture("session(interval '10 seconds')", "", "").await;
+        let mut op = f.operator();
+        // a's rows at 0 and 11 s are more than the gap apart: two sessions.
+        op.process(&f.rows(&[("b", 3 * S, 4.0), ("a", 0, 1.0), ("a", 11 * S, 2.0)]))
+            .await
+            .unwrap();
+        assert_eq!(op.open_sessions(), 3);
+        // 5 s is within 10 s of both 0 and 11 s.
+        op.process(&f.rows(&[("a", 5 * S, 8.0)])).await.unwrap();
+        assert_eq!(op.open_sessions(), 2);
+        // The watermark at 13 s passes b's session (ends at 13 s), not a's (21 s).
+        let p = op.process(&f.rows(&[("c", 15 * S, 1.0)])).await.unwrap();
+        assert_eq!(output(&p.results), vec![row(3 * S, 13 * S, "b", 1, 4.0)]);
+        assert_eq!(
+            p.results[0].row_windows,
+            Some(vec![Pane {
+                start: 3 * S,
+                end: 13 * S
+            }])
+        );
+        let p = op.process(&f.rows(&[("c", 23 * S, 1.0)])).await.unwrap();
+        assert_eq!(output(&p.results), vec![row(0, 21 * S, "a", 3, 11.0)]);
+        // A row of the fired session's time is late: its session would have closed.
+        let p = op.process(&f.rows(&[("a", 2 * S, 1.0)])).await.unwrap();
+        assert_eq!(reasons(&p), vec![(RowRejection::Late, vec![0])]);
+        let p = op.finish().await.unwrap();
+        assert_eq!(output(&p.results), vec![row(15 * S, 33 * S, "c", 2, 2.0)]);
+        assert_eq!(op.stats().windows_closed, 3);
+    }
+}
