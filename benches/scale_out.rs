@@ -134,7 +134,7 @@ async fn main() {
         let job = format!("bench{run}");
         std::fs::write(
             dir.join(format!("{job}.toml")),
-            format!("job = \"{job}\"\nlease_ttl_ms = 3000\n"),
+            format!("[nats]\njob = \"{job}\"\nlease_ttl_ms = 3000\n"),
         )
         .unwrap();
         let counted = Arc::new(AtomicU64::new(0));

@@ -26,6 +26,7 @@ pub use forewarn_sql::{QuerySet, SqlError};
 pub use forewarn_connect as connect;
 
 // Forewarn as a process (the `forewarn-service` crate).
+pub use forewarn_service::config;
 #[cfg(feature = "mqtt")]
 pub use forewarn_service::mqtt;
 #[cfg(feature = "nats")]

@@ -51,6 +51,36 @@ enum Command {
     Check(CheckArgs),
     /// Run query files over recorded history (CSV, JSON lines, Parquet) as fast as possible.
     Replay(replay::ReplayArgs),
+    /// Show the configuration file's keys with their defaults, or check a file and show what it sets.
+    Config(ConfigArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct ConfigArgs {
+    /// Print every section and key with its default value (TOML), ready to edit.
+    #[arg(long)]
+    print_default: bool,
+    /// Check a configuration file and print the settings it gives, defaults filled in.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+}
+
+/// `forewarn config`.
+fn config(a: ConfigArgs) -> anyhow::Result<ExitCode> {
+    use forewarn::config::ServiceConfig;
+    let c = match &a.check {
+        Some(p) => ServiceConfig::from_file(p)?,
+        None => ServiceConfig::default(),
+    };
+    if a.print_default {
+        println!("# forewarn.toml: every key with its default; keys without one are commented");
+        println!("# out with an example. See docs/operations.md.");
+        print!("{}", ServiceConfig::default_toml());
+    } else {
+        print!("{}", toml::to_string_pretty(&c)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args, Debug)]
@@ -76,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check(a).await,
         Command::Eval(a) => eval::eval(a).await,
         Command::Replay(a) => replay::replay(a).await,
+        Command::Config(a) => config(a),
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use forewarn::config::{MqttSettings, Overload, ServiceConfig};
 use forewarn::mqtt::{self, BrokerUrl};
 use forewarn::{EngineConfig, Pipeline};
-use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -37,7 +37,7 @@ pub struct RunArgs {
     /// input is acknowledged only once a checkpoint covers it.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
-    /// TOML configuration file with the same settings.
+    /// TOML configuration file (`forewarn config --print-default` shows every key).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Scale-out: read the queries' `connector = 'nats'` sources from this NATS server
@@ -58,67 +58,16 @@ pub struct RunArgs {
     print_nats_mappings: bool,
 }
 
-/// The configuration file. Unknown keys are an error, so a typo cannot silently
-/// fall back to a default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    broker: Option<String>,
-    queries: Option<PathBuf>,
-    models: Option<PathBuf>,
-    client_id: Option<String>,
-    /// See --retry-dns.
-    retry_dns: Option<bool>,
-    max_batch_rows: Option<usize>,
-    max_batch_delay_ms: Option<u64>,
-    flush_when_idle: Option<bool>,
-    max_payload_bytes: Option<usize>,
-    topic_prefix: Option<String>,
-    source_qos: Option<u8>,
-    checkpoint_dir: Option<PathBuf>,
-    checkpoint_interval_ms: Option<u64>,
-    checkpoint_max_unacked: Option<usize>,
-    checkpoint_keep: Option<usize>,
-    /// CA certificates (PEM) for mqtts://.
-    tls_ca_file: Option<PathBuf>,
-    /// Client certificate and key (PEM) for brokers that require them.
-    tls_cert_file: Option<PathBuf>,
-    tls_key_file: Option<PathBuf>,
-    /// User name; the password comes from `password_file` or FOREWARN_MQTT_PASSWORD,
-    /// never from this file.
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    max_devices: Option<usize>,
-    max_open_windows: Option<usize>,
-    max_state_bytes: Option<usize>,
-    /// "block" (default) or "drop_oldest".
-    overload: Option<String>,
-    /// With overload = "drop_oldest": messages kept waiting before the oldest go.
-    overload_max_waiting: Option<usize>,
-    /// Scale-out (see --nats).
-    nats: Option<String>,
-    partitions: Option<String>,
-    worker_id: Option<String>,
-    /// Names the deployment's leases and checkpoints in NATS (default "forewarn").
-    job: Option<String>,
-    lease_ttl_ms: Option<u64>,
-    /// Copies of the stream (when Forewarn creates it) and of the lease and checkpoint
-    /// buckets.
-    nats_replicas: Option<usize>,
-    /// How long the stream keeps readings, when Forewarn creates it.
-    stream_max_age_s: Option<u64>,
-}
-
 /// The environment variable holding the broker password.
 const PASSWORD_ENV: &str = "FOREWARN_MQTT_PASSWORD";
 
 /// Credentials and TLS from the configuration file and the environment.
-fn secure(url: &mut BrokerUrl, fc: &FileConfig) -> anyhow::Result<()> {
-    if let Some(u) = &fc.username {
+fn secure(url: &mut BrokerUrl, m: &MqttSettings) -> anyhow::Result<()> {
+    if let Some(u) = &m.username {
         url.username = Some(u.clone());
     }
     if url.username.is_some() && url.password.is_none() {
-        url.password = match (&fc.password_file, std::env::var(PASSWORD_ENV)) {
+        url.password = match (&m.password_file, std::env::var(PASSWORD_ENV)) {
             (Some(p), _) => Some(
                 std::fs::read_to_string(p)
                     .with_context(|| format!("password_file {}", p.display()))?
@@ -130,70 +79,63 @@ fn secure(url: &mut BrokerUrl, fc: &FileConfig) -> anyhow::Result<()> {
         };
     }
     let tls_files =
-        fc.tls_ca_file.is_some() || fc.tls_cert_file.is_some() || fc.tls_key_file.is_some();
+        m.tls_ca_file.is_some() || m.tls_cert_file.is_some() || m.tls_key_file.is_some();
     if tls_files && url.tls.is_none() {
         anyhow::bail!("tls_* settings need an mqtts:// broker URL (got {url})");
     }
     if url.tls.is_some() {
         url.tls = Some(forewarn::mqtt::TlsSettings::from_files(
-            fc.tls_ca_file.as_deref(),
-            fc.tls_cert_file.as_deref(),
-            fc.tls_key_file.as_deref(),
+            m.tls_ca_file.as_deref(),
+            m.tls_cert_file.as_deref(),
+            m.tls_key_file.as_deref(),
         )?);
     }
     Ok(())
 }
 
-fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+impl RunArgs {
+    /// The configuration file (or the defaults), with the flags given over it.
+    fn config(&self) -> anyhow::Result<ServiceConfig> {
+        let mut c = match &self.config {
+            Some(p) => ServiceConfig::from_file(p)?,
+            None => ServiceConfig::default(),
+        };
+        let set = |to: &mut Option<String>, from: &Option<String>| {
+            if from.is_some() {
+                to.clone_from(from);
+            }
+        };
+        set(&mut c.mqtt.broker, &self.broker);
+        set(&mut c.mqtt.client_id, &self.client_id);
+        set(&mut c.nats.url, &self.nats);
+        set(&mut c.nats.partitions, &self.partitions);
+        set(&mut c.nats.worker_id, &self.worker_id);
+        if let Some(q) = &self.queries {
+            c.queries = q.clone();
+        }
+        if self.models.is_some() {
+            c.models.clone_from(&self.models);
+        }
+        if self.checkpoint_dir.is_some() {
+            c.checkpoint.dir.clone_from(&self.checkpoint_dir);
+        }
+        c.mqtt.retry_dns |= self.retry_dns;
+        Ok(c)
+    }
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let fc = match &a.config {
-        Some(p) => read_config(p)?,
-        None => FileConfig::default(),
-    };
-    let broker =
-        a.broker.clone().or(fc.broker.clone()).context(
-            "no broker: pass --broker mqtt://HOST:PORT or set broker in the config file",
-        )?;
+    let fc = a.config()?;
+    let broker = fc.mqtt.broker.clone().context(
+        "no broker: pass --broker mqtt://HOST:PORT or set broker in the [mqtt] section of the config file",
+    )?;
     let mut url = BrokerUrl::parse(&broker)?;
-    secure(&mut url, &fc)?;
-    let queries = a
-        .queries
-        .clone()
-        .or(fc.queries.clone())
-        .unwrap_or_else(|| "queries".into());
-    let models = super::models_dir(a.models.as_deref().or(fc.models.as_deref()))?;
+    secure(&mut url, &fc.mqtt)?;
+    let queries = fc.queries.clone();
+    let models = super::models_dir(fc.models.as_deref())?;
     let set = super::read_query_set("--queries", std::slice::from_ref(&queries))?;
     super::require_models(&set, models.as_deref())?;
-    let mut cfg = EngineConfig::default();
-    if let Some(v) = fc.max_batch_rows {
-        cfg.max_batch_rows = v;
-    }
-    if let Some(v) = fc.max_batch_delay_ms {
-        cfg.max_batch_delay = Duration::from_millis(v);
-    }
-    if let Some(v) = fc.flush_when_idle {
-        cfg.flush_when_idle = v;
-    }
-    if let Some(v) = fc.max_payload_bytes {
-        cfg.max_payload_bytes = v;
-    }
-    if let Some(v) = fc.topic_prefix.clone() {
-        cfg.topic_prefix = v;
-    }
-    if let Some(v) = fc.max_devices {
-        cfg.max_devices = v;
-    }
-    if let Some(v) = fc.max_open_windows {
-        cfg.max_open_windows = v;
-    }
-    if let Some(v) = fc.max_state_bytes {
-        cfg.max_state_bytes = v;
-    }
-    let nats = a.nats.clone().or(fc.nats.clone());
+    let mut cfg = fc.engine.to_config();
     if a.print_nats_mappings {
         let p = builder(&queries, models.as_deref())
             .config(cfg)
@@ -202,53 +144,27 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         print!("{}", forewarn::nats::server_mappings(&p)?);
         return Ok(ExitCode::SUCCESS);
     }
-    resolve_broker(&url, a.retry_dns || fc.retry_dns.unwrap_or(false)).await?;
-    if let Some(nats) = nats {
-        if a.client_id.is_some() || fc.client_id.is_some() {
-            anyhow::bail!("with --nats, outputs are published as {{job}}-pK-out per partition: drop client_id (name the job with job in the config file)");
+    resolve_broker(&url, fc.mqtt.retry_dns).await?;
+    if let Some(nats) = fc.nats.url.clone() {
+        if fc.mqtt.client_id.is_some() {
+            anyhow::bail!("with --nats, outputs are published as {{job}}-pK-out per partition: drop client_id (name the job with job in the [nats] section)");
         }
-        return run_nats(&nats, url, queries, models, cfg, &a, &fc).await;
+        return run_nats(&nats, url, queries, models, cfg, &fc).await;
     }
-    for (set, what) in [
-        (
-            a.partitions.is_some() || fc.partitions.is_some(),
-            "partitions",
-        ),
-        (a.worker_id.is_some() || fc.worker_id.is_some(), "worker_id"),
-        (fc.job.is_some(), "job"),
-        (fc.lease_ttl_ms.is_some(), "lease_ttl_ms"),
-        (fc.nats_replicas.is_some(), "nats_replicas"),
-        (fc.stream_max_age_s.is_some(), "stream_max_age_s"),
-    ] {
-        if set {
-            anyhow::bail!(
-                "{what} applies to scale-out: it needs --nats URL (or nats in the config file)"
-            );
-        }
+    if let Some(what) = fc.nats.set_without_url() {
+        anyhow::bail!(
+            "{what} applies to scale-out: it needs --nats URL (or url in the [nats] section)"
+        );
     }
-    let checkpoint_dir = a.checkpoint_dir.clone().or(fc.checkpoint_dir.clone());
-    let client = match a.client_id.clone().or(fc.client_id.clone()) {
+    let client = match fc.mqtt.client_id.clone() {
         Some(c) => c,
-        None => default_client_id(&queries, checkpoint_dir.as_deref())?,
+        None => default_client_id(&queries, fc.checkpoint.dir.as_deref())?,
     };
-    if let Some(dir) = checkpoint_dir {
-        let mut c = forewarn::CheckpointConfig::new(dir);
+    if let Some(mut c) = fc.checkpoint.to_config() {
         c.confirm_outputs = true;
-        if let Some(v) = fc.checkpoint_interval_ms {
-            c.interval = Duration::from_millis(v.max(1));
-        }
-        if let Some(v) = fc.checkpoint_max_unacked {
-            c.max_unacked = v.max(1);
-        }
-        if let Some(v) = fc.checkpoint_keep {
-            c.keep = v.max(1);
-        }
         cfg.checkpoint = Some(c);
-    } else if fc.checkpoint_interval_ms.is_some()
-        || fc.checkpoint_max_unacked.is_some()
-        || fc.checkpoint_keep.is_some()
-    {
-        anyhow::bail!("checkpoint_* settings need checkpoint_dir");
+    } else if fc.checkpoint.tuned() {
+        anyhow::bail!("the [checkpoint] settings need dir (or --checkpoint-dir)");
     }
     let pipeline = builder(&queries, models.as_deref())
         .config(cfg)
@@ -256,15 +172,15 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .await?;
     tracing::info!(broker = %url, client_id = %client, queries = ?pipeline.query_names(), "starting");
     let mut opts = mqtt::RunOptions::new(&client);
-    opts.overload = match (fc.overload.as_deref(), fc.overload_max_waiting) {
-        (None | Some("block"), None) => mqtt::Overload::Block,
-        (Some("drop_oldest"), n) => mqtt::Overload::DropOldest(n.unwrap_or(10_000)),
-        (None | Some("block"), Some(_)) => {
+    opts.max_outbox = fc.mqtt.max_outbox.max(1);
+    opts.overload = match (fc.mqtt.overload, fc.mqtt.overload_max_waiting) {
+        (Overload::Block, None) => mqtt::Overload::Block,
+        (Overload::DropOldest, n) => mqtt::Overload::DropOldest(n.unwrap_or(10_000)),
+        (Overload::Block, Some(_)) => {
             anyhow::bail!("overload_max_waiting needs overload = \"drop_oldest\"")
         }
-        (Some(o), _) => anyhow::bail!("overload must be \"block\" or \"drop_oldest\", got \"{o}\""),
     };
-    opts.source_qos = match fc.source_qos.unwrap_or(1) {
+    opts.source_qos = match fc.mqtt.source_qos {
         0 => mqtt::QoS::AtMostOnce,
         1 => mqtt::QoS::AtLeastOnce,
         q => anyhow::bail!("source_qos must be 0 or 1, got {q}"),
@@ -419,43 +335,28 @@ async fn run_nats(
     queries: PathBuf,
     models: Option<PathBuf>,
     cfg: EngineConfig,
-    a: &RunArgs,
-    fc: &FileConfig,
+    fc: &ServiceConfig,
 ) -> anyhow::Result<ExitCode> {
     use forewarn::nats::{self as fnats, Assignment, WorkerOptions};
-    if a.checkpoint_dir.is_some() || fc.checkpoint_dir.is_some() {
-        anyhow::bail!("with --nats, checkpoints are kept in the NATS object store (where every worker reaches them): drop checkpoint_dir");
+    if fc.checkpoint.dir.is_some() {
+        anyhow::bail!("with --nats, checkpoints are kept in the NATS object store (where every worker reaches them): drop the checkpoint directory");
     }
-    let worker = a
-        .worker_id
-        .clone()
-        .or(fc.worker_id.clone())
-        .unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-            format!("{}-{}", host.trim(), std::process::id())
-        });
+    let n = &fc.nats;
+    let worker = n.worker_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
     let mut opts = WorkerOptions::new(nats, url, &worker);
-    if let Some(p) = a.partitions.as_ref().or(fc.partitions.as_ref()) {
+    if let Some(p) = &n.partitions {
         opts.assignment = Assignment::parse(p).map_err(|e| anyhow::anyhow!("--partitions: {e}"))?;
     }
-    if let Some(j) = &fc.job {
-        opts.job = j.clone();
-    }
-    if let Some(v) = fc.lease_ttl_ms {
-        opts.lease_ttl = Duration::from_millis(v.max(300));
-    }
-    if let Some(v) = fc.nats_replicas {
-        opts.replicas = v.clamp(1, 5);
-    }
-    if let Some(v) = fc.stream_max_age_s {
-        opts.stream_max_age = Duration::from_secs(v.max(1));
-    }
-    if let Some(v) = fc.checkpoint_interval_ms {
-        opts.checkpoint_interval = Duration::from_millis(v.max(1));
-    }
-    if let Some(v) = fc.checkpoint_keep {
-        opts.checkpoint_keep = v.max(1);
-    }
+    opts.job.clone_from(&n.job);
+    opts.lease_ttl = Duration::from_millis(n.lease_ttl_ms.max(300));
+    opts.replicas = n.replicas.clamp(1, 5);
+    opts.stream_max_age = Duration::from_secs(n.stream_max_age_s.max(1));
+    opts.checkpoint_interval = Duration::from_millis(fc.checkpoint.interval_ms.max(1));
+    opts.checkpoint_keep = fc.checkpoint.keep.max(1);
+    opts.max_outbox = fc.mqtt.max_outbox.max(1);
     let factory: fnats::PipelineFactory = Arc::new(move |ck| {
         let (queries, models) = (queries.clone(), models.clone());
         let mut cfg = cfg.clone();

@@ -604,3 +604,51 @@ async fn short_connections_are_counted_on_either_broker() {
         }
     }
 }
+
+/// `forewarn config`: the printed defaults are a file `forewarn config --check` and
+/// `forewarn run --config` take; a key of the flat layout says where it moved; a typo
+/// names the key and its place, and `run` refuses it before connecting anywhere.
+#[test]
+fn config_prints_defaults_that_read_back_and_refuses_typos() {
+    let dir = tmp("config");
+    let (code, printed, err) = forewarn_in(&dir, &["config", "--print-default"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        printed.contains("\n[engine]\nmax_batch_rows = 4096\n"),
+        "{printed}"
+    );
+    assert!(printed.contains("# broker = "), "{printed}");
+    std::fs::write(dir.join("default.toml"), &printed).unwrap();
+    let (code, checked, err) = forewarn_in(&dir, &["config", "--check", "default.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(checked.contains("max_batch_rows = 4096"), "{checked}");
+
+    std::fs::write(dir.join("old.toml"), "checkpoint_keep = 5\n").unwrap();
+    let (code, _, err) = forewarn_in(&dir, &["config", "--check", "old.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("'checkpoint_keep' is now 'keep' in the [checkpoint] section"),
+        "{err}"
+    );
+
+    std::fs::write(dir.join("typo.toml"), "[engine]\nmax_devics = 5\n").unwrap();
+    std::fs::write(dir.join("q.sql"), PLAIN).unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "run",
+            "--broker",
+            "mqtt://127.0.0.1:9",
+            "--queries",
+            "q.sql",
+            "--config",
+            "typo.toml",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("typo.toml") && err.contains("unknown field `max_devics`"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

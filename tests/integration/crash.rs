@@ -31,7 +31,7 @@ fn engine_dir(name: &str) -> PathBuf {
     std::fs::write(
         dir.join("forewarn.toml"),
         format!(
-            "checkpoint_dir = {:?}\ncheckpoint_interval_ms = 200\ncheckpoint_max_unacked = 150\nclient_id = \"{name}\"\n",
+            "[checkpoint]\ndir = {:?}\ninterval_ms = 200\nmax_unacked = 150\n[mqtt]\nclient_id = \"{name}\"\n",
             dir.join("checkpoints")
         ),
     )

@@ -140,7 +140,7 @@ async fn job_dir(name: &str, replicas: usize) -> (PathBuf, String) {
     std::fs::write(
         dir.join("forewarn.toml"),
         format!(
-            "lease_ttl_ms = {LEASE_TTL_MS}\ncheckpoint_interval_ms = 200\nnats_replicas = {replicas}\njob = \"{name}\"\n"
+            "[checkpoint]\ninterval_ms = 200\n[nats]\nlease_ttl_ms = {LEASE_TTL_MS}\nreplicas = {replicas}\njob = \"{name}\"\n"
         ),
     )
     .unwrap();

@@ -39,6 +39,7 @@
 mod checkpoint;
 mod rows;
 mod runtime;
+mod settings;
 
 pub use checkpoint::{
     verify_checkpoint, CheckpointConfig, CheckpointError, CheckpointStore, DirStore,
@@ -56,6 +57,7 @@ use forewarn_formats::{JsonDecoder, TopicTemplate};
 pub use forewarn_scorer::{Model, ModelRegistry};
 use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
 use serde::{Deserialize, Serialize};
+pub use settings::{CheckpointSettings, EngineSettings};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 

@@ -10,8 +10,11 @@
 //!   stream, with leases and checkpoints in NATS;
 //! * [`replay`] (feature `history`): backtests over recorded history through the same
 //!   pipeline;
+//! * [`config`]: the configuration file, typed: the engine's sections and each
+//!   connector's;
 //! * [`training`]: feature rows and labels collected from a pipeline's outputs.
 
+pub mod config;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]

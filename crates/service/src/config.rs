@@ -1,0 +1,352 @@
+//! The service's configuration file (`forewarn.toml`): one typed tree composed of the
+//! engine's settings and each connector's, loaded the same way by `forewarn run` and
+//! by a program embedding the service. Unknown keys are an error, so a typo cannot
+//! silently fall back to a default; keys of the flat layout used before the sections
+//! name the section they moved to.
+
+use std::path::{Path, PathBuf};
+
+use forewarn_engine::{CheckpointSettings, EngineSettings};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Query file or directory.
+    pub queries: PathBuf,
+    /// Models directory (default: `./models` when it exists).
+    pub models: Option<PathBuf>,
+    /// `[engine]`.
+    pub engine: EngineSettings,
+    /// `[checkpoint]`.
+    pub checkpoint: CheckpointSettings,
+    /// `[mqtt]`: the broker readings come from and outputs go to.
+    pub mqtt: MqttSettings,
+    /// `[nats]`: scale-out on NATS JetStream (on when `url` is given).
+    pub nats: NatsSettings,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            queries: "queries".into(),
+            models: None,
+            engine: EngineSettings::default(),
+            checkpoint: CheckpointSettings::default(),
+            mqtt: MqttSettings::default(),
+            nats: NatsSettings::default(),
+        }
+    }
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// `mqtt://[USER@]HOST[:PORT]` (or `tcp://`); `mqtts://` for TLS.
+    pub broker: Option<String>,
+    /// Client id prefix: the engine connects as `{id}-in` and `{id}-out`.
+    pub client_id: Option<String>,
+    /// Wait for a broker host name that does not resolve yet instead of failing.
+    pub retry_dns: bool,
+    /// QoS of the subscriptions (0 or 1); outputs are always QoS 1.
+    pub source_qos: u8,
+    /// User name; the password comes from `password_file` or `FOREWARN_MQTT_PASSWORD`.
+    pub username: Option<String>,
+    /// A file holding the broker password.
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) for `mqtts://`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for brokers that require one.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// `block` (stop reading when behind) or `drop_oldest` (shed the oldest input).
+    pub overload: Overload,
+    /// With `drop_oldest`: messages kept waiting before the oldest go.
+    pub overload_max_waiting: Option<usize>,
+    /// Outgoing messages held while the broker is unreachable.
+    pub max_outbox: usize,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            broker: None,
+            client_id: None,
+            retry_dns: false,
+            source_qos: 1,
+            username: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            overload: Overload::Block,
+            overload_max_waiting: None,
+            max_outbox: 100_000,
+        }
+    }
+}
+
+/// What the input side does when the engine cannot keep up (`overload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overload {
+    /// Stop reading: the broker holds the messages until the engine catches up.
+    Block,
+    /// Keep reading and drop the oldest waiting messages, counted and logged.
+    DropOldest,
+}
+
+/// `[nats]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// Server URLs (comma-separated for a cluster); scale-out is on when given.
+    pub url: Option<String>,
+    /// `auto` or a list such as `0-3` or `0,2`.
+    pub partitions: Option<String>,
+    /// Unique in the job (default: host name and pid).
+    pub worker_id: Option<String>,
+    /// Names the leases, checkpoints and output sessions.
+    pub job: String,
+    /// A dead worker's partitions move after this (ms).
+    pub lease_ttl_ms: u64,
+    /// Copies of the stream (when created) and of the buckets.
+    pub replicas: usize,
+    /// How long the stream keeps readings when Forewarn creates it (s).
+    pub stream_max_age_s: u64,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: None,
+            partitions: None,
+            worker_id: None,
+            job: "forewarn".into(),
+            lease_ttl_ms: 10_000,
+            replicas: 1,
+            stream_max_age_s: 86_400,
+        }
+    }
+}
+
+impl NatsSettings {
+    /// The first scale-out setting given without `url`, if any.
+    pub fn set_without_url(&self) -> Option<&'static str> {
+        let d = NatsSettings::default();
+        [
+            (self.partitions.is_some(), "partitions"),
+            (self.worker_id.is_some(), "worker_id"),
+            (self.job != d.job, "job"),
+            (self.lease_ttl_ms != d.lease_ttl_ms, "lease_ttl_ms"),
+            (self.replicas != d.replicas, "replicas"),
+            (
+                self.stream_max_age_s != d.stream_max_age_s,
+                "stream_max_age_s",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(set, k)| set.then_some(k))
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Keys of the flat layout and where they live now.
+const MOVED: &[(&str, &str, &str)] = &[
+    ("broker", "mqtt", "broker"),
+    ("client_id", "mqtt", "client_id"),
+    ("retry_dns", "mqtt", "retry_dns"),
+    ("source_qos", "mqtt", "source_qos"),
+    ("username", "mqtt", "username"),
+    ("password_file", "mqtt", "password_file"),
+    ("tls_ca_file", "mqtt", "tls_ca_file"),
+    ("tls_cert_file", "mqtt", "tls_cert_file"),
+    ("tls_key_file", "mqtt", "tls_key_file"),
+    ("overload", "mqtt", "overload"),
+    ("overload_max_waiting", "mqtt", "overload_max_waiting"),
+    ("max_batch_rows", "engine", "max_batch_rows"),
+    ("max_batch_delay_ms", "engine", "max_batch_delay_ms"),
+    ("flush_when_idle", "engine", "flush_when_idle"),
+    ("max_payload_bytes", "engine", "max_payload_bytes"),
+    ("topic_prefix", "engine", "topic_prefix"),
+    ("max_devices", "engine", "max_devices"),
+    ("max_open_windows", "engine", "max_open_windows"),
+    ("max_state_bytes", "engine", "max_state_bytes"),
+    ("checkpoint_dir", "checkpoint", "dir"),
+    ("checkpoint_interval_ms", "checkpoint", "interval_ms"),
+    ("checkpoint_max_unacked", "checkpoint", "max_unacked"),
+    ("checkpoint_keep", "checkpoint", "keep"),
+    ("partitions", "nats", "partitions"),
+    ("worker_id", "nats", "worker_id"),
+    ("job", "nats", "job"),
+    ("lease_ttl_ms", "nats", "lease_ttl_ms"),
+    ("nats_replicas", "nats", "replicas"),
+    ("stream_max_age_s", "nats", "stream_max_age_s"),
+];
+
+impl ServiceConfig {
+    /// Reads `path`; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        // A key of the flat layout: say where it went rather than "unknown field".
+        if let Ok(table) = text.parse::<toml::Table>() {
+            for (key, value) in &table {
+                let moved = MOVED.iter().find(|(old, _, _)| old == key);
+                if let Some((_, section, new)) = moved {
+                    return Err(ConfigError::Invalid(format!(
+                        "'{key}' is now '{new}' in the [{section}] section: write\n[{section}]\n{new} = {value}"
+                    )));
+                }
+                if key == "nats" && !value.is_table() {
+                    return Err(ConfigError::Invalid(format!(
+                        "'nats' is now a section: write\n[nats]\nurl = {value}"
+                    )));
+                }
+            }
+        }
+        toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The defaults as TOML, every section and key: those without a default are
+    /// commented out, with an example value.
+    pub fn default_toml() -> String {
+        let defaults: toml::Table =
+            toml::Table::try_from(ServiceConfig::default()).expect("serialises");
+        let example: toml::Table = toml::Table::try_from(Self::example()).expect("serialises");
+        let mut out = String::new();
+        let line = |out: &mut String, k: &str, v: &toml::Value, set: bool| {
+            let hash = if set { "" } else { "# " };
+            out.push_str(&format!("{hash}{k} = {v}\n"));
+        };
+        // Top-level keys first, then one block per section, in the example's order.
+        for (k, v) in &example {
+            if !v.is_table() {
+                line(
+                    &mut out,
+                    k,
+                    defaults.get(k).unwrap_or(v),
+                    defaults.contains_key(k),
+                );
+            }
+        }
+        for (section, v) in &example {
+            let Some(keys) = v.as_table() else { continue };
+            out.push_str(&format!("\n[{section}]\n"));
+            let set = defaults.get(section).and_then(|d| d.as_table());
+            for (k, ex) in keys {
+                let given = set.and_then(|t| t.get(k));
+                line(&mut out, k, given.unwrap_or(ex), given.is_some());
+            }
+        }
+        out
+    }
+
+    /// A configuration with every key given, for [`ServiceConfig::default_toml`].
+    fn example() -> Self {
+        let mut c = ServiceConfig {
+            models: Some("/etc/forewarn/models".into()),
+            ..Default::default()
+        };
+        c.checkpoint.dir = Some("/var/lib/forewarn/checkpoints".into());
+        let m = &mut c.mqtt;
+        m.broker = Some("mqtt://10.0.0.5:1883".into());
+        m.client_id = Some("forewarn-line3".into());
+        m.username = Some("forewarn".into());
+        m.password_file = Some("/etc/forewarn/mqtt-password".into());
+        m.tls_ca_file = Some("/etc/forewarn/ca.pem".into());
+        m.tls_cert_file = Some("/etc/forewarn/client.pem".into());
+        m.tls_key_file = Some("/etc/forewarn/client.key".into());
+        m.overload_max_waiting = Some(10_000);
+        let n = &mut c.nats;
+        n.url = Some("nats://n1:4222,nats://n2:4222".into());
+        n.partitions = Some("auto".into());
+        n.worker_id = Some("line3-a".into());
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults_and_the_defaults_read_back() {
+        assert_eq!(
+            ServiceConfig::from_toml("").unwrap(),
+            ServiceConfig::default()
+        );
+        let printed = ServiceConfig::default_toml();
+        assert_eq!(
+            ServiceConfig::from_toml(&printed).unwrap(),
+            ServiceConfig::default()
+        );
+        for section in ["[engine]", "[checkpoint]", "[mqtt]", "[nats]"] {
+            assert!(printed.contains(section), "{printed}");
+        }
+    }
+
+    #[test]
+    fn sections_fill_their_settings() {
+        let c = ServiceConfig::from_toml(
+            "queries = 'q'\n[engine]\nmax_batch_rows = 10\n[checkpoint]\ndir = '/ck'\ninterval_ms = 200\n\
+             [mqtt]\nbroker = 'mqtt://h:1883'\noverload = 'drop_oldest'\n[nats]\nurl = 'nats://n:4222'\nreplicas = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.queries, PathBuf::from("q"));
+        assert_eq!(c.engine.max_batch_rows, 10);
+        assert_eq!(c.engine.max_devices, EngineSettings::default().max_devices);
+        assert_eq!(c.checkpoint.dir, Some(PathBuf::from("/ck")));
+        assert_eq!(c.checkpoint.interval_ms, 200);
+        assert_eq!(c.mqtt.broker.as_deref(), Some("mqtt://h:1883"));
+        assert_eq!(c.mqtt.overload, Overload::DropOldest);
+        assert_eq!(c.nats.replicas, 3);
+        assert_eq!(c.nats.set_without_url(), Some("replicas"));
+    }
+
+    #[test]
+    fn typos_and_moved_keys_are_errors_that_say_what_to_write() {
+        let e = ServiceConfig::from_toml("[engine]\nmax_batch_row = 10\n").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `max_batch_row`"),
+            "{e}"
+        );
+        let e = ServiceConfig::from_toml("checkpoint_interval_ms = 200\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'checkpoint_interval_ms' is now 'interval_ms' in the [checkpoint] section: write\n[checkpoint]\ninterval_ms = 200"
+        );
+        let e = ServiceConfig::from_toml("nats = 'nats://n:4222'\n").unwrap_err();
+        assert!(
+            e.to_string().contains("[nats]\nurl = \"nats://n:4222\""),
+            "{e}"
+        );
+        let e = ServiceConfig::from_toml("[mqtt]\noverload = 'shed'\n").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `shed`"), "{e}");
+    }
+}
