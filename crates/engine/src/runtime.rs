@@ -9,6 +9,7 @@ use forewarn_alerts::{
     Acknowledgement, Alert, Command, DeviceState, Health, Lifecycle, RuleState, TransitionMessage,
     WindowEvidence,
 };
+use forewarn_core::Reason;
 use forewarn_formats::{filter_matches, JsonDecoder, TopicTemplate};
 use forewarn_scorer::OnlineDetectors;
 use forewarn_stream::{Processed, WindowOperator};
@@ -21,7 +22,7 @@ use crate::rows::row_to_json;
 fn batch_problem(
     schema: &datafusion::arrow::datatypes::SchemaRef,
     batch: &RecordBatch,
-) -> Option<(&'static str, String)> {
+) -> Option<(Reason, String)> {
     let want: Vec<String> = schema
         .fields()
         .iter()
@@ -35,7 +36,7 @@ fn batch_problem(
         .collect();
     if want != got {
         return Some((
-            "schema_mismatch",
+            Reason::SchemaMismatch,
             format!(
                 "batch columns [{}] do not match the source's [{}]",
                 got.join(", "),
@@ -50,7 +51,7 @@ fn batch_problem(
         .find(|(f, c)| !f.is_nullable() && c.null_count() > 0)
         .map(|(f, c)| {
             (
-                "missing_field",
+                Reason::MissingField,
                 format!(
                     "required column '{}' has {} nulls",
                     f.name(),
@@ -612,8 +613,8 @@ impl Runtime {
     /// Applies an operator command and confirms it on the device's state topic.
     async fn on_command(&mut self, device: &str, payload: &[u8]) {
         let now = wall_ms();
-        let reject = |reason: &str, detail: String| DeadLetter {
-            reason: reason.into(),
+        let reject = |reason: Reason, detail: String| DeadLetter {
+            reason,
             detail,
             source_topic: format!("{}/command/{device}", self.config.topic_prefix),
             source: None,
@@ -624,14 +625,14 @@ impl Runtime {
         let cmd = match serde_json::from_slice::<Command>(payload) {
             Ok(c) => c,
             Err(e) => {
-                let letter = reject("bad_command", format!("expected {{\"action\": \"acknowledge\" | \"silence\" | \"unsilence\", \"by\": ..., \"for\": \"2 hours\"}}: {e}"));
+                let letter = reject(Reason::BadCommand, format!("expected {{\"action\": \"acknowledge\" | \"silence\" | \"unsilence\", \"by\": ..., \"for\": \"2 hours\"}}: {e}"));
                 self.emit(Output::DeadLetter { topic, letter }).await;
                 return;
             }
         };
         let Some(state) = self.states.get_mut(device) else {
             let letter = reject(
-                "unknown_device",
+                Reason::UnknownDevice,
                 format!("no rule with a lifecycle has seen device '{device}'"),
             );
             self.emit(Output::DeadLetter { topic, letter }).await;
@@ -646,7 +647,7 @@ impl Runtime {
                     .collect();
                 if ids.is_empty() {
                     let letter = reject(
-                        "nothing_to_acknowledge",
+                        Reason::NothingToAcknowledge,
                         format!("device '{device}' has no open alert"),
                     );
                     self.emit(Output::DeadLetter { topic, letter }).await;
@@ -663,7 +664,7 @@ impl Runtime {
                     Ok(ms) if ms > 0 => ms,
                     _ => {
                         let letter = reject(
-                            "bad_command",
+                            Reason::BadCommand,
                             format!("silence needs \"for\": an interval such as \"2 hours\", got '{duration}'"),
                         );
                         self.emit(Output::DeadLetter { topic, letter }).await;
@@ -699,7 +700,9 @@ impl Runtime {
             Output::State { .. } => s.states_out += 1,
             Output::DeadLetter { letter, .. } => {
                 s.dead_letters_out += 1;
-                *s.rejected.entry(letter.reason.clone()).or_default() += 1;
+                *s.rejected
+                    .entry(letter.reason.as_str().to_string())
+                    .or_default() += 1;
             }
         });
         if let Some(c) = &mut self.ckpt {
@@ -777,7 +780,7 @@ impl Runtime {
 
         if self.is_duplicate(topic, payload) {
             let letter = DeadLetter {
-                reason: "duplicate".into(),
+                reason: Reason::Duplicate,
                 detail: format!(
                     "the same bytes on the same topic arrived among the last {} messages (a resent publish)",
                     self.config.duplicate_window
@@ -804,7 +807,7 @@ impl Runtime {
             if let Some(device) = self.refused_device(i, topic) {
                 let source = self.sources[i].name.clone();
                 let letter = DeadLetter {
-                    reason: "too_many_devices".into(),
+                    reason: Reason::TooManyDevices,
                     detail: format!(
                         "source '{source}' already has {} devices (max_devices); '{device}' is refused",
                         self.config.max_devices
@@ -844,7 +847,7 @@ impl Runtime {
             for r in outcome.rejected {
                 let source = self.sources[i].name.clone();
                 let letter = DeadLetter {
-                    reason: r.error.code().to_string(),
+                    reason: r.error.reason(),
                     detail: r.error.to_string(),
                     source_topic: topic.to_string(),
                     source: Some(source.clone()),
@@ -868,7 +871,7 @@ impl Runtime {
         }
         if !matched {
             let letter = DeadLetter {
-                reason: "unknown_topic".into(),
+                reason: Reason::UnknownTopic,
                 detail: format!("no source subscribes to topic '{topic}'"),
                 source_topic: topic.to_string(),
                 source: None,
@@ -894,7 +897,7 @@ impl Runtime {
         };
         let problem = match i {
             None => Some((
-                "unknown_source",
+                Reason::UnknownSource,
                 format!("no query reads source '{source}'"),
             )),
             Some(i) => batch_problem(self.sources[i].decoder.schema(), &batch),
@@ -906,7 +909,7 @@ impl Runtime {
                 String::new()
             };
             let letter = DeadLetter {
-                reason: reason.into(),
+                reason,
                 detail,
                 source_topic: String::new(),
                 source: Some(source.to_string()),
@@ -1009,7 +1012,7 @@ impl Runtime {
         for (row, device) in &refused {
             let origin = origins.get(*row);
             let letter = DeadLetter {
-                reason: "too_many_devices".into(),
+                reason: Reason::TooManyDevices,
                 detail: format!(
                     "source '{source}' already has {max} devices (max_devices); '{device}' is refused"
                 ),
@@ -1171,7 +1174,7 @@ impl Runtime {
                 ),
             };
             let letter = DeadLetter {
-                reason: r.reason.code().into(),
+                reason: row_reason(r.reason),
                 detail,
                 source_topic: origin.map_or(String::new(), |o| o.topic.to_string()),
                 source: Some(src.name.clone()),
@@ -1382,6 +1385,19 @@ impl Runtime {
     }
 }
 
+/// The reason code of rows the window operators refused. Exhaustive on purpose: a
+/// new kind of refusal in `forewarn-stream` must be given a code here.
+fn row_reason(r: forewarn_stream::RowRejection) -> Reason {
+    use forewarn_stream::RowRejection as R;
+    match r {
+        R::Late => Reason::Late,
+        R::Future => Reason::FutureTimestamp,
+        R::NoTimestamp => Reason::MissingTimestamp,
+        R::TooManyWindows => Reason::TooManyWindows,
+        R::StateLimit => Reason::StateLimit,
+    }
+}
+
 /// Scores a window row with its device's online detector (which then learns from it):
 /// the row gets the score and, when the query did not select one, an explanation. A
 /// query grouped by more than the device (an operating mode, say) learns each
@@ -1435,4 +1451,26 @@ fn device_key(s: &crate::SourceInfo) -> Vec<usize> {
         return col("device").into_iter().collect();
     }
     captures.into_iter().filter_map(col).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream crate's own codes and ours agree, so counters and dead letters read
+    /// as they did when the stream crate's string was published.
+    #[test]
+    fn row_rejections_keep_their_codes() {
+        use forewarn_stream::RowRejection as R;
+        for (r, want) in [
+            (R::Late, Reason::Late),
+            (R::Future, Reason::FutureTimestamp),
+            (R::NoTimestamp, Reason::MissingTimestamp),
+            (R::TooManyWindows, Reason::TooManyWindows),
+            (R::StateLimit, Reason::StateLimit),
+        ] {
+            assert_eq!(row_reason(r), want);
+            assert_eq!(row_reason(r).as_str(), r.code());
+        }
+    }
 }
