@@ -36,7 +36,11 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod checkpoint;
+mod checkpointing;
+mod health;
+mod outputs;
 mod rows;
 mod runtime;
 
