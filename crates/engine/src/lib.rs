@@ -43,6 +43,7 @@ mod health;
 mod outputs;
 mod rows;
 mod runtime;
+mod sources;
 
 pub use checkpoint::{
     verify_checkpoint, CheckpointConfig, CheckpointError, CheckpointStore, DirStore,

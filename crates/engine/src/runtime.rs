@@ -5,25 +5,25 @@
 //! ([`crate::admission`]), the devices' health and operator commands
 //! ([`crate::health`]), which outputs a closed window or a refusal becomes
 //! ([`crate::outputs`]), and when input may be acknowledged ([`crate::checkpointing`]).
+//! The state kept per source is in [`crate::sources`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn_alerts::Lifecycle;
-use forewarn_formats::{filter_matches, JsonDecoder, TopicTemplate};
-use forewarn_scorer::OnlineDetectors;
-use forewarn_stream::{Processed, WindowOperator};
+use forewarn_formats::filter_matches;
+use forewarn_stream::Processed;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::admission::{self, Devices, RecentMessages, TopicDevice};
+use crate::admission::{self, RecentMessages};
 use crate::checkpoint::{self, QueryState, Snapshot};
 use crate::checkpointing::Checkpointing;
 use crate::health::HealthBook;
-use crate::outputs::{self, Origin, Publisher, Refusal};
+use crate::outputs::{self, Origin, Refusal};
 use crate::rows::row_to_json;
+use crate::sources::{self, Source};
 use crate::{Ack, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
 
 fn wall_ms() -> i64 {
@@ -46,40 +46,6 @@ fn stamp_arrival(src: &Source, batch: RecordBatch) -> RecordBatch {
         datafusion::arrow::array::TimestampMillisecondArray::from_value(now, batch.num_rows()),
     ));
     RecordBatch::try_new(schema.clone(), cols).unwrap_or(batch)
-}
-
-struct Source {
-    name: String,
-    filter: String,
-    decoder: JsonDecoder,
-    /// When the oldest buffered reading arrived.
-    pending_since: Option<Instant>,
-    operators: Vec<Operator>,
-    processing_time: bool,
-    idle_timeout: Option<std::time::Duration>,
-    /// When input last arrived (idle detection).
-    last_input: Instant,
-    late_topic: Option<TopicTemplate>,
-    /// How the topic names the device, for the limit on distinct devices (`None`: it
-    /// does not; the payload's device column does, see `device_key`).
-    device_from_topic: Option<TopicDevice>,
-    /// Devices admitted so far (at most `max_devices`).
-    devices: Devices,
-    /// The columns naming a row's device, for admitting the rows of pushed batches and
-    /// of messages whose device is in the payload: the `device` column, else the topic's
-    /// captures (joined with `/`, as the topic check joins them). Empty: one device.
-    device_key: Vec<usize>,
-    /// Where each buffered reading came from: its message's topic and its position in
-    /// an array message (for the dead letter of a reading the windows refuse).
-    origins: Vec<Origin>,
-}
-
-struct Operator {
-    op: WindowOperator,
-    /// How its closed windows are published.
-    publish: Publisher,
-    /// What a checkpoint of this operator's state must match to be restored.
-    fingerprint: String,
 }
 
 pub(crate) struct Runtime {
@@ -111,68 +77,7 @@ impl Runtime {
         stats: Arc<Mutex<EngineStats>>,
         confirmed: Arc<AtomicU64>,
     ) -> Self {
-        let mut sources: Vec<Source> = p
-            .sources
-            .iter()
-            .map(|s| {
-                let decoder = JsonDecoder::new(
-                    s.schema.clone(),
-                    s.template.clone(),
-                    p.config.max_payload_bytes,
-                )
-                .expect("checked at build");
-                Source {
-                    name: s.name.clone(),
-                    filter: s.topic_filter.clone(),
-                    decoder: if s.processing_time {
-                        decoder.with_arrival_column(forewarn_sql::ARRIVAL_TIME)
-                    } else {
-                        decoder
-                    },
-                    pending_since: None,
-                    operators: vec![],
-                    processing_time: s.processing_time,
-                    idle_timeout: s.idle_timeout,
-                    last_input: Instant::now(),
-                    late_topic: s.late_topic.clone(),
-                    device_from_topic: s.template.as_ref().and_then(TopicDevice::new),
-                    devices: Devices::new(p.config.max_devices),
-                    device_key: admission::device_key(s),
-                    origins: Vec::new(),
-                }
-            })
-            .collect();
-        for q in &p.queries {
-            let sink = p.sinks[&q.sink].clone();
-            let spec = p.lifecycles.get(&q.name).cloned();
-            let device_column = p.device_columns[&q.name].clone();
-            let mut model = (q.models.len() == 1).then(|| q.models[0].clone());
-            let online = p.online.get(&q.name).map(|b| {
-                model = Some("online".to_string());
-                OnlineDetectors::new(b.spec.clone(), b.features.clone())
-            });
-            let src = sources
-                .iter_mut()
-                .find(|s| s.name == q.source)
-                .expect("source of a query");
-            src.operators.push(Operator {
-                op: WindowOperator::new(q.clone()).with_max_open_panes(p.config.max_open_windows),
-                publish: Publisher {
-                    sink,
-                    lifecycle: spec.map(|s| Lifecycle::new(&q.name, s)),
-                    online,
-                    regime_keys: q
-                        .key_columns
-                        .iter()
-                        .filter(|k| !k.eq_ignore_ascii_case(&device_column))
-                        .cloned()
-                        .collect(),
-                    device_column,
-                    model,
-                },
-                fingerprint: checkpoint::fingerprint(q),
-            });
-        }
+        let sources = sources::sources_of(&p);
         let ckpt = p.config.checkpoint.clone().map(|cfg| {
             let seq = p.restored.as_ref().map_or(1, |s| s.seq + 1);
             Checkpointing::new(cfg, seq, confirmed)
@@ -514,13 +419,6 @@ impl Runtime {
             && self.recent.repeated(topic, payload)
     }
 
-    /// The device named by `topic` if source `i` is full and has not seen it.
-    fn refused_device(&mut self, i: usize, topic: &str) -> Option<String> {
-        let src = &mut self.sources[i];
-        let device = src.device_from_topic.as_ref()?.device(topic)?;
-        (!src.devices.admit(&device)).then(|| device.into_owned())
-    }
-
     async fn on_json(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineError> {
         self.count(|s| s.messages_in += 1);
 
@@ -536,7 +434,7 @@ impl Runtime {
             }
             matched = true;
             self.sources[i].last_input = Instant::now();
-            if let Some(device) = self.refused_device(i, topic) {
+            if let Some(device) = self.sources[i].refused_device(topic) {
                 let src = &self.sources[i];
                 let origin = Origin {
                     topic: topic.into(),
@@ -555,24 +453,7 @@ impl Runtime {
             }
             let outcome = self.sources[i].decoder.decode(topic, payload);
             self.count(|s| s.readings_in += outcome.accepted as u64);
-            if outcome.accepted > 0 {
-                let topic: Arc<str> = topic.into();
-                let origins = &mut self.sources[i].origins;
-                if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-                    let bad: Vec<usize> = outcome.rejected.iter().filter_map(|r| r.index).collect();
-                    origins.extend(
-                        (0..)
-                            .filter(|k| !bad.contains(k))
-                            .take(outcome.accepted)
-                            .map(|k| Origin {
-                                topic: topic.clone(),
-                                index: Some(k),
-                            }),
-                    );
-                } else {
-                    origins.push(Origin { topic, index: None });
-                }
-            }
+            self.sources[i].record_origins(topic, payload, &outcome);
             for r in outcome.rejected {
                 let source = &self.sources[i].name;
                 let o = outputs::undecodable(&self.config, source, topic, payload, &r);
