@@ -17,7 +17,7 @@ pub use forewarn_core::{format_rfc3339, parse_rfc3339};
 pub use forewarn_engine::{
     verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
     DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
-    Pipeline, PipelineBuilder, PipelineHandle, SinkInfo, SourceInfo, TransitionMessage,
+    Pipeline, PipelineBuilder, PipelineHandle, Reason, SinkInfo, SourceInfo, TransitionMessage,
 };
 pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};

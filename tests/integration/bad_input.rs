@@ -151,7 +151,7 @@ fn drain(rx: &mut tokio::sync::mpsc::Receiver<Output>, into: &mut Vec<Output>) -
     let mut reasons = Vec::new();
     while let Ok(o) = rx.try_recv() {
         if let Output::DeadLetter { letter, .. } = &o {
-            reasons.push(letter.reason.clone());
+            reasons.push(letter.reason.to_string());
         }
         into.push(o);
     }

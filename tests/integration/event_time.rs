@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use forewarn::{Output, Pipeline};
+use forewarn::{Output, Pipeline, Reason};
 use serde_json::json;
 
 const BASE: i64 = 1_700_000_000_000;
@@ -76,7 +76,7 @@ async fn a_device_ten_minutes_ahead_does_not_make_the_fleet_late() {
     let late_msgs: Vec<_> = outs
         .iter()
         .filter_map(|o| match o {
-            Output::DeadLetter { topic, letter } if letter.reason == "late" => Some(topic),
+            Output::DeadLetter { topic, letter } if letter.reason == Reason::Late => Some(topic),
             _ => None,
         })
         .collect();

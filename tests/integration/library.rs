@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn::{Output, Pipeline};
+use forewarn::{Output, Pipeline, Reason};
 use serde_json::Value;
 
 async fn run(
@@ -176,7 +176,7 @@ async fn late_rows_are_published_not_dropped() {
     assert_eq!(late.len(), 1, "one late message per reading: {late:?}");
     let (topic, letter) = &late[0];
     assert_eq!(topic, "forewarn/late/readings");
-    assert_eq!(letter.reason, "late");
+    assert_eq!(letter.reason, Reason::Late);
     assert_eq!(letter.source_topic, "test/d1/data");
     assert_eq!(letter.source.as_deref(), Some("readings"));
     assert_eq!(
@@ -255,7 +255,7 @@ async fn wrong_batches_are_dead_lettered_and_the_pipeline_goes_on() {
     let mut alerts = 0;
     while let Some(o) = rx.recv().await {
         match o {
-            Output::DeadLetter { letter, .. } => reasons.push(letter.reason),
+            Output::DeadLetter { letter, .. } => reasons.push(letter.reason.as_str()),
             Output::Alert { .. } => alerts += 1,
             other => panic!("{other:?}"),
         }
@@ -447,7 +447,7 @@ FROM readings GROUP BY tumble(interval '10 seconds'), device;";
                 counts.insert(alert.device.clone(), alert.features["n"].as_i64().unwrap());
             }
             Output::DeadLetter { letter, .. } => {
-                assert_eq!(letter.reason, "too_many_devices", "{letter:?}");
+                assert_eq!(letter.reason, Reason::TooManyDevices, "{letter:?}");
                 refused.push((letter.index, letter.source_topic.clone()));
             }
             _ => {}

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod reason;
+pub use reason::{Reason, UnknownReason};
+
 /// Event time in milliseconds since the Unix epoch (UTC).
 pub type Millis = i64;
 

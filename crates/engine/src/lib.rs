@@ -36,10 +36,15 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod checkpoint;
+mod checkpointing;
+mod health;
+mod outputs;
 mod rows;
 mod runtime;
 mod settings;
+mod sources;
 
 pub use checkpoint::{
     verify_checkpoint, CheckpointConfig, CheckpointError, CheckpointStore, DirStore,
@@ -53,6 +58,7 @@ use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage};
+pub use forewarn_core::{Reason, UnknownReason};
 use forewarn_formats::{JsonDecoder, TopicTemplate};
 pub use forewarn_scorer::{Model, ModelRegistry};
 use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
@@ -232,8 +238,9 @@ impl Output {
 /// A rejected message or reading.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeadLetter {
-    /// Stable reason code (`not_json`, `missing_field`, `late`, ...).
-    pub reason: String,
+    /// Stable reason code (`not_json`, `missing_field`, `late`, ...); serialised as
+    /// that string.
+    pub reason: Reason,
     /// Human-readable detail.
     pub detail: String,
     /// Topic the input arrived on (empty for pushed batches).
@@ -1058,5 +1065,95 @@ impl PipelineHandle {
 
     async fn send(&self, i: Input) -> Result<(), EngineError> {
         self.tx.send(i).await.map_err(|_| EngineError::Stopped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reason codes the dead-letter schema allows, as written in the file.
+    fn schema_reasons() -> Vec<String> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/schemas/deadletter.schema.json"
+        );
+        let text = std::fs::read_to_string(path).expect("the dead-letter schema");
+        let schema: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
+        schema["properties"]["reason"]["enum"]
+            .as_array()
+            .expect("the schema lists the reasons as an enum")
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn schema_lists_exactly_the_reason_codes() {
+        let mut schema = schema_reasons();
+        let listed = schema.len();
+        schema.sort();
+        schema.dedup();
+        assert_eq!(schema.len(), listed, "a reason twice in the schema");
+        let mut ours: Vec<String> = Reason::ALL.iter().map(|r| r.to_string()).collect();
+        ours.sort();
+        assert_eq!(schema, ours);
+    }
+
+    #[test]
+    fn docs_name_every_reason_code() {
+        for doc in ["architecture.md", "operations.md"] {
+            let path = format!("{}/../../docs/{doc}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("the doc");
+            for r in Reason::ALL {
+                assert!(
+                    text.contains(&format!("`{r}`")),
+                    "{doc} does not name `{r}`"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_round_trip_through_from_str_and_serde() {
+        for r in Reason::ALL {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
+            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
+        }
+        assert!(serde_json::from_str::<Reason>("\"not_a_code\"").is_err());
+        assert_eq!(
+            "not_a_code".parse::<Reason>(),
+            Err(UnknownReason("not_a_code".into()))
+        );
+    }
+
+    /// The dead letter's JSON is what it was when `reason` was a string.
+    #[test]
+    fn dead_letter_json_is_unchanged() {
+        let letter = DeadLetter {
+            reason: Reason::TooManyDevices,
+            detail: "d".into(),
+            source_topic: "plant/x".into(),
+            source: Some("telemetry".into()),
+            index: Some(2),
+            excerpt: "{}".into(),
+        };
+        let out = Output::DeadLetter {
+            topic: "forewarn/deadletter/telemetry".into(),
+            letter: letter.clone(),
+        };
+        let (topic, bytes) = out.to_message();
+        assert_eq!(topic, "forewarn/deadletter/telemetry");
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"reason":"too_many_devices","detail":"d","source_topic":"plant/x","source":"telemetry","index":2,"excerpt":"{}"}"#
+        );
+        let back: DeadLetter = serde_json::from_str(
+            r#"{"reason":"too_many_devices","detail":"d","source_topic":"plant/x","source":"telemetry","index":2,"excerpt":"{}"}"#,
+        )
+        .unwrap();
+        assert_eq!(back, letter);
     }
 }

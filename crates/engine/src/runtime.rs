@@ -1,71 +1,30 @@
-//! The pipeline task: micro-batching, running the window operators, emitting outputs.
+//! The pipeline task: takes input, micro-batches it, runs the window operators and
+//! sends what they produce, on timers for batches, idle sources and checkpoints.
+//!
+//! The decisions are made elsewhere, without IO: what input is admitted
+//! ([`crate::admission`]), the devices' health and operator commands
+//! ([`crate::health`]), which outputs a closed window or a refusal becomes
+//! ([`crate::outputs`]), and when input may be acknowledged ([`crate::checkpointing`]).
+//! The state kept per source is in [`crate::sources`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn_alerts::{
-    Acknowledgement, Alert, Command, DeviceState, Health, Lifecycle, RuleState, TransitionMessage,
-    WindowEvidence,
-};
-use forewarn_formats::{filter_matches, JsonDecoder, TopicTemplate};
-use forewarn_scorer::OnlineDetectors;
-use forewarn_stream::{Processed, WindowOperator};
+use forewarn_formats::filter_matches;
+use forewarn_stream::Processed;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::admission::{self, RecentMessages};
+use crate::checkpoint::{self, QueryState, Snapshot};
+use crate::checkpointing::Checkpointing;
+use crate::health::HealthBook;
+use crate::outputs::{self, Origin, Refusal};
 use crate::rows::row_to_json;
-
-/// Why a pushed batch cannot be used for a source, if it cannot.
-fn batch_problem(
-    schema: &datafusion::arrow::datatypes::SchemaRef,
-    batch: &RecordBatch,
-) -> Option<(&'static str, String)> {
-    let want: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", f.name(), f.data_type()))
-        .collect();
-    let got: Vec<String> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", f.name(), f.data_type()))
-        .collect();
-    if want != got {
-        return Some((
-            "schema_mismatch",
-            format!(
-                "batch columns [{}] do not match the source's [{}]",
-                got.join(", "),
-                want.join(", ")
-            ),
-        ));
-    }
-    schema
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .find(|(f, c)| !f.is_nullable() && c.null_count() > 0)
-        .map(|(f, c)| {
-            (
-                "missing_field",
-                format!(
-                    "required column '{}' has {} nulls",
-                    f.name(),
-                    c.null_count()
-                ),
-            )
-        })
-}
-use crate::checkpoint::{self, CheckpointConfig, QueryState, Snapshot};
-use crate::{Ack, DeadLetter, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
-
-/// A JSON value as a topic level: strings as they are, anything else as JSON text.
-fn topic_text(v: &serde_json::Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_string)
-}
+use crate::sources::{self, Source};
+use crate::{Ack, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
 
 fn wall_ms() -> i64 {
     forewarn_core::duration_ms(
@@ -81,11 +40,7 @@ fn stamp_arrival(src: &Source, batch: RecordBatch) -> RecordBatch {
     if batch.num_columns() + 1 != schema.fields().len() {
         return batch;
     }
-    let now = forewarn_core::duration_ms(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
+    let now = wall_ms();
     let mut cols = batch.columns().to_vec();
     cols.push(std::sync::Arc::new(
         datafusion::arrow::array::TimestampMillisecondArray::from_value(now, batch.num_rows()),
@@ -93,105 +48,13 @@ fn stamp_arrival(src: &Source, batch: RecordBatch) -> RecordBatch {
     RecordBatch::try_new(schema.clone(), cols).unwrap_or(batch)
 }
 
-struct Source {
-    name: String,
-    filter: String,
-    decoder: JsonDecoder,
-    /// When the oldest buffered reading arrived.
-    pending_since: Option<Instant>,
-    operators: Vec<Operator>,
-    processing_time: bool,
-    idle_timeout: Option<std::time::Duration>,
-    /// When input last arrived (idle detection).
-    last_input: Instant,
-    late_topic: Option<TopicTemplate>,
-    /// The topic template and the capture naming the device, for the limit on distinct
-    /// devices: `{device}`, else (`None`) all captures together, which tell devices
-    /// apart whichever of them names the device.
-    device_from_topic: Option<(TopicTemplate, Option<String>)>,
-    /// Devices admitted so far (at most `max_devices`).
-    devices: std::collections::HashSet<String>,
-    /// The columns naming a row's device, for admitting the rows of pushed batches and
-    /// of messages whose device is in the payload: the `device` column, else the topic's
-    /// captures (joined with `/`, as the topic check joins them). Empty: one device.
-    device_key: Vec<usize>,
-    /// Where each buffered reading came from: its message's topic and its position in
-    /// an array message (for the dead letter of a reading the windows refuse).
-    origins: Vec<Origin>,
-}
-
-/// The message a reading came from.
-#[derive(Clone)]
-struct Origin {
-    topic: Arc<str>,
-    index: Option<usize>,
-}
-
-/// A reading the window operators refused, with what the dead letter says of it.
-struct Refusal {
-    reason: forewarn_stream::RowRejection,
-    row: serde_json::Map<String, serde_json::Value>,
-    /// The queries that refused it.
-    queries: Vec<String>,
-    /// The pane of the reading's event time in the first of them.
-    window: Option<forewarn_core::Pane>,
-}
-
-struct Operator {
-    op: WindowOperator,
-    sink: TopicTemplate,
-    /// Sinks with a lifecycle publish transitions, not rows.
-    lifecycle: Option<Lifecycle>,
-    /// The sink's online detector: scores each row before the lifecycle sees it.
-    online: Option<OnlineDetectors>,
-    /// Grouping columns besides the device: the online detector learns each of their
-    /// combinations apart (the lifecycle stays per device).
-    regime_keys: Vec<String>,
-    /// Column holding the device id (see [`forewarn_sql::bind_sink`]).
-    device_column: String,
-    model: Option<String>,
-    /// What a checkpoint of this operator's state must match to be restored.
-    fingerprint: String,
-}
-
-/// Checkpointing state of a running pipeline.
-struct Checkpointing {
-    cfg: CheckpointConfig,
-    /// Sequence number of the next checkpoint.
-    seq: u64,
-    last: Instant,
-    /// Acks of input taken since the last checkpoint, in order.
-    unacked: Vec<Ack>,
-    /// Connector ids of those acks, where given (see [`Snapshot::released`]).
-    unacked_ids: Vec<u64>,
-    /// Input or output since the last checkpoint.
-    dirty: bool,
-    /// Outputs emitted and not yet confirmed by the consumer, oldest first.
-    recent: VecDeque<Output>,
-    /// Outputs emitted since start.
-    emitted: u64,
-    confirmed: Arc<AtomicU64>,
-}
-
-impl Checkpointing {
-    /// Drops the outputs the consumer has confirmed.
-    fn trim(&mut self) {
-        let confirmed = self.confirmed.load(Ordering::Relaxed);
-        while !self.recent.is_empty() && self.emitted - (self.recent.len() as u64) < confirmed {
-            self.recent.pop_front();
-        }
-    }
-}
-
 pub(crate) struct Runtime {
     config: EngineConfig,
     sources: Vec<Source>,
     out: mpsc::Sender<Output>,
     stats: Arc<Mutex<EngineStats>>,
-    /// Health of every device seen by a rule with a lifecycle.
-    states: HashMap<String, DeviceState>,
-    /// Devices an operator silenced, until when (wall clock, ms).
-    silenced: HashMap<String, i64>,
+    /// Health of every device seen by a rule with a lifecycle, and silences.
+    health: HealthBook,
     ckpt: Option<Checkpointing>,
     /// The checkpoint to continue from, applied when the task starts.
     restored: Option<Snapshot>,
@@ -207,13 +70,6 @@ pub(crate) struct Runtime {
     state_bytes: usize,
 }
 
-#[derive(Default)]
-struct RecentMessages {
-    hasher: std::collections::hash_map::RandomState,
-    set: std::collections::HashSet<u64>,
-    order: VecDeque<u64>,
-}
-
 impl Runtime {
     pub(crate) fn new(
         p: Pipeline,
@@ -221,97 +77,23 @@ impl Runtime {
         stats: Arc<Mutex<EngineStats>>,
         confirmed: Arc<AtomicU64>,
     ) -> Self {
-        let mut sources: Vec<Source> = p
-            .sources
-            .iter()
-            .map(|s| {
-                let decoder = JsonDecoder::new(
-                    s.schema.clone(),
-                    s.template.clone(),
-                    p.config.max_payload_bytes,
-                )
-                .expect("checked at build");
-                Source {
-                    name: s.name.clone(),
-                    filter: s.topic_filter.clone(),
-                    decoder: if s.processing_time {
-                        decoder.with_arrival_column(forewarn_sql::ARRIVAL_TIME)
-                    } else {
-                        decoder
-                    },
-                    pending_since: None,
-                    operators: vec![],
-                    processing_time: s.processing_time,
-                    idle_timeout: s.idle_timeout,
-                    last_input: Instant::now(),
-                    late_topic: s.late_topic.clone(),
-                    device_from_topic: s
-                        .template
-                        .as_ref()
-                        .filter(|t| t.captures().next().is_some())
-                        .map(|t| {
-                            let cap = t.captures().find(|c| *c == "device").map(str::to_string);
-                            (t.clone(), cap)
-                        }),
-                    devices: Default::default(),
-                    device_key: device_key(s),
-                    origins: Vec::new(),
-                }
-            })
-            .collect();
-        for q in &p.queries {
-            let sink = p.sinks[&q.sink].clone();
-            let spec = p.lifecycles.get(&q.name).cloned();
-            let device_column = p.device_columns[&q.name].clone();
-            let mut model = (q.models.len() == 1).then(|| q.models[0].clone());
-            let online = p.online.get(&q.name).map(|b| {
-                model = Some("online".to_string());
-                OnlineDetectors::new(b.spec.clone(), b.features.clone())
-            });
-            let src = sources
-                .iter_mut()
-                .find(|s| s.name == q.source)
-                .expect("source of a query");
-            src.operators.push(Operator {
-                op: WindowOperator::new(q.clone()).with_max_open_panes(p.config.max_open_windows),
-                sink,
-                lifecycle: spec.map(|s| Lifecycle::new(&q.name, s)),
-                online,
-                regime_keys: q
-                    .key_columns
-                    .iter()
-                    .filter(|k| !k.eq_ignore_ascii_case(&device_column))
-                    .cloned()
-                    .collect(),
-                device_column,
-                model,
-                fingerprint: checkpoint::fingerprint(q),
-            });
-        }
-        let ckpt = p.config.checkpoint.clone().map(|cfg| Checkpointing {
-            cfg,
-            seq: p.restored.as_ref().map_or(1, |s| s.seq + 1),
-            last: Instant::now(),
-            unacked: Vec::new(),
-            unacked_ids: Vec::new(),
-            dirty: false,
-            recent: VecDeque::new(),
-            emitted: 0,
-            confirmed,
+        let sources = sources::sources_of(&p);
+        let ckpt = p.config.checkpoint.clone().map(|cfg| {
+            let seq = p.restored.as_ref().map_or(1, |s| s.seq + 1);
+            Checkpointing::new(cfg, seq, confirmed)
         });
         Runtime {
+            recent: RecentMessages::new(p.config.duplicate_window),
             config: p.config,
             sources,
             out,
             stats,
-            states: HashMap::new(),
-            silenced: HashMap::new(),
+            health: HealthBook::default(),
             ckpt,
             inputs: p.restored.as_ref().map_or(0, |s| s.inputs),
             position: p.restored.as_ref().and_then(|s| s.position),
             restored: p.restored,
             last_input: Instant::now(),
-            recent: RecentMessages::default(),
             state_bytes: 0,
         }
     }
@@ -328,7 +110,7 @@ impl Runtime {
             for op in &mut src.operators {
                 if let Some(q) = queries.remove(&op.op.query().name) {
                     op.op.restore(q.operator)?;
-                    if let (Some(d), Some(v)) = (op.online.as_mut(), q.detector) {
+                    if let (Some(d), Some(v)) = (op.publish.online.as_mut(), q.detector) {
                         d.load(v).map_err(|e| {
                             EngineError::Config(format!(
                                 "checkpoint {}: learned state of '{}': {e}",
@@ -337,7 +119,7 @@ impl Runtime {
                             ))
                         })?;
                     }
-                    if let (Some(l), Some(v)) = (op.lifecycle.as_mut(), q.lifecycle) {
+                    if let (Some(l), Some(v)) = (op.publish.lifecycle.as_mut(), q.lifecycle) {
                         l.load(v).map_err(|e| {
                             EngineError::Config(format!(
                                 "checkpoint {}: alert state of '{}': {e}",
@@ -351,11 +133,10 @@ impl Runtime {
         }
         for src in &mut self.sources {
             if let Some(d) = snap.devices.get(&src.name) {
-                src.devices = d.iter().cloned().collect();
+                src.devices.restore(d);
             }
         }
-        self.states = snap.states.into_iter().collect();
-        self.silenced = snap.silenced.into_iter().collect();
+        self.health.restore(snap.states, snap.silenced);
         let n = snap.outbox.len() as u64;
         self.count(|s| {
             s.restored_from = Some(snap.seq);
@@ -369,13 +150,7 @@ impl Runtime {
 
     /// Whether too many outputs wait for confirmation to take more input.
     fn backlogged(&mut self) -> bool {
-        match &mut self.ckpt {
-            Some(c) if c.cfg.confirm_outputs => {
-                c.trim();
-                c.recent.len() >= c.cfg.max_unconfirmed
-            }
-            _ => false,
-        }
+        self.ckpt.as_mut().is_some_and(Checkpointing::backlogged)
     }
 
     /// After an input message: its ack waits for the next checkpoint, or is called now
@@ -390,12 +165,7 @@ impl Runtime {
             }
             return Ok(());
         };
-        c.dirty = true;
-        if let Some(a) = ack {
-            c.unacked.push(a);
-            c.unacked_ids.extend(ack_id);
-        }
-        if c.unacked.len() >= c.cfg.max_unacked {
+        if c.taken(ack, ack_id) {
             self.checkpoint().await?;
         }
         Ok(())
@@ -403,9 +173,9 @@ impl Runtime {
 
     /// Whether a checkpoint is due on the timer.
     fn checkpoint_due(&self, now: Instant) -> bool {
-        let Some(c) = &self.ckpt else { return false };
-        (c.dirty && now.duration_since(c.last) >= c.cfg.interval)
-            || (!c.unacked.is_empty() && now.duration_since(self.last_input) >= c.cfg.idle)
+        self.ckpt
+            .as_ref()
+            .is_some_and(|c| c.due(now, self.last_input))
     }
 
     /// Writes a checkpoint of everything processed so far, then acks the input it
@@ -431,33 +201,26 @@ impl Runtime {
                     QueryState {
                         fingerprint: op.fingerprint.clone(),
                         operator: state,
-                        lifecycle: op.lifecycle.as_ref().map(|l| l.save()),
-                        detector: op.online.as_ref().map(|d| d.save()),
+                        lifecycle: op.publish.lifecycle.as_ref().map(|l| l.save()),
+                        detector: op.publish.online.as_ref().map(|d| d.save()),
                     },
                 );
             }
         }
         let c = self.ckpt.as_mut().expect("checked above");
-        c.trim();
-        let snap = Snapshot {
-            seq: c.seq,
+        let snap = c.complete(Snapshot {
             queries,
-            states: self
-                .states
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            silenced: self.silenced.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            outbox: c.recent.iter().cloned().collect(),
+            states: self.health.saved_states(),
+            silenced: self.health.saved_silences(),
             inputs: self.inputs,
             position: self.position,
-            released: c.unacked_ids.clone(),
             devices: self
                 .sources
                 .iter()
-                .map(|s| (s.name.clone(), s.devices.iter().cloned().collect()))
+                .map(|s| (s.name.clone(), s.devices.names().cloned().collect()))
                 .collect(),
-        };
+            ..Snapshot::default()
+        });
         let (store, keep, seq) = (c.cfg.store.clone(), c.cfg.keep, c.seq);
         let written = tokio::task::spawn_blocking(move || {
             let bytes =
@@ -469,13 +232,9 @@ impl Runtime {
         })
         .await
         .map_err(|e| EngineError::Config(format!("checkpoint task: {e}")))?;
-        c.last = Instant::now();
+        let acks = c.attempted(written.is_ok(), Instant::now());
         match written {
             Ok(bytes) => {
-                c.seq += 1;
-                c.dirty = false;
-                let acks = std::mem::take(&mut c.unacked);
-                c.unacked_ids.clear();
                 let n = acks.len() as u64;
                 for a in acks {
                     a();
@@ -581,11 +340,7 @@ impl Runtime {
         let src = &self.sources[i];
         let silent = now.duration_since(src.last_input);
         let target = if src.processing_time {
-            Some(forewarn_core::duration_ms(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default(),
-            ))
+            Some(wall_ms())
         } else if src.idle_timeout.is_some_and(|t| silent >= t) {
             None
         } else {
@@ -611,81 +366,21 @@ impl Runtime {
 
     /// Applies an operator command and confirms it on the device's state topic.
     async fn on_command(&mut self, device: &str, payload: &[u8]) {
-        let now = wall_ms();
-        let reject = |reason: &str, detail: String| DeadLetter {
-            reason: reason.into(),
-            detail,
-            source_topic: format!("{}/command/{device}", self.config.topic_prefix),
-            source: None,
-            index: None,
-            excerpt: String::from_utf8_lossy(&payload[..payload.len().min(256)]).into_owned(),
-        };
-        let topic = format!("{}/deadletter/command", self.config.topic_prefix);
-        let cmd = match serde_json::from_slice::<Command>(payload) {
-            Ok(c) => c,
-            Err(e) => {
-                let letter = reject("bad_command", format!("expected {{\"action\": \"acknowledge\" | \"silence\" | \"unsilence\", \"by\": ..., \"for\": \"2 hours\"}}: {e}"));
-                self.emit(Output::DeadLetter { topic, letter }).await;
-                return;
+        match self.health.command(device, payload, wall_ms()) {
+            Ok(state) => {
+                let state = state.clone();
+                self.count(|s| s.commands += 1);
+                self.emit(Output::State {
+                    topic: format!("{}/state/{device}", self.config.topic_prefix),
+                    state,
+                })
+                .await;
             }
-        };
-        let Some(state) = self.states.get_mut(device) else {
-            let letter = reject(
-                "unknown_device",
-                format!("no rule with a lifecycle has seen device '{device}'"),
-            );
-            self.emit(Output::DeadLetter { topic, letter }).await;
-            return;
-        };
-        match cmd {
-            Command::Acknowledge { by } => {
-                let ids: Vec<String> = state
-                    .rules
-                    .values()
-                    .filter_map(|r| r.alert_id.clone())
-                    .collect();
-                if ids.is_empty() {
-                    let letter = reject(
-                        "nothing_to_acknowledge",
-                        format!("device '{device}' has no open alert"),
-                    );
-                    self.emit(Output::DeadLetter { topic, letter }).await;
-                    return;
-                }
-                state.acknowledged = Some(Acknowledgement {
-                    by,
-                    at: forewarn_core::format_rfc3339(now),
-                    alert_ids: ids,
-                });
-            }
-            Command::Silence { duration, .. } => {
-                let ms = match forewarn_core::parse_interval(&duration, None) {
-                    Ok(ms) if ms > 0 => ms,
-                    _ => {
-                        let letter = reject(
-                            "bad_command",
-                            format!("silence needs \"for\": an interval such as \"2 hours\", got '{duration}'"),
-                        );
-                        self.emit(Output::DeadLetter { topic, letter }).await;
-                        return;
-                    }
-                };
-                let until = now.saturating_add(ms);
-                state.silenced_until = Some(forewarn_core::format_rfc3339(until));
-                self.silenced.insert(device.to_string(), until);
-            }
-            Command::Unsilence { .. } => {
-                state.silenced_until = None;
-                self.silenced.remove(device);
+            Err(why) => {
+                let o = outputs::refused_command(&self.config, device, payload, why);
+                self.emit(o).await;
             }
         }
-        let state = state.clone();
-        self.count(|s| s.commands += 1);
-        self.emit(Output::State {
-            topic: format!("{}/state/{device}", self.config.topic_prefix),
-            state,
-        })
-        .await;
     }
 
     fn count(&self, f: impl FnOnce(&mut EngineStats)) {
@@ -699,23 +394,16 @@ impl Runtime {
             Output::State { .. } => s.states_out += 1,
             Output::DeadLetter { letter, .. } => {
                 s.dead_letters_out += 1;
-                *s.rejected.entry(letter.reason.clone()).or_default() += 1;
+                *s.rejected
+                    .entry(letter.reason.as_str().to_string())
+                    .or_default() += 1;
             }
         });
         if let Some(c) = &mut self.ckpt {
-            c.dirty = true;
-            if c.cfg.confirm_outputs {
-                c.recent.push_back(o.clone());
-                c.emitted += 1;
-            }
+            c.emitted(&o);
         }
         // A closed receiver means the embedder stopped listening; keep processing.
         let _ = self.out.send(o).await;
-    }
-
-    fn excerpt(&self, payload: &[u8]) -> String {
-        let cut = &payload[..payload.len().min(self.config.dead_letter_excerpt)];
-        String::from_utf8_lossy(cut).into_owned()
     }
 
     /// Whether the message repeats one among the last `duplicate_window` messages to
@@ -723,75 +411,20 @@ impl Runtime {
     /// PUBACK; with the timestamp inside, the same bytes are the same readings). Sources
     /// timed by arrival are exempt: identical payloads are new readings there.
     fn is_duplicate(&mut self, topic: &str, payload: &[u8]) -> bool {
-        if self.config.duplicate_window == 0
-            || !self
+        self.recent.enabled()
+            && self
                 .sources
                 .iter()
                 .any(|s| !s.processing_time && filter_matches(&s.filter, topic))
-        {
-            return false;
-        }
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = self.recent.hasher.build_hasher();
-        topic.hash(&mut h);
-        payload.hash(&mut h);
-        let h = h.finish();
-        if !self.recent.set.insert(h) {
-            return true;
-        }
-        self.recent.order.push_back(h);
-        if self.recent.order.len() > self.config.duplicate_window {
-            if let Some(old) = self.recent.order.pop_front() {
-                self.recent.set.remove(&old);
-            }
-        }
-        false
-    }
-
-    /// The device named by `topic` if source `i` is full and has not seen it.
-    fn refused_device(&mut self, i: usize, topic: &str) -> Option<String> {
-        let src = &mut self.sources[i];
-        let (template, cap) = src.device_from_topic.as_ref()?;
-        let captures = template.captures_of(topic)?;
-        let device: std::borrow::Cow<str> = match cap {
-            Some(cap) => captures.iter().find(|(c, _)| c == cap)?.1.into(),
-            None => captures
-                .iter()
-                .map(|(_, v)| *v)
-                .collect::<Vec<_>>()
-                .join("/")
-                .into(),
-        };
-        if src.devices.contains(device.as_ref()) {
-            return None;
-        }
-        if src.devices.len() >= self.config.max_devices {
-            return Some(device.into_owned());
-        }
-        src.devices.insert(device.into_owned());
-        None
+            && self.recent.repeated(topic, payload)
     }
 
     async fn on_json(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineError> {
         self.count(|s| s.messages_in += 1);
 
         if self.is_duplicate(topic, payload) {
-            let letter = DeadLetter {
-                reason: "duplicate".into(),
-                detail: format!(
-                    "the same bytes on the same topic arrived among the last {} messages (a resent publish)",
-                    self.config.duplicate_window
-                ),
-                source_topic: topic.to_string(),
-                source: None,
-                index: None,
-                excerpt: self.excerpt(payload),
-            };
-            self.emit(Output::DeadLetter {
-                topic: format!("{}/deadletter/duplicate", self.config.topic_prefix),
-                letter,
-            })
-            .await;
+            let o = outputs::duplicate(&self.config, topic, payload);
+            self.emit(o).await;
             return Ok(());
         }
         let mut matched = false;
@@ -801,62 +434,30 @@ impl Runtime {
             }
             matched = true;
             self.sources[i].last_input = Instant::now();
-            if let Some(device) = self.refused_device(i, topic) {
-                let source = self.sources[i].name.clone();
-                let letter = DeadLetter {
-                    reason: "too_many_devices".into(),
-                    detail: format!(
-                        "source '{source}' already has {} devices (max_devices); '{device}' is refused",
-                        self.config.max_devices
-                    ),
-                    source_topic: topic.to_string(),
-                    source: Some(source.clone()),
+            if let Some(device) = self.sources[i].refused_device(topic) {
+                let src = &self.sources[i];
+                let origin = Origin {
+                    topic: topic.into(),
                     index: None,
-                    excerpt: self.excerpt(payload),
                 };
-                self.emit(Output::DeadLetter {
-                    topic: format!("{}/deadletter/{source}", self.config.topic_prefix),
-                    letter,
-                })
-                .await;
+                let o = outputs::too_many_devices(
+                    &self.config,
+                    &src.name,
+                    src.devices.max(),
+                    &device,
+                    Some(&origin),
+                    outputs::excerpt(&self.config, payload),
+                );
+                self.emit(o).await;
                 continue;
             }
             let outcome = self.sources[i].decoder.decode(topic, payload);
             self.count(|s| s.readings_in += outcome.accepted as u64);
-            if outcome.accepted > 0 {
-                let topic: Arc<str> = topic.into();
-                let origins = &mut self.sources[i].origins;
-                if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-                    let bad: Vec<usize> = outcome.rejected.iter().filter_map(|r| r.index).collect();
-                    origins.extend(
-                        (0..)
-                            .filter(|k| !bad.contains(k))
-                            .take(outcome.accepted)
-                            .map(|k| Origin {
-                                topic: topic.clone(),
-                                index: Some(k),
-                            }),
-                    );
-                } else {
-                    origins.push(Origin { topic, index: None });
-                }
-            }
+            self.sources[i].record_origins(topic, payload, &outcome);
             for r in outcome.rejected {
-                let source = self.sources[i].name.clone();
-                let letter = DeadLetter {
-                    reason: r.error.code().to_string(),
-                    detail: r.error.to_string(),
-                    source_topic: topic.to_string(),
-                    source: Some(source.clone()),
-                    index: r.index,
-                    excerpt: self.excerpt(payload),
-                };
-                tracing::debug!(topic, reason = %letter.detail, "rejected input");
-                self.emit(Output::DeadLetter {
-                    topic: format!("{}/deadletter/{source}", self.config.topic_prefix),
-                    letter,
-                })
-                .await;
+                let source = &self.sources[i].name;
+                let o = outputs::undecodable(&self.config, source, topic, payload, &r);
+                self.emit(o).await;
             }
             let src = &mut self.sources[i];
             if src.decoder.buffered_rows() > 0 && src.pending_since.is_none() {
@@ -867,19 +468,8 @@ impl Runtime {
             }
         }
         if !matched {
-            let letter = DeadLetter {
-                reason: "unknown_topic".into(),
-                detail: format!("no source subscribes to topic '{topic}'"),
-                source_topic: topic.to_string(),
-                source: None,
-                index: None,
-                excerpt: self.excerpt(payload),
-            };
-            self.emit(Output::DeadLetter {
-                topic: format!("{}/deadletter/unrouted", self.config.topic_prefix),
-                letter,
-            })
-            .await;
+            let o = outputs::unknown_topic(&self.config, topic, payload);
+            self.emit(o).await;
         }
         Ok(())
     }
@@ -894,31 +484,14 @@ impl Runtime {
         };
         let problem = match i {
             None => Some((
-                "unknown_source",
+                forewarn_core::Reason::UnknownSource,
                 format!("no query reads source '{source}'"),
             )),
-            Some(i) => batch_problem(self.sources[i].decoder.schema(), &batch),
+            Some(i) => outputs::batch_problem(self.sources[i].decoder.schema(), &batch),
         };
-        if let Some((reason, detail)) = problem {
-            let excerpt = if batch.num_rows() > 0 {
-                serde_json::Value::Object(row_to_json(&batch, 0)).to_string()
-            } else {
-                String::new()
-            };
-            let letter = DeadLetter {
-                reason: reason.into(),
-                detail,
-                source_topic: String::new(),
-                source: Some(source.to_string()),
-                index: None,
-                excerpt,
-            };
-            let topic = format!(
-                "{}/deadletter/{}",
-                self.config.topic_prefix,
-                if i.is_some() { source } else { "unrouted" }
-            );
-            self.emit(Output::DeadLetter { topic, letter }).await;
+        if let Some(problem) = problem {
+            let o = outputs::refused_batch(&self.config, source, i.is_some(), problem, &batch);
+            self.emit(o).await;
             return Ok(());
         }
         let i = i.expect("checked above");
@@ -949,80 +522,23 @@ impl Runtime {
         use datafusion::arrow::array::BooleanArray;
         use datafusion::arrow::compute::filter_record_batch;
         let src = &mut self.sources[i];
-        if src.device_key.is_empty() || batch.num_rows() == 0 {
+        let Some((keep, refused)) =
+            admission::admit_rows(&mut src.devices, &src.device_key, &batch)
+        else {
             return (batch, origins);
-        }
-        let max = self.config.max_devices;
-        let text: Vec<_> = src
-            .device_key
-            .iter()
-            .map(|&c| {
-                datafusion::arrow::compute::cast(
-                    batch.column(c),
-                    &datafusion::arrow::datatypes::DataType::Utf8,
-                )
-            })
-            .collect::<Result<_, _>>()
-            .expect("a device column casts to text");
-        let mut keep = Vec::with_capacity(batch.num_rows());
-        let mut refused = Vec::new();
-        let mut joined = String::new();
-        for row in 0..batch.num_rows() {
-            use datafusion::arrow::array::{Array, AsArray};
-            fn cell(a: &datafusion::arrow::array::ArrayRef, row: usize) -> &str {
-                let a = a.as_string::<i32>();
-                if a.is_valid(row) {
-                    a.value(row)
-                } else {
-                    ""
-                }
-            }
-            // One key column (the usual case) is looked up without copying it.
-            let device: &str = if let [only] = text.as_slice() {
-                cell(only, row)
-            } else {
-                joined.clear();
-                for (k, a) in text.iter().enumerate() {
-                    if k > 0 {
-                        joined.push('/');
-                    }
-                    joined.push_str(cell(a, row));
-                }
-                &joined
-            };
-            let ok = src.devices.contains(device) || {
-                let room = src.devices.len() < max;
-                if room {
-                    src.devices.insert(device.to_string());
-                }
-                room
-            };
-            if !ok {
-                refused.push((row, device.to_string()));
-            }
-            keep.push(ok);
-        }
-        if refused.is_empty() {
-            return (batch, origins);
-        }
-        let source = src.name.clone();
+        };
+        let (source, max) = (src.name.clone(), src.devices.max());
         for (row, device) in &refused {
-            let origin = origins.get(*row);
-            let letter = DeadLetter {
-                reason: "too_many_devices".into(),
-                detail: format!(
-                    "source '{source}' already has {max} devices (max_devices); '{device}' is refused"
-                ),
-                source_topic: origin.map_or(String::new(), |o| o.topic.to_string()),
-                source: Some(source.clone()),
-                index: origin.and_then(|o| o.index),
-                excerpt: serde_json::Value::Object(row_to_json(&batch, *row)).to_string(),
-            };
-            self.emit(Output::DeadLetter {
-                topic: format!("{}/deadletter/{source}", self.config.topic_prefix),
-                letter,
-            })
-            .await;
+            let excerpt = serde_json::Value::Object(row_to_json(&batch, *row)).to_string();
+            let o = outputs::too_many_devices(
+                &self.config,
+                &source,
+                max,
+                device,
+                origins.get(*row),
+                excerpt,
+            );
+            self.emit(o).await;
         }
         let origins = origins
             .into_iter()
@@ -1083,31 +599,9 @@ impl Runtime {
             };
             match r {
                 Ok(mut processed) => {
-                    let op = &self.sources[i].operators[k].op;
+                    let q = self.sources[i].operators[k].op.query();
                     for rej in std::mem::take(&mut processed.rejected) {
-                        for (r, &row) in rej.index.iter().enumerate() {
-                            refused
-                                .entry(row)
-                                .or_insert_with(|| {
-                                    let row = row_to_json(&rej.rows, r);
-                                    let q = op.query();
-                                    let window = match &row.get(&q.event_time) {
-                                        Some(serde_json::Value::String(t)) => {
-                                            forewarn_core::parse_rfc3339(t)
-                                                .map(|t| q.window.pane_of(t))
-                                        }
-                                        _ => None,
-                                    };
-                                    Refusal {
-                                        reason: rej.reason,
-                                        row,
-                                        queries: Vec::new(),
-                                        window,
-                                    }
-                                })
-                                .queries
-                                .push(op.query().name.clone());
-                        }
+                        outputs::file_refusals(&mut refused, q, &rej);
                     }
                     done.push((k, processed));
                 }
@@ -1131,55 +625,14 @@ impl Runtime {
         refused: BTreeMap<u32, Refusal>,
         origins: &[Origin],
     ) {
-        use forewarn_stream::RowRejection as R;
         let src = &self.sources[i];
-        let mut letters = Vec::with_capacity(refused.len());
-        for (row, r) in refused {
-            let origin = origins.get(row as usize);
-            let fields = r.row;
-            let topic = match (r.reason, &src.late_topic) {
-                (R::Late, Some(t)) => t.render(|c| fields.get(c).map(topic_text)),
-                (R::Late, None) => format!("{}/late/{}", self.config.topic_prefix, src.name),
-                _ => format!("{}/deadletter/{}", self.config.topic_prefix, src.name),
-            };
-            // Only what does not depend on how input was batched: the same reading
-            // gets the same words live and in replay.
-            let queries = match r.queries.len() {
-                1 => format!("query '{}'", r.queries[0]),
-                _ => format!("queries '{}'", r.queries.join("', '")),
-            };
-            let detail = match r.reason {
-                R::Late => match r.window {
-                    Some(w) => format!(
-                        "the watermark had passed the end of the reading's window [{}, {}) ({queries})",
-                        forewarn_core::format_rfc3339(w.start),
-                        forewarn_core::format_rfc3339(w.end)
-                    ),
-                    None => format!("the reading's window had closed ({queries})"),
-                },
-                R::Future => format!(
-                    "the reading's time is further ahead than max_future of the newest reading before it ({queries})"
-                ),
-                R::NoTimestamp => format!("the reading has no event time ({queries})"),
-                R::TooManyWindows => format!(
-                    "the reading would open more than max_open_windows = {} windows ({queries})",
-                    self.config.max_open_windows
-                ),
-                R::StateLimit => format!(
-                    "window state is over max_state_bytes = {}; input is refused until windows close ({queries})",
-                    self.config.max_state_bytes
-                ),
-            };
-            let letter = DeadLetter {
-                reason: r.reason.code().into(),
-                detail,
-                source_topic: origin.map_or(String::new(), |o| o.topic.to_string()),
-                source: Some(src.name.clone()),
-                index: origin.and_then(|o| o.index),
-                excerpt: serde_json::Value::Object(fields).to_string(),
-            };
-            letters.push(Output::DeadLetter { topic, letter });
-        }
+        let letters: Vec<Output> = refused
+            .into_iter()
+            .map(|(row, r)| {
+                let origin = origins.get(row as usize);
+                outputs::refusal(&self.config, &src.name, src.late_topic.as_ref(), origin, r)
+            })
+            .collect();
         for o in letters {
             self.emit(o).await;
         }
@@ -1217,7 +670,8 @@ impl Runtime {
             s.windows_closed += p.results.len() as u64;
             s.results += rows;
             if !p.results.is_empty() {
-                *s.windows_closed_by_query.entry(query).or_default() += p.results.len() as u64;
+                *s.windows_closed_by_query.entry(query.clone()).or_default() +=
+                    p.results.len() as u64;
             }
         });
         debug_assert!(p.rejected.is_empty(), "rejections go through emit_refused");
@@ -1229,210 +683,22 @@ impl Runtime {
             let mut at = 0;
             while at < res.batch.num_rows() {
                 let end = (at + CHUNK).min(res.batch.num_rows());
-                let rows = self.alert_rows(i, k, res, at..end);
+                let (outs, silenced) = self.sources[i].operators[k].publish.window_outputs(
+                    &query,
+                    res,
+                    at..end,
+                    &mut self.health,
+                    &self.config,
+                    &wall_ms,
+                );
                 at = end;
-                let outs = if self.sources[i].operators[k].lifecycle.is_some() {
-                    self.lifecycle_outputs(i, k, rows)
-                } else {
-                    rows.into_iter()
-                        .map(|(topic, alert, _)| Output::Alert { topic, alert })
-                        .collect()
-                };
+                if silenced > 0 {
+                    self.count(|s| s.transitions_silenced += silenced);
+                }
                 for o in outs {
                     self.emit(o).await;
                 }
             }
         }
     }
-
-    /// Rows `range` of a closed window's result as alerts, each with its topic and window.
-    fn alert_rows(
-        &self,
-        i: usize,
-        k: usize,
-        res: &forewarn_stream::WindowResult,
-        range: std::ops::Range<usize>,
-    ) -> Vec<(String, Alert, forewarn_core::Pane)> {
-        let op = &self.sources[i].operators[k];
-        let query = &op.op.query().name;
-        let mut rows = Vec::with_capacity(range.len());
-        for r in range {
-            let row = row_to_json(&res.batch, r);
-            let topic = op.sink.render(|c| row.get(c).map(topic_text));
-            let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
-            let alert = Alert::from_row(
-                query,
-                op.model.as_deref(),
-                &op.device_column,
-                (window.start, window.end),
-                row,
-            );
-            rows.push((topic, alert, window));
-        }
-        rows
-    }
-
-    /// Feeds a lifecycle rule's window rows to its state machines: each transition and
-    /// each change of a device's health becomes one message; the rows themselves are not
-    /// published. A device's first window publishes its (healthy) state, so the retained
-    /// state topic lists the whole fleet.
-    fn lifecycle_outputs(
-        &mut self,
-        i: usize,
-        k: usize,
-        rows: Vec<(String, Alert, forewarn_core::Pane)>,
-    ) -> Vec<Output> {
-        let prefix = self.config.topic_prefix.clone();
-        let window_rows = self.config.window_rows;
-        let op = &mut self.sources[i].operators[k];
-        let lifecycle = op.lifecycle.as_mut().expect("called for lifecycle rules");
-        let rule = op.op.query().name.clone();
-        let mut outs = Vec::new();
-        for (topic, mut alert, window) in rows {
-            if let Some(d) = op.online.as_mut() {
-                score_online(d, &op.regime_keys, window.start, &mut alert);
-            }
-            let score = match lifecycle.spec().score_column.as_str() {
-                "score" => alert.score,
-                c => alert.features.get(c).and_then(|v| v.as_f64()),
-            };
-            if window_rows {
-                // The row with the score the lifecycle judges, whatever its column.
-                let mut row = alert.clone();
-                row.score = score;
-                outs.push(Output::Alert {
-                    topic: topic.clone(),
-                    alert: row,
-                });
-            }
-            let evidence = WindowEvidence {
-                start_ms: window.start,
-                end_ms: window.end,
-                window_start: alert.window_start.clone(),
-                window_end: alert.window_end.clone(),
-                score,
-                features: alert.features.clone(),
-            };
-            let state_topic = format!("{prefix}/state/{}", alert.device);
-            let state = self
-                .states
-                .entry(alert.device.clone())
-                .or_insert_with(|| DeviceState::new(&alert.device, &alert.window_end));
-            let first = !state.rules.contains_key(&rule);
-            if first {
-                state.set(
-                    &rule,
-                    RuleState {
-                        state: Health::Ok,
-                        since: alert.window_end.clone(),
-                        alert_id: None,
-                        score,
-                    },
-                );
-            }
-            match lifecycle.observe(&alert.device, evidence) {
-                Some(t) => {
-                    let msg = TransitionMessage::new(
-                        &rule,
-                        &alert.device,
-                        lifecycle.spec(),
-                        alert.model.as_deref(),
-                        t,
-                    );
-                    state.set(
-                        &rule,
-                        RuleState {
-                            state: msg.state,
-                            since: msg.window_end.clone(),
-                            alert_id: (msg.state != Health::Ok).then(|| msg.alert_id.clone()),
-                            score: msg.score,
-                        },
-                    );
-                    let silenced = match self.silenced.get(&alert.device) {
-                        Some(until) if wall_ms() < *until => true,
-                        Some(_) => {
-                            // The silence ran out.
-                            self.silenced.remove(&alert.device);
-                            state.silenced_until = None;
-                            false
-                        }
-                        None => false,
-                    };
-                    if silenced {
-                        self.stats.lock().expect("stats lock").transitions_silenced += 1;
-                    } else {
-                        outs.push(Output::Transition {
-                            topic,
-                            message: msg,
-                        });
-                    }
-                    outs.push(Output::State {
-                        topic: state_topic,
-                        state: state.clone(),
-                    });
-                }
-                None if first => outs.push(Output::State {
-                    topic: state_topic,
-                    state: state.clone(),
-                }),
-                None => {}
-            }
-        }
-        outs
-    }
-}
-
-/// Scores a window row with its device's online detector (which then learns from it):
-/// the row gets the score and, when the query did not select one, an explanation. A
-/// query grouped by more than the device (an operating mode, say) learns each
-/// combination apart: `regime_keys` are those other grouping columns.
-fn score_online(d: &mut OnlineDetectors, regime_keys: &[String], start_ms: i64, alert: &mut Alert) {
-    let x: Vec<f64> = d
-        .features()
-        .iter()
-        .map(|f| {
-            alert
-                .features
-                .get(f)
-                .and_then(|v| v.as_f64())
-                .unwrap_or(f64::NAN)
-        })
-        .collect();
-    let s = if regime_keys.is_empty() {
-        d.observe_at(&alert.device, start_ms, &x)
-    } else {
-        let mut key = alert.device.clone();
-        for k in regime_keys {
-            key.push('\u{1f}');
-            key.push_str(&alert.features.get(k).map_or(String::new(), topic_text));
-        }
-        d.observe_at(&key, start_ms, &x)
-    };
-    alert.score = s.score;
-    if let Some(e) = d.explain(&s) {
-        alert
-            .features
-            .entry("explanation".to_string())
-            .or_insert(serde_json::Value::String(e));
-    }
-}
-
-/// The columns naming a row's device in source `s` (see `Source::device_key`), keyed
-/// as the topic check keys them: the `device` capture, else every capture, else a
-/// `device` column from the payload.
-fn device_key(s: &crate::SourceInfo) -> Vec<usize> {
-    let col = |name: &str| {
-        s.schema
-            .fields()
-            .iter()
-            .position(|f| f.name().eq_ignore_ascii_case(name))
-    };
-    let captures: Vec<&str> = s
-        .template
-        .as_ref()
-        .map_or(vec![], |t| t.captures().collect());
-    if captures.contains(&"device") || captures.is_empty() {
-        return col("device").into_iter().collect();
-    }
-    captures.into_iter().filter_map(col).collect()
 }

@@ -740,6 +740,10 @@ mod tests {
         assert_eq!(o.rejected.len(), 2);
         assert_eq!(o.rejected[0].index, Some(1));
         assert_eq!(o.rejected[0].error.code(), "wrong_type");
+        assert_eq!(
+            o.rejected[0].error.reason(),
+            forewarn_core::Reason::WrongType
+        );
         assert_eq!(o.rejected[1].error, DecodeError::NotAReading("a number"));
         let b = d.flush().unwrap();
         assert_eq!(b.num_rows(), 2);
@@ -767,20 +771,23 @@ mod tests {
     fn rejections_have_reasons() {
         let mut d = decoder();
         let code = |d: &mut JsonDecoder, topic: &str, p: &[u8]| {
-            d.decode(topic, p).rejected[0].error.code()
+            d.decode(topic, p).rejected[0].error.reason()
         };
         assert_eq!(
             code(&mut d, "plant/s/p/telemetry", b"{not json"),
-            "not_json"
+            forewarn_core::Reason::NotJson
         );
-        assert_eq!(code(&mut d, "plant/s/p/telemetry", b"\xff\xfe"), "not_json");
+        assert_eq!(
+            code(&mut d, "plant/s/p/telemetry", b"\xff\xfe"),
+            forewarn_core::Reason::NotJson
+        );
         assert_eq!(
             code(&mut d, "plant/s/p/telemetry", br#"{"vibration": 1}"#),
-            "missing_field"
+            forewarn_core::Reason::MissingField
         );
         assert_eq!(
             code(&mut d, "plant/s/p/telemetry", br#"{"ts": null}"#),
-            "missing_field"
+            forewarn_core::Reason::MissingField
         );
         assert_eq!(
             code(
@@ -788,7 +795,7 @@ mod tests {
                 "plant/s/p/telemetry",
                 br#"{"ts": 1, "vibration": "NaN"}"#
             ),
-            "non_finite"
+            forewarn_core::Reason::NonFinite
         );
         assert_eq!(
             code(
@@ -796,28 +803,31 @@ mod tests {
                 "plant/s/p/telemetry",
                 br#"{"ts": 1, "vibration": 1e999}"#
             ),
-            "not_json"
+            forewarn_core::Reason::NotJson
         );
         assert_eq!(
             code(&mut d, "plant/s/p/telemetry", br#"{"ts": "soon"}"#),
-            "bad_timestamp"
+            forewarn_core::Reason::BadTimestamp
         );
         assert_eq!(
             code(&mut d, "other/topic", br#"{"ts": 1}"#),
-            "topic_mismatch"
+            forewarn_core::Reason::TopicMismatch
         );
         assert_eq!(
             code(&mut d, "plant/s/p/telemetry", &[b' '; 2000]),
-            "too_large"
+            forewarn_core::Reason::TooLarge
         );
         assert_eq!(
             code(&mut d, "plant/s/p/telemetry", b"\"text\""),
-            "not_a_reading"
+            forewarn_core::Reason::NotAReading
         );
         // Deep nesting cannot overflow the stack: ignored values are skipped iteratively.
         let mut big = JsonDecoder::new(d.schema().clone(), None, 1 << 20).unwrap();
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(code(&mut big, "t", deep.as_bytes()), "not_a_reading");
+        assert_eq!(
+            code(&mut big, "t", deep.as_bytes()),
+            forewarn_core::Reason::NotAReading
+        );
         let deep_field = format!(
             r#"{{"device": "p", "ts": 1, "x": {}{}}}"#,
             "[".repeat(100_000),

@@ -9,6 +9,7 @@
 mod json;
 mod topic;
 
+use forewarn_core::Reason;
 pub use json::{DecodeOutcome, JsonDecoder, Rejected};
 pub use topic::{filter_matches, filter_problem, TopicTemplate, TopicTemplateError};
 
@@ -64,18 +65,24 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// A short, stable reason code for counters and dead-letter messages.
-    pub fn code(&self) -> &'static str {
+    /// Why, as the reason code counters and dead letters carry.
+    pub fn reason(&self) -> Reason {
         match self {
-            DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::NotJson(_) => "not_json",
-            DecodeError::NotAReading(_) => "not_a_reading",
-            DecodeError::Missing(_) => "missing_field",
-            DecodeError::WrongType { .. } => "wrong_type",
-            DecodeError::NonFinite(_) => "non_finite",
-            DecodeError::BadTimestamp { .. } => "bad_timestamp",
-            DecodeError::TopicMismatch { .. } => "topic_mismatch",
+            DecodeError::TooLarge { .. } => Reason::TooLarge,
+            DecodeError::NotJson(_) => Reason::NotJson,
+            DecodeError::NotAReading(_) => Reason::NotAReading,
+            DecodeError::Missing(_) => Reason::MissingField,
+            DecodeError::WrongType { .. } => Reason::WrongType,
+            DecodeError::NonFinite(_) => Reason::NonFinite,
+            DecodeError::BadTimestamp { .. } => Reason::BadTimestamp,
+            DecodeError::TopicMismatch { .. } => Reason::TopicMismatch,
         }
+    }
+
+    /// A short, stable reason code for counters and dead-letter messages: the string
+    /// of [`Self::reason`].
+    pub fn code(&self) -> &'static str {
+        self.reason().as_str()
     }
 }
 

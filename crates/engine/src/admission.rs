@@ -1,0 +1,337 @@
+//! What input is let in before it reaches the windows: resent messages are recognised,
+//! and each source admits at most `max_devices` distinct devices.
+//!
+//! Both are bounded on purpose: the duplicate check remembers a fixed number of
+//! message hashes, and the device limit keeps a flood of new ids from exhausting memory.
+
+use std::borrow::Cow;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashSet, VecDeque};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use forewarn_formats::TopicTemplate;
+
+/// Hashes of the latest messages, to recognise a message sent again.
+pub(crate) struct RecentMessages {
+    /// How many messages are remembered (0: none, the check is off).
+    window: usize,
+    hasher: RandomState,
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl RecentMessages {
+    /// Remembers the last `window` messages.
+    pub(crate) fn new(window: usize) -> Self {
+        RecentMessages {
+            window,
+            hasher: RandomState::new(),
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Whether the check is on.
+    pub(crate) fn enabled(&self) -> bool {
+        self.window > 0
+    }
+
+    /// Whether `topic` and `payload` repeat one of the last `window` messages byte for
+    /// byte; otherwise the message is remembered (and the oldest forgotten). A repeat is
+    /// not remembered again, so it does not extend its own life in the window.
+    pub(crate) fn repeated(&mut self, topic: &str, payload: &[u8]) -> bool {
+        if self.window == 0 {
+            return false;
+        }
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hasher.build_hasher();
+        topic.hash(&mut h);
+        payload.hash(&mut h);
+        let h = h.finish();
+        if !self.set.insert(h) {
+            return true;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.window {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+/// The devices one source has admitted: at most `max`, first come first served.
+pub(crate) struct Devices {
+    known: HashSet<String>,
+    max: usize,
+}
+
+impl Devices {
+    /// No device yet; at most `max`.
+    pub(crate) fn new(max: usize) -> Self {
+        Devices {
+            known: HashSet::new(),
+            max,
+        }
+    }
+
+    /// The limit.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether `device` may send: it is known, or new with room left (it is then
+    /// known from now on).
+    pub(crate) fn admit(&mut self, device: &str) -> bool {
+        if self.known.contains(device) {
+            return true;
+        }
+        if self.known.len() >= self.max {
+            return false;
+        }
+        self.known.insert(device.to_string());
+        true
+    }
+
+    /// The admitted devices, in no particular order (for a checkpoint).
+    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
+        self.known.iter()
+    }
+
+    /// Replaces the admitted devices with those of a checkpoint. All are kept, even
+    /// beyond a limit lowered since: they were admitted.
+    pub(crate) fn restore<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        self.known = names.into_iter().cloned().collect();
+    }
+}
+
+/// How a source's topic names the device: its `{device}` level, else all its levels
+/// together (joined with `/`), which tell devices apart whichever of them names the
+/// device.
+pub(crate) struct TopicDevice {
+    template: TopicTemplate,
+    capture: Option<String>,
+}
+
+impl TopicDevice {
+    /// For a template with captures; `None` when its topic names no device.
+    pub(crate) fn new(template: &TopicTemplate) -> Option<Self> {
+        template.captures().next()?;
+        let capture = template
+            .captures()
+            .find(|c| *c == "device")
+            .map(str::to_string);
+        Some(TopicDevice {
+            template: template.clone(),
+            capture,
+        })
+    }
+
+    /// The device `topic` names, if it matches the template.
+    pub(crate) fn device<'t>(&self, topic: &'t str) -> Option<Cow<'t, str>> {
+        let captures = self.template.captures_of(topic)?;
+        Some(match &self.capture {
+            Some(cap) => captures.iter().find(|(c, _)| c == cap)?.1.into(),
+            None => captures
+                .iter()
+                .map(|(_, v)| *v)
+                .collect::<Vec<_>>()
+                .join("/")
+                .into(),
+        })
+    }
+}
+
+/// Rows of a batch from devices beyond the limit: whether each row is kept, and the
+/// refused rows with their device.
+pub(crate) type RowAdmission = (Vec<bool>, Vec<(usize, String)>);
+
+/// Admits the rows of `batch` by the device named in its columns `key` (joined with
+/// `/`, as [`TopicDevice`] joins topic levels): `None` when every row is admitted.
+pub(crate) fn admit_rows(
+    devices: &mut Devices,
+    key: &[usize],
+    batch: &RecordBatch,
+) -> Option<RowAdmission> {
+    if key.is_empty() || batch.num_rows() == 0 {
+        return None;
+    }
+    let text: Vec<_> = key
+        .iter()
+        .map(|&c| datafusion::arrow::compute::cast(batch.column(c), &DataType::Utf8))
+        .collect::<Result<_, _>>()
+        .expect("a device column casts to text");
+    let mut keep = Vec::with_capacity(batch.num_rows());
+    let mut refused = Vec::new();
+    let mut joined = String::new();
+    fn cell(a: &ArrayRef, row: usize) -> &str {
+        let a = a.as_string::<i32>();
+        if a.is_valid(row) {
+            a.value(row)
+        } else {
+            ""
+        }
+    }
+    for row in 0..batch.num_rows() {
+        // One key column (the usual case) is looked up without copying it.
+        let device: &str = if let [only] = text.as_slice() {
+            cell(only, row)
+        } else {
+            joined.clear();
+            for (k, a) in text.iter().enumerate() {
+                if k > 0 {
+                    joined.push('/');
+                }
+                joined.push_str(cell(a, row));
+            }
+            &joined
+        };
+        let ok = devices.admit(device);
+        if !ok {
+            refused.push((row, device.to_string()));
+        }
+        keep.push(ok);
+    }
+    (!refused.is_empty()).then_some((keep, refused))
+}
+
+/// The columns naming a row's device in source `s`, keyed as the topic check keys
+/// them: the `device` capture, else every capture, else a `device` column from the
+/// payload. Empty: the source has one device.
+pub(crate) fn device_key(s: &crate::SourceInfo) -> Vec<usize> {
+    let col = |name: &str| {
+        s.schema
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    };
+    let captures: Vec<&str> = s
+        .template
+        .as_ref()
+        .map_or(vec![], |t| t.captures().collect());
+    if captures.contains(&"device") || captures.is_empty() {
+        return col("device").into_iter().collect();
+    }
+    captures.into_iter().filter_map(col).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_repeat_is_recognised_within_the_window_only() {
+        let mut r = RecentMessages::new(3);
+        assert!(!r.repeated("t", b"a"));
+        assert!(r.repeated("t", b"a"));
+        // Same bytes on another topic are another message.
+        assert!(!r.repeated("u", b"a"));
+        assert!(!r.repeated("t", b"b"));
+        // "a" is still among the last 3 (a, u:a, b)...
+        assert!(r.repeated("t", b"a"));
+        assert!(!r.repeated("t", b"c"));
+        // ...and is forgotten once 3 newer messages came: it is new again.
+        assert!(!r.repeated("t", b"a"));
+        assert!(r.repeated("t", b"a"));
+    }
+
+    #[test]
+    fn a_window_of_zero_never_sees_a_repeat() {
+        let mut r = RecentMessages::new(0);
+        assert!(!r.enabled());
+        assert!(!r.repeated("t", b"a"));
+        assert!(!r.repeated("t", b"a"));
+        assert!(RecentMessages::new(1).enabled());
+    }
+
+    #[test]
+    fn the_device_after_max_is_refused_and_known_ones_stay_admitted() {
+        let mut d = Devices::new(2);
+        assert_eq!(d.max(), 2);
+        assert!(d.admit("a"));
+        assert!(d.admit("b"));
+        assert!(!d.admit("c"));
+        // A refused device is not remembered: it stays refused, the others stay in.
+        assert!(!d.admit("c"));
+        assert!(d.admit("a"));
+        assert!(d.admit("b"));
+        let mut names: Vec<&String> = d.names().collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn restored_devices_replace_the_admitted_ones_even_beyond_the_limit() {
+        let mut d = Devices::new(1);
+        assert!(d.admit("x"));
+        let saved = vec!["a".to_string(), "b".to_string()];
+        d.restore(&saved);
+        assert!(d.admit("a"));
+        assert!(d.admit("b"));
+        assert!(!d.admit("x"));
+    }
+
+    #[test]
+    fn the_topic_names_its_device_capture_or_all_captures() {
+        let t = TopicTemplate::parse("plant/{site}/{device}/telemetry").unwrap();
+        let by_device = TopicDevice::new(&t).unwrap();
+        assert_eq!(
+            by_device.device("plant/s1/pump-7/telemetry").as_deref(),
+            Some("pump-7")
+        );
+        assert_eq!(by_device.device("other/s1/pump-7/telemetry"), None);
+        let t = TopicTemplate::parse("plant/{site}/{line}/telemetry").unwrap();
+        let all = TopicDevice::new(&t).unwrap();
+        assert_eq!(
+            all.device("plant/s1/l2/telemetry").as_deref(),
+            Some("s1/l2")
+        );
+        let t = TopicTemplate::parse("plant/telemetry").unwrap();
+        assert!(TopicDevice::new(&t).is_none());
+    }
+
+    fn batch(devices: &[Option<&str>], lines: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Utf8, true),
+            Field::new("line", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(devices.to_vec())),
+                Arc::new(Int64Array::from(lines.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rows_of_devices_beyond_the_limit_are_refused() {
+        let mut d = Devices::new(2);
+        let b = batch(&[Some("a"), Some("b"), Some("c"), Some("a"), None], &[1; 5]);
+        let (keep, refused) = admit_rows(&mut d, &[0], &b).unwrap();
+        assert_eq!(keep, [true, true, false, true, false]);
+        // A missing id is the device "" (one more device, refused here).
+        assert_eq!(refused, [(2, "c".to_string()), (4, String::new())]);
+        // All admitted: nothing to filter.
+        let b = batch(&[Some("b"), Some("a")], &[1, 2]);
+        assert_eq!(admit_rows(&mut d, &[0], &b), None);
+        assert_eq!(admit_rows(&mut d, &[], &batch(&[Some("z")], &[1])), None);
+    }
+
+    #[test]
+    fn several_key_columns_name_a_device_joined_with_a_slash() {
+        let mut d = Devices::new(1);
+        let b = batch(&[Some("a"), Some("a"), Some("a")], &[1, 1, 2]);
+        let (keep, refused) = admit_rows(&mut d, &[0, 1], &b).unwrap();
+        assert_eq!(keep, [true, true, false]);
+        assert_eq!(refused, [(2, "a/2".to_string())]);
+        assert!(d.admit("a/1"));
+    }
+}
