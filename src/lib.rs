@@ -16,8 +16,9 @@ pub use forewarn_alerts::{Health, TransitionKind};
 pub use forewarn_core::{format_rfc3339, parse_rfc3339};
 pub use forewarn_engine::{
     verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
-    DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Model, ModelRegistry, Output,
-    Pipeline, PipelineBuilder, PipelineHandle, Reason, SinkInfo, SourceInfo, TransitionMessage,
+    Delivery, DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Envelope, Model,
+    ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle, Reason, ResumePoint,
+    SinkInfo, SourceInfo, TransitionMessage,
 };
 pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
 pub use forewarn_sql::{QuerySet, SqlError};

@@ -115,7 +115,12 @@ fn run_phase(
                 let prev = a.fetch_max(i as u64 + 1, Ordering::SeqCst);
                 assert!(prev <= i as u64 + 1);
             });
-            h.push_json_acked(&t, m, ack).await.unwrap();
+            h.push(
+                forewarn::Envelope::new(t.as_str(), m)
+                    .with(forewarn::Delivery::Ack { ack, id: None }),
+            )
+            .await
+            .unwrap();
         }
         if crash_after.is_some() {
             // Let it process what it took, and the consumer record what came out.

@@ -193,14 +193,8 @@ pub(crate) struct Snapshot {
     pub inputs: u64,
     /// Devices admitted by each source (the `max_devices` limit).
     pub devices: BTreeMap<String, Vec<String>>,
-    /// Position in the input stream of the last message covered (e.g. a JetStream
-    /// sequence), for connectors that resume from it.
-    pub position: Option<u64>,
-    /// Connector ids of the input acknowledged right after this checkpoint was written
-    /// (an MQTT packet id and content hash): if the process dies before those
-    /// acknowledgements reach the broker, it redelivers the messages, and the next
-    /// start must recognise them as already counted.
-    pub released: Vec<u64>,
+    /// Where the input's connector resumes (see [`crate::ResumePoint`]).
+    pub resume: crate::ResumePoint,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -358,8 +352,8 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, String> {
         silenced: s.silenced.clone(),
         outbox: s.outbox.clone(),
         devices: s.devices.clone(),
-        position: s.position,
-        released: s.released.clone(),
+        position: s.resume.position,
+        released: s.resume.released.clone(),
         blobs: spans,
     };
     let header = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
@@ -476,8 +470,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         outbox: header.outbox,
         inputs: header.inputs,
         devices: header.devices,
-        position: header.position,
-        released: header.released,
+        resume: crate::ResumePoint {
+            position: header.position,
+            released: header.released,
+        },
     })
 }
 

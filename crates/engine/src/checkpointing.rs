@@ -24,7 +24,7 @@ pub(crate) struct Checkpointing {
     last: Instant,
     /// Acks of input taken since the last checkpoint, in order.
     unacked: Vec<Ack>,
-    /// Connector ids of those acks, where given (see [`Snapshot::released`]).
+    /// Connector ids of those acks, where given (see [`crate::ResumePoint`]).
     unacked_ids: Vec<u64>,
     /// Input or output since the last checkpoint.
     dirty: bool,
@@ -104,7 +104,10 @@ impl Checkpointing {
         Snapshot {
             seq: self.seq,
             outbox: self.recent.iter().cloned().collect(),
-            released: self.unacked_ids.clone(),
+            resume: crate::ResumePoint {
+                released: self.unacked_ids.clone(),
+                ..snap.resume
+            },
             ..snap
         }
     }
@@ -227,7 +230,7 @@ mod tests {
             ..Snapshot::default()
         });
         assert_eq!((snap.seq, snap.inputs), (7, 4));
-        assert_eq!(snap.released, [11, 13]);
+        assert_eq!(snap.resume.released, [11, 13]);
         // A failed write keeps them for the next checkpoint, under the same number.
         let now = Instant::now();
         assert!(c.attempted(false, now).is_empty());
@@ -242,7 +245,7 @@ mod tests {
         assert_eq!(called.load(Ordering::Relaxed), 3);
         assert_eq!(c.seq, 8);
         let snap = c.complete(Snapshot::default());
-        assert_eq!((snap.seq, snap.released.len()), (8, 0));
+        assert_eq!((snap.seq, snap.resume.released.len()), (8, 0));
         assert!(!c.due(now + Duration::from_secs(60), now));
     }
 

@@ -39,6 +39,7 @@
 mod admission;
 mod checkpoint;
 mod checkpointing;
+mod envelope;
 mod health;
 mod outputs;
 mod rows;
@@ -57,6 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
+pub use envelope::{Ack, Delivery, Envelope, ResumePoint};
 pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage};
 pub use forewarn_core::{Reason, UnknownReason};
 use forewarn_formats::{JsonDecoder, TopicTemplate};
@@ -729,19 +731,13 @@ impl Pipeline {
         self.restored.as_ref().map(|s| s.seq)
     }
 
-    /// Connector ids of the messages the restored checkpoint's run acknowledged right
-    /// after writing it (see [`PipelineHandle::push_json_acked_id`]).
-    pub fn restored_released(&self) -> Vec<u64> {
+    /// Where the input's connector resumes: the restored checkpoint's [`ResumePoint`]
+    /// (the default, when starting fresh).
+    pub fn resume_point(&self) -> ResumePoint {
         self.restored
             .as_ref()
-            .map(|s| s.released.clone())
+            .map(|s| s.resume.clone())
             .unwrap_or_default()
-    }
-
-    /// Stream position of the last input message the restored checkpoint covers (see
-    /// [`PipelineHandle::push_json_at`]): a connector resumes after it.
-    pub fn restored_position(&self) -> Option<u64> {
-        self.restored.as_ref().and_then(|s| s.position)
     }
 
     /// With checkpoints: outputs count as delivered only when the consumer confirms
@@ -833,33 +829,10 @@ async fn reload_models(
     }
 }
 
-/// Called once the effect of an input message is safe: right after it is processed
-/// without checkpoints, after the checkpoint that covers it with them (e.g. sends the
-/// MQTT PUBACK).
-pub type Ack = Box<dyn FnOnce() + Send>;
-
-/// A payload and its ack handed back by [`PipelineHandle::try_push_json`].
-pub type NotTaken = (Vec<u8>, Option<Ack>);
-
 pub(crate) enum Input {
-    Json {
-        topic: String,
-        payload: Vec<u8>,
-        ack: Option<Ack>,
-        /// The connector's id of the message (see [`PipelineHandle::push_json_acked_id`]).
-        ack_id: Option<u64>,
-        /// Position of the message in its stream (see [`PipelineHandle::push_json_at`]).
-        position: Option<u64>,
-    },
-    Command {
-        device: String,
-        payload: Vec<u8>,
-        ack: Option<Ack>,
-    },
-    Batch {
-        source: String,
-        batch: RecordBatch,
-    },
+    Message(Envelope),
+    Command { device: String, payload: Vec<u8> },
+    Batch { source: String, batch: RecordBatch },
     Flush(oneshot::Sender<()>),
     Finish(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
@@ -877,92 +850,28 @@ pub struct PipelineHandle {
 }
 
 impl PipelineHandle {
-    /// Pushes one MQTT-style message (waits while the input channel is full).
+    /// Pushes one message from a connector (waits while the input channel is full):
+    /// a reading for the sources whose topic filter matches its topic, or an operator
+    /// command on `{prefix}/command/{device}`. Its [`Delivery`] says what the connector
+    /// needs back.
+    pub async fn push(&self, message: Envelope) -> Result<(), EngineError> {
+        self.send(Input::Message(message)).await
+    }
+
+    /// Pushes a message if the input channel has room now; otherwise hands it back
+    /// (`Ok(Some(..))`), for callers that shed load instead of waiting.
+    pub fn try_push(&self, message: Envelope) -> Result<Option<Envelope>, EngineError> {
+        match self.tx.try_send(Input::Message(message)) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(Input::Message(m))) => Ok(Some(m)),
+            Err(_) => Err(EngineError::Stopped),
+        }
+    }
+
+    /// Pushes one JSON message on `topic` whose sender needs nothing back: the same as
+    /// [`push`](Self::push) with [`Envelope::new`].
     pub async fn push_json(&self, topic: &str, payload: Vec<u8>) -> Result<(), EngineError> {
-        self.send(Input::Json {
-            topic: topic.to_string(),
-            payload,
-            ack: None,
-            ack_id: None,
-            position: None,
-        })
-        .await
-    }
-
-    /// Like [`push_json`](Self::push_json), for a message at `position` in a replayable
-    /// stream (e.g. its JetStream sequence): the checkpoints record the position of the
-    /// last message they cover, and [`Pipeline::restored_position`] tells a restarted
-    /// connector where to resume.
-    pub async fn push_json_at(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        position: u64,
-    ) -> Result<(), EngineError> {
-        self.send(Input::Json {
-            topic: topic.to_string(),
-            payload,
-            ack: None,
-            ack_id: None,
-            position: Some(position),
-        })
-        .await
-    }
-
-    /// Like [`push_json`](Self::push_json); `ack` is called once the message's effect is
-    /// safe (see [`Ack`]). Acks are called in the order the messages were pushed.
-    pub async fn push_json_acked(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        ack: Ack,
-    ) -> Result<(), EngineError> {
-        self.send(Input::Json {
-            topic: topic.to_string(),
-            payload,
-            ack: Some(ack),
-            ack_id: None,
-            position: None,
-        })
-        .await
-    }
-
-    /// Like [`push_json_acked`](Self::push_json_acked), with the connector's id of the
-    /// message (e.g. an MQTT packet id and content hash). Checkpoints record the ids of
-    /// the messages acknowledged right after them, and
-    /// [`Pipeline::restored_released`] hands them to the next start, so that a
-    /// redelivery of a message whose acknowledgement died with the process is
-    /// recognised instead of counted twice.
-    pub async fn push_json_acked_id(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        ack: Ack,
-        id: u64,
-    ) -> Result<(), EngineError> {
-        self.send(Input::Json {
-            topic: topic.to_string(),
-            payload,
-            ack: Some(ack),
-            ack_id: Some(id),
-            position: None,
-        })
-        .await
-    }
-
-    /// Like [`command`](Self::command), with an [`Ack`].
-    pub async fn command_acked(
-        &self,
-        device: &str,
-        payload: Vec<u8>,
-        ack: Ack,
-    ) -> Result<(), EngineError> {
-        self.send(Input::Command {
-            device: device.to_string(),
-            payload,
-            ack: Some(ack),
-        })
-        .await
+        self.push(Envelope::new(topic, payload)).await
     }
 
     /// With [`CheckpointConfig::confirm_outputs`]: the first `n` outputs received from
@@ -988,29 +897,6 @@ impl PipelineHandle {
         Ok(self.stats())
     }
 
-    /// Pushes a message if the input channel has room now; otherwise gives the payload
-    /// and ack back (`Ok(Some(..))`), for callers that shed load instead of waiting.
-    pub fn try_push_json(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        ack: Option<Ack>,
-    ) -> Result<Option<NotTaken>, EngineError> {
-        match self.tx.try_send(Input::Json {
-            topic: topic.to_string(),
-            payload,
-            ack,
-            ack_id: None,
-            position: None,
-        }) {
-            Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(Input::Json { payload, ack, .. })) => {
-                Ok(Some((payload, ack)))
-            }
-            Err(_) => Err(EngineError::Stopped),
-        }
-    }
-
     /// Delivers an operator command for `device` (JSON, see `forewarn_alerts::Command`):
     /// acknowledge, silence or unsilence. The engine confirms on the device's state topic;
     /// a command it cannot apply is dead-lettered with the reason.
@@ -1018,7 +904,6 @@ impl PipelineHandle {
         self.send(Input::Command {
             device: device.to_string(),
             payload,
-            ack: None,
         })
         .await
     }

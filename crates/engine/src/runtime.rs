@@ -24,7 +24,9 @@ use crate::health::HealthBook;
 use crate::outputs::{self, Origin, Refusal};
 use crate::rows::row_to_json;
 use crate::sources::{self, Source};
-use crate::{Ack, EngineConfig, EngineError, EngineStats, Input, Output, Pipeline};
+use crate::{
+    Ack, Delivery, EngineConfig, EngineError, EngineStats, Envelope, Input, Output, Pipeline,
+};
 
 fn wall_ms() -> i64 {
     forewarn_core::duration_ms(
@@ -60,8 +62,10 @@ pub(crate) struct Runtime {
     restored: Option<Snapshot>,
     /// Input messages taken since start (and before, when restored).
     inputs: u64,
-    /// Position of the last input message in its stream (see [`Snapshot::position`]).
+    /// Position of the last input message in its stream (see [`crate::ResumePoint`]).
     position: Option<u64>,
+    /// `{prefix}/command/`: messages on it are operator commands for a device.
+    command_prefix: String,
     /// When the last input message arrived.
     last_input: Instant,
     /// Hashes of the latest messages, for [`Self::is_duplicate`].
@@ -84,6 +88,7 @@ impl Runtime {
         });
         Runtime {
             recent: RecentMessages::new(p.config.duplicate_window),
+            command_prefix: format!("{}/command/", p.config.topic_prefix),
             config: p.config,
             sources,
             out,
@@ -91,7 +96,7 @@ impl Runtime {
             health: HealthBook::default(),
             ckpt,
             inputs: p.restored.as_ref().map_or(0, |s| s.inputs),
-            position: p.restored.as_ref().and_then(|s| s.position),
+            position: p.restored.as_ref().and_then(|s| s.resume.position),
             restored: p.restored,
             last_input: Instant::now(),
             state_bytes: 0,
@@ -213,7 +218,10 @@ impl Runtime {
             states: self.health.saved_states(),
             silenced: self.health.saved_silences(),
             inputs: self.inputs,
-            position: self.position,
+            resume: crate::ResumePoint {
+                position: self.position,
+                released: Vec::new(),
+            },
             devices: self
                 .sources
                 .iter()
@@ -266,11 +274,21 @@ impl Runtime {
             let backlogged = self.backlogged();
             tokio::select! {
                 msg = rx.recv(), if !backlogged => match msg {
-                    Some(Input::Json { topic, payload, ack, ack_id, position }) => {
-                        self.on_json(&topic, &payload).await?;
-                        if position.is_some() {
-                            self.position = position;
+                    Some(Input::Message(Envelope { topic, payload, delivery })) => {
+                        let (ack, ack_id) = match delivery {
+                            Delivery::None => (None, None),
+                            Delivery::Ack { ack, id } => (Some(ack), id),
+                            Delivery::Position(p) => {
+                                self.position = Some(p);
+                                (None, None)
+                            }
+                        };
+                        if let Some(device) = topic.strip_prefix(&self.command_prefix) {
+                            self.on_command(device, &payload).await;
+                            self.taken(ack, None).await?;
+                            continue;
                         }
+                        self.on_json(&topic, &payload).await?;
                         // Nothing else waiting: close the micro-batch now rather than on
                         // the timer, so a reading that completes a window is not held back.
                         // Under load the queue is not empty and batches fill up.
@@ -283,9 +301,9 @@ impl Runtime {
                         self.on_batch(&source, batch).await?;
                         self.taken(None, None).await?;
                     }
-                    Some(Input::Command { device, payload, ack }) => {
+                    Some(Input::Command { device, payload }) => {
                         self.on_command(&device, &payload).await;
-                        self.taken(ack, None).await?;
+                        self.taken(None, None).await?;
                     }
                     Some(Input::Flush(done)) => {
                         self.flush_all().await?;

@@ -17,7 +17,9 @@ pub use forewarn_mqtt::{
     AckToken, BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions, TlsSettings,
 };
 
-use forewarn_engine::{EngineError, EngineStats, Output, Pipeline, PipelineHandle};
+use forewarn_engine::{
+    Delivery, EngineError, EngineStats, Envelope, Output, Pipeline, PipelineHandle,
+};
 
 /// Errors from running a pipeline over MQTT.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +120,7 @@ pub async fn start(
     let command_prefix = format!("{}/command/", pipeline.topic_prefix());
     filters.push(format!("{command_prefix}+"));
     let checkpointing = pipeline.checkpointing();
-    let released = pipeline.restored_released();
+    let released = pipeline.resume_point().acknowledged_ids().to_vec();
     let (outputs, handle) = start_outputs(
         pipeline,
         url,
@@ -145,19 +147,7 @@ pub async fn start(
     let forwarder = match opts.overload {
         Overload::Block => tokio::spawn(async move {
             while let Some(m) = incoming.recv().await {
-                let pushed = match m.ack {
-                    // Readings with an id, so the next start knows what was acknowledged.
-                    Some(t) if !m.topic.starts_with(&command_prefix) => {
-                        let id = t.id();
-                        h.push_json_acked_id(&m.topic, m.payload, Box::new(move || t.ack()), id)
-                            .await
-                    }
-                    ack => {
-                        let ack = ack.map(|t| Box::new(move || t.ack()) as forewarn_engine::Ack);
-                        forward(&h, &command_prefix, &m.topic, m.payload, ack, None).await
-                    }
-                };
-                if pushed.is_err() {
+                if h.push(envelope(m)).await.is_err() {
                     break;
                 }
             }
@@ -261,22 +251,16 @@ pub(crate) async fn start_outputs(
     ))
 }
 
-/// Hands one message to the pipeline: operator commands on `{prefix}/command/{device}`,
-/// readings otherwise, each with its ack or its stream position if it has one.
-pub(crate) async fn forward(
-    h: &PipelineHandle,
-    command_prefix: &str,
-    topic: &str,
-    payload: Vec<u8>,
-    ack: Option<forewarn_engine::Ack>,
-    position: Option<u64>,
-) -> Result<(), EngineError> {
-    match (topic.strip_prefix(command_prefix), ack, position) {
-        (Some(device), Some(a), _) => h.command_acked(device, payload, a).await,
-        (Some(device), None, _) => h.command(device, payload).await,
-        (None, _, Some(p)) => h.push_json_at(topic, payload, p).await,
-        (None, Some(a), None) => h.push_json_acked(topic, payload, a).await,
-        (None, None, None) => h.push_json(topic, payload).await,
+/// A message from the broker as the engine takes it: with QoS 1, acknowledged once
+/// its effect is safe, and its id kept so a redelivery after a crash is recognised.
+fn envelope(m: Incoming) -> Envelope {
+    let e = Envelope::new(m.topic, m.payload);
+    match m.ack {
+        Some(t) => e.with(Delivery::Ack {
+            id: Some(t.id()),
+            ack: Box::new(move || t.ack()),
+        }),
+        None => e,
     }
 }
 
@@ -289,25 +273,21 @@ async fn shed_oldest(
     max: usize,
     shed: Arc<AtomicU64>,
 ) {
-    type Waiting = (String, Vec<u8>, Option<forewarn_engine::Ack>);
-    let mut waiting: std::collections::VecDeque<Waiting> = Default::default();
+    let mut waiting: std::collections::VecDeque<Envelope> = Default::default();
     let mut open = true;
     loop {
         // Hand over what the engine takes now; commands wait their turn, never dropped.
-        while let Some((topic, payload, ack)) = waiting.pop_front() {
-            if topic.starts_with(&command_prefix) {
-                if forward(&h, &command_prefix, &topic, payload, ack, None)
-                    .await
-                    .is_err()
-                {
+        while let Some(m) = waiting.pop_front() {
+            if m.topic.starts_with(&command_prefix) {
+                if h.push(m).await.is_err() {
                     return;
                 }
                 continue;
             }
-            match h.try_push_json(&topic, payload, ack) {
+            match h.try_push(m) {
                 Ok(None) => {}
-                Ok(Some((payload, ack))) => {
-                    waiting.push_front((topic, payload, ack));
+                Ok(Some(m)) => {
+                    waiting.push_front(m);
                     break;
                 }
                 Err(_) => return,
@@ -319,16 +299,15 @@ async fn shed_oldest(
         tokio::select! {
             m = incoming.recv(), if open => match m {
                 Some(m) => {
-                    let ack = m.ack.map(|t| Box::new(move || t.ack()) as forewarn_engine::Ack);
-                    waiting.push_back((m.topic, m.payload, ack));
+                    waiting.push_back(envelope(m));
                     while waiting.len() > max {
                         let i = waiting
                             .iter()
-                            .position(|w| !w.0.starts_with(&command_prefix));
+                            .position(|w| !w.topic.starts_with(&command_prefix));
                         let Some(i) = i else { break };
-                        let (topic, _, ack) = waiting.remove(i).expect("present");
-                        if let Some(a) = ack {
-                            a();
+                        let Envelope { topic, delivery, .. } = waiting.remove(i).expect("present");
+                        if let Delivery::Ack { ack, .. } = delivery {
+                            ack();
                         }
                         let n = shed.fetch_add(1, Ordering::Relaxed) + 1;
                         if n.is_power_of_two() {

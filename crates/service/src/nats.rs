@@ -26,7 +26,9 @@ pub use forewarn_nats::{
 };
 
 use crate::mqtt::{self, BrokerUrl, RunError};
-use forewarn_engine::{CheckpointConfig, CheckpointError, CheckpointStore, EngineError, Pipeline};
+use forewarn_engine::{
+    CheckpointConfig, CheckpointError, CheckpointStore, Delivery, EngineError, Envelope, Pipeline,
+};
 
 /// Which partitions a worker runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -515,8 +517,7 @@ async fn run_partition(
     mut stop: watch::Receiver<Option<bool>>,
 ) -> Result<(), WorkerError> {
     let pipeline = factory(Some(ck)).await.map_err(RunError::from)?;
-    let after = pipeline.restored_position();
-    let command_prefix = format!("{}/command/", pipeline.topic_prefix());
+    let after = pipeline.resume_point().position();
     tracing::info!(partition = k, checkpoint = ?pipeline.restored_checkpoint(), after_sequence = ?after, "partition starting");
     let (outputs, handle) =
         mqtt::start_outputs(pipeline, &output, &client_id, max_outbox, None).await?;
@@ -525,7 +526,8 @@ async fn run_partition(
         tokio::select! {
             m = reader.rx.recv() => match m {
                 Some(m) => {
-                    if mqtt::forward(&handle, &command_prefix, &m.topic, m.payload, None, Some(m.seq)).await.is_err() {
+                    let message = Envelope::new(m.topic, m.payload).with(Delivery::Position(m.seq));
+                    if handle.push(message).await.is_err() {
                         break true;
                     }
                 }
