@@ -34,9 +34,9 @@ pub use forewarn_service::mqtt;
 pub use forewarn_service::nats;
 #[cfg(feature = "history")]
 pub use forewarn_service::replay;
-pub use forewarn_service::training;
 #[cfg(feature = "mqtt")]
-pub use forewarn_service::webhook;
+pub use forewarn_service::sinks;
+pub use forewarn_service::training;
 
 /// The README's Rust example is compiled and run as a doctest, so it cannot rot.
 #[cfg(doctest)]

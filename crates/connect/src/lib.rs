@@ -12,6 +12,7 @@
 //! the SQL front end and `forewarn check` use it to validate query files anywhere.
 
 mod config;
+mod delivery;
 mod options;
 mod registry;
 
@@ -21,6 +22,7 @@ pub mod nats;
 pub mod webhook;
 
 pub use config::ConnectorConfig;
+pub use delivery::{Delivering, Outcome, SinkDelivery};
 pub use options::{did_you_mean, OptionError, Options, Pos};
 pub use registry::Registry;
 
@@ -80,5 +82,16 @@ pub trait Connector: Send + Sync + 'static {
     /// publish on topics (a webhook) take it as an optional label.
     fn sink_needs_topic(&self) -> bool {
         true
+    }
+
+    /// For a sink that this connector delivers itself (not over the engine's MQTT
+    /// connection): its running side, set up from the sink's configuration, or why it
+    /// cannot start (a token that cannot be read, support not built in). `None`: the
+    /// service's MQTT publisher delivers it.
+    fn sink_delivery(
+        &self,
+        _config: &ConnectorConfig,
+    ) -> Option<Result<Box<dyn SinkDelivery>, String>> {
+        None
     }
 }

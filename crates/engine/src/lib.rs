@@ -539,6 +539,7 @@ impl PipelineBuilder {
             sources,
             sinks,
             sink_infos,
+            connectors: set.connectors.clone(),
             lifecycles,
             rated,
             device_columns,
@@ -617,6 +618,8 @@ pub struct Pipeline {
     sources: Vec<SourceInfo>,
     sinks: BTreeMap<String, TopicTemplate>,
     sink_infos: Vec<SinkInfo>,
+    /// The connectors the query files could name (their running sides, for the service).
+    connectors: forewarn_connect::Registry,
     /// Each query's alert lifecycle, if its sink has one, with the threshold resolved
     /// (see [`forewarn_sql::bind_sink`]).
     lifecycles: BTreeMap<String, forewarn_alerts::LifecycleSpec>,
@@ -665,6 +668,11 @@ impl Pipeline {
     /// outputs to).
     pub fn sinks(&self) -> &[SinkInfo] {
         &self.sink_infos
+    }
+
+    /// The connector registry the queries were parsed with.
+    pub fn connectors(&self) -> &forewarn_connect::Registry {
+        &self.connectors
     }
 
     /// One line per query whose sink learns online or takes its threshold from a

@@ -4,8 +4,8 @@
 //!
 //! * [`mqtt`] (feature `mqtt`): a pipeline on a broker — subscriptions, operator
 //!   commands, QoS 1 outputs with ack-after-checkpoint, store and forward;
-//! * [`webhook`] (with `mqtt`; delivery with feature `webhook`): webhook sinks beside the
-//!   MQTT publisher;
+//! * [`sinks`] (with `mqtt`): sinks whose connector delivers itself (webhooks) beside
+//!   the MQTT publisher;
 //! * [`nats`] (feature `nats`): scale-out workers reading partitions of a JetStream
 //!   stream, with leases and checkpoints in NATS;
 //! * [`replay`] (feature `history`): backtests over recorded history through the same
@@ -21,6 +21,6 @@ pub mod mqtt;
 pub mod nats;
 #[cfg(feature = "history")]
 pub mod replay;
-pub mod training;
 #[cfg(feature = "mqtt")]
-pub mod webhook;
+pub mod sinks;
+pub mod training;

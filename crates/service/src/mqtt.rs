@@ -179,8 +179,8 @@ pub(crate) struct Outputs {
     checkpointing: bool,
     /// The sink's short-lived connections (see [`MqttPipeline::short_connections`]).
     short: Arc<AtomicU64>,
-    /// Counters of the webhook sinks, if any.
-    webhook: Option<Arc<crate::webhook::WebhookStats>>,
+    /// Counters of the self-delivering sinks (webhooks), if any.
+    sink_stats: Option<Arc<crate::sinks::SinkStats>>,
 }
 
 impl Outputs {
@@ -216,14 +216,14 @@ pub(crate) async fn start_outputs(
         sink.stop().await;
         return Err(e.into());
     }
-    let webhooks = match crate::webhook::Webhooks::start(&pipeline, max_outbox) {
+    let sinks = match crate::sinks::Sinks::start(&pipeline, max_outbox) {
         Ok(w) => w,
         Err(e) => {
             sink.stop().await;
             return Err(e.into());
         }
     };
-    let webhook_stats = webhooks.as_ref().map(|w| w.stats.clone());
+    let sink_stats = sinks.as_ref().map(|w| w.stats.clone());
     let checkpointing = pipeline.checkpointing();
     let short = sink.stats().short_connections.clone();
     // The publish loop confirms each output once the broker has acknowledged it.
@@ -232,7 +232,7 @@ pub(crate) async fn start_outputs(
     let dropped = Arc::new(AtomicU64::new(0));
     let publish = tokio::spawn(publish_loop(
         sink,
-        webhooks,
+        sinks,
         outputs,
         tap,
         max_outbox,
@@ -245,7 +245,7 @@ pub(crate) async fn start_outputs(
             dropped,
             checkpointing,
             short,
-            webhook: webhook_stats,
+            sink_stats,
         },
         handle,
     ))
@@ -328,7 +328,7 @@ async fn shed_oldest(
 /// was in flight when the connection broke).
 async fn publish_loop(
     sink: MqttSink,
-    webhooks: Option<crate::webhook::Webhooks>,
+    sinks: Option<crate::sinks::Sinks>,
     mut outputs: mpsc::Receiver<Output>,
     tap: Option<mpsc::Sender<Output>>,
     max_outbox: usize,
@@ -379,7 +379,7 @@ async fn publish_loop(
                 mqtt_seqs.pop_front();
             }
             let mut confirmed = mqtt_seqs.front().copied().unwrap_or(received);
-            if let Some(p) = webhooks.as_ref().and_then(|w| w.first_pending()) {
+            if let Some(p) = sinks.as_ref().and_then(|w| w.first_pending()) {
                 confirmed = confirmed.min(p);
             }
             h.confirm_outputs(confirmed);
@@ -413,7 +413,7 @@ async fn publish_loop(
                 Some(o) => {
                     let seq = received;
                     received += 1;
-                    if webhooks.as_ref().is_some_and(|w| w.route(seq, &o)) {
+                    if sinks.as_ref().is_some_and(|w| w.route(seq, &o)) {
                         if let Some(t) = &tap {
                             let _ = t.send(o).await;
                         }
@@ -444,7 +444,7 @@ async fn publish_loop(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    if let Some(w) = webhooks {
+    if let Some(w) = sinks {
         w.finish(Duration::from_secs(10)).await;
     }
     sink.flush(Duration::from_secs(30)).await?;
@@ -482,10 +482,10 @@ impl MqttPipeline {
         self.source.short_connections() + self.outputs.short.load(Ordering::Relaxed)
     }
 
-    /// Outputs of webhook sinks delivered, failed (refused or given up on) and dropped
-    /// from a full queue; `None` without webhook sinks.
-    pub fn webhook_stats(&self) -> Option<&crate::webhook::WebhookStats> {
-        self.outputs.webhook.as_deref()
+    /// Outputs of the sinks that deliver themselves (webhooks): delivered, failed
+    /// (refused or given up on) and dropped from a full queue; `None` without such sinks.
+    pub fn sink_stats(&self) -> Option<&crate::sinks::SinkStats> {
+        self.outputs.sink_stats.as_deref()
     }
 
     /// Waits until at least `n` messages have entered the pipeline, or `timeout` passes.

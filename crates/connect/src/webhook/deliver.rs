@@ -139,6 +139,22 @@ impl WebhookClient {
     }
 }
 
+impl crate::SinkDelivery for WebhookClient {
+    fn deliver<'a>(&'a self, topic: &'a str, payload: Vec<u8>) -> crate::Delivering<'a> {
+        Box::pin(async move {
+            match self.post(topic, payload).await {
+                Delivery::Delivered { .. } => crate::Outcome::Delivered,
+                Delivery::Refused { status, attempts } => crate::Outcome::Failed(format!(
+                    "refused with HTTP {status} ({attempts} attempts)"
+                )),
+                Delivery::GaveUp { attempts, error } => {
+                    crate::Outcome::Failed(format!("gave up after {attempts} attempts: {error}"))
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

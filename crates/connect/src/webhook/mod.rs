@@ -66,6 +66,28 @@ impl Connector for Webhook {
         false
     }
 
+    fn sink_delivery(
+        &self,
+        config: &ConnectorConfig,
+    ) -> Option<Result<Box<dyn crate::SinkDelivery>, String>> {
+        let sink = config.get::<WebhookSink>()?;
+        #[cfg(feature = "webhook")]
+        {
+            Some(
+                deliver::WebhookClient::new(sink)
+                    .map(|c| Box::new(c) as Box<dyn crate::SinkDelivery>)
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        #[cfg(not(feature = "webhook"))]
+        {
+            let _ = sink;
+            Some(Err(
+                "this build has no webhook support (feature `webhook`)".to_string()
+            ))
+        }
+    }
+
     fn configure(&self, t: &TableContext<'_>, o: &Options) -> Result<ConnectorConfig, OptionError> {
         let name = t.name;
         let url = o.get("url").ok_or_else(|| {

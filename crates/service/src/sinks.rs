@@ -1,0 +1,161 @@
+//! Sinks whose connector delivers its outputs itself (a webhook), beside the MQTT
+//! publisher: one task per sink hands its outputs, in order, to the connector's
+//! [`SinkDelivery`], from a queue bounded like the MQTT outbox. An output counts as
+//! confirmed (for checkpoints) once the delivery returned, delivered or failed; failed
+//! ones, and outputs dropped from a full queue, are counted and logged as errors.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use forewarn_connect::{Outcome, SinkDelivery};
+use forewarn_engine::{EngineError, Output, Pipeline};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Counters of a pipeline's self-delivering sinks, together.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Outputs the receiver took.
+    pub delivered: AtomicU64,
+    /// Outputs refused for good or given up on after the connector's retries.
+    pub failed: AtomicU64,
+    /// Outputs dropped from a full queue while the receiver was away.
+    pub dropped: AtomicU64,
+}
+
+/// One sink's queue: outputs in order, with their sequence numbers.
+#[derive(Default)]
+struct Queue {
+    items: Mutex<VecDeque<(u64, String, Vec<u8>)>>,
+    notify: Notify,
+}
+
+/// The self-delivering sinks of a running pipeline.
+pub(crate) struct Sinks {
+    /// Query name → index of its sink's queue.
+    by_query: HashMap<String, usize>,
+    queues: Vec<Arc<Queue>>,
+    /// Sequence numbers of outputs not yet delivered (or given up on).
+    pending: Arc<Mutex<BTreeSet<u64>>>,
+    tasks: Vec<JoinHandle<()>>,
+    closing: Arc<AtomicBool>,
+    max_queue: usize,
+    pub(crate) stats: Arc<SinkStats>,
+}
+
+impl Sinks {
+    /// Starts the delivery of every sink whose connector delivers itself (none:
+    /// `None`). A sink that cannot start (a token that cannot be read) is an error now,
+    /// not a failure per alert later.
+    pub(crate) fn start(p: &Pipeline, max_queue: usize) -> Result<Option<Self>, EngineError> {
+        let mut s = Sinks {
+            by_query: HashMap::new(),
+            queues: Vec::new(),
+            pending: Default::default(),
+            tasks: Vec::new(),
+            closing: Default::default(),
+            max_queue: max_queue.max(1),
+            stats: Default::default(),
+        };
+        for sink in p.sinks() {
+            let connector = p.connectors().get(sink.connector.connector());
+            let Some(started) = connector.and_then(|c| c.sink_delivery(&sink.connector)) else {
+                continue;
+            };
+            let delivery =
+                started.map_err(|e| EngineError::Config(format!("sink '{}': {e}", sink.name)))?;
+            let q = Arc::new(Queue::default());
+            for query in &sink.queries {
+                s.by_query.insert(query.clone(), s.queues.len());
+            }
+            s.tasks.push(tokio::spawn(deliver_loop(
+                sink.name.clone(),
+                delivery,
+                q.clone(),
+                s.pending.clone(),
+                s.closing.clone(),
+                s.stats.clone(),
+            )));
+            s.queues.push(q);
+        }
+        Ok((!s.queues.is_empty()).then_some(s))
+    }
+
+    /// Takes output number `seq` if one of these sinks delivers it.
+    pub(crate) fn route(&self, seq: u64, o: &Output) -> bool {
+        let Some(&i) = o.query().and_then(|q| self.by_query.get(q)) else {
+            return false;
+        };
+        let (topic, payload) = o.to_message();
+        self.pending.lock().expect("not poisoned").insert(seq);
+        let q = &self.queues[i];
+        let mut items = q.items.lock().expect("not poisoned");
+        items.push_back((seq, topic, payload));
+        while items.len() > self.max_queue {
+            let (old, topic, _) = items.pop_front().expect("longer than the limit");
+            self.pending.lock().expect("not poisoned").remove(&old);
+            let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(%topic, dropped = n, "sink queue full: dropped the oldest alert");
+        }
+        drop(items);
+        q.notify.notify_one();
+        true
+    }
+
+    /// The oldest output not yet delivered, if any: outputs before it are confirmed.
+    pub(crate) fn first_pending(&self) -> Option<u64> {
+        self.pending.lock().expect("not poisoned").first().copied()
+    }
+
+    /// Delivers what is queued, waiting at most `grace` (a receiver that is down would
+    /// otherwise hold the stop for every output's retries); what is left stays
+    /// unconfirmed, so with checkpoints the next start sends it again.
+    pub(crate) async fn finish(self, grace: Duration) {
+        self.closing.store(true, Ordering::Relaxed);
+        for q in &self.queues {
+            q.notify.notify_one();
+        }
+        let all = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            let left = self.pending.lock().expect("not poisoned").len();
+            tracing::error!(left, "stopped with sink outputs still undelivered");
+        }
+    }
+}
+
+/// Delivers one sink's outputs in order until closed and empty.
+async fn deliver_loop(
+    sink: String,
+    delivery: Box<dyn SinkDelivery>,
+    q: Arc<Queue>,
+    pending: Arc<Mutex<BTreeSet<u64>>>,
+    closing: Arc<AtomicBool>,
+    stats: Arc<SinkStats>,
+) {
+    loop {
+        let next = q.items.lock().expect("not poisoned").pop_front();
+        let Some((seq, topic, body)) = next else {
+            if closing.load(Ordering::Relaxed) {
+                return;
+            }
+            q.notify.notified().await;
+            continue;
+        };
+        match delivery.deliver(&topic, body).await {
+            Outcome::Delivered => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failed(why) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%sink, %topic, "an alert was not delivered: {why}");
+            }
+        }
+        pending.lock().expect("not poisoned").remove(&seq);
+    }
+}
