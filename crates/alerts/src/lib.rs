@@ -88,6 +88,20 @@ impl Alert {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("alerts serialise")
     }
+
+    /// The numeric features named `names`, in that order; NaN where one is missing or
+    /// not a number (a model or detector then treats it as missing).
+    pub fn feature_values<S: AsRef<str>>(&self, names: &[S]) -> Vec<f64> {
+        names
+            .iter()
+            .map(|f| {
+                self.features
+                    .get(f.as_ref())
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(f64::NAN)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

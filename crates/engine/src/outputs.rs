@@ -243,17 +243,7 @@ impl Publisher {
 /// query grouped by more than the device (an operating mode, say) learns each
 /// combination apart: `regime_keys` are those other grouping columns.
 fn score_online(d: &mut OnlineDetectors, regime_keys: &[String], start_ms: i64, alert: &mut Alert) {
-    let x: Vec<f64> = d
-        .features()
-        .iter()
-        .map(|f| {
-            alert
-                .features
-                .get(f)
-                .and_then(|v| v.as_f64())
-                .unwrap_or(f64::NAN)
-        })
-        .collect();
+    let x = alert.feature_values(d.features());
     let s = if regime_keys.is_empty() {
         d.observe_at(&alert.device, start_ms, &x)
     } else {

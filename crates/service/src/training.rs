@@ -54,17 +54,7 @@ impl FeatureRows {
         let Some(end) = forewarn_core::parse_rfc3339(&alert.window_end) else {
             return false;
         };
-        let values = self
-            .names
-            .iter()
-            .map(|f| {
-                alert
-                    .features
-                    .get(f)
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(f64::NAN)
-            })
-            .collect();
+        let values = alert.feature_values(&self.names);
         self.rows.push(FeatureRow {
             device: alert.device.clone(),
             window_end: end,
