@@ -159,3 +159,130 @@ async fn deliver_loop(
         pending.lock().expect("not poisoned").remove(&seq);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forewarn_connect::{
+        Connector, ConnectorConfig, Delivering, OptionError, Options, Registry, Role, TableContext,
+    };
+    use forewarn_engine::Alert;
+    use forewarn_sql::QuerySet;
+    use tokio::sync::Semaphore;
+
+    /// A sink connector of the test's own: each delivery waits for a permit, then
+    /// records the topic.
+    struct Gate(Arc<Semaphore>, Arc<Mutex<Vec<String>>>);
+
+    struct GateDelivery(Arc<Semaphore>, Arc<Mutex<Vec<String>>>);
+
+    impl Connector for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn options(&self, role: Role) -> Result<&'static [&'static str], String> {
+            match role {
+                Role::Sink => Ok(&[]),
+                _ => Err("a gate only takes outputs".into()),
+            }
+        }
+        fn configure(
+            &self,
+            _: &TableContext<'_>,
+            _: &Options,
+        ) -> Result<ConnectorConfig, OptionError> {
+            Ok(ConnectorConfig::new("gate", ()))
+        }
+        fn sink_delivery(
+            &self,
+            _: &ConnectorConfig,
+        ) -> Option<Result<Box<dyn SinkDelivery>, String>> {
+            Some(Ok(Box::new(GateDelivery(self.0.clone(), self.1.clone()))))
+        }
+    }
+
+    impl SinkDelivery for GateDelivery {
+        fn deliver<'a>(&'a self, topic: &'a str, _: Vec<u8>) -> Delivering<'a> {
+            Box::pin(async move {
+                self.0.acquire().await.expect("open").forget();
+                self.1.lock().unwrap().push(topic.to_string());
+                Outcome::Delivered
+            })
+        }
+    }
+
+    fn alert(query: &str, device: &str) -> Output {
+        Output::Alert {
+            topic: format!("gate/{device}"),
+            alert: Alert {
+                schema_version: 1,
+                alert_id: device.into(),
+                query: query.into(),
+                device: device.into(),
+                window_start: String::new(),
+                window_end: String::new(),
+                score: None,
+                model: None,
+                features: Default::default(),
+            },
+        }
+    }
+
+    /// A connector registered by the embedding program delivers its sink's outputs in
+    /// order; outputs count as pending until delivered (so confirmations wait for
+    /// them), other queries' outputs are not taken, and a full queue drops the oldest.
+    #[tokio::test]
+    async fn a_registered_connector_delivers_in_order_and_holds_confirmations() {
+        let permits = Arc::new(Semaphore::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut set = QuerySet {
+            connectors: Registry::builtin().with(Arc::new(Gate(permits.clone(), seen.clone()))),
+            ..Default::default()
+        };
+        set.add_file(
+            "g.sql",
+            "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts)
+               WITH (connector = 'mqtt', topic = 'r/+', topic_template = 'r/{device}');
+             CREATE TABLE out WITH (connector = 'gate', topic = 'gate/{device}');
+             INSERT INTO out SELECT device, count(*) AS n FROM r
+             GROUP BY tumble(interval '1 second'), device;",
+        )
+        .unwrap();
+        let p = Pipeline::builder().query_set(set).build().await.unwrap();
+        let sinks = Sinks::start(&p, 2)
+            .unwrap()
+            .expect("the gate sink delivers itself");
+        assert!(sinks.route(0, &alert("g", "d1")));
+        assert!(
+            !sinks.route(1, &alert("other", "d1")),
+            "another query's output"
+        );
+        assert!(sinks.route(2, &alert("g", "d2")));
+        assert_eq!(sinks.first_pending(), Some(0));
+        permits.add_permits(1);
+        let wait = || async {
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if seen.lock().unwrap().len() >= 1 && sinks.first_pending() != Some(0) {
+                    return;
+                }
+            }
+        };
+        wait().await;
+        assert_eq!(*seen.lock().unwrap(), ["gate/d1"]);
+        assert_eq!(sinks.first_pending(), Some(2));
+        // d2 is being delivered (blocked); two more fill the queue of 2, a third drops d3.
+        for (seq, d) in [(3, "d3"), (4, "d4"), (5, "d5")] {
+            assert!(sinks.route(seq, &alert("g", d)));
+        }
+        assert_eq!(sinks.stats.dropped.load(Ordering::Relaxed), 1);
+        permits.add_permits(10);
+        let stats = sinks.stats.clone();
+        sinks.finish(Duration::from_secs(5)).await;
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["gate/d1", "gate/d2", "gate/d4", "gate/d5"]
+        );
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 4);
+    }
+}
