@@ -263,7 +263,7 @@ mod tests {
         let wait = || async {
             for _ in 0..200 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                if seen.lock().unwrap().len() >= 1 && sinks.first_pending() != Some(0) {
+                if !seen.lock().unwrap().is_empty() && sinks.first_pending() != Some(0) {
                     return;
                 }
             }
