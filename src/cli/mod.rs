@@ -70,7 +70,12 @@ struct ConfigArgs {
 fn config(a: ConfigArgs) -> anyhow::Result<ExitCode> {
     use forewarn::config::ServiceConfig;
     let c = match &a.check {
-        Some(p) => ServiceConfig::from_file(p)?,
+        Some(p) => {
+            let c = ServiceConfig::from_file(p)?;
+            c.check()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            c
+        }
         None => ServiceConfig::default(),
     };
     if a.print_default {

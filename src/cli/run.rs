@@ -120,6 +120,7 @@ impl RunArgs {
             c.checkpoint.dir.clone_from(&self.checkpoint_dir);
         }
         c.mqtt.retry_dns |= self.retry_dns;
+        c.check()?;
         Ok(c)
     }
 }
@@ -146,15 +147,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     resolve_broker(&url, fc.mqtt.retry_dns).await?;
     if let Some(nats) = fc.nats.url.clone() {
-        if fc.mqtt.client_id.is_some() {
-            anyhow::bail!("with --nats, outputs are published as {{job}}-pK-out per partition: drop client_id (name the job with job in the [nats] section)");
-        }
         return run_nats(&nats, url, queries, models, cfg, &fc).await;
-    }
-    if let Some(what) = fc.nats.set_without_url() {
-        anyhow::bail!(
-            "{what} applies to scale-out: it needs --nats URL (or url in the [nats] section)"
-        );
     }
     let client = match fc.mqtt.client_id.clone() {
         Some(c) => c,
@@ -163,8 +156,6 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(mut c) = fc.checkpoint.to_config() {
         c.confirm_outputs = true;
         cfg.checkpoint = Some(c);
-    } else if fc.checkpoint.tuned() {
-        anyhow::bail!("the [checkpoint] settings need dir (or --checkpoint-dir)");
     }
     let pipeline = builder(&queries, models.as_deref())
         .config(cfg)
@@ -173,17 +164,14 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(broker = %url, client_id = %client, queries = ?pipeline.query_names(), "starting");
     let mut opts = mqtt::RunOptions::new(&client);
     opts.max_outbox = fc.mqtt.max_outbox.max(1);
-    opts.overload = match (fc.mqtt.overload, fc.mqtt.overload_max_waiting) {
-        (Overload::Block, None) => mqtt::Overload::Block,
-        (Overload::DropOldest, n) => mqtt::Overload::DropOldest(n.unwrap_or(10_000)),
-        (Overload::Block, Some(_)) => {
-            anyhow::bail!("overload_max_waiting needs overload = \"drop_oldest\"")
-        }
+    opts.overload = match fc.mqtt.overload {
+        Overload::Block => mqtt::Overload::Block,
+        Overload::DropOldest => mqtt::Overload::DropOldest(fc.mqtt.overload_max_waiting),
     };
+    // Checked by ServiceConfig::check: 0 or 1.
     opts.source_qos = match fc.mqtt.source_qos {
         0 => mqtt::QoS::AtMostOnce,
-        1 => mqtt::QoS::AtLeastOnce,
-        q => anyhow::bail!("source_qos must be 0 or 1, got {q}"),
+        _ => mqtt::QoS::AtLeastOnce,
     };
     if let Some(seq) = pipeline.restored_checkpoint() {
         tracing::info!(checkpoint = seq, "continuing from a checkpoint");
@@ -197,7 +185,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => break,
             _ = tick.tick() => {
                 let s = running.handle().stats();
-                tracing::info!("running: {}", s.summary());
+                match running.sink_stats() {
+                    Some(w) => tracing::info!("running: {}, {}", s.summary(), w.summary()),
+                    None => tracing::info!("running: {}", s.summary()),
+                }
             }
         }
     }
@@ -208,11 +199,15 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             "dropped {shed} input messages because the engine was behind (overload = drop_oldest)"
         );
     }
+    let sink_stats = running.sink_stats();
     let s = running.stop().await?;
     eprintln!(
-        "stopped: {}, checkpoints {}, redeliveries dropped {redelivered}",
+        "stopped: {}, checkpoints {}, redeliveries dropped {redelivered}{}",
         s.summary(),
-        s.checkpoints
+        s.checkpoints,
+        sink_stats
+            .map(|w| format!(", {}", w.summary()))
+            .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -338,9 +333,6 @@ async fn run_nats(
     fc: &ServiceConfig,
 ) -> anyhow::Result<ExitCode> {
     use forewarn::nats::{self as fnats, Assignment, WorkerOptions};
-    if fc.checkpoint.dir.is_some() {
-        anyhow::bail!("with --nats, checkpoints are kept in the NATS object store (where every worker reaches them): drop the checkpoint directory");
-    }
     let n = &fc.nats;
     let worker = n.worker_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();

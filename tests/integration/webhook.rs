@@ -9,13 +9,13 @@ use std::time::Duration;
 use forewarn::mqtt::{self, RunOptions};
 use forewarn::Output;
 
-/// [`common::LIFECYCLE_SQL`] with its alerts sent to `url` instead of MQTT.
-fn webhook_sql(url: &str, token_file: &std::path::Path) -> String {
+/// [`common::LIFECYCLE_SQL`] with its alerts sent to `url` instead of MQTT, with the
+/// token in `token_file` beside the query file.
+fn webhook_sql(url: &str, token_file: &str) -> String {
     let sql = common::LIFECYCLE_SQL.replace(
         "connector = 'mqtt', topic = 'forewarn/alerts/{device}',",
         &format!(
-            "connector = 'webhook', url = '{url}', bearer_token_file = '{}', timeout = '5 seconds',",
-            token_file.display()
+            "connector = 'webhook', url = '{url}', bearer_token_file = '{token_file}', timeout = '5 seconds',"
         ),
     );
     assert_ne!(sql, common::LIFECYCLE_SQL);
@@ -56,8 +56,9 @@ async fn transitions_are_posted_with_the_token_after_a_retry() {
     std::fs::write(&token, "s3cret\n").unwrap();
 
     let broker = mqtt::EmbeddedBroker::start().unwrap();
+    let query_file = dir.join("delivery.sql").display().to_string();
     let pipeline = forewarn::Pipeline::builder()
-        .query_sql("delivery.sql", &webhook_sql(&url, &token))
+        .query_sql(&query_file, &webhook_sql(&url, "token"))
         .model(common::model())
         .build()
         .await
@@ -124,10 +125,7 @@ async fn an_unreadable_token_is_refused_at_start() {
     let pipeline = forewarn::Pipeline::builder()
         .query_sql(
             "delivery.sql",
-            &webhook_sql(
-                "http://127.0.0.1:9/hook",
-                std::path::Path::new("/nonexistent/forewarn-token"),
-            ),
+            &webhook_sql("http://127.0.0.1:9/hook", "no-such-forewarn-token"),
         )
         .model(common::model())
         .build()
@@ -139,7 +137,7 @@ async fn an_unreadable_token_is_refused_at_start() {
         .expect("refused");
     let msg = e.to_string();
     assert!(
-        msg.contains("sink 'alerts'") && msg.contains("/nonexistent/forewarn-token"),
+        msg.contains("sink 'alerts'") && msg.contains("no-such-forewarn-token"),
         "{msg}"
     );
 }

@@ -65,7 +65,7 @@ pub struct MqttSettings {
     /// `block` (stop reading when behind) or `drop_oldest` (shed the oldest input).
     pub overload: Overload,
     /// With `drop_oldest`: messages kept waiting before the oldest go.
-    pub overload_max_waiting: Option<usize>,
+    pub overload_max_waiting: usize,
     /// Outgoing messages held while the broker is unreachable.
     pub max_outbox: usize,
 }
@@ -83,7 +83,7 @@ impl Default for MqttSettings {
             tls_cert_file: None,
             tls_key_file: None,
             overload: Overload::Block,
-            overload_max_waiting: None,
+            overload_max_waiting: 10_000,
             max_outbox: 100_000,
         }
     }
@@ -203,34 +203,171 @@ const MOVED: &[(&str, &str, &str)] = &[
 ];
 
 impl ServiceConfig {
-    /// Reads `path`; errors name the file.
+    /// Reads `path`; errors name the file. Relative paths in it (queries, models, the
+    /// checkpoint directory, credential and TLS files) are relative to the file's
+    /// directory, as a service's configuration in `/etc` expects.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
-    }
-
-    /// Parses TOML text.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        // A key of the flat layout: say where it went rather than "unknown field".
-        if let Ok(table) = text.parse::<toml::Table>() {
-            for (key, value) in &table {
-                let moved = MOVED.iter().find(|(old, _, _)| old == key);
-                if let Some((_, section, new)) = moved {
-                    return Err(ConfigError::Invalid(format!(
-                        "'{key}' is now '{new}' in the [{section}] section: write\n[{section}]\n{new} = {value}"
-                    )));
-                }
-                if key == "nats" && !value.is_table() {
-                    return Err(ConfigError::Invalid(format!(
-                        "'nats' is now a section: write\n[nats]\nurl = {value}"
-                    )));
-                }
+        let named = |e: ConfigError| ConfigError::Invalid(format!("{}: {e}", path.display()));
+        let mut c = Self::from_toml(&text).map_err(named)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let given: toml::Table = text.parse().unwrap_or_default();
+        let is_given = |section: Option<&str>, key: &str| match section {
+            None => given.contains_key(key),
+            Some(s) => given
+                .get(s)
+                .and_then(|t| t.as_table())
+                .is_some_and(|t| t.contains_key(key)),
+        };
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if is_given(None, "queries") {
+            resolve(&mut c.queries);
+        }
+        for (section, key, p) in [
+            (None, "models", &mut c.models),
+            (Some("checkpoint"), "dir", &mut c.checkpoint.dir),
+            (Some("mqtt"), "password_file", &mut c.mqtt.password_file),
+            (Some("mqtt"), "tls_ca_file", &mut c.mqtt.tls_ca_file),
+            (Some("mqtt"), "tls_cert_file", &mut c.mqtt.tls_cert_file),
+            (Some("mqtt"), "tls_key_file", &mut c.mqtt.tls_key_file),
+        ] {
+            if let (true, Some(p)) = (is_given(section, key), p.as_mut()) {
+                resolve(p);
             }
         }
-        toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))
+        Ok(c)
+    }
+
+    /// Parses TOML text and checks each value (not yet how they combine with the
+    /// command line's flags: see [`ServiceConfig::check`]).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        // Keys of the flat layout: say where they went rather than "unknown field".
+        if let Ok(table) = text.parse::<toml::Table>() {
+            let mut moved = Vec::new();
+            for (key, value) in &table {
+                if let Some((_, section, new)) = MOVED.iter().find(|(old, _, _)| old == key) {
+                    moved.push(if key == new {
+                        format!("'{key}' now belongs in the [{section}] section:\n[{section}]\n{new} = {value}")
+                    } else {
+                        format!("'{key}' is now '{new}' in the [{section}] section:\n[{section}]\n{new} = {value}")
+                    });
+                } else if key == "nats" && !value.is_table() {
+                    moved.push(format!("'nats' is now a section:\n[nats]\nurl = {value}"));
+                }
+            }
+            if !moved.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "keys of the layout before sections (see forewarn config --print-default):\n{}",
+                    moved.join("\n")
+                )));
+            }
+        }
+        let c: ServiceConfig = toml::from_str(text).map_err(|e| {
+            // serde names Rust's types; say what to write.
+            let msg = e
+                .to_string()
+                .replace("expected usize", "expected a whole number")
+                .replace("expected u64", "expected a whole number")
+                .replace("expected u32", "expected a whole number")
+                .replace("expected u8", "expected a whole number");
+            ConfigError::Invalid(msg)
+        })?;
+        c.check_values()?;
+        Ok(c)
+    }
+
+    /// Values that no setting of the others makes right.
+    fn check_values(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let e = &self.engine;
+        for (key, v) in [
+            ("max_batch_rows", e.max_batch_rows),
+            ("max_payload_bytes", e.max_payload_bytes),
+            ("max_devices", e.max_devices),
+            ("max_open_windows", e.max_open_windows),
+            ("max_state_bytes", e.max_state_bytes),
+        ] {
+            if v == 0 {
+                return bad(format!(
+                    "[engine] {key} = 0 would refuse every reading: give at least 1"
+                ));
+            }
+        }
+        let c = &self.checkpoint;
+        for (key, v) in [
+            ("interval_ms", c.interval_ms as usize),
+            ("max_unacked", c.max_unacked),
+            ("keep", c.keep),
+        ] {
+            if v == 0 {
+                return bad(format!("[checkpoint] {key} must be at least 1"));
+            }
+        }
+        let m = &self.mqtt;
+        if m.source_qos > 1 {
+            return bad(format!(
+                "[mqtt] source_qos must be 0 or 1, got {}",
+                m.source_qos
+            ));
+        }
+        if m.max_outbox == 0 || m.overload_max_waiting == 0 {
+            return bad("[mqtt] max_outbox and overload_max_waiting must be at least 1".into());
+        }
+        if m.overload == Overload::Block
+            && m.overload_max_waiting != MqttSettings::default().overload_max_waiting
+        {
+            return bad("[mqtt] overload_max_waiting applies to overload = \"drop_oldest\"".into());
+        }
+        #[cfg(feature = "mqtt")]
+        if let Some(b) = &m.broker {
+            if let Err(e) = forewarn_mqtt::BrokerUrl::parse(b) {
+                return bad(format!("[mqtt] broker: {e}"));
+            }
+        }
+        let n = &self.nats;
+        if !(1..=5).contains(&n.replicas) {
+            return bad(format!(
+                "[nats] replicas must be 1 to 5, got {}",
+                n.replicas
+            ));
+        }
+        if n.lease_ttl_ms < 300 || n.stream_max_age_s == 0 {
+            return bad(
+                "[nats] lease_ttl_ms must be at least 300 and stream_max_age_s at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// How the settings combine, once the command line's flags are applied: checkpoint
+    /// timing without a directory, scale-out settings without a NATS URL, settings
+    /// scale-out refuses.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.check_values()?;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.checkpoint.dir.is_none() && self.checkpoint.tuned() {
+            return bad("the [checkpoint] settings need dir (or --checkpoint-dir)".into());
+        }
+        if self.nats.url.is_some() {
+            if self.mqtt.client_id.is_some() {
+                return bad("with [nats] url (or --nats), outputs are published as {job}-pK-out per partition: drop [mqtt] client_id (name the job with job in the [nats] section)".into());
+            }
+            if self.checkpoint.dir.is_some() {
+                return bad("with [nats] url (or --nats), checkpoints are kept in the NATS object store (where every worker reaches them): drop [checkpoint] dir".into());
+            }
+        } else if let Some(what) = self.nats.set_without_url() {
+            return bad(format!(
+                "[nats] {what} applies to scale-out: it needs --nats URL (or url in the [nats] section)"
+            ));
+        }
+        Ok(())
     }
 
     /// The defaults as TOML, every section and key: those without a default are
@@ -282,7 +419,6 @@ impl ServiceConfig {
         m.tls_ca_file = Some("/etc/forewarn/ca.pem".into());
         m.tls_cert_file = Some("/etc/forewarn/client.pem".into());
         m.tls_key_file = Some("/etc/forewarn/client.key".into());
-        m.overload_max_waiting = Some(10_000);
         let n = &mut c.nats;
         n.url = Some("nats://n1:4222,nats://n2:4222".into());
         n.partitions = Some("auto".into());
@@ -336,10 +472,18 @@ mod tests {
             e.to_string().contains("unknown field `max_batch_row`"),
             "{e}"
         );
-        let e = ServiceConfig::from_toml("checkpoint_interval_ms = 200\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "'checkpoint_interval_ms' is now 'interval_ms' in the [checkpoint] section: write\n[checkpoint]\ninterval_ms = 200"
+        let e = ServiceConfig::from_toml("checkpoint_interval_ms = 200\nbroker = 'mqtt://h'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'checkpoint_interval_ms' is now 'interval_ms' in the [checkpoint] section:\n[checkpoint]\ninterval_ms = 200"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "'broker' now belongs in the [mqtt] section:\n[mqtt]\nbroker = \"mqtt://h\""
+            ),
+            "every moved key is named: {e}"
         );
         let e = ServiceConfig::from_toml("nats = 'nats://n:4222'\n").unwrap_err();
         assert!(
@@ -348,5 +492,77 @@ mod tests {
         );
         let e = ServiceConfig::from_toml("[mqtt]\noverload = 'shed'\n").unwrap_err();
         assert!(e.to_string().contains("unknown variant `shed`"), "{e}");
+        let e = ServiceConfig::from_toml("[engine]\nmax_devices = 'many'\n").unwrap_err();
+        assert!(e.to_string().contains("expected a whole number"), "{e}");
+    }
+
+    #[test]
+    fn values_and_combinations_run_would_refuse_are_refused_by_check() {
+        for (text, says) in [
+            (
+                "[mqtt]\nsource_qos = 2",
+                "[mqtt] source_qos must be 0 or 1, got 2",
+            ),
+            (
+                "[engine]\nmax_devices = 0",
+                "[engine] max_devices = 0 would refuse every reading",
+            ),
+            (
+                "[checkpoint]\nkeep = 0",
+                "[checkpoint] keep must be at least 1",
+            ),
+            ("[mqtt]\novert = 1", "unknown field `overt`"),
+            (
+                "[mqtt]\noverload_max_waiting = 5",
+                "applies to overload = \"drop_oldest\"",
+            ),
+            (
+                "[nats]\nreplicas = 9",
+                "[nats] replicas must be 1 to 5, got 9",
+            ),
+        ] {
+            let e = ServiceConfig::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        for (text, says) in [
+            ("[checkpoint]\ninterval_ms = 200", "need dir"),
+            (
+                "[nats]\nurl = 'nats://n'\n[mqtt]\nclient_id = 'x'",
+                "drop [mqtt] client_id",
+            ),
+            (
+                "[nats]\nurl = 'nats://n'\n[checkpoint]\ndir = '/x'",
+                "drop [checkpoint] dir",
+            ),
+            ("[nats]\njob = 'j'", "[nats] job applies to scale-out"),
+        ] {
+            let c = ServiceConfig::from_toml(text).unwrap();
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        assert!(ServiceConfig::default().check().is_ok());
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("fw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("forewarn.toml");
+        std::fs::write(
+            &f,
+            "queries = 'q'\n[checkpoint]\ndir = '/abs/ck'\n[mqtt]\npassword_file = 'pw'\n",
+        )
+        .unwrap();
+        let c = ServiceConfig::from_file(&f).unwrap();
+        assert_eq!(c.queries, dir.join("q"));
+        assert_eq!(c.checkpoint.dir, Some(PathBuf::from("/abs/ck")));
+        assert_eq!(c.mqtt.password_file, Some(dir.join("pw")));
+        // Not given: the default, relative to where forewarn runs.
+        std::fs::write(&f, "").unwrap();
+        assert_eq!(
+            ServiceConfig::from_file(&f).unwrap().queries,
+            PathBuf::from("queries")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -484,8 +484,8 @@ impl MqttPipeline {
 
     /// Outputs of the sinks that deliver themselves (webhooks): delivered, failed
     /// (refused or given up on) and dropped from a full queue; `None` without such sinks.
-    pub fn sink_stats(&self) -> Option<&crate::sinks::SinkStats> {
-        self.outputs.sink_stats.as_deref()
+    pub fn sink_stats(&self) -> Option<Arc<crate::sinks::SinkStats>> {
+        self.outputs.sink_stats.clone()
     }
 
     /// Waits until at least `n` messages have entered the pipeline, or `timeout` passes.

@@ -25,6 +25,18 @@ pub struct SinkStats {
     pub dropped: AtomicU64,
 }
 
+impl SinkStats {
+    /// `sink deliveries: delivered N, failed N, dropped N`, beside the engine's summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "sink deliveries: delivered {}, failed {}, dropped {}",
+            self.delivered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed)
+        )
+    }
+}
+
 /// One sink's queue: outputs in order, with their sequence numbers.
 #[derive(Default)]
 struct Queue {
@@ -94,10 +106,11 @@ impl Sinks {
         let mut items = q.items.lock().expect("not poisoned");
         items.push_back((seq, topic, payload));
         while items.len() > self.max_queue {
-            let (old, topic, _) = items.pop_front().expect("longer than the limit");
+            let (old, topic, payload) = items.pop_front().expect("longer than the limit");
             self.pending.lock().expect("not poisoned").remove(&old);
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::error!(%topic, dropped = n, "sink queue full: dropped the oldest alert");
+            let (device, id) = identify(&payload);
+            tracing::error!(%topic, %device, %id, dropped = n, "sink queue full (max_outbox): dropped the oldest alert");
         }
         drop(items);
         q.notify.notify_one();
@@ -129,6 +142,18 @@ impl Sinks {
     }
 }
 
+/// The device and the id (a transition's `event_id`, an alert's `alert_id`) of an
+/// output's JSON, for the log line of one that was not delivered.
+fn identify(payload: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let id = match text("event_id") {
+        e if e.is_empty() => text("alert_id"),
+        e => e,
+    };
+    (text("device"), id)
+}
+
 /// Delivers one sink's outputs in order until closed and empty.
 async fn deliver_loop(
     sink: String,
@@ -147,13 +172,14 @@ async fn deliver_loop(
             q.notify.notified().await;
             continue;
         };
+        let (device, id) = identify(&body);
         match delivery.deliver(&topic, body).await {
             Outcome::Delivered => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Failed(why) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%sink, %topic, "an alert was not delivered: {why}");
+                tracing::error!(%sink, %device, %id, "an alert was not delivered: {why}");
             }
         }
         pending.lock().expect("not poisoned").remove(&seq);

@@ -42,24 +42,34 @@ impl Connector for File {
         let rel = o.required("path", || {
             format!("file table '{name}' needs a path = '...csv' option")
         })?;
-        // Sandbox: only files beside the query file (or below it) can be read.
-        let p = Path::new(rel);
-        if p.is_absolute()
-            || p.components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(OptionError::at(
-                "path",
-                format!("path '{rel}' must be relative to the query file's directory and stay inside it (no '..', no absolute paths)"),
-            ));
-        }
         Ok(ConnectorConfig::new(
             "file",
             FileTable {
-                path: t.dir.join(p),
+                path: beside_query(t, "path", rel)?,
             },
         ))
     }
+}
+
+/// `rel` resolved against the query file's directory, if it stays inside it: a query
+/// file can read only files beside (or below) it, never `..` or an absolute path.
+pub(crate) fn beside_query(
+    t: &TableContext<'_>,
+    key: &str,
+    rel: &str,
+) -> Result<PathBuf, OptionError> {
+    let p = Path::new(rel);
+    if rel.is_empty()
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(OptionError::at(
+            key,
+            format!("{key} '{rel}' must be relative to the query file's directory and stay inside it (no '..', no absolute paths)"),
+        ));
+    }
+    Ok(t.dir.join(p))
 }
 
 #[cfg(test)]

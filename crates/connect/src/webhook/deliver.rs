@@ -15,9 +15,13 @@ pub enum WebhookError {
         /// Why.
         source: std::io::Error,
     },
-    /// `bearer_token_env` names a variable that is not set (or empty).
+    /// `bearer_token_env` names a variable that is not set.
     #[error("webhook token: environment variable {0} is not set")]
     TokenEnv(String),
+    /// The token is empty, or has a line break or another character a header cannot
+    /// carry.
+    #[error("webhook token from {0}: {1}")]
+    BadToken(String, &'static str),
     /// The HTTP client cannot be built.
     #[error("webhook client: {0}")]
     Client(String),
@@ -32,7 +36,7 @@ pub enum Delivery {
         attempts: u32,
     },
     /// The server refused it for good (a 4xx other than 408 and 429: a bad token, a
-    /// bad URL, a body it does not take); not retried.
+    /// bad URL, a body it does not take; or a redirect); not retried.
     Refused {
         /// The HTTP status.
         status: u16,
@@ -54,7 +58,7 @@ pub struct WebhookClient {
     client: reqwest::Client,
     url: String,
     token: Option<String>,
-    retries: u32,
+    retries: Option<u32>,
     backoff: Duration,
 }
 
@@ -67,22 +71,24 @@ impl WebhookClient {
     pub fn new(sink: &WebhookSink) -> Result<Self, WebhookError> {
         let token = match &sink.token {
             None => None,
-            Some(TokenSource::File(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| WebhookError::TokenFile {
+            Some(TokenSource::File(path)) => {
+                let t =
+                    std::fs::read_to_string(path).map_err(|source| WebhookError::TokenFile {
                         path: path.clone(),
                         source,
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
+                    })?;
+                Some(checked_token(&t, || format!("file {}", path.display()))?)
+            }
             Some(TokenSource::Env(var)) => match std::env::var(var) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-                _ => return Err(WebhookError::TokenEnv(var.clone())),
+                Ok(t) => Some(checked_token(&t, || format!("environment variable {var}"))?),
+                Err(_) => return Err(WebhookError::TokenEnv(var.clone())),
             },
         };
         let client = reqwest::Client::builder()
             .timeout(sink.timeout)
+            // A redirect is answered as a refusal: following it could send the token
+            // elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("forewarn/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WebhookError::Client(e.to_string()))?;
@@ -122,14 +128,15 @@ impl WebhookClient {
                 Ok(r) if r.status().is_success() => return Delivery::Delivered { attempts },
                 Ok(r) => {
                     let status = r.status().as_u16();
-                    if (400..500).contains(&status) && status != 408 && status != 429 {
+                    let transient = status >= 500 || status == 408 || status == 429;
+                    if !transient {
                         return Delivery::Refused { status, attempts };
                     }
                     format!("HTTP {status}")
                 }
-                Err(e) => e.to_string(),
+                Err(e) => with_causes(&e),
             };
-            if attempts > self.retries {
+            if self.retries.is_some_and(|r| attempts > r) {
                 return Delivery::GaveUp { attempts, error };
             }
             tracing::warn!(url = %self.url, attempt = attempts, %error, "webhook: retrying");
@@ -137,6 +144,37 @@ impl WebhookClient {
             wait = (wait * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// The token as a header can carry it: trimmed, not empty, one line of visible ASCII.
+fn checked_token(raw: &str, from: impl Fn() -> String) -> Result<String, WebhookError> {
+    let t = raw.trim();
+    if t.is_empty() {
+        return Err(WebhookError::BadToken(from(), "it is empty"));
+    }
+    if !t.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        return Err(WebhookError::BadToken(
+            from(),
+            "it has a line break or a character an HTTP header cannot carry",
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// An error and its causes, `: `-separated (reqwest's own text says only "error
+/// sending request").
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl crate::SinkDelivery for WebhookClient {
@@ -208,7 +246,7 @@ mod tests {
             url: url.into(),
             token: None,
             timeout: Duration::from_secs(5),
-            retries,
+            retries: Some(retries),
         }
     }
 
@@ -272,10 +310,15 @@ mod tests {
         let c = WebhookClient::new(&sink(&url, 1))
             .unwrap()
             .with_backoff(Duration::from_millis(10));
-        assert!(matches!(
-            c.post("t", b"{}".to_vec()).await,
-            Delivery::GaveUp { attempts: 2, .. }
-        ));
+        match c.post("t", b"{}".to_vec()).await {
+            Delivery::GaveUp { attempts: 2, error } => {
+                assert!(
+                    error.to_lowercase().contains("connect"),
+                    "the cause is named: {error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub struct Webhook;
 /// Where the bearer token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
-    /// A file holding the token (trailing white space trimmed), relative to the query
-    /// file's directory unless absolute: `bearer_token_file = '...'`.
+    /// A file holding the token (surrounding white space trimmed) beside the query file
+    /// or below it, as every file a query file names: `bearer_token_file = '...'`.
     File(PathBuf),
     /// An environment variable: `bearer_token_env = 'CMMS_TOKEN'`.
     Env(String),
@@ -34,15 +34,14 @@ pub struct WebhookSink {
     pub token: Option<TokenSource>,
     /// One attempt's limit, connect to response (`timeout`, default 10 s).
     pub timeout: Duration,
-    /// Attempts after the first (`retries`, default 5), with backoff from 1 s doubling
-    /// to at most 30 s.
-    pub retries: u32,
+    /// Attempts after the first before an output is given up on (`retries`); `None`
+    /// (the default): until it is delivered, as MQTT outputs wait for the broker. Waits
+    /// start at 1 s and double to at most 30 s.
+    pub retries: Option<u32>,
 }
 
 /// Default `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `retries`.
-pub const DEFAULT_RETRIES: u32 = 5;
 
 impl Connector for Webhook {
     fn name(&self) -> &'static str {
@@ -96,9 +95,10 @@ impl Connector for Webhook {
                 format!("webhook sink '{name}' needs url = 'http://...' or 'https://...'"),
             )
         })?;
-        if let Some(why) = url_problem(url) {
-            return Err(OptionError::at("url", format!("url '{url}' {why}")));
-        }
+        let url = match normalized_url(url) {
+            Ok(u) => u,
+            Err(why) => return Err(OptionError::at("url", format!("url '{url}' {why}"))),
+        };
         let token = match (o.get("bearer_token_file"), o.get("bearer_token_env")) {
             (Some(_), Some(_)) => {
                 return Err(OptionError::at(
@@ -106,7 +106,11 @@ impl Connector for Webhook {
                     "give bearer_token_file or bearer_token_env, not both",
                 ))
             }
-            (Some(f), None) => Some(TokenSource::File(t.dir.join(f))),
+            (Some(f), None) => Some(TokenSource::File(crate::file::beside_query(
+                t,
+                "bearer_token_file",
+                f,
+            )?)),
             (None, Some(v)) if !v.is_empty() => Some(TokenSource::Env(v.to_string())),
             (None, Some(_)) => {
                 return Err(OptionError::at(
@@ -120,13 +124,11 @@ impl Connector for Webhook {
             .interval("timeout")?
             .map(|ms| Duration::from_millis(ms as u64))
             .unwrap_or(DEFAULT_TIMEOUT);
-        let retries = o
-            .whole("retries", 0..=100)?
-            .unwrap_or(DEFAULT_RETRIES as u64) as u32;
+        let retries = o.whole("retries", 0..=1000)?.map(|n| n as u32);
         Ok(ConnectorConfig::new(
             "webhook",
             WebhookSink {
-                url: url.to_string(),
+                url,
                 token,
                 timeout,
                 retries,
@@ -135,22 +137,36 @@ impl Connector for Webhook {
     }
 }
 
-/// Why `url` cannot be posted to, if it cannot.
-fn url_problem(url: &str) -> Option<&'static str> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    let Some(rest) = rest else {
-        return Some("must start with http:// or https://");
+/// `url` with its scheme in lower case, or why it cannot be posted to.
+fn normalized_url(url: &str) -> Result<String, &'static str> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("must start with http:// or https://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err("must start with http:// or https://");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains white space");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("carries credentials: a password in a URL ends up in logs; give the token with bearer_token_file or bearer_token_env");
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal's colons are inside brackets.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.starts_with(':') {
-        return Some("has no host");
+    if host.is_empty() {
+        return Err("has no host");
     }
-    if url.chars().any(char::is_whitespace) {
-        return Some("contains white space");
+    if let Some(p) = port {
+        if !matches!(p.parse::<u32>(), Ok(1..=65535)) {
+            return Err("has a port that is not a number from 1 to 65535");
+        }
     }
-    None
+    Ok(format!("{scheme}://{rest}"))
 }
 
 #[cfg(test)]
@@ -177,9 +193,10 @@ mod tests {
 
     #[test]
     fn defaults_and_options() {
-        let s = sink(&[("url", "http://127.0.0.1:8080/hook")]).unwrap();
+        let s = sink(&[("url", "HTTP://127.0.0.1:8080/hook")]).unwrap();
+        assert_eq!(s.url, "http://127.0.0.1:8080/hook");
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(s.retries, DEFAULT_RETRIES);
+        assert_eq!(s.retries, None);
         assert_eq!(s.token, None);
         let s = sink(&[
             ("url", "https://cmms.example/api?x=1"),
@@ -189,7 +206,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.timeout, Duration::from_secs(2));
-        assert_eq!(s.retries, 0);
+        assert_eq!(s.retries, Some(0));
         assert_eq!(s.token, Some(TokenSource::File("q/token.txt".into())));
     }
 
@@ -199,6 +216,22 @@ mod tests {
         assert_eq!(key(&[]), Some("connector".into()));
         assert_eq!(key(&[("url", "ftp://x/y")]), Some("url".into()));
         assert_eq!(key(&[("url", "http:///y")]), Some("url".into()));
+        for bad in [
+            "http://user:pw@cmms/hook",
+            "http://cmms:99999/x",
+            "http://cmms:/x",
+            "http://cmms/a b",
+        ] {
+            assert_eq!(key(&[("url", bad)]), Some("url".into()), "{bad}");
+        }
+        assert!(sink(&[("url", "http://[::1]:8080/x")]).is_ok());
+        for outside in ["../secret", "/etc/hostname", ""] {
+            assert_eq!(
+                key(&[("url", "http://h"), ("bearer_token_file", outside)]),
+                Some("bearer_token_file".into()),
+                "{outside}"
+            );
+        }
         assert_eq!(
             key(&[("url", "http://h"), ("retries", "-1")]),
             Some("retries".into())
