@@ -223,6 +223,9 @@ pub fn query_files(flag: &str, path: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|f| f.extension().is_some_and(|x| x == "sql"))
             .collect();
+        if v.is_empty() {
+            bail!("{}: the directory has no .sql files", named());
+        }
         v.sort();
         Ok(v)
     } else if path.exists() {

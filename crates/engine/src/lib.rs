@@ -562,6 +562,12 @@ fn sql_files(p: &Path) -> Result<Vec<PathBuf>, EngineError> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|f| f.extension().is_some_and(|x| x == "sql"))
             .collect();
+        if v.is_empty() {
+            return Err(EngineError::Config(format!(
+                "{}: the directory has no .sql files",
+                p.display()
+            )));
+        }
         v.sort();
         Ok(v)
     } else {
