@@ -6,11 +6,15 @@ use datafusion::sql::sqlparser::ast::{
     self, Expr, GroupByExpr, Ident, SelectItem, SetExpr, Spanned, TableFactor, TableObject,
 };
 use datafusion::sql::sqlparser::tokenizer::Location;
+use forewarn_core::WindowSpec;
 use forewarn_formats::TopicTemplate;
 
 use crate::error::err;
 use crate::window::{parse_window, window_call};
 use crate::{QueryDecl, QuerySet, SqlError, WINDOW_END, WINDOW_START};
+
+/// A table a query reads: its name, its alias if any, and where it is named.
+type TableRead = (String, Option<String>, Location);
 
 impl QuerySet {
     /// One `INSERT INTO sink SELECT ...` as a [`QueryDecl`] named `name`; its sink,
@@ -52,6 +56,54 @@ impl QuerySet {
                 "the query must be a single SELECT (UNION and VALUES are not supported)",
             ));
         };
+        let (tables, references) = self.tables_read(file, text, select)?;
+        let source = tables[0].0.clone();
+        let scope: Vec<(&str, Option<&str>, &SchemaRef)> = tables
+            .iter()
+            .map(|(t, a, _)| {
+                let schema = match self.sources.get(t) {
+                    Some(s) => &s.schema,
+                    None => &self.references[t].schema,
+                };
+                (t.as_str(), a.as_deref(), schema)
+            })
+            .collect();
+        check_columns(file, text, &scope, select)?;
+        let (window, keys) = lift_window(file, text, at, select)?;
+        let session_keys = self.session_keys(file, text, &source, &window, &keys)?;
+        let (key_columns, topic_keys) = self.key_columns(&source, select, &keys);
+        for item in &select.projection {
+            let e = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => continue,
+            };
+            if let Some((_, _, span)) = window_call(e) {
+                return Err(err(file, text, span.start, "select window bounds as window_start and window_end, not with the window function"));
+            }
+        }
+        Ok(QueryDecl {
+            name,
+            sink,
+            source,
+            references,
+            window,
+            session_keys,
+            key_columns,
+            topic_keys,
+            select_sql: query.to_string(),
+            file: file.to_string(),
+            line,
+        })
+    }
+
+    /// The tables the query reads, with their aliases and positions: the stream in
+    /// `FROM`, then the reference tables joined to it (also returned by name).
+    fn tables_read(
+        &self,
+        file: &str,
+        text: &str,
+        select: &ast::Select,
+    ) -> Result<(Vec<TableRead>, Vec<String>), SqlError> {
         if select.from.len() != 1 {
             return Err(err(
                 file,
@@ -61,7 +113,7 @@ impl QuerySet {
             ));
         }
         // The stream is the FROM table; everything joined to it must be a file table.
-        let mut tables: Vec<(String, Option<String>, Location)> = Vec::new();
+        let mut tables: Vec<TableRead> = Vec::new();
         let from = &select.from[0];
         for rel in std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation)) {
             match rel {
@@ -109,71 +161,29 @@ impl QuerySet {
             }
             references.push(t.clone());
         }
-        // Lift `tumble(...)` out of the GROUP BY: the runtime assigns rows to windows and
-        // stamps them with `window_start`/`window_end`, which stay as ordinary group keys.
-        let scope: Vec<(&str, Option<&str>, &SchemaRef)> = tables
-            .iter()
-            .map(|(t, a, _)| {
-                let schema = match self.sources.get(t) {
-                    Some(s) => &s.schema,
-                    None => &self.references[t].schema,
-                };
-                (t.as_str(), a.as_deref(), schema)
-            })
-            .collect();
-        check_columns(file, text, &scope, select)?;
-        let GroupByExpr::Expressions(group, _) = &mut select.group_by else {
-            return Err(err(
-                file,
-                text,
-                at,
-                "GROUP BY ALL is not supported; name a window and keys",
-            ));
-        };
-        let mut window = None;
-        let mut rewritten = Vec::new();
-        let mut keys = Vec::new();
-        for g in group.drain(..) {
-            match window_call(&g) {
-                Some((fname, args, span)) => {
-                    if window.is_some() {
-                        return Err(err(
-                            file,
-                            text,
-                            span.start,
-                            "only one window function is allowed in GROUP BY",
-                        ));
-                    }
-                    window = Some(parse_window(file, text, &fname, &args, span)?);
-                    rewritten.push(Expr::Identifier(Ident::new(WINDOW_START)));
-                    rewritten.push(Expr::Identifier(Ident::new(WINDOW_END)));
-                }
-                None => {
-                    keys.push(g.clone());
-                    rewritten.push(g)
-                }
-            }
-        }
-        *group = rewritten;
-        let window = window.ok_or_else(|| {
-            err(
-                file,
-                text,
-                select.select_token.0.span.start,
-                "a streaming query needs a window: GROUP BY tumble(interval '10 seconds'), <keys>",
-            )
-        })?;
+        Ok((tables, references))
+    }
+
+    /// For a session window, the source columns its `GROUP BY` keys name.
+    fn session_keys(
+        &self,
+        file: &str,
+        text: &str,
+        source: &str,
+        window: &WindowSpec,
+        keys: &[Expr],
+    ) -> Result<Vec<String>, SqlError> {
         let mut session_keys = Vec::new();
         if window.is_session() {
             // Sessions are tracked per key by the runtime, which reads the key columns
             // from the source rows.
-            for k in &keys {
+            for k in keys {
                 let col = match k {
                     Expr::Identifier(i) => Some(i),
                     Expr::CompoundIdentifier(p) if p.len() == 2 => p.last(),
                     _ => None,
                 };
-                let schema = &self.sources[&source].schema;
+                let schema = &self.sources[source].schema;
                 match col.and_then(|c| {
                     schema
                         .fields()
@@ -192,6 +202,17 @@ impl QuerySet {
                 }
             }
         }
+        Ok(session_keys)
+    }
+
+    /// The output columns that are `GROUP BY` keys, and those of them the source's topic
+    /// captures.
+    fn key_columns(
+        &self,
+        source: &str,
+        select: &ast::Select,
+        keys: &[Expr],
+    ) -> (Vec<String>, Vec<String>) {
         // Output columns that are GROUP BY keys, with the key's column name (`r.device`
         // and `device` are the same key).
         let name_of = |e: &Expr| match e {
@@ -216,7 +237,7 @@ impl QuerySet {
         }
         // The keys the source's topic captures, from the coarsest level to the finest.
         let mut topic_keys = Vec::new();
-        if let Some(t) = self.sources[&source]
+        if let Some(t) = self.sources[source]
             .topic_template
             .as_deref()
             .and_then(|t| TopicTemplate::parse(t).ok())
@@ -229,29 +250,61 @@ impl QuerySet {
             }
         }
         let key_columns: Vec<String> = key_columns.into_iter().map(|(o, _)| o).collect();
-        for item in &select.projection {
-            let e = match item {
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-                _ => continue,
-            };
-            if let Some((_, _, span)) = window_call(e) {
-                return Err(err(file, text, span.start, "select window bounds as window_start and window_end, not with the window function"));
+        (key_columns, topic_keys)
+    }
+}
+
+/// Lifts `tumble(...)` out of the GROUP BY: the runtime assigns rows to windows and
+/// stamps them with `window_start`/`window_end`, which stay as ordinary group keys.
+/// Returns the window and the other keys.
+fn lift_window(
+    file: &str,
+    text: &str,
+    at: Location,
+    select: &mut ast::Select,
+) -> Result<(WindowSpec, Vec<Expr>), SqlError> {
+    let GroupByExpr::Expressions(group, _) = &mut select.group_by else {
+        return Err(err(
+            file,
+            text,
+            at,
+            "GROUP BY ALL is not supported; name a window and keys",
+        ));
+    };
+    let mut window = None;
+    let mut rewritten = Vec::new();
+    let mut keys = Vec::new();
+    for g in group.drain(..) {
+        match window_call(&g) {
+            Some((fname, args, span)) => {
+                if window.is_some() {
+                    return Err(err(
+                        file,
+                        text,
+                        span.start,
+                        "only one window function is allowed in GROUP BY",
+                    ));
+                }
+                window = Some(parse_window(file, text, &fname, &args, span)?);
+                rewritten.push(Expr::Identifier(Ident::new(WINDOW_START)));
+                rewritten.push(Expr::Identifier(Ident::new(WINDOW_END)));
+            }
+            None => {
+                keys.push(g.clone());
+                rewritten.push(g)
             }
         }
-        Ok(QueryDecl {
-            name,
-            sink,
-            source,
-            references,
-            window,
-            session_keys,
-            key_columns,
-            topic_keys,
-            select_sql: query.to_string(),
-            file: file.to_string(),
-            line,
-        })
     }
+    *group = rewritten;
+    let window = window.ok_or_else(|| {
+        err(
+            file,
+            text,
+            select.select_token.0.span.start,
+            "a streaming query needs a window: GROUP BY tumble(interval '10 seconds'), <keys>",
+        )
+    })?;
+    Ok((window, keys))
 }
 
 /// Every bare column name in the query must exist in the source (or be a window
