@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use datafusion::sql::sqlparser::tokenizer::Location;
+
 /// A problem in a query file, with its position and the offending line underlined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlError {
@@ -111,3 +113,8 @@ fn parse_position(msg: &str) -> Option<(u64, u64)> {
 
 /// `"; did you mean 'x'?"` for the candidate closest to `name`, or `""` when none is close.
 pub(crate) use forewarn_connect::did_you_mean;
+
+/// An error at the parser's `loc` in `text`, underlining one character.
+pub(crate) fn err(file: &str, text: &str, loc: Location, msg: impl Into<String>) -> SqlError {
+    SqlError::at(file, text, loc.line, loc.column, 1, msg)
+}

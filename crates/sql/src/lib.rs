@@ -5,25 +5,35 @@
 //! [`QuerySet`] parses files; [`compile`] plans each query once and cuts it into the
 //! partial half (fed per pane) and the final half (run when a window closes).
 
+// Reading query files: what they declare, and each statement's parser.
+mod decl;
+mod insert;
+mod lifecycle;
+mod reference_table;
+mod sink_table;
+mod source_table;
+mod table;
+mod watermark;
+mod window;
+
 mod detector;
 mod error;
 mod features;
 mod locate;
 mod moments;
-mod parse;
 mod plan;
 mod reference;
 mod sink;
 mod udf;
 
+pub use decl::{
+    QueryDecl, QuerySet, ReferenceDecl, SinkDecl, SourceDecl, ARRIVAL_TIME, DEFAULT_MAX_SKEW,
+    WINDOW_END, WINDOW_START,
+};
 pub use detector::{OnlineBinding, OnlineDecl, OnlineKind, Span};
 pub use error::SqlError;
 pub use features::{feature_query, scored_models, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};
-pub use parse::{
-    QueryDecl, QuerySet, ReferenceDecl, SinkDecl, SourceDecl, ARRIVAL_TIME, DEFAULT_MAX_SKEW,
-    WINDOW_END, WINDOW_START,
-};
 pub use plan::{
     compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery,
 };

@@ -33,8 +33,8 @@ use datafusion::prelude::SessionConfig;
 use forewarn_core::{WatermarkSpec, WindowSpec};
 use forewarn_scorer::ModelRegistry;
 
+use crate::decl::{QueryDecl, SourceDecl, WINDOW_END, WINDOW_START};
 use crate::locate::{locate, Functions};
-use crate::parse::{QueryDecl, SourceDecl, WINDOW_END, WINDOW_START};
 use crate::udf::AnomalyScore;
 use crate::SqlError;
 

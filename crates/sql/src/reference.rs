@@ -14,7 +14,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::execution::context::SessionContext;
 
-use crate::parse::sql_type;
+use crate::table::sql_type;
 use crate::{ReferenceDecl, SqlError};
 
 /// Loads a file table (CSV with a header) and registers it in `ctx`.

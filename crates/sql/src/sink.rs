@@ -5,7 +5,7 @@
 use forewarn_formats::TopicTemplate;
 
 use crate::error::did_you_mean;
-use crate::parse::sql_type;
+use crate::table::sql_type;
 use crate::{CompiledQuery, OnlineBinding, OnlineDecl, SinkDecl, SqlError};
 use forewarn_alerts::LifecycleSpec;
 

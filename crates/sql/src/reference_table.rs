@@ -1,0 +1,80 @@
+//! A reference table (`CREATE TABLE ... WITH (connector = 'file', path = '...csv')`):
+//! static data that queries may join. `reference.rs` loads it.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema};
+use forewarn_connect::{Connector, Options, TableContext};
+
+use crate::error::err;
+use crate::table::{map_type, Table};
+use crate::{QuerySet, ReferenceDecl, SqlError};
+
+impl QuerySet {
+    /// Adds `t` as a reference table, configured by `connector`.
+    pub(crate) fn add_reference(
+        &mut self,
+        t: &Table,
+        connector: &dyn Connector,
+        context: &TableContext<'_>,
+        options: &Options,
+    ) -> Result<(), SqlError> {
+        let &Table {
+            file,
+            text,
+            loc,
+            name,
+            columns,
+            wm,
+            ref map,
+        } = t;
+        if let Some(w) = wm {
+            return Err(err(
+                file,
+                text,
+                w.loc,
+                "a file table is static reference data: it has no WATERMARK",
+            ));
+        }
+        if columns.is_empty() {
+            return Err(err(
+                file,
+                text,
+                loc,
+                format!("file table '{name}' must declare its columns"),
+            ));
+        }
+        let config = connector.configure(context, options).map_err(|e| {
+            let at = e.key.as_ref().and_then(|k| map.get(k)).map(|(_, at)| *at);
+            err(file, text, at.unwrap_or(loc), e.message)
+        })?;
+        let Some(table) = config.get::<forewarn_connect::file::FileTable>() else {
+            return Err(err(
+                file,
+                text,
+                loc,
+                format!(
+                    "connector '{}' declares a reference table the SQL front end cannot load",
+                    config.connector()
+                ),
+            ));
+        };
+        let mut fields = Vec::new();
+        for c in columns {
+            let dt = map_type(&c.data_type).ok_or_else(|| {
+                err(file, text, c.name.span.start, format!("column '{}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.name.value, c.data_type))
+            })?;
+            fields.push(Field::new(&c.name.value, dt, true));
+        }
+        self.references.insert(
+            name.to_string(),
+            ReferenceDecl {
+                name: name.to_string(),
+                schema: Arc::new(Schema::new(fields)),
+                path: table.path.clone(),
+                origin: format!("{file}:{}", loc.line),
+            },
+        );
+        Ok(())
+    }
+}
