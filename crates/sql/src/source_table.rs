@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::sql::sqlparser::ast::ColumnOption;
 use forewarn_connect::ConnectorConfig;
 use forewarn_core::{parse_interval, Millis, WatermarkSpec};
@@ -14,10 +14,6 @@ use crate::{
 };
 
 /// The Arrow type of [`ARRIVAL_TIME`].
-fn time_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, None)
-}
-
 /// Options every source takes, whatever its connector: how its messages are read and
 /// how its watermark moves.
 pub(crate) const SOURCE_OPTIONS: &[&str] = &[
@@ -218,7 +214,7 @@ fn source_fields(t: &Table, captures: &[String]) -> Result<Vec<Field>, SqlError>
         if let Some(c) = columns.iter().find(|c| c.name.value == ARRIVAL_TIME) {
             return Err(err(file, text, c.name.span.start, format!("'{ARRIVAL_TIME}' is reserved for the arrival time of a source without WATERMARK FOR")));
         }
-        fields.push(Field::new(ARRIVAL_TIME, time_type(), false));
+        fields.push(Field::new(ARRIVAL_TIME, crate::plan::time_type(), false));
     }
     for c in captures {
         if !fields.iter().any(|f| f.name() == c) {
