@@ -352,7 +352,8 @@ impl ServiceConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         self.check_values()?;
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.checkpoint.dir.is_none() && self.checkpoint.tuned() {
+        // In scale-out the timing applies to the checkpoints in NATS.
+        if self.checkpoint.dir.is_none() && self.checkpoint.tuned() && self.nats.url.is_none() {
             return bad("the [checkpoint] settings need dir (or --checkpoint-dir)".into());
         }
         if self.nats.url.is_some() {
@@ -541,6 +542,11 @@ mod tests {
             assert!(e.contains(says), "{text}: {e}");
         }
         assert!(ServiceConfig::default().check().is_ok());
+        // Scale-out checkpoints live in NATS: their timing needs no directory.
+        let c =
+            ServiceConfig::from_toml("[checkpoint]\ninterval_ms = 200\n[nats]\nurl = 'nats://n'")
+                .unwrap();
+        assert!(c.check().is_ok());
     }
 
     #[test]
