@@ -26,7 +26,7 @@ impl QuerySet {
             name,
             columns,
             wm,
-            ref map,
+            ..
         } = t;
         if let Some(w) = wm {
             return Err(err(
@@ -44,10 +44,7 @@ impl QuerySet {
                 format!("file table '{name}' must declare its columns"),
             ));
         }
-        let config = connector.configure(context, options).map_err(|e| {
-            let at = e.key.as_ref().and_then(|k| map.get(k)).map(|(_, at)| *at);
-            err(file, text, at.unwrap_or(loc), e.message)
-        })?;
+        let config = t.configure(connector, context, options)?;
         let Some(table) = config.get::<forewarn_connect::file::FileTable>() else {
             return Err(err(
                 file,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::sql::sqlparser::ast::{self, CreateTableOptions, Expr, SqlOption, Value};
 use datafusion::sql::sqlparser::tokenizer::Location;
-use forewarn_connect::{Connector, Options, Pos, Role, TableContext};
+use forewarn_connect::{Connector, ConnectorConfig, Options, Pos, Role, TableContext};
 use forewarn_formats::TopicTemplate;
 
 use crate::error::err;
@@ -32,6 +32,26 @@ pub(crate) struct Table<'a> {
     /// Its `WATERMARK FOR`, cut out of the column list before parsing.
     pub(crate) wm: Option<&'a WatermarkClause>,
     pub(crate) map: OptionMap,
+}
+
+impl Table<'_> {
+    /// The connector's settings from the table's options; its errors point at the
+    /// option they are about (or at the table).
+    pub(crate) fn configure(
+        &self,
+        connector: &dyn Connector,
+        context: &TableContext<'_>,
+        options: &Options,
+    ) -> Result<ConnectorConfig, SqlError> {
+        connector.configure(context, options).map_err(|e| {
+            let at = e
+                .key
+                .as_ref()
+                .and_then(|k| self.map.get(k))
+                .map(|(_, at)| *at);
+            err(self.file, self.text, at.unwrap_or(self.loc), e.message)
+        })
+    }
 }
 
 impl QuerySet {
@@ -107,10 +127,7 @@ impl QuerySet {
                 ))
             }
         };
-        let config = connector.configure(&context, &options).map_err(|e| {
-            let at = e.key.as_ref().and_then(|k| map.get(k)).map(|(_, at)| *at);
-            err(file, text, at.unwrap_or(loc), e.message)
-        })?;
+        let config = table.configure(&*connector, &context, &options)?;
         if columns.is_empty() {
             return self.add_sink(&table, topic, format, config);
         }
