@@ -1,0 +1,249 @@
+//! Taking input: messages decoded into the sources' micro-batches, pushed batches, device
+//! admission, and running the window operators over a flushed batch.
+
+use super::*;
+
+impl Runtime {
+    /// Whether the message repeats one among the last `duplicate_window` messages to
+    /// event-time sources byte for byte (a QoS 1 publisher resends after a lost
+    /// PUBACK; with the timestamp inside, the same bytes are the same readings). Sources
+    /// timed by arrival are exempt: identical payloads are new readings there.
+    pub(super) fn is_duplicate(&mut self, topic: &str, payload: &[u8]) -> bool {
+        self.recent.enabled()
+            && self
+                .sources
+                .iter()
+                .any(|s| !s.processing_time && filter_matches(&s.filter, topic))
+            && self.recent.repeated(topic, payload)
+    }
+
+    pub(super) async fn on_json(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineError> {
+        self.count(|s| s.messages_in += 1);
+
+        if self.is_duplicate(topic, payload) {
+            let o = outputs::duplicate(&self.config, topic, payload);
+            self.emit(o).await;
+            return Ok(());
+        }
+        let mut matched = false;
+        for i in 0..self.sources.len() {
+            if !filter_matches(&self.sources[i].filter, topic) {
+                continue;
+            }
+            matched = true;
+            self.sources[i].last_input = Instant::now();
+            if let Some(device) = self.sources[i].refused_device(topic) {
+                let src = &self.sources[i];
+                let origin = Origin {
+                    topic: topic.into(),
+                    index: None,
+                };
+                let o = outputs::too_many_devices(
+                    &self.config,
+                    &src.name,
+                    src.devices.max(),
+                    &device,
+                    Some(&origin),
+                    outputs::excerpt(&self.config, payload),
+                );
+                self.emit(o).await;
+                continue;
+            }
+            let outcome = self.sources[i].decoder.decode(topic, payload);
+            self.count(|s| s.readings_in += outcome.accepted as u64);
+            self.sources[i].record_origins(topic, payload, &outcome);
+            for r in outcome.rejected {
+                let source = &self.sources[i].name;
+                let o = outputs::undecodable(&self.config, source, topic, payload, &r);
+                self.emit(o).await;
+            }
+            let src = &mut self.sources[i];
+            if src.decoder.buffered_rows() > 0 && src.pending_since.is_none() {
+                src.pending_since = Some(Instant::now());
+            }
+            if src.decoder.buffered_rows() >= self.config.max_batch_rows {
+                self.flush_source(i).await?;
+            }
+        }
+        if !matched {
+            let o = outputs::unknown_topic(&self.config, topic, payload);
+            self.emit(o).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_batch(
+        &mut self,
+        source: &str,
+        batch: RecordBatch,
+    ) -> Result<(), EngineError> {
+        self.count(|s| s.messages_in += 1);
+        let i = self.sources.iter().position(|s| s.name == source);
+        // A processing-time source's batches are stamped on arrival, like its messages.
+        let batch = match i {
+            Some(i) if self.sources[i].processing_time => stamp_arrival(&self.sources[i], batch),
+            _ => batch,
+        };
+        let problem = match i {
+            None => Some((
+                forewarn_core::Reason::UnknownSource,
+                format!("no query reads source '{source}'"),
+            )),
+            Some(i) => outputs::batch_problem(self.sources[i].decoder.schema(), &batch),
+        };
+        if let Some(problem) = problem {
+            let o = outputs::refused_batch(&self.config, source, i.is_some(), problem, &batch);
+            self.emit(o).await;
+            return Ok(());
+        }
+        let i = i.expect("checked above");
+        self.sources[i].last_input = Instant::now();
+        self.count(|s| s.readings_in += batch.num_rows() as u64);
+        self.flush_source(i).await?;
+        // Rows of a pushed batch are named by their position in it.
+        let origins = (0..batch.num_rows())
+            .map(|k| Origin {
+                topic: "".into(),
+                index: Some(k),
+            })
+            .collect();
+        let (batch, origins) = self.admit_rows(i, batch, origins).await;
+        self.process(i, batch, origins).await
+    }
+
+    /// The rows of `batch` whose device source `i` has admitted or can still admit;
+    /// the others are dead-lettered as `too_many_devices`. Messages whose topic names
+    /// the device were admitted before decoding; this covers pushed batches and device
+    /// ids read from the payload.
+    pub(super) async fn admit_rows(
+        &mut self,
+        i: usize,
+        batch: RecordBatch,
+        origins: Vec<Origin>,
+    ) -> (RecordBatch, Vec<Origin>) {
+        use datafusion::arrow::array::BooleanArray;
+        use datafusion::arrow::compute::filter_record_batch;
+        let src = &mut self.sources[i];
+        let Some((keep, refused)) =
+            admission::admit_rows(&mut src.devices, &src.device_key, &batch)
+        else {
+            return (batch, origins);
+        };
+        let (source, max) = (src.name.clone(), src.devices.max());
+        for (row, device) in &refused {
+            let excerpt = serde_json::Value::Object(row_to_json(&batch, *row)).to_string();
+            let o = outputs::too_many_devices(
+                &self.config,
+                &source,
+                max,
+                device,
+                origins.get(*row),
+                excerpt,
+            );
+            self.emit(o).await;
+        }
+        let origins = origins
+            .into_iter()
+            .zip(&keep)
+            .filter_map(|(o, k)| k.then_some(o))
+            .collect();
+        let mask = BooleanArray::from(keep);
+        let batch = filter_record_batch(&batch, &mask).expect("mask as long as the batch");
+        (batch, origins)
+    }
+
+    pub(super) async fn flush_all(&mut self) -> Result<(), EngineError> {
+        for i in 0..self.sources.len() {
+            self.flush_source(i).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn flush_source(&mut self, i: usize) -> Result<(), EngineError> {
+        self.sources[i].pending_since = None;
+        let origins = std::mem::take(&mut self.sources[i].origins);
+        match self.sources[i].decoder.flush() {
+            // A topic that names the device was admitted before decoding.
+            Some(batch) if self.sources[i].device_from_topic.is_none() => {
+                let (batch, origins) = self.admit_rows(i, batch, origins).await;
+                self.process(i, batch, origins).await
+            }
+            Some(batch) => self.process(i, batch, origins).await,
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn process(
+        &mut self,
+        i: usize,
+        batch: RecordBatch,
+        origins: Vec<Origin>,
+    ) -> Result<(), EngineError> {
+        self.count(|s| s.batches += 1);
+        let over = self.state_bytes > self.config.max_state_bytes;
+        if over {
+            tracing::error!(
+                state_bytes = self.state_bytes,
+                limit = self.config.max_state_bytes,
+                "window state over max_state_bytes: rows refused (state_limit) until windows close"
+            );
+        }
+        // A reading refused by several queries (late for each) is one dead letter: it
+        // is the reading that is lost, once, whichever queries wanted it.
+        let mut refused: BTreeMap<u32, Refusal> = BTreeMap::new();
+        let mut done = Vec::new();
+        for k in 0..self.sources[i].operators.len() {
+            let op = &mut self.sources[i].operators[k].op;
+            let r = if over {
+                op.refuse(&batch).await
+            } else {
+                op.process(&batch).await
+            };
+            match r {
+                Ok(mut processed) => {
+                    let q = self.sources[i].operators[k].op.query();
+                    for rej in std::mem::take(&mut processed.rejected) {
+                        outputs::file_refusals(&mut refused, q, &rej);
+                    }
+                    done.push((k, processed));
+                }
+                // One failing query must not stop the others, nor the pipeline.
+                Err(e) => self.query_failed(e),
+            }
+        }
+        self.emit_refused(i, refused, &origins).await;
+        for (k, processed) in done {
+            self.emit_processed(i, k, processed).await;
+        }
+        self.measure_state();
+        Ok(())
+    }
+
+    /// One dead letter (late rows: one late message) per refused reading, with the
+    /// topic and array position of the message it came in.
+    pub(super) async fn emit_refused(
+        &mut self,
+        i: usize,
+        refused: BTreeMap<u32, Refusal>,
+        origins: &[Origin],
+    ) {
+        let src = &self.sources[i];
+        let letters: Vec<Output> = refused
+            .into_iter()
+            .map(|(row, r)| {
+                let origin = origins.get(row as usize);
+                outputs::refusal(&self.config, &src.name, src.late_topic.as_ref(), origin, r)
+            })
+            .collect();
+        for o in letters {
+            self.emit(o).await;
+        }
+    }
+
+    /// Window state now: the queries share one memory pool for their aggregates.
+    pub(super) fn measure_state(&mut self) {
+        let ops = self.sources.iter().flat_map(|s| &s.operators);
+        let pool = ops.clone().map(|o| o.op.state_bytes()).max().unwrap_or(0);
+        self.state_bytes = pool + ops.map(|o| o.op.held_state_bytes()).sum::<usize>();
+    }
+}
