@@ -5,33 +5,10 @@ use forewarn_alerts::LifecycleSpec;
 use forewarn_core::parse_interval;
 
 use crate::error::err;
-use crate::table::OptionMap;
+use crate::table::{OptionMap, SINK_OPTIONS};
 use crate::SqlError;
 
-/// Options every sink takes, whatever its connector: where it publishes, then its
-/// alert lifecycle.
-pub(crate) const SINK_OPTIONS: &[&str] = &[
-    "connector",
-    "format",
-    "topic",
-    "device_column",
-    "score",
-    "warning_at",
-    "alarm_at",
-    "clear_below",
-    "raise_after",
-    "clear_after",
-    "cooldown",
-    "severity",
-    "detector",
-    "features",
-    "warmup",
-    "horizon",
-    "false_alerts",
-    "season",
-];
-
-/// The lifecycle part of [`SINK_OPTIONS`].
+/// The lifecycle part of [`SINK_OPTIONS`]: what comes after where a sink publishes.
 const LIFECYCLE_OPTIONS: &[&str] = SINK_OPTIONS.split_at(4).1;
 
 /// The sink's lifecycle options, if `warning_at` is given or the threshold comes from

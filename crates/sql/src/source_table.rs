@@ -13,21 +13,6 @@ use crate::{
     QuerySet, SourceDecl, SqlError, ARRIVAL_TIME, DEFAULT_MAX_SKEW, WINDOW_END, WINDOW_START,
 };
 
-/// The Arrow type of [`ARRIVAL_TIME`].
-/// Options every source takes, whatever its connector: how its messages are read and
-/// how its watermark moves.
-pub(crate) const SOURCE_OPTIONS: &[&str] = &[
-    "connector",
-    "format",
-    "topic",
-    "topic_template",
-    "max_future",
-    "watermark_key",
-    "max_skew",
-    "idle_timeout",
-    "late_topic",
-];
-
 impl QuerySet {
     /// Adds `t` as a source, read from `topic` through the connector `config`.
     pub(crate) fn add_source(

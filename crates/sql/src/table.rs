@@ -12,13 +12,48 @@ use forewarn_connect::{Connector, ConnectorConfig, Options, Pos, Role, TableCont
 use forewarn_formats::TopicTemplate;
 
 use crate::error::err;
-use crate::lifecycle::SINK_OPTIONS;
-use crate::source_table::SOURCE_OPTIONS;
 use crate::watermark::WatermarkClause;
 use crate::{QuerySet, SqlError};
 
 /// A table's options by lower-case key: the value, and where the key is.
 pub(crate) type OptionMap = BTreeMap<String, (String, Location)>;
+
+/// Options every source takes, whatever its connector: how its messages are read and
+/// how its watermark moves.
+pub(crate) const SOURCE_OPTIONS: &[&str] = &[
+    "connector",
+    "format",
+    "topic",
+    "topic_template",
+    "max_future",
+    "watermark_key",
+    "max_skew",
+    "idle_timeout",
+    "late_topic",
+];
+
+/// Options every sink takes, whatever its connector: where it publishes, then its
+/// alert lifecycle.
+pub(crate) const SINK_OPTIONS: &[&str] = &[
+    "connector",
+    "format",
+    "topic",
+    "device_column",
+    "score",
+    "warning_at",
+    "alarm_at",
+    "clear_below",
+    "raise_after",
+    "clear_after",
+    "cooldown",
+    "severity",
+    "detector",
+    "features",
+    "warmup",
+    "horizon",
+    "false_alerts",
+    "season",
+];
 
 /// One `CREATE TABLE`, as each role's checks read it.
 pub(crate) struct Table<'a> {
