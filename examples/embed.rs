@@ -21,6 +21,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Result rows of a sink without a lifecycle.
                 Output::Alert { topic, alert } => println!("{topic}: {:?}", alert.score),
                 Output::DeadLetter { topic, letter } => println!("{topic}: {}", letter.reason),
+                // Output may gain kinds in later versions.
+                _ => {}
             }
         }
     });

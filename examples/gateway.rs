@@ -40,6 +40,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Output::DeadLetter { topic, letter } => {
                     println!("{topic}: {} ({})", letter.reason, letter.detail)
                 }
+                // Output may gain kinds in later versions.
+                _ => {}
             }
         }
     });

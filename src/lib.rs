@@ -18,10 +18,16 @@ pub use forewarn_engine::{
     verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
     Delivery, DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Envelope, Model,
     ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle, Reason, ResumePoint,
-    SinkInfo, SourceInfo, TransitionMessage,
+    SinkInfo, SourceInfo, StreamError, TopicTemplate, TransitionMessage,
 };
 pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
+/// Model parameters, for [`ModelKind`] and [`Model::train`].
+pub use forewarn_scorer::{
+    GmmParams, KmeansParams, KnnParams, OcsvmParams, PcaParams, PcaStatistic, RobustParams,
+};
 pub use forewarn_sql::{QuerySet, SqlError};
+/// The ndarray version [`Model::train`] takes its data in, so no caller pins it by hand.
+pub use ndarray;
 
 /// The connector boundary: typed `WITH` options of each connector, the registry.
 pub use forewarn_connect as connect;

@@ -43,6 +43,7 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
                 Output::DeadLetter { letter, .. } => {
                     panic!("the simulator's output was rejected: {letter:?}")
                 }
+                other => panic!("an output of a kind this test does not know: {other:?}"),
             }
         }
         (events, messages, states, first_why)

@@ -26,6 +26,7 @@
 //!             Output::State { state, .. } => println!("{} {:?}", state.device, state.state),
 //!             Output::Alert { alert, .. } => println!("{} {:?}", alert.device, alert.score),
 //!             Output::DeadLetter { letter, .. } => println!("refused: {}", letter.reason),
+//!             _ => {} // Output may gain kinds in later versions
 //!         }
 //!     }
 //! });
@@ -61,9 +62,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 pub use envelope::{Ack, Delivery, Envelope, ResumePoint};
 pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage};
 pub use forewarn_core::{Reason, UnknownReason};
-use forewarn_formats::{JsonDecoder, TopicTemplate};
+use forewarn_formats::JsonDecoder;
+/// Types public signatures name: a source's topic template, a window operator's error.
+pub use forewarn_formats::TopicTemplate;
 pub use forewarn_scorer::{Model, ModelRegistry};
 use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
+pub use forewarn_stream::StreamError;
 use serde::{Deserialize, Serialize};
 pub use settings::{CheckpointSettings, EngineSettings};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,9 +176,10 @@ impl Default for EngineConfig {
     }
 }
 
-/// Something the pipeline publishes.
+/// Something the pipeline publishes. New kinds may be added: match with a `_` arm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "output", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Output {
     /// An alert from a query, for the sink topic.
     Alert {
