@@ -71,6 +71,19 @@ impl OpenPane {
     }
 }
 
+/// Where each column of the partial half's leaf comes from in a pane batch.
+pub(crate) fn leaf_projection(q: &CompiledQuery) -> Vec<usize> {
+    q.leaf_schema
+        .fields()
+        .iter()
+        .map(|f| {
+            q.pane_schema
+                .index_of(f.name())
+                .expect("leaf columns come from the pane schema")
+        })
+        .collect()
+}
+
 /// The partial half's input for `rows` (source columns): the leaf's columns, picked by
 /// `leaf_projection` (each leaf column's index in the pane schema), with the window
 /// columns set to the pane (or, for sessions, to each row's session id).
@@ -209,12 +222,7 @@ mod tests {
     #[tokio::test]
     async fn leaf_batches_carry_the_pane_bounds_or_the_session_ids() {
         let f = fixture("tumble(interval '10 seconds')", "", "").await;
-        let projection: Vec<usize> =
-            f.q.leaf_schema
-                .fields()
-                .iter()
-                .map(|c| f.q.pane_schema.index_of(c.name()).unwrap())
-                .collect();
+        let projection = leaf_projection(&f.q);
         let rows = f.rows(&[("a", 1, 1.0), ("b", 2, 2.0)]);
         let column = |b: &RecordBatch, name: &str| -> Vec<Millis> {
             b.column(b.schema().index_of(name).unwrap())
@@ -234,12 +242,7 @@ mod tests {
     #[tokio::test]
     async fn a_pane_aggregate_keeps_one_state_row_per_group_and_the_final_half_adds_them_up() {
         let f = fixture("tumble(interval '10 seconds')", "", "").await;
-        let projection: Vec<usize> =
-            f.q.leaf_schema
-                .fields()
-                .iter()
-                .map(|c| f.q.pane_schema.index_of(c.name()).unwrap())
-                .collect();
+        let projection = leaf_projection(&f.q);
         let pane = OpenPane::start(&f.q).unwrap();
         for rows in [
             &[("a", 1, 1.0), ("b", 2, 2.0)][..],

@@ -77,16 +77,7 @@ impl WindowOperator {
         let ts_index = source_schema
             .index_of(&q.event_time)
             .expect("event-time column is declared");
-        let leaf_projection = q
-            .leaf_schema
-            .fields()
-            .iter()
-            .map(|f| {
-                q.pane_schema
-                    .index_of(f.name())
-                    .expect("leaf columns come from the pane schema")
-            })
-            .collect();
+        let leaf_projection = crate::exec::leaf_projection(&q);
         let wm_key_index = q.watermark_key.as_ref().map(|k| {
             source_schema
                 .index_of(k)
