@@ -25,7 +25,7 @@ pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, Trai
 pub use forewarn_scorer::{
     GmmParams, KmeansParams, KnnParams, OcsvmParams, PcaParams, PcaStatistic, RobustParams,
 };
-pub use forewarn_sql::{QuerySet, SqlError};
+pub use forewarn_sql::{QuerySet, SqlError, SqlErrorKind};
 /// The ndarray version [`Model::train`] takes its data in, so no caller pins it by hand.
 pub use ndarray;
 

@@ -1,7 +1,7 @@
 //! `forewarn check`'s messages: a table of wrong query files and the exact error each
 //! produces, with its line and column.
 
-use forewarn::Pipeline;
+use forewarn::{Pipeline, SqlErrorKind};
 
 const GOOD: &str = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE,
   WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
@@ -267,4 +267,126 @@ INSERT INTO out",
         format!("{d}:1:8: error: file table 'assets' ({q}:5): header column 2 is 'rated_v', but the table declares 'kind' there (columns are read by position; declared: device, kind, rated_v)\n    1 | device,rated_v,kind\n      |        ^^^^^^^")
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// (what to replace in GOOD, replacement, the error's kind): a program reacts to the
+/// kind without reading the message.
+const KINDS: &[(&str, &str, SqlErrorKind)] = &[
+    ("FROM r GROUP", "FROM r GROUP GROUP", SqlErrorKind::Syntax),
+    (
+        "FROM r GROUP",
+        "FROM nope GROUP",
+        SqlErrorKind::UnknownTable,
+    ),
+    (
+        "INSERT INTO out",
+        "INSERT INTO outt",
+        SqlErrorKind::UnknownTable,
+    ),
+    ("avg(v) AS v", "avg(vv) AS v", SqlErrorKind::UnknownColumn),
+    (
+        "topic = 'o/{device}'",
+        "topic = 'o/{site}/{device}'",
+        SqlErrorKind::UnknownColumn,
+    ),
+    (
+        "avg(v) AS v",
+        "kurtosys(v) AS v",
+        SqlErrorKind::UnknownFunction,
+    ),
+    (
+        "avg(v) AS v",
+        "anomaly_score('nope', avg(v)) AS v",
+        SqlErrorKind::UnknownModel,
+    ),
+    (
+        "connector = 'mqtt', topic = 'w/+'",
+        "connector = 'kafka', topic = 'w/+'",
+        SqlErrorKind::UnknownConnector,
+    ),
+    (
+        "topic_template = 'w/{device}'",
+        "topic_template = 'w/{device}', retries = '3'",
+        SqlErrorKind::UnknownOption,
+    ),
+    (
+        "topic = 'o/{device}'",
+        "topic = 'o/{device}', url = 'http://cmms/hook'",
+        SqlErrorKind::UnknownOption,
+    ),
+    (
+        "connector = 'mqtt', topic = 'w/+'",
+        "connector = 'nats', topic = 'w/+'",
+        SqlErrorKind::Option,
+    ),
+    (
+        "topic = 'o/{device}'",
+        "topic = 'o/{device}', warning_at = '1', score = 'v', raise_after = '0'",
+        SqlErrorKind::Option,
+    ),
+    ("v DOUBLE,", "v DOUBLE, w BLOB,", SqlErrorKind::Type),
+    ("avg(v) AS v", "avg(device) AS v", SqlErrorKind::Type),
+    (
+        "topic = 'o/{device}'",
+        "topic = 'o/{device}', warning_at = '1', score = 'device'",
+        SqlErrorKind::Type,
+    ),
+    (
+        "avg(v) AS v",
+        "avg(v) AS v, device",
+        SqlErrorKind::Duplicate,
+    ),
+    (
+        "topic = 'o/{device}'",
+        "topic = 'o/{device}', topic = 'x'",
+        SqlErrorKind::Duplicate,
+    ),
+    (
+        "tumble(interval '10 seconds')",
+        "tumble(interval '10 parsecs')",
+        SqlErrorKind::Window,
+    ),
+    (
+        "tumble(interval '10 seconds')",
+        "sliding(interval '10 seconds')",
+        SqlErrorKind::Window,
+    ),
+    (
+        "WATERMARK FOR ts AS ts - INTERVAL '2' SECOND",
+        "WATERMARK FOR ts AS ts + INTERVAL '2' SECOND",
+        SqlErrorKind::Window,
+    ),
+    (
+        "FROM r GROUP",
+        "FROM r JOIN r ON r.device = r.device GROUP",
+        SqlErrorKind::Unsupported,
+    ),
+    (
+        "INSERT INTO out",
+        "COPY r TO '/tmp/x.csv';\nINSERT INTO out",
+        SqlErrorKind::Unsupported,
+    ),
+    (
+        "avg(v) AS v",
+        "avg(v) AS a, v + 1 AS b",
+        SqlErrorKind::Invalid,
+    ),
+];
+
+#[tokio::test]
+async fn each_wrong_query_has_its_kind() {
+    let mut failures = Vec::new();
+    for (from, to, want) in KINDS {
+        assert!(GOOD.contains(from), "case does not apply: {from}");
+        let text = GOOD.replacen(from, to, 1);
+        match Pipeline::builder().query_sql("q.sql", &text).build().await {
+            Err(forewarn::EngineError::Sql(e)) if e.kind == *want => {}
+            Err(forewarn::EngineError::Sql(e)) => {
+                failures.push(format!("{to}\n   got: {} ({e})\n  want: {want}", e.kind))
+            }
+            Err(e) => failures.push(format!("{to}\n  not a query error: {e}")),
+            Ok(_) => failures.push(format!("{to}\n  accepted")),
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }

@@ -16,6 +16,7 @@ use forewarn_core::{Millis, WatermarkSpec, WindowSpec};
 use crate::error::err;
 use crate::watermark::extract_watermarks;
 use crate::SqlError;
+use crate::SqlErrorKind;
 
 /// Allowed skew of per-key watermarks when `max_skew` is not given.
 pub const DEFAULT_MAX_SKEW: Millis = 5 * 60_000;
@@ -190,7 +191,7 @@ impl QuerySet {
                             text,
                             loc,
                             format!("'{what}' is not allowed in a query file: declare tables WITH (connector = 'mqtt' | 'file', ...)"),
-                        ));
+                        ).with_kind(SqlErrorKind::Unsupported));
                     }
                     if self.sources.contains_key(&name)
                         || self.sinks.contains_key(&name)
@@ -201,7 +202,8 @@ impl QuerySet {
                             text,
                             loc,
                             format!("table '{name}' is declared twice"),
-                        ));
+                        )
+                        .with_kind(SqlErrorKind::Duplicate));
                     }
                     let wm = watermarks
                         .iter()
@@ -231,7 +233,7 @@ impl QuerySet {
                         text,
                         loc,
                         format!("'{word}' is not allowed in a query file: only CREATE TABLE (sources and sinks) and INSERT INTO sink SELECT ... are"),
-                    ));
+                    ).with_kind(SqlErrorKind::Unsupported));
                 }
             }
         }

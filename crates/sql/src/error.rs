@@ -4,9 +4,77 @@ use std::fmt;
 
 use datafusion::sql::sqlparser::tokenizer::Location;
 
-/// A problem in a query file, with its position and the offending line underlined.
+/// What kind of problem a [`SqlError`] is, for programs that react to it (an editor
+/// marking an unknown column, a gateway refusing a model it lacks) without reading
+/// the message. New kinds may be added: match with a `_` arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SqlErrorKind {
+    /// The text is not SQL the parser reads, or a `WITH (...)` list is malformed.
+    Syntax,
+    /// A table the query names is not declared (or is the wrong kind of table).
+    UnknownTable,
+    /// A column the query, a topic or an option names does not exist.
+    UnknownColumn,
+    /// A function (or window function) that does not exist.
+    UnknownFunction,
+    /// A model the query scores with is not loaded.
+    UnknownModel,
+    /// `connector = '...'` names a connector this build does not know.
+    UnknownConnector,
+    /// A `WITH` option no connector takes in that role, or another connector's option.
+    UnknownOption,
+    /// A `WITH` option is missing, or its value is wrong or contradicts another.
+    Option,
+    /// A column or an expression has a type that does not fit (a device id that is a
+    /// number, a score that is text, a function called with the wrong arguments).
+    Type,
+    /// Something declared twice (a table, an option, an output column).
+    Duplicate,
+    /// A window or watermark that is missing or malformed.
+    Window,
+    /// Valid SQL that Forewarn does not run (stream-stream joins, subqueries, UNION, ...).
+    Unsupported,
+    /// A file table's data does not match its declaration.
+    Data,
+    /// Any other semantic problem (the message says which).
+    Invalid,
+}
+
+impl SqlErrorKind {
+    /// A stable snake_case name (`unknown_column`), for logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlErrorKind::Syntax => "syntax",
+            SqlErrorKind::UnknownTable => "unknown_table",
+            SqlErrorKind::UnknownColumn => "unknown_column",
+            SqlErrorKind::UnknownFunction => "unknown_function",
+            SqlErrorKind::UnknownModel => "unknown_model",
+            SqlErrorKind::UnknownConnector => "unknown_connector",
+            SqlErrorKind::UnknownOption => "unknown_option",
+            SqlErrorKind::Option => "option",
+            SqlErrorKind::Type => "type",
+            SqlErrorKind::Duplicate => "duplicate",
+            SqlErrorKind::Window => "window",
+            SqlErrorKind::Unsupported => "unsupported",
+            SqlErrorKind::Data => "data",
+            SqlErrorKind::Invalid => "invalid",
+        }
+    }
+}
+
+impl fmt::Display for SqlErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A problem in a query file, with its kind, its position and the offending line
+/// underlined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlError {
+    /// What kind of problem it is.
+    pub kind: SqlErrorKind,
     /// File name as given by the caller.
     pub file: String,
     /// 1-based line (0 when unknown).
@@ -47,6 +115,7 @@ impl SqlError {
             .map(|(f, l)| (f.to_string(), l.parse().unwrap_or(0)))
             .unwrap_or((origin.to_string(), 0));
         SqlError {
+            kind: SqlErrorKind::Data,
             file,
             line,
             column: if line > 0 { 1 } else { 0 },
@@ -79,12 +148,19 @@ impl SqlError {
                 )
             });
         SqlError {
+            kind: SqlErrorKind::Invalid,
             file: file.to_string(),
             line,
             column,
             message: message.into(),
             snippet,
         }
+    }
+
+    /// The same error, of kind `kind`.
+    pub fn with_kind(mut self, kind: SqlErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// An error from sqlparser, whose message ends in "at Line: L, Column: C".
@@ -99,7 +175,7 @@ impl SqlError {
             Some(i) => msg[..i].to_string(),
             None => msg,
         };
-        SqlError::at(file, text, line, col, 1, clean)
+        SqlError::at(file, text, line, col, 1, clean).with_kind(SqlErrorKind::Syntax)
     }
 }
 

@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use crate::SqlErrorKind;
 use crate::{QueryDecl, QuerySet, SinkDecl, SqlError, WINDOW_END, WINDOW_START};
 
 /// Name of the sink the feature query writes to.
@@ -71,7 +72,8 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                     0,
                     1,
                     format!("feature {} of model '{model}' repeats '{name}'", i + 1),
-                ));
+                )
+                .with_kind(SqlErrorKind::Duplicate));
             }
             projection.push(SelectItem::ExprWithAlias {
                 expr: a.clone(),
@@ -164,6 +166,7 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
         .map(|q| q.file.clone())
         .unwrap_or_default();
     Err(SqlError {
+        kind: crate::SqlErrorKind::UnknownModel,
         file,
         line: 0,
         column: 0,

@@ -11,6 +11,7 @@ use forewarn_formats::TopicTemplate;
 
 use crate::error::err;
 use crate::window::{parse_window, window_call};
+use crate::SqlErrorKind;
 use crate::{QueryDecl, QuerySet, SqlError, WINDOW_END, WINDOW_START};
 
 /// A table a query reads: its name, its alias if any, and where it is named.
@@ -38,12 +39,10 @@ impl QuerySet {
             } else {
                 " (declare it first with CREATE TABLE ... WITH (connector = 'mqtt', topic = '...'))"
             };
-            return Err(err(
-                file,
-                text,
-                at,
-                format!("unknown sink table '{sink}'{hint}"),
-            ));
+            return Err(
+                err(file, text, at, format!("unknown sink table '{sink}'{hint}"))
+                    .with_kind(SqlErrorKind::UnknownTable),
+            );
         }
         let mut query = ins
             .source
@@ -54,7 +53,8 @@ impl QuerySet {
                 text,
                 at,
                 "the query must be a single SELECT (UNION and VALUES are not supported)",
-            ));
+            )
+            .with_kind(SqlErrorKind::Unsupported));
         };
         let (tables, references) = self.tables_read(file, text, select)?;
         let source = tables[0].0.clone();
@@ -78,7 +78,7 @@ impl QuerySet {
                 _ => continue,
             };
             if let Some((_, _, span)) = window_call(e) {
-                return Err(err(file, text, span.start, "select window bounds as window_start and window_end, not with the window function"));
+                return Err(err(file, text, span.start, "select window bounds as window_start and window_end, not with the window function").with_kind(SqlErrorKind::Window));
             }
         }
         Ok(QueryDecl {
@@ -110,7 +110,7 @@ impl QuerySet {
                 text,
                 select.select_token.0.span.start,
                 "a windowed query reads exactly one source table; join reference tables with JOIN ... ON",
-            ));
+            ).with_kind(SqlErrorKind::Unsupported));
         }
         // The stream is the FROM table; everything joined to it must be a file table.
         let mut tables: Vec<TableRead> = Vec::new();
@@ -128,7 +128,8 @@ impl QuerySet {
                         text,
                         other.span().start,
                         "FROM and JOIN must name tables (subqueries are not supported)",
-                    ))
+                    )
+                    .with_kind(SqlErrorKind::Unsupported))
                 }
             }
         }
@@ -144,12 +145,13 @@ impl QuerySet {
                 text,
                 src_loc,
                 format!("unknown source table '{source}'{hint}"),
-            ));
+            )
+            .with_kind(SqlErrorKind::UnknownTable));
         }
         let mut references = Vec::new();
         for (t, _, loc) in &tables[1..] {
             if self.sources.contains_key(t) {
-                return Err(err(file, text, *loc, format!("'{t}' is a stream: joining two streams is not supported, only file tables (connector = 'file')")));
+                return Err(err(file, text, *loc, format!("'{t}' is a stream: joining two streams is not supported, only file tables (connector = 'file')")).with_kind(SqlErrorKind::Unsupported));
             }
             if !self.references.contains_key(t) {
                 return Err(err(
@@ -157,7 +159,7 @@ impl QuerySet {
                     text,
                     *loc,
                     format!("unknown table '{t}' (declare it with CREATE TABLE ... WITH (connector = 'file', path = '...csv'))"),
-                ));
+                ).with_kind(SqlErrorKind::UnknownTable));
             }
             references.push(t.clone());
         }
@@ -197,7 +199,7 @@ impl QuerySet {
                             text,
                             k.span().start,
                             format!("session windows are keyed by columns of the source '{source}'; '{k}' is not one"),
-                        ))
+                        ).with_kind(SqlErrorKind::UnknownColumn))
                     }
                 }
             }
@@ -269,7 +271,8 @@ fn lift_window(
             text,
             at,
             "GROUP BY ALL is not supported; name a window and keys",
-        ));
+        )
+        .with_kind(SqlErrorKind::Unsupported));
     };
     let mut window = None;
     let mut rewritten = Vec::new();
@@ -283,7 +286,8 @@ fn lift_window(
                         text,
                         span.start,
                         "only one window function is allowed in GROUP BY",
-                    ));
+                    )
+                    .with_kind(SqlErrorKind::Window));
                 }
                 window = Some(parse_window(file, text, &fname, &args, span)?);
                 rewritten.push(Expr::Identifier(Ident::new(WINDOW_START)));
@@ -303,6 +307,7 @@ fn lift_window(
             select.select_token.0.span.start,
             "a streaming query needs a window: GROUP BY tumble(interval '10 seconds'), <keys>",
         )
+        .with_kind(SqlErrorKind::Window)
     })?;
     Ok((window, keys))
 }
@@ -402,7 +407,8 @@ fn check_columns(
         id.span.start.column,
         id.value.chars().count(),
         format!("unknown column '{}' {what}{nearest}", id.value),
-    ))
+    )
+    .with_kind(SqlErrorKind::UnknownColumn))
 }
 
 #[cfg(test)]

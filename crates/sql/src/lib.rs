@@ -31,7 +31,7 @@ pub use decl::{
     WINDOW_END, WINDOW_START,
 };
 pub use detector::{OnlineBinding, OnlineDecl, OnlineKind, Span};
-pub use error::SqlError;
+pub use error::{SqlError, SqlErrorKind};
 pub use features::{feature_query, scored_models, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};
 pub use plan::{

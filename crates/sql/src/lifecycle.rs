@@ -7,6 +7,7 @@ use forewarn_core::parse_interval;
 use crate::error::err;
 use crate::table::{OptionMap, SINK_OPTIONS};
 use crate::SqlError;
+use crate::SqlErrorKind;
 
 /// The lifecycle part of [`SINK_OPTIONS`]: what comes after where a sink publishes.
 const LIFECYCLE_OPTIONS: &[&str] = SINK_OPTIONS.split_at(4).1;
@@ -32,7 +33,8 @@ pub(crate) fn lifecycle_options(
                 text,
                 map[*k].1,
                 format!("'{k}' belongs to an alert lifecycle: add warning_at = '<score>'"),
-            ));
+            )
+            .with_kind(SqlErrorKind::Option));
         }
         return Ok(None);
     }
@@ -45,7 +47,10 @@ pub(crate) fn lifecycle_options(
                 .ok()
                 .filter(|x| x.is_finite())
                 .map(Some)
-                .ok_or_else(|| err(file, text, *at, format!("{k} must be a number, got '{v}'"))),
+                .ok_or_else(|| {
+                    err(file, text, *at, format!("{k} must be a number, got '{v}'"))
+                        .with_kind(SqlErrorKind::Option)
+                }),
         }
     };
     let count = |k: &str, default: u32| -> Result<u32, SqlError> {
@@ -63,6 +68,7 @@ pub(crate) fn lifecycle_options(
                         *at,
                         format!("{k} must be a whole number of windows, at least 1, got '{v}'"),
                     )
+                    .with_kind(SqlErrorKind::Option)
                 }),
         }
     };
@@ -75,7 +81,8 @@ pub(crate) fn lifecycle_options(
             text,
             map["score"].1,
             "the online detector computes each window's score itself: leave out score = '...'",
-        ));
+        )
+        .with_kind(SqlErrorKind::Option));
     }
     if clear_below > warning_at {
         return Err(err(
@@ -83,7 +90,8 @@ pub(crate) fn lifecycle_options(
             text,
             map["clear_below"].1,
             format!("clear_below ({clear_below}) must not exceed warning_at ({warning_at})"),
-        ));
+        )
+        .with_kind(SqlErrorKind::Option));
     }
     if let Some(a) = alarm_at.filter(|a| *a < warning_at) {
         return Err(err(
@@ -91,14 +99,20 @@ pub(crate) fn lifecycle_options(
             text,
             map["alarm_at"].1,
             format!("alarm_at ({a}) must not be below warning_at ({warning_at})"),
-        ));
+        )
+        .with_kind(SqlErrorKind::Option));
     }
     let cooldown = match map.get("cooldown") {
         None => 0,
         Some((v, at)) => match parse_interval(v, None) {
             Ok(ms) if ms >= 0 => ms,
-            Ok(_) => return Err(err(file, text, *at, "cooldown cannot be negative")),
-            Err(e) => return Err(err(file, text, *at, e.to_string())),
+            Ok(_) => {
+                return Err(err(file, text, *at, "cooldown cannot be negative")
+                    .with_kind(SqlErrorKind::Option))
+            }
+            Err(e) => {
+                return Err(err(file, text, *at, e.to_string()).with_kind(SqlErrorKind::Option))
+            }
         },
     };
     Ok(Some(LifecycleSpec {

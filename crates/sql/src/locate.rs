@@ -13,6 +13,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
 use crate::error::did_you_mean;
+use crate::SqlErrorKind;
 
 /// Functions whose first argument names a model.
 const MODEL_FUNCTIONS: [&str; 4] = [
@@ -38,6 +39,26 @@ pub(crate) struct Located {
     pub column: u64,
     pub width: usize,
     pub message: String,
+}
+
+/// The kind of a planning error, from DataFusion's (or a model function's) `message`:
+/// the same message shapes [`locate`] rewords.
+pub(crate) fn planning_kind(message: &str) -> SqlErrorKind {
+    if message.contains("Invalid function '") {
+        SqlErrorKind::UnknownFunction
+    } else if message.contains("No field named") {
+        SqlErrorKind::UnknownColumn
+    } else if message.contains("unknown model '") {
+        SqlErrorKind::UnknownModel
+    } else if message.contains("failed to match any signature") || message.contains("model '") {
+        SqlErrorKind::Type
+    } else if message.starts_with("Projections require unique expression names") {
+        SqlErrorKind::Duplicate
+    } else if message.contains("table '") && message.contains("not found") {
+        SqlErrorKind::UnknownTable
+    } else {
+        SqlErrorKind::Invalid
+    }
 }
 
 /// Locates the planning error `message` in the query that starts at `line` of `text`.

@@ -163,11 +163,13 @@ pub async fn compile(
                 .collect(),
             aggregates: state.aggregate_functions().keys().cloned().collect(),
         };
+        let kind = crate::locate::planning_kind(&m);
         match locate(text, q.line, &m, &functions) {
             Ok(l) => SqlError::at(&q.file, text, l.line, l.column, l.width, l.message),
             // Nothing to point at: the query's INSERT.
             Err(m) => SqlError::at(&q.file, text, q.line, 1, 6, m),
         }
+        .with_kind(kind)
     };
     let mut fields: Vec<Field> = src
         .schema

@@ -15,6 +15,7 @@ use datafusion::catalog::MemTable;
 use datafusion::execution::context::SessionContext;
 
 use crate::table::sql_type;
+use crate::SqlErrorKind;
 use crate::{ReferenceDecl, SqlError};
 
 /// Loads a file table (CSV with a header) and registers it in `ctx`.
@@ -42,6 +43,7 @@ pub fn register_reference(ctx: &SessionContext, r: &ReferenceDecl) -> Result<(),
             cell.width,
             format!("file table '{}' ({}): {message}", r.name, r.origin),
         )
+        .with_kind(SqlErrorKind::Data)
     };
     let declared: Vec<&str> = r
         .schema

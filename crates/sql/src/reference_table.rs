@@ -8,6 +8,7 @@ use forewarn_connect::{Connector, Options, TableContext};
 
 use crate::error::err;
 use crate::table::{map_type, Table};
+use crate::SqlErrorKind;
 use crate::{QuerySet, ReferenceDecl, SqlError};
 
 impl QuerySet {
@@ -59,7 +60,7 @@ impl QuerySet {
         let mut fields = Vec::new();
         for c in columns {
             let dt = map_type(&c.data_type).ok_or_else(|| {
-                err(file, text, c.name.span.start, format!("column '{}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.name.value, c.data_type))
+                err(file, text, c.name.span.start, format!("column '{}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.name.value, c.data_type)).with_kind(SqlErrorKind::Type)
             })?;
             fields.push(Field::new(&c.name.value, dt, true));
         }

@@ -6,6 +6,7 @@ use forewarn_formats::TopicTemplate;
 
 use crate::error::did_you_mean;
 use crate::table::sql_type;
+use crate::SqlErrorKind;
 use crate::{CompiledQuery, OnlineBinding, OnlineDecl, SinkDecl, SqlError};
 use forewarn_alerts::LifecycleSpec;
 
@@ -31,7 +32,9 @@ pub fn bind_sink(
         .collect();
     let err = |option: &str, message: String| {
         let (line, column) = sink.option_at.get(option).copied().unwrap_or((0, 0));
+        // Every problem here is one of the sink's options (or the topic it renders).
         SqlError::at(&sink.file, text, line, column, option.len(), message)
+            .with_kind(SqlErrorKind::Option)
     };
     let listed = format!("(its columns: {})", columns.join(", "));
     let unknown = |option: &str, name: &str| {
@@ -43,6 +46,7 @@ pub fn bind_sink(
                 did_you_mean(name, &columns)
             ),
         )
+        .with_kind(SqlErrorKind::UnknownColumn)
     };
     let selects = |name: &str| columns.contains(&name);
     let topic = TopicTemplate::parse(&sink.topic).map_err(|e| err("topic", e.to_string()))?;
@@ -54,7 +58,8 @@ pub fn bind_sink(
                 "topic captures '{{{c}}}', but query '{}' selects no column '{c}' {listed}",
                 query.name
             ),
-        ));
+        )
+        .with_kind(SqlErrorKind::UnknownColumn));
     }
     let device = match &sink.device_column {
         Some(d) if selects(d) => d.clone(),
@@ -98,7 +103,7 @@ pub fn bind_sink(
                     query.name,
                     sql_type(f.data_type())
                 ),
-            ));
+            ).with_kind(SqlErrorKind::Type));
         }
     }
     if let Some(spec) = &sink.lifecycle {
@@ -166,7 +171,7 @@ pub fn bind_sink(
                         "the lifecycle reads each window's score from column '{score}', which query '{}' does not select {listed}: select it (... AS {score}) or add score = '<column>'",
                         query.name
                     ),
-                )
+                ).with_kind(SqlErrorKind::UnknownColumn)
             });
         };
         if !field.data_type().is_numeric() {
@@ -182,7 +187,9 @@ pub fn bind_sink(
                     query.name,
                     sql_type(field.data_type())
                 ),
-            ));
+            )
+            .with_kind(SqlErrorKind::Type)
+            .with_kind(SqlErrorKind::Type));
         }
         // A rate can only be turned into a threshold on a score that is a probability.
         let surprise = field
@@ -269,7 +276,7 @@ fn bind_online(
                 "the online detector writes each window's score as '{score}', but query '{}' selects a column '{score}' too: rename it",
                 query.name
             ),
-        ));
+        ).with_kind(SqlErrorKind::Duplicate));
     }
     let features = match &decl.features {
         Some(names) => {
@@ -285,7 +292,8 @@ fn bind_online(
                             query.name,
                             sql_type(f.data_type())
                         ),
-                    ));
+                    )
+                    .with_kind(SqlErrorKind::Type));
                 }
             }
             names.clone()

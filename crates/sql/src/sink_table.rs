@@ -6,6 +6,7 @@ use forewarn_connect::ConnectorConfig;
 use crate::error::err;
 use crate::lifecycle::lifecycle_options;
 use crate::table::{topic_template, Table};
+use crate::SqlErrorKind;
 use crate::{QuerySet, SinkDecl, SqlError};
 
 impl QuerySet {
@@ -42,7 +43,7 @@ impl QuerySet {
                     text,
                     map["topic"].1,
                     format!("a sink publishes on topic '{}': it cannot contain the wildcards '+' or '#' (use {{column}} levels)", t.as_str()),
-                ));
+                ).with_kind(SqlErrorKind::Option));
             }
         }
         let values = map

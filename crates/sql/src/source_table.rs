@@ -9,6 +9,7 @@ use forewarn_core::{parse_interval, Millis, WatermarkSpec};
 
 use crate::error::err;
 use crate::table::{map_type, topic_template, Table};
+use crate::SqlErrorKind;
 use crate::{
     QuerySet, SourceDecl, SqlError, ARRIVAL_TIME, DEFAULT_MAX_SKEW, WINDOW_END, WINDOW_START,
 };
@@ -35,12 +36,10 @@ impl QuerySet {
         let template = get("topic_template");
         // The broker would refuse the subscription, and the source would stay empty.
         if let Some(why) = forewarn_formats::filter_problem(&topic) {
-            return Err(err(
-                file,
-                text,
-                map["topic"].1,
-                format!("topic '{topic}' {why}"),
-            ));
+            return Err(
+                err(file, text, map["topic"].1, format!("topic '{topic}' {why}"))
+                    .with_kind(SqlErrorKind::Option),
+            );
         }
         let captures: Vec<String> = match topic_template(file, text, map, "topic_template")? {
             Some(t) => {
@@ -52,7 +51,8 @@ impl QuerySet {
                         text,
                         map["topic_template"].1,
                         format!("topic_template '{}' {why}", t.as_str()),
-                    ));
+                    )
+                    .with_kind(SqlErrorKind::Option));
                 }
                 t.captures().map(str::to_string).collect()
             }
@@ -66,8 +66,11 @@ impl QuerySet {
                 None => Ok(None),
                 Some((v, at)) => match parse_interval(v, None) {
                     Ok(ms) if ms > 0 => Ok(Some(ms)),
-                    Ok(_) => Err(err(file, text, *at, format!("{k} must be positive"))),
-                    Err(e) => Err(err(file, text, *at, e.to_string())),
+                    Ok(_) => Err(err(file, text, *at, format!("{k} must be positive"))
+                        .with_kind(SqlErrorKind::Option)),
+                    Err(e) => {
+                        Err(err(file, text, *at, e.to_string()).with_kind(SqlErrorKind::Option))
+                    }
                 },
             }
         };
@@ -83,7 +86,8 @@ impl QuerySet {
                     text,
                     at,
                     format!("watermark_key names column '{k}', which '{name}' does not declare"),
-                ));
+                )
+                .with_kind(SqlErrorKind::UnknownColumn));
             }
         }
         if max_skew.is_some() && watermark_key.is_none() {
@@ -93,7 +97,8 @@ impl QuerySet {
                 text,
                 at,
                 "max_skew applies to per-key watermarks: add watermark_key = '<column>'",
-            ));
+            )
+            .with_kind(SqlErrorKind::Option));
         }
         if processing_time && watermark_key.is_some() {
             let at = map["watermark_key"].1;
@@ -102,7 +107,8 @@ impl QuerySet {
                 text,
                 at,
                 "watermark_key needs event time: add WATERMARK FOR <column> AS ...",
-            ));
+            )
+            .with_kind(SqlErrorKind::Window));
         }
         let (event_time, delay) = match wm {
             Some(w) => (w.column.clone(), w.delay),
@@ -158,10 +164,11 @@ fn source_fields(t: &Table, captures: &[String]) -> Result<Vec<Field>, SqlError>
                 text,
                 c.name.span.start,
                 format!("'{cname}' is reserved for the window bounds"),
-            ));
+            )
+            .with_kind(SqlErrorKind::Invalid));
         }
         let dt = map_type(&c.data_type).ok_or_else(|| {
-            err(file, text, c.name.span.start, format!("column '{cname}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.data_type))
+            err(file, text, c.name.span.start, format!("column '{cname}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.data_type)).with_kind(SqlErrorKind::Type)
         })?;
         let not_null = c
             .options
@@ -192,7 +199,8 @@ fn source_fields(t: &Table, captures: &[String]) -> Result<Vec<Field>, SqlError>
                 text,
                 wm.loc,
                 format!("WATERMARK FOR column '{}' must be a TIMESTAMP", wm.column),
-            ));
+            )
+            .with_kind(SqlErrorKind::Type));
         }
     } else {
         // Processing time: the engine stamps each reading with its arrival.
@@ -209,7 +217,8 @@ fn source_fields(t: &Table, captures: &[String]) -> Result<Vec<Field>, SqlError>
                 text,
                 at,
                 format!("topic_template captures '{{{c}}}', but '{name}' has no column '{c}'"),
-            ));
+            )
+            .with_kind(SqlErrorKind::UnknownColumn));
         }
     }
     Ok(fields)

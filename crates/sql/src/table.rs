@@ -13,6 +13,7 @@ use forewarn_formats::TopicTemplate;
 
 use crate::error::err;
 use crate::watermark::WatermarkClause;
+use crate::SqlErrorKind;
 use crate::{QuerySet, SqlError};
 
 /// A table's options by lower-case key: the value, and where the key is.
@@ -85,6 +86,7 @@ impl Table<'_> {
                 .and_then(|k| self.map.get(k))
                 .map(|(_, at)| *at);
             err(self.file, self.text, at.unwrap_or(self.loc), e.message)
+                .with_kind(SqlErrorKind::Option)
         })
     }
 }
@@ -146,7 +148,8 @@ impl QuerySet {
                 text,
                 at,
                 format!("unknown format '{format}' (supported: 'json')"),
-            ));
+            )
+            .with_kind(SqlErrorKind::Option));
         }
         let topic = match get("topic") {
             Some(t) => t,
@@ -159,7 +162,8 @@ impl QuerySet {
                     text,
                     loc,
                     format!("table '{name}' needs a topic = '...' option"),
-                ))
+                )
+                .with_kind(SqlErrorKind::Option))
             }
         };
         let config = table.configure(&*connector, &context, &options)?;
@@ -189,6 +193,7 @@ impl QuerySet {
                 loc,
                 format!("table '{name}' needs WITH (connector = 'mqtt', ...)"),
             )
+            .with_kind(SqlErrorKind::Option)
         })?;
         let connector_at = map["connector"].1;
         let Some(connector) = self.connectors.get(&connector_name).cloned() else {
@@ -206,7 +211,8 @@ impl QuerySet {
                     "unknown connector '{connector_name}' (supported: {})",
                     supported.join(", ")
                 ),
-            ));
+            )
+            .with_kind(SqlErrorKind::UnknownConnector));
         };
         let role = if connector.options(Role::Table).is_ok() {
             Role::Table
@@ -234,7 +240,8 @@ impl QuerySet {
                     text,
                     *at,
                     format!("'{k}' is an option of connector = '{other}'"),
-                ));
+                )
+                .with_kind(SqlErrorKind::UnknownOption));
             }
             return Err(err(
                 file,
@@ -247,7 +254,8 @@ impl QuerySet {
                     allowed.join(", "),
                     crate::error::did_you_mean(k, &allowed)
                 ),
-            ));
+            )
+            .with_kind(SqlErrorKind::UnknownOption));
         }
         Ok((connector_name, connector, role))
     }
@@ -269,7 +277,8 @@ fn option_map(
                 text,
                 loc,
                 "table options must be written WITH (key = 'value', ...)",
-            ))
+            )
+            .with_kind(SqlErrorKind::Syntax))
         }
     };
     let mut map = BTreeMap::new();
@@ -292,7 +301,8 @@ fn option_map(
                         text,
                         key.span.start,
                         format!("option '{k}' is given twice"),
-                    ));
+                    )
+                    .with_kind(SqlErrorKind::Duplicate));
                 }
                 map.insert(k, (v, key.span.start));
             }
@@ -302,7 +312,8 @@ fn option_map(
                     text,
                     loc,
                     format!("option '{o}' must be key = 'value'"),
-                ))
+                )
+                .with_kind(SqlErrorKind::Syntax))
             }
         }
     }
@@ -321,7 +332,7 @@ pub(crate) fn topic_template(
     };
     TopicTemplate::parse(t)
         .map(Some)
-        .map_err(|e| err(file, text, *at, format!("{key}: {e}")))
+        .map_err(|e| err(file, text, *at, format!("{key}: {e}")).with_kind(SqlErrorKind::Option))
 }
 
 /// `a` or `an` before a connector's name, as it is read aloud ("an mqtt source").

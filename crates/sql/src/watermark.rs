@@ -9,6 +9,7 @@ use forewarn_core::Millis;
 use crate::error::err;
 use crate::window::interval_ms;
 use crate::SqlError;
+use crate::SqlErrorKind;
 
 /// A `WATERMARK FOR col AS expr` clause cut out of a column list before parsing.
 #[derive(Debug)]
@@ -60,7 +61,7 @@ pub(crate) fn extract_watermarks(
             continue;
         }
         let wm_loc = tokens[significant[k]].span.start;
-        let bad = |m: &str| err(file, text, wm_loc, m.to_string());
+        let bad = |m: &str| err(file, text, wm_loc, m.to_string()).with_kind(SqlErrorKind::Window);
         let col = match significant.get(k + 2).map(|&i| &tokens[i].token) {
             Some(Token::Word(w)) => w.value.clone(),
             _ => return Err(bad("expected a column name after WATERMARK FOR")),

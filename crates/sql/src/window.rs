@@ -8,6 +8,7 @@ use forewarn_core::{parse_interval, Millis, WindowSpec};
 
 use crate::error::err;
 use crate::SqlError;
+use crate::SqlErrorKind;
 
 /// `tumble(...)`/`hop(...)`/`session(...)` as a function call: name, args, span.
 pub(crate) fn window_call(e: &Expr) -> Option<(String, Vec<Expr>, Span)> {
@@ -46,38 +47,56 @@ pub(crate) fn parse_window(
                     text,
                     span.start,
                     "tumble takes one argument: tumble(interval '10 seconds')",
-                ));
+                )
+                .with_kind(SqlErrorKind::Window));
             };
-            let ms = interval_ms(arg).map_err(|m| err(file, text, arg.span().start, m))?;
-            WindowSpec::tumble(ms).map_err(|e| err(file, text, arg.span().start, e.to_string()))
+            let ms = interval_ms(arg).map_err(|m| {
+                err(file, text, arg.span().start, m).with_kind(SqlErrorKind::Window)
+            })?;
+            WindowSpec::tumble(ms).map_err(|e| {
+                err(file, text, arg.span().start, e.to_string()).with_kind(SqlErrorKind::Window)
+            })
         }
         "hop" => {
             let [slide, width] = args else {
-                return Err(err(file, text, span.start, "hop takes two arguments: hop(interval '10 seconds', interval '1 minute') (slide, then width)"));
+                return Err(err(file, text, span.start, "hop takes two arguments: hop(interval '10 seconds', interval '1 minute') (slide, then width)").with_kind(SqlErrorKind::Window));
             };
-            let s = interval_ms(slide).map_err(|m| err(file, text, slide.span().start, m))?;
-            let w = interval_ms(width).map_err(|m| err(file, text, width.span().start, m))?;
-            WindowSpec::hop(s, w).map_err(|e| err(file, text, width.span().start, e.to_string()))
+            let s = interval_ms(slide).map_err(|m| {
+                err(file, text, slide.span().start, m).with_kind(SqlErrorKind::Window)
+            })?;
+            let w = interval_ms(width).map_err(|m| {
+                err(file, text, width.span().start, m).with_kind(SqlErrorKind::Window)
+            })?;
+            WindowSpec::hop(s, w).map_err(|e| {
+                err(file, text, width.span().start, e.to_string()).with_kind(SqlErrorKind::Window)
+            })
         }
         "session" => {
             let (gap, max) = match args {
                 [gap] => (gap, None),
                 [gap, max] => (gap, Some(max)),
-                _ => return Err(err(file, text, span.start, "session takes one or two arguments: session(interval '5 minutes') or session(gap, maximum length)")),
+                _ => return Err(err(file, text, span.start, "session takes one or two arguments: session(interval '5 minutes') or session(gap, maximum length)").with_kind(SqlErrorKind::Window)),
             };
-            let g = interval_ms(gap).map_err(|m| err(file, text, gap.span().start, m))?;
+            let g = interval_ms(gap).map_err(|m| {
+                err(file, text, gap.span().start, m).with_kind(SqlErrorKind::Window)
+            })?;
             let m = match max {
-                Some(m) => Some(interval_ms(m).map_err(|e| err(file, text, m.span().start, e))?),
+                Some(m) => Some(interval_ms(m).map_err(|e| {
+                    err(file, text, m.span().start, e).with_kind(SqlErrorKind::Window)
+                })?),
                 None => None,
             };
-            WindowSpec::session(g, m).map_err(|e| err(file, text, gap.span().start, e.to_string()))
+            WindowSpec::session(g, m).map_err(|e| {
+                err(file, text, gap.span().start, e.to_string()).with_kind(SqlErrorKind::Window)
+            })
         }
         other => Err(err(
             file,
             text,
             span.start,
             format!("unknown window function '{other}' (use tumble, hop or session)"),
-        )),
+        )
+        .with_kind(SqlErrorKind::UnknownFunction)),
     }
 }
 
