@@ -360,10 +360,7 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;";
                 let mut v = Vec::new();
                 while let Some(o) = rx.recv().await {
                     if let Output::Row { row, .. } = o {
-                        v.push((
-                            row.id.clone(),
-                            serde_json::to_value(&row.columns).unwrap(),
-                        ));
+                        v.push((row.id.clone(), serde_json::to_value(&row.columns).unwrap()));
                     }
                 }
                 v

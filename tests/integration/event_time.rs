@@ -194,7 +194,10 @@ async fn a_source_without_event_time_is_timed_by_arrival() {
     };
     assert_eq!(row.columns["n"], 3);
     let start = row.window_start.as_millis();
-    assert!(start >= before - 1_000 && start <= before + 1_000, "{row:?}");
+    assert!(
+        start >= before - 1_000 && start <= before + 1_000,
+        "{row:?}"
+    );
     h.finish().await.unwrap();
 }
 

@@ -504,7 +504,12 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;";
         .unwrap();
     let (h, mut rx) = p.without_wall_clock().start();
     // d1: 1, 2, 3 in [0, 10 s); d2: 4 in [10 s, 20 s).
-    for (d, t, v) in [("d1", 0, 1), ("d1", 4_000, 2), ("d1", 9_999, 3), ("d2", 12_000, 4)] {
+    for (d, t, v) in [
+        ("d1", 0, 1),
+        ("d1", 4_000, 2),
+        ("d1", 9_999, 3),
+        ("d2", 12_000, 4),
+    ] {
         let msg = format!(r#"{{"ts": {}, "v": {v}}}"#, BASE + t);
         h.push_json(&format!("r/{d}"), msg.into_bytes())
             .await
@@ -536,7 +541,10 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;";
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     alerts.sort_by(|a, b| a.0.cmp(&b.0));
     let (topic, row, (msg_topic, payload)) = &rows[0];
-    assert_eq!((topic.as_str(), msg_topic.as_str()), ("counts/d1", "counts/d1"));
+    assert_eq!(
+        (topic.as_str(), msg_topic.as_str()),
+        ("counts/d1", "counts/d1")
+    );
     assert_eq!(row.window_start, forewarn::Timestamp::from_millis(BASE));
     assert_eq!(row.window_end.as_millis(), BASE + 10_000);
     assert_eq!(
@@ -549,7 +557,10 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;";
     assert_eq!(rows[1].1.device, "d2");
     assert_eq!(rows[1].1.columns["n"], 1);
     assert_eq!(
-        alerts.iter().map(|(t, a)| (t.as_str(), a.score)).collect::<Vec<_>>(),
+        alerts
+            .iter()
+            .map(|(t, a)| (t.as_str(), a.score))
+            .collect::<Vec<_>>(),
         [("scored/d1", Some(1.0)), ("scored/d2", Some(2.0))]
     );
     assert_eq!(alerts[0].1.features["hi"], 3.0);

@@ -396,7 +396,9 @@ mod tests {
         let mut l = Lifecycle::new("r", spec());
         l.load(saved.clone()).unwrap();
         assert_eq!(l.save(), saved, "saved again as it was");
-        let t = l.observe("d", w(2, 1.5)).expect("the second anomalous window raises");
+        let t = l
+            .observe("d", w(2, 1.5))
+            .expect("the second anomalous window raises");
         assert_eq!((t.kind, t.episode_start_ms), (Raised, 60_000));
         assert_eq!(t.windows[0].window_end, Timestamp::from_millis(120_000));
         assert_eq!(t.windows[0].features["v"], 2.0);
@@ -405,7 +407,10 @@ mod tests {
             "anomalous": [{"window_start": "t0", "window_end": "t0", "score": 1.5, "features": {}}]
         }});
         let e = Lifecycle::new("r", spec()).load(bad).unwrap_err();
-        assert!(e.to_string().contains("'t0' is not an RFC 3339 timestamp"), "{e}");
+        assert!(
+            e.to_string().contains("'t0' is not an RFC 3339 timestamp"),
+            "{e}"
+        );
     }
 
     #[test]
