@@ -52,7 +52,7 @@ async fn child(devices: usize, seconds: usize) {
     let drain = tokio::spawn(async move {
         let mut windows = 0u64;
         while let Some(o) = rx.recv().await {
-            if matches!(o, Output::Alert { .. }) {
+            if matches!(o, Output::Row { .. }) {
                 windows += 1;
             }
         }

@@ -18,8 +18,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("{topic}: {} {:?}", message.device, message.transition)
                 }
                 Output::State { topic, state } => println!("{topic}: {:?}", state.state),
-                // Result rows of a sink without a lifecycle.
+                // Result rows of a sink without a lifecycle: anomaly alerts (the query
+                // selects a score or calls a model) and plain window rows.
                 Output::Alert { topic, alert } => println!("{topic}: {:?}", alert.score),
+                Output::Row { topic, row } => println!("{topic}: {:?}", row.columns),
                 Output::DeadLetter { topic, letter } => println!("{topic}: {}", letter.reason),
                 // Output may gain kinds in later versions.
                 _ => {}

@@ -29,6 +29,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     alert.device,
                     alert.score.unwrap_or(f64::NAN)
                 ),
+                Output::Row { topic, row } => {
+                    println!(
+                        "{topic}: {} {} {:?}",
+                        row.device, row.window_end, row.columns
+                    )
+                }
                 Output::Transition { topic, message } => println!(
                     "{topic}: {} {:?} -> {:?} score {:.2}",
                     message.device,
@@ -92,8 +98,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(handle);
     printer.await?;
     println!(
-        "readings {}, windows {}, alerts {}, rejected {:?}",
-        stats.readings_in, stats.windows_closed, stats.alerts_out, stats.rejected
+        "readings {}, windows {}, transitions {}, alerts {}, rows {}, rejected {:?}",
+        stats.readings_in,
+        stats.windows_closed,
+        stats.transitions_out,
+        stats.alerts_out,
+        stats.rows_out,
+        stats.rejected
     );
     Ok(())
 }

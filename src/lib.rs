@@ -18,7 +18,7 @@ pub use forewarn_engine::{
     verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
     Delivery, DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Envelope, Model,
     ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle, Reason, ResumePoint,
-    SinkInfo, SourceInfo, StreamError, TopicTemplate, TransitionMessage,
+    SinkInfo, SourceInfo, StreamError, Timestamp, TopicTemplate, TransitionMessage, WindowRow,
 };
 pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
 /// Model parameters, for [`ModelKind`] and [`Model::train`].

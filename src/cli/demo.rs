@@ -175,11 +175,9 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let events: Vec<AlertEvent> = alerts
         .iter()
         .filter(|t| t.transition != TransitionKind::Cleared)
-        .filter_map(|t| {
-            forewarn_core::parse_rfc3339(&t.window_end).map(|ms| AlertEvent {
-                device: t.device.clone(),
-                window_end_ms: ms,
-            })
+        .map(|t| AlertEvent {
+            device: t.device.clone(),
+            window_end_ms: t.window_end.as_millis(),
         })
         .collect();
     let summary = summarize(&truth, &events);
@@ -246,7 +244,10 @@ async fn fleet_state(url: &BrokerUrl) -> anyhow::Result<()> {
 }
 
 fn print_transition(t: &TransitionMessage) {
-    let time = |s: &str| s.get(11..19).unwrap_or(s).to_string();
+    let time = |t: &forewarn_core::Timestamp| {
+        let s = t.to_string();
+        s.get(11..19).unwrap_or(&s).to_string()
+    };
     let last = t.windows.last();
     let feats: Vec<String> = last
         .map(|w| {

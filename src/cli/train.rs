@@ -424,9 +424,7 @@ async fn simulated_features(
     let collector = tokio::spawn(async move {
         let mut rows = FeatureRows::new(names);
         while let Some(o) = outputs.recv().await {
-            if matches!(o, Output::Alert { .. }) {
-                rows.push(&o);
-            }
+            rows.push(&o);
         }
         rows
     });

@@ -277,13 +277,12 @@ async fn every_corpus_case_has_its_outcome_and_good_data_flows_around_it() {
     }
     let mut have: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
     for o in &outs {
-        if let Output::Alert { alert, .. } = o {
-            let start = forewarn_core::parse_rfc3339(&alert.window_start).unwrap();
+        if let Output::Row { row, .. } = o {
             have.insert(
-                (alert.device.clone(), start),
+                (row.device.clone(), row.window_start.as_millis()),
                 (
-                    alert.features["n"].as_i64().unwrap(),
-                    alert.features["s"].as_f64().unwrap(),
+                    row.columns["n"].as_i64().unwrap(),
+                    row.columns["s"].as_f64().unwrap(),
                 ),
             );
         }
@@ -338,7 +337,7 @@ async fn over_the_state_limit_rows_are_refused_and_time_moves_on() {
     let refused = stats.rejected.get("state_limit").copied().unwrap_or(0);
     let windows = outs
         .iter()
-        .filter(|o| matches!(o, Output::Alert { .. }))
+        .filter(|o| matches!(o, Output::Row { .. }))
         .count();
     eprintln!(
         "{} readings: {refused} refused, {} taken, {windows} window results",

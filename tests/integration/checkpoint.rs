@@ -47,6 +47,10 @@ fn key(o: &Output) -> Option<(String, Value)> {
             format!("{topic} {}", alert.alert_id),
             serde_json::to_value(alert).unwrap(),
         )),
+        Output::Row { topic, row } => Some((
+            format!("{topic} {}", row.id),
+            serde_json::to_value(row).unwrap(),
+        )),
         Output::Transition { topic, message } => Some((
             format!("{topic} {}", message.event_id),
             serde_json::to_value(message).unwrap(),
@@ -355,11 +359,8 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;";
             let collect = tokio::spawn(async move {
                 let mut v = Vec::new();
                 while let Some(o) = rx.recv().await {
-                    if let Output::Alert { alert, .. } = o {
-                        v.push((
-                            alert.alert_id.clone(),
-                            serde_json::to_value(&alert.features).unwrap(),
-                        ));
+                    if let Output::Row { row, .. } = o {
+                        v.push((row.id.clone(), serde_json::to_value(&row.columns).unwrap()));
                     }
                 }
                 v

@@ -122,15 +122,15 @@ async fn streaming(window: &str, rows: &[Row], chunks: &[usize]) -> Windows {
     drop(h);
     let mut got = Windows::new();
     while let Some(o) = rx.recv().await {
-        let Output::Alert { alert, .. } = o else {
+        // A plain aggregate query: its rows are window rows, not alerts.
+        let Output::Row { row, .. } = o else {
             panic!("unexpected {o:?}")
         };
-        let t = |s: &str| forewarn_core::parse_rfc3339(s).unwrap();
-        let f = &alert.features;
+        let f = &row.columns;
         let key = (
-            alert.device.clone(),
-            t(&alert.window_start),
-            t(&alert.window_end),
+            row.device.clone(),
+            row.window_start.as_millis(),
+            row.window_end.as_millis(),
         );
         let prev = got.insert(
             key,
@@ -142,7 +142,7 @@ async fn streaming(window: &str, rows: &[Row], chunks: &[usize]) -> Windows {
                 f["hi"].as_f64(),
             ),
         );
-        assert!(prev.is_none(), "window emitted twice: {alert:?}");
+        assert!(prev.is_none(), "window emitted twice: {row:?}");
     }
     got
 }

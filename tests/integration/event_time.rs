@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use forewarn::{Output, Pipeline, Reason};
+use forewarn::{Output, Pipeline, Reason, Timestamp};
 use serde_json::json;
 
 const BASE: i64 = 1_700_000_000_000;
@@ -54,13 +54,12 @@ async fn fleet_with_a_fast_clock(options: &str) -> (forewarn::EngineStats, Vec<O
     (stats, drain(rx).await)
 }
 
-fn windows_of(outs: &[Output], device: &str) -> Vec<(String, i64)> {
+fn windows_of(outs: &[Output], device: &str) -> Vec<(Timestamp, i64)> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Alert { alert, .. } if alert.device == device => Some((
-                alert.window_start.clone(),
-                alert.features["n"].as_i64().unwrap(),
-            )),
+            Output::Row { row, .. } if row.device == device => {
+                Some((row.window_start, row.columns["n"].as_i64().unwrap()))
+            }
             _ => None,
         })
         .collect()
@@ -143,8 +142,8 @@ async fn an_idle_source_closes_its_last_window_after_the_timeout() {
         h.flush().await.unwrap();
         let got = tokio::time::timeout(wait, rx.recv()).await;
         match got {
-            Ok(Some(Output::Alert { alert, .. })) => {
-                assert_eq!(alert.features["n"], 10);
+            Ok(Some(Output::Row { row, .. })) => {
+                assert_eq!(row.columns["n"], 10);
                 1
             }
             Ok(other) => panic!("{other:?}"),
@@ -190,14 +189,14 @@ async fn a_source_without_event_time_is_timed_by_arrival() {
         .await
         .expect("the window closes by the wall clock")
         .unwrap();
-    let Output::Alert { alert, .. } = o else {
+    let Output::Row { row, .. } = o else {
         panic!("{o:?}")
     };
-    assert_eq!(alert.features["n"], 3);
-    let start = forewarn_core::parse_rfc3339(&alert.window_start).unwrap();
+    assert_eq!(row.columns["n"], 3);
+    let start = row.window_start.as_millis();
     assert!(
         start >= before - 1_000 && start <= before + 1_000,
-        "{alert:?}"
+        "{row:?}"
     );
     h.finish().await.unwrap();
 }
@@ -248,10 +247,10 @@ async fn reference_tables_join_the_stream() {
         .await
         .into_iter()
         .filter_map(|o| match o {
-            Output::Alert { alert, .. } => Some((
-                alert.device,
-                alert.features["kind"].as_str().unwrap().to_string(),
-                alert.features["status"].as_str().unwrap().to_string(),
+            Output::Row { row, .. } => Some((
+                row.device,
+                row.columns["kind"].as_str().unwrap().to_string(),
+                row.columns["status"].as_str().unwrap().to_string(),
             )),
             _ => None,
         })

@@ -131,6 +131,7 @@ async fn json_readings_with_bad_payloads() {
     assert_eq!(stats.readings_in, 120);
     assert_eq!(stats.messages_in, 120 + pushed.len() as u64);
     assert_eq!(stats.alerts_out, 13);
+    assert_eq!(stats.rows_out, 0, "both scenario queries call the model");
     assert!(dead
         .iter()
         .all(|d| d.source.as_deref() == Some("readings") && !d.excerpt.is_empty()));
@@ -359,14 +360,14 @@ async fn a_large_fleet_window_arrives_whole_through_a_small_channel() {
     let reader = tokio::spawn(async move {
         let mut got = std::collections::BTreeMap::new();
         while let Some(o) = rx.recv().await {
-            if let Output::Alert { topic, alert } = o {
+            if let Output::Row { topic, row } = o {
                 if got.len() % 100 == 0 {
                     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 }
-                assert_eq!(topic, format!("o/{}", alert.device));
-                let n = alert.features["n"].as_i64().unwrap();
-                let s = alert.features["s"].as_f64().unwrap();
-                assert!(got.insert(alert.device, (n, s)).is_none(), "repeated");
+                assert_eq!(topic, format!("o/{}", row.device));
+                let n = row.columns["n"].as_i64().unwrap();
+                let s = row.columns["s"].as_f64().unwrap();
+                assert!(got.insert(row.device, (n, s)).is_none(), "repeated");
             }
         }
         got
@@ -443,14 +444,14 @@ FROM readings GROUP BY tumble(interval '10 seconds'), device;";
     let (mut counts, mut refused) = (std::collections::BTreeMap::new(), Vec::new());
     while let Some(o) = rx.recv().await {
         match o {
-            Output::Alert { alert, .. } => {
-                counts.insert(alert.device.clone(), alert.features["n"].as_i64().unwrap());
+            Output::Row { row, .. } => {
+                counts.insert(row.device.clone(), row.columns["n"].as_i64().unwrap());
             }
             Output::DeadLetter { letter, .. } => {
                 assert_eq!(letter.reason, Reason::TooManyDevices, "{letter:?}");
                 refused.push((letter.index, letter.source_topic.clone()));
             }
-            _ => {}
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(
@@ -479,4 +480,89 @@ fn p_schema() -> datafusion::arrow::datatypes::SchemaRef {
         Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
         Field::new("v", DataType::Float64, true),
     ]))
+}
+
+/// A sink without a lifecycle: the rows of a query that selects a `score` are alerts,
+/// those of a plain aggregate are window rows, counted apart; on the wire both are the
+/// alert format, the rows without `score` and `model`.
+#[tokio::test]
+async fn plain_window_rows_are_rows_and_scored_rows_are_alerts() {
+    const SQL: &str = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH (connector = 'mqtt', topic = 'r/+', topic_template = 'r/{device}');
+CREATE TABLE counts WITH (connector = 'mqtt', topic = 'counts/{device}');
+CREATE TABLE scored WITH (connector = 'mqtt', topic = 'scored/{device}');
+INSERT INTO counts SELECT device, window_start, window_end, count(*) AS n, sum(v) AS s
+FROM r GROUP BY tumble(interval '10 seconds'), device;
+INSERT INTO scored SELECT device, avg(v) / 2 AS score, max(v) AS hi
+FROM r GROUP BY tumble(interval '10 seconds'), device;";
+    const BASE: i64 = 1_767_600_000_000; // 2026-01-05T08:00:00Z
+    let p = Pipeline::builder()
+        .query_sql("q.sql", SQL)
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.without_wall_clock().start();
+    // d1: 1, 2, 3 in [0, 10 s); d2: 4 in [10 s, 20 s).
+    for (d, t, v) in [
+        ("d1", 0, 1),
+        ("d1", 4_000, 2),
+        ("d1", 9_999, 3),
+        ("d2", 12_000, 4),
+    ] {
+        let msg = format!(r#"{{"ts": {}, "v": {v}}}"#, BASE + t);
+        h.push_json(&format!("r/{d}"), msg.into_bytes())
+            .await
+            .unwrap();
+    }
+    let stats = h.finish().await.unwrap();
+    drop(h);
+    let mut outs = vec![];
+    while let Some(o) = rx.recv().await {
+        outs.push(o);
+    }
+    assert_eq!((stats.rows_out, stats.alerts_out), (2, 2), "{stats:?}");
+    assert_eq!(stats.results, 4);
+    let mut rows = vec![];
+    let mut alerts = vec![];
+    for o in &outs {
+        match o {
+            Output::Row { topic, row } => {
+                assert_eq!(o.query(), Some("q_1"));
+                rows.push((topic.clone(), row.clone(), o.to_message()))
+            }
+            Output::Alert { topic, alert } => {
+                assert_eq!(o.query(), Some("q_2"));
+                alerts.push((topic.clone(), alert.clone()))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    alerts.sort_by(|a, b| a.0.cmp(&b.0));
+    let (topic, row, (msg_topic, payload)) = &rows[0];
+    assert_eq!(
+        (topic.as_str(), msg_topic.as_str()),
+        ("counts/d1", "counts/d1")
+    );
+    assert_eq!(row.window_start, forewarn::Timestamp::from_millis(BASE));
+    assert_eq!(row.window_end.as_millis(), BASE + 10_000);
+    assert_eq!(
+        String::from_utf8(payload.clone()).unwrap(),
+        format!(
+            r#"{{"schema_version":1,"alert_id":"{}","query":"q_1","device":"d1","window_start":"2026-01-05T08:00:00.000Z","window_end":"2026-01-05T08:00:10.000Z","features":{{"n":3,"s":6.0}}}}"#,
+            forewarn_alerts::alert_id("q_1", "d1", BASE)
+        )
+    );
+    assert_eq!(rows[1].1.device, "d2");
+    assert_eq!(rows[1].1.columns["n"], 1);
+    assert_eq!(
+        alerts
+            .iter()
+            .map(|(t, a)| (t.as_str(), a.score))
+            .collect::<Vec<_>>(),
+        [("scored/d1", Some(1.0)), ("scored/d2", Some(2.0))]
+    );
+    assert_eq!(alerts[0].1.features["hi"], 3.0);
+    assert_eq!(alerts[0].1.model, None);
 }

@@ -29,8 +29,7 @@ async fn shipped_queries_and_models_meet_the_demo_targets() {
                     if message.transition != forewarn::TransitionKind::Cleared {
                         events.push(AlertEvent {
                             device: message.device.clone(),
-                            window_end_ms: forewarn_core::parse_rfc3339(&message.window_end)
-                                .unwrap(),
+                            window_end_ms: message.window_end.as_millis(),
                         });
                     }
                 }

@@ -381,8 +381,11 @@ async fn live(case: &Case, input: &Path, tag: &str) -> Result<Run, String> {
         ));
     }
     let stats = running.stop().await.map_err(|e| e.to_string())?;
-    let outputs =
-        stats.alerts_out + stats.transitions_out + stats.states_out + stats.dead_letters_out;
+    let outputs = stats.alerts_out
+        + stats.rows_out
+        + stats.transitions_out
+        + stats.states_out
+        + stats.dead_letters_out;
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while (got.len() as u64) < outputs {

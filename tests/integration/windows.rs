@@ -66,8 +66,9 @@ async fn run(window: &str) -> Vec<Value> {
     );
     let mut out = vec![];
     while let Some(o) = rx.recv().await {
-        if let Output::Alert { alert, .. } = o {
-            out.push(serde_json::to_value(alert).unwrap());
+        // Plain aggregates: window rows, in the published (alert) format.
+        if let Output::Row { row, .. } = o {
+            out.push(serde_json::to_value(row).unwrap());
         }
     }
     out
@@ -162,10 +163,10 @@ async fn condition_monitoring_aggregates_work_across_panes() {
     }
     let mut n = 0;
     while let Some(o) = rx.recv().await {
-        let Output::Alert { alert, .. } = o else {
+        let Output::Row { row: alert, .. } = o else {
             continue;
         };
-        let start = forewarn_core::parse_rfc3339(&alert.window_start).unwrap();
+        let start = alert.window_start.as_millis();
         let xs = &groups[&(alert.device.clone(), start)];
         let k = xs.len() as f64;
         let mean = xs.iter().sum::<f64>() / k;
@@ -174,7 +175,7 @@ async fn condition_monitoring_aggregates_work_across_panes() {
         let (mn, mx) = xs
             .iter()
             .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-        let f = |name: &str| alert.features[name].as_f64();
+        let f = |name: &str| alert.columns[name].as_f64();
         let close =
             |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() <= 1e-9 * b.abs().max(1.0));
         assert!(close(f("rms"), rms), "{alert:?}");

@@ -3,6 +3,7 @@
 
 mod lifecycle;
 
+pub use forewarn_core::Timestamp;
 pub use lifecycle::{
     Acknowledgement, Command, DeviceState, Health, Lifecycle, LifecycleSpec, RuleState, Transition,
     TransitionKind, TransitionMessage, WindowEvidence, TRANSITION_SCHEMA_VERSION,
@@ -14,7 +15,8 @@ use sha2::{Digest, Sha256};
 /// Version of the alert JSON format (bumped on incompatible changes).
 pub const ALERT_SCHEMA_VERSION: u32 = 1;
 
-/// One alert: a closed window whose row passed the query's conditions.
+/// One alert: a closed window's row of an anomaly query (one that computes a `score`
+/// or calls a model) whose sink has no lifecycle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// Format version.
@@ -25,10 +27,10 @@ pub struct Alert {
     pub query: String,
     /// Device the row belongs to.
     pub device: String,
-    /// Window start, RFC 3339 UTC.
-    pub window_start: String,
-    /// Window end, RFC 3339 UTC.
-    pub window_end: String,
+    /// Window start (serialised as RFC 3339 UTC).
+    pub window_start: Timestamp,
+    /// Window end (serialised as RFC 3339 UTC).
+    pub window_end: Timestamp,
     /// The normalised anomaly score (1.0 = threshold), when the query computes `score`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
@@ -63,11 +65,7 @@ impl Alert {
         window: (i64, i64),
         mut row: Map<String, Value>,
     ) -> Alert {
-        let device = match row.remove(device_column) {
-            Some(Value::String(s)) => s,
-            Some(Value::Null) | None => String::new(),
-            Some(v) => v.to_string(),
-        };
+        let device = take_device(&mut row, device_column);
         let score = row.remove("score").and_then(|v| v.as_f64());
         row.remove("window_start");
         row.remove("window_end");
@@ -76,8 +74,8 @@ impl Alert {
             alert_id: alert_id(query, &device, window.0),
             query: query.to_string(),
             device,
-            window_start: forewarn_core::format_rfc3339(window.0),
-            window_end: forewarn_core::format_rfc3339(window.1),
+            window_start: Timestamp::from_millis(window.0),
+            window_end: Timestamp::from_millis(window.1),
             score,
             model: model.map(str::to_string),
             features: row,
@@ -92,15 +90,131 @@ impl Alert {
     /// The numeric features named `names`, in that order; NaN where one is missing or
     /// not a number (a model or detector then treats it as missing).
     pub fn feature_values<S: AsRef<str>>(&self, names: &[S]) -> Vec<f64> {
-        names
-            .iter()
-            .map(|f| {
-                self.features
-                    .get(f.as_ref())
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(f64::NAN)
-            })
-            .collect()
+        numbers(&self.features, names)
+    }
+}
+
+/// The numbers under `names` in `map`, NaN where one is missing or not a number.
+fn numbers<S: AsRef<str>>(map: &Map<String, Value>, names: &[S]) -> Vec<f64> {
+    names
+        .iter()
+        .map(|f| {
+            map.get(f.as_ref())
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN)
+        })
+        .collect()
+}
+
+/// Removes the device column from a result row: its text (JSON text when not a string;
+/// empty when null or absent).
+fn take_device(row: &mut Map<String, Value>, device_column: &str) -> String {
+    match row.remove(device_column) {
+        Some(Value::String(s)) => s,
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// One result row of a closed window of a query that is not an anomaly rule (it
+/// computes no `score` and calls no model), whose sink has no lifecycle: aggregates
+/// to store or forward, not an alert.
+///
+/// Its JSON, on the sink's topic, is the alert format without `score` and `model`
+/// (`docs/schemas/alert.schema.json`): `schema_version`, `alert_id` (the [`id`](Self::id)),
+/// `query`, `device`, `window_start`, `window_end`, `features` (the
+/// [`columns`](Self::columns)).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "RowWire")]
+pub struct WindowRow {
+    /// `sha256(query, device, window_start)`, 16 hex digits (see [`alert_id`]): stable
+    /// across redeliveries and restarts.
+    pub id: String,
+    /// Query that produced it.
+    pub query: String,
+    /// Device the row belongs to (empty when the device column is null).
+    pub device: String,
+    /// Window start.
+    pub window_start: Timestamp,
+    /// Window end.
+    pub window_end: Timestamp,
+    /// The row's other columns by name (the device and window bounds are lifted out).
+    pub columns: Map<String, Value>,
+}
+
+/// The published form of a [`WindowRow`], read back (from a checkpoint's unconfirmed
+/// outputs): the alert format's field names; `schema_version` is ignored.
+#[derive(Deserialize)]
+struct RowWire {
+    alert_id: String,
+    query: String,
+    device: String,
+    window_start: Timestamp,
+    window_end: Timestamp,
+    features: Map<String, Value>,
+}
+
+impl Serialize for WindowRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // Field by field rather than through `RowWire`: no copy of the columns.
+        let mut st = s.serialize_struct("WindowRow", 7)?;
+        st.serialize_field("schema_version", &ALERT_SCHEMA_VERSION)?;
+        st.serialize_field("alert_id", &self.id)?;
+        st.serialize_field("query", &self.query)?;
+        st.serialize_field("device", &self.device)?;
+        st.serialize_field("window_start", &self.window_start)?;
+        st.serialize_field("window_end", &self.window_end)?;
+        st.serialize_field("features", &self.columns)?;
+        st.end()
+    }
+}
+
+impl From<RowWire> for WindowRow {
+    fn from(w: RowWire) -> Self {
+        WindowRow {
+            id: w.alert_id,
+            query: w.query,
+            device: w.device,
+            window_start: w.window_start,
+            window_end: w.window_end,
+            columns: w.features,
+        }
+    }
+}
+
+impl WindowRow {
+    /// Builds the row from a result row (column name → JSON value): `device_column`
+    /// names the key column; it and the window columns are lifted out, everything else
+    /// stays in `columns`.
+    pub fn from_row(
+        query: &str,
+        device_column: &str,
+        window: (i64, i64),
+        mut row: Map<String, Value>,
+    ) -> WindowRow {
+        let device = take_device(&mut row, device_column);
+        row.remove("window_start");
+        row.remove("window_end");
+        WindowRow {
+            id: alert_id(query, &device, window.0),
+            query: query.to_string(),
+            device,
+            window_start: Timestamp::from_millis(window.0),
+            window_end: Timestamp::from_millis(window.1),
+            columns: row,
+        }
+    }
+
+    /// The JSON payload.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("window rows serialise")
+    }
+
+    /// The numeric columns named `names`, in that order; NaN where one is missing or
+    /// not a number (as [`Alert::feature_values`]).
+    pub fn column_values<S: AsRef<str>>(&self, names: &[S]) -> Vec<f64> {
+        numbers(&self.columns, names)
     }
 }
 
@@ -129,12 +243,44 @@ mod tests {
         );
         assert_eq!(a.device, "p1");
         assert_eq!(a.score, Some(1.5));
-        assert_eq!(a.window_end, "1970-01-01T00:00:10.000Z");
+        assert_eq!(a.window_end, Timestamp::from_millis(10_000));
         assert_eq!(
             a.features,
             *json!({"avg_vibration": 3.0}).as_object().unwrap()
         );
         let v: Value = serde_json::from_slice(&a.to_json()).unwrap();
         assert_eq!(v["model"], "pump_gmm");
+        assert_eq!(v["window_end"], "1970-01-01T00:00:10.000Z");
+    }
+
+    /// A plain window row is published byte for byte as the alert (without score and
+    /// model) that it was before it had a type of its own.
+    #[test]
+    fn a_window_row_is_published_as_the_alert_was() {
+        let row = json!({"device": "p1", "window_start": "x", "window_end": "y", "n": 3, "avg_v": 2.5, "site": null});
+        let row = row.as_object().unwrap().clone();
+        let window = (1_767_247_200_000, 1_767_247_210_000);
+        let r = WindowRow::from_row("counts", "device", window, row.clone());
+        let a = Alert::from_row("counts", None, "device", window, row);
+        assert_eq!(r.to_json(), a.to_json());
+        let text = String::from_utf8(r.to_json()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"schema_version":1,"alert_id":"{}","query":"counts","device":"p1","window_start":"2026-01-01T06:00:00.000Z","window_end":"2026-01-01T06:00:10.000Z","features":{{"avg_v":2.5,"n":3,"site":null}}}}"#,
+                alert_id("counts", "p1", 1_767_247_200_000)
+            )
+        );
+        assert_eq!(r.id, a.alert_id);
+        assert_eq!(r.column_values(&["n", "site", "nope", "avg_v"])[..1], [3.0]);
+        assert!(r
+            .column_values(&["site", "nope"])
+            .iter()
+            .all(|v| v.is_nan()));
+        assert_eq!(r.column_values(&["avg_v"]), vec![2.5]);
+        assert_eq!(r.window_end.as_millis(), 1_767_247_210_000);
+        // And reads back (a checkpoint keeps unconfirmed outputs as JSON).
+        let back: WindowRow = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use forewarn_core::Millis;
+use forewarn_core::{Millis, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -75,16 +75,10 @@ pub enum TransitionKind {
 /// One closed window's evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowEvidence {
-    /// Window start, ms.
-    #[serde(skip)]
-    pub start_ms: Millis,
-    /// Window end, ms.
-    #[serde(skip)]
-    pub end_ms: Millis,
-    /// Window start, RFC 3339.
-    pub window_start: String,
-    /// Window end, RFC 3339.
-    pub window_end: String,
+    /// Window start (serialised as RFC 3339).
+    pub window_start: Timestamp,
+    /// Window end (serialised as RFC 3339).
+    pub window_end: Timestamp,
     /// The score (`None`: the window carried no score).
     pub score: Option<f64>,
     /// The row's other columns (feature values).
@@ -163,25 +157,8 @@ impl Lifecycle {
 
     /// Continues from [`save`](Self::save)d state machines (replacing the current ones).
     pub fn load(&mut self, v: serde_json::Value) -> Result<(), serde_json::Error> {
-        let mut machines: HashMap<String, Machine> = serde_json::from_value(v)?;
-        // The published form carries window bounds as RFC 3339 only.
-        for m in machines.values_mut() {
-            for w in m
-                .anomalous
-                .iter_mut()
-                .chain(m.severe.iter_mut())
-                .chain(m.normal.iter_mut())
-            {
-                let parse = |s: &str| {
-                    forewarn_core::parse_rfc3339(s).ok_or_else(|| {
-                        serde::de::Error::custom(format!("window bound '{s}' is not RFC 3339"))
-                    })
-                };
-                w.start_ms = parse(&w.window_start)?;
-                w.end_ms = parse(&w.window_end)?;
-            }
-        }
-        self.machines = machines;
+        // Window bounds are kept as RFC 3339 text, as published; `Timestamp` reads it.
+        self.machines = serde_json::from_value(v)?;
         Ok(())
     }
 
@@ -221,9 +198,11 @@ impl Lifecycle {
         }
         let n = spec.raise_after.max(1) as usize;
         let (kind, to, windows) = match health {
-            Health::Ok if m.anomalous.len() >= n && w.end_ms >= m.cooldown_until => {
+            Health::Ok
+                if m.anomalous.len() >= n && w.window_end.as_millis() >= m.cooldown_until =>
+            {
                 let run = m.anomalous[m.anomalous.len() - n..].to_vec();
-                m.episode_start = run[0].start_ms;
+                m.episode_start = run[0].window_start.as_millis();
                 let to = if m.severe.len() >= n {
                     Health::Alarm
                 } else {
@@ -239,7 +218,7 @@ impl Lifecycle {
             Health::Warning | Health::Alarm
                 if m.normal.len() >= spec.clear_after.max(1) as usize =>
             {
-                m.cooldown_until = w.end_ms.saturating_add(spec.cooldown);
+                m.cooldown_until = w.window_end.as_millis().saturating_add(spec.cooldown);
                 let k = spec.clear_after.max(1) as usize;
                 (
                     TransitionKind::Cleared,
@@ -278,26 +257,29 @@ mod tests {
     /// is the latest change whatever order the rules report in.
     #[test]
     fn a_device_state_is_updated_at_its_latest_change() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
         let rule = |since: &str| RuleState {
             state: Health::Ok,
-            since: since.into(),
+            since: t(since),
             alert_id: None,
             score: None,
         };
-        let mut d = DeviceState::new("d0", "2026-01-05T06:00:00.000Z");
+        let mut d = DeviceState::new("d0", t("2026-01-05T06:00:00.000Z"));
         d.set("a", rule("2026-01-05T06:00:25.000Z"));
         d.set("b", rule("2026-01-05T06:00:22.000Z"));
-        assert_eq!(d.updated, "2026-01-05T06:00:25.000Z");
+        assert_eq!(d.updated, t("2026-01-05T06:00:25.000Z"));
         d.set("b", rule("2026-01-05T06:01:00.000Z"));
-        assert_eq!(d.updated, "2026-01-05T06:01:00.000Z");
+        assert_eq!(d.updated, t("2026-01-05T06:01:00.000Z"));
+        // Time order, not text order: a year past 9999 is later, not earlier.
+        d.set("c", rule("+10000-01-01T00:00:00.000Z"));
+        assert_eq!(d.updated, t("+10000-01-01T00:00:00.000Z"));
+        assert!(d.to_json().windows(11).any(|w| w == b"\"+10000-01-"));
     }
 
     fn w(i: i64, score: f64) -> WindowEvidence {
         WindowEvidence {
-            start_ms: i * 60_000,
-            end_ms: (i + 1) * 60_000,
-            window_start: String::new(),
-            window_end: String::new(),
+            window_start: Timestamp::from_millis(i * 60_000),
+            window_end: Timestamp::from_millis((i + 1) * 60_000),
             score: Some(score),
             features: Map::new(),
         }
@@ -401,6 +383,36 @@ mod tests {
         assert_eq!(l.observe("d", w(2, 1.5)).unwrap().kind, Raised);
     }
 
+    /// State machines saved before window bounds were `Timestamp`s (RFC 3339 text,
+    /// the milliseconds not saved) load, and the window times read from the text count.
+    #[test]
+    fn machines_saved_as_text_load_and_go_on() {
+        let saved = serde_json::json!({"d": {
+            "health": null, "episode_start": 0, "severe": [], "normal": [], "cooldown_until": 0,
+            "anomalous": [{"window_start": "1970-01-01T00:01:00.000Z",
+                           "window_end": "1970-01-01T00:02:00.000Z",
+                           "score": 1.5, "features": {"v": 2.0}}]
+        }});
+        let mut l = Lifecycle::new("r", spec());
+        l.load(saved.clone()).unwrap();
+        assert_eq!(l.save(), saved, "saved again as it was");
+        let t = l
+            .observe("d", w(2, 1.5))
+            .expect("the second anomalous window raises");
+        assert_eq!((t.kind, t.episode_start_ms), (Raised, 60_000));
+        assert_eq!(t.windows[0].window_end, Timestamp::from_millis(120_000));
+        assert_eq!(t.windows[0].features["v"], 2.0);
+        let bad = serde_json::json!({"d": {
+            "health": null, "episode_start": 0, "severe": [], "normal": [], "cooldown_until": 0,
+            "anomalous": [{"window_start": "t0", "window_end": "t0", "score": 1.5, "features": {}}]
+        }});
+        let e = Lifecycle::new("r", spec()).load(bad).unwrap_err();
+        assert!(
+            e.to_string().contains("'t0' is not an RFC 3339 timestamp"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn a_severe_start_raises_straight_to_alarm() {
         assert_eq!(run(spec(), &[4.0, 4.0]), vec![(1, Raised, Alarm)]);
@@ -431,12 +443,12 @@ pub struct TransitionMessage {
     pub previous: Health,
     /// The rule's severity label, or `critical` in `alarm`.
     pub severity: String,
-    /// Start of the episode, RFC 3339.
-    pub episode_start: String,
-    /// Bounds of the window that caused the transition, RFC 3339.
-    pub window_start: String,
+    /// Start of the episode (serialised as RFC 3339, like the other instants).
+    pub episode_start: Timestamp,
+    /// Bounds of the window that caused the transition.
+    pub window_start: Timestamp,
     /// See `window_start`.
-    pub window_end: String,
+    pub window_end: Timestamp,
     /// That window's score.
     pub score: Option<f64>,
     /// Model that produced the score, when the rule calls exactly one.
@@ -451,7 +463,9 @@ pub struct TransitionMessage {
 }
 
 impl TransitionMessage {
-    /// The message for `t` of `rule`/`device`.
+    /// The message for `t` of `rule`/`device`. Its window is `t`'s last window (a
+    /// transition without windows, which [`Lifecycle::observe`] never makes, gives the
+    /// episode start for both bounds).
     pub fn new(
         rule: &str,
         device: &str,
@@ -479,15 +493,15 @@ impl TransitionMessage {
             } else {
                 spec.severity.clone()
             },
-            episode_start: forewarn_core::format_rfc3339(t.episode_start_ms),
+            episode_start: Timestamp::from_millis(t.episode_start_ms),
             window_start: last
                 .as_ref()
-                .map(|w| w.window_start.clone())
-                .unwrap_or_default(),
+                .map_or(Timestamp::from_millis(t.episode_start_ms), |w| {
+                    w.window_start
+                }),
             window_end: last
                 .as_ref()
-                .map(|w| w.window_end.clone())
-                .unwrap_or_default(),
+                .map_or(Timestamp::from_millis(t.episode_start_ms), |w| w.window_end),
             explanation: last
                 .as_ref()
                 .and_then(|w| w.features.get("explanation"))
@@ -510,8 +524,8 @@ impl TransitionMessage {
 pub struct RuleState {
     /// Health under this rule.
     pub state: Health,
-    /// When it entered this state (window end, RFC 3339).
-    pub since: String,
+    /// When it entered this state: a window end (serialised as RFC 3339).
+    pub since: Timestamp,
     /// The open episode's id, when not `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alert_id: Option<String>,
@@ -528,16 +542,17 @@ pub struct DeviceState {
     pub device: String,
     /// The worst state over its rules.
     pub state: Health,
-    /// Event time of the latest change, RFC 3339.
-    pub updated: String,
+    /// Event time of the latest change (serialised as RFC 3339).
+    pub updated: Timestamp,
     /// Per rule.
     pub rules: std::collections::BTreeMap<String, RuleState>,
     /// The operator's acknowledgement of the open episode, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acknowledged: Option<Acknowledgement>,
-    /// Until when (wall clock, RFC 3339) the device's alert transitions are silenced.
+    /// Until when (wall clock, serialised as RFC 3339) the device's alert transitions
+    /// are silenced.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub silenced_until: Option<String>,
+    pub silenced_until: Option<Timestamp>,
 }
 
 /// Who acknowledged what, and when.
@@ -545,8 +560,8 @@ pub struct DeviceState {
 pub struct Acknowledgement {
     /// Operator, as given in the command.
     pub by: String,
-    /// Wall-clock time the engine received it, RFC 3339.
-    pub at: String,
+    /// Wall-clock time the engine received it (serialised as RFC 3339).
+    pub at: Timestamp,
     /// The episodes acknowledged (one per rule not `ok`).
     pub alert_ids: Vec<String>,
 }
@@ -577,13 +592,13 @@ pub enum Command {
 }
 
 impl DeviceState {
-    /// A device first seen at `at` (RFC 3339), healthy.
-    pub fn new(device: &str, at: &str) -> Self {
+    /// A device first seen at `at` (event time), healthy.
+    pub fn new(device: &str, at: Timestamp) -> Self {
         DeviceState {
             schema_version: TRANSITION_SCHEMA_VERSION,
             device: device.to_string(),
             state: Health::Ok,
-            updated: at.to_string(),
+            updated: at,
             rules: Default::default(),
             acknowledged: None,
             silenced_until: None,
@@ -595,9 +610,8 @@ impl DeviceState {
     pub fn set(&mut self, rule: &str, s: RuleState) {
         // The latest change over all rules: rules' windows close in an order that
         // depends on batching, so an older change may be recorded after a newer one.
-        // (Both are RFC 3339 UTC with milliseconds, so text order is time order.)
         if s.since > self.updated {
-            self.updated = s.since.clone();
+            self.updated = s.since;
         }
         if let Some(ack) = &mut self.acknowledged {
             let before = self.rules.get(rule).and_then(|r| r.alert_id.clone());

@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod reason;
+mod timestamp;
 pub use reason::{Reason, UnknownReason};
+pub use timestamp::{BadTimestamp, OutOfRange, Timestamp};
 
 /// Event time in milliseconds since the Unix epoch (UTC).
 pub type Millis = i64;

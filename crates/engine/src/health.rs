@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use forewarn_alerts::{
     Acknowledgement, Command, DeviceState, Health, RuleState, TransitionMessage,
 };
-use forewarn_core::Reason;
+use forewarn_core::{Reason, Timestamp};
 
 /// Every device seen by a rule with a lifecycle, and the silenced ones.
 #[derive(Default)]
@@ -89,7 +89,7 @@ impl HealthBook {
                 }
                 state.acknowledged = Some(Acknowledgement {
                     by,
-                    at: forewarn_core::format_rfc3339(now),
+                    at: Timestamp::from_millis(now),
                     alert_ids: ids,
                 });
             }
@@ -104,7 +104,7 @@ impl HealthBook {
                     }
                 };
                 let until = now.saturating_add(ms);
-                state.silenced_until = Some(forewarn_core::format_rfc3339(until));
+                state.silenced_until = Some(Timestamp::from_millis(until));
                 self.silenced.insert(device.to_string(), until);
             }
             Command::Unsilence { .. } => {
@@ -115,7 +115,7 @@ impl HealthBook {
         Ok(state)
     }
 
-    /// A window of `device` under `rule` ending at `window_end` (RFC 3339): a device
+    /// A window of `device` under `rule` ending at `window_end`: a device
     /// first seen is healthy under the rule. Whether this is the rule's first window
     /// of the device (its state is then published, so the retained state topic lists
     /// the whole fleet).
@@ -123,7 +123,7 @@ impl HealthBook {
         &mut self,
         rule: &str,
         device: &str,
-        window_end: &str,
+        window_end: Timestamp,
         score: Option<f64>,
     ) -> bool {
         let state = self
@@ -136,7 +136,7 @@ impl HealthBook {
                 rule,
                 RuleState {
                     state: Health::Ok,
-                    since: window_end.to_string(),
+                    since: window_end,
                     alert_id: None,
                     score,
                 },
@@ -164,7 +164,7 @@ impl HealthBook {
             rule,
             RuleState {
                 state: msg.state,
-                since: msg.window_end.clone(),
+                since: msg.window_end,
                 alert_id: (msg.state != Health::Ok).then(|| msg.alert_id.clone()),
                 score: msg.score,
             },
@@ -186,18 +186,22 @@ impl HealthBook {
 mod tests {
     use super::*;
 
+    fn t(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
     /// A book where device `d` has seen rule `r`, with an open alert when `alert`.
     fn book(alert: bool) -> HealthBook {
         let mut h = HealthBook::default();
-        assert!(h.first_window("r", "d", "2024-01-01T00:00:10.000Z", Some(0.5)));
-        assert!(!h.first_window("r", "d", "2024-01-01T00:00:20.000Z", Some(0.7)));
+        assert!(h.first_window("r", "d", t("2024-01-01T00:00:10.000Z"), Some(0.5)));
+        assert!(!h.first_window("r", "d", t("2024-01-01T00:00:20.000Z"), Some(0.7)));
         if alert {
             let s = h.states.get_mut("d").unwrap();
             s.set(
                 "r",
                 RuleState {
                     state: Health::Warning,
-                    since: "2024-01-01T00:00:30.000Z".into(),
+                    since: t("2024-01-01T00:00:30.000Z"),
                     alert_id: Some("a-1".into()),
                     score: Some(9.0),
                 },
@@ -211,12 +215,12 @@ mod tests {
         let h = book(false);
         let s = h.state("d").unwrap();
         assert_eq!(s.state, Health::Ok);
-        assert_eq!(s.updated, "2024-01-01T00:00:10.000Z");
+        assert_eq!(s.updated, t("2024-01-01T00:00:10.000Z"));
         assert_eq!(
             s.rules["r"],
             RuleState {
                 state: Health::Ok,
-                since: "2024-01-01T00:00:10.000Z".into(),
+                since: t("2024-01-01T00:00:10.000Z"),
                 alert_id: None,
                 score: Some(0.5),
             }
@@ -277,7 +281,7 @@ mod tests {
             s.acknowledged,
             Some(Acknowledgement {
                 by: "ann".into(),
-                at: "1970-01-01T00:01:00.000Z".into(),
+                at: Timestamp::from_millis(60_000),
                 alert_ids: vec!["a-1".into()],
             })
         );
@@ -293,10 +297,7 @@ mod tests {
                 1_000,
             )
             .unwrap();
-        assert_eq!(
-            s.silenced_until.as_deref(),
-            Some("1970-01-01T00:00:03.000Z")
-        );
+        assert_eq!(s.silenced_until, Some(Timestamp::from_millis(3_000)));
         assert_eq!(
             h.saved_silences(),
             BTreeMap::from([("d".to_string(), 3_000)])
@@ -311,9 +312,9 @@ mod tests {
             state,
             previous: Health::Ok,
             severity: "warning".into(),
-            episode_start: "t0".into(),
-            window_start: "t0".into(),
-            window_end: "2024-01-01T00:00:40.000Z".into(),
+            episode_start: t("2024-01-01T00:00:30.000Z"),
+            window_start: t("2024-01-01T00:00:30.000Z"),
+            window_end: t("2024-01-01T00:00:40.000Z"),
             score: Some(5.0),
             model: None,
             explanation: None,

@@ -3,9 +3,11 @@
 //! This is the embeddable API. It needs no broker and no global state: build a
 //! [`Pipeline`] from query files and models, [`Pipeline::start`] it inside your tokio
 //! runtime, push readings through the [`PipelineHandle`] (JSON bytes with their
-//! topic, or Arrow batches), and read [`Output`]s from the receiver: result rows of
-//! sinks without a lifecycle (`Output::Alert`), a lifecycle's state changes
-//! (`Output::Transition`) and device states (`Output::State`), and dead letters. Read
+//! topic, or Arrow batches), and read [`Output`]s from the receiver: for sinks without
+//! a lifecycle, the result rows of anomaly queries (`Output::Alert`: the query selects a
+//! `score` or calls a model) and of other queries (`Output::Row`: aggregates); for
+//! sinks with one, its state changes (`Output::Transition`) and device states
+//! (`Output::State`); and dead letters. Read
 //! them while pushing: the channel is bounded, and the pipeline waits for room. Memory
 //! is bounded by the channel capacities, the micro-batch size and the open windows'
 //! aggregate state.
@@ -25,6 +27,7 @@
 //!             Output::Transition { message, .. } => println!("{} {:?}", message.device, message.transition),
 //!             Output::State { state, .. } => println!("{} {:?}", state.device, state.state),
 //!             Output::Alert { alert, .. } => println!("{} {:?}", alert.device, alert.score),
+//!             Output::Row { row, .. } => println!("{} {} {:?}", row.device, row.window_end, row.columns),
 //!             Output::DeadLetter { letter, .. } => println!("refused: {}", letter.reason),
 //!             _ => {} // Output may gain kinds in later versions
 //!         }
@@ -60,8 +63,8 @@ use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 pub use envelope::{Ack, Delivery, Envelope, ResumePoint};
-pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage};
-pub use forewarn_core::{Reason, UnknownReason};
+pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage, WindowRow};
+pub use forewarn_core::{Reason, Timestamp, UnknownReason};
 use forewarn_formats::JsonDecoder;
 /// Types public signatures name: a source's topic template, a window operator's error.
 pub use forewarn_formats::TopicTemplate;
@@ -181,12 +184,23 @@ impl Default for EngineConfig {
 #[serde(tag = "output", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Output {
-    /// An alert from a query, for the sink topic.
+    /// An alert: a result row of an anomaly query (it selects a `score` or calls a
+    /// model) whose sink has no lifecycle, for the sink topic. (Also every scored window
+    /// row of a rule with a lifecycle, with [`EngineConfig::window_rows`].)
     Alert {
         /// Topic rendered from the sink's template, e.g. `forewarn/alerts/pump-0007`.
         topic: String,
         /// The alert.
         alert: Alert,
+    },
+    /// A result row of any other query whose sink has no lifecycle (aggregates, not an
+    /// alert), for the sink topic. Published in the alert format without `score` and
+    /// `model`.
+    Row {
+        /// Topic rendered from the sink's template.
+        topic: String,
+        /// The row.
+        row: WindowRow,
     },
     /// A change of a device's alert state under a rule with a lifecycle (QoS 1).
     Transition {
@@ -218,11 +232,12 @@ impl Output {
         matches!(self, Output::State { .. })
     }
 
-    /// The query an alert or a transition comes from (its sink's outputs are told
-    /// apart by it); `None` for device states and dead letters.
+    /// The query an alert, a window row or a transition comes from (its sink's outputs
+    /// are told apart by it); `None` for device states and dead letters.
     pub fn query(&self) -> Option<&str> {
         match self {
             Output::Alert { alert, .. } => Some(&alert.query),
+            Output::Row { row, .. } => Some(&row.query),
             Output::Transition { message, .. } => Some(&message.rule),
             Output::State { .. } | Output::DeadLetter { .. } => None,
         }
@@ -232,6 +247,7 @@ impl Output {
     pub fn to_message(&self) -> (String, Vec<u8>) {
         match self {
             Output::Alert { topic, alert } => (topic.clone(), alert.to_json()),
+            Output::Row { topic, row } => (topic.clone(), row.to_json()),
             Output::Transition { topic, message } => (topic.clone(), message.to_json()),
             Output::State { topic, state } => (topic.clone(), state.to_json()),
             Output::DeadLetter { topic, letter } => (
@@ -277,9 +293,12 @@ pub struct EngineStats {
     /// The same by query.
     pub windows_closed_by_query: BTreeMap<String, u64>,
     /// Result rows the queries produced (one per device and window, after `HAVING`):
-    /// published as alerts, or fed to a lifecycle that turns them into transitions.
+    /// published as alerts or window rows, or fed to a lifecycle that turns them into
+    /// transitions.
     pub results: u64,
-    /// Alerts produced (result rows of sinks without a lifecycle).
+    /// Alerts produced: result rows of anomaly queries (they select a `score` or call
+    /// a model) whose sinks have no lifecycle (and, with `window_rows`, the scored
+    /// window rows of rules with one).
     pub alerts_out: u64,
     /// Lifecycle transitions produced (raised, escalated, cleared).
     pub transitions_out: u64,
@@ -307,6 +326,9 @@ pub struct EngineStats {
     /// Outputs emitted again after a restart because the checkpoint held them
     /// unconfirmed.
     pub outputs_replayed: u64,
+    /// Plain window rows produced: result rows of the other queries whose sinks have
+    /// no lifecycle ([`Output::Row`]).
+    pub rows_out: u64,
 }
 
 impl EngineStats {
@@ -316,9 +338,9 @@ impl EngineStats {
     }
 
     /// The counters as one line, the same wherever they are reported (the periodic log,
-    /// `replay`, `train`, the demo): e.g. `readings 1440, rejected 3 (late 2,
-    /// not_json 1), windows 120, results 120, alerts 0, transitions 2, states 3, dead
-    /// letters 3`.
+    /// `replay`, `train`, the demo): e.g. `messages 1440, readings 1440, rejected 3
+    /// (late 2, not_json 1), windows 120, results 120, rows 0, alerts 0, transitions 2,
+    /// states 3, dead letters 3`.
     pub fn summary(&self) -> String {
         let rejected = if self.rejected.is_empty() {
             "rejected 0".to_string()
@@ -331,11 +353,12 @@ impl EngineStats {
             format!("rejected {} ({})", self.rejected_total(), by.join(", "))
         };
         format!(
-            "messages {}, readings {}, {rejected}, windows {}, results {}, alerts {}, transitions {}, states {}, dead letters {}",
+            "messages {}, readings {}, {rejected}, windows {}, results {}, rows {}, alerts {}, transitions {}, states {}, dead letters {}",
             self.messages_in,
             self.readings_in,
             self.windows_closed,
             self.results,
+            self.rows_out,
             self.alerts_out,
             self.transitions_out,
             self.states_out,

@@ -1,7 +1,7 @@
-//! What the pipeline publishes, built from what happened: closed windows become alert
-//! rows or, for rules with a lifecycle, transitions and device states (scored by the
-//! online detector first, where there is one); refused input becomes dead letters,
-//! with their wording and excerpts.
+//! What the pipeline publishes, built from what happened: closed windows become
+//! alerts (anomaly queries) or plain window rows or, for rules with a lifecycle,
+//! transitions and device states (scored by the online detector first, where there is
+//! one); refused input becomes dead letters, with their wording and excerpts.
 //!
 //! Nothing here does IO or waits: the task loop in `runtime` sends what these
 //! functions return.
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn_alerts::{Alert, Lifecycle, TransitionMessage, WindowEvidence};
+use forewarn_alerts::{Alert, Lifecycle, TransitionMessage, WindowEvidence, WindowRow};
 use forewarn_core::{Pane, Reason};
 use forewarn_formats::{Rejected, TopicTemplate};
 use forewarn_scorer::OnlineDetectors;
@@ -104,11 +104,14 @@ pub(crate) struct Publisher {
     /// Column holding the device id (see [`forewarn_sql::bind_sink`]).
     pub(crate) device_column: String,
     pub(crate) model: Option<String>,
+    /// Whether the query is an anomaly rule (selects a `score` column or calls a
+    /// model): without a lifecycle its rows are alerts, else plain window rows.
+    pub(crate) anomaly: bool,
 }
 
 impl Publisher {
-    /// The outputs of rows `range` of a closed window of `query`: alert rows, or a
-    /// lifecycle's transitions and states. Also how many transitions were held back
+    /// The outputs of rows `range` of a closed window of `query`: alerts or window
+    /// rows, or a lifecycle's transitions and states. Also how many transitions were held back
     /// because their device is silenced; `clock` is the wall clock (ms) silences are
     /// judged by.
     pub(crate) fn window_outputs(
@@ -120,16 +123,45 @@ impl Publisher {
         cfg: &EngineConfig,
         clock: &dyn Fn() -> i64,
     ) -> (Vec<Output>, u64) {
-        let rows = self.alert_rows(query, res, range);
         if self.lifecycle.is_some() {
+            let rows = self.alert_rows(query, res, range);
             self.lifecycle_outputs(query, rows, health, cfg, clock)
-        } else {
-            let outs = rows
+        } else if self.anomaly {
+            let outs = self
+                .alert_rows(query, res, range)
                 .into_iter()
                 .map(|(topic, alert, _)| Output::Alert { topic, alert })
                 .collect();
             (outs, 0)
+        } else {
+            let outs = self
+                .result_rows(res, range)
+                .map(|(topic, row, window)| Output::Row {
+                    topic,
+                    row: WindowRow::from_row(
+                        query,
+                        &self.device_column,
+                        (window.start, window.end),
+                        row,
+                    ),
+                })
+                .collect();
+            (outs, 0)
         }
+    }
+
+    /// Rows `range` of a closed window's result as JSON, each with its topic and window.
+    fn result_rows<'a>(
+        &'a self,
+        res: &'a WindowResult,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (String, serde_json::Map<String, serde_json::Value>, Pane)> + 'a {
+        range.map(move |r| {
+            let row = row_to_json(&res.batch, r);
+            let topic = self.sink.render(|c| row.get(c).map(topic_text));
+            let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
+            (topic, row, window)
+        })
     }
 
     /// Rows `range` of a closed window's result as alerts, each with its topic and window.
@@ -139,21 +171,18 @@ impl Publisher {
         res: &WindowResult,
         range: std::ops::Range<usize>,
     ) -> Vec<(String, Alert, Pane)> {
-        let mut rows = Vec::with_capacity(range.len());
-        for r in range {
-            let row = row_to_json(&res.batch, r);
-            let topic = self.sink.render(|c| row.get(c).map(topic_text));
-            let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
-            let alert = Alert::from_row(
-                query,
-                self.model.as_deref(),
-                &self.device_column,
-                (window.start, window.end),
-                row,
-            );
-            rows.push((topic, alert, window));
-        }
-        rows
+        self.result_rows(res, range)
+            .map(|(topic, row, window)| {
+                let alert = Alert::from_row(
+                    query,
+                    self.model.as_deref(),
+                    &self.device_column,
+                    (window.start, window.end),
+                    row,
+                );
+                (topic, alert, window)
+            })
+            .collect()
     }
 
     /// Feeds a lifecycle rule's window rows to its state machines: each transition and
@@ -190,15 +219,13 @@ impl Publisher {
                 });
             }
             let evidence = WindowEvidence {
-                start_ms: window.start,
-                end_ms: window.end,
-                window_start: alert.window_start.clone(),
-                window_end: alert.window_end.clone(),
+                window_start: alert.window_start,
+                window_end: alert.window_end,
                 score,
                 features: alert.features.clone(),
             };
             let state_topic = format!("{prefix}/state/{}", alert.device);
-            let first = health.first_window(rule, &alert.device, &alert.window_end, score);
+            let first = health.first_window(rule, &alert.device, alert.window_end, score);
             let state_of = |health: &HealthBook| {
                 health
                     .state(&alert.device)

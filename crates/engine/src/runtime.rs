@@ -255,6 +255,7 @@ impl Runtime {
     async fn emit(&mut self, o: Output) {
         self.count(|s| match &o {
             Output::Alert { .. } => s.alerts_out += 1,
+            Output::Row { .. } => s.rows_out += 1,
             Output::Transition { .. } => s.transitions_out += 1,
             Output::State { .. } => s.states_out += 1,
             Output::DeadLetter { letter, .. } => {

@@ -111,6 +111,8 @@ pub(crate) fn sources_of(p: &Pipeline) -> Vec<Source> {
                     .collect(),
                 device_column,
                 model,
+                anomaly: !q.models.is_empty()
+                    || q.output_schema.fields().iter().any(|f| f.name() == "score"),
             },
             fingerprint: checkpoint::fingerprint(q),
         });

@@ -426,11 +426,13 @@ async fn publish_loop(
                     if o.retained() {
                         retained.insert(topic.clone(), payload.clone());
                     }
-                    let critical = matches!(o, Output::Alert { .. } | Output::Transition { .. });
+                    // Query results are what subscribers act on or store; superseded
+                    // state and dead letters are not.
+                    let critical = matches!(o, Output::Alert { .. } | Output::Row { .. } | Output::Transition { .. });
                     if let Some(e) = outbox.push(Pending { topic, payload, retain: o.retained(), critical }) {
                         dropped.fetch_add(1, Ordering::Relaxed);
                         if e.critical {
-                            tracing::error!(topic = %e.topic, held = outbox.len(), "outbox full of alerts: dropped the oldest alert");
+                            tracing::error!(topic = %e.topic, held = outbox.len(), "outbox full of query results: dropped the oldest");
                         } else {
                             tracing::warn!(topic = %e.topic, held = outbox.len(), "outbox full: dropped the oldest non-critical message");
                         }

@@ -110,7 +110,7 @@ impl Sinks {
             self.pending.lock().expect("not poisoned").remove(&old);
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             let (device, id) = identify(&payload);
-            tracing::error!(%topic, %device, %id, dropped = n, "sink queue full (max_outbox): dropped the oldest alert");
+            tracing::error!(%topic, %device, %id, dropped = n, "sink queue full (max_outbox): dropped the oldest output");
         }
         drop(items);
         q.notify.notify_one();
@@ -192,7 +192,7 @@ mod tests {
     use forewarn_connect::{
         Connector, ConnectorConfig, Delivering, OptionError, Options, Registry, Role, TableContext,
     };
-    use forewarn_engine::Alert;
+    use forewarn_engine::{Timestamp, WindowRow};
     use forewarn_sql::QuerySet;
     use tokio::sync::Semaphore;
 
@@ -237,19 +237,17 @@ mod tests {
         }
     }
 
-    fn alert(query: &str, device: &str) -> Output {
-        Output::Alert {
+    /// A window row of `query` (the outputs of the count query below).
+    fn row(query: &str, device: &str) -> Output {
+        Output::Row {
             topic: format!("gate/{device}"),
-            alert: Alert {
-                schema_version: 1,
-                alert_id: device.into(),
+            row: WindowRow {
+                id: device.into(),
                 query: query.into(),
                 device: device.into(),
-                window_start: String::new(),
-                window_end: String::new(),
-                score: None,
-                model: None,
-                features: Default::default(),
+                window_start: Timestamp::from_millis(0),
+                window_end: Timestamp::from_millis(1_000),
+                columns: Default::default(),
             },
         }
     }
@@ -278,12 +276,12 @@ mod tests {
         let sinks = Sinks::start(&p, 2)
             .unwrap()
             .expect("the gate sink delivers itself");
-        assert!(sinks.route(0, &alert("g", "d1")));
+        assert!(sinks.route(0, &row("g", "d1")));
         assert!(
-            !sinks.route(1, &alert("other", "d1")),
+            !sinks.route(1, &row("other", "d1")),
             "another query's output"
         );
-        assert!(sinks.route(2, &alert("g", "d2")));
+        assert!(sinks.route(2, &row("g", "d2")));
         assert_eq!(sinks.first_pending(), Some(0));
         permits.add_permits(1);
         let wait = || async {
@@ -299,7 +297,7 @@ mod tests {
         assert_eq!(sinks.first_pending(), Some(2));
         // d2 is being delivered (blocked); two more fill the queue of 2, a third drops d3.
         for (seq, d) in [(3, "d3"), (4, "d4"), (5, "d5")] {
-            assert!(sinks.route(seq, &alert("g", d)));
+            assert!(sinks.route(seq, &row("g", d)));
         }
         assert_eq!(sinks.stats.dropped.load(Ordering::Relaxed), 1);
         permits.add_permits(10);

@@ -45,19 +45,24 @@ impl FeatureRows {
         }
     }
 
-    /// Takes a pipeline output: a result of the feature query becomes a row, anything
-    /// else is ignored. Returns whether it was a row.
+    /// Takes a pipeline output: a result of the feature query (a window row, or an
+    /// alert when the query selects a score) becomes a row, anything else is ignored.
+    /// Returns whether it was a row.
     pub fn push(&mut self, o: &Output) -> bool {
-        let Output::Alert { alert, .. } = o else {
-            return false;
+        let (device, end, values) = match o {
+            Output::Row { row, .. } => {
+                (&row.device, row.window_end, row.column_values(&self.names))
+            }
+            Output::Alert { alert, .. } => (
+                &alert.device,
+                alert.window_end,
+                alert.feature_values(&self.names),
+            ),
+            _ => return false,
         };
-        let Some(end) = forewarn_core::parse_rfc3339(&alert.window_end) else {
-            return false;
-        };
-        let values = alert.feature_values(&self.names);
         self.rows.push(FeatureRow {
-            device: alert.device.clone(),
-            window_end: end,
+            device: device.clone(),
+            window_end: end.as_millis(),
             values,
         });
         true

@@ -64,10 +64,6 @@ impl RuleRun {
     }
 }
 
-fn ms(s: &str) -> i64 {
-    forewarn_core::parse_rfc3339(s).unwrap_or(i64::MIN)
-}
-
 /// Replays `data` (sorted when `sort`) through `set` with `registry`'s models.
 pub async fn run(
     set: &QuerySet,
@@ -103,15 +99,24 @@ pub async fn run(
             Output::Alert { alert, .. } => r.windows.push(WindowRow {
                 query: alert.query,
                 device: alert.device,
-                start_ms: ms(&alert.window_start),
-                end_ms: ms(&alert.window_end),
+                start_ms: alert.window_start.as_millis(),
+                end_ms: alert.window_end.as_millis(),
                 score: alert.score,
                 features: alert.features,
+            }),
+            // A query that is no anomaly rule: its windows, unscored.
+            Output::Row { row, .. } => r.windows.push(WindowRow {
+                query: row.query,
+                device: row.device,
+                start_ms: row.window_start.as_millis(),
+                end_ms: row.window_end.as_millis(),
+                score: None,
+                features: row.columns,
             }),
             Output::Transition { message, .. } => r.changes.push(Change {
                 device: message.device,
                 kind: message.transition,
-                at_ms: ms(&message.window_end),
+                at_ms: message.window_end.as_millis(),
             }),
             _ => {}
         }
