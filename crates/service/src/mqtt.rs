@@ -84,7 +84,10 @@ pub struct MqttPipeline {
 /// [`forewarn_connect::Connector::embedded_only`]): the service would never feed such
 /// a source nor deliver such a sink's outputs.
 pub(crate) fn refuse_embedded_only(p: &Pipeline) -> Result<(), EngineError> {
-    let sources = p.sources().iter().map(|s| ("source", &s.name, &s.connector));
+    let sources = p
+        .sources()
+        .iter()
+        .map(|s| ("source", &s.name, &s.connector));
     let sinks = p.sinks().iter().map(|s| ("sink", &s.name, &s.connector));
     for (role, name, config) in sources.chain(sinks) {
         let connector = p.connectors().get(config.connector());
