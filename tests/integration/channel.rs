@@ -135,10 +135,11 @@ async fn readings_pushed_by_name_come_out_per_sink() {
     // Each admitted device's windows, computed here: (device, start) → (sum, n, max).
     let mut want: BTreeMap<(String, i64), (f64, u64, f64)> = BTreeMap::new();
     for s in 0..SECONDS {
-        for d in 0..2 {
+        // d1 and d2: the two devices admitted.
+        for (d, name) in DEVICES.iter().enumerate().take(2) {
             let start = BASE + (s * 1000 + 250) / 10_000 * 10_000;
             let w = want
-                .entry((DEVICES[d].to_string(), start))
+                .entry((name.to_string(), start))
                 .or_insert((0.0, 0, f64::MIN));
             w.0 += value(d, s);
             w.1 += 1;

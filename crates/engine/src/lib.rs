@@ -3,7 +3,7 @@
 //! This is the embeddable API. It needs no broker and no global state: build a
 //! [`Pipeline`] from query files and models, [`Pipeline::start`] it inside your tokio
 //! runtime, push readings through the [`PipelineHandle`] (JSON bytes with their
-//! topic, or Arrow batches), and read [`Output`]s from the receiver: result rows of
+//! topic or for a source by name, or Arrow batches), and read [`Output`]s from the receiver: result rows of
 //! sinks without a lifecycle (`Output::Alert`), a lifecycle's state changes
 //! (`Output::Transition`) and device states (`Output::State`), and dead letters. Read
 //! them while pushing: the channel is bounded, and the pipeline waits for room. Memory
