@@ -24,6 +24,14 @@ INSERT INTO plant_out SELECT device, window_start, max(v) AS m
 FROM plant GROUP BY tumble(interval '10 seconds'), device;
 ";
 
+/// One channel source, one channel sink.
+const ONE: &str = "CREATE TABLE readings (device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'channel');
+CREATE TABLE averages WITH (connector = 'channel');
+INSERT INTO averages SELECT device, window_start, avg(v) AS v, count(*) AS n
+FROM readings GROUP BY tumble(interval '10 seconds'), device;
+";
+
 /// 2023-11-14T22:13:20Z, a multiple of the window width.
 const BASE: i64 = 1_700_000_000_000;
 const SECONDS: i64 = 30;
@@ -294,12 +302,6 @@ async fn pushes_by_name_are_checkpointed_and_resumed() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    const ONE: &str = "CREATE TABLE readings (device TEXT, ts TIMESTAMP, v DOUBLE,
-  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'channel');
-CREATE TABLE averages WITH (connector = 'channel');
-INSERT INTO averages SELECT device, window_start, avg(v) AS v
-FROM readings GROUP BY tumble(interval '10 seconds'), device;
-";
     let dir = std::env::temp_dir().join(format!("fw-channel-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let build = || async {
@@ -378,6 +380,60 @@ FROM readings GROUP BY tumble(interval '10 seconds'), device;
         .map(|w| {
             let sum: f64 = (w * 10..w * 10 + 10).map(|s| value(0, s)).sum();
             (rfc3339(BASE + w * 10_000), sum / 10.0)
+        })
+        .collect();
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `forewarn replay` (the library's `replay`) pushes the history of a channel source
+/// by the source's name: the windows are those of the readings.
+#[cfg(feature = "history")]
+#[tokio::test]
+async fn history_of_a_channel_source_replays_by_name() {
+    let dir = std::env::temp_dir().join(format!("fw-channel-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("device,ts,v\n");
+    for s in 0..SECONDS {
+        csv.push_str(&format!("d1,{},{}\n", BASE + s * 1000 + 250, value(0, s)));
+    }
+    let data = dir.join("h.csv");
+    std::fs::write(&data, csv).unwrap();
+    let pipeline = Pipeline::builder()
+        .query_sql("replay.sql", ONE)
+        .build()
+        .await
+        .unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    let stats = forewarn::replay::replay(pipeline, &data, None, move |o| {
+        g.lock().unwrap().push(o);
+    })
+    .await
+    .unwrap();
+    assert_eq!(stats.readings_in, SECONDS as u64);
+    let got: Vec<(String, String, Value)> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| match o {
+            Output::Alert { topic, alert } => (
+                topic.clone(),
+                alert.window_start.clone(),
+                Value::Object(alert.features.clone()),
+            ),
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    let want: Vec<(String, String, Value)> = (0..3)
+        .map(|w| {
+            let sum: f64 = (w * 10..w * 10 + 10).map(|s| value(0, s)).sum();
+            (
+                "averages".to_string(),
+                rfc3339(BASE + w * 10_000),
+                json!({"v": sum / 10.0, "n": 10}),
+            )
         })
         .collect();
     assert_eq!(got, want);
