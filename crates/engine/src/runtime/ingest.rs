@@ -30,8 +30,7 @@ impl Runtime {
             return false;
         }
         match to {
-            // No topic is empty or holds U+0000 (MQTT forbids both): this key is no
-            // topic's.
+            // MQTT topics cannot hold U+0000: this key is no topic's.
             Some(j) => {
                 let key = format!("\0{}", self.sources[j].name);
                 self.recent.repeated(&key, payload)
