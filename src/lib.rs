@@ -15,10 +15,11 @@ pub use forewarn_alerts::{Health, TransitionKind};
 /// Event time as epoch milliseconds from RFC 3339 text and back, as readings carry it.
 pub use forewarn_core::{format_rfc3339, parse_rfc3339};
 pub use forewarn_engine::{
-    verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError, CheckpointStore, DeadLetter,
-    Delivery, DeviceState, DirStore, EngineConfig, EngineError, EngineStats, Envelope, Model,
-    ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle, Reason, ResumePoint,
-    SinkInfo, SourceInfo, StreamError, Timestamp, TopicTemplate, TransitionMessage, WindowRow,
+    split_by_sink, verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError,
+    CheckpointStore, DeadLetter, Delivery, DeviceState, DirStore, EngineConfig, EngineError,
+    EngineStats, Envelope, Model, ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle,
+    Reason, ResumePoint, SinkInfo, SinkOutputs, SourceInfo, StreamError, Timestamp, TopicTemplate,
+    TransitionMessage, WindowRow,
 };
 pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
 /// Model parameters, for [`ModelKind`] and [`Model::train`].

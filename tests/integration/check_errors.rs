@@ -21,7 +21,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("GROUP BY tumble(interval '10 seconds'), device", "GROUP BY tumble(interval '10 seconds'), tumble(interval '1 minute'), device", "6:48: only one window function is allowed in GROUP BY"),
     ("FROM r GROUP", "FROM nope GROUP", "6:6: unknown source table 'nope'"),
     ("INSERT INTO out", "INSERT INTO outt", "5:1: unknown sink table 'outt' (declare it first with CREATE TABLE ... WITH (connector = 'mqtt', topic = '...'))"),
-    ("connector = 'mqtt', topic = 'w/+'", "connector = 'kafka', topic = 'w/+'", "3:9: unknown connector 'kafka' (supported: 'mqtt', 'nats', 'file', 'webhook')"),
+    ("connector = 'mqtt', topic = 'w/+'", "connector = 'kafka', topic = 'w/+'", "3:9: unknown connector 'kafka' (supported: 'mqtt', 'nats', 'file', 'webhook', 'channel')"),
     ("connector = 'mqtt', topic = 'w/+'", "connector = 'nats', topic = 'w/+'", "3:9: nats source 'r' needs stream = '<JetStream stream>'"),
     ("connector = 'mqtt', topic = 'w/+'", "connector = 'nats', stream = 'S', topic = 'w/+'", "3:9: nats source 'r' needs partitions = '<N>', the N of the server's subject mapping"),
     ("connector = 'mqtt', topic = 'w/+'", "connector = 'nats', stream = 'S', partitions = '0', topic = 'w/+'", "3:43: partitions = '0' must be a whole number from 1 to 4096"),

@@ -10,6 +10,7 @@ mod common;
 mod alert_delivery;
 mod bad_input;
 mod broker_restart;
+mod channel;
 mod check_errors;
 mod checkpoint;
 #[cfg(all(feature = "cli", feature = "broker"))]

@@ -16,6 +16,7 @@ mod delivery;
 mod options;
 mod registry;
 
+pub mod channel;
 pub mod file;
 pub mod mqtt;
 pub mod nats;
@@ -82,6 +83,22 @@ pub trait Connector: Send + Sync + 'static {
     /// publish on topics (a webhook) take it as an optional label.
     fn sink_needs_topic(&self) -> bool {
         true
+    }
+
+    /// Why tables of this connector in `role` take no `topic` (nor `topic_template`),
+    /// or `None` when they have one. The SQL front end refuses those options with this
+    /// reason. Such a source is reached only by its name (`PipelineHandle::push_to`);
+    /// such a sink's outputs carry the table's name as their topic.
+    fn topic_refusal(&self, _role: Role) -> Option<&'static str> {
+        None
+    }
+
+    /// Why the service (`forewarn run`) cannot run tables of this connector, for a
+    /// connector whose running side is the program embedding Forewarn (`channel`);
+    /// `None` for the others. The service refuses such a query set at start rather
+    /// than leave its sources unfed and its sinks unread.
+    fn embedded_only(&self) -> Option<&'static str> {
+        None
     }
 
     /// For a sink that this connector delivers itself (not over the engine's MQTT

@@ -33,6 +33,7 @@ impl Registry {
                 Arc::new(crate::nats::Nats),
                 Arc::new(crate::file::File),
                 Arc::new(crate::webhook::Webhook),
+                Arc::new(crate::channel::Channel),
             ],
         }
     }
@@ -71,7 +72,7 @@ mod tests {
     #[test]
     fn builtin_connectors_and_their_options() {
         let r = Registry::builtin();
-        assert_eq!(r.names(), ["mqtt", "nats", "file", "webhook"]);
+        assert_eq!(r.names(), ["mqtt", "nats", "file", "webhook", "channel"]);
         assert_eq!(r.owner_of("stream", Role::Source), Some("nats"));
         assert_eq!(r.owner_of("url", Role::Sink), Some("webhook"));
         assert_eq!(r.owner_of("url", Role::Source), None);

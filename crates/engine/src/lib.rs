@@ -3,11 +3,11 @@
 //! This is the embeddable API. It needs no broker and no global state: build a
 //! [`Pipeline`] from query files and models, [`Pipeline::start`] it inside your tokio
 //! runtime, push readings through the [`PipelineHandle`] (JSON bytes with their
-//! topic, or Arrow batches), and read [`Output`]s from the receiver: for sinks without
-//! a lifecycle, the result rows of anomaly queries (`Output::Alert`: the query selects a
-//! `score` or calls a model) and of other queries (`Output::Row`: aggregates); for
-//! sinks with one, its state changes (`Output::Transition`) and device states
-//! (`Output::State`); and dead letters. Read
+//! topic or for a source by name, or Arrow batches), and read [`Output`]s from the
+//! receiver: for sinks without a lifecycle, the result rows of anomaly queries
+//! (`Output::Alert`: the query selects a `score` or calls a model) and of other queries
+//! (`Output::Row`: aggregates); for sinks with one, its state changes
+//! (`Output::Transition`) and device states (`Output::State`); and dead letters. Read
 //! them while pushing: the channel is bounded, and the pipeline waits for room. Memory
 //! is bounded by the channel capacities, the micro-batch size and the open windows'
 //! aggregate state.
@@ -50,6 +50,7 @@ mod rows;
 mod runtime;
 mod settings;
 mod sources;
+mod split;
 
 pub use checkpoint::{
     verify_checkpoint, CheckpointConfig, CheckpointError, CheckpointStore, DirStore,
@@ -73,6 +74,7 @@ use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
 pub use forewarn_stream::StreamError;
 use serde::{Deserialize, Serialize};
 pub use settings::{CheckpointSettings, EngineSettings};
+pub use split::{split_by_sink, SinkOutputs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
@@ -105,6 +107,24 @@ pub enum EngineError {
     /// The pipeline has stopped (its task ended or panicked).
     #[error("the pipeline has stopped")]
     Stopped,
+    /// A message was pushed by the name of a source no query reads
+    /// ([`PipelineHandle::push_to`]): a mistake of the caller, not of the input.
+    #[error("no query reads source '{name}' (the pipeline's sources: {})", .known.join(", "))]
+    UnknownSource {
+        /// The name pushed to.
+        name: String,
+        /// The sources the queries read, in [`Pipeline::sources`] order.
+        known: Vec<String>,
+    },
+    /// A message was pushed by the name of a source that reads columns from the
+    /// topic ([`PipelineHandle::push_to`]): without one, every reading would lack them.
+    #[error("source '{name}' reads columns from the topic (topic_template = '{template}'): push its messages with their topic (PipelineHandle::push)")]
+    NeedsTopic {
+        /// The source.
+        name: String,
+        /// Its topic template.
+        template: String,
+    },
 }
 
 /// Tunables with defaults suitable for a gateway.
@@ -266,7 +286,8 @@ pub struct DeadLetter {
     pub reason: Reason,
     /// Human-readable detail.
     pub detail: String,
-    /// Topic the input arrived on (empty for pushed batches).
+    /// Topic the input arrived on (empty for pushed batches and for messages pushed
+    /// by source name).
     pub source_topic: String,
     /// Source table, when known.
     pub source: Option<String>,
@@ -609,7 +630,9 @@ fn sql_files(p: &Path) -> Result<Vec<PathBuf>, EngineError> {
 pub struct SourceInfo {
     /// Table name.
     pub name: String,
-    /// MQTT topic filter.
+    /// MQTT topic filter; empty for a source without a topic (`connector =
+    /// 'channel'`), which takes only messages pushed by its name
+    /// ([`PipelineHandle::push_to`]).
     pub topic_filter: String,
     /// Topic template, if declared.
     pub template: Option<TopicTemplate>,
@@ -636,7 +659,8 @@ pub struct SourceInfo {
 pub struct SinkInfo {
     /// Table name.
     pub name: String,
-    /// The topic template its outputs are published on (or labelled with).
+    /// The topic template its outputs are published on (or labelled with); for a sink
+    /// without a topic (`connector = 'channel'`), the table's name.
     pub topic: TopicTemplate,
     /// The connector taking its outputs, with its settings (for `connector =
     /// 'webhook'`, a [`forewarn_connect::webhook::WebhookSink`]).
@@ -702,6 +726,14 @@ impl Pipeline {
     /// outputs to).
     pub fn sinks(&self) -> &[SinkInfo] {
         &self.sink_infos
+    }
+
+    /// The sink the outputs of `query` go to ([`Output::query`]), if the pipeline
+    /// runs that query.
+    pub fn sink_of(&self, query: &str) -> Option<&SinkInfo> {
+        self.sink_infos
+            .iter()
+            .find(|s| s.queries.iter().any(|q| q == query))
     }
 
     /// The connector registry the queries were parsed with.
@@ -821,6 +853,14 @@ impl Pipeline {
             ));
         }
         let confirmed = Arc::new(AtomicU64::new(0));
+        let routes = self
+            .sources
+            .iter()
+            .map(|s| Route {
+                name: s.name.clone(),
+                template: s.template.as_ref().map(|t| t.as_str().to_string()),
+            })
+            .collect();
         let rt = runtime::Runtime::new(self, out_tx, stats.clone(), confirmed.clone());
         let task = tokio::spawn(async move {
             let r = rt.run(in_rx).await;
@@ -833,6 +873,7 @@ impl Pipeline {
                 stats,
                 task: Arc::new(Mutex::new(Some(task))),
                 confirmed,
+                routes: Arc::new(routes),
             },
             out_rx,
         )
@@ -873,8 +914,19 @@ async fn reload_models(
 
 pub(crate) enum Input {
     Message(Envelope),
-    Command { device: String, payload: Vec<u8> },
-    Batch { source: String, batch: RecordBatch },
+    /// A message for one source, by its index in [`Pipeline::sources`].
+    ToSource {
+        source: usize,
+        message: Envelope,
+    },
+    Command {
+        device: String,
+        payload: Vec<u8>,
+    },
+    Batch {
+        source: String,
+        batch: RecordBatch,
+    },
     Flush(oneshot::Sender<()>),
     Finish(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
@@ -889,6 +941,15 @@ pub struct PipelineHandle {
     stats: Arc<Mutex<EngineStats>>,
     task: Arc<Mutex<Option<PipelineTask>>>,
     confirmed: Arc<AtomicU64>,
+    /// The sources, in the task's order, for pushing by name.
+    routes: Arc<Vec<Route>>,
+}
+
+/// What the handle knows of a source to push to it by name.
+struct Route {
+    name: String,
+    /// Its topic template, if it reads columns from the topic.
+    template: Option<String>,
 }
 
 impl PipelineHandle {
@@ -914,6 +975,75 @@ impl PipelineHandle {
     /// [`push`](Self::push) with [`Envelope::new`].
     pub async fn push_json(&self, topic: &str, payload: Vec<u8>) -> Result<(), EngineError> {
         self.push(Envelope::new(topic, payload)).await
+    }
+
+    /// Pushes one JSON message (an object or an array of objects) for source table
+    /// `source`, by its name rather than a topic: the way to feed a `connector =
+    /// 'channel'` source, and usable for any source whose columns all come from the
+    /// payload. It is decoded, checked and counted exactly as a message routed by
+    /// topic (duplicates, `max_devices`, watermarks, checkpoints); its dead letters
+    /// have an empty `source_topic` and name the source. An unknown name
+    /// ([`EngineError::UnknownSource`]) or a source reading columns from its topic
+    /// ([`EngineError::NeedsTopic`]) is an error here, not a dead letter.
+    pub async fn push_to(&self, source: &str, payload: Vec<u8>) -> Result<(), EngineError> {
+        self.push_to_with(source, payload, Delivery::None).await
+    }
+
+    /// [`push_to`](Self::push_to) with the [`Delivery`] the caller needs back (an
+    /// acknowledgement once a checkpoint covers the message, or its position in a
+    /// replayable log, as for [`push`](Self::push)).
+    pub async fn push_to_with(
+        &self,
+        source: &str,
+        payload: Vec<u8>,
+        delivery: Delivery,
+    ) -> Result<(), EngineError> {
+        let input = self.to_source(source, payload, delivery)?;
+        self.send(input).await
+    }
+
+    /// [`push_to`](Self::push_to) if the input channel has room now; otherwise hands
+    /// the payload back (`Ok(Some(..))`), as [`try_push`](Self::try_push) does.
+    pub fn try_push_to(
+        &self,
+        source: &str,
+        payload: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        match self
+            .tx
+            .try_send(self.to_source(source, payload, Delivery::None)?)
+        {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(Input::ToSource { message, .. })) => {
+                Ok(Some(message.payload))
+            }
+            Err(_) => Err(EngineError::Stopped),
+        }
+    }
+
+    /// The input for source `name`, or why it cannot be pushed to by name.
+    fn to_source(
+        &self,
+        name: &str,
+        payload: Vec<u8>,
+        delivery: Delivery,
+    ) -> Result<Input, EngineError> {
+        let Some(i) = self.routes.iter().position(|r| r.name == name) else {
+            return Err(EngineError::UnknownSource {
+                name: name.to_string(),
+                known: self.routes.iter().map(|r| r.name.clone()).collect(),
+            });
+        };
+        if let Some(t) = &self.routes[i].template {
+            return Err(EngineError::NeedsTopic {
+                name: name.to_string(),
+                template: t.clone(),
+            });
+        }
+        Ok(Input::ToSource {
+            source: i,
+            message: Envelope::new("", payload).with(delivery),
+        })
     }
 
     /// With [`CheckpointConfig::confirm_outputs`]: the first `n` outputs received from

@@ -305,15 +305,26 @@ fn dead_letter(cfg: &EngineConfig, to: &str, letter: DeadLetter) -> Output {
 }
 
 /// A message repeating one of the last `duplicate_window` messages.
-pub(crate) fn duplicate(cfg: &EngineConfig, topic: &str, payload: &[u8]) -> Output {
+pub(crate) fn duplicate(
+    cfg: &EngineConfig,
+    topic: &str,
+    source: Option<&str>,
+    payload: &[u8],
+) -> Output {
     let letter = DeadLetter {
         reason: Reason::Duplicate,
-        detail: format!(
-            "the same bytes on the same topic arrived among the last {} messages (a resent publish)",
-            cfg.duplicate_window
-        ),
+        detail: match source {
+            None => format!(
+                "the same bytes on the same topic arrived among the last {} messages (a resent publish)",
+                cfg.duplicate_window
+            ),
+            Some(s) => format!(
+                "the same bytes pushed to source '{s}' arrived among the last {} messages (a resent push)",
+                cfg.duplicate_window
+            ),
+        },
         source_topic: topic.to_string(),
-        source: None,
+        source: source.map(str::to_string),
         index: None,
         excerpt: excerpt(cfg, payload),
     };
@@ -633,7 +644,7 @@ mod tests {
         assert_eq!(excerpt(&cfg, b"ab"), "ab");
         // A cut inside a UTF-8 sequence is replaced, not an error.
         assert_eq!(excerpt(&cfg, "abcé".as_bytes()), "abc\u{fffd}");
-        let o = duplicate(&cfg, "t/1", b"{\"x\": 1}");
+        let o = duplicate(&cfg, "t/1", None, b"{\"x\": 1}");
         let (topic, l) = letter(&o);
         assert_eq!(topic, "fw/deadletter/duplicate");
         assert_eq!(l.reason, Reason::Duplicate);

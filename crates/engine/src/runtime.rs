@@ -121,28 +121,9 @@ impl Runtime {
             let backlogged = self.backlogged();
             tokio::select! {
                 msg = rx.recv(), if !backlogged => match msg {
-                    Some(Input::Message(Envelope { topic, payload, delivery })) => {
-                        let (ack, ack_id) = match delivery {
-                            Delivery::None => (None, None),
-                            Delivery::Ack { ack, id } => (Some(ack), id),
-                            Delivery::Position(p) => {
-                                self.position = Some(p);
-                                (None, None)
-                            }
-                        };
-                        if let Some(device) = topic.strip_prefix(&self.command_prefix) {
-                            self.on_command(device, &payload).await;
-                            self.taken(ack, None).await?;
-                            continue;
-                        }
-                        self.on_json(&topic, &payload).await?;
-                        // Nothing else waiting: close the micro-batch now rather than on
-                        // the timer, so a reading that completes a window is not held back.
-                        // Under load the queue is not empty and batches fill up.
-                        if self.config.flush_when_idle && rx.is_empty() {
-                            self.flush_all().await?;
-                        }
-                        self.taken(ack, ack_id).await?;
+                    Some(Input::Message(m)) => self.on_message(m, None, rx.is_empty()).await?,
+                    Some(Input::ToSource { source, message }) => {
+                        self.on_message(message, Some(source), rx.is_empty()).await?
                     }
                     Some(Input::Batch { source, batch }) => {
                         self.on_batch(&source, batch).await?;
@@ -196,6 +177,41 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Takes one message: for the sources whose filter matches its topic (`to` is
+    /// `None`; or an operator command on `{prefix}/command/{device}`), or for source
+    /// `to` alone (pushed by its name). `idle`: no other input is waiting.
+    async fn on_message(
+        &mut self,
+        Envelope {
+            topic,
+            payload,
+            delivery,
+        }: Envelope,
+        to: Option<usize>,
+        idle: bool,
+    ) -> Result<(), EngineError> {
+        let (ack, ack_id) = match delivery {
+            Delivery::None => (None, None),
+            Delivery::Ack { ack, id } => (Some(ack), id),
+            Delivery::Position(p) => {
+                self.position = Some(p);
+                (None, None)
+            }
+        };
+        if let (None, Some(device)) = (to, topic.strip_prefix(&self.command_prefix)) {
+            self.on_command(device, &payload).await;
+            return self.taken(ack, None).await;
+        }
+        self.on_json(&topic, &payload, to).await?;
+        // Nothing else waiting: close the micro-batch now rather than on the timer, so
+        // a reading that completes a window is not held back. Under load the queue is
+        // not empty and batches fill up.
+        if self.config.flush_when_idle && idle {
+            self.flush_all().await?;
+        }
+        self.taken(ack, ack_id).await
     }
 
     /// Moves watermarks with the wall clock: always for processing-time sources, and for

@@ -18,7 +18,9 @@ use crate::Pipeline;
 /// One source table: what arrives on its topics.
 pub(crate) struct Source {
     pub(crate) name: String,
-    pub(crate) filter: String,
+    /// The topic filter routing messages to it (`None`: it has no topic, and takes only
+    /// messages pushed by its name).
+    pub(crate) filter: Option<String>,
     pub(crate) decoder: JsonDecoder,
     /// When the oldest buffered reading arrived.
     pub(crate) pending_since: Option<Instant>,
@@ -65,7 +67,7 @@ pub(crate) fn sources_of(p: &Pipeline) -> Vec<Source> {
             .expect("checked at build");
             Source {
                 name: s.name.clone(),
-                filter: s.topic_filter.clone(),
+                filter: (!s.topic_filter.is_empty()).then(|| s.topic_filter.clone()),
                 decoder: if s.processing_time {
                     decoder.with_arrival_column(forewarn_sql::ARRIVAL_TIME)
                 } else {
@@ -172,7 +174,7 @@ mod tests {
         let template = TopicTemplate::parse("plant/{device}").unwrap();
         Source {
             name: "s".into(),
-            filter: "plant/+".into(),
+            filter: Some("plant/+".into()),
             decoder: JsonDecoder::new(schema, Some(template.clone()), 4096).unwrap(),
             pending_since: None,
             operators: vec![],

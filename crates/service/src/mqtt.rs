@@ -79,6 +79,28 @@ pub struct MqttPipeline {
     shed: Arc<AtomicU64>,
 }
 
+/// Refuses, before connecting anywhere, a pipeline with a table whose connector only
+/// a program embedding Forewarn runs (`connector = 'channel'`,
+/// [`forewarn_connect::Connector::embedded_only`]): the service would never feed such
+/// a source nor deliver such a sink's outputs.
+pub(crate) fn refuse_embedded_only(p: &Pipeline) -> Result<(), EngineError> {
+    let sources = p
+        .sources()
+        .iter()
+        .map(|s| ("source", &s.name, &s.connector));
+    let sinks = p.sinks().iter().map(|s| ("sink", &s.name, &s.connector));
+    for (role, name, config) in sources.chain(sinks) {
+        let connector = p.connectors().get(config.connector());
+        if let Some(why) = connector.and_then(|c| c.embedded_only()) {
+            return Err(EngineError::Config(format!(
+                "{role} '{name}' (connector = '{}'): {why}",
+                config.connector()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Connects `pipeline` to the broker at `url`. `tap`, if given, receives a copy of every output.
 ///
 /// A pipeline with checkpoints (see [`forewarn_engine::CheckpointConfig`]) reads through a
@@ -91,6 +113,7 @@ pub async fn start(
     opts: &RunOptions,
     tap: Option<mpsc::Sender<Output>>,
 ) -> Result<MqttPipeline, RunError> {
+    refuse_embedded_only(&pipeline)?;
     if let Some(s) = pipeline
         .sources()
         .iter()

@@ -287,6 +287,7 @@ pub async fn run_worker(
     let stats = stats.unwrap_or_default();
     // The query set decides the stream and the partition count.
     let probe = factory(None).await.map_err(RunError::from)?;
+    crate::mqtt::refuse_embedded_only(&probe).map_err(RunError::from)?;
     let (stream, partitions) = nats_source(&probe)?;
     drop(probe);
     if let Assignment::Fixed(set) = &opts.assignment {

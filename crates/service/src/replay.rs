@@ -189,6 +189,7 @@ pub async fn replay_ordered(
     mut sink: impl FnMut(Output) + Send + 'static,
 ) -> Result<EngineStats, ReplayError> {
     let messages = ordered_messages(&pipeline, data, source, order)?;
+    let by_name = by_name(&pipeline, source);
     let (handle, mut outputs) = pipeline.without_wall_clock().start();
     let drain = tokio::spawn(async move {
         while let Some(o) = outputs.recv().await {
@@ -197,8 +198,7 @@ pub async fn replay_ordered(
     });
     let pushed: Result<(), ReplayError> = async {
         for m in messages {
-            let m = m?;
-            handle.push_json(&m.topic, m.payload).await?;
+            push(&handle, by_name.as_deref(), m?).await?;
         }
         Ok(())
     }
@@ -213,6 +213,29 @@ pub async fn replay_ordered(
     drop(handle);
     drain.await.map_err(|_| EngineError::Stopped)?;
     Ok(stats)
+}
+
+/// The source `source` (or the only one) if it has no topic (`connector = 'channel'`):
+/// its history is pushed by the source's name.
+fn by_name(pipeline: &Pipeline, source: Option<&str>) -> Option<String> {
+    pipeline
+        .sources()
+        .iter()
+        .find(|s| source.is_none_or(|n| n == s.name))
+        .filter(|s| s.topic_filter.is_empty())
+        .map(|s| s.name.clone())
+}
+
+/// Pushes one history message: on its topic, or by the source's name (`by_name`).
+async fn push(
+    handle: &forewarn_engine::PipelineHandle,
+    by_name: Option<&str>,
+    m: Message,
+) -> Result<(), EngineError> {
+    match by_name {
+        Some(name) => handle.push_to(name, m.payload).await,
+        None => handle.push_json(&m.topic, m.payload).await,
+    }
 }
 
 /// Reason codes of rows refused after decoding (by a query's window operator): those
@@ -353,6 +376,7 @@ pub async fn features_with(
         .without_wall_clock();
     let source = pipeline.sources()[0].clone();
     let messages = ordered_messages(&pipeline, data, None, order)?;
+    let by_name = by_name(&pipeline, None);
     let (handle, mut outputs) = pipeline.start();
     let collect = tokio::spawn(async move {
         let mut rows = crate::training::FeatureRows::new(names);
@@ -372,7 +396,7 @@ pub async fn features_with(
                 let (device, t, a) = label_of(&source, &m, col, data)?;
                 labels.push(&device, t, a);
             }
-            handle.push_json(&m.topic, m.payload).await?;
+            push(&handle, by_name.as_deref(), m).await?;
             n += 1;
             if n.is_multiple_of(1024) {
                 progress(n);

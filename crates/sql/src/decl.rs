@@ -39,7 +39,8 @@ pub struct SourceDecl {
     pub event_time: String,
     /// How the watermark trails event time.
     pub watermark: WatermarkSpec,
-    /// MQTT topic filter to subscribe to.
+    /// MQTT topic filter to subscribe to; empty for a source without a topic
+    /// (`connector = 'channel'`), which receives only readings pushed by its name.
     pub topic: String,
     /// Template mapping topic levels to columns.
     pub topic_template: Option<String>,
@@ -81,7 +82,8 @@ pub struct ReferenceDecl {
 pub struct SinkDecl {
     /// Table name.
     pub name: String,
-    /// Topic template, e.g. `forewarn/alerts/{device}`.
+    /// Topic template, e.g. `forewarn/alerts/{device}`; for a sink without a topic
+    /// (`connector = 'channel'`), the table's name.
     pub topic: String,
     /// Payload format (`json`).
     pub format: String,
@@ -324,5 +326,88 @@ FROM pumps GROUP BY tumble(interval '10 seconds'), device HAVING avg(vibration) 
             .add_file("x.sql", "SELEC 1")
             .unwrap_err();
         assert_eq!((e.line, e.column), (1, 1));
+    }
+
+    /// A query read and written in memory (`connector = 'channel'`).
+    const CHANNEL: &str = "CREATE TABLE readings (device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'channel');
+CREATE TABLE out WITH (connector = 'channel');
+INSERT INTO out SELECT device, window_start, avg(v) AS v
+FROM readings GROUP BY tumble(interval '10 seconds'), device;
+";
+
+    #[test]
+    fn channel_tables_have_no_topic() {
+        let mut qs = QuerySet::default();
+        qs.add_file("q.sql", CHANNEL).unwrap();
+        let s = &qs.sources["readings"];
+        assert_eq!(s.topic, "");
+        assert_eq!(s.topic_template, None);
+        assert_eq!(s.connector.connector(), "channel");
+        // The device is a payload column, nullable as any undeclared-NOT-NULL one.
+        assert!(s.schema.field_with_name("device").unwrap().is_nullable());
+        let k = &qs.sinks["out"];
+        assert_eq!(k.topic, "out");
+        assert_eq!(k.connector.connector(), "channel");
+    }
+
+    #[test]
+    fn channel_options_are_refused_at_their_key() {
+        let cases = [
+            (
+                "(connector = 'channel');\nCREATE TABLE out",
+                "(connector = 'channel', topic = 'w/+');\nCREATE TABLE out",
+                (2, 78),
+                "'topic' does not apply to a channel source: the program pushes its readings by the table's name (PipelineHandle::push_to), so the device comes from a payload column",
+            ),
+            (
+                "(connector = 'channel');\nCREATE TABLE out",
+                "(connector = 'channel', topic_template = 'w/{device}');\nCREATE TABLE out",
+                (2, 78),
+                "'topic_template' does not apply to a channel source: the program pushes its readings by the table's name (PipelineHandle::push_to), so the device comes from a payload column",
+            ),
+            (
+                "out WITH (connector = 'channel')",
+                "out WITH (connector = 'channel', topic = 'o/{device}')",
+                (3, 47),
+                "'topic' does not apply to a channel sink: its outputs go to the program's output receiver, with the table's name as their topic",
+            ),
+            (
+                "(connector = 'channel');\nCREATE TABLE out",
+                "(connector = 'channel', retries = '3');\nCREATE TABLE out",
+                (2, 78),
+                "unknown option 'retries' for a channel source (allowed: connector, format, max_future, watermark_key, max_skew, idle_timeout, late_topic)",
+            ),
+            (
+                "out WITH (connector = 'channel')",
+                "out WITH (connector = 'channel', url = 'http://x')",
+                (3, 47),
+                "'url' is an option of connector = 'webhook'",
+            ),
+            (
+                "(connector = 'channel');\nCREATE TABLE out",
+                "(connector = 'channel', format = 'csv');\nCREATE TABLE out",
+                (2, 78),
+                "unknown format 'csv' (supported: 'json')",
+            ),
+            (
+                "(connector = 'channel');\nCREATE TABLE out",
+                "(connector = 'channel', watermark_key = 'dev');\nCREATE TABLE out",
+                (2, 78),
+                "watermark_key names column 'dev', which 'readings' does not declare",
+            ),
+            (
+                "out WITH (connector = 'channel')",
+                "out WITH (connector = 'channel', warning_at = 'high')",
+                (3, 47),
+                "warning_at must be a number, got 'high'",
+            ),
+        ];
+        for (from, to, at, want) in cases {
+            assert!(CHANNEL.contains(from), "{from}");
+            let text = CHANNEL.replacen(from, to, 1);
+            let e = QuerySet::default().add_file("q.sql", &text).unwrap_err();
+            assert_eq!((e.message.as_str(), (e.line, e.column)), (want, at), "{to}");
+        }
     }
 }

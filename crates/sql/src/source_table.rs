@@ -15,11 +15,12 @@ use crate::{
 };
 
 impl QuerySet {
-    /// Adds `t` as a source, read from `topic` through the connector `config`.
+    /// Adds `t` as a source, read from `topic` through the connector `config` (`None`:
+    /// it has no topic, and receives only what is pushed by its name).
     pub(crate) fn add_source(
         &mut self,
         t: &Table,
-        topic: String,
+        topic: Option<String>,
         format: String,
         config: ConnectorConfig,
     ) -> Result<(), SqlError> {
@@ -35,12 +36,16 @@ impl QuerySet {
         let get = |k: &str| map.get(k).map(|(v, _)| v.clone());
         let template = get("topic_template");
         // The broker would refuse the subscription, and the source would stay empty.
-        if let Some(why) = forewarn_formats::filter_problem(&topic) {
-            return Err(
-                err(file, text, map["topic"].1, format!("topic '{topic}' {why}"))
-                    .with_kind(SqlErrorKind::Option),
-            );
+        if let Some(why) = topic.as_deref().and_then(forewarn_formats::filter_problem) {
+            return Err(err(
+                file,
+                text,
+                map["topic"].1,
+                format!("topic '{}' {why}", topic.unwrap_or_default()),
+            )
+            .with_kind(SqlErrorKind::Option));
         }
+        let topic = topic.unwrap_or_default();
         let captures: Vec<String> = match topic_template(file, text, map, "topic_template")? {
             Some(t) => {
                 // A template the subscription never delivers a message for would leave

@@ -151,23 +151,31 @@ impl QuerySet {
             )
             .with_kind(SqlErrorKind::Option));
         }
-        let topic = match get("topic") {
-            Some(t) => t,
-            None if role == Role::Sink && !connector.sink_needs_topic() => {
-                format!("{connector_name}/{name}")
-            }
-            None => {
-                return Err(err(
-                    file,
-                    text,
-                    loc,
-                    format!("table '{name}' needs a topic = '...' option"),
-                )
-                .with_kind(SqlErrorKind::Option))
-            }
+        // A table without a topic (connector = 'channel'): a source is reached by its
+        // name only, a sink's outputs are labelled with its name.
+        // (`connector_of` refused `topic` and `topic_template` for it.)
+        let topic = if connector.topic_refusal(role).is_some() {
+            (role == Role::Sink).then(|| name.to_string())
+        } else {
+            Some(match get("topic") {
+                Some(t) => t,
+                None if role == Role::Sink && !connector.sink_needs_topic() => {
+                    format!("{connector_name}/{name}")
+                }
+                None => {
+                    return Err(err(
+                        file,
+                        text,
+                        loc,
+                        format!("table '{name}' needs a topic = '...' option"),
+                    )
+                    .with_kind(SqlErrorKind::Option))
+                }
+            })
         };
         let config = table.configure(&*connector, &context, &options)?;
         if columns.is_empty() {
+            let topic = topic.expect("a sink's topic is its name when it has none");
             return self.add_sink(&table, topic, format, config);
         }
         self.add_source(&table, topic, format, config)
@@ -229,7 +237,24 @@ impl QuerySet {
             Role::Source => SOURCE_OPTIONS,
             Role::Table => &["connector"],
         };
-        let allowed: Vec<&str> = common.iter().chain(own).copied().collect();
+        let mut allowed: Vec<&str> = common.iter().chain(own).copied().collect();
+        if let Some(why) = connector.topic_refusal(role) {
+            const TOPIC: [&str; 2] = ["topic", "topic_template"];
+            if let Some((k, (_, at))) = map.iter().find(|(k, _)| TOPIC.contains(&k.as_str())) {
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!(
+                        "'{k}' does not apply to {} {connector_name} {}: {why}",
+                        article(&connector_name),
+                        role.as_str()
+                    ),
+                )
+                .with_kind(SqlErrorKind::UnknownOption));
+            }
+            allowed.retain(|k| !TOPIC.contains(k));
+        }
         for (k, (_, at)) in map {
             if allowed.contains(&k.as_str()) {
                 continue;

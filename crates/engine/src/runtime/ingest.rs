@@ -4,30 +4,59 @@
 use super::*;
 
 impl Runtime {
+    /// Whether source `i` takes a message on `topic` pushed for source `to` (`None`:
+    /// routed by topic, to every source whose filter matches; a source without a topic
+    /// takes only messages pushed by its name).
+    fn takes(&self, i: usize, topic: &str, to: Option<usize>) -> bool {
+        match to {
+            Some(j) => i == j,
+            None => self.sources[i]
+                .filter
+                .as_deref()
+                .is_some_and(|f| filter_matches(f, topic)),
+        }
+    }
+
     /// Whether the message repeats one among the last `duplicate_window` messages to
     /// event-time sources byte for byte (a QoS 1 publisher resends after a lost
     /// PUBACK; with the timestamp inside, the same bytes are the same readings). Sources
-    /// timed by arrival are exempt: identical payloads are new readings there.
-    pub(super) fn is_duplicate(&mut self, topic: &str, payload: &[u8]) -> bool {
-        self.recent.enabled()
-            && self
-                .sources
-                .iter()
-                .any(|s| !s.processing_time && filter_matches(&s.filter, topic))
-            && self.recent.repeated(topic, payload)
+    /// timed by arrival are exempt: identical payloads are new readings there. A
+    /// message pushed by source name is compared with those pushed to the same source.
+    pub(super) fn is_duplicate(&mut self, topic: &str, payload: &[u8], to: Option<usize>) -> bool {
+        if !self.recent.enabled()
+            || !(0..self.sources.len())
+                .any(|i| !self.sources[i].processing_time && self.takes(i, topic, to))
+        {
+            return false;
+        }
+        match to {
+            // MQTT topics cannot hold U+0000: this key is no topic's.
+            Some(j) => {
+                let key = format!("\0{}", self.sources[j].name);
+                self.recent.repeated(&key, payload)
+            }
+            None => self.recent.repeated(topic, payload),
+        }
     }
 
-    pub(super) async fn on_json(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineError> {
+    /// One JSON message: decoded by the sources that take it (see [`Self::takes`]).
+    pub(super) async fn on_json(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        to: Option<usize>,
+    ) -> Result<(), EngineError> {
         self.count(|s| s.messages_in += 1);
 
-        if self.is_duplicate(topic, payload) {
-            let o = outputs::duplicate(&self.config, topic, payload);
+        if self.is_duplicate(topic, payload, to) {
+            let source = to.map(|j| self.sources[j].name.as_str());
+            let o = outputs::duplicate(&self.config, topic, source, payload);
             self.emit(o).await;
             return Ok(());
         }
         let mut matched = false;
         for i in 0..self.sources.len() {
-            if !filter_matches(&self.sources[i].filter, topic) {
+            if !self.takes(i, topic, to) {
                 continue;
             }
             matched = true;
