@@ -14,6 +14,9 @@ pub use datafusion::arrow;
 pub use forewarn_alerts::{Health, TransitionKind};
 /// Event time as epoch milliseconds from RFC 3339 text and back, as readings carry it.
 pub use forewarn_core::{format_rfc3339, parse_rfc3339};
+/// Pushed batches and records, the output policy, the gauges, and the blocking facade
+/// for code without an async runtime.
+pub use forewarn_engine::{blocking, BatchError, OutputPolicy, SourceGauges};
 pub use forewarn_engine::{
     split_by_sink, verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError,
     CheckpointStore, DeadLetter, Delivery, DeviceState, DirStore, EngineConfig, EngineError,

@@ -158,12 +158,12 @@ async fn readings_pushed_by_name_come_out_per_sink() {
     let rows = |outs: &[Output], sink: &str| -> Vec<(String, String, Value)> {
         outs.iter()
             .map(|o| match o {
-                Output::Alert { topic, alert } => {
+                Output::Row { topic, row: alert } => {
                     assert_eq!(topic, sink, "a channel sink's topic is its name");
                     (
                         alert.device.clone(),
-                        alert.window_start.clone(),
-                        Value::Object(alert.features.clone()),
+                        alert.window_start.to_string(),
+                        Value::Object(alert.columns.clone()),
                     )
                 }
                 other => panic!("{sink} has no lifecycle: {other:?}"),
@@ -324,9 +324,12 @@ async fn pushes_by_name_are_checkpointed_and_resumed() {
             let mut v = Vec::new();
             while let Some(o) = rx.recv().await {
                 match o {
-                    Output::Alert { topic, alert } => {
+                    Output::Row { topic, row: alert } => {
                         assert_eq!(topic, "averages");
-                        v.push((alert.window_start, alert.features["v"].as_f64().unwrap()));
+                        v.push((
+                            alert.window_start.to_string(),
+                            alert.columns["v"].as_f64().unwrap(),
+                        ));
                     }
                     o => panic!("{o:?}"),
                 }
@@ -418,10 +421,10 @@ async fn history_of_a_channel_source_replays_by_name() {
         .unwrap()
         .iter()
         .map(|o| match o {
-            Output::Alert { topic, alert } => (
+            Output::Row { topic, row: alert } => (
                 topic.clone(),
-                alert.window_start.clone(),
-                Value::Object(alert.features.clone()),
+                alert.window_start.to_string(),
+                Value::Object(alert.columns.clone()),
             ),
             o => panic!("{o:?}"),
         })

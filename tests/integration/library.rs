@@ -216,16 +216,28 @@ async fn bad_queries_and_models_name_the_problem() {
 }
 
 #[tokio::test]
-async fn wrong_batches_are_dead_lettered_and_the_pipeline_goes_on() {
+async fn wrong_batches_are_refused_and_the_pipeline_goes_on() {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     let pipeline = common::pipeline().await;
     let schema = pipeline.sources()[0].schema.clone();
     let (handle, mut rx) = pipeline.start();
     let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)]));
     let wrong = RecordBatch::try_new(other, vec![Arc::new(Float64Array::from(vec![1.0]))]).unwrap();
-    handle.push_batch("readings", wrong.clone()).await.unwrap();
-    handle.push_batch("nonexistent", wrong).await.unwrap();
-    // A null device in a required column.
+    // A batch that does not fit is the caller's error, returned at once.
+    let e = handle
+        .push_batch("readings", wrong.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "source 'readings' has no column 'x' (its columns: device, ts, v, t)"
+    );
+    let e = handle.push_batch("nonexistent", wrong).await.unwrap_err();
+    assert!(
+        matches!(&e, forewarn::EngineError::Batch(forewarn::BatchError::UnknownSource { table }) if table == "nonexistent"),
+        "{e}"
+    );
+    // A null device in a required column: that row is dead-lettered.
     let nullable = Arc::new(Schema::new(
         schema
             .fields()
@@ -256,16 +268,16 @@ async fn wrong_batches_are_dead_lettered_and_the_pipeline_goes_on() {
     let mut alerts = 0;
     while let Some(o) = rx.recv().await {
         match o {
-            Output::DeadLetter { letter, .. } => reasons.push(letter.reason.as_str()),
+            Output::DeadLetter { letter, .. } => {
+                assert_eq!(letter.index, Some(0));
+                assert_eq!(letter.detail, "missing required field 'device'");
+                reasons.push(letter.reason.as_str())
+            }
             Output::Alert { .. } => alerts += 1,
             other => panic!("{other:?}"),
         }
     }
-    reasons.sort();
-    assert_eq!(
-        reasons,
-        vec!["missing_field", "schema_mismatch", "unknown_source"]
-    );
+    assert_eq!(reasons, vec!["missing_field"]);
     assert_eq!(
         alerts, 13,
         "the good readings after the bad batches were all processed"
@@ -565,4 +577,303 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;";
     );
     assert_eq!(alerts[0].1.features["hi"], 3.0);
     assert_eq!(alerts[0].1.model, None);
+}
+
+/// A source with a plain 10 s window per device and no model; its outputs are read as
+/// published (topic and JSON), whatever their kind.
+const PLAIN: &str = "
+CREATE TABLE r (
+  device TEXT, ts TIMESTAMP, v DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH (connector = 'mqtt', topic = 'g/+/data', topic_template = 'g/{device}/data', format = 'json');
+CREATE TABLE w WITH (connector = 'mqtt', topic = 'out/{device}', format = 'json');
+INSERT INTO w SELECT device, window_start, count(*) AS n, sum(v) AS sum_v
+FROM r GROUP BY tumble(interval '10 seconds'), device;
+";
+
+fn plain_builder(config: forewarn::EngineConfig) -> forewarn::PipelineBuilder {
+    Pipeline::builder()
+        .query_sql("plain.sql", PLAIN)
+        .config(config)
+}
+
+/// Window rows as (device, window start, n, sum_v); dead letters as (reason, index).
+type Rows = Vec<(String, String, i64, f64)>;
+fn split(outputs: Vec<Output>) -> (Rows, Vec<(String, Option<usize>)>) {
+    let (mut rows, mut dead) = (vec![], vec![]);
+    for o in outputs {
+        if let Output::DeadLetter { letter, .. } = &o {
+            dead.push((letter.reason.as_str().to_string(), letter.index));
+            continue;
+        }
+        let (topic, payload) = o.to_message();
+        let v: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(topic, format!("out/{}", v["device"].as_str().unwrap()));
+        // An alert nests the other columns under `features`; a plain row may not.
+        let f = v.get("features").unwrap_or(&v);
+        rows.push((
+            v["device"].as_str().unwrap().to_string(),
+            v["window_start"].as_str().unwrap().to_string(),
+            f["n"].as_i64().unwrap(),
+            f["sum_v"].as_f64().unwrap(),
+        ));
+    }
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    (rows, dead)
+}
+
+const W0: &str = "2023-11-14T22:13:20.000Z"; // BASE
+const W1: &str = "2023-11-14T22:13:30.000Z"; // BASE + 10 s
+
+#[tokio::test]
+async fn batches_and_records_match_by_name_and_bad_rows_are_dead_lettered() {
+    use datafusion::arrow::array::{Float32Array, TimestampNanosecondArray};
+    let pipeline = plain_builder(Default::default()).build().await.unwrap();
+    let (handle, mut rx) = pipeline.start();
+    // Columns out of order, v as Float32, ts in nanoseconds with a UTC zone.
+    let b = RecordBatch::try_from_iter(vec![
+        (
+            "v",
+            Arc::new(Float32Array::from(vec![1.5, 2.0, f32::NAN, 4.0])) as _,
+        ),
+        (
+            "ts",
+            Arc::new(
+                TimestampNanosecondArray::from(
+                    [0i64, 1_000, 2_000, 3_000]
+                        .iter()
+                        .map(|ms| (common::BASE + ms) * 1_000_000)
+                        .collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ) as _,
+        ),
+        (
+            "device",
+            Arc::new(StringArray::from(vec![
+                Some("d1"),
+                None,
+                Some("d1"),
+                Some("d2"),
+            ])) as _,
+        ),
+    ])
+    .unwrap();
+    assert!(handle.try_push_batch("r", b).unwrap().is_none(), "room");
+    // The caller's structs, v left out for the second (a nullable column).
+    #[derive(serde::Serialize)]
+    struct Reading {
+        device: &'static str,
+        ts: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        v: Option<f64>,
+    }
+    handle
+        .push_records(
+            "r",
+            &[
+                Reading {
+                    device: "d2",
+                    ts: common::BASE + 4_000,
+                    v: Some(0.25),
+                },
+                Reading {
+                    device: "d1",
+                    ts: common::BASE + 12_000,
+                    v: Some(8.0),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    // Int64 is not lossless as DOUBLE: refused, nothing taken.
+    let wide = RecordBatch::try_from_iter(vec![
+        ("device", Arc::new(StringArray::from(vec!["d1"])) as _),
+        (
+            "ts",
+            Arc::new(TimestampMillisecondArray::from(vec![common::BASE])) as _,
+        ),
+        (
+            "v",
+            Arc::new(datafusion::arrow::array::Int64Array::from(vec![1])) as _,
+        ),
+    ])
+    .unwrap();
+    let e = handle.push_batch("r", wide).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "source 'r': column 'v' is Int64, which cannot be read as Float64 without loss"
+    );
+    let stats = handle.finish().await.unwrap();
+    drop(handle);
+    let mut outs = vec![];
+    while let Some(o) = rx.recv().await {
+        outs.push(o);
+    }
+    let (rows, dead) = split(outs);
+    assert_eq!(
+        dead,
+        vec![
+            ("missing_field".to_string(), Some(1)),
+            ("non_finite".to_string(), Some(2))
+        ]
+    );
+    assert_eq!(
+        rows,
+        vec![
+            ("d1".into(), W0.into(), 1, 1.5),
+            ("d1".into(), W1.into(), 1, 8.0),
+            ("d2".into(), W0.into(), 2, 4.25),
+        ]
+    );
+    assert_eq!(stats.readings_in, 4, "{stats:?}");
+    assert_eq!(stats.messages_in, 2);
+}
+
+#[tokio::test]
+async fn gauges_after_a_known_input() {
+    let config = forewarn::EngineConfig {
+        max_state_bytes: 123_456_789,
+        ..Default::default()
+    };
+    let pipeline = plain_builder(config).build().await.unwrap();
+    let (handle, mut rx) = pipeline.start();
+    let s = handle.stats();
+    assert_eq!(
+        (s.max_state_bytes, s.open_windows, s.state_bytes),
+        (123_456_789, 0, 0)
+    );
+    let push = |device: &str, ms: i64| {
+        let h = handle.clone();
+        let (topic, payload) = (
+            format!("g/{device}/data"),
+            format!(r#"{{"ts": {}, "v": 1.0}}"#, common::BASE + ms).into_bytes(),
+        );
+        async move { h.push_json(&topic, payload).await.unwrap() }
+    };
+    push("d1", 1_000).await;
+    push("d2", 5_000).await;
+    push("d3", 9_000).await;
+    // The watermark passes the first window's end: it closes with 3 device rows.
+    push("d1", 12_500).await;
+    handle.flush().await.unwrap();
+    let s = handle.stats();
+    let gauges = &s.sources["r"];
+    assert_eq!(gauges.devices, 3);
+    assert_eq!(gauges.newest_event, Some(common::BASE + 12_500));
+    assert_eq!(gauges.watermark, Some(common::BASE + 11_500));
+    assert_eq!(gauges.lag_ms, Some(1_000));
+    assert_eq!(s.open_windows, 1, "the second window only: {s:?}");
+    assert!(s.state_bytes > 0, "{s:?}");
+    assert_eq!((s.windows_closed, s.results), (1, 3));
+    assert_eq!(s.output_queue, 3, "three rows unread");
+    assert_eq!(s.input_queue, 0);
+    for _ in 0..3 {
+        rx.recv().await.unwrap();
+    }
+    assert_eq!(handle.stats().output_queue, 0);
+    let s = handle.finish().await.unwrap();
+    assert_eq!(s.open_windows, 0);
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_outputs_and_counts_the_rest() {
+    let config = forewarn::EngineConfig {
+        channel_capacity: 4,
+        output_policy: forewarn::OutputPolicy::DropOldest,
+        ..Default::default()
+    };
+    let pipeline = plain_builder(config).build().await.unwrap();
+    let (handle, mut rx) = pipeline.start();
+    // 20 outputs (one dead letter per bad message) that nobody reads: under Block the
+    // pipeline would wait for room after 4 and `finish` would never return.
+    for i in 0..20 {
+        handle
+            .push_json("g/d1/data", format!("{{not json {i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let stats = tokio::time::timeout(std::time::Duration::from_secs(10), handle.finish())
+        .await
+        .expect("the pipeline does not wait for the reader")
+        .unwrap();
+    assert_eq!(stats.dead_letters_out, 20);
+    assert_eq!(stats.outputs_dropped, 16);
+    assert_eq!(handle.stats().output_queue, 4);
+    drop(handle);
+    let mut got = vec![];
+    while let Some(o) = rx.recv().await {
+        let Output::DeadLetter { letter, .. } = o else {
+            panic!("{o:?}")
+        };
+        got.push(letter.excerpt);
+    }
+    assert_eq!(got.len(), 4, "{got:?}");
+    // The newest three; before them at most one older output handed over earlier.
+    assert_eq!(got[1..], ["{not json 17", "{not json 18", "{not json 19"]);
+    let first: usize = got[0]["{not json ".len()..].parse().unwrap();
+    assert!(first < 17, "{got:?}");
+}
+
+#[tokio::test]
+async fn drop_oldest_is_refused_with_confirmed_outputs() {
+    // Refused before the directory is looked at.
+    let mut ckpt = forewarn::CheckpointConfig::new(std::env::temp_dir().join("never-created"));
+    ckpt.confirm_outputs = true;
+    let config = forewarn::EngineConfig {
+        output_policy: forewarn::OutputPolicy::DropOldest,
+        checkpoint: Some(ckpt),
+        ..Default::default()
+    };
+    let e = plain_builder(config).build().await.unwrap_err();
+    assert!(
+        matches!(&e, forewarn::EngineError::Config(m) if m.contains("confirm_outputs")),
+        "{e}"
+    );
+}
+
+/// The blocking facade from plain threads: no async runtime in the test.
+#[test]
+fn blocking_pipeline_from_plain_threads() {
+    use forewarn::blocking::BlockingPipeline;
+    let p = BlockingPipeline::build(plain_builder(Default::default())).unwrap();
+    let mut outs = vec![];
+    std::thread::scope(|scope| {
+        let pusher = scope.spawn(|| {
+            for (d, ms) in [("d1", 0), ("d2", 1_000), ("d1", 2_000), ("d2", 15_000)] {
+                let payload = format!(r#"{{"ts": {}, "v": 2.0}}"#, common::BASE + ms);
+                p.push_json(&format!("g/{d}/data"), payload.into_bytes())
+                    .unwrap();
+            }
+        });
+        pusher.join().unwrap();
+        // The 15 s reading moved the watermark past the first window.
+        while outs.len() < 2 {
+            outs.push(
+                p.recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("the first window's two rows"),
+            );
+        }
+    });
+    assert!(p.poll().is_none());
+    let stats = p.finish().unwrap();
+    while let Some(o) = p.poll() {
+        outs.push(o);
+    }
+    let (rows, dead) = split(outs);
+    assert!(dead.is_empty());
+    assert_eq!(
+        rows,
+        vec![
+            ("d1".into(), W0.into(), 2, 4.0),
+            ("d2".into(), W0.into(), 1, 2.0),
+            ("d2".into(), W1.into(), 1, 2.0),
+        ]
+    );
+    assert_eq!((stats.readings_in, stats.results), (4, 3));
+    // Pushing after the end is an error, not a hang.
+    assert!(matches!(
+        p.push_json("g/d1/data", b"{}".to_vec()),
+        Err(forewarn::EngineError::Stopped)
+    ));
 }

@@ -83,6 +83,11 @@ impl Devices {
         self.max
     }
 
+    /// Devices admitted so far.
+    pub(crate) fn len(&self) -> usize {
+        self.known.len()
+    }
+
     /// Whether `device` may send: it is known, or new with room left (it is then
     /// known from now on).
     pub(crate) fn admit(&mut self, device: &str) -> bool {

@@ -8,9 +8,10 @@
 //! (`Output::Alert`: the query selects a `score` or calls a model) and of other queries
 //! (`Output::Row`: aggregates); for sinks with one, its state changes
 //! (`Output::Transition`) and device states (`Output::State`); and dead letters. Read
-//! them while pushing: the channel is bounded, and the pipeline waits for room. Memory
+//! them while pushing: the channel is bounded, and the pipeline waits for room (or,
+//! with [`OutputPolicy::DropOldest`], drops the oldest unread output, counted). Memory
 //! is bounded by the channel capacities, the micro-batch size and the open windows'
-//! aggregate state.
+//! aggregate state. Code without an async runtime uses [`blocking::BlockingPipeline`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,8 +42,10 @@
 //! ```
 
 mod admission;
+mod batches;
 mod checkpoint;
 mod checkpointing;
+mod delivery;
 mod envelope;
 mod health;
 mod outputs;
@@ -52,6 +55,9 @@ mod settings;
 mod sources;
 mod split;
 
+pub use batches::BatchError;
+pub use delivery::OutputPolicy;
+pub mod blocking;
 pub use checkpoint::{
     verify_checkpoint, CheckpointConfig, CheckpointError, CheckpointStore, DirStore,
     CHECKPOINT_FORMAT,
@@ -125,6 +131,9 @@ pub enum EngineError {
         /// Its topic template.
         template: String,
     },
+    /// A pushed batch or records do not fit the source (nothing of them was taken).
+    #[error(transparent)]
+    Batch(#[from] BatchError),
 }
 
 /// Tunables with defaults suitable for a gateway.
@@ -175,6 +184,10 @@ pub struct EngineConfig {
     /// [`Output::Alert`] (for analysis: `forewarn eval --windows`); off by default, when
     /// they emit only transitions and states.
     pub window_rows: bool,
+    /// What happens when the caller does not take outputs as fast as they come: wait
+    /// ([`OutputPolicy::Block`], the default) or drop the oldest, counted
+    /// ([`OutputPolicy::DropOldest`]).
+    pub output_policy: OutputPolicy,
 }
 
 impl Default for EngineConfig {
@@ -195,6 +208,7 @@ impl Default for EngineConfig {
             max_open_windows: 10_000,
             max_state_bytes: 1 << 30,
             window_rows: false,
+            output_policy: OutputPolicy::Block,
         }
     }
 }
@@ -350,6 +364,41 @@ pub struct EngineStats {
     /// Plain window rows produced: result rows of the other queries whose sinks have
     /// no lifecycle ([`Output::Row`]).
     pub rows_out: u64,
+    /// Gauge: window state now, bytes (what [`EngineConfig::max_state_bytes`] limits):
+    /// the open aggregates and the panes kept for later windows, measured after each
+    /// micro-batch.
+    pub state_bytes: u64,
+    /// The limit in force ([`EngineConfig::max_state_bytes`]), beside `state_bytes`.
+    pub max_state_bytes: u64,
+    /// Gauge: windows open now over all queries (panes, and sessions of session
+    /// windows; [`EngineConfig::max_open_windows`] limits each query's panes).
+    pub open_windows: u64,
+    /// Gauge: input messages and batches pushed and not yet taken by the pipeline (at
+    /// most [`EngineConfig::channel_capacity`]; pushing waits when it is reached).
+    pub input_queue: u64,
+    /// Gauge: outputs produced and not yet received by the caller (at most
+    /// [`EngineConfig::channel_capacity`]).
+    pub output_queue: u64,
+    /// Gauges per source table: watermark, newest event time, lag, admitted devices.
+    pub sources: BTreeMap<String, SourceGauges>,
+    /// Outputs dropped unread under [`OutputPolicy::DropOldest`].
+    pub outputs_dropped: u64,
+}
+
+/// Gauges of one source, as of the last micro-batch (or idle tick) it had.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct SourceGauges {
+    /// Its watermark, epoch ms (the lowest over the queries reading it: windows ending
+    /// at or before it have closed); `None` before the first reading.
+    pub watermark: Option<i64>,
+    /// The newest event time it has seen, epoch ms.
+    pub newest_event: Option<i64>,
+    /// `newest_event - watermark`, ms: how far results trail the newest input in event
+    /// time (the declared watermark delay, plus any wait for an idle source). A wall
+    /// clock lag, for live input, is `now - watermark`.
+    pub lag_ms: Option<i64>,
+    /// Distinct devices admitted (what [`EngineConfig::max_devices`] limits).
+    pub devices: u64,
 }
 
 impl EngineStats {
@@ -439,6 +488,25 @@ impl PipelineBuilder {
 
     /// Parses, plans and checks everything. Nothing runs yet.
     pub async fn build(self) -> Result<Pipeline, EngineError> {
+        if self.config.output_policy == OutputPolicy::DropOldest {
+            if self.config.channel_capacity < 2 {
+                return Err(EngineError::Config(
+                    "output_policy DropOldest needs a channel_capacity of at least 2".into(),
+                ));
+            }
+            if self
+                .config
+                .checkpoint
+                .as_ref()
+                .is_some_and(|c| c.confirm_outputs)
+            {
+                return Err(EngineError::Config(
+                    "output_policy DropOldest cannot be used with checkpoint.confirm_outputs: \
+                     outputs are confirmed by count, and a dropped one would count as delivered"
+                        .into(),
+                ));
+            }
+        }
         let registry = self.registry.unwrap_or_default();
         for d in &self.model_dirs {
             registry.load_dir(d)?;
@@ -816,10 +884,15 @@ impl Pipeline {
 
     /// With checkpoints: outputs count as delivered only when the consumer confirms
     /// them ([`CheckpointConfig::confirm_outputs`]); connectors that see the broker's
-    /// acknowledgements turn this on.
+    /// acknowledgements turn this on. An [`OutputPolicy::DropOldest`] then becomes
+    /// `Block` (logged): a dropped output cannot be confirmed.
     pub fn with_confirmed_outputs(mut self) -> Self {
         if let Some(c) = &mut self.config.checkpoint {
             c.confirm_outputs = true;
+            if self.config.output_policy == OutputPolicy::DropOldest {
+                tracing::warn!("confirmed outputs: output_policy DropOldest becomes Block");
+                self.config.output_policy = OutputPolicy::Block;
+            }
         }
         self
     }
@@ -838,8 +911,12 @@ impl Pipeline {
     /// Starts the pipeline as a task on the current tokio runtime.
     pub fn start(self) -> (PipelineHandle, mpsc::Receiver<Output>) {
         let (in_tx, in_rx) = mpsc::channel(self.config.channel_capacity);
-        let (out_tx, out_rx) = mpsc::channel(self.config.channel_capacity);
-        let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let (outlet, out_rx, out_depth) =
+            delivery::Outlet::new(self.config.output_policy, self.config.channel_capacity);
+        let stats = Arc::new(Mutex::new(EngineStats {
+            max_state_bytes: self.config.max_state_bytes as u64,
+            ..Default::default()
+        }));
         let (alive, ended) = oneshot::channel::<()>();
         if let (Some(every), false) = (
             self.config.model_reload_interval,
@@ -861,7 +938,16 @@ impl Pipeline {
                 template: s.template.as_ref().map(|t| t.as_str().to_string()),
             })
             .collect();
-        let rt = runtime::Runtime::new(self, out_tx, stats.clone(), confirmed.clone());
+        let targets = self
+            .sources
+            .iter()
+            .map(|s| batches::Target {
+                name: s.name.clone(),
+                schema: s.schema.clone(),
+                arrival: s.processing_time.then(|| s.event_time.clone()),
+            })
+            .collect();
+        let rt = runtime::Runtime::new(self, outlet, stats.clone(), confirmed.clone());
         let task = tokio::spawn(async move {
             let r = rt.run(in_rx).await;
             drop(alive);
@@ -874,6 +960,8 @@ impl Pipeline {
                 task: Arc::new(Mutex::new(Some(task))),
                 confirmed,
                 routes: Arc::new(routes),
+                targets: Arc::new(targets),
+                out_depth: Arc::new(out_depth),
             },
             out_rx,
         )
@@ -941,6 +1029,10 @@ pub struct PipelineHandle {
     stats: Arc<Mutex<EngineStats>>,
     task: Arc<Mutex<Option<PipelineTask>>>,
     confirmed: Arc<AtomicU64>,
+    /// The sources' columns, to match pushed batches before they are sent.
+    targets: Arc<Vec<batches::Target>>,
+    /// Measures the outputs waiting for the caller.
+    out_depth: Arc<delivery::Depth>,
     /// The sources, in the task's order, for pushing by name.
     routes: Arc<Vec<Route>>,
 }
@@ -1080,13 +1172,89 @@ impl PipelineHandle {
         .await
     }
 
-    /// Pushes a batch with the columns of source table `source`.
+    /// Pushes a batch of readings for source table `source` (waits while the input
+    /// channel is full).
+    ///
+    /// Columns are matched by name, in any order. A nullable column may be left out
+    /// (it is all null), and so may a processing-time source's `arrival_time` (stamped
+    /// on arrival). A column's type may differ where reading it as the declared type
+    /// loses nothing: a timestamp of any unit without a zone or in UTC (`"UTC"`,
+    /// `"+00:00"`, ...; micro- and nanoseconds are cut to milliseconds), `Float32` or an
+    /// integer of up to 32 bits for `DOUBLE`, up to 32 bits for `BIGINT`, `LargeUtf8`,
+    /// `Utf8View` or a string dictionary for `TEXT`. Anything else (an unknown column, a
+    /// missing required one, `Int64` for `DOUBLE`, another time zone) is an
+    /// [`EngineError::Batch`] naming the column, and nothing of the batch is taken.
+    ///
+    /// Rows are then checked like JSON readings: a null device, event time or `NOT NULL`
+    /// column (`missing_field`) or a `NaN`/infinite `DOUBLE` (`non_finite`) is
+    /// dead-lettered with its row index, and the other rows go on.
     pub async fn push_batch(&self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
+        let batch = self.conform(source, &batch)?;
         self.send(Input::Batch {
             source: source.to_string(),
             batch,
         })
         .await
+    }
+
+    /// [`push_batch`](Self::push_batch) if the input channel has room now; otherwise
+    /// hands the batch back (`Ok(Some(..))`) as given, for callers that shed load
+    /// instead of waiting.
+    pub fn try_push_batch(
+        &self,
+        source: &str,
+        batch: RecordBatch,
+    ) -> Result<Option<RecordBatch>, EngineError> {
+        let conformed = self.conform(source, &batch)?;
+        let input = Input::Batch {
+            source: source.to_string(),
+            batch: conformed,
+        };
+        match self.tx.try_send(input) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(Some(batch)),
+            Err(_) => Err(EngineError::Stopped),
+        }
+    }
+
+    /// Pushes the caller's own structs as readings of `source`: each struct is a row,
+    /// its fields (by their serde names) the columns, matched and checked as in
+    /// [`push_batch`](Self::push_batch). A field is serialised straight into its
+    /// column's declared type: e.g. an `i64` of epoch milliseconds or an `f32` for a
+    /// `TIMESTAMP` or `DOUBLE` column; an `Option` that is `None` is a null. A field the
+    /// source does not declare is an error ([`BatchError::UnknownColumn`]). An empty
+    /// slice pushes nothing.
+    ///
+    /// Cost: the records are converted to Arrow columns on the caller's task
+    /// (`serde_arrow`), with no JSON text in between; for the cheapest path build the
+    /// batch yourself and use `push_batch`.
+    pub async fn push_records<T: Serialize>(
+        &self,
+        source: &str,
+        records: &[T],
+    ) -> Result<(), EngineError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let batch = batches::from_records(self.target(source)?, records)?;
+        self.send(Input::Batch {
+            source: source.to_string(),
+            batch,
+        })
+        .await
+    }
+
+    fn target(&self, source: &str) -> Result<&batches::Target, BatchError> {
+        self.targets
+            .iter()
+            .find(|t| t.name == source)
+            .ok_or_else(|| BatchError::UnknownSource {
+                table: source.to_string(),
+            })
+    }
+
+    fn conform(&self, source: &str, batch: &RecordBatch) -> Result<RecordBatch, BatchError> {
+        batches::conform(self.target(source)?, batch)
     }
 
     /// Closes the pending micro-batches now and waits until they are processed.
@@ -1115,9 +1283,12 @@ impl PipelineHandle {
         Ok(self.stats())
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters and gauges (the queue depths as of now).
     pub fn stats(&self) -> EngineStats {
-        self.stats.lock().expect("lock").clone()
+        let mut s = self.stats.lock().expect("lock").clone();
+        s.input_queue = (self.tx.max_capacity() - self.tx.capacity()) as u64;
+        s.output_queue = self.out_depth.get() as u64;
+        s
     }
 
     async fn send(&self, i: Input) -> Result<(), EngineError> {

@@ -403,31 +403,39 @@ pub(crate) fn batch_problem(
         .iter()
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect();
-    if want != got {
-        return Some((
+    // Nulls in required columns are not a batch's problem but its rows': see
+    // `crate::batches::bad_rows`.
+    (want != got).then(|| {
+        (
             Reason::SchemaMismatch,
             format!(
                 "batch columns [{}] do not match the source's [{}]",
                 got.join(", "),
                 want.join(", ")
             ),
-        ));
-    }
-    schema
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .find(|(f, c)| !f.is_nullable() && c.null_count() > 0)
-        .map(|(f, c)| {
-            (
-                Reason::MissingField,
-                format!(
-                    "required column '{}' has {} nulls",
-                    f.name(),
-                    c.null_count()
-                ),
-            )
-        })
+        )
+    })
+}
+
+/// One row of a pushed batch refused as JSON decoding would refuse the reading, with
+/// its index in the batch and the row as the excerpt.
+pub(crate) fn bad_row(
+    cfg: &EngineConfig,
+    source: &str,
+    batch: &RecordBatch,
+    row: usize,
+    reason: Reason,
+    detail: String,
+) -> Output {
+    let letter = DeadLetter {
+        reason,
+        detail,
+        source_topic: String::new(),
+        source: Some(source.to_string()),
+        index: Some(row),
+        excerpt: serde_json::Value::Object(row_to_json(batch, row)).to_string(),
+    };
+    dead_letter(cfg, source, letter)
 }
 
 /// A pushed batch refused whole; `known` says whether a query reads `source` (else
@@ -694,14 +702,8 @@ mod tests {
         };
         assert_eq!(batch_problem(&schema, &batch(false, vec![Some(1.0)])), None);
         let b = batch(true, vec![Some(1.0), None]);
-        // Nullability is not compared; nulls in a required column are.
-        assert_eq!(
-            batch_problem(&schema, &b),
-            Some((
-                Reason::MissingField,
-                "required column 'v' has 1 nulls".into()
-            ))
-        );
+        // Nullability is not compared; nulls in a required column are the rows' problem.
+        assert_eq!(batch_problem(&schema, &b), None);
         let wrong = RecordBatch::try_new(
             Arc::new(Schema::new(vec![Field::new("w", DataType::Float64, false)])),
             vec![Arc::new(Float64Array::from(vec![1.0]))],

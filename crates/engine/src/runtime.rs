@@ -25,6 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::admission::{self, RecentMessages};
 use crate::checkpoint::{self, QueryState, Snapshot};
 use crate::checkpointing::Checkpointing;
+use crate::delivery::{DropLog, Outlet};
 use crate::health::HealthBook;
 use crate::outputs::{self, Origin, Refusal};
 use crate::rows::row_to_json;
@@ -49,16 +50,28 @@ fn stamp_arrival(src: &Source, batch: RecordBatch) -> RecordBatch {
     }
     let now = wall_ms();
     let mut cols = batch.columns().to_vec();
+    let arrival = schema.field(schema.fields().len() - 1).clone();
     cols.push(std::sync::Arc::new(
-        datafusion::arrow::array::TimestampMillisecondArray::from_value(now, batch.num_rows()),
+        datafusion::arrow::array::TimestampMillisecondArray::from_value(now, batch.num_rows())
+            .with_timezone_opt(match arrival.data_type() {
+                datafusion::arrow::datatypes::DataType::Timestamp(_, tz) => tz.clone(),
+                _ => None,
+            }),
     ));
-    RecordBatch::try_new(schema.clone(), cols).unwrap_or(batch)
+    // The batch's own fields (nullable: its bad rows are dead-lettered later), then
+    // the arrival column.
+    let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+    fields.push(std::sync::Arc::new(arrival));
+    let schema = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+    RecordBatch::try_new(schema, cols).unwrap_or(batch)
 }
 
 pub(crate) struct Runtime {
     config: EngineConfig,
     sources: Vec<Source>,
-    out: mpsc::Sender<Output>,
+    out: Outlet,
+    /// Rate-limits the warning about dropped outputs.
+    drop_log: DropLog,
     stats: Arc<Mutex<EngineStats>>,
     /// Health of every device seen by a rule with a lifecycle, and silences.
     health: HealthBook,
@@ -82,7 +95,7 @@ pub(crate) struct Runtime {
 impl Runtime {
     pub(crate) fn new(
         p: Pipeline,
-        out: mpsc::Sender<Output>,
+        out: Outlet,
         stats: Arc<Mutex<EngineStats>>,
         confirmed: Arc<AtomicU64>,
     ) -> Self {
@@ -97,6 +110,7 @@ impl Runtime {
             config: p.config,
             sources,
             out,
+            drop_log: DropLog::default(),
             stats,
             health: HealthBook::default(),
             ckpt,
@@ -117,6 +131,7 @@ impl Runtime {
         );
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.restore().await?;
+        self.measure_state();
         loop {
             let backlogged = self.backlogged();
             tokio::select! {
@@ -173,6 +188,9 @@ impl Runtime {
                         if self.config.wall_clock {
                             self.advance_idle(i, now).await;
                         }
+                    }
+                    if self.config.wall_clock {
+                        self.measure_state();
                     }
                 }
             }
@@ -284,8 +302,46 @@ impl Runtime {
         if let Some(c) = &mut self.ckpt {
             c.emitted(&o);
         }
-        // A closed receiver means the embedder stopped listening; keep processing.
-        let _ = self.out.send(o).await;
+        if self.out.send(o).await {
+            let mut total = 0;
+            self.count(|s| {
+                s.outputs_dropped += 1;
+                total = s.outputs_dropped;
+            });
+            self.drop_log.dropped(total);
+        }
+    }
+
+    /// Sets the gauges in the stats from the sources and their operators now.
+    fn update_gauges(&self) {
+        let mut open = 0u64;
+        let mut by_source = BTreeMap::new();
+        for src in &self.sources {
+            let ops = src.operators.iter().map(|o| &o.op);
+            open += ops
+                .clone()
+                .map(|op| (op.open_panes() + op.open_sessions()) as u64)
+                .sum::<u64>();
+            let watermark = ops.clone().filter_map(|op| op.watermark()).min();
+            let newest_event = ops.filter_map(|op| op.max_event_time()).max();
+            by_source.insert(
+                src.name.clone(),
+                crate::SourceGauges {
+                    watermark,
+                    newest_event,
+                    lag_ms: newest_event
+                        .zip(watermark)
+                        .map(|(n, w)| n.saturating_sub(w)),
+                    devices: src.devices.len() as u64,
+                },
+            );
+        }
+        let state = self.state_bytes as u64;
+        self.count(|s| {
+            s.state_bytes = state;
+            s.open_windows = open;
+            s.sources = by_source;
+        });
     }
 
     async fn finish(&mut self) -> Result<(), EngineError> {
@@ -298,6 +354,7 @@ impl Runtime {
                 }
             }
         }
+        self.measure_state();
         Ok(())
     }
 

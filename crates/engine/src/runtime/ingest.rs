@@ -127,10 +127,31 @@ impl Runtime {
         }
         let i = i.expect("checked above");
         self.sources[i].last_input = Instant::now();
-        self.count(|s| s.readings_in += batch.num_rows() as u64);
+        // Rows JSON decoding would refuse are dead-lettered the same way, by index.
+        let schema = self.sources[i].decoder.schema().clone();
+        let bad = crate::batches::bad_rows(&schema, &batch);
+        let mut keep = vec![true; batch.num_rows()];
+        for (row, reason, detail) in bad {
+            keep[row] = false;
+            let o = outputs::bad_row(&self.config, source, &batch, row, reason, detail);
+            self.emit(o).await;
+        }
+        let rows = keep.iter().filter(|k| **k).count();
+        let batch = if rows < batch.num_rows() {
+            let mask = datafusion::arrow::array::BooleanArray::from(keep.clone());
+            datafusion::arrow::compute::filter_record_batch(&batch, &mask)
+                .expect("mask as long as the batch")
+        } else {
+            batch
+        };
+        // No nulls are left where the source needs values: its exact schema fits.
+        let batch = RecordBatch::try_new(schema, batch.columns().to_vec())
+            .expect("checked columns, no nulls in required ones");
+        self.count(|s| s.readings_in += rows as u64);
         self.flush_source(i).await?;
         // Rows of a pushed batch are named by their position in it.
-        let origins = (0..batch.num_rows())
+        let origins = (0..keep.len())
+            .filter(|k| keep[*k])
             .map(|k| Origin {
                 topic: "".into(),
                 index: Some(k),
@@ -274,5 +295,6 @@ impl Runtime {
         let ops = self.sources.iter().flat_map(|s| &s.operators);
         let pool = ops.clone().map(|o| o.op.state_bytes()).max().unwrap_or(0);
         self.state_bytes = pool + ops.map(|o| o.op.held_state_bytes()).sum::<usize>();
+        self.update_gauges();
     }
 }
