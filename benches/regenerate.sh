@@ -30,17 +30,18 @@ run() { # name command...
 
 footprint() {
     cargo build --release --bin forewarn -q
-    cargo build --release --example gateway --no-default-features -q
+    # Built alone, so forewarn has only the features the example asks for (none).
+    cargo build --release -p pump-gateway -q
     local full gw
     full=$(stat -c %s target/release/forewarn)
-    gw=$(stat -c %s target/release/examples/gateway)
+    gw=$(stat -c %s target/release/pump-gateway)
     strip -o /tmp/fw-stripped target/release/forewarn
-    strip -o /tmp/gw-stripped target/release/examples/gateway
+    strip -o /tmp/gw-stripped target/release/pump-gateway
     mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
     printf '%-56s %8s %10s\n' "binary" "MiB" "stripped"
     printf '%-56s %8s %10s\n' "forewarn (CLI, embedded broker, MQTT, history, plots)" \
         "$(mib "$full")" "$(mib "$(stat -c %s /tmp/fw-stripped)")"
-    printf '%-56s %8s %10s\n' "gateway example (library only, --no-default-features)" \
+    printf '%-56s %8s %10s\n' "pump-gateway example (library only, default features off)" \
         "$(mib "$gw")" "$(mib "$(stat -c %s /tmp/gw-stripped)")"
     rm -f /tmp/fw-stripped /tmp/gw-stripped
 }

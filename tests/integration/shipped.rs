@@ -226,15 +226,3 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         _ => a == b,
     }
 }
-
-/// README's embedding example is `examples/embed.rs`, which `cargo test` compiles: the
-/// code a gateway builder copies from the README builds against this API.
-#[test]
-fn the_readme_embedding_example_is_the_compiled_one() {
-    let readme = std::fs::read_to_string("README.md").unwrap();
-    let example = std::fs::read_to_string("examples/embed.rs").unwrap();
-    assert!(
-        readme.contains(&format!("```rust\n{example}```")),
-        "README's embedding example differs from examples/embed.rs"
-    );
-}
