@@ -234,7 +234,7 @@ async fn wrong_batches_are_refused_and_the_pipeline_goes_on() {
     );
     let e = handle.push_batch("nonexistent", wrong).await.unwrap_err();
     assert!(
-        matches!(&e, forewarn::EngineError::Batch(forewarn::BatchError::UnknownSource { table }) if table == "nonexistent"),
+        matches!(&e, forewarn::EngineError::UnknownSource { name, .. } if name == "nonexistent"),
         "{e}"
     );
     // A null device in a required column: that row is dead-lettered.

@@ -21,12 +21,6 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError {
-    /// No query reads a source of that name.
-    #[error("no query reads source '{table}'")]
-    UnknownSource {
-        /// The name given.
-        table: String,
-    },
     /// The batch has a column the source does not declare (a misspelt column would
     /// otherwise leave the declared one all null).
     #[error("source '{table}' has no column '{column}' (its columns: {})", .expected.join(", "))]

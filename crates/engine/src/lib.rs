@@ -1244,17 +1244,20 @@ impl PipelineHandle {
         .await
     }
 
-    fn target(&self, source: &str) -> Result<&batches::Target, BatchError> {
+    /// The source `source`; pushing to one no query reads is the caller's mistake, the
+    /// same error whether a message, a batch or records were pushed.
+    fn target(&self, source: &str) -> Result<&batches::Target, EngineError> {
         self.targets
             .iter()
             .find(|t| t.name == source)
-            .ok_or_else(|| BatchError::UnknownSource {
-                table: source.to_string(),
+            .ok_or_else(|| EngineError::UnknownSource {
+                name: source.to_string(),
+                known: self.targets.iter().map(|t| t.name.clone()).collect(),
             })
     }
 
-    fn conform(&self, source: &str, batch: &RecordBatch) -> Result<RecordBatch, BatchError> {
-        batches::conform(self.target(source)?, batch)
+    fn conform(&self, source: &str, batch: &RecordBatch) -> Result<RecordBatch, EngineError> {
+        Ok(batches::conform(self.target(source)?, batch)?)
     }
 
     /// Closes the pending micro-batches now and waits until they are processed.
