@@ -5,36 +5,39 @@
 //! → anomaly models (linfa) → alerts on MQTT topics.
 //!
 //! This crate is the facade. Gateways embed the [`Pipeline`] directly (no broker,
-//! no global state; build with `default-features = false`); the [`mqtt`] module
-//! (feature `mqtt`) connects a pipeline to a broker, and the feature `broker` adds
+//! no global state; build with `default-features = false`; the guide is
+//! `docs/embedding.md`); the `mqtt` module (feature `mqtt`) connects a pipeline to a broker, and the feature `broker` adds
 //! the embedded rumqttd broker used by `forewarn demo` and the tests.
 
 /// The Arrow version Forewarn is built on, for building `RecordBatch`es to push.
 pub use datafusion::arrow;
-pub use forewarn_alerts::{Health, TransitionKind};
-/// Event time as epoch milliseconds from RFC 3339 text and back, as readings carry it.
-pub use forewarn_core::{format_rfc3339, parse_rfc3339};
-/// Pushed batches and records, the output policy, the gauges, and the blocking facade
-/// for code without an async runtime.
-pub use forewarn_engine::{blocking, BatchError, OutputPolicy, SourceGauges};
+/// The ndarray version [`Model::train`] takes its data in, so no caller pins it by hand.
+pub use ndarray;
+
+// The pipeline: building, pushing (messages, batches, records), outputs, limits,
+// checkpoints; `blocking` for code without an async runtime.
 pub use forewarn_engine::{
-    split_by_sink, verify_checkpoint, Ack, Alert, CheckpointConfig, CheckpointError,
-    CheckpointStore, DeadLetter, Delivery, DeviceState, DirStore, EngineConfig, EngineError,
-    EngineStats, Envelope, Model, ModelRegistry, Output, Pipeline, PipelineBuilder, PipelineHandle,
-    Reason, ResumePoint, SinkInfo, SinkOutputs, SourceInfo, StreamError, Timestamp, TopicTemplate,
-    TransitionMessage, WindowRow,
+    blocking, split_by_sink, verify_checkpoint, Ack, Alert, BatchError, CheckpointConfig,
+    CheckpointError, CheckpointStore, DeadLetter, Delivery, DeviceState, DirStore, EngineConfig,
+    EngineError, EngineStats, Envelope, Model, ModelRegistry, Output, OutputPolicy, Pipeline,
+    PipelineBuilder, PipelineHandle, Reason, ResumePoint, SinkInfo, SinkOutputs, SourceGauges,
+    SourceInfo, StreamError, Timestamp, TopicTemplate, TransitionMessage, WindowRow,
 };
+// What the public fields and signatures of outputs and lifecycles name.
+pub use forewarn_alerts::{
+    Acknowledgement, Command, Health, LifecycleSpec, RuleState, Transition, TransitionKind,
+    WindowEvidence,
+};
+// Event time: epoch milliseconds from RFC 3339 text and back, as readings carry it.
+pub use forewarn_core::{format_rfc3339, parse_rfc3339, BadTimestamp, OutOfRange};
+// Models: kinds, their parameters, training options, metrics, online detectors.
+/// The connector boundary: typed `WITH` options of each connector, the registry.
+pub use forewarn_connect as connect;
 pub use forewarn_scorer::{metrics, online, Detector, ModelError, ModelKind, TrainOptions};
-/// Model parameters, for [`ModelKind`] and [`Model::train`].
 pub use forewarn_scorer::{
     GmmParams, KmeansParams, KnnParams, OcsvmParams, PcaParams, PcaStatistic, RobustParams,
 };
 pub use forewarn_sql::{QuerySet, SqlError, SqlErrorKind};
-/// The ndarray version [`Model::train`] takes its data in, so no caller pins it by hand.
-pub use ndarray;
-
-/// The connector boundary: typed `WITH` options of each connector, the registry.
-pub use forewarn_connect as connect;
 
 // Forewarn as a process (the `forewarn-service` crate).
 pub use forewarn_service::config;

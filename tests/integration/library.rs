@@ -774,6 +774,12 @@ async fn gauges_after_a_known_input() {
     assert_eq!(handle.stats().output_queue, 0);
     let s = handle.finish().await.unwrap();
     assert_eq!(s.open_windows, 0);
+    // Finishing moved the watermark past the newest event: nothing trails it.
+    assert!(
+        s.sources["r"].watermark > s.sources["r"].newest_event,
+        "{s:?}"
+    );
+    assert_eq!(s.sources["r"].lag_ms, Some(0));
 }
 
 #[tokio::test]

@@ -25,11 +25,12 @@ pub enum OutputPolicy {
     /// the caller reads. The default.
     #[default]
     Block,
-    /// Never wait: when `channel_capacity` outputs are held undelivered, the oldest of
-    /// them is dropped for the new one, counted in [`crate::EngineStats::outputs_dropped`]
-    /// and logged (a warning at most every 10 s). The receiver holds at most
-    /// `channel_capacity` outputs: possibly one that was handed over before the caller
-    /// stopped reading, then the newest. Not with
+    /// Never wait: when `channel_capacity` outputs are held undelivered, one of them is
+    /// dropped for the new one: the oldest of the least wanted kind held (device states
+    /// and dead letters first, then plain rows, then alerts, transitions last), counted
+    /// in [`crate::EngineStats::outputs_dropped`] and logged (a warning at most every
+    /// 10 s). The receiver holds at most `channel_capacity` outputs: possibly one that
+    /// was handed over before the caller stopped reading, then those kept. Not with
     /// [`crate::CheckpointConfig::confirm_outputs`] (outputs are confirmed by count, and a
     /// dropped one would be confirmed as delivered): `build()` refuses the pair. With
     /// checkpoints that do not confirm outputs, a dropped output is gone for good, like
@@ -118,7 +119,7 @@ impl Ring {
             return false;
         }
         let dropped = st.queue.len() + usize::from(st.slot_full) >= self.capacity
-            && st.queue.pop_front().is_some();
+            && drop_least_wanted(&mut st.queue);
         st.queue.push_back(o);
         drop(st);
         self.wake.notify_one();
@@ -129,6 +130,31 @@ impl Ring {
         let st = self.state.lock().expect("ring lock");
         st.queue.len() + usize::from(st.slot_full)
     }
+}
+
+/// How much an output is missed if dropped: a device state is superseded by the next
+/// one and a dead letter is diagnostics; a plain row is data; an alert or a
+/// transition is what an operator acts on (a lost `raised` is a missed failure).
+fn rank(o: &Output) -> u8 {
+    match o {
+        Output::Transition { .. } => 3,
+        Output::Alert { .. } => 2,
+        Output::Row { .. } => 1,
+        _ => 0,
+    }
+}
+
+/// Drops the oldest of the least wanted outputs in `queue`; `false` if it is empty.
+fn drop_least_wanted(queue: &mut VecDeque<Output>) -> bool {
+    let Some(least) = queue.iter().map(rank).min() else {
+        return false;
+    };
+    let at = queue
+        .iter()
+        .position(|o| rank(o) == least)
+        .expect("present");
+    queue.remove(at);
+    true
 }
 
 /// Moves outputs from the ring into the channel's slot, one as each is taken.
@@ -200,5 +226,81 @@ impl DropLog {
                 "outputs not read in time were dropped (output_policy DropOldest)"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DeadLetter;
+    use forewarn_core::Reason;
+
+    fn letter(n: usize) -> Output {
+        Output::DeadLetter {
+            topic: format!("dl/{n}"),
+            letter: DeadLetter {
+                reason: Reason::NotJson,
+                detail: String::new(),
+                source_topic: String::new(),
+                source: None,
+                index: None,
+                excerpt: String::new(),
+            },
+        }
+    }
+
+    fn row(n: usize) -> Output {
+        let row = forewarn_alerts::WindowRow::from_row(
+            "q",
+            "device",
+            (0, 10),
+            serde_json::json!({"device": "d"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        Output::Row {
+            topic: format!("row/{n}"),
+            row,
+        }
+    }
+
+    fn alert(n: usize) -> Output {
+        let alert = forewarn_alerts::Alert::from_row(
+            "q",
+            None,
+            "device",
+            (0, 10),
+            serde_json::json!({"device": "d", "score": 2.0})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        Output::Alert {
+            topic: format!("alert/{n}"),
+            alert,
+        }
+    }
+
+    fn topics(q: &VecDeque<Output>) -> Vec<String> {
+        q.iter().map(|o| o.to_message().0).collect()
+    }
+
+    /// Full: states and dead letters go first, then rows, then alerts, oldest first
+    /// within a kind.
+    #[test]
+    fn the_least_wanted_oldest_output_is_dropped() {
+        let mut q: VecDeque<Output> = [alert(0), row(1), letter(2), row(3), letter(4)].into();
+        let mut dropped = vec![];
+        while drop_least_wanted(&mut q) {
+            dropped.push(topics(&q).len());
+            if q.len() == 3 {
+                assert_eq!(topics(&q), ["alert/0", "row/1", "row/3"]);
+            }
+            if q.len() == 1 {
+                assert_eq!(topics(&q), ["alert/0"]);
+            }
+        }
+        assert_eq!(dropped, [4, 3, 2, 1, 0]);
     }
 }

@@ -389,13 +389,17 @@ pub struct EngineStats {
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct SourceGauges {
     /// Its watermark, epoch ms (the lowest over the queries reading it: windows ending
-    /// at or before it have closed); `None` before the first reading.
+    /// at or before it have closed); `None` before the first reading. With per-device
+    /// watermarks (`watermark_key`) it is the slowest device's.
     pub watermark: Option<i64>,
     /// The newest event time it has seen, epoch ms.
     pub newest_event: Option<i64>,
-    /// `newest_event - watermark`, ms: how far results trail the newest input in event
-    /// time (the declared watermark delay, plus any wait for an idle source). A wall
-    /// clock lag, for live input, is `now - watermark`.
+    /// `newest_event - watermark`, ms, never below 0: how far results trail the newest
+    /// input in event time. That is the declared watermark delay, plus any wait for an
+    /// idle source, plus, with per-device watermarks, how far the slowest device is
+    /// behind the newest. 0 once the watermark has passed the newest event (after
+    /// `finish`, or an idle source's advance). A wall-clock lag, for live input, is
+    /// `now - watermark`.
     pub lag_ms: Option<i64>,
     /// Distinct devices admitted (what [`EngineConfig::max_devices`] limits).
     pub devices: u64,

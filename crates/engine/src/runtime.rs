@@ -331,7 +331,7 @@ impl Runtime {
                     newest_event,
                     lag_ms: newest_event
                         .zip(watermark)
-                        .map(|(n, w)| n.saturating_sub(w)),
+                        .map(|(n, w)| n.saturating_sub(w).max(0)),
                     devices: src.devices.len() as u64,
                 },
             );

@@ -344,7 +344,7 @@ impl ReplayedFeatures {
 }
 
 /// Replays `data` through the feature query of `model` (see
-/// [`forewarn_sql::feature_query`]) and collects its rows. With `label`, also reads
+/// `forewarn_sql::feature_query`) and collects its rows. With `label`, also reads
 /// that column of every reading (true, 1 or 1.0 = anomalous) for evaluation.
 /// `progress` is called with the number of readings pushed so far.
 pub async fn features(

@@ -1,6 +1,6 @@
 //! Feature rows: what a model's feature query produced, with the labels of the readings
 //! behind them. Training, `forewarn eval` and the SKAB protocol all read features
-//! through the live query (see [`forewarn_sql::feature_query`]), so a model is trained
+//! through the live query (see `forewarn_sql::feature_query`), so a model is trained
 //! and judged on exactly what it will score.
 
 use std::collections::BTreeMap;

@@ -76,7 +76,9 @@ fn run(start_ms: i64, minutes: i64) -> Result<Vec<Output>, EngineError> {
         ])
         .expect("columns of equal length");
         pipeline.push_batch("registers", batch)?;
-        // Read while pushing: the output channel is bounded.
+        // Wait until the minute is processed, so its outputs are published now rather
+        // than on a later cycle; then read them (the output channel is bounded).
+        pipeline.flush()?;
         while let Some(out) = pipeline.poll() {
             outputs.push(out);
         }
