@@ -47,6 +47,7 @@ mod checkpoint;
 mod checkpointing;
 mod delivery;
 mod envelope;
+mod handle;
 mod health;
 mod outputs;
 mod rows;
@@ -54,6 +55,7 @@ mod runtime;
 mod settings;
 mod sources;
 mod split;
+mod stats;
 
 pub use batches::BatchError;
 pub use delivery::OutputPolicy;
@@ -68,7 +70,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::arrow::record_batch::RecordBatch;
 pub use envelope::{Ack, Delivery, Envelope, ResumePoint};
 pub use forewarn_alerts::{Alert, DeviceState, Health, TransitionMessage, WindowRow};
 pub use forewarn_core::{Reason, Timestamp, UnknownReason};
@@ -78,10 +79,13 @@ pub use forewarn_formats::TopicTemplate;
 pub use forewarn_scorer::{Model, ModelRegistry};
 use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
 pub use forewarn_stream::StreamError;
+pub use handle::PipelineHandle;
+pub(crate) use handle::{Input, Route};
 use serde::{Deserialize, Serialize};
 pub use settings::{CheckpointSettings, EngineSettings};
 pub use split::{split_by_sink, SinkOutputs};
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use stats::{EngineStats, SourceGauges};
+use std::sync::atomic::AtomicU64;
 use tokio::sync::{mpsc, oneshot};
 
 /// Errors from building or driving a pipeline.
@@ -309,136 +313,6 @@ pub struct DeadLetter {
     pub index: Option<usize>,
     /// The start of the payload (lossy UTF-8), or the rejected row as JSON.
     pub excerpt: String,
-}
-
-/// Counters since start; nothing that comes in disappears without being counted.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Messages pushed.
-    pub messages_in: u64,
-    /// Readings decoded and accepted.
-    pub readings_in: u64,
-    /// Rejections by reason code (decode errors, late rows, unknown topics, ...).
-    pub rejected: BTreeMap<String, u64>,
-    /// Micro-batches processed.
-    pub batches: u64,
-    /// Windows closed, over all queries: one per query and window (time span), however
-    /// many devices' rows it had.
-    pub windows_closed: u64,
-    /// The same by query.
-    pub windows_closed_by_query: BTreeMap<String, u64>,
-    /// Result rows the queries produced (one per device and window, after `HAVING`):
-    /// published as alerts or window rows, or fed to a lifecycle that turns them into
-    /// transitions.
-    pub results: u64,
-    /// Alerts produced: result rows of anomaly queries (they select a `score` or call
-    /// a model) whose sinks have no lifecycle (and, with `window_rows`, the scored
-    /// window rows of rules with one).
-    pub alerts_out: u64,
-    /// Lifecycle transitions produced (raised, escalated, cleared).
-    pub transitions_out: u64,
-    /// Transitions not published because the device was silenced by an operator.
-    pub transitions_silenced: u64,
-    /// Operator commands applied.
-    pub commands: u64,
-    /// Device-state messages produced.
-    pub states_out: u64,
-    /// Dead letters produced.
-    pub dead_letters_out: u64,
-    /// Times a query failed on a batch (logged; the pipeline and other queries go on).
-    pub query_errors: u64,
-    /// Checkpoints written.
-    pub checkpoints: u64,
-    /// Checkpoints that could not be written (logged; input stays unacknowledged and
-    /// the next checkpoint tries again).
-    pub checkpoint_failures: u64,
-    /// Size of the last checkpoint file, bytes.
-    pub checkpoint_bytes: u64,
-    /// Input messages acknowledged to their source.
-    pub inputs_acked: u64,
-    /// Sequence number of the checkpoint the pipeline started from.
-    pub restored_from: Option<u64>,
-    /// Outputs emitted again after a restart because the checkpoint held them
-    /// unconfirmed.
-    pub outputs_replayed: u64,
-    /// Plain window rows produced: result rows of the other queries whose sinks have
-    /// no lifecycle ([`Output::Row`]).
-    pub rows_out: u64,
-    /// Gauge: window state now, bytes (what [`EngineConfig::max_state_bytes`] limits):
-    /// the open aggregates and the panes kept for later windows, measured after each
-    /// micro-batch.
-    pub state_bytes: u64,
-    /// The limit in force ([`EngineConfig::max_state_bytes`]), beside `state_bytes`.
-    pub max_state_bytes: u64,
-    /// Gauge: windows open now over all queries (panes, and sessions of session
-    /// windows; [`EngineConfig::max_open_windows`] limits each query's panes).
-    pub open_windows: u64,
-    /// Gauge: input messages and batches pushed and not yet taken by the pipeline (at
-    /// most [`EngineConfig::channel_capacity`]; pushing waits when it is reached).
-    pub input_queue: u64,
-    /// Gauge: outputs produced and not yet received by the caller (at most
-    /// [`EngineConfig::channel_capacity`]).
-    pub output_queue: u64,
-    /// Gauges per source table: watermark, newest event time, lag, admitted devices.
-    pub sources: BTreeMap<String, SourceGauges>,
-    /// Outputs dropped unread under [`OutputPolicy::DropOldest`].
-    pub outputs_dropped: u64,
-}
-
-/// Gauges of one source, as of the last micro-batch (or idle tick) it had.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct SourceGauges {
-    /// Its watermark, epoch ms (the lowest over the queries reading it: windows ending
-    /// at or before it have closed); `None` before the first reading. With per-device
-    /// watermarks (`watermark_key`) it is the slowest device's.
-    pub watermark: Option<i64>,
-    /// The newest event time it has seen, epoch ms.
-    pub newest_event: Option<i64>,
-    /// `newest_event - watermark`, ms, never below 0: how far results trail the newest
-    /// input in event time. That is the declared watermark delay, plus any wait for an
-    /// idle source, plus, with per-device watermarks, how far the slowest device is
-    /// behind the newest. 0 once the watermark has passed the newest event (after
-    /// `finish`, or an idle source's advance). A wall-clock lag, for live input, is
-    /// `now - watermark`.
-    pub lag_ms: Option<i64>,
-    /// Distinct devices admitted (what [`EngineConfig::max_devices`] limits).
-    pub devices: u64,
-}
-
-impl EngineStats {
-    /// Readings refused after decoding or by the windows, all reasons.
-    pub fn rejected_total(&self) -> u64 {
-        self.rejected.values().sum()
-    }
-
-    /// The counters as one line, the same wherever they are reported (the periodic log,
-    /// `replay`, `train`, the demo): e.g. `messages 1440, readings 1440, rejected 3
-    /// (late 2, not_json 1), windows 120, results 120, rows 0, alerts 0, transitions 2,
-    /// states 3, dead letters 3`.
-    pub fn summary(&self) -> String {
-        let rejected = if self.rejected.is_empty() {
-            "rejected 0".to_string()
-        } else {
-            let by: Vec<String> = self
-                .rejected
-                .iter()
-                .map(|(r, n)| format!("{r} {n}"))
-                .collect();
-            format!("rejected {} ({})", self.rejected_total(), by.join(", "))
-        };
-        format!(
-            "messages {}, readings {}, {rejected}, windows {}, results {}, rows {}, alerts {}, transitions {}, states {}, dead letters {}",
-            self.messages_in,
-            self.readings_in,
-            self.windows_closed,
-            self.results,
-            self.rows_out,
-            self.alerts_out,
-            self.transitions_out,
-            self.states_out,
-            self.dead_letters_out
-        )
-    }
 }
 
 /// Builds a [`Pipeline`].
@@ -1001,305 +875,6 @@ async fn reload_models(
                 Err(e) => tracing::warn!("model directory: {e}"),
             }
         }
-    }
-}
-
-pub(crate) enum Input {
-    Message(Envelope),
-    /// A message for one source, by its index in [`Pipeline::sources`].
-    ToSource {
-        source: usize,
-        message: Envelope,
-    },
-    Command {
-        device: String,
-        payload: Vec<u8>,
-    },
-    Batch {
-        source: String,
-        batch: RecordBatch,
-    },
-    Flush(oneshot::Sender<()>),
-    Finish(oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<()>),
-}
-
-type PipelineTask = tokio::task::JoinHandle<Result<(), EngineError>>;
-
-/// Pushes input into a running pipeline. Cheap to clone.
-#[derive(Clone)]
-pub struct PipelineHandle {
-    tx: mpsc::Sender<Input>,
-    stats: Arc<Mutex<EngineStats>>,
-    task: Arc<Mutex<Option<PipelineTask>>>,
-    confirmed: Arc<AtomicU64>,
-    /// The sources' columns, to match pushed batches before they are sent.
-    targets: Arc<Vec<batches::Target>>,
-    /// Measures the outputs waiting for the caller.
-    out_depth: Arc<delivery::Depth>,
-    /// The sources, in the task's order, for pushing by name.
-    routes: Arc<Vec<Route>>,
-}
-
-/// What the handle knows of a source to push to it by name.
-struct Route {
-    name: String,
-    /// Its topic template, if it reads columns from the topic.
-    template: Option<String>,
-}
-
-impl PipelineHandle {
-    /// Pushes one message from a connector (waits while the input channel is full):
-    /// a reading for the sources whose topic filter matches its topic, or an operator
-    /// command on `{prefix}/command/{device}`. Its [`Delivery`] says what the connector
-    /// needs back.
-    pub async fn push(&self, message: Envelope) -> Result<(), EngineError> {
-        self.send(Input::Message(message)).await
-    }
-
-    /// Pushes a message if the input channel has room now; otherwise hands it back
-    /// (`Ok(Some(..))`), for callers that shed load instead of waiting.
-    pub fn try_push(&self, message: Envelope) -> Result<Option<Envelope>, EngineError> {
-        match self.tx.try_send(Input::Message(message)) {
-            Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(Input::Message(m))) => Ok(Some(m)),
-            Err(_) => Err(EngineError::Stopped),
-        }
-    }
-
-    /// Pushes one JSON message on `topic` whose sender needs nothing back: the same as
-    /// [`push`](Self::push) with [`Envelope::new`].
-    pub async fn push_json(&self, topic: &str, payload: Vec<u8>) -> Result<(), EngineError> {
-        self.push(Envelope::new(topic, payload)).await
-    }
-
-    /// Pushes one JSON message (an object or an array of objects) for source table
-    /// `source`, by its name rather than a topic: the way to feed a `connector =
-    /// 'channel'` source, and usable for any source whose columns all come from the
-    /// payload. It is decoded, checked and counted exactly as a message routed by
-    /// topic (duplicates, `max_devices`, watermarks, checkpoints); its dead letters
-    /// have an empty `source_topic` and name the source. An unknown name
-    /// ([`EngineError::UnknownSource`]) or a source reading columns from its topic
-    /// ([`EngineError::NeedsTopic`]) is an error here, not a dead letter.
-    pub async fn push_to(&self, source: &str, payload: Vec<u8>) -> Result<(), EngineError> {
-        self.push_to_with(source, payload, Delivery::None).await
-    }
-
-    /// [`push_to`](Self::push_to) with the [`Delivery`] the caller needs back (an
-    /// acknowledgement once a checkpoint covers the message, or its position in a
-    /// replayable log, as for [`push`](Self::push)).
-    pub async fn push_to_with(
-        &self,
-        source: &str,
-        payload: Vec<u8>,
-        delivery: Delivery,
-    ) -> Result<(), EngineError> {
-        let input = self.to_source(source, payload, delivery)?;
-        self.send(input).await
-    }
-
-    /// [`push_to`](Self::push_to) if the input channel has room now; otherwise hands
-    /// the payload back (`Ok(Some(..))`), as [`try_push`](Self::try_push) does.
-    pub fn try_push_to(
-        &self,
-        source: &str,
-        payload: Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, EngineError> {
-        match self
-            .tx
-            .try_send(self.to_source(source, payload, Delivery::None)?)
-        {
-            Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(Input::ToSource { message, .. })) => {
-                Ok(Some(message.payload))
-            }
-            Err(_) => Err(EngineError::Stopped),
-        }
-    }
-
-    /// The input for source `name`, or why it cannot be pushed to by name.
-    fn to_source(
-        &self,
-        name: &str,
-        payload: Vec<u8>,
-        delivery: Delivery,
-    ) -> Result<Input, EngineError> {
-        let Some(i) = self.routes.iter().position(|r| r.name == name) else {
-            return Err(EngineError::UnknownSource {
-                name: name.to_string(),
-                known: self.routes.iter().map(|r| r.name.clone()).collect(),
-            });
-        };
-        if let Some(t) = &self.routes[i].template {
-            return Err(EngineError::NeedsTopic {
-                name: name.to_string(),
-                template: t.clone(),
-            });
-        }
-        Ok(Input::ToSource {
-            source: i,
-            message: Envelope::new("", payload).with(delivery),
-        })
-    }
-
-    /// With [`CheckpointConfig::confirm_outputs`]: the first `n` outputs received from
-    /// the pipeline (counted from its start) are delivered for good. Outputs not yet
-    /// confirmed at a checkpoint are kept in it and emitted again after a restart.
-    pub fn confirm_outputs(&self, n: u64) {
-        self.confirmed.fetch_max(n, Ordering::Relaxed);
-    }
-
-    /// Stops without closing the open windows: with checkpoints, writes a last one
-    /// (and acknowledges what it covers) so the next start continues the windows;
-    /// without, the same as [`finish`](Self::finish).
-    pub async fn shutdown(&self) -> Result<EngineStats, EngineError> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Input::Shutdown(tx)).await;
-        let _ = rx.await;
-        let task = self.task.lock().expect("lock").take();
-        if let Some(t) = task {
-            t.await.map_err(|_| EngineError::Stopped)??;
-        } else {
-            sent?;
-        }
-        Ok(self.stats())
-    }
-
-    /// Delivers an operator command for `device` (JSON, see `forewarn_alerts::Command`):
-    /// acknowledge, silence or unsilence. The engine confirms on the device's state topic;
-    /// a command it cannot apply is dead-lettered with the reason.
-    pub async fn command(&self, device: &str, payload: Vec<u8>) -> Result<(), EngineError> {
-        self.send(Input::Command {
-            device: device.to_string(),
-            payload,
-        })
-        .await
-    }
-
-    /// Pushes a batch of readings for source table `source` (waits while the input
-    /// channel is full).
-    ///
-    /// Columns are matched by name, in any order. A nullable column may be left out
-    /// (it is all null), and so may a processing-time source's `arrival_time` (stamped
-    /// on arrival). A column's type may differ where reading it as the declared type
-    /// loses nothing: a timestamp of any unit without a zone or in UTC (`"UTC"`,
-    /// `"+00:00"`, ...; micro- and nanoseconds are cut to milliseconds), `Float32` or an
-    /// integer of up to 32 bits for `DOUBLE`, up to 32 bits for `BIGINT`, `LargeUtf8`,
-    /// `Utf8View` or a string dictionary for `TEXT`. Anything else (an unknown column, a
-    /// missing required one, `Int64` for `DOUBLE`, another time zone) is an
-    /// [`EngineError::Batch`] naming the column, and nothing of the batch is taken.
-    ///
-    /// Rows are then checked like JSON readings: a null device, event time or `NOT NULL`
-    /// column (`missing_field`) or a `NaN`/infinite `DOUBLE` (`non_finite`) is
-    /// dead-lettered with its row index, and the other rows go on.
-    pub async fn push_batch(&self, source: &str, batch: RecordBatch) -> Result<(), EngineError> {
-        let batch = self.conform(source, &batch)?;
-        self.send(Input::Batch {
-            source: source.to_string(),
-            batch,
-        })
-        .await
-    }
-
-    /// [`push_batch`](Self::push_batch) if the input channel has room now; otherwise
-    /// hands the batch back (`Ok(Some(..))`) as given, for callers that shed load
-    /// instead of waiting.
-    pub fn try_push_batch(
-        &self,
-        source: &str,
-        batch: RecordBatch,
-    ) -> Result<Option<RecordBatch>, EngineError> {
-        let conformed = self.conform(source, &batch)?;
-        let input = Input::Batch {
-            source: source.to_string(),
-            batch: conformed,
-        };
-        match self.tx.try_send(input) {
-            Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(Some(batch)),
-            Err(_) => Err(EngineError::Stopped),
-        }
-    }
-
-    /// Pushes the caller's own structs as readings of `source`: each struct is a row,
-    /// its fields (by their serde names) the columns, matched and checked as in
-    /// [`push_batch`](Self::push_batch). A field is serialised straight into its
-    /// column's declared type: e.g. an `i64` of epoch milliseconds or an `f32` for a
-    /// `TIMESTAMP` or `DOUBLE` column; an `Option` that is `None` is a null. A field the
-    /// source does not declare is an error ([`BatchError::UnknownColumn`]). An empty
-    /// slice pushes nothing.
-    ///
-    /// Cost: the records are converted to Arrow columns on the caller's task
-    /// (`serde_arrow`), with no JSON text in between; for the cheapest path build the
-    /// batch yourself and use `push_batch`.
-    pub async fn push_records<T: Serialize>(
-        &self,
-        source: &str,
-        records: &[T],
-    ) -> Result<(), EngineError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let batch = batches::from_records(self.target(source)?, records)?;
-        self.send(Input::Batch {
-            source: source.to_string(),
-            batch,
-        })
-        .await
-    }
-
-    /// The source `source`; pushing to one no query reads is the caller's mistake, the
-    /// same error whether a message, a batch or records were pushed.
-    fn target(&self, source: &str) -> Result<&batches::Target, EngineError> {
-        self.targets
-            .iter()
-            .find(|t| t.name == source)
-            .ok_or_else(|| EngineError::UnknownSource {
-                name: source.to_string(),
-                known: self.targets.iter().map(|t| t.name.clone()).collect(),
-            })
-    }
-
-    fn conform(&self, source: &str, batch: &RecordBatch) -> Result<RecordBatch, EngineError> {
-        Ok(batches::conform(self.target(source)?, batch)?)
-    }
-
-    /// Closes the pending micro-batches now and waits until they are processed.
-    pub async fn flush(&self) -> Result<(), EngineError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Input::Flush(tx)).await?;
-        rx.await.map_err(|_| EngineError::Stopped)
-    }
-
-    /// Ends the input: closes every open window, emits the last results and stops.
-    /// With checkpoints, the last checkpoint is taken after the windows closed: a later
-    /// start from the same directory continues after them, so a reading that falls in a
-    /// window already emitted is late (counted), never a second, different version of
-    /// that window under the same id. To stop and continue the open windows later, use
-    /// [`shutdown`](Self::shutdown). Returns the pipeline's error if it failed.
-    pub async fn finish(&self) -> Result<EngineStats, EngineError> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Input::Finish(tx)).await;
-        let _ = rx.await;
-        let task = self.task.lock().expect("lock").take();
-        if let Some(t) = task {
-            t.await.map_err(|_| EngineError::Stopped)??;
-        } else {
-            sent?;
-        }
-        Ok(self.stats())
-    }
-
-    /// A snapshot of the counters and gauges (the queue depths as of now).
-    pub fn stats(&self) -> EngineStats {
-        let mut s = self.stats.lock().expect("lock").clone();
-        s.input_queue = (self.tx.max_capacity() - self.tx.capacity()) as u64;
-        s.output_queue = self.out_depth.get() as u64;
-        s
-    }
-
-    async fn send(&self, i: Input) -> Result<(), EngineError> {
-        self.tx.send(i).await.map_err(|_| EngineError::Stopped)
     }
 }
 
