@@ -14,7 +14,22 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use datafusion::arrow::datatypes::DataType;
+use forewarn::config::LogFormat;
 use forewarn::{Model, QuerySet, SqlError};
+
+/// Set once by `main` when logs are JSON lines: `run`'s own closing reports are then
+/// log events too, so that every line on stderr is one JSON object.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records the log format chosen (see [`json_logs`]).
+pub fn set_log_format(f: LogFormat) {
+    JSON_LOGS.store(f == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether logs are JSON lines.
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Forewarn: predictive maintenance on MQTT sensor streams with streaming SQL and anomaly models.
 #[derive(Parser, Debug)]
@@ -22,9 +37,36 @@ use forewarn::{Model, QuerySet, SqlError};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text, or json (one object per line: timestamp, level,
+    /// target, message and the event's fields) [default: the config file's [log]
+    /// format, else text]. The level comes from RUST_LOG.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 impl Cli {
+    /// The log format: `--log-format`, else `[log] format` of `run --config FILE`, else
+    /// text. A file that does not load gives text here; `run` then reports why.
+    pub fn log_format(&self) -> LogFormat {
+        match (self.log_format, &self.command) {
+            (Some(LogFormatArg::Text), _) => LogFormat::Text,
+            (Some(LogFormatArg::Json), _) => LogFormat::Json,
+            (None, Command::Run(r)) => r
+                .config_file()
+                .and_then(|p| forewarn::config::ServiceConfig::from_file(p).ok())
+                .map(|c| c.log.format)
+                .unwrap_or_default(),
+            (None, _) => LogFormat::default(),
+        }
+    }
+
     /// The log filter when `RUST_LOG` gives none: the engine's progress at info, except
     /// for `demo --quiet`, which prints only its summary.
     pub fn default_log_filter(&self) -> &'static str {

@@ -94,6 +94,11 @@ fn secure(url: &mut BrokerUrl, m: &MqttSettings) -> anyhow::Result<()> {
 }
 
 impl RunArgs {
+    /// `--config`.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
     /// The configuration file (or the defaults), with the flags given over it.
     fn config(&self) -> anyhow::Result<ServiceConfig> {
         let mut c = match &self.config {
@@ -185,31 +190,66 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => break,
             _ = tick.tick() => {
                 let s = running.handle().stats();
-                match running.sink_stats() {
-                    Some(w) => tracing::info!("running: {}, {}", s.summary(), w.summary()),
-                    None => tracing::info!("running: {}", s.summary()),
-                }
+                log_counters("running", &s, running.sink_stats().as_deref(), None);
             }
         }
     }
     let redelivered = running.redeliveries_dropped();
     let shed = running.input_shed();
     if shed > 0 {
-        eprintln!(
-            "dropped {shed} input messages because the engine was behind (overload = drop_oldest)"
-        );
+        let why = "input messages dropped because the engine was behind (overload = drop_oldest)";
+        if super::json_logs() {
+            tracing::warn!(dropped = shed, "{why}");
+        } else {
+            eprintln!("dropped {shed} {why}");
+        }
     }
     let sink_stats = running.sink_stats();
     let s = running.stop().await?;
-    eprintln!(
-        "stopped: {}, checkpoints {}, redeliveries dropped {redelivered}{}",
-        s.summary(),
-        s.checkpoints,
-        sink_stats
-            .map(|w| format!(", {}", w.summary()))
-            .unwrap_or_default()
-    );
+    log_counters("stopped", &s, sink_stats.as_deref(), Some(redelivered));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine's counters: `running: ...` every 30 s (an info event) and `stopped: ...`
+/// at the end (printed as it always was in text; an info event with JSON logs). As
+/// JSON, the counters are fields too, so a log collector need not parse the summary.
+fn log_counters(
+    what: &str,
+    s: &forewarn::EngineStats,
+    sinks: Option<&forewarn::sinks::SinkStats>,
+    redelivered: Option<u64>,
+) {
+    let mut line = format!("{what}: {}", s.summary());
+    if let Some(r) = redelivered {
+        line.push_str(&format!(
+            ", checkpoints {}, redeliveries dropped {r}",
+            s.checkpoints
+        ));
+    }
+    if let Some(w) = sinks {
+        line.push_str(&format!(", {}", w.summary()));
+    }
+    if super::json_logs() {
+        tracing::info!(
+            messages = s.messages_in,
+            readings = s.readings_in,
+            rejected = s.rejected_total(),
+            windows = s.windows_closed,
+            results = s.results,
+            alerts = s.alerts_out,
+            transitions = s.transitions_out,
+            states = s.states_out,
+            dead_letters = s.dead_letters_out,
+            checkpoints = s.checkpoints,
+            checkpoint_failures = s.checkpoint_failures,
+            redeliveries_dropped = redelivered,
+            "{line}"
+        );
+    } else if redelivered.is_some() {
+        eprintln!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
 }
 
 /// The pipeline's queries and, when there is a directory, models.
@@ -373,6 +413,10 @@ async fn run_nats(
     };
     tracing::info!(nats, worker = %opts.worker, assignment = ?opts.assignment, "starting a scale-out worker");
     fnats::run_worker(opts, factory, shutdown, None).await?;
-    eprintln!("worker {worker} stopped: partitions checkpointed and released");
+    if super::json_logs() {
+        tracing::info!(%worker, "worker stopped: partitions checkpointed and released");
+    } else {
+        eprintln!("worker {worker} stopped: partitions checkpointed and released");
+    }
     Ok(ExitCode::SUCCESS)
 }

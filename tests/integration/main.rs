@@ -21,6 +21,8 @@ mod differential;
 mod event_time;
 mod fuzz_decoders;
 mod library;
+#[cfg(all(feature = "cli", feature = "broker"))]
+mod logs;
 #[cfg(feature = "cli")]
 mod models;
 #[cfg(feature = "broker")]

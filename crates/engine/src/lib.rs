@@ -869,10 +869,10 @@ async fn reload_models(
                         tracing::info!(model = %m, dir = %d.display(), "model reloaded");
                     }
                     for (p, why) in r.refused {
-                        tracing::warn!(file = %p.display(), "model file change refused: {why}");
+                        tracing::warn!(file = %p.display(), reason = %why, "model file change refused: {why}");
                     }
                 }
-                Err(e) => tracing::warn!("model directory: {e}"),
+                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "model directory: {e}"),
             }
         }
     }

@@ -181,7 +181,7 @@ pub(crate) async fn back_off(
         backoff.reset();
     }
     let d = backoff.next_delay();
-    tracing::warn!(broker = %url, error = %e, retry_in = ?d, "{} connection failed", liveness.role);
+    tracing::warn!(broker = %url, role = liveness.role, client_id = %liveness.client_id, error = %e, retry_in = ?d, "{} connection failed", liveness.role);
     tokio::time::sleep(d).await;
 }
 

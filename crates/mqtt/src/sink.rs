@@ -70,6 +70,7 @@ impl MqttSink {
                             st.sessions_lost.fetch_add(1, Ordering::Relaxed);
                         }
                         connected_before = true;
+                        tracing::info!(broker = %url, role = "sink", client_id = %liveness.client_id, session_present = c.session_present, "sink connected");
                         let _ = ctx.send(true);
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {

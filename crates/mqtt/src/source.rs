@@ -212,7 +212,7 @@ impl MqttSource {
                             shared.seen.lock().expect("lock").clear();
                             acked_before.clear();
                         }
-                        tracing::info!(broker = %opts.url, session_present = c.session_present, "source connected");
+                        tracing::info!(broker = %opts.url, role = "source", client_id = %opts.client_id, session_present = c.session_present, "source connected");
                         // Clean sessions forget subscriptions: subscribe on every (re)connect.
                         for f in &opts.filters {
                             if sub_client.try_subscribe(f.clone(), opts.qos).is_err() {

@@ -25,6 +25,8 @@ pub struct ServiceConfig {
     pub mqtt: MqttSettings,
     /// `[nats]`: scale-out on NATS JetStream (on when `url` is given).
     pub nats: NatsSettings,
+    /// `[log]`: how the log is written.
+    pub log: LogSettings,
 }
 
 impl Default for ServiceConfig {
@@ -36,7 +38,53 @@ impl Default for ServiceConfig {
             checkpoint: CheckpointSettings::default(),
             mqtt: MqttSettings::default(),
             nats: NatsSettings::default(),
+            log: LogSettings::default(),
         }
+    }
+}
+
+/// `[log]`. The level stays with `RUST_LOG`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (for people) or `json` (one object per line, for log collectors);
+    /// `--log-format` overrides it.
+    pub format: LogFormat,
+}
+
+/// How log events are written to stderr (`[log] format`, `--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One line per event for a terminal or the journal: time, level, target, message,
+    /// fields as `key=value`.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the
+    /// event's fields (see docs/operations.md, "Logs").
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "[log] format must be \"text\" or \"json\", got \"{s}\""
+            )),
+        }
+    }
+}
+
+// By hand rather than derived: serde's "unknown variant" does not name the section.
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -200,6 +248,7 @@ const MOVED: &[(&str, &str, &str)] = &[
     ("lease_ttl_ms", "nats", "lease_ttl_ms"),
     ("nats_replicas", "nats", "replicas"),
     ("stream_max_age_s", "nats", "stream_max_age_s"),
+    ("log_format", "log", "format"),
 ];
 
 impl ServiceConfig {
@@ -443,7 +492,7 @@ mod tests {
             ServiceConfig::from_toml(&printed).unwrap(),
             ServiceConfig::default()
         );
-        for section in ["[engine]", "[checkpoint]", "[mqtt]", "[nats]"] {
+        for section in ["[engine]", "[checkpoint]", "[mqtt]", "[nats]", "[log]"] {
             assert!(printed.contains(section), "{printed}");
         }
     }
@@ -547,6 +596,41 @@ mod tests {
             ServiceConfig::from_toml("[checkpoint]\ninterval_ms = 200\n[nats]\nurl = 'nats://n'")
                 .unwrap();
         assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json_in_its_section() {
+        assert_eq!(ServiceConfig::default().log.format, LogFormat::Text);
+        assert!(ServiceConfig::default_toml().ends_with("\n[log]\nformat = \"text\"\n"));
+        let c = ServiceConfig::from_toml("[log]\nformat = 'json'\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(toml::to_string(&c)
+            .unwrap()
+            .contains("[log]\nformat = \"json\"\n"));
+        let e = ServiceConfig::from_toml("[log]\nformat = 'xml'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[log] format must be \"text\" or \"json\", got \"xml\""),
+            "{e}"
+        );
+        let e = ServiceConfig::from_toml("[log]\nlevel = 'debug'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `level`, expected `format`"),
+            "{e}"
+        );
+        // The key an operator would guess first says where it lives.
+        let e = ServiceConfig::from_toml("log_format = 'json'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "'log_format' is now 'format' in the [log] section:\n[log]\nformat = \"json\""
+            ),
+            "{e}"
+        );
     }
 
     #[test]

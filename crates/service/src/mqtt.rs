@@ -387,7 +387,7 @@ async fn publish_loop(
                     critical: false,
                 }) {
                     dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(topic = %e.topic, "outbox full: dropped the oldest non-critical message");
+                    tracing::warn!(topic = %e.topic, held = outbox.len(), "outbox full: dropped the oldest non-critical message");
                 }
             }
         }

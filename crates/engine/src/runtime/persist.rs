@@ -101,8 +101,12 @@ impl Runtime {
                 let state = match op.op.snapshot().await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::error!(error = %e, "checkpoint failed");
-                        self.stats.lock().expect("stats lock").checkpoint_failures += 1;
+                        let failures = {
+                            let mut s = self.stats.lock().expect("stats lock");
+                            s.checkpoint_failures += 1;
+                            s.checkpoint_failures
+                        };
+                        tracing::error!(error = %e, query = %op.op.query().name, failures, "checkpoint failed");
                         return Ok(());
                     }
                 };
@@ -159,8 +163,12 @@ impl Runtime {
                 });
             }
             Err(e) => {
-                tracing::error!(error = %e, "checkpoint failed; input stays unacknowledged");
-                self.count(|s| s.checkpoint_failures += 1);
+                let mut failures = 0;
+                self.count(|s| {
+                    s.checkpoint_failures += 1;
+                    failures = s.checkpoint_failures;
+                });
+                tracing::error!(error = %e, seq, failures, "checkpoint failed; input stays unacknowledged");
             }
         }
         Ok(())
