@@ -40,6 +40,10 @@ pub use forewarn_scorer::{
 pub use forewarn_sql::{QuerySet, SqlError, SqlErrorKind};
 
 // Forewarn as a process (the `forewarn-service` crate).
+/// The operations endpoint (`/metrics`, `/healthz`, `/readyz`; the `forewarn-http`
+/// crate, feature `http`).
+#[cfg(feature = "http")]
+pub use forewarn_http as http;
 pub use forewarn_service::config;
 #[cfg(feature = "mqtt")]
 pub use forewarn_service::mqtt;

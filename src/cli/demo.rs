@@ -53,6 +53,10 @@ pub struct DemoArgs {
     /// Print only the summary, not each alert.
     #[arg(long)]
     pub quiet: bool,
+    /// Serve /metrics, /healthz and /readyz on this loopback address while the demo
+    /// runs, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "IP:PORT")]
+    http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     plant: PlantArgs,
 }
@@ -135,6 +139,7 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         seen
     });
 
+    let queries_loaded = pipeline.query_names();
     let running = mqtt::start(
         pipeline,
         &url,
@@ -142,6 +147,19 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         None,
     )
     .await?;
+    let http = match a.http {
+        Some(addr) => {
+            let status = running.broker_status();
+            let h = forewarn::http::HttpServer::new(running.handle().clone(), addr)
+                .queries(queries_loaded)
+                .broker(move || status.connected())
+                .start()
+                .await?;
+            println!("http: http://{} (/metrics, /healthz, /readyz)", h.addr());
+            Some(h)
+        }
+        None => None,
+    };
     let cfg = a.plant.config();
     println!(
         "simulating {} machines ({:.0}% developing a failure), {} s of plant time in {:.0} s ...\n",
@@ -159,6 +177,9 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             "warning: the engine received {} of {published} readings",
             running.handle().stats().messages_in
         );
+    }
+    if let Some(h) = http {
+        h.stop().await;
     }
     let stats = running.stop().await?;
     // Every alert the engine published has been acknowledged by the broker; give the

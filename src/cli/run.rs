@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// queries' topics, and exit.
     #[arg(long)]
     print_nats_mappings: bool,
+    /// Serve /metrics, /healthz and /readyz on this address (overrides listen in the
+    /// [http] section), e.g. 127.0.0.1:9464; a non-loopback address needs a bearer
+    /// token (bearer_token_file or bearer_token_env in [http]).
+    #[arg(long, value_name = "IP:PORT")]
+    http: Option<String>,
 }
 
 /// The environment variable holding the broker password.
@@ -115,6 +120,7 @@ impl RunArgs {
         set(&mut c.nats.url, &self.nats);
         set(&mut c.nats.partitions, &self.partitions);
         set(&mut c.nats.worker_id, &self.worker_id);
+        set(&mut c.http.listen, &self.http);
         if let Some(q) = &self.queries {
             c.queries = q.clone();
         }
@@ -152,6 +158,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     resolve_broker(&url, fc.mqtt.retry_dns).await?;
     if let Some(nats) = fc.nats.url.clone() {
+        if fc.http.listen.is_some() {
+            anyhow::bail!("[http] listen (or --http) is not served by scale-out workers (--nats) yet: drop it");
+        }
         return run_nats(&nats, url, queries, models, cfg, &fc).await;
     }
     let client = match fc.mqtt.client_id.clone() {
@@ -181,7 +190,44 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(seq) = pipeline.restored_checkpoint() {
         tracing::info!(checkpoint = seq, "continuing from a checkpoint");
     }
+    let queries_loaded = pipeline.query_names();
+    let checkpoint_interval = fc
+        .checkpoint
+        .dir
+        .is_some()
+        .then(|| Duration::from_millis(fc.checkpoint.interval_ms));
     let running = mqtt::start(pipeline, &url, &opts, None).await?;
+    let http = match fc.http.listen_addr()? {
+        Some(addr) => {
+            let token = forewarn::http::read_token(
+                fc.http.bearer_token_file.as_deref(),
+                fc.http.bearer_token_env.as_deref(),
+            )?;
+            let status = running.broker_status();
+            let (shed, dropped) = (status.clone(), status.clone());
+            let mut server = forewarn::http::HttpServer::new(running.handle().clone(), addr)
+                .token(token)
+                .queries(queries_loaded)
+                .broker(move || status.connected())
+                .counter(
+                    "forewarn_input_shed_total",
+                    "Input messages dropped because the engine was behind (overload = drop_oldest).",
+                    move || shed.input_shed(),
+                )
+                .counter(
+                    "forewarn_outbox_dropped_total",
+                    "Outgoing messages dropped because the outbox was full while the broker was away.",
+                    move || dropped.outbox_dropped(),
+                );
+            if let Some(i) = checkpoint_interval {
+                server = server.checkpoint_interval(i);
+            }
+            let h = server.start().await?;
+            eprintln!("http: http://{} (/metrics, /healthz, /readyz)", h.addr());
+            Some(h)
+        }
+        None => None,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -205,6 +251,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let sink_stats = running.sink_stats();
+    if let Some(h) = http {
+        h.stop().await;
+    }
     let s = running.stop().await?;
     log_counters("stopped", &s, sink_stats.as_deref(), Some(redelivered));
     Ok(ExitCode::SUCCESS)

@@ -20,6 +20,8 @@ mod crash;
 mod differential;
 mod event_time;
 mod fuzz_decoders;
+#[cfg(all(feature = "http", feature = "mqtt"))]
+mod http_endpoint;
 mod library;
 #[cfg(all(feature = "cli", feature = "broker"))]
 mod logs;

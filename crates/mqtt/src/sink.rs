@@ -140,6 +140,12 @@ impl MqttSink {
         *self.connected.borrow()
     }
 
+    /// The connection state, to watch from elsewhere (e.g. a readiness probe): `true`
+    /// while the connection to the broker is up.
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
     /// Counters.
     pub fn stats(&self) -> &SinkStats {
         &self.stats

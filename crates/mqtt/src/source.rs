@@ -302,6 +302,17 @@ impl MqttSource {
         crate::wait_connected(&mut self.connected, timeout).await
     }
 
+    /// Whether the connection to the broker is up.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// The connection state, to watch from elsewhere (e.g. a readiness probe): `true`
+    /// while the connection to the broker is up.
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
     /// Redeliveries dropped because the message was still held unacknowledged.
     pub fn duplicates_dropped(&self) -> u64 {
         self.acks.duplicates.load(Ordering::Relaxed)

@@ -25,6 +25,8 @@ pub struct ServiceConfig {
     pub mqtt: MqttSettings,
     /// `[nats]`: scale-out on NATS JetStream (on when `url` is given).
     pub nats: NatsSettings,
+    /// `[http]`: the operations endpoint (on when `listen` is given).
+    pub http: HttpSettings,
     /// `[log]`: how the log is written.
     pub log: LogSettings,
 }
@@ -38,6 +40,7 @@ impl Default for ServiceConfig {
             checkpoint: CheckpointSettings::default(),
             mqtt: MqttSettings::default(),
             nats: NatsSettings::default(),
+            http: HttpSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -201,6 +204,37 @@ impl NatsSettings {
     }
 }
 
+/// `[http]`: one listener serving `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// `IP:PORT` to listen on, e.g. `127.0.0.1:9464`; no listener when absent.
+    pub listen: Option<String>,
+    /// A file holding the bearer token clients must send (`Authorization: Bearer ...`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// The name of an environment variable holding the bearer token.
+    pub bearer_token_env: Option<String>,
+}
+
+impl HttpSettings {
+    /// `listen` parsed; `None` when absent, an error naming the key when malformed.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(l) = &self.listen else {
+            return Ok(None);
+        };
+        l.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "[http] listen: expected IP:PORT such as \"127.0.0.1:9464\" or \"[::1]:9464\", got \"{l}\""
+            ))
+        })
+    }
+
+    /// Whether a bearer token is configured (from a file or the environment).
+    pub fn has_token(&self) -> bool {
+        self.bearer_token_file.is_some() || self.bearer_token_env.is_some()
+    }
+}
+
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -286,6 +320,11 @@ impl ServiceConfig {
             (Some("mqtt"), "tls_ca_file", &mut c.mqtt.tls_ca_file),
             (Some("mqtt"), "tls_cert_file", &mut c.mqtt.tls_cert_file),
             (Some("mqtt"), "tls_key_file", &mut c.mqtt.tls_key_file),
+            (
+                Some("http"),
+                "bearer_token_file",
+                &mut c.http.bearer_token_file,
+            ),
         ] {
             if let (true, Some(p)) = (is_given(section, key), p.as_mut()) {
                 resolve(p);
@@ -392,6 +431,16 @@ impl ServiceConfig {
                 "[nats] lease_ttl_ms must be at least 300 and stream_max_age_s at least 1".into(),
             );
         }
+        let h = &self.http;
+        h.listen_addr()?;
+        if h.bearer_token_file.is_some() && h.bearer_token_env.is_some() {
+            return bad("[http] give one of bearer_token_file and bearer_token_env".into());
+        }
+        if h.bearer_token_env.as_deref() == Some("") {
+            return bad(
+                "[http] bearer_token_env names an environment variable: it cannot be empty".into(),
+            );
+        }
         Ok(())
     }
 
@@ -416,6 +465,21 @@ impl ServiceConfig {
             return bad(format!(
                 "[nats] {what} applies to scale-out: it needs --nats URL (or url in the [nats] section)"
             ));
+        }
+        let h = &self.http;
+        match h.listen_addr()? {
+            None if h.has_token() => {
+                return bad(
+                    "[http] bearer_token_file and bearer_token_env need listen (or --http)".into(),
+                );
+            }
+            // Anyone on the network could read the plant's metrics: refuse without a token.
+            Some(a) if !a.ip().is_loopback() && !h.has_token() => {
+                return bad(format!(
+                    "[http] listen = \"{a}\" is not a loopback address: set bearer_token_file or bearer_token_env in the [http] section (clients then send Authorization: Bearer TOKEN), or listen on 127.0.0.1"
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -473,6 +537,10 @@ impl ServiceConfig {
         n.url = Some("nats://n1:4222,nats://n2:4222".into());
         n.partitions = Some("auto".into());
         n.worker_id = Some("line3-a".into());
+        let h = &mut c.http;
+        h.listen = Some("127.0.0.1:9464".into());
+        h.bearer_token_file = Some("/etc/forewarn/http-token".into());
+        h.bearer_token_env = Some("FOREWARN_HTTP_TOKEN".into());
         c
     }
 }
@@ -492,7 +560,14 @@ mod tests {
             ServiceConfig::from_toml(&printed).unwrap(),
             ServiceConfig::default()
         );
-        for section in ["[engine]", "[checkpoint]", "[mqtt]", "[nats]", "[log]"] {
+        for section in [
+            "[engine]",
+            "[checkpoint]",
+            "[mqtt]",
+            "[nats]",
+            "[http]",
+            "[log]",
+        ] {
             assert!(printed.contains(section), "{printed}");
         }
     }
@@ -570,6 +645,14 @@ mod tests {
                 "[nats]\nreplicas = 9",
                 "[nats] replicas must be 1 to 5, got 9",
             ),
+            (
+                "[http]\nlisten = 'localhost'",
+                "[http] listen: expected IP:PORT",
+            ),
+            (
+                "[http]\nlisten = '127.0.0.1:1'\nbearer_token_env = 'A'\nbearer_token_file = 'f'",
+                "[http] give one of bearer_token_file and bearer_token_env",
+            ),
         ] {
             let e = ServiceConfig::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
@@ -585,12 +668,28 @@ mod tests {
                 "drop [checkpoint] dir",
             ),
             ("[nats]\njob = 'j'", "[nats] job applies to scale-out"),
+            (
+                "[http]\nlisten = '0.0.0.0:9464'",
+                "[http] listen = \"0.0.0.0:9464\" is not a loopback address: set bearer_token_file or bearer_token_env",
+            ),
+            (
+                "[http]\nbearer_token_env = 'T'",
+                "[http] bearer_token_file and bearer_token_env need listen",
+            ),
         ] {
             let c = ServiceConfig::from_toml(text).unwrap();
             let e = c.check().unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
         }
         assert!(ServiceConfig::default().check().is_ok());
+        for ok in [
+            "[http]\nlisten = '127.0.0.1:9464'",
+            "[http]\nlisten = '[::1]:9464'",
+            "[http]\nlisten = '0.0.0.0:9464'\nbearer_token_env = 'FOREWARN_HTTP_TOKEN'",
+        ] {
+            let c = ServiceConfig::from_toml(ok).unwrap();
+            assert!(c.check().is_ok(), "{ok}");
+        }
         // Scale-out checkpoints live in NATS: their timing needs no directory.
         let c =
             ServiceConfig::from_toml("[checkpoint]\ninterval_ms = 200\n[nats]\nurl = 'nats://n'")
@@ -640,13 +739,14 @@ mod tests {
         let f = dir.join("forewarn.toml");
         std::fs::write(
             &f,
-            "queries = 'q'\n[checkpoint]\ndir = '/abs/ck'\n[mqtt]\npassword_file = 'pw'\n",
+            "queries = 'q'\n[checkpoint]\ndir = '/abs/ck'\n[mqtt]\npassword_file = 'pw'\n[http]\nbearer_token_file = 'tok'\n",
         )
         .unwrap();
         let c = ServiceConfig::from_file(&f).unwrap();
         assert_eq!(c.queries, dir.join("q"));
         assert_eq!(c.checkpoint.dir, Some(PathBuf::from("/abs/ck")));
         assert_eq!(c.mqtt.password_file, Some(dir.join("pw")));
+        assert_eq!(c.http.bearer_token_file, Some(dir.join("tok")));
         // Not given: the default, relative to where forewarn runs.
         std::fs::write(&f, "").unwrap();
         assert_eq!(

@@ -204,6 +204,8 @@ pub(crate) struct Outputs {
     short: Arc<AtomicU64>,
     /// Counters of the self-delivering sinks (webhooks), if any.
     sink_stats: Option<Arc<crate::sinks::SinkStats>>,
+    /// The publishing client's connection state.
+    connected: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Outputs {
@@ -249,6 +251,7 @@ pub(crate) async fn start_outputs(
     let sink_stats = sinks.as_ref().map(|w| w.stats.clone());
     let checkpointing = pipeline.checkpointing();
     let short = sink.stats().short_connections.clone();
+    let connected = sink.connection();
     // The publish loop confirms each output once the broker has acknowledged it.
     let pipeline = pipeline.with_confirmed_outputs();
     let (handle, outputs) = pipeline.start();
@@ -269,6 +272,7 @@ pub(crate) async fn start_outputs(
             checkpointing,
             short,
             sink_stats,
+            connected,
         },
         handle,
     ))
@@ -477,10 +481,49 @@ async fn publish_loop(
     Ok(n)
 }
 
+/// A running [`MqttPipeline`]'s broker side, to watch from elsewhere (a readiness
+/// probe, a metrics endpoint) while the pipeline runs: cheap to clone, it outlives
+/// nothing but reads shared state.
+#[derive(Debug, Clone)]
+pub struct BrokerStatus {
+    input: tokio::sync::watch::Receiver<bool>,
+    output: tokio::sync::watch::Receiver<bool>,
+    shed: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl BrokerStatus {
+    /// Whether both connections (input and output) are up.
+    pub fn connected(&self) -> bool {
+        *self.input.borrow() && *self.output.borrow()
+    }
+
+    /// As [`MqttPipeline::input_shed`].
+    pub fn input_shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// As [`MqttPipeline::outbox_dropped`].
+    pub fn outbox_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 impl MqttPipeline {
     /// The pipeline's handle (counters, flush).
     pub fn handle(&self) -> &PipelineHandle {
         &self.handle
+    }
+
+    /// The broker side's state (connections up, input shed, outbox drops), to watch
+    /// while the pipeline runs.
+    pub fn broker_status(&self) -> BrokerStatus {
+        BrokerStatus {
+            input: self.source.connection(),
+            output: self.outputs.connected.clone(),
+            shed: self.shed.clone(),
+            dropped: self.outputs.dropped.clone(),
+        }
     }
 
     /// Redelivered input messages recognised and not processed twice (the broker
