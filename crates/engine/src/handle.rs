@@ -149,7 +149,7 @@ impl PipelineHandle {
         })
     }
 
-    /// With [`CheckpointConfig::confirm_outputs`]: the first `n` outputs received from
+    /// With [`CheckpointConfig::confirm_outputs`](crate::CheckpointConfig::confirm_outputs): the first `n` outputs received from
     /// the pipeline (counted from its start) are delivered for good. Outputs not yet
     /// confirmed at a checkpoint are kept in it and emitted again after a restart.
     pub fn confirm_outputs(&self, n: u64) {
@@ -233,7 +233,7 @@ impl PipelineHandle {
     /// [`push_batch`](Self::push_batch). A field is serialised straight into its
     /// column's declared type: e.g. an `i64` of epoch milliseconds or an `f32` for a
     /// `TIMESTAMP` or `DOUBLE` column; an `Option` that is `None` is a null. A field the
-    /// source does not declare is an error ([`BatchError::UnknownColumn`]). An empty
+    /// source does not declare is an error ([`BatchError::UnknownColumn`](crate::BatchError::UnknownColumn)). An empty
     /// slice pushes nothing.
     ///
     /// Cost: the records are converted to Arrow columns on the caller's task

@@ -55,26 +55,26 @@ pub struct EngineStats {
     /// unconfirmed.
     pub outputs_replayed: u64,
     /// Plain window rows produced: result rows of the other queries whose sinks have
-    /// no lifecycle ([`Output::Row`]).
+    /// no lifecycle ([`Output::Row`](crate::Output::Row)).
     pub rows_out: u64,
-    /// Gauge: window state now, bytes (what [`EngineConfig::max_state_bytes`] limits):
+    /// Gauge: window state now, bytes (what [`EngineConfig::max_state_bytes`](crate::EngineConfig::max_state_bytes) limits):
     /// the open aggregates and the panes kept for later windows, measured after each
     /// micro-batch.
     pub state_bytes: u64,
-    /// The limit in force ([`EngineConfig::max_state_bytes`]), beside `state_bytes`.
+    /// The limit in force ([`EngineConfig::max_state_bytes`](crate::EngineConfig::max_state_bytes)), beside `state_bytes`.
     pub max_state_bytes: u64,
     /// Gauge: windows open now over all queries (panes, and sessions of session
-    /// windows; [`EngineConfig::max_open_windows`] limits each query's panes).
+    /// windows; [`EngineConfig::max_open_windows`](crate::EngineConfig::max_open_windows) limits each query's panes).
     pub open_windows: u64,
     /// Gauge: input messages and batches pushed and not yet taken by the pipeline (at
-    /// most [`EngineConfig::channel_capacity`]; pushing waits when it is reached).
+    /// most [`EngineConfig::channel_capacity`](crate::EngineConfig::channel_capacity); pushing waits when it is reached).
     pub input_queue: u64,
     /// Gauge: outputs produced and not yet received by the caller (at most
-    /// [`EngineConfig::channel_capacity`]).
+    /// [`EngineConfig::channel_capacity`](crate::EngineConfig::channel_capacity)).
     pub output_queue: u64,
     /// Gauges per source table: watermark, newest event time, lag, admitted devices.
     pub sources: BTreeMap<String, SourceGauges>,
-    /// Outputs dropped unread under [`OutputPolicy::DropOldest`].
+    /// Outputs dropped unread under [`OutputPolicy::DropOldest`](crate::OutputPolicy::DropOldest).
     pub outputs_dropped: u64,
 }
 
@@ -94,7 +94,7 @@ pub struct SourceGauges {
     /// `finish`, or an idle source's advance). A wall-clock lag, for live input, is
     /// `now - watermark`.
     pub lag_ms: Option<i64>,
-    /// Distinct devices admitted (what [`EngineConfig::max_devices`] limits).
+    /// Distinct devices admitted (what [`EngineConfig::max_devices`](crate::EngineConfig::max_devices) limits).
     pub devices: u64,
 }
 

@@ -1,4 +1,4 @@
-//! Payload decoding for Forewarn: MQTT message bytes → Arrow [`RecordBatch`]es.
+//! Payload decoding for Forewarn: MQTT message bytes → Arrow `RecordBatch`es.
 //!
 //! A message holds one reading object or an array of them. Fields are matched by
 //! name against a declared schema; topic levels can fill columns through a
