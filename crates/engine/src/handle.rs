@@ -160,16 +160,7 @@ impl PipelineHandle {
     /// (and acknowledges what it covers) so the next start continues the windows;
     /// without, the same as [`finish`](Self::finish).
     pub async fn shutdown(&self) -> Result<EngineStats, EngineError> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Input::Shutdown(tx)).await;
-        let _ = rx.await;
-        let task = self.task.lock().expect("lock").take();
-        if let Some(t) = task {
-            t.await.map_err(|_| EngineError::Stopped)??;
-        } else {
-            sent?;
-        }
-        Ok(self.stats())
+        self.stop_with(Input::Shutdown).await
     }
 
     /// Delivers an operator command for `device` (JSON, see `forewarn_alerts::Command`):
@@ -285,8 +276,17 @@ impl PipelineHandle {
     /// that window under the same id. To stop and continue the open windows later, use
     /// [`shutdown`](Self::shutdown). Returns the pipeline's error if it failed.
     pub async fn finish(&self) -> Result<EngineStats, EngineError> {
+        self.stop_with(Input::Finish).await
+    }
+
+    /// Sends the stop request `input` makes, then waits for the pipeline's task to end
+    /// (its error, if it failed) and returns the last counters.
+    async fn stop_with(
+        &self,
+        input: fn(oneshot::Sender<()>) -> Input,
+    ) -> Result<EngineStats, EngineError> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(Input::Finish(tx)).await;
+        let sent = self.send(input(tx)).await;
         let _ = rx.await;
         let task = self.task.lock().expect("lock").take();
         if let Some(t) = task {
