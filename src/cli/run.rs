@@ -204,7 +204,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 fc.http.bearer_token_env.as_deref(),
             )?;
             let status = running.broker_status();
-            let (shed, dropped) = (status.clone(), status.clone());
+            let (shed, dropped, reconnects) = (status.clone(), status.clone(), status.clone());
             let mut server = forewarn::http::HttpServer::new(running.handle().clone(), addr)
                 .token(token)
                 .queries(queries_loaded)
@@ -218,6 +218,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                     "forewarn_outbox_dropped_total",
                     "Outgoing messages dropped because the outbox was full while the broker was away.",
                     move || dropped.outbox_dropped(),
+                )
+                .counter(
+                    "forewarn_broker_reconnects_total",
+                    "Reconnections to the broker since start, input and output connections together.",
+                    move || reconnects.reconnects(),
                 );
             if let Some(i) = checkpoint_interval {
                 server = server.checkpoint_interval(i);

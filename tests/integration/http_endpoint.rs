@@ -80,7 +80,18 @@ fn parse_exposition(text: &str) -> BTreeMap<Series, f64> {
             .unwrap_or_else(|| panic!("{at}: no value"));
         let name = &line[..name_end];
         assert!(is_name(name, true), "{at}: bad metric name");
-        assert!(types.contains_key(name), "{at}: sample before its TYPE");
+        // A histogram's samples are its family's name with a suffix.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{at}: sample before its TYPE");
+        if name.ends_with("_bucket") && family != name {
+            assert!(line.contains("le=\""), "{at}: a bucket without le");
+        }
         let mut rest = &line[name_end..];
         let mut labels = Vec::new();
         if let Some(r) = rest.strip_prefix('{') {
@@ -181,6 +192,11 @@ fn expected_from(s: &forewarn::EngineStats, broker: bool) -> BTreeMap<Series, f6
         ("forewarn_inputs_acked_total", s.inputs_acked),
         ("forewarn_outputs_replayed_total", s.outputs_replayed),
         ("forewarn_outputs_dropped_total", s.outputs_dropped),
+        ("forewarn_model_reloads_total", s.model_reloads),
+        (
+            "forewarn_model_reloads_refused_total",
+            s.model_reloads_refused,
+        ),
         ("forewarn_state_bytes", s.state_bytes),
         ("forewarn_state_max_bytes", s.max_state_bytes),
         ("forewarn_open_windows", s.open_windows),
@@ -213,6 +229,45 @@ fn expected_from(s: &forewarn::EngineStats, broker: bool) -> BTreeMap<Series, f6
     );
     put("forewarn_outbox_dropped_total", &[], 0.0);
     e
+}
+
+/// Takes the histogram `name`'s series out of `scraped` and returns its sample count,
+/// after checking the family is whole: cumulative buckets that never decrease, the
+/// `+Inf` bucket equal to the count, a sum that is not negative.
+fn take_histogram(scraped: &mut BTreeMap<Series, f64>, name: &str) -> f64 {
+    let count = scraped
+        .remove(&series(&format!("{name}_count"), &[]))
+        .unwrap_or_else(|| panic!("{name}_count missing"));
+    let sum = scraped
+        .remove(&series(&format!("{name}_sum"), &[]))
+        .unwrap_or_else(|| panic!("{name}_sum missing"));
+    assert!(sum >= 0.0, "{name}_sum {sum}");
+    let bucket = format!("{name}_bucket");
+    let keys: Vec<Series> = scraped
+        .keys()
+        .filter(|(n, _)| *n == bucket)
+        .cloned()
+        .collect();
+    let mut buckets: Vec<(f64, f64)> = keys
+        .iter()
+        .map(|k| {
+            let le = &k.1.iter().find(|(l, _)| l == "le").expect("le").1;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            (bound, scraped.remove(k).unwrap())
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.len() > 2, "{name}: {buckets:?}");
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{name}: {buckets:?}"
+    );
+    assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count), "{name}");
+    count
 }
 
 /// Polls `/readyz` until it answers `want`, for at most `within`.
@@ -265,7 +320,7 @@ async fn metrics_equal_the_engine_counters_and_readiness_follows_the_broker() {
         .await
         .unwrap();
     let status = running.broker_status();
-    let dropped = status.clone();
+    let (dropped, reconnects) = (status.clone(), status.clone());
     let server = HttpServer::new(running.handle().clone(), "127.0.0.1:0".parse().unwrap())
         .queries(queries.clone())
         .broker(move || status.connected())
@@ -273,6 +328,11 @@ async fn metrics_equal_the_engine_counters_and_readiness_follows_the_broker() {
             "forewarn_outbox_dropped_total",
             "Outgoing messages dropped from a full outbox.",
             move || dropped.outbox_dropped(),
+        )
+        .counter(
+            "forewarn_broker_reconnects_total",
+            "Reconnections to the broker.",
+            move || reconnects.reconnects(),
         )
         .start()
         .await
@@ -316,8 +376,21 @@ async fn metrics_equal_the_engine_counters_and_readiness_follows_the_broker() {
             .collect();
     assert_eq!(stats.rejected, rejected);
     assert!(stats.windows_closed > 0 && stats.results > 0);
-    // And the scrape: exactly the engine's counters, nothing more, nothing less.
-    assert_eq!(scraped, expected_from(&stats, true));
+    // And the scrape: exactly the engine's counters, nothing more, nothing less. The
+    // latencies: one decode per message (all on the one source), one window run per
+    // micro-batch for each of the scenario's two queries.
+    let mut scraped = scraped;
+    assert_eq!(
+        take_histogram(&mut scraped, "forewarn_decode_seconds"),
+        sent as f64
+    );
+    assert_eq!(
+        take_histogram(&mut scraped, "forewarn_window_seconds"),
+        (stats.batches * 2) as f64
+    );
+    let mut want = expected_from(&stats, true);
+    want.insert(series("forewarn_broker_reconnects_total", &[]), 0.0);
+    assert_eq!(scraped, want);
     assert_eq!(
         scraped[&series("forewarn_rejected_total", &[("reason", "not_json")])],
         1.0
@@ -352,6 +425,12 @@ async fn metrics_equal_the_engine_counters_and_readiness_follows_the_broker() {
     let _broker = start_mosquitto_conf(&bin, port, &conf).expect("mosquitto starts again");
     let r = wait_ready(addr, 200, Duration::from_secs(30)).await;
     assert_eq!(r["status"], "ready");
+    // Each connection, input and output, came back once.
+    let (_, text) = get(addr, "/metrics", None).await;
+    assert_eq!(
+        parse_exposition(&text)[&series("forewarn_broker_reconnects_total", &[])],
+        2.0
+    );
 
     server.stop().await;
     publisher.stop().await;

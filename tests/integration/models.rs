@@ -435,7 +435,15 @@ async fn changed_model_files_are_swapped_in_while_running() {
         registry.get("lvl").unwrap().calibration,
         tighter.calibration
     );
-    h.finish().await.unwrap();
+    // Counted: one reload; at least the two refusals (a reload pass may also catch the
+    // broken file half-written, between its truncation and its write).
+    let s = h.finish().await.unwrap();
+    assert_eq!(s.model_reloads, 1);
+    assert!(
+        s.model_reloads_refused >= 2,
+        "{} refused",
+        s.model_reloads_refused
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

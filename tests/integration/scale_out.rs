@@ -193,10 +193,31 @@ async fn holders(nats: &str, job: &str) -> BTreeMap<u32, String> {
     out
 }
 
-/// Waits until the leases are held as `want(holders)` says, or panics after `limit`.
+/// The workers' logs in `dir`, for a failure message.
+fn all_logs(dir: &Path) -> String {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    names.sort();
+    names
+        .iter()
+        .map(|p| {
+            format!(
+                "--- {}\n{}",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Waits until the leases are held as `want(holders)` says, or panics after `limit`
+/// with the workers' logs in `dir`.
 async fn wait_holders(
     nats: &str,
     job: &str,
+    dir: &Path,
     limit: Duration,
     want: impl Fn(&BTreeMap<u32, String>) -> bool,
 ) -> BTreeMap<u32, String> {
@@ -206,7 +227,11 @@ async fn wait_holders(
         if want(&h) {
             return h;
         }
-        assert!(start.elapsed() < limit, "leases after {limit:?}: {h:?}");
+        assert!(
+            start.elapsed() < limit,
+            "leases after {limit:?}: {h:?}\n{}",
+            all_logs(dir)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -257,7 +282,7 @@ async fn two_workers_over_four_partitions_match_one_process() {
     let w1 = worker(&dir, &nats, nodes[0].mqtt, "w1", "auto");
     let w2 = worker(&dir, &nats, nodes[0].mqtt, "w2", "auto");
     // Each takes a fair share: two partitions.
-    let h = wait_holders(&nats, "scale2", Duration::from_secs(30), |h| {
+    let h = wait_holders(&nats, "scale2", &dir, Duration::from_secs(30), |h| {
         h.len() == 4 && h.values().filter(|w| *w == "w1").count() == 2
     })
     .await;
@@ -326,7 +351,7 @@ async fn sigkill_one_worker_the_other_takes_over() {
     let (sub, got): (_, Got) = observe(&url, "takeover-observer", false).await;
     let w1 = worker(&dir, &nats, nodes[0].mqtt, "w1", "auto");
     let w2 = worker(&dir, &nats, nodes[0].mqtt, "w2", "auto");
-    wait_holders(&nats, "takeover", Duration::from_secs(30), |h| {
+    wait_holders(&nats, "takeover", &dir, Duration::from_secs(30), |h| {
         h.len() == 4 && h.values().filter(|w| *w == "w1").count() == 2
     })
     .await;
@@ -349,7 +374,7 @@ async fn sigkill_one_worker_the_other_takes_over() {
     .await;
     let killed_at = killed_at.expect("killed mid-stream");
     // The survivor holds all four once w2's leases expire.
-    wait_holders(&nats, "takeover", Duration::from_secs(30), |h| {
+    wait_holders(&nats, "takeover", &dir, Duration::from_secs(30), |h| {
         h.len() == 4 && h.values().all(|w| w == "w1")
     })
     .await;
@@ -409,7 +434,7 @@ async fn three_node_cluster_loses_a_node_mid_stream() {
     let out = forewarn::mqtt::EmbeddedBroker::start().unwrap();
     let (sub, got): (_, Got) = observe(&out.url(), "cluster-observer", false).await;
     let w1 = worker(&dir, &all_urls, out.addr().port(), "w1", "0-3");
-    wait_holders(&all_urls, "cluster", Duration::from_secs(60), |h| {
+    wait_holders(&all_urls, "cluster", &dir, Duration::from_secs(60), |h| {
         h.len() == 4
     })
     .await;

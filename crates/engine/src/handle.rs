@@ -46,6 +46,8 @@ pub struct PipelineHandle {
     pub(crate) out_depth: Arc<delivery::Depth>,
     /// The sources, in the task's order, for pushing by name.
     pub(crate) routes: Arc<Vec<Route>>,
+    /// The latency histograms, once attached.
+    pub(crate) latency: crate::latency::LatencySlot,
 }
 
 /// What the handle knows of a source to push to it by name.
@@ -295,6 +297,12 @@ impl PipelineHandle {
             sent?;
         }
         Ok(self.stats())
+    }
+
+    /// Attaches histograms the pipeline records its decode and window latencies in
+    /// (seconds). Once per pipeline: `false` when histograms were attached already.
+    pub fn attach_latency(&self, histograms: crate::LatencyHistograms) -> bool {
+        self.latency.set(histograms).is_ok()
     }
 
     /// A snapshot of the counters and gauges (the queue depths as of now).

@@ -49,6 +49,7 @@ mod delivery;
 mod envelope;
 mod handle;
 mod health;
+mod latency;
 mod outputs;
 mod rows;
 mod runtime;
@@ -81,6 +82,7 @@ use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
 pub use forewarn_stream::StreamError;
 pub use handle::PipelineHandle;
 pub(crate) use handle::{Input, Route};
+pub use latency::LatencyHistograms;
 use serde::{Deserialize, Serialize};
 pub use settings::{CheckpointSettings, EngineSettings};
 pub use split::{split_by_sink, SinkOutputs};
@@ -801,6 +803,7 @@ impl Pipeline {
             self.model_dirs.is_empty(),
         ) {
             tokio::spawn(reload_models(
+                stats.clone(),
                 self.registry.clone(),
                 self.model_dirs.clone(),
                 every,
@@ -825,7 +828,14 @@ impl Pipeline {
                 arrival: s.processing_time.then(|| s.event_time.clone()),
             })
             .collect();
-        let rt = runtime::Runtime::new(self, outlet, stats.clone(), confirmed.clone());
+        let latency = latency::LatencySlot::default();
+        let rt = runtime::Runtime::new(
+            self,
+            outlet,
+            stats.clone(),
+            confirmed.clone(),
+            latency.clone(),
+        );
         let task = tokio::spawn(async move {
             let r = rt.run(in_rx).await;
             drop(alive);
@@ -840,6 +850,7 @@ impl Pipeline {
                 routes: Arc::new(routes),
                 targets: Arc::new(targets),
                 out_depth: Arc::new(out_depth),
+                latency,
             },
             out_rx,
         )
@@ -849,6 +860,7 @@ impl Pipeline {
 /// Swaps in model files that changed, until the pipeline ends. A file that does not
 /// load, or that changes a model's arguments, is logged and the old model stays.
 async fn reload_models(
+    stats: Arc<Mutex<EngineStats>>,
     registry: Arc<ModelRegistry>,
     dirs: Vec<PathBuf>,
     every: Duration,
@@ -865,6 +877,11 @@ async fn reload_models(
         for d in &dirs {
             match registry.reload_dir(d) {
                 Ok(r) => {
+                    if !r.reloaded.is_empty() || !r.refused.is_empty() {
+                        let mut s = stats.lock().expect("stats");
+                        s.model_reloads += r.reloaded.len() as u64;
+                        s.model_reloads_refused += r.refused.len() as u64;
+                    }
                     for m in r.reloaded {
                         tracing::info!(model = %m, dir = %d.display(), "model reloaded");
                     }

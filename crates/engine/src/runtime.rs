@@ -90,6 +90,8 @@ pub(crate) struct Runtime {
     recent: RecentMessages,
     /// Window state after the last batch, bytes (for `max_state_bytes`).
     state_bytes: usize,
+    /// The latency histograms, once attached.
+    latency: crate::latency::LatencySlot,
 }
 
 impl Runtime {
@@ -98,6 +100,7 @@ impl Runtime {
         out: Outlet,
         stats: Arc<Mutex<EngineStats>>,
         confirmed: Arc<AtomicU64>,
+        latency: crate::latency::LatencySlot,
     ) -> Self {
         let sources = sources::sources_of(&p);
         let ckpt = p.config.checkpoint.clone().map(|cfg| {
@@ -119,6 +122,7 @@ impl Runtime {
             restored: p.restored,
             last_input: Instant::now(),
             state_bytes: 0,
+            latency,
         }
     }
 

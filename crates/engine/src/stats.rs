@@ -76,6 +76,11 @@ pub struct EngineStats {
     pub sources: BTreeMap<String, SourceGauges>,
     /// Outputs dropped unread under [`OutputPolicy::DropOldest`](crate::OutputPolicy::DropOldest).
     pub outputs_dropped: u64,
+    /// Model files reloaded after they changed on disk.
+    pub model_reloads: u64,
+    /// Changed model files refused (unreadable, or changing a model's arguments); the
+    /// old model stayed.
+    pub model_reloads_refused: u64,
 }
 
 /// Gauges of one source, as of the last micro-batch (or idle tick) it had.

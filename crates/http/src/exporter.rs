@@ -2,15 +2,18 @@
 //! listener (never the process-wide one, which an embedder may have installed), its
 //! counters and gauges set from an [`EngineStats`] snapshot at each scrape.
 
-use forewarn_engine::EngineStats;
-use metrics::{counter, describe_counter, describe_gauge, gauge, with_local_recorder, Unit};
+use forewarn_engine::{EngineStats, LatencyHistograms};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    with_local_recorder, Unit,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::ExtraCounter;
 
 /// Counters: name, help, value. Each is a cumulative count since the pipeline started,
 /// set as is (`absolute`), so the scrape shows exactly what `stats()` says.
-fn counters(s: &EngineStats) -> [(&'static str, &'static str, u64); 17] {
+fn counters(s: &EngineStats) -> [(&'static str, &'static str, u64); 19] {
     [
         (
             "forewarn_messages_total",
@@ -93,8 +96,24 @@ fn counters(s: &EngineStats) -> [(&'static str, &'static str, u64); 17] {
             "Outputs dropped unread under the drop_oldest output policy.",
             s.outputs_dropped,
         ),
+        (
+            "forewarn_model_reloads_total",
+            "Model files reloaded after they changed on disk.",
+            s.model_reloads,
+        ),
+        (
+            "forewarn_model_reloads_refused_total",
+            "Changed model files refused (unreadable or changing a model's arguments); the old model stayed.",
+            s.model_reloads_refused,
+        ),
     ]
 }
+
+/// Bucket bounds of the latency histograms, seconds: 10 µs (decoding one message) to
+/// 10 s (a query's batch under load).
+const LATENCY_BUCKETS: [f64; 13] = [
+    1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
 
 /// Gauges without labels: name, help, unit, value.
 fn gauges(s: &EngineStats) -> [(&'static str, &'static str, Unit, f64); 6] {
@@ -147,7 +166,10 @@ pub(crate) struct Exporter {
 impl Exporter {
     /// A recorder with every metric described (`# HELP` lines).
     pub(crate) fn new(extras: &[ExtraCounter]) -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .expect("bucket bounds are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         let zero = EngineStats::default();
         with_local_recorder(&recorder, || {
@@ -180,8 +202,26 @@ impl Exporter {
             for e in extras {
                 describe_counter!(e.name, e.help);
             }
+            describe_histogram!(
+                "forewarn_decode_seconds",
+                Unit::Seconds,
+                "Time to decode one input message into its sources' rows."
+            );
+            describe_histogram!(
+                "forewarn_window_seconds",
+                Unit::Seconds,
+                "Time one query takes over one micro-batch: windowing, closing the windows the watermark passed, aggregation, scoring and the lifecycle."
+            );
         });
         Exporter { recorder, handle }
+    }
+
+    /// Histograms in this recorder for the engine to record its latencies in.
+    pub(crate) fn latency(&self) -> LatencyHistograms {
+        with_local_recorder(&self.recorder, || LatencyHistograms {
+            decode: histogram!("forewarn_decode_seconds"),
+            window: histogram!("forewarn_window_seconds"),
+        })
     }
 
     /// Sets every metric from `s` and the probes, and renders the text exposition.

@@ -184,8 +184,15 @@ impl HttpServer {
         let tracker = self
             .checkpoint_interval
             .map(|i| Mutex::new(ready::CheckpointTracker::new(i, now)));
+        let exporter = exporter::Exporter::new(&self.extras);
+        // A second listener on one pipeline exports no latencies: the first has them.
+        if !self.handle.attach_latency(exporter.latency()) {
+            tracing::warn!(
+                "latency histograms already attached to this pipeline: not exported here"
+            );
+        }
         let inner = Arc::new(Inner {
-            exporter: exporter::Exporter::new(&self.extras),
+            exporter,
             handle: self.handle,
             token: self.token.map(String::into_bytes),
             queries: self.queries,

@@ -111,6 +111,7 @@ pub(crate) struct Liveness {
     connected_at: Option<std::time::Instant>,
     streak: u32,
     short: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Liveness {
@@ -118,6 +119,7 @@ impl Liveness {
         role: &'static str,
         client_id: &str,
         short: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         Liveness {
             role,
@@ -125,12 +127,15 @@ impl Liveness {
             connected_at: None,
             streak: 0,
             short,
+            accepted,
         }
     }
 
     /// The broker accepted the connection (CONNACK).
     pub(crate) fn connected(&mut self) {
         self.connected_at = Some(std::time::Instant::now());
+        self.accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The connection (or an attempt) failed. Returns whether the connection that ended

@@ -26,6 +26,8 @@ pub struct SinkStats {
     /// Connections the broker closed within [`crate::SHORT_CONNECTION`] of accepting
     /// them (more than a few: probably a client-id clash, also logged as a warning).
     pub short_connections: Arc<AtomicU64>,
+    /// Connections the broker accepted (CONNACK): the first, then one per reconnection.
+    pub connections: Arc<AtomicU64>,
 }
 
 /// A publishing connection.
@@ -58,7 +60,12 @@ impl MqttSink {
         let stats = Arc::new(SinkStats::default());
         let st = stats.clone();
         let (ctx, crx) = tokio::sync::watch::channel(false);
-        let mut liveness = Liveness::new("sink", client_id, stats.short_connections.clone());
+        let mut liveness = Liveness::new(
+            "sink",
+            client_id,
+            stats.short_connections.clone(),
+            stats.connections.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
             let mut connected_before = false;

@@ -168,6 +168,8 @@ pub struct MqttSource {
     connected: tokio::sync::watch::Receiver<bool>,
     acks: Arc<AckShared>,
     short: Arc<AtomicU64>,
+    /// Connections the broker accepted (see [`Self::connections`]).
+    accepted: Arc<AtomicU64>,
 }
 
 impl MqttSource {
@@ -198,7 +200,9 @@ impl MqttSource {
         let mut acked_before: std::collections::HashSet<u64> =
             opts.acked_before.iter().copied().collect();
         let short = Arc::new(AtomicU64::new(0));
-        let mut liveness = Liveness::new("source", &opts.client_id, short.clone());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let mut liveness =
+            Liveness::new("source", &opts.client_id, short.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
             loop {
@@ -292,6 +296,7 @@ impl MqttSource {
                 connected: crx,
                 acks,
                 short,
+                accepted,
             },
             rx,
         )
@@ -323,6 +328,12 @@ impl MqttSource {
     /// (also logged as a warning).
     pub fn short_connections(&self) -> u64 {
         self.short.load(Ordering::Relaxed)
+    }
+
+    /// Connections the broker accepted (CONNACK): the first, then one per reconnection.
+    /// A shared counter, readable after the source moved.
+    pub fn connections(&self) -> Arc<AtomicU64> {
+        self.accepted.clone()
     }
 
     /// Disconnects (after the acknowledgements already handed over) and stops the

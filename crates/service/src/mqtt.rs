@@ -206,6 +206,8 @@ pub(crate) struct Outputs {
     sink_stats: Option<Arc<crate::sinks::SinkStats>>,
     /// The publishing client's connection state.
     connected: tokio::sync::watch::Receiver<bool>,
+    /// Connections the publishing client's broker accepted.
+    connections: Arc<AtomicU64>,
 }
 
 impl Outputs {
@@ -252,6 +254,7 @@ pub(crate) async fn start_outputs(
     let checkpointing = pipeline.checkpointing();
     let short = sink.stats().short_connections.clone();
     let connected = sink.connection();
+    let connections = sink.stats().connections.clone();
     // The publish loop confirms each output once the broker has acknowledged it.
     let pipeline = pipeline.with_confirmed_outputs();
     let (handle, outputs) = pipeline.start();
@@ -273,6 +276,7 @@ pub(crate) async fn start_outputs(
             short,
             sink_stats,
             connected,
+            connections,
         },
         handle,
     ))
@@ -490,9 +494,20 @@ pub struct BrokerStatus {
     output: tokio::sync::watch::Receiver<bool>,
     shed: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+    /// Connections accepted by the broker: input's, output's.
+    accepted: [Arc<AtomicU64>; 2],
 }
 
 impl BrokerStatus {
+    /// Reconnections since start, over both connections (each one's first connection
+    /// is not a reconnection).
+    pub fn reconnects(&self) -> u64 {
+        self.accepted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed).saturating_sub(1))
+            .sum()
+    }
+
     /// Whether both connections (input and output) are up.
     pub fn connected(&self) -> bool {
         *self.input.borrow() && *self.output.borrow()
@@ -523,6 +538,7 @@ impl MqttPipeline {
             output: self.outputs.connected.clone(),
             shed: self.shed.clone(),
             dropped: self.outputs.dropped.clone(),
+            accepted: [self.source.connections(), self.outputs.connections.clone()],
         }
     }
 

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
@@ -339,10 +339,18 @@ pub async fn run_worker(
         }
     };
     tracing::info!(worker = %opts.worker, %stream, partitions, "worker started");
+    let roster = Roster::spawn(
+        leases.clone(),
+        format!("{job}.worker."),
+        period,
+        opts.lease_ttl,
+    );
     tokio::pin!(shutdown);
     let mut running: BTreeMap<u32, Running> = BTreeMap::new();
-    // Rounds in a row that found more partitions held than the share.
+    // Listings in a row that found more partitions held than the share, and the time
+    // of the last one counted.
     let mut surplus_rounds = 0u32;
+    let mut last_listing: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -391,25 +399,25 @@ pub async fn run_worker(
         let (share, wanted): (usize, Vec<u32>) = match &opts.assignment {
             Assignment::Fixed(set) => (set.len(), set.iter().copied().collect()),
             Assignment::Auto => {
-                // Bounded: a listing can wait without end while JetStream elects
-                // leaders; this round then keeps what it holds.
-                let live = tokio::time::timeout(period, leases.live(&format!("{job}.worker.")))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|v| v.len().max(1));
+                // Without a recent count of the live workers (JetStream stalled), this
+                // round keeps what it holds.
+                let live = roster.latest();
                 let share = match live {
-                    Some(live) => (partitions as usize).div_ceil(live),
+                    Some((live, _)) => (partitions as usize).div_ceil(live),
                     None => running.len(),
                 };
                 // Hand surplus back, one per round, so joining workers get a share; only
-                // after two rounds agree, as one listing taken while JetStream stalls can
-                // miscount the workers.
-                surplus_rounds = if running.len() > share {
-                    surplus_rounds + 1
-                } else {
-                    0
-                };
+                // after two listings agree, as one listing taken while JetStream stalls
+                // can miscount the workers. A round without a new listing changes
+                // nothing: resetting there would let a slow listing starve a joiner.
+                if let Some((_, at)) = live.filter(|(_, at)| Some(*at) != last_listing) {
+                    last_listing = Some(at);
+                    surplus_rounds = if running.len() > share {
+                        surplus_rounds + 1
+                    } else {
+                        0
+                    };
+                }
                 if surplus_rounds >= 2 {
                     let k = *running.keys().next_back().expect("non-empty");
                     let r = running.remove(&k).expect("present");
@@ -485,6 +493,58 @@ pub async fn run_worker(
     let _ = leases.release(&presence).await;
     stats.lock().expect("stats").partitions.clear();
     Ok(())
+}
+
+/// The count of live workers, listed by a task of its own: a listing can wait while
+/// JetStream elects leaders or the machine is loaded, and must not delay the renewals
+/// of the leases held.
+struct Roster {
+    latest: Arc<std::sync::Mutex<Option<(usize, Instant)>>>,
+    max_age: Duration,
+    task: JoinHandle<()>,
+}
+
+impl Roster {
+    fn spawn(leases: Leases, prefix: String, period: Duration, max_age: Duration) -> Self {
+        let latest = Arc::new(std::sync::Mutex::new(None));
+        let task = tokio::spawn({
+            let latest = latest.clone();
+            async move {
+                loop {
+                    match tokio::time::timeout(max_age, leases.live(&prefix)).await {
+                        Ok(Ok(v)) => {
+                            *latest.lock().expect("roster") = Some((v.len().max(1), Instant::now()))
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not list the live workers; retrying")
+                        }
+                        Err(_) => tracing::warn!(
+                            timeout_ms = max_age.as_millis() as u64,
+                            "listing the live workers timed out; retrying"
+                        ),
+                    }
+                    tokio::time::sleep(period).await;
+                }
+            }
+        });
+        Self {
+            latest,
+            max_age,
+            task,
+        }
+    }
+
+    /// The live workers of the last listing and when it was taken, if it is recent.
+    fn latest(&self) -> Option<(usize, Instant)> {
+        let l = *self.latest.lock().expect("roster");
+        l.filter(|(_, at)| at.elapsed() < self.max_age)
+    }
+}
+
+impl Drop for Roster {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Stops a partition gracefully (last checkpoint, outputs flushed) and releases its

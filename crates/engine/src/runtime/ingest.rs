@@ -2,6 +2,7 @@
 //! admission, and running the window operators over a flushed batch.
 
 use super::*;
+use crate::latency;
 
 impl Runtime {
     /// Whether source `i` takes a message on `topic` pushed for source `to` (`None`:
@@ -78,7 +79,9 @@ impl Runtime {
                 self.emit(o).await;
                 continue;
             }
+            let t = latency::start(&self.latency);
             let outcome = self.sources[i].decoder.decode(topic, payload);
+            latency::record(&self.latency, t, |h| &h.decode);
             self.count(|s| s.readings_in += outcome.accepted as u64);
             self.sources[i].record_origins(topic, payload, &outcome);
             for r in outcome.rejected {
@@ -244,11 +247,13 @@ impl Runtime {
         let mut done = Vec::new();
         for k in 0..self.sources[i].operators.len() {
             let op = &mut self.sources[i].operators[k].op;
+            let t = latency::start(&self.latency);
             let r = if over {
                 op.refuse(&batch).await
             } else {
                 op.process(&batch).await
             };
+            latency::record(&self.latency, t, |h| &h.window);
             match r {
                 Ok(mut processed) => {
                     let q = self.sources[i].operators[k].op.query();
