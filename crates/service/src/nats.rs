@@ -339,10 +339,12 @@ pub async fn run_worker(
         }
     };
     tracing::info!(worker = %opts.worker, %stream, partitions, "worker started");
+    // Listed twice a round, so a round rarely decides on a count a round old (a dead
+    // worker's partitions are taken over within about a round of its lease expiring).
     let roster = Roster::spawn(
         leases.clone(),
         format!("{job}.worker."),
-        period,
+        period / 2,
         opts.lease_ttl,
     );
     tokio::pin!(shutdown);
