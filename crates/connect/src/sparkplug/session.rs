@@ -132,6 +132,17 @@ impl Session {
         }
     }
 
+    /// Whether a message on `topic` is for this source (its group, or any).
+    pub fn accepts(&self, topic: &str) -> bool {
+        let Some(rest) = topic.strip_prefix(NAMESPACE).and_then(|r| r.strip_prefix('/')) else {
+            return false;
+        };
+        match &self.settings.group {
+            Some(g) => rest.strip_prefix(g.as_str()).is_some_and(|r| r.starts_with('/')),
+            None => true,
+        }
+    }
+
     /// Handles one message received at wall-clock `now` (ms).
     pub fn handle(&mut self, topic: &str, payload: &[u8], now: i64) -> Vec<Action> {
         let Some((group, kind, node, device)) = parse_topic(topic) else {
