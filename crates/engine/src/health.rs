@@ -118,7 +118,12 @@ impl HealthBook {
     /// The device's connector reports it online or offline at wall-clock `now` (ms):
     /// its state to publish when that changes it. A device going offline that no rule
     /// has seen yet gets a state (no rules), so an offline device is never a silent one.
-    pub(crate) fn presence(&mut self, device: &str, online: bool, now: i64) -> Option<&DeviceState> {
+    pub(crate) fn presence(
+        &mut self,
+        device: &str,
+        online: bool,
+        now: i64,
+    ) -> Option<&DeviceState> {
         let at = Timestamp::from_millis(now);
         if online {
             let state = self.states.get_mut(device)?;
@@ -214,7 +219,10 @@ mod tests {
     #[test]
     fn presence_marks_offline_once_and_online_clears_it() {
         let mut h = book(false);
-        assert!(h.presence("d", true, 5).is_none(), "already online: nothing to publish");
+        assert!(
+            h.presence("d", true, 5).is_none(),
+            "already online: nothing to publish"
+        );
         let s = h.presence("d", false, 7).unwrap();
         assert_eq!(s.offline_since, Some(Timestamp::from_millis(7)));
         assert_eq!(s.rules.len(), 1);
@@ -224,7 +232,10 @@ mod tests {
         assert!(h.presence("e", true, 1).is_none());
         let s = h.presence("e", false, 2).unwrap();
         assert!(s.rules.is_empty());
-        assert_eq!(h.state("e").unwrap().offline_since, Some(Timestamp::from_millis(2)));
+        assert_eq!(
+            h.state("e").unwrap().offline_since,
+            Some(Timestamp::from_millis(2))
+        );
     }
 
     /// A book where device `d` has seen rule `r`, with an open alert when `alert`.

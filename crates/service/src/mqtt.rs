@@ -125,7 +125,12 @@ pub async fn start(
             // Without the feature, a Sparkplug source would never be fed.
             let spb = cfg!(feature = "sparkplug");
             (!spb)
-                .then(|| pipeline.sources().iter().find(|s| s.connector.connector() == "sparkplug"))
+                .then(|| {
+                    pipeline
+                        .sources()
+                        .iter()
+                        .find(|s| s.connector.connector() == "sparkplug")
+                })
                 .flatten()
         })
     {

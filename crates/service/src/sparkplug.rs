@@ -60,10 +60,17 @@ impl SparkplugInput {
         let mut filters: Vec<String> = sessions.0.iter().map(|(_, s)| s.filter()).collect();
         filters.sort();
         filters.dedup();
-        let mut cmd = MqttSink::start(url.clone(), &format!("{client_id}-spb-cmd"), QoS::AtLeastOnce);
+        let mut cmd = MqttSink::start(
+            url.clone(),
+            &format!("{client_id}-spb-cmd"),
+            QoS::AtLeastOnce,
+        );
         cmd.wait_connected(Duration::from_secs(10)).await?;
-        let (mut source, incoming) =
-            MqttSource::start(SourceOptions::new(url.clone(), &format!("{client_id}-spb"), filters));
+        let (mut source, incoming) = MqttSource::start(SourceOptions::new(
+            url.clone(),
+            &format!("{client_id}-spb"),
+            filters,
+        ));
         if let Err(e) = source.wait_connected(Duration::from_secs(10)).await {
             source.stop().await;
             cmd.stop().await;
@@ -102,7 +109,8 @@ async fn read(
                 let sent = match action {
                     Action::Rows(rows) => h.push_to(name, rows).await,
                     Action::Reject { reason, detail } => {
-                        h.reject(name, &m.topic, reason, detail, hex(&m.payload)).await
+                        h.reject(name, &m.topic, reason, detail, hex(&m.payload))
+                            .await
                     }
                     Action::Presence { device, online } => h.presence(&device, online).await,
                     Action::Publish { topic, payload } => {

@@ -134,11 +134,16 @@ impl Session {
 
     /// Whether a message on `topic` is for this source (its group, or any).
     pub fn accepts(&self, topic: &str) -> bool {
-        let Some(rest) = topic.strip_prefix(NAMESPACE).and_then(|r| r.strip_prefix('/')) else {
+        let Some(rest) = topic
+            .strip_prefix(NAMESPACE)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
             return false;
         };
         match &self.settings.group {
-            Some(g) => rest.strip_prefix(g.as_str()).is_some_and(|r| r.starts_with('/')),
+            Some(g) => rest
+                .strip_prefix(g.as_str())
+                .is_some_and(|r| r.starts_with('/')),
             None => true,
         }
     }

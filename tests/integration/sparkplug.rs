@@ -1,0 +1,167 @@
+//! `connector = 'sparkplug'` against an edge node that is not ours: a Python process
+//! (Eclipse Tahu's protobuf module from PyPI's mqtt-spb-wrapper, paho-mqtt) publishing
+//! births, aliased data, data before a birth, a sequence gap and an undeclared alias,
+//! then killed so the broker publishes its will (NDEATH). Skipped with a message when
+//! python or its modules are missing (`.ci/run` installs them).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use forewarn::{Output, Pipeline, Reason};
+use tokio::sync::mpsc;
+
+const SQL: &str = "CREATE TABLE motors (edge_node TEXT, device TEXT, ts TIMESTAMP,
+  bearing_temp DOUBLE, speed DOUBLE, WATERMARK FOR ts AS ts)
+  WITH (connector = 'sparkplug', group = 'Plant1',
+        metric_map = 'Motor/Bearing Temp=bearing_temp', rebirth_interval = '200 milliseconds');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+INSERT INTO out SELECT device, window_start, avg(bearing_temp) AS t, max(speed) AS s,
+  count(*) AS n FROM motors GROUP BY tumble(interval '10 seconds'), device;
+";
+
+/// A multiple of the window width.
+const BASE: i64 = 1_700_000_000_000;
+
+/// The readings the edge node sends that must count, as (ms, bearing temp, speed): the
+/// birth's values and data i = 1..12 except the one after the gap (i = 6), and i = 25.
+fn readings() -> Vec<(i64, f64, f64)> {
+    let mut r = vec![(BASE, 40.0, 1000.0)];
+    for i in (1..=12).filter(|i| *i != 6) {
+        r.push((BASE + i * 1000, 40.0 + i as f64 * 0.5, 1000.0 + i as f64));
+    }
+    r.push((BASE + 25_000, 52.0, 1025.0));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_edge_node_births_data_gap_and_will() {
+    let broker = forewarn::mqtt::EmbeddedBroker::start().unwrap();
+    let pipeline = Pipeline::builder()
+        .query_sql("spb.sql", SQL)
+        .build()
+        .await
+        .unwrap();
+    let (tap, mut outputs) = mpsc::channel::<Output>(10_000);
+    let run = forewarn::mqtt::start(
+        pipeline,
+        &broker.url(),
+        &forewarn::mqtt::RunOptions::new("spb-test"),
+        Some(tap),
+    )
+    .await
+    .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/sparkplug_edge.py"
+    );
+    let Ok(mut edge) = Command::new("python3")
+        .arg(script)
+        .arg(broker.addr().port().to_string())
+        .arg(BASE.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED sparkplug edge node: no python3");
+        run.stop().await.unwrap();
+        return;
+    };
+    let mut lines = BufReader::new(edge.stdout.take().unwrap()).lines();
+    let mut ncmd = Vec::new();
+    loop {
+        let line = lines.next().expect("the edge node's output").unwrap();
+        if let Some(skip) = line.strip_prefix("SKIP ") {
+            eprintln!("SKIPPED sparkplug edge node: {skip}");
+            let _ = edge.wait();
+            run.stop().await.unwrap();
+            return;
+        }
+        if line == "DONE" {
+            break;
+        }
+        ncmd.push(line);
+    }
+    // The last message must have reached the engine before the will.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed, not disconnected: the broker publishes the will (NDEATH, bdSeq 5).
+    edge.kill().unwrap();
+    edge.wait().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut got: Vec<Output> = Vec::new();
+    let offline = |got: &[Output]| {
+        got.iter().any(|o| {
+            matches!(o, Output::State { state, .. } if state.device == "motor1" && state.offline_since.is_some())
+        })
+    };
+    while !offline(&got) && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(o)) = tokio::time::timeout(Duration::from_millis(100), outputs.recv()).await
+        {
+            got.push(o);
+        }
+    }
+    // Rebirth requests reached the edge node: for the data before its birth, and for
+    // the gap 0.5 s later (past the 200 ms limit); maybe one more for the alias.
+    let late_ncmd: Vec<String> = lines.map_while(Result::ok).collect();
+    ncmd.extend(late_ncmd);
+    assert!(ncmd.len() >= 2, "rebirth requests: {ncmd:?}");
+    assert!(
+        ncmd.iter().all(|l| l == "NCMD Node Control/Rebirth=True"),
+        "{ncmd:?}"
+    );
+    run.stop().await.unwrap();
+    while let Ok(o) = outputs.try_recv() {
+        got.push(o);
+    }
+    // Offline: motor1 and the edge node itself, from the will.
+    for device in ["motor1", "edge1"] {
+        assert!(
+            got.iter().any(
+                |o| matches!(o, Output::State { topic, state } if state.device == device
+                && state.offline_since.is_some() && topic == &format!("forewarn/state/{device}"))
+            ),
+            "{device} not offline"
+        );
+    }
+    // Dead letters: exactly one of each.
+    let mut reasons: Vec<Reason> = got
+        .iter()
+        .filter_map(|o| match o {
+            Output::DeadLetter { letter, topic } => {
+                assert_eq!(topic, "forewarn/deadletter/motors");
+                Some(letter.reason)
+            }
+            _ => None,
+        })
+        .collect();
+    reasons.sort();
+    let mut want = vec![Reason::NoBirth, Reason::UnknownAlias, Reason::SeqGap];
+    want.sort();
+    assert_eq!(reasons, want);
+    // Windows: computed here from the readings that count.
+    let mut expected: BTreeMap<String, (f64, f64, i64)> = BTreeMap::new();
+    let mut by_window: BTreeMap<i64, Vec<(f64, f64)>> = BTreeMap::new();
+    for (ts, t, s) in readings() {
+        by_window.entry(ts - ts % 10_000).or_default().push((t, s));
+    }
+    for (start, rs) in by_window {
+        let n = rs.len() as f64;
+        let avg = rs.iter().map(|r| r.0).sum::<f64>() / n;
+        let max = rs.iter().map(|r| r.1).fold(f64::MIN, f64::max);
+        expected.insert(forewarn::format_rfc3339(start), (avg, max, rs.len() as i64));
+    }
+    let mut windows: BTreeMap<String, (f64, f64, i64)> = BTreeMap::new();
+    for o in &got {
+        if let Output::Row { topic, .. } = o {
+            assert_eq!(topic, "o/motor1");
+            let (_, payload) = o.to_message();
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let w = v["window_start"].as_str().unwrap().to_string();
+            let f = &v["features"];
+            let (t, s, n) = (f["t"].as_f64(), f["s"].as_f64(), f["n"].as_i64());
+            let (t, s, n) = (t.unwrap(), s.unwrap(), n.unwrap());
+            assert!(windows.insert(w, (t, s, n)).is_none(), "a window twice");
+        }
+    }
+    assert_eq!(windows, expected);
+}
