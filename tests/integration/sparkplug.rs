@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use forewarn::{Output, Pipeline, Reason};
@@ -164,4 +165,128 @@ async fn a_python_edge_node_births_data_gap_and_will() {
         }
     }
     assert_eq!(windows, expected);
+}
+
+/// Sparkplug DDATA decodes to the same Arrow rows as the equivalent JSON readings, and
+/// how fast each decodes in the same run (printed; `cargo test --test integration --
+/// sparkplug_decode --nocapture`).
+#[test]
+fn sparkplug_data_decodes_like_json_and_its_throughput() {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use forewarn::connect::sparkplug::proto::{Metric, Payload, Value};
+    use forewarn::connect::sparkplug::{Action, Session, SparkplugSource};
+    use forewarn_formats::JsonDecoder;
+    use prost::Message;
+
+    const N: i64 = 20_000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("bearing_temp", DataType::Float64, true),
+        Field::new("speed", DataType::Float64, true),
+    ]));
+    let decoder = || JsonDecoder::new(schema.clone(), None, 1 << 16).unwrap();
+    let settings = SparkplugSource {
+        group: None,
+        metric_map: vec![("Motor/Bearing Temp".into(), "bearing_temp".into())],
+        rebirth_interval: 10_000,
+    };
+    let columns: Vec<String> = ["device", "ts", "bearing_temp", "speed"]
+        .map(String::from)
+        .to_vec();
+    let mut session = Session::new(settings, &columns, Some("ts"));
+    let metric = |name: Option<&str>, alias, t, ts, v| Metric {
+        name: name.map(str::to_string),
+        alias: Some(alias),
+        datatype: t,
+        timestamp: Some(ts),
+        value: Some(v),
+        ..Metric::default()
+    };
+    let birth = |seq, metrics| {
+        Payload {
+            timestamp: Some(BASE as u64),
+            seq: Some(seq),
+            metrics,
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    };
+    session.handle("spBv1.0/G/NBIRTH/e", &birth(0, vec![]), 0);
+    session.handle(
+        "spBv1.0/G/DBIRTH/e/m",
+        &birth(
+            1,
+            vec![
+                metric(
+                    Some("Motor/Bearing Temp"),
+                    1,
+                    Some(10),
+                    BASE as u64,
+                    Value::DoubleValue(0.0),
+                ),
+                metric(Some("speed"), 2, Some(3), BASE as u64, Value::IntValue(0)),
+            ],
+        ),
+        0,
+    );
+    let data: Vec<Vec<u8>> = (1..=N)
+        .map(|i| {
+            let ts = (BASE + i) as u64;
+            Payload {
+                timestamp: Some(ts),
+                seq: Some(((i + 1) % 256) as u64),
+                metrics: vec![
+                    metric(None, 1, None, ts, Value::DoubleValue(i as f64 * 0.25)),
+                    metric(None, 2, None, ts, Value::IntValue((i % 3000) as u32)),
+                ],
+                ..Payload::default()
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    let json: Vec<Vec<u8>> = (1..=N)
+        .map(|i| {
+            serde_json::to_vec(&serde_json::json!({"device": "m", "ts": BASE + i,
+                "bearing_temp": i as f64 * 0.25, "speed": i % 3000}))
+            .unwrap()
+        })
+        .collect();
+
+    let t = std::time::Instant::now();
+    let mut rows = Vec::with_capacity(data.len());
+    for d in &data {
+        for a in session.handle("spBv1.0/G/DDATA/e/m", d, 0) {
+            match a {
+                Action::Rows(r) => rows.push(r),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let spb = t.elapsed();
+    let mut from_spb = decoder();
+    let t = std::time::Instant::now();
+    for r in &rows {
+        assert_eq!(from_spb.decode("", r).accepted, 1);
+    }
+    let spb_rows = t.elapsed();
+    let mut from_json = decoder();
+    let t = std::time::Instant::now();
+    for j in &json {
+        assert_eq!(from_json.decode("", j).accepted, 1);
+    }
+    let plain = t.elapsed();
+    assert_eq!(from_spb.flush().unwrap(), from_json.flush().unwrap());
+    let rate = |d: std::time::Duration| N as f64 / d.as_secs_f64();
+    println!(
+        "decode (debug build), {N} messages: Sparkplug DDATA -> readings {:.0}/s, then readings -> Arrow {:.0}/s (Sparkplug total {:.0}/s); JSON -> Arrow {:.0}/s",
+        rate(spb),
+        rate(spb_rows),
+        rate(spb + spb_rows),
+        rate(plain)
+    );
 }
