@@ -36,6 +36,23 @@ fn readings() -> Vec<(i64, f64, f64)> {
     r
 }
 
+/// The windows of [`readings`], computed here: window start → (avg temp, max speed, n).
+fn expected_windows() -> BTreeMap<String, (f64, f64, i64)> {
+    let mut by_window: BTreeMap<i64, Vec<(f64, f64)>> = BTreeMap::new();
+    for (ts, t, s) in readings() {
+        by_window.entry(ts - ts % 10_000).or_default().push((t, s));
+    }
+    by_window
+        .into_iter()
+        .map(|(start, rs)| {
+            let n = rs.len() as f64;
+            let avg = rs.iter().map(|r| r.0).sum::<f64>() / n;
+            let max = rs.iter().map(|r| r.1).fold(f64::MIN, f64::max);
+            (forewarn::format_rfc3339(start), (avg, max, rs.len() as i64))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_edge_node_births_data_gap_and_will() {
     let broker = forewarn::mqtt::EmbeddedBroker::start().unwrap();
@@ -139,18 +156,7 @@ async fn a_python_edge_node_births_data_gap_and_will() {
     let mut want = vec![Reason::NoBirth, Reason::UnknownAlias, Reason::SeqGap];
     want.sort();
     assert_eq!(reasons, want);
-    // Windows: computed here from the readings that count.
-    let mut expected: BTreeMap<String, (f64, f64, i64)> = BTreeMap::new();
-    let mut by_window: BTreeMap<i64, Vec<(f64, f64)>> = BTreeMap::new();
-    for (ts, t, s) in readings() {
-        by_window.entry(ts - ts % 10_000).or_default().push((t, s));
-    }
-    for (start, rs) in by_window {
-        let n = rs.len() as f64;
-        let avg = rs.iter().map(|r| r.0).sum::<f64>() / n;
-        let max = rs.iter().map(|r| r.1).fold(f64::MIN, f64::max);
-        expected.insert(forewarn::format_rfc3339(start), (avg, max, rs.len() as i64));
-    }
+    let expected = expected_windows();
     let mut windows: BTreeMap<String, (f64, f64, i64)> = BTreeMap::new();
     for o in &got {
         if let Output::Row { topic, .. } = o {
@@ -289,4 +295,226 @@ fn sparkplug_data_decodes_like_json_and_its_throughput() {
         rate(spb + spb_rows),
         rate(plain)
     );
+}
+
+/// Standard base64 with padding, for recording a session.
+#[cfg(feature = "history")]
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `forewarn replay` of a recorded Sparkplug session (topic + base64 payload lines):
+/// the same births, aliases, gap and death handling as live, the same windows.
+#[cfg(feature = "history")]
+#[tokio::test]
+async fn a_recorded_session_replays_through_the_source() {
+    use forewarn::connect::sparkplug::proto::{Metric, Payload, Value};
+    use prost::Message;
+
+    let payload = |seq: Option<u64>, metrics: Vec<Metric>| {
+        Payload {
+            timestamp: Some(BASE as u64),
+            seq,
+            metrics,
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    };
+    let m = |name: Option<&str>, alias: Option<u64>, t: Option<u32>, ts: Option<i64>, v: Value| {
+        Metric {
+            name: name.map(str::to_string),
+            alias,
+            datatype: t,
+            timestamp: ts.map(|t| t as u64),
+            value: Some(v),
+            ..Metric::default()
+        }
+    };
+    let node = "spBv1.0/Plant1/{}/edge1";
+    let t = |kind: &str, device: Option<&str>| {
+        let t = node.replace("{}", kind);
+        device.map_or(t.clone(), |d| format!("{t}/{d}"))
+    };
+    let mut session: Vec<(String, Vec<u8>)> = vec![
+        (
+            t("DDATA", Some("motor2")),
+            payload(
+                Some(0),
+                vec![m(None, Some(1), None, Some(BASE), Value::DoubleValue(1.0))],
+            ),
+        ),
+        (
+            t("NBIRTH", None),
+            payload(
+                Some(0),
+                vec![m(Some("bdSeq"), None, Some(4), None, Value::LongValue(5))],
+            ),
+        ),
+        (
+            t("DBIRTH", Some("motor1")),
+            payload(
+                Some(1),
+                vec![
+                    m(
+                        Some("Motor/Bearing Temp"),
+                        Some(1),
+                        Some(10),
+                        Some(BASE),
+                        Value::DoubleValue(40.0),
+                    ),
+                    m(
+                        Some("speed"),
+                        Some(2),
+                        Some(3),
+                        Some(BASE),
+                        Value::IntValue(1000),
+                    ),
+                ],
+            ),
+        ),
+    ];
+    let mut seq = 2;
+    for i in 1..=12i64 {
+        if i == 6 {
+            seq += 1;
+        }
+        let ts = Some(BASE + i * 1000);
+        session.push((
+            t("DDATA", Some("motor1")),
+            payload(
+                Some(seq),
+                vec![
+                    m(
+                        None,
+                        Some(1),
+                        None,
+                        ts,
+                        Value::DoubleValue(40.0 + i as f64 * 0.5),
+                    ),
+                    m(None, Some(2), None, ts, Value::IntValue(1000 + i as u32)),
+                ],
+            ),
+        ));
+        seq += 1;
+    }
+    session.push((
+        t("DDATA", Some("motor1")),
+        payload(
+            Some(seq),
+            vec![m(
+                None,
+                Some(99),
+                None,
+                Some(BASE + 13_000),
+                Value::DoubleValue(1.0),
+            )],
+        ),
+    ));
+    seq += 1;
+    session.push((
+        t("DDATA", Some("motor1")),
+        payload(
+            Some(seq),
+            vec![
+                m(
+                    None,
+                    Some(1),
+                    None,
+                    Some(BASE + 25_000),
+                    Value::DoubleValue(52.0),
+                ),
+                m(
+                    None,
+                    Some(2),
+                    None,
+                    Some(BASE + 25_000),
+                    Value::IntValue(1025),
+                ),
+            ],
+        ),
+    ));
+    session.push((
+        t("NDEATH", None),
+        payload(
+            None,
+            vec![m(Some("bdSeq"), None, Some(4), None, Value::LongValue(5))],
+        ),
+    ));
+
+    let dir = std::env::temp_dir().join(format!("forewarn-spb-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("session.jsonl");
+    let text: String = session
+        .iter()
+        .map(|(topic, p)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"topic": topic, "payload": base64(p)})
+            )
+        })
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let pipeline = Pipeline::builder()
+        .query_sql("spb.sql", SQL)
+        .build()
+        .await
+        .unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    forewarn::replay::replay(pipeline, &data, None, move |o| sink.lock().unwrap().push(o))
+        .await
+        .unwrap();
+    let got = got.lock().unwrap().clone();
+    let mut reasons: Vec<Reason> = got
+        .iter()
+        .filter_map(|o| match o {
+            Output::DeadLetter { letter, .. } => Some(letter.reason),
+            _ => None,
+        })
+        .collect();
+    reasons.sort();
+    let mut want = vec![Reason::NoBirth, Reason::UnknownAlias, Reason::SeqGap];
+    want.sort();
+    assert_eq!(reasons, want);
+    let offline: Vec<&str> = got
+        .iter()
+        .filter_map(|o| match o {
+            Output::State { state, .. } if state.offline_since.is_some() => {
+                Some(state.device.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offline, ["motor1", "edge1"]);
+    let mut windows: BTreeMap<String, (f64, f64, i64)> = BTreeMap::new();
+    for o in &got {
+        if let Output::Row { .. } = o {
+            let v: serde_json::Value = serde_json::from_slice(&o.to_message().1).unwrap();
+            let f = &v["features"];
+            windows.insert(
+                v["window_start"].as_str().unwrap().to_string(),
+                (
+                    f["t"].as_f64().unwrap(),
+                    f["s"].as_f64().unwrap(),
+                    f["n"].as_i64().unwrap(),
+                ),
+            );
+        }
+    }
+    assert_eq!(windows, expected_windows());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

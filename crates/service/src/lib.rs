@@ -27,4 +27,6 @@ pub mod replay;
 pub mod sinks;
 #[cfg(feature = "sparkplug")]
 mod sparkplug;
+#[cfg(all(feature = "sparkplug", feature = "history"))]
+mod sparkplug_replay;
 pub mod training;
