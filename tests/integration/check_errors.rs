@@ -21,7 +21,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("GROUP BY tumble(interval '10 seconds'), device", "GROUP BY tumble(interval '10 seconds'), tumble(interval '1 minute'), device", "6:48: only one window function is allowed in GROUP BY"),
     ("FROM r GROUP", "FROM nope GROUP", "6:6: unknown source table 'nope'"),
     ("INSERT INTO out", "INSERT INTO outt", "5:1: unknown sink table 'outt' (declare it first with CREATE TABLE ... WITH (connector = 'mqtt', topic = '...'))"),
-    ("connector = 'mqtt', topic = 'w/+'", "connector = 'kafka', topic = 'w/+'", "3:9: unknown connector 'kafka' (supported: 'mqtt', 'nats', 'file', 'webhook', 'channel')"),
+    ("connector = 'mqtt', topic = 'w/+'", "connector = 'kafka', topic = 'w/+'", "3:9: unknown connector 'kafka' (supported: 'mqtt', 'nats', 'file', 'webhook', 'channel', 'sparkplug')"),
     ("connector = 'mqtt', topic = 'w/+'", "connector = 'nats', topic = 'w/+'", "3:9: nats source 'r' needs stream = '<JetStream stream>'"),
     ("connector = 'mqtt', topic = 'w/+'", "connector = 'nats', stream = 'S', topic = 'w/+'", "3:9: nats source 'r' needs partitions = '<N>', the N of the server's subject mapping"),
     ("connector = 'mqtt', topic = 'w/+'", "connector = 'nats', stream = 'S', partitions = '0', topic = 'w/+'", "3:43: partitions = '0' must be a whole number from 1 to 4096"),
@@ -47,6 +47,12 @@ const CASES: &[(&str, &str, &str)] = &[
     ("FROM r GROUP", "FROM r JOIN r2 ON r.device = r2.device GROUP", "6:13: unknown table 'r2' (declare it with CREATE TABLE ... WITH (connector = 'file', path = '...csv'))"),
     ("tumble(interval '10 seconds'), device", "session(interval '1 minute'), upper(device)", "6:47: session windows are keyed by columns of the source 'r'; 'upper(device)' is not one"),
     ("SELECT device, window_start", "SELECT device, tumble(interval '10 seconds'), window_start", "5:32: select window bounds as window_start and window_end, not with the window function"),
+    // Sparkplug sources.
+    ("connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}'", "connector = 'sparkplug', group = 'Plant1', metric_map = 'Motor/Bearing Temp=v'", "accepted"),
+    ("connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}'", "connector = 'sparkplug', topic = 'w/+'", "3:34: 'topic' does not apply to a sparkplug source: a sparkplug source subscribes to spBv1.0/{group}/# itself: name the group with group = '...'"),
+    ("connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}'", "connector = 'sparkplug', metric_map = 'Motor/Speed'", "3:34: metric_map entry 'Motor/Speed' should be 'metric name=column'"),
+    ("connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}'", "connector = 'sparkplug', group = 'a/b'", "3:34: group = 'a/b' must be one Sparkplug group id (no '/', '+' or '#'), or '#' for all"),
+    ("connector = 'mqtt', topic = 'o/{device}'", "connector = 'sparkplug', topic = 'o/{device}'", "4:24: a sparkplug table is a source: alerts go out with connector = 'mqtt' (or 'webhook')"),
     // Sinks against the columns their query selects.
     ("topic = 'o/{device}');\nINSERT INTO out SELECT device,", "topic = 'o/{machine}/{v}');\nINSERT INTO out SELECT device AS machine,", "4:44: topic 'o/{machine}/{v}' captures '{machine}' and '{v}', and query 'q' selects no column 'device': say which names the device with device_column = '<column>'"),
     ("topic = 'o/{device}'", "topic = 'o/{device}', device_column = 'dev'", "4:66: device_column = 'dev' names no output column of query 'q' (its columns: device, window_start, v); did you mean 'device'?"),

@@ -36,6 +36,8 @@ mod operator_commands;
 #[cfg(all(feature = "cli", feature = "broker"))]
 mod scale_out;
 mod shipped;
+#[cfg(all(feature = "sparkplug", feature = "broker"))]
+mod sparkplug;
 #[cfg(all(feature = "cli", feature = "broker"))]
 mod streaming;
 #[cfg(feature = "tls")]

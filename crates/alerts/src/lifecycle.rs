@@ -553,6 +553,11 @@ pub struct DeviceState {
     /// are silenced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub silenced_until: Option<Timestamp>,
+    /// Since when (wall clock, serialised as RFC 3339) the device's connector reports it
+    /// offline (a Sparkplug NDEATH or DDEATH); absent while it is online or its
+    /// connector does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_since: Option<Timestamp>,
 }
 
 /// Who acknowledged what, and when.
@@ -602,6 +607,7 @@ impl DeviceState {
             rules: Default::default(),
             acknowledged: None,
             silenced_until: None,
+            offline_since: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod channel;
 pub mod file;
 pub mod mqtt;
 pub mod nats;
+pub mod sparkplug;
 pub mod webhook;
 
 pub use config::ConnectorConfig;

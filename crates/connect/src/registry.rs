@@ -34,6 +34,7 @@ impl Registry {
                 Arc::new(crate::file::File),
                 Arc::new(crate::webhook::Webhook),
                 Arc::new(crate::channel::Channel),
+                Arc::new(crate::sparkplug::Sparkplug),
             ],
         }
     }
@@ -72,7 +73,10 @@ mod tests {
     #[test]
     fn builtin_connectors_and_their_options() {
         let r = Registry::builtin();
-        assert_eq!(r.names(), ["mqtt", "nats", "file", "webhook", "channel"]);
+        assert_eq!(
+            r.names(),
+            ["mqtt", "nats", "file", "webhook", "channel", "sparkplug"]
+        );
         assert_eq!(r.owner_of("stream", Role::Source), Some("nats"));
         assert_eq!(r.owner_of("url", Role::Sink), Some("webhook"));
         assert_eq!(r.owner_of("url", Role::Source), None);

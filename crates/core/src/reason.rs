@@ -59,11 +59,26 @@ pub enum Reason {
     UnknownDevice,
     /// An `acknowledge` command for a device with no open alert.
     NothingToAcknowledge,
+    /// A message on a Sparkplug source is not a Sparkplug B topic or protobuf payload.
+    NotSparkplug,
+    /// Sparkplug data (or a device birth or death) from an edge node or device whose
+    /// birth was not seen since its last death: its aliases are unknown. A rebirth is
+    /// requested.
+    NoBirth,
+    /// A Sparkplug metric sent by an alias its birth did not declare. A rebirth is
+    /// requested.
+    UnknownAlias,
+    /// A Sparkplug message whose `seq` is not one after the edge node's previous one
+    /// (0–255 wrapping): messages were lost. A rebirth is requested.
+    SeqGap,
+    /// A Sparkplug NDEATH whose `bdSeq` is not the current birth's: an older
+    /// session's will message, ignored.
+    StaleDeath,
 }
 
 impl Reason {
     /// Every reason, in the order the documentation lists them.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 26] = [
         Reason::NotJson,
         Reason::NotAReading,
         Reason::MissingField,
@@ -85,6 +100,11 @@ impl Reason {
         Reason::BadCommand,
         Reason::UnknownDevice,
         Reason::NothingToAcknowledge,
+        Reason::NotSparkplug,
+        Reason::NoBirth,
+        Reason::UnknownAlias,
+        Reason::SeqGap,
+        Reason::StaleDeath,
     ];
 
     /// The code as published and counted, e.g. `"not_json"`.
@@ -111,6 +131,11 @@ impl Reason {
             Reason::BadCommand => "bad_command",
             Reason::UnknownDevice => "unknown_device",
             Reason::NothingToAcknowledge => "nothing_to_acknowledge",
+            Reason::NotSparkplug => "not_sparkplug",
+            Reason::NoBirth => "no_birth",
+            Reason::UnknownAlias => "unknown_alias",
+            Reason::SeqGap => "seq_gap",
+            Reason::StaleDeath => "stale_death",
         }
     }
 }
@@ -154,7 +179,7 @@ mod tests {
             assert_eq!(r.to_string(), s);
             assert_eq!(s.parse::<Reason>(), Ok(r));
         }
-        assert_eq!(seen.len(), 21);
+        assert_eq!(seen.len(), 26);
     }
 
     #[test]

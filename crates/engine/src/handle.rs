@@ -26,6 +26,16 @@ pub(crate) enum Input {
         source: String,
         batch: RecordBatch,
     },
+    /// A message its source's connector refused itself.
+    Refused {
+        source: usize,
+        letter: crate::DeadLetter,
+    },
+    /// A device's connector reports it online or offline.
+    Presence {
+        device: String,
+        online: bool,
+    },
     Flush(oneshot::Sender<()>),
     Finish(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
@@ -172,6 +182,47 @@ impl PipelineHandle {
         self.send(Input::Command {
             device: device.to_string(),
             payload,
+        })
+        .await
+    }
+
+    /// Counts and dead-letters (on `{prefix}/deadletter/{source}`) a message that the
+    /// connector of source table `source` refused before it became readings, such as
+    /// Sparkplug data from an edge node whose birth was not seen. `excerpt` quotes the
+    /// message (for a binary payload, as the connector chooses to show it).
+    pub async fn reject(
+        &self,
+        source: &str,
+        topic: &str,
+        reason: forewarn_core::Reason,
+        detail: String,
+        excerpt: String,
+    ) -> Result<(), EngineError> {
+        let Some(i) = self.routes.iter().position(|r| r.name == source) else {
+            return Err(EngineError::UnknownSource {
+                name: source.to_string(),
+                known: self.routes.iter().map(|r| r.name.clone()).collect(),
+            });
+        };
+        let letter = crate::DeadLetter {
+            reason,
+            detail,
+            source_topic: topic.to_string(),
+            source: Some(source.to_string()),
+            index: None,
+            excerpt,
+        };
+        self.send(Input::Refused { source: i, letter }).await
+    }
+
+    /// A device's connector reports it `online` (a Sparkplug birth) or offline (a
+    /// death, the broker's will message included). Going offline, the device's state
+    /// (`{prefix}/state/{device}`) shows `offline_since`; coming back clears it. Each
+    /// change is published once.
+    pub async fn presence(&self, device: &str, online: bool) -> Result<(), EngineError> {
+        self.send(Input::Presence {
+            device: device.to_string(),
+            online,
         })
         .await
     }

@@ -115,6 +115,32 @@ impl HealthBook {
         Ok(state)
     }
 
+    /// The device's connector reports it online or offline at wall-clock `now` (ms):
+    /// its state to publish when that changes it. A device going offline that no rule
+    /// has seen yet gets a state (no rules), so an offline device is never a silent one.
+    pub(crate) fn presence(
+        &mut self,
+        device: &str,
+        online: bool,
+        now: i64,
+    ) -> Option<&DeviceState> {
+        let at = Timestamp::from_millis(now);
+        if online {
+            let state = self.states.get_mut(device)?;
+            state.offline_since.take()?;
+            return Some(state);
+        }
+        let state = self
+            .states
+            .entry(device.to_string())
+            .or_insert_with(|| DeviceState::new(device, at));
+        if state.offline_since.is_some() {
+            return None;
+        }
+        state.offline_since = Some(at);
+        Some(state)
+    }
+
     /// A window of `device` under `rule` ending at `window_end`: a device
     /// first seen is healthy under the rule. Whether this is the rule's first window
     /// of the device (its state is then published, so the retained state topic lists
@@ -188,6 +214,28 @@ mod tests {
 
     fn t(text: &str) -> Timestamp {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn presence_marks_offline_once_and_online_clears_it() {
+        let mut h = book(false);
+        assert!(
+            h.presence("d", true, 5).is_none(),
+            "already online: nothing to publish"
+        );
+        let s = h.presence("d", false, 7).unwrap();
+        assert_eq!(s.offline_since, Some(Timestamp::from_millis(7)));
+        assert_eq!(s.rules.len(), 1);
+        assert!(h.presence("d", false, 9).is_none(), "still offline since 7");
+        assert_eq!(h.presence("d", true, 11).unwrap().offline_since, None);
+        // A device no rule has seen: offline gets a state, online does not.
+        assert!(h.presence("e", true, 1).is_none());
+        let s = h.presence("e", false, 2).unwrap();
+        assert!(s.rules.is_empty());
+        assert_eq!(
+            h.state("e").unwrap().offline_since,
+            Some(Timestamp::from_millis(2))
+        );
     }
 
     /// A book where device `d` has seen rule `r`, with an open alert when `alert`.

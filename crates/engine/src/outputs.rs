@@ -518,6 +518,11 @@ pub(crate) fn refusal(
     Output::DeadLetter { topic, letter }
 }
 
+/// A message a source's connector refused, on `{prefix}/deadletter/{source}`.
+pub(crate) fn refused_by_connector(cfg: &EngineConfig, source: &str, letter: DeadLetter) -> Output {
+    dead_letter(cfg, source, letter)
+}
+
 /// An operator command for `device` that cannot be applied.
 pub(crate) fn refused_command(
     cfg: &EngineConfig,

@@ -148,6 +148,15 @@ impl Runtime {
                         self.on_batch(&source, batch).await?;
                         self.taken(None, None).await?;
                     }
+                    Some(Input::Refused { source, letter }) => {
+                        let to = self.sources[source].name.clone();
+                        self.emit(outputs::refused_by_connector(&self.config, &to, letter)).await;
+                        self.taken(None, None).await?;
+                    }
+                    Some(Input::Presence { device, online }) => {
+                        self.on_presence(&device, online).await;
+                        self.taken(None, None).await?;
+                    }
                     Some(Input::Command { device, payload }) => {
                         self.on_command(&device, &payload).await;
                         self.taken(None, None).await?;
@@ -264,6 +273,19 @@ impl Runtime {
                 Ok(p) => self.emit_processed(i, k, p).await,
                 Err(e) => self.query_failed(e),
             }
+        }
+    }
+
+    /// Publishes the device's state when its connector's report of it going offline
+    /// or coming back changes it.
+    async fn on_presence(&mut self, device: &str, online: bool) {
+        if let Some(state) = self.health.presence(device, online, wall_ms()) {
+            let state = state.clone();
+            self.emit(Output::State {
+                topic: format!("{}/state/{device}", self.config.topic_prefix),
+                state,
+            })
+            .await;
         }
     }
 

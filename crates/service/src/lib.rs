@@ -4,6 +4,8 @@
 //!
 //! * [`mqtt`] (feature `mqtt`): a pipeline on a broker — subscriptions, operator
 //!   commands, QoS 1 outputs with ack-after-checkpoint, store and forward;
+//! * `sparkplug` (feature `sparkplug`): Sparkplug B sources read beside the MQTT ones
+//!   (births, aliases, deaths, rebirth requests), started by [`mqtt::start`];
 //! * [`sinks`] (with `mqtt`): sinks whose connector delivers itself (webhooks) beside
 //!   the MQTT publisher;
 //! * [`nats`] (feature `nats`): scale-out workers reading partitions of a JetStream
@@ -23,4 +25,8 @@ pub mod nats;
 pub mod replay;
 #[cfg(feature = "mqtt")]
 pub mod sinks;
+#[cfg(feature = "sparkplug")]
+mod sparkplug;
+#[cfg(all(feature = "sparkplug", feature = "history"))]
+mod sparkplug_replay;
 pub mod training;

@@ -74,6 +74,9 @@ impl RunOptions {
 pub struct MqttPipeline {
     handle: PipelineHandle,
     source: MqttSource,
+    /// The Sparkplug sources' input, if any.
+    #[cfg(feature = "sparkplug")]
+    sparkplug: Option<crate::sparkplug::SparkplugInput>,
     forward: JoinHandle<()>,
     outputs: Outputs,
     shed: Arc<AtomicU64>,
@@ -117,10 +120,23 @@ pub async fn start(
     if let Some(s) = pipeline
         .sources()
         .iter()
-        .find(|s| s.connector.connector() != "mqtt")
+        .find(|s| !matches!(s.connector.connector(), "mqtt" | "sparkplug"))
+        .or_else(|| {
+            // Without the feature, a Sparkplug source would never be fed.
+            let spb = cfg!(feature = "sparkplug");
+            (!spb)
+                .then(|| {
+                    pipeline
+                        .sources()
+                        .iter()
+                        .find(|s| s.connector.connector() == "sparkplug")
+                })
+                .flatten()
+        })
     {
         let how = match s.connector.connector() {
             "nats" => "run it with --nats URL".to_string(),
+            "sparkplug" => "this build has no Sparkplug support (feature 'sparkplug')".to_string(),
             other => format!("connector '{other}' cannot feed an MQTT pipeline"),
         };
         return Err(EngineError::Config(format!(
@@ -135,8 +151,11 @@ pub async fn start(
     let mut filters: Vec<String> = pipeline
         .sources()
         .iter()
+        .filter(|s| s.connector.connector() == "mqtt")
         .map(|s| s.topic_filter.clone())
         .collect();
+    #[cfg(feature = "sparkplug")]
+    let sparkplug = crate::sparkplug::Sessions::of(&pipeline);
     filters.sort();
     filters.dedup();
     // Operators' commands (acknowledge, silence) for devices: {prefix}/command/{device}.
@@ -165,6 +184,21 @@ pub async fn start(
         outputs.abort();
         return Err(e.into());
     }
+    #[cfg(feature = "sparkplug")]
+    let sparkplug = if sparkplug.is_empty() {
+        None
+    } else {
+        match crate::sparkplug::SparkplugInput::start(sparkplug, url, client_id, handle.clone())
+            .await
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                source.stop().await;
+                outputs.abort();
+                return Err(e);
+            }
+        }
+    };
     let h = handle.clone();
     let shed = Arc::new(AtomicU64::new(0));
     let forwarder = match opts.overload {
@@ -188,6 +222,8 @@ pub async fn start(
     Ok(MqttPipeline {
         handle,
         source,
+        #[cfg(feature = "sparkplug")]
+        sparkplug,
         forward: forwarder,
         outputs,
         shed,
@@ -589,6 +625,10 @@ impl MqttPipeline {
     /// checkpoint is written, what it covers is acknowledged, and the next start
     /// continues from it. Without, every open window is closed and emitted.
     pub async fn stop(self) -> Result<EngineStats, RunError> {
+        #[cfg(feature = "sparkplug")]
+        if let Some(s) = self.sparkplug {
+            s.stop().await;
+        }
         if self.outputs.checkpointing {
             let stats = self.handle.shutdown().await?;
             drop(self.handle);

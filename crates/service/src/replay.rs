@@ -188,6 +188,22 @@ pub async fn replay_ordered(
     order: Order,
     mut sink: impl FnMut(Output) + Send + 'static,
 ) -> Result<EngineStats, ReplayError> {
+    #[cfg(feature = "sparkplug")]
+    if let Some((name, session)) = crate::sparkplug_replay::session_of(&pipeline, source) {
+        // A recorded Sparkplug session: protobuf messages in arrival order.
+        let (handle, mut outputs) = pipeline.without_wall_clock().start();
+        let drain = tokio::spawn(async move {
+            while let Some(o) = outputs.recv().await {
+                sink(o);
+            }
+        });
+        let pushed = crate::sparkplug_replay::replay(&handle, &name, session, data).await;
+        let stats = handle.finish().await;
+        drop(handle);
+        drain.await.map_err(|_| EngineError::Stopped)?;
+        pushed?;
+        return Ok(stats?);
+    }
     let messages = ordered_messages(&pipeline, data, source, order)?;
     let by_name = by_name(&pipeline, source);
     let (handle, mut outputs) = pipeline.without_wall_clock().start();
