@@ -59,11 +59,15 @@ pub enum Reason {
     UnknownDevice,
     /// An `acknowledge` command for a device with no open alert.
     NothingToAcknowledge,
+    /// A waveform field holds more samples than the source's `max_samples`.
+    TooManySamples,
+    /// A waveform field is not an array of numbers or a valid encoded waveform object.
+    BadWaveform,
 }
 
 impl Reason {
     /// Every reason, in the order the documentation lists them.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::NotJson,
         Reason::NotAReading,
         Reason::MissingField,
@@ -85,6 +89,8 @@ impl Reason {
         Reason::BadCommand,
         Reason::UnknownDevice,
         Reason::NothingToAcknowledge,
+        Reason::TooManySamples,
+        Reason::BadWaveform,
     ];
 
     /// The code as published and counted, e.g. `"not_json"`.
@@ -111,6 +117,8 @@ impl Reason {
             Reason::BadCommand => "bad_command",
             Reason::UnknownDevice => "unknown_device",
             Reason::NothingToAcknowledge => "nothing_to_acknowledge",
+            Reason::TooManySamples => "too_many_samples",
+            Reason::BadWaveform => "bad_waveform",
         }
     }
 }
