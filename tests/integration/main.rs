@@ -40,6 +40,7 @@ mod shipped;
 mod streaming;
 #[cfg(feature = "tls")]
 mod tls;
+mod vibration;
 #[cfg(all(feature = "webhook", feature = "broker"))]
 mod webhook;
 mod windows;

@@ -61,6 +61,10 @@ pub struct SourceDecl {
     /// The connector delivering its readings (`connector = 'mqtt'`, `'nats'`, ...) with
     /// its own settings.
     pub connector: ConnectorConfig,
+    /// Samples one waveform (`DOUBLE[]`) value may hold (`max_samples`, default
+    /// [`forewarn_formats::DEFAULT_MAX_SAMPLES`]); more is dead-lettered
+    /// `too_many_samples`.
+    pub max_samples: usize,
 }
 
 /// A `CREATE TABLE ... WITH (connector = 'file', path = '...csv')`: a static

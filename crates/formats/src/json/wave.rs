@@ -155,7 +155,11 @@ impl<'de> Visitor<'de> for WaveSeed<'_> {
                 ("scale", Scalar::Float(x)) => scale = Some(x),
                 (key, v) => {
                     problem.get_or_insert_with(|| {
-                        let want = if key == "scale" { "a number" } else { "a string" };
+                        let want = if key == "scale" {
+                            "a number"
+                        } else {
+                            "a string"
+                        };
                         self.bad(format!("\"{key}\" should be {want}, got {}", v.type_name()))
                     });
                 }
@@ -242,8 +246,12 @@ mod tests {
         let list = b.column(2).as_list::<i32>();
         (0..b.num_rows())
             .map(|r| {
-                (!list.is_null(r))
-                    .then(|| list.value(r).as_primitive::<Float64Type>().values().to_vec())
+                (!list.is_null(r)).then(|| {
+                    list.value(r)
+                        .as_primitive::<Float64Type>()
+                        .values()
+                        .to_vec()
+                })
             })
             .collect()
     }
@@ -296,16 +304,34 @@ mod tests {
             ("[1, \"2\"]", Reason::BadWaveform),
             ("[1, [2]]", Reason::BadWaveform),
             ("[1, null]", Reason::BadWaveform),
-            (r#"{"encoding": "f64le", "data": "AAAAAA=="}"#, Reason::BadWaveform),
-            (r#"{"encoding": "f32le", "data": "not base64!"}"#, Reason::BadWaveform),
-            (r#"{"encoding": "f32le", "data": "AAAAAAA="}"#, Reason::BadWaveform),
+            (
+                r#"{"encoding": "f64le", "data": "AAAAAA=="}"#,
+                Reason::BadWaveform,
+            ),
+            (
+                r#"{"encoding": "f32le", "data": "not base64!"}"#,
+                Reason::BadWaveform,
+            ),
+            (
+                r#"{"encoding": "f32le", "data": "AAAAAAA="}"#,
+                Reason::BadWaveform,
+            ),
             (r#"{"encoding": "i16le"}"#, Reason::BadWaveform),
             (r#"{"data": "AAAA"}"#, Reason::BadWaveform),
-            (r#"{"encoding": "i16le", "data": "AAAA", "rate": 1}"#, Reason::BadWaveform),
-            (r#"{"encoding": "i16le", "data": "AAAA", "scale": "2"}"#, Reason::BadWaveform),
+            (
+                r#"{"encoding": "i16le", "data": "AAAA", "rate": 1}"#,
+                Reason::BadWaveform,
+            ),
+            (
+                r#"{"encoding": "i16le", "data": "AAAA", "scale": "2"}"#,
+                Reason::BadWaveform,
+            ),
             (r#"{"encoding": "i16le", "data": ""}"#, Reason::BadWaveform),
             (
-                &*format!(r#"{{"encoding": "f32le", "data": "{}"}}"#, b64(&f32::NAN.to_le_bytes())),
+                &*format!(
+                    r#"{{"encoding": "f32le", "data": "{}"}}"#,
+                    b64(&f32::NAN.to_le_bytes())
+                ),
                 Reason::NonFinite,
             ),
             ("1.5", Reason::WrongType),

@@ -84,7 +84,11 @@ impl Spectrum {
         let n = x.len();
         let mean = x.iter().sum::<f64>() / n as f64;
         let w = hann(n);
-        let windowed: Vec<f64> = x.iter().zip(w.iter()).map(|(v, w)| (v - mean) * w).collect();
+        let windowed: Vec<f64> = x
+            .iter()
+            .zip(w.iter())
+            .map(|(v, w)| (v - mean) * w)
+            .collect();
         let s2: f64 = w.iter().map(|w| w * w).sum();
         let bins = rfft(&windowed);
         let norm = 1.0 / (n as f64 * s2);

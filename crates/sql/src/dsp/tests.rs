@@ -74,7 +74,11 @@ fn a_tone_comes_out_at_its_amplitude_and_frequency() {
     close(f(Dsp::OrderAmplitude, &x, &[FS, rpm, 1.0]), a1, 0.01);
     close(f(Dsp::OrderAmplitude, &x, &[FS, rpm, 2.0]), a2, 0.01);
     // Band RMS of one tone (the noise's share in 40 Hz is ~0.002).
-    close(f(Dsp::BandRms, &x, &[FS, 1200.0, 1270.0]), 1.0 / 2f64.sqrt(), 0.01);
+    close(
+        f(Dsp::BandRms, &x, &[FS, 1200.0, 1270.0]),
+        1.0 / 2f64.sqrt(),
+        0.01,
+    );
     // Everything but DC and the noise: Parseval over the whole band.
     let all = ((a1 * a1 + a2 * a2 + 1.0) / 2.0f64).sqrt();
     close(f(Dsp::BandRms, &x, &[FS, 0.0, FS / 2.0]), all, 0.01);
@@ -86,7 +90,10 @@ fn a_tone_comes_out_at_its_amplitude_and_frequency() {
     // Undefined inputs are NULL, not a number.
     assert_eq!(Dsp::BandRms.compute(&x, &[0.0, 1.0, 2.0]), None);
     assert_eq!(Dsp::BandRms.compute(&x, &[FS, 20.0, 10.0]), None);
-    assert_eq!(Dsp::SpectrumPeakHz.compute(&x, &[FS, 20_000.0, 30_000.0]), None);
+    assert_eq!(
+        Dsp::SpectrumPeakHz.compute(&x, &[FS, 20_000.0, 30_000.0]),
+        None
+    );
 }
 
 #[test]
@@ -120,7 +127,11 @@ fn envelope_of_an_amplitude_modulated_carrier() {
         0.01,
     );
     close(
-        f(Dsp::EnvelopeAmplitude, &x, &[FS, 2000.0, 3000.0, fm - 3.0, 5.0]),
+        f(
+            Dsp::EnvelopeAmplitude,
+            &x,
+            &[FS, 2000.0, 3000.0, fm - 3.0, 5.0],
+        ),
         m,
         0.01,
     );
@@ -147,14 +158,28 @@ fn an_outer_race_defect_shows_in_the_envelope_at_bpfo() {
     let bpfo = defect_hz(Defect::Bpfo, 1800.0, 9.0, 7.94, 39.04, 0.0).unwrap();
     let x = defective(bpfo, 1.0, 3);
     let band = [FS, 2000.0, 4000.0];
-    let at = |x: &[f64], freq: f64| f(Dsp::EnvelopeAmplitude, x, &[band[0], band[1], band[2], freq]);
+    let at = |x: &[f64], freq: f64| {
+        f(
+            Dsp::EnvelopeAmplitude,
+            x,
+            &[band[0], band[1], band[2], freq],
+        )
+    };
     let on = at(&x, bpfo);
     for off in [0.63 * bpfo, 1.37 * bpfo, 1.5 * bpfo] {
-        assert!(on > 5.0 * at(&x, off), "{on} vs {} at {off} Hz", at(&x, off));
+        assert!(
+            on > 5.0 * at(&x, off),
+            "{on} vs {} at {off} Hz",
+            at(&x, off)
+        );
     }
     // A healthy bearing (same tones and noise, no impulses) shows nothing there.
     let healthy = defective(bpfo, 0.0, 3);
-    assert!(on > 5.0 * at(&healthy, bpfo), "{on} vs {}", at(&healthy, bpfo));
+    assert!(
+        on > 5.0 * at(&healthy, bpfo),
+        "{on} vs {}",
+        at(&healthy, bpfo)
+    );
     // Scalar statistics barely move: what the envelope is for.
     let ratio = f(Dsp::WaveRms, &x, &[]) / f(Dsp::WaveRms, &healthy, &[]);
     assert!(ratio < 1.2, "{ratio}");
@@ -203,20 +228,41 @@ fn argument_types_are_checked_when_planned() {
     let list = wave_type();
     assert_eq!(
         udf(Dsp::BandRms)
-            .coerce_types(&[list.clone(), DataType::Int64, DataType::Float64, DataType::Int32])
+            .coerce_types(&[
+                list.clone(),
+                DataType::Int64,
+                DataType::Float64,
+                DataType::Int32
+            ])
             .unwrap(),
-        vec![list.clone(), DataType::Float64, DataType::Float64, DataType::Float64]
+        vec![
+            list.clone(),
+            DataType::Float64,
+            DataType::Float64,
+            DataType::Float64
+        ]
     );
     let e = udf(Dsp::BandRms)
-        .coerce_types(&[DataType::Float64, DataType::Float64, DataType::Float64, DataType::Float64])
+        .coerce_types(&[
+            DataType::Float64,
+            DataType::Float64,
+            DataType::Float64,
+            DataType::Float64,
+        ])
         .unwrap_err()
         .to_string();
-    assert!(e.contains("argument 1 must be a waveform (DOUBLE[]), got Float64"), "{e}");
+    assert!(
+        e.contains("argument 1 must be a waveform (DOUBLE[]), got Float64"),
+        "{e}"
+    );
     let e = udf(Dsp::SpectrumPeakHz)
         .coerce_types(&[list.clone(), DataType::Float64, DataType::Float64])
         .unwrap_err()
         .to_string();
-    assert!(e.contains("spectrum_peak_hz(wave, fs [, lo_hz, hi_hz]), but got 3 arguments"), "{e}");
+    assert!(
+        e.contains("spectrum_peak_hz(wave, fs [, lo_hz, hi_hz]), but got 3 arguments"),
+        "{e}"
+    );
     let e = udf(Dsp::VelocityRms)
         .coerce_types(&[list, DataType::Utf8])
         .unwrap_err()
