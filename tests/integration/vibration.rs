@@ -28,6 +28,7 @@ INSERT INTO out SELECT device, window_start, window_end, count(*) AS n,
   avg(band_rms(wave, fs, 100, 200)) AS band,
   max(envelope_amplitude(wave, fs, 2000, 4000, bpfo(1800, 9, 7.94, 39.04, 0))) AS env,
   avg(velocity_rms(wave, fs)) AS vel,
+  iso_zone(avg(velocity_rms(wave, fs)), 'I') AS zone,
   max(wave_kurtosis(wave)) AS kurt
 FROM vib GROUP BY tumble(interval '10 seconds'), device;
 ";
@@ -271,6 +272,14 @@ async fn window_aggregates_of_dsp_features_match_a_direct_computation() {
         close(v["band"].as_f64().unwrap(), band, &what("band"));
         let vel = waves.iter().map(|w| velocity_rms(w)).sum::<f64>() / n;
         close(v["vel"].as_f64().unwrap(), vel, &what("vel"));
+        // ISO 10816-1 class I: A below 0.71 mm/s, B below 1.8, C below 4.5.
+        let zone = match vel {
+            v if v < 0.71 => "A",
+            v if v < 1.8 => "B",
+            v if v < 4.5 => "C",
+            _ => "D",
+        };
+        assert_eq!(v["zone"], zone, "{}", what("zone"));
         let env = waves
             .iter()
             .map(|w| envelope_amplitude(w, 2000.0, 4000.0, 107.543_545_081_967_2))

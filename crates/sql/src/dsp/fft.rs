@@ -97,7 +97,7 @@ impl Spectrum {
             .enumerate()
             .map(|(k, c)| {
                 // Bins other than DC and Nyquist stand for their negative twin too.
-                let twice = k != 0 && !(n % 2 == 0 && k == n / 2);
+                let twice = k != 0 && !(n.is_multiple_of(2) && k == n / 2);
                 c.norm_sqr() * norm * if twice { 2.0 } else { 1.0 }
             })
             .collect();
