@@ -162,7 +162,7 @@ mod tests {
             assert_eq!(r.to_string(), s);
             assert_eq!(s.parse::<Reason>(), Ok(r));
         }
-        assert_eq!(seen.len(), 21);
+        assert_eq!(seen.len(), 23);
     }
 
     #[test]
