@@ -302,3 +302,76 @@ async fn window_aggregates_of_dsp_features_match_a_direct_computation() {
         env_of("d1")
     );
 }
+
+/// The shipped bearing query over a simulated fleet with waveforms: it alerts on the
+/// machines whose bearings wear, before their functional failure, and on no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_bearing_query_warns_before_failure_and_only_on_worn_bearings() {
+    use forewarn_sim::{FailureMode, Plant, PlantConfig, WaveformConfig};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = Pipeline::builder()
+        .query_file(&root.join("queries/vibration/bearing_envelope.sql"))
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    let mut plant = Plant::new(PlantConfig {
+        seed: 5,
+        machines: 12,
+        duration_s: 3600,
+        failing_fraction: 0.5,
+        waveforms: Some(WaveformConfig::default()),
+        ..Default::default()
+    });
+    let truth = plant.truth();
+    let mut waves = 0;
+    while !plant.done() {
+        for (topic, r) in plant.step() {
+            waves += usize::from(r.wave.is_some());
+            h.push_json(&topic, serde_json::to_vec(&r).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    let stats = h.finish().await.unwrap();
+    drop(h);
+    assert!(stats.rejected.is_empty(), "{:?}", stats.rejected);
+    let mut first: BTreeMap<String, i64> = BTreeMap::new();
+    while let Some(o) = rx.recv().await {
+        if let Output::Row { row, .. } = o {
+            let at = row.window_end.as_millis();
+            let e = first.entry(row.device.clone()).or_insert(at);
+            *e = (*e).min(at);
+        }
+    }
+    let worn: Vec<_> = truth
+        .machines
+        .iter()
+        .filter(|m| {
+            m.failure
+                .as_ref()
+                .is_some_and(|f| f.mode == FailureMode::BearingWear)
+        })
+        .collect();
+    assert!(
+        !worn.is_empty() && waves > 500,
+        "{} worn, {waves} waveforms",
+        worn.len()
+    );
+    let alerted: Vec<&String> = first.keys().collect();
+    let mut want: Vec<&String> = worn.iter().map(|m| &m.device).collect();
+    want.sort();
+    assert_eq!(alerted, want, "alerts only and always on worn bearings");
+    for m in &worn {
+        let f = m.failure.as_ref().unwrap();
+        let lead = f.failure_ms - first[&m.device];
+        let pf = f.failure_ms - f.onset_ms;
+        eprintln!(
+            "{}: first alert {:.0} min before failure ({:.0} % of the P-F interval)",
+            m.device,
+            lead as f64 / 60_000.0,
+            100.0 * lead as f64 / pf as f64
+        );
+        assert!(lead > 0, "{} alerted only after failing", m.device);
+    }
+}

@@ -380,7 +380,7 @@ FROM readings GROUP BY tumble(interval '10 seconds'), device;
                 "(connector = 'channel');\nCREATE TABLE out",
                 "(connector = 'channel', retries = '3');\nCREATE TABLE out",
                 (2, 78),
-                "unknown option 'retries' for a channel source (allowed: connector, format, max_future, watermark_key, max_skew, idle_timeout, late_topic)",
+                "unknown option 'retries' for a channel source (allowed: connector, format, max_future, watermark_key, max_skew, idle_timeout, late_topic, max_samples)",
             ),
             (
                 "out WITH (connector = 'channel')",
