@@ -325,12 +325,13 @@ async fn shipped_bearing_query_warns_before_failure_and_only_on_worn_bearings() 
     });
     let truth = plant.truth();
     let mut waves = 0;
+    let mut messages = Vec::new();
     while !plant.done() {
         for (topic, r) in plant.step() {
             waves += usize::from(r.wave.is_some());
-            h.push_json(&topic, serde_json::to_vec(&r).unwrap())
-                .await
-                .unwrap();
+            let body = serde_json::to_vec(&r).unwrap();
+            h.push_json(&topic, body.clone()).await.unwrap();
+            messages.push((topic, body));
         }
     }
     let stats = h.finish().await.unwrap();
@@ -362,16 +363,55 @@ async fn shipped_bearing_query_warns_before_failure_and_only_on_worn_bearings() 
     let mut want: Vec<&String> = worn.iter().map(|m| &m.device).collect();
     want.sort();
     assert_eq!(alerted, want, "alerts only and always on worn bearings");
+    // The scalar query (vibration RMS and kurtosis in a multivariate model) on the same
+    // machines, same seed: its first warning per machine, for comparison.
+    let scalar = Pipeline::builder()
+        .query_file(&root.join("queries/plant_health.sql"))
+        .models_dir(root.join("models"))
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = scalar.start();
+    for (topic, body) in messages {
+        h.push_json(&topic, body).await.unwrap();
+    }
+    h.finish().await.unwrap();
+    drop(h);
+    let mut scalar_first: BTreeMap<String, i64> = BTreeMap::new();
+    while let Some(o) = rx.recv().await {
+        if let Output::Transition { message, .. } = o {
+            if message.transition != forewarn::TransitionKind::Cleared {
+                let at = message.window_end.as_millis();
+                let e = scalar_first.entry(message.device.clone()).or_insert(at);
+                *e = (*e).min(at);
+            }
+        }
+    }
+    let (mut env_leads, mut scalar_leads) = (Vec::new(), Vec::new());
     for m in &worn {
         let f = m.failure.as_ref().unwrap();
         let lead = f.failure_ms - first[&m.device];
+        let scalar_lead = scalar_first.get(&m.device).map(|t| f.failure_ms - t);
         let pf = f.failure_ms - f.onset_ms;
         eprintln!(
-            "{}: first alert {:.0} min before failure ({:.0} % of the P-F interval)",
+            "{}: envelope warns {:.0} min before failure ({:.0} % of the P-F interval), the scalar query {}",
             m.device,
             lead as f64 / 60_000.0,
-            100.0 * lead as f64 / pf as f64
+            100.0 * lead as f64 / pf as f64,
+            scalar_lead.map_or("never".to_string(), |l| format!("{:.0} min", l as f64 / 60_000.0))
         );
         assert!(lead > 0, "{} alerted only after failing", m.device);
+        env_leads.push(lead);
+        scalar_leads.push(scalar_lead.unwrap_or(i64::MIN));
     }
+    let median = |v: &mut Vec<i64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (e, s) = (median(&mut env_leads), median(&mut scalar_leads));
+    eprintln!(
+        "median lead before failure: envelope {:.1} min, scalar {:.1} min",
+        e as f64 / 60_000.0,
+        s as f64 / 60_000.0
+    );
 }
