@@ -36,7 +36,7 @@ FROM vib GROUP BY tumble(interval '10 seconds'), device;
 /// Reading `k` of device `d`: a 150 Hz tone growing with `k`, and impulses at BPFO
 /// ringing a 3 kHz resonance, stronger on higher devices.
 fn wave(d: usize, k: usize) -> Vec<f64> {
-    let mut s = (d * 1000 + k) as u64 * 0x9E37_79B9 | 1;
+    let mut s = ((d * 1000 + k) as u64 * 0x9E37_79B9) | 1;
     let mut noise = move || {
         s ^= s << 13;
         s ^= s >> 7;
@@ -310,7 +310,7 @@ async fn shipped_bearing_query_warns_before_failure_and_only_on_worn_bearings() 
     use forewarn_sim::{FailureMode, Plant, PlantConfig, WaveformConfig};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let p = Pipeline::builder()
-        .query_file(&root.join("queries/vibration/bearing_envelope.sql"))
+        .query_file(root.join("queries/vibration/bearing_envelope.sql"))
         .build()
         .await
         .unwrap();
@@ -366,7 +366,7 @@ async fn shipped_bearing_query_warns_before_failure_and_only_on_worn_bearings() 
     // The scalar query (vibration RMS and kurtosis in a multivariate model) on the same
     // machines, same seed: its first warning per machine, for comparison.
     let scalar = Pipeline::builder()
-        .query_file(&root.join("queries/plant_health.sql"))
+        .query_file(root.join("queries/plant_health.sql"))
         .models_dir(root.join("models"))
         .build()
         .await

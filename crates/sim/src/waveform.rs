@@ -101,9 +101,10 @@ pub fn bearing_waveform(
         while at < span {
             let start = (at * cfg.fs).ceil() as usize;
             // Each impact rings the resonance for a few ms.
-            for i in start..(start + (0.006 * cfg.fs) as usize).min(cfg.samples) {
+            let ring = (0.006 * cfg.fs) as usize;
+            for (i, v) in x.iter_mut().enumerate().skip(start).take(ring) {
                 let t = i as f64 / cfg.fs - at;
-                x[i] += strength
+                *v += strength
                     * (-t / 0.0008).exp()
                     * (std::f64::consts::TAU * RESONANCE_HZ * t).sin();
             }
