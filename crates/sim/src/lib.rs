@@ -561,6 +561,43 @@ mod tests {
     }
 
     #[test]
+    fn waveforms_ride_along_without_changing_the_scalar_readings() {
+        use base64::Engine as _;
+        let cfg = PlantConfig {
+            machines: 6,
+            duration_s: 180,
+            ..Default::default()
+        };
+        let mut a = Plant::new(cfg.clone());
+        let mut b = Plant::new(PlantConfig {
+            waveforms: Some(WaveformConfig::default()),
+            ..cfg
+        });
+        let mut waves = 0;
+        while !a.done() {
+            let (ra, rb) = (a.step(), b.step());
+            assert_eq!(ra.len(), rb.len());
+            for ((ta, ra), (tb, mut rb)) in ra.into_iter().zip(rb) {
+                assert_eq!(ta, tb);
+                if let Some(w) = rb.wave.take() {
+                    waves += 1;
+                    assert_eq!((rb.fs, rb.rpm), (Some(10_000.0), Some(RPM)));
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(&w.data)
+                        .unwrap();
+                    assert_eq!((w.encoding.as_str(), bytes.len()), ("f32le", 4096 * 4));
+                    (rb.fs, rb.rpm) = (None, None);
+                }
+                assert_eq!(ra, rb);
+            }
+        }
+        // One a minute per running machine: at 0, 60 and 120 s.
+        assert!((12..=18).contains(&waves), "{waves}");
+        // A 6205 at 1800 rpm.
+        assert!((bpfo(1800.0) - 107.543_545).abs() < 1e-5);
+    }
+
+    #[test]
     fn failures_are_scheduled_inside_the_run() {
         let p = Plant::new(PlantConfig::default());
         let t = p.truth();
