@@ -416,6 +416,8 @@ pub struct JsonDecoder {
     /// Samples one waveform value may hold.
     max_samples: usize,
     rows: usize,
+    /// Waveform samples in the pending batch.
+    samples: usize,
     /// Column matched at each key position of the last reading (see `MessageSeed`).
     key_order: Vec<usize>,
     /// Arrival time of the message being decoded, ms.
@@ -486,6 +488,7 @@ impl JsonDecoder {
             max_payload,
             max_samples: DEFAULT_MAX_SAMPLES,
             rows: 0,
+            samples: 0,
             key_order: Vec::new(),
             now: 0,
             spare: Spare::default(),
@@ -536,6 +539,12 @@ impl JsonDecoder {
     /// Readings buffered since the last [`flush`](Self::flush).
     pub fn buffered_rows(&self) -> usize {
         self.rows
+    }
+
+    /// Waveform samples buffered since the last [`flush`](Self::flush): a batch of
+    /// waveforms weighs by its samples, not its rows.
+    pub fn buffered_samples(&self) -> usize {
+        self.samples
     }
 
     /// Decodes one message and appends its good readings to the pending batch; an
@@ -616,6 +625,7 @@ impl JsonDecoder {
         out.accepted = accepted;
         out.rejected = rejected;
         let mut next = cells.drain(..);
+        let mut samples = 0;
         for _ in 0..accepted {
             for b in self.builders.iter_mut() {
                 match (b, next.next().expect("a cell per column")) {
@@ -625,6 +635,7 @@ impl JsonDecoder {
                     (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
                     (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
                     (Builder::Wave(b), Cell::Wave(v)) => {
+                        samples += v.len();
                         b.values().append_slice(&v);
                         b.append(true);
                     }
@@ -650,6 +661,7 @@ impl JsonDecoder {
             cells,
         };
         self.rows += accepted;
+        self.samples += samples;
         out
     }
 
@@ -659,6 +671,7 @@ impl JsonDecoder {
             return None;
         }
         self.rows = 0;
+        self.samples = 0;
         let arrays: Vec<ArrayRef> = self
             .builders
             .iter_mut()

@@ -273,6 +273,7 @@ mod tests {
         for mut d in decoders(16) {
             let o = d.decode("t", payload.as_bytes());
             assert_eq!((o.accepted, o.rejected.len()), (4, 0), "{o:?}");
+            assert_eq!(d.buffered_samples(), 12);
             let want_f32: Vec<f64> = samples.iter().map(|&x| f64::from(x)).collect();
             let want_i16: Vec<f64> = raw.iter().map(|&x| f64::from(x) * 0.01).collect();
             assert_eq!(
@@ -284,6 +285,7 @@ mod tests {
                     None
                 ]
             );
+            assert_eq!(d.buffered_samples(), 0);
         }
     }
 
