@@ -38,6 +38,10 @@ pub struct PlantArgs {
     /// Fraction of machines that develop a failure.
     #[arg(long, default_value_t = 0.2)]
     pub failing: f64,
+    /// Also send each machine's bearing vibration waveform (4,096 samples at 10 kHz,
+    /// f32le, once a minute) with `rpm` and `fs` fields, for queries/vibration/.
+    #[arg(long)]
+    pub waveforms: bool,
 }
 
 impl PlantArgs {
@@ -47,6 +51,7 @@ impl PlantArgs {
             machines: self.machines,
             duration_s: self.sim_seconds,
             failing_fraction: self.failing,
+            waveforms: self.waveforms.then(forewarn_sim::WaveformConfig::default),
             ..Default::default()
         }
     }

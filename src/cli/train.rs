@@ -433,6 +433,7 @@ async fn simulated_features(
         machines: plant.machines,
         sim_seconds: plant.sim_seconds,
         failing: 0.0,
+        waveforms: false,
     }
     .config();
     let mut plant = Plant::new(cfg);

@@ -36,11 +36,11 @@ const CASES: &[(&str, &str, &str)] = &[
     ("connector = 'mqtt', topic = 'o/{device}'", "connector = 'nats', topic = 'o/{device}'", "4:24: sinks publish over MQTT (connector = 'mqtt'); with NATS, point the engine's broker at the NATS server's MQTT listener"),
     ("topic_template = 'w/{device}'", "topic_template = 'w/{machine}'", "3:44: topic_template captures '{machine}', but 'r' has no column 'machine'"),
     ("WATERMARK FOR ts AS ts - INTERVAL '2' SECOND", "WATERMARK FOR ts AS ts + INTERVAL '2' SECOND", "2:3: the watermark must be 'ts' or 'ts - INTERVAL ...', got 'ts + INTERVAL '2' SECOND'"),
-    ("v DOUBLE,", "v DOUBLE, w BLOB,", "1:54: column 'w' has type BLOB, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)"),
+    ("v DOUBLE,", "v DOUBLE, w BLOB,", "1:54: column 'w' has type BLOB, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN, TIMESTAMP or DOUBLE[])"),
     ("topic_template = 'w/{device}'", "topic_template = 'w/{device}', watermark_key = 'dev'", "3:75: watermark_key names column 'dev', which 'r' does not declare"),
     ("topic_template = 'w/{device}'", "topic_template = 'w/{device}', max_skew = '1 minute'", "3:75: max_skew applies to per-key watermarks: add watermark_key = '<column>'"),
     ("topic = 'o/{device}'", "topic = 'o/{device}', false_alert = '1 per device-month'", "4:66: unknown option 'false_alert' for an mqtt sink (allowed: connector, format, topic, device_column, score, warning_at, alarm_at, clear_below, raise_after, clear_after, cooldown, severity, detector, features, warmup, horizon, false_alerts, season); did you mean 'false_alerts'?"),
-    ("topic_template = 'w/{device}'", "topic_template = 'w/{device}', retries = '3'", "3:75: unknown option 'retries' for an mqtt source (allowed: connector, format, topic, topic_template, max_future, watermark_key, max_skew, idle_timeout, late_topic)"),
+    ("topic_template = 'w/{device}'", "topic_template = 'w/{device}', retries = '3'", "3:75: unknown option 'retries' for an mqtt source (allowed: connector, format, topic, topic_template, max_future, watermark_key, max_skew, idle_timeout, late_topic, max_samples)"),
     ("INSERT INTO out", "COPY r TO '/tmp/x.csv';\nINSERT INTO out", "5:6: 'COPY r' is not allowed in a query file: only CREATE TABLE (sources and sinks) and INSERT INTO sink SELECT ... are"),
     ("INSERT INTO out", "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc/passwd';\nINSERT INTO out", "5:23: 'CREATE EXTERNAL TABLE' is not allowed in a query file: declare tables WITH (connector = 'mqtt' | 'file', ...)"),
     ("INSERT INTO out", "CREATE TABLE y AS SELECT * FROM r;\nINSERT INTO out", "5:14: 'CREATE TABLE ... AS SELECT' is not allowed in a query file: declare tables WITH (connector = 'mqtt' | 'file', ...)"),
@@ -83,6 +83,11 @@ const CASES: &[(&str, &str, &str)] = &[
     ("avg(v) AS v", "avg(v) AS v, max(v) FILTER (WHERE v > 1) AS m", "accepted"),
     ("avg(v) AS v", "avg(v) AS v, device", "5:59: SELECT item 4 ('device') has the same output name as item 1: give one of them another name with AS"),
     ("avg(v) AS v", "avg(device) AS v", "5:46: no signature of avg takes (Utf8); its signatures: avg(Decimal), avg(Duration), avg(Float64)"),
+    // The vibration functions check their own arguments.
+    ("avg(v) AS v", "avg(band_rms(v, 100, 10, 20)) AS v", "5:50: band_rms takes band_rms(wave, fs, lo_hz, hi_hz): argument 1 must be a waveform (DOUBLE[]), got Float64"),
+    ("avg(v) AS v", "avg(wave_rms(v, v)) AS v", "5:50: wave_rms takes wave_rms(wave), but got 2 arguments"),
+    ("avg(v) AS v", "max(iso_zone(v, 2)) AS v", "5:50: iso_zone takes iso_zone(velocity_rms_mm_s, machine_class): argument 2 must be a machine class ('I', 'II', 'III', 'IV'), got Int64"),
+    ("avg(v) AS v", "avg(bpfo(v, 9, 7.94, 39.04, 0)) AS v", "accepted"),
 ];
 
 #[tokio::test]

@@ -42,6 +42,7 @@ mod sparkplug;
 mod streaming;
 #[cfg(feature = "tls")]
 mod tls;
+mod vibration;
 #[cfg(all(feature = "webhook", feature = "broker"))]
 mod webhook;
 mod windows;

@@ -74,11 +74,15 @@ pub enum Reason {
     /// A Sparkplug NDEATH whose `bdSeq` is not the current birth's: an older
     /// session's will message, ignored.
     StaleDeath,
+    /// A waveform field holds more samples than the source's `max_samples`.
+    TooManySamples,
+    /// A waveform field is not an array of numbers or a valid encoded waveform object.
+    BadWaveform,
 }
 
 impl Reason {
     /// Every reason, in the order the documentation lists them.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 28] = [
         Reason::NotJson,
         Reason::NotAReading,
         Reason::MissingField,
@@ -105,6 +109,8 @@ impl Reason {
         Reason::UnknownAlias,
         Reason::SeqGap,
         Reason::StaleDeath,
+        Reason::TooManySamples,
+        Reason::BadWaveform,
     ];
 
     /// The code as published and counted, e.g. `"not_json"`.
@@ -136,6 +142,8 @@ impl Reason {
             Reason::UnknownAlias => "unknown_alias",
             Reason::SeqGap => "seq_gap",
             Reason::StaleDeath => "stale_death",
+            Reason::TooManySamples => "too_many_samples",
+            Reason::BadWaveform => "bad_waveform",
         }
     }
 }
@@ -179,7 +187,7 @@ mod tests {
             assert_eq!(r.to_string(), s);
             assert_eq!(s.parse::<Reason>(), Ok(r));
         }
-        assert_eq!(seen.len(), 26);
+        assert_eq!(seen.len(), 28);
     }
 
     #[test]

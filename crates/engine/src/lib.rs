@@ -489,6 +489,7 @@ impl PipelineBuilder {
                 idle_timeout: s.idle_timeout.map(|ms| Duration::from_millis(ms as u64)),
                 late_topic,
                 connector: s.connector.clone(),
+                max_samples: s.max_samples,
             });
         }
         // The store may block (a network store): off the async threads.
@@ -600,6 +601,8 @@ pub struct SourceInfo {
     /// The connector delivering its readings, with its settings (for `connector =
     /// 'nats'`, a [`forewarn_connect::nats::NatsSource`]).
     pub connector: forewarn_connect::ConnectorConfig,
+    /// Samples one waveform (`DOUBLE[]`) value may hold (`max_samples`).
+    pub max_samples: usize,
 }
 
 /// A sink the pipeline's queries write to, for the service that delivers its outputs.

@@ -40,8 +40,34 @@ fn cell(a: &dyn Array, i: usize) -> Value {
             forewarn_core::format_rfc3339(a.as_primitive::<TimestampMillisecondType>().value(i))
                 .into()
         }
+        // A waveform (or any list): a JSON array of its items.
+        DataType::List(_) => {
+            let items = a.as_list::<i32>().value(i);
+            Value::Array((0..items.len()).map(|j| cell(&items, j)).collect())
+        }
         _ => array_value_to_string(a, i)
             .map(Value::String)
             .unwrap_or(Value::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::ListArray;
+    use datafusion::arrow::datatypes::Float64Type;
+
+    use super::*;
+
+    #[test]
+    fn a_waveform_is_a_json_array() {
+        let waves = ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
+            Some(vec![Some(1.5), Some(-2.0)]),
+            None,
+        ]);
+        let a: Arc<dyn Array> = Arc::new(waves);
+        assert_eq!(cell(a.as_ref(), 0), serde_json::json!([1.5, -2.0]));
+        assert_eq!(cell(a.as_ref(), 1), Value::Null);
     }
 }

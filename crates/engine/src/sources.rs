@@ -64,7 +64,8 @@ pub(crate) fn sources_of(p: &Pipeline) -> Vec<Source> {
                 s.template.clone(),
                 p.config.max_payload_bytes,
             )
-            .expect("checked at build");
+            .expect("checked at build")
+            .with_max_samples(s.max_samples);
             Source {
                 name: s.name.clone(),
                 filter: (!s.topic_filter.is_empty()).then(|| s.topic_filter.clone()),

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -15,6 +15,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use crate::{same, DecodeError, TopicTemplate};
 
 mod flat;
+mod wave;
+
+pub use wave::DEFAULT_MAX_SAMPLES;
 
 /// One JSON value, borrowed from the payload where possible.
 #[derive(Debug)]
@@ -25,6 +28,8 @@ enum Scalar<'a> {
     Float(f64),
     Str(Cow<'a, str>),
     Nested(&'static str),
+    /// A waveform column's value: its samples, or why they cannot be taken.
+    Wave(Result<Vec<f64>, DecodeError>),
 }
 
 impl Scalar<'_> {
@@ -35,6 +40,7 @@ impl Scalar<'_> {
             Scalar::Int(_) | Scalar::Float(_) => "a number",
             Scalar::Str(_) => "a string",
             Scalar::Nested(k) => k,
+            Scalar::Wave(_) => "a waveform",
         }
     }
 }
@@ -106,6 +112,8 @@ struct MessageSeed<'a, 'de> {
     builders: &'a [Builder],
     captured: &'a [&'de str],
     now: i64,
+    /// Samples a waveform value may hold (see [`JsonDecoder::with_max_samples`]).
+    max_samples: usize,
     slots: Vec<Option<Scalar<'de>>>,
     parsed: Parsed<'de>,
     /// The column each key position matched last time: a device sends its fields in
@@ -139,6 +147,8 @@ impl<'de> MessageSeed<'_, 'de> {
                 )?
             } else {
                 match self.slots[ci].take() {
+                    // Moved, not copied: a waveform can be 65,536 samples.
+                    Some(Scalar::Wave(w)) => Cell::Wave(w?),
                     Some(v) => convert(&self.builders[ci], &col.name, &v)?,
                     None => Cell::Null,
                 }
@@ -192,6 +202,12 @@ impl<'de> MessageSeed<'_, 'de> {
             let found = self.column_of(pos, k.as_bytes());
             pos += 1;
             match found {
+                Some(ci) if self.columns[ci].wave => {
+                    self.slots[ci] = Some(map.next_value_seed(wave::WaveSeed {
+                        field: &self.columns[ci].name,
+                        max_samples: self.max_samples,
+                    })?)
+                }
                 // A repeated key: the last value counts, as in most JSON readers.
                 Some(ci) => self.slots[ci] = Some(map.next_value::<Scalar<'de>>()?),
                 None => {
@@ -324,6 +340,7 @@ enum Builder {
     Str(StringBuilder),
     Bool(BooleanBuilder),
     Ts(TimestampMillisecondBuilder),
+    Wave(ListBuilder<Float64Builder>),
 }
 
 /// A validated cell, ready to append.
@@ -334,6 +351,7 @@ enum Cell<'a> {
     Str(Cow<'a, str>),
     Bool(bool),
     Ts(i64),
+    Wave(Vec<f64>),
 }
 
 struct Column {
@@ -343,6 +361,8 @@ struct Column {
     topic_capture: Option<usize>,
     /// Filled with the message's arrival time (processing-time sources).
     arrival: bool,
+    /// A waveform (`List<Float64>`) column.
+    wave: bool,
 }
 
 /// A message's working buffers, empty between messages. Their elements borrow from the
@@ -383,7 +403,8 @@ pub struct Rejected {
 /// Decodes JSON messages into a pending Arrow batch with a declared schema.
 ///
 /// Supported column types: `Float64`, `Int64`, `Utf8`, `Boolean`,
-/// `Timestamp(Millisecond)`. Timestamps are epoch milliseconds (numbers) or
+/// `Timestamp(Millisecond)`, and `List<Float64>` for waveforms (a JSON array of
+/// numbers, or `{"encoding": "f32le"|"i16le", "scale": S, "data": "<base64>"}`). Timestamps are epoch milliseconds (numbers) or
 /// RFC 3339 strings. Fields not in the schema are ignored. Captured topic levels
 /// override payload fields of the same name, so a device cannot report as another.
 pub struct JsonDecoder {
@@ -392,7 +413,11 @@ pub struct JsonDecoder {
     builders: Vec<Builder>,
     template: Option<TopicTemplate>,
     max_payload: usize,
+    /// Samples one waveform value may hold.
+    max_samples: usize,
     rows: usize,
+    /// Waveform samples in the pending batch.
+    samples: usize,
     /// Column matched at each key position of the last reading (see `MessageSeed`).
     key_order: Vec<usize>,
     /// Arrival time of the message being decoded, ms.
@@ -417,7 +442,7 @@ impl fmt::Debug for JsonDecoder {
 
 /// A schema the JSON decoder cannot fill.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("column '{column}' has type {data_type}, which JSON sources do not support (use DOUBLE, BIGINT, TEXT, BOOLEAN or TIMESTAMP)")]
+#[error("column '{column}' has type {data_type}, which JSON sources do not support (use DOUBLE, BIGINT, TEXT, BOOLEAN, TIMESTAMP or DOUBLE[])")]
 pub struct UnsupportedColumn {
     /// Column name.
     pub column: String,
@@ -443,6 +468,7 @@ impl JsonDecoder {
                 nullable: f.is_nullable(),
                 topic_capture: captures.iter().position(|c| c == f.name()),
                 arrival: false,
+                wave: matches!(f.data_type(), DataType::List(_)),
             });
             Self::builder_for(f.data_type()).ok_or_else(|| UnsupportedColumn {
                 column: f.name().clone(),
@@ -460,7 +486,9 @@ impl JsonDecoder {
             builders,
             template,
             max_payload,
+            max_samples: DEFAULT_MAX_SAMPLES,
             rows: 0,
+            samples: 0,
             key_order: Vec::new(),
             now: 0,
             spare: Spare::default(),
@@ -479,6 +507,13 @@ impl JsonDecoder {
         self
     }
 
+    /// Caps the samples of one waveform value (default [`DEFAULT_MAX_SAMPLES`]); a
+    /// reading with more is rejected as `too_many_samples`.
+    pub fn with_max_samples(mut self, max_samples: usize) -> Self {
+        self.max_samples = max_samples;
+        self
+    }
+
     fn builder_for(dt: &DataType) -> Option<Builder> {
         Some(match dt {
             DataType::Float64 => Builder::F64(Float64Builder::new()),
@@ -487,6 +522,10 @@ impl JsonDecoder {
             DataType::Boolean => Builder::Bool(BooleanBuilder::new()),
             DataType::Timestamp(TimeUnit::Millisecond, tz) => {
                 Builder::Ts(TimestampMillisecondBuilder::new().with_timezone_opt(tz.clone()))
+            }
+            // The schema's own item field, so the finished array matches it exactly.
+            DataType::List(item) if item.data_type() == &DataType::Float64 => {
+                Builder::Wave(ListBuilder::new(Float64Builder::new()).with_field(item.clone()))
             }
             _ => return None,
         })
@@ -500,6 +539,12 @@ impl JsonDecoder {
     /// Readings buffered since the last [`flush`](Self::flush).
     pub fn buffered_rows(&self) -> usize {
         self.rows
+    }
+
+    /// Waveform samples buffered since the last [`flush`](Self::flush): a batch of
+    /// waveforms weighs by its samples, not its rows.
+    pub fn buffered_samples(&self) -> usize {
+        self.samples
     }
 
     /// Decodes one message and appends its good readings to the pending batch; an
@@ -546,6 +591,7 @@ impl JsonDecoder {
             builders: &self.builders,
             captured: &captured,
             now: self.now,
+            max_samples: self.max_samples,
             slots,
             parsed: Parsed {
                 cells: recycle(std::mem::take(&mut self.spare.cells)),
@@ -579,6 +625,7 @@ impl JsonDecoder {
         out.accepted = accepted;
         out.rejected = rejected;
         let mut next = cells.drain(..);
+        let mut samples = 0;
         for _ in 0..accepted {
             for b in self.builders.iter_mut() {
                 match (b, next.next().expect("a cell per column")) {
@@ -587,11 +634,17 @@ impl JsonDecoder {
                     (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
                     (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
                     (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
+                    (Builder::Wave(b), Cell::Wave(v)) => {
+                        samples += v.len();
+                        b.values().append_slice(&v);
+                        b.append(true);
+                    }
                     (Builder::F64(b), _) => b.append_null(),
                     (Builder::I64(b), _) => b.append_null(),
                     (Builder::Str(b), _) => b.append_null(),
                     (Builder::Bool(b), _) => b.append_null(),
                     (Builder::Ts(b), _) => b.append_null(),
+                    (Builder::Wave(b), _) => b.append_null(),
                 }
             }
         }
@@ -608,6 +661,7 @@ impl JsonDecoder {
             cells,
         };
         self.rows += accepted;
+        self.samples += samples;
         out
     }
 
@@ -617,6 +671,7 @@ impl JsonDecoder {
             return None;
         }
         self.rows = 0;
+        self.samples = 0;
         let arrays: Vec<ArrayRef> = self
             .builders
             .iter_mut()
@@ -627,6 +682,7 @@ impl JsonDecoder {
                     Builder::Str(b) => Arc::new(b.finish()),
                     Builder::Bool(b) => Arc::new(b.finish()),
                     Builder::Ts(b) => Arc::new(b.finish()),
+                    Builder::Wave(b) => Arc::new(b.finish()),
                 }
             })
             .collect();
@@ -682,6 +738,9 @@ fn convert<'a>(b: &Builder, field: &str, v: &Scalar<'a>) -> Result<Cell<'a>, Dec
             },
             _ => return Err(wrong("a timestamp")),
         },
+        // A waveform arrives as `Scalar::Wave` (taken before this); anything else is
+        // a scalar where samples belong.
+        Builder::Wave(_) => return Err(wrong("an array of numbers or an encoded waveform")),
     })
 }
 

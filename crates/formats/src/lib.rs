@@ -10,7 +10,7 @@ mod json;
 mod topic;
 
 use forewarn_core::Reason;
-pub use json::{DecodeOutcome, JsonDecoder, Rejected};
+pub use json::{DecodeOutcome, JsonDecoder, Rejected, DEFAULT_MAX_SAMPLES};
 pub use topic::{filter_matches, filter_problem, TopicTemplate, TopicTemplateError};
 
 /// Why a message or one reading in it was rejected.
@@ -54,6 +54,23 @@ pub enum DecodeError {
         /// The value as received (truncated).
         value: String,
     },
+    /// A waveform holds more samples than the source's `max_samples`.
+    #[error("field '{field}' holds more than {limit} samples")]
+    TooManySamples {
+        /// Field name.
+        field: String,
+        /// The source's `max_samples`.
+        limit: usize,
+    },
+    /// A waveform cannot be read: an element that is not a number, no samples, or an
+    /// encoded object with an unknown encoding, bad base64 or a partial sample.
+    #[error("field '{field}' is not a valid waveform: {why}")]
+    BadWaveform {
+        /// Field name.
+        field: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The topic does not match the source's topic template.
     #[error("topic '{topic}' does not match template '{template}'")]
     TopicMismatch {
@@ -76,6 +93,8 @@ impl DecodeError {
             DecodeError::NonFinite(_) => Reason::NonFinite,
             DecodeError::BadTimestamp { .. } => Reason::BadTimestamp,
             DecodeError::TopicMismatch { .. } => Reason::TopicMismatch,
+            DecodeError::TooManySamples { .. } => Reason::TooManySamples,
+            DecodeError::BadWaveform { .. } => Reason::BadWaveform,
         }
     }
 

@@ -13,8 +13,12 @@
 //! Everything is reproducible from the seed; each machine has its own random stream.
 
 mod eval;
+mod waveform;
 
 pub use eval::{summarize, AlertEvent, Summary};
+pub use waveform::{
+    bearing_waveform, bpfo, EncodedWave, WaveformConfig, BEARING, RESONANCE_HZ, RPM,
+};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -149,6 +153,11 @@ pub struct PlantConfig {
     pub start_ms: i64,
     /// Fraction of machines that develop a failure (0 for healthy training history).
     pub failing_fraction: f64,
+    /// Vibration waveforms of each machine's bearing (`None`: scalar readings only,
+    /// the light default). A waveform rides on the machine's reading every
+    /// `period_s`; it has its own random stream, so the scalar readings are the same
+    /// with or without it.
+    pub waveforms: Option<WaveformConfig>,
 }
 
 impl Default for PlantConfig {
@@ -161,6 +170,7 @@ impl Default for PlantConfig {
             // 2026-01-05T06:00:00Z
             start_ms: 1_767_592_800_000,
             failing_fraction: 0.2,
+            waveforms: None,
         }
     }
 }
@@ -188,6 +198,15 @@ pub struct Reading {
     pub load: f64,
     /// Site ambient temperature, °C.
     pub ambient: f64,
+    /// Shaft speed, rpm (with a waveform only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<f64>,
+    /// The waveform's sample rate, Hz (with a waveform only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<f64>,
+    /// Bearing acceleration waveform, m/s², f32le-encoded (see [`WaveformConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<EncodedWave>,
 }
 
 /// How a nuisance is scheduled: its probability per machine, when it may start
@@ -257,6 +276,8 @@ fn rated(kind: Kind) -> Rated {
 struct Machine {
     truth: MachineTruth,
     rng: ChaCha8Rng,
+    /// The waveforms' own stream.
+    wave_rng: ChaCha8Rng,
     /// Unit-to-unit variation of the rated values.
     unit: [f64; 4],
     load: f64,
@@ -344,6 +365,9 @@ impl Plant {
                 let load = [0.6, 0.75, 0.9][rng.gen_range(0..3)];
                 let temperature = 20.0 + rated(kind).temp_rise * load * unit[1];
                 Machine {
+                    wave_rng: ChaCha8Rng::seed_from_u64(
+                        cfg.seed.wrapping_mul(7_000_003).wrapping_add(i as u64) ^ 0x0a11_ce5e,
+                    ),
                     truth: MachineTruth {
                         device,
                         kind,
@@ -467,6 +491,20 @@ impl Plant {
             // The casing follows its target with a few minutes of thermal lag.
             m.temperature += (temp_target - m.temperature) * (1.0 - (-dt / 240.0).exp());
             let dropout = m.truth.in_nuisance(NuisanceKind::SensorDropout, now);
+            // A bearing waveform every `period_s` while the machine runs.
+            let wave =
+                self.cfg.waveforms.as_ref().filter(|w| {
+                    m.running && (self.tick * self.cfg.period_s) % w.period_s.max(1) == 0
+                });
+            let wave = wave.map(|w| {
+                let defect = if mode == Some(FailureMode::BearingWear) {
+                    s
+                } else {
+                    0.0
+                };
+                let x = bearing_waveform(&mut m.wave_rng, w, load, defect);
+                (w.fs, EncodedWave::f32le(&x))
+            });
             let reading = Reading {
                 device: m.truth.device.clone(),
                 ts: now,
@@ -477,6 +515,9 @@ impl Plant {
                 pressure: (pressure + normal(&mut m.rng, 0.05)).max(0.0),
                 load: (load + normal(&mut m.rng, 0.01)).clamp(0.0, 1.0),
                 ambient,
+                rpm: wave.as_ref().map(|_| RPM),
+                fs: wave.as_ref().map(|(fs, _)| *fs),
+                wave: wave.map(|(_, w)| w),
             };
             // A dropout silences the device; the machine keeps running underneath.
             if !dropout {
@@ -517,6 +558,43 @@ mod tests {
         }
         let c = Plant::new(PlantConfig { seed: 2, ..cfg });
         assert_ne!(a.truth(), c.truth());
+    }
+
+    #[test]
+    fn waveforms_ride_along_without_changing_the_scalar_readings() {
+        use base64::Engine as _;
+        let cfg = PlantConfig {
+            machines: 6,
+            duration_s: 180,
+            ..Default::default()
+        };
+        let mut a = Plant::new(cfg.clone());
+        let mut b = Plant::new(PlantConfig {
+            waveforms: Some(WaveformConfig::default()),
+            ..cfg
+        });
+        let mut waves = 0;
+        while !a.done() {
+            let (ra, rb) = (a.step(), b.step());
+            assert_eq!(ra.len(), rb.len());
+            for ((ta, ra), (tb, mut rb)) in ra.into_iter().zip(rb) {
+                assert_eq!(ta, tb);
+                if let Some(w) = rb.wave.take() {
+                    waves += 1;
+                    assert_eq!((rb.fs, rb.rpm), (Some(10_000.0), Some(RPM)));
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(&w.data)
+                        .unwrap();
+                    assert_eq!((w.encoding.as_str(), bytes.len()), ("f32le", 4096 * 4));
+                    (rb.fs, rb.rpm) = (None, None);
+                }
+                assert_eq!(ra, rb);
+            }
+        }
+        // One a minute per running machine: at 0, 60 and 120 s.
+        assert!((12..=18).contains(&waves), "{waves}");
+        // A 6205 at 1800 rpm.
+        assert!((bpfo(1800.0) - 107.543_545).abs() < 1e-5);
     }
 
     #[test]

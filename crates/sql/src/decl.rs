@@ -61,6 +61,10 @@ pub struct SourceDecl {
     /// The connector delivering its readings (`connector = 'mqtt'`, `'nats'`, ...) with
     /// its own settings.
     pub connector: ConnectorConfig,
+    /// Samples one waveform (`DOUBLE[]`) value may hold (`max_samples`, default
+    /// [`forewarn_formats::DEFAULT_MAX_SAMPLES`]); more is dead-lettered
+    /// `too_many_samples`.
+    pub max_samples: usize,
 }
 
 /// A `CREATE TABLE ... WITH (connector = 'file', path = '...csv')`: a static
@@ -376,7 +380,7 @@ FROM readings GROUP BY tumble(interval '10 seconds'), device;
                 "(connector = 'channel');\nCREATE TABLE out",
                 "(connector = 'channel', retries = '3');\nCREATE TABLE out",
                 (2, 78),
-                "unknown option 'retries' for a channel source (allowed: connector, format, max_future, watermark_key, max_skew, idle_timeout, late_topic)",
+                "unknown option 'retries' for a channel source (allowed: connector, format, max_future, watermark_key, max_skew, idle_timeout, late_topic, max_samples)",
             ),
             (
                 "out WITH (connector = 'channel')",

@@ -85,6 +85,16 @@ pub(crate) fn locate(
     if let Some(rest) = message.split_once(": While expanding wildcard, column \"") {
         return q.ungrouped_column(rest.0, rest.1, functions);
     }
+    // A function's own argument check (the DSP functions'): its words, at the call,
+    // without DataFusion's wrapping and list of candidate signatures.
+    if let Some((_, own)) = message.split_once("coercion failed with: Error during planning: ") {
+        let name = quoted_after(message, "Function '").unwrap_or_default();
+        let own = own.split(". No function matches").next().unwrap_or(own);
+        return match q.calls(&name).as_slice() {
+            [i] => Ok(q.located(*i..*i + 1, own.to_string())),
+            _ => Err(own.to_string()),
+        };
+    }
     if message.contains("failed to match any signature") {
         return q.bad_signature(message);
     }

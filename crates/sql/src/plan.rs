@@ -143,6 +143,9 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
     for udaf in crate::moments::moment_udafs() {
         ctx.register_udaf(udaf);
     }
+    for udf in crate::dsp::dsp_udfs() {
+        ctx.register_udf(udf);
+    }
     ctx
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use forewarn_connect::{Connector, Options, TableContext};
 
 use crate::error::err;
@@ -59,7 +59,8 @@ impl QuerySet {
         };
         let mut fields = Vec::new();
         for c in columns {
-            let dt = map_type(&c.data_type).ok_or_else(|| {
+            // Waveforms come from sources; a reference file holds scalars.
+            let dt = map_type(&c.data_type).filter(|t| !matches!(t, DataType::List(_))).ok_or_else(|| {
                 err(file, text, c.name.span.start, format!("column '{}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.name.value, c.data_type)).with_kind(SqlErrorKind::Type)
             })?;
             fields.push(Field::new(&c.name.value, dt, true));

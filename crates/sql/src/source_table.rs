@@ -82,6 +82,21 @@ impl QuerySet {
         let max_future = interval("max_future")?;
         let idle_timeout = interval("idle_timeout")?;
         let max_skew = interval("max_skew")?;
+        let max_samples = match map.get("max_samples") {
+            None => forewarn_formats::DEFAULT_MAX_SAMPLES,
+            Some((v, at)) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(err(
+                        file,
+                        text,
+                        *at,
+                        format!("max_samples must be a positive whole number, got '{v}'"),
+                    )
+                    .with_kind(SqlErrorKind::Option))
+                }
+            },
+        };
         let watermark_key = get("watermark_key");
         if let Some(k) = &watermark_key {
             if !fields.iter().any(|f| f.name() == k) {
@@ -141,6 +156,7 @@ impl QuerySet {
                 idle_timeout,
                 late_topic: get("late_topic"),
                 connector: config,
+                max_samples,
             },
         );
         Ok(())
@@ -173,7 +189,7 @@ fn source_fields(t: &Table, captures: &[String]) -> Result<Vec<Field>, SqlError>
             .with_kind(SqlErrorKind::Invalid));
         }
         let dt = map_type(&c.data_type).ok_or_else(|| {
-            err(file, text, c.name.span.start, format!("column '{cname}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN or TIMESTAMP)", c.data_type)).with_kind(SqlErrorKind::Type)
+            err(file, text, c.name.span.start, format!("column '{cname}' has type {}, which is not supported (use TEXT, DOUBLE, BIGINT, BOOLEAN, TIMESTAMP or DOUBLE[])", c.data_type)).with_kind(SqlErrorKind::Type)
         })?;
         let not_null = c
             .options

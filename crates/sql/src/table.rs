@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use datafusion::sql::sqlparser::ast::{self, CreateTableOptions, Expr, SqlOption, Value};
 use datafusion::sql::sqlparser::tokenizer::Location;
 use forewarn_connect::{Connector, ConnectorConfig, Options, Pos, Role, TableContext};
@@ -31,6 +31,7 @@ pub(crate) const SOURCE_OPTIONS: &[&str] = &[
     "max_skew",
     "idle_timeout",
     "late_topic",
+    "max_samples",
 ];
 
 /// Options every sink takes, whatever its connector: where it publishes, then its
@@ -388,6 +389,12 @@ pub(crate) fn map_type(t: &ast::DataType) -> Option<DataType> {
         T::BigInt(_) | T::Int(_) | T::Integer(_) | T::Int64 | T::SmallInt(_) => DataType::Int64,
         T::Boolean | T::Bool => DataType::Boolean,
         T::Timestamp(_, _) | T::Datetime(_) => DataType::Timestamp(TimeUnit::Millisecond, None),
+        // A waveform: `DOUBLE[]` (or `ARRAY<DOUBLE>`), samples as float64.
+        T::Array(
+            ast::ArrayElemTypeDef::SquareBracket(e, None) | ast::ArrayElemTypeDef::AngleBracket(e),
+        ) if map_type(e) == Some(DataType::Float64) => {
+            DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)))
+        }
         _ => return None,
     })
 }
@@ -400,6 +407,7 @@ pub(crate) fn sql_type(t: &DataType) -> String {
         DataType::Int64 => "BIGINT".into(),
         DataType::Boolean => "BOOLEAN".into(),
         DataType::Timestamp(..) => "TIMESTAMP".into(),
+        DataType::List(_) => "DOUBLE[]".into(),
         other => other.to_string(),
     }
 }

@@ -4,6 +4,11 @@
 use super::*;
 use crate::latency;
 
+/// Waveform samples a source's micro-batch may hold before it is flushed whatever its
+/// row count: 2 Mi samples (16 MB of f64, 512 waveforms of 4,096), so 4,096 rows of
+/// long waveforms cannot pile up gigabytes before the windows see them.
+const MAX_BATCH_SAMPLES: usize = 1 << 21;
+
 impl Runtime {
     /// Whether source `i` takes a message on `topic` pushed for source `to` (`None`:
     /// routed by topic, to every source whose filter matches; a source without a topic
@@ -93,7 +98,9 @@ impl Runtime {
             if src.decoder.buffered_rows() > 0 && src.pending_since.is_none() {
                 src.pending_since = Some(Instant::now());
             }
-            if src.decoder.buffered_rows() >= self.config.max_batch_rows {
+            if src.decoder.buffered_rows() >= self.config.max_batch_rows
+                || src.decoder.buffered_samples() >= MAX_BATCH_SAMPLES
+            {
                 self.flush_source(i).await?;
             }
         }

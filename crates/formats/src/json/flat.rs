@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use super::{MessageSeed, Scalar};
+use crate::DecodeError;
 
 /// Bytes that end a string on the fast path: the closing quote, and the escape and
 /// control characters it leaves to serde_json.
@@ -178,6 +179,50 @@ impl<'de> Cursor<'de> {
         }
     }
 
+    /// A waveform given as an array of numbers, its `[` already consumed. Anything but
+    /// plain numbers is left to the serde path, which words the rejection the same way.
+    fn samples(&mut self, field: &str, max_samples: usize) -> Option<Scalar<'de>> {
+        let mut samples = Vec::new();
+        let mut count = 0usize;
+        if self.eat(b']').is_none() {
+            loop {
+                if !matches!(self.peek()?, b'-' | b'0'..=b'9') {
+                    return None;
+                }
+                let x = match self.number()? {
+                    Scalar::Int(i) => i as f64,
+                    Scalar::Float(f) => f,
+                    _ => return None,
+                };
+                if count < max_samples {
+                    samples.push(x);
+                }
+                count += 1;
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b']' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        Some(Scalar::Wave(if count > max_samples {
+            Err(DecodeError::TooManySamples {
+                field: field.to_string(),
+                limit: max_samples,
+            })
+        } else if count == 0 {
+            Err(DecodeError::BadWaveform {
+                field: field.to_string(),
+                why: "no samples".into(),
+            })
+        } else {
+            Ok(samples)
+        }))
+    }
+
     /// One reading object, its `{` already consumed, into the seed's slots.
     fn object(&mut self, seed: &mut MessageSeed<'_, 'de>) -> Option<()> {
         seed.slots.iter_mut().for_each(|s| *s = None);
@@ -189,9 +234,16 @@ impl<'de> Cursor<'de> {
             self.eat(b'"')?;
             let key = self.raw_string()?;
             self.eat(b':')?;
-            let value = self.scalar()?;
+            let column = seed.column_of(pos, key);
+            let value = match column {
+                Some(ci) if seed.columns[ci].wave && self.peek()? == b'[' => {
+                    self.i += 1;
+                    self.samples(&seed.columns[ci].name, seed.max_samples)?
+                }
+                _ => self.scalar()?,
+            };
             // A repeated key: the last value counts, as on the serde path.
-            match seed.column_of(pos, key) {
+            match column {
                 Some(ci) => seed.slots[ci] = Some(value),
                 // A key equal to a column name is UTF-8; any other must be checked,
                 // since serde_json refuses one that is not.
