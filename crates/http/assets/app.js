@@ -188,7 +188,13 @@ async function command(action) {
 async function start() {
   try {
     await load();
-    follow();
+    // `?live=0`: a snapshot without the live stream (for headless screenshots: a
+    // browser waiting for the page to settle would wait on the stream forever).
+    if (new URLSearchParams(location.search).get("live") !== "0") follow();
+    else text($("live"), "snapshot");
+    // `#device=ID` opens that device (a link to share, a screenshot to take).
+    const m = location.hash.match(/^#device=(.+)$/);
+    if (m) await show(decodeURIComponent(m[1]));
   } catch (e) {
     text($("live"), String(e.message || e));
   }

@@ -68,19 +68,20 @@ pub(crate) async fn events(State(st): State<AppState>, Query(q): Query<Since>) -
     let f = fleet(&st).clone();
     let mut tick = tokio::time::interval(UPDATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stream = futures::stream::unfold((f, q.since, tick), |(f, mut since, mut tick)| async move {
-        loop {
-            tick.tick().await;
-            let c = f.changes(since);
-            since = c.seq;
-            if !c.devices.is_empty() {
-                let rows: Vec<_> = c.devices.iter().map(delta_row).collect();
-                let data = json!({"seq": c.seq, "u": rows}).to_string();
-                let ev = Event::default().event("delta").data(data);
-                return Some((Ok::<_, Infallible>(ev), (f, since, tick)));
+    let stream =
+        futures::stream::unfold((f, q.since, tick), |(f, mut since, mut tick)| async move {
+            loop {
+                tick.tick().await;
+                let c = f.changes(since);
+                since = c.seq;
+                if !c.devices.is_empty() {
+                    let rows: Vec<_> = c.devices.iter().map(delta_row).collect();
+                    let data = json!({"seq": c.seq, "u": rows}).to_string();
+                    let ev = Event::default().event("delta").data(data);
+                    return Some((Ok::<_, Infallible>(ev), (f, since, tick)));
+                }
             }
-        }
-    });
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -112,10 +113,6 @@ pub(crate) async fn command(
             Json(json!({"status": "sent", "device": id})),
         )
             .into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopped",
-            e.to_string(),
-        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string()),
     }
 }

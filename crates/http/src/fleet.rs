@@ -90,7 +90,13 @@ pub struct WindowView {
 }
 
 impl WindowView {
-    fn of(query: &str, start: Timestamp, end: Timestamp, score: Option<f64>, features: &Map<String, Value>) -> Self {
+    fn of(
+        query: &str,
+        start: Timestamp,
+        end: Timestamp,
+        score: Option<f64>,
+        features: &Map<String, Value>,
+    ) -> Self {
         let mut features = features.clone();
         let explanation = match features.remove("explanation") {
             Some(Value::String(e)) => Some(e),
@@ -268,7 +274,9 @@ struct Device {
 impl Device {
     fn shown(&self, now: i64, offline_ms: i64) -> Shown {
         let h = self.health.as_ref();
-        if h.and_then(|h| h.silenced_until).is_some_and(|u| u.as_millis() > now) {
+        if h.and_then(|h| h.silenced_until)
+            .is_some_and(|u| u.as_millis() > now)
+        {
             return Shown::Silenced;
         }
         if now - self.heard > offline_ms {
@@ -363,7 +371,9 @@ impl State {
     fn apply(&mut self, o: &Output, now: i64) {
         match o {
             Output::Alert { alert, .. } => {
-                let Some(d) = self.device(&alert.device, now) else { return };
+                let Some(d) = self.device(&alert.device, now) else {
+                    return;
+                };
                 d.take_labels(&alert.features);
                 let view = view_of(alert);
                 d.window(view.clone());
@@ -382,7 +392,9 @@ impl State {
                 self.settle(&alert.device, now);
             }
             Output::Transition { message: m, .. } => {
-                let Some(d) = self.device(&m.device, now) else { return };
+                let Some(d) = self.device(&m.device, now) else {
+                    return;
+                };
                 let last = m.windows.last();
                 let window = WindowView::of(
                     &m.rule,
@@ -411,7 +423,9 @@ impl State {
                 self.settle(&m.device, now);
             }
             Output::State { state, .. } => {
-                let Some(d) = self.device(&state.device, now) else { return };
+                let Some(d) = self.device(&state.device, now) else {
+                    return;
+                };
                 d.health = Some(state.clone());
                 self.settle(&state.device, now);
             }
@@ -421,7 +435,9 @@ impl State {
     }
 
     fn observe(&mut self, w: &Alert, now: i64) {
-        let Some(d) = self.device(&w.device, now) else { return };
+        let Some(d) = self.device(&w.device, now) else {
+            return;
+        };
         d.take_labels(&w.features);
         d.window(view_of(w));
         self.settle(&w.device, now);
@@ -667,7 +683,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let c2 = f.changes(c.seq);
         assert_eq!(
-            c2.devices.iter().map(|d| (d.device.as_str(), d.state)).collect::<Vec<_>>(),
+            c2.devices
+                .iter()
+                .map(|d| (d.device.as_str(), d.state))
+                .collect::<Vec<_>>(),
             [("a", Shown::Offline), ("b", Shown::Offline)]
         );
         assert!(f.changes(c2.seq).devices.is_empty());

@@ -29,7 +29,10 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 /// `/`, `/app.js` and `/app.css`.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
