@@ -557,3 +557,53 @@ async fn browser(addr: SocketAddr) {
     let png = std::fs::read(artifacts().join("health-page.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+/// Figures for docs/operations.md (run by hand: `cargo test --test integration --
+/// --ignored health_page::figures --nocapture`): the bytes of the fleet list with
+/// 10,000 devices and of a live update where 100 of them changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn figures() {
+    let fleet = Fleet::new(20_000);
+    let window = |d: &str, end: i64, score: f64| forewarn::Alert {
+        schema_version: 1,
+        alert_id: String::new(),
+        query: "q".into(),
+        device: d.into(),
+        window_start: forewarn::Timestamp::from_millis(end - 60_000),
+        window_end: forewarn::Timestamp::from_millis(end),
+        score: Some(score),
+        model: None,
+        features: serde_json::from_value(
+            json!({"site": "north", "line": "l1", "vibration_floor": 1.5}),
+        )
+        .unwrap(),
+    };
+    for i in 0..10_000 {
+        fleet.observe(&window(&format!("pump-{i:05}"), common::BASE, 0.3));
+    }
+    let (h, _outputs) = common::pipeline().await.start();
+    let server = HttpServer::new(h, "127.0.0.1:0".parse().unwrap())
+        .queries(["q"])
+        .fleet(fleet.clone())
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let (seq, _) = fleet.devices();
+    for i in 0..100 {
+        fleet.observe(&window(
+            &format!("pump-{:05}", i * 100),
+            common::BASE + 60_000,
+            1.7,
+        ));
+    }
+    let (_, full) = request(addr, "GET", "/api/devices", None, "").await;
+    let ev = first_event(addr, &format!("/api/events?since={seq}")).await;
+    eprintln!(
+        "GET /api/devices: {} bytes for 10000 devices; one update of 100 changed devices: {} bytes of JSON data",
+        full.len(),
+        ev.to_string().len()
+    );
+    server.stop().await;
+}
