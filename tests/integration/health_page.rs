@@ -46,7 +46,11 @@ const WINDOWS: i64 = 6;
 const TOKEN: &str = "page-s3cret";
 
 fn device(i: usize) -> (String, &'static str, &'static str) {
-    let site = if i % 2 == 0 { "north" } else { "south" };
+    let site = if i.is_multiple_of(2) {
+        "north"
+    } else {
+        "south"
+    };
     let line = ["l1", "l2", "l3"][i % 3];
     (format!("dev-{i:02}"), site, line)
 }
