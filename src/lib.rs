@@ -20,8 +20,9 @@ pub use forewarn_engine::{
     blocking, split_by_sink, verify_checkpoint, Ack, Alert, BatchError, CheckpointConfig,
     CheckpointError, CheckpointStore, DeadLetter, Delivery, DeviceState, DirStore, EngineConfig,
     EngineError, EngineStats, Envelope, Model, ModelRegistry, Output, OutputPolicy, Pipeline,
-    PipelineBuilder, PipelineHandle, Reason, ResumePoint, SinkInfo, SinkOutputs, SourceGauges,
-    SourceInfo, StreamError, Timestamp, TopicTemplate, TransitionMessage, WindowRow,
+    PipelineBuilder, PipelineHandle, QueryInfo, Reason, ResumePoint, SinkInfo, SinkOutputs,
+    SourceGauges, SourceInfo, StreamError, Timestamp, TopicTemplate, TransitionMessage,
+    WindowObserver, WindowRow,
 };
 // What the public fields and signatures of outputs and lifecycles name.
 pub use forewarn_alerts::{

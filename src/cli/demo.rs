@@ -32,6 +32,9 @@ const SHIPPED_MODELS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Where the demo serves its health page unless told otherwise.
+const DEFAULT_HTTP: &str = "127.0.0.1:9464";
+
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Wall-clock seconds the demo runs (the simulated span, --sim-seconds, is compressed
@@ -53,10 +56,14 @@ pub struct DemoArgs {
     /// Print only the summary, not each alert.
     #[arg(long)]
     pub quiet: bool,
-    /// Serve /metrics, /healthz and /readyz on this loopback address while the demo
-    /// runs, e.g. 127.0.0.1:9464.
+    /// Serve the device-health page (/), its API (/api), /metrics, /healthz and /readyz
+    /// on this loopback address while the demo runs [default: 127.0.0.1:9464, or a
+    /// free port when that one is taken].
     #[arg(long, value_name = "IP:PORT")]
     http: Option<std::net::SocketAddr>,
+    /// Do not start the HTTP listener.
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
     #[command(flatten)]
     plant: PlantArgs,
 }
@@ -86,8 +93,18 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The health page's view of the fleet, fed only while the listener serves it.
+    let cfg = forewarn::EngineConfig::default();
+    let fleet = (!a.no_http).then(|| forewarn::http::Fleet::new(cfg.max_devices));
+    b = b.config(forewarn::EngineConfig {
+        window_observer: fleet.as_ref().map(|f| f.window_observer()),
+        ..cfg
+    });
     // Loaded first: a wrong query file fails before anything starts.
     let pipeline = b.build().await?;
+    if let Some(f) = &fleet {
+        f.describe(&pipeline);
+    }
 
     let url = match &a.broker {
         Some(u) => {
@@ -144,18 +161,31 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         pipeline,
         &url,
         &mqtt::RunOptions::new("forewarn-engine"),
-        None,
+        fleet.as_ref().map(|f| f.tap()),
     )
     .await?;
-    let http = match a.http {
-        Some(addr) => {
+    let http = match fleet {
+        Some(fleet) => {
             let status = running.broker_status();
-            let h = forewarn::http::HttpServer::new(running.handle().clone(), addr)
-                .queries(queries_loaded)
-                .broker(move || status.connected())
-                .start()
-                .await?;
-            println!("http: http://{} (/metrics, /healthz, /readyz)", h.addr());
+            let server = |addr| {
+                let status = status.clone();
+                forewarn::http::HttpServer::new(running.handle().clone(), addr)
+                    .queries(queries_loaded.clone())
+                    .broker(move || status.connected())
+                    .fleet(fleet.clone())
+            };
+            let h = match a.http {
+                Some(addr) => server(addr).start().await?,
+                // The default port, or any free one when another program holds it.
+                None => match server(DEFAULT_HTTP.parse()?).start().await {
+                    Ok(h) => h,
+                    Err(_) => server("127.0.0.1:0".parse()?).start().await?,
+                },
+            };
+            println!(
+                "health page: http://{}/   (also /api/devices, /metrics, /healthz, /readyz)",
+                h.addr()
+            );
             Some(h)
         }
         None => None,

@@ -171,10 +171,22 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         c.confirm_outputs = true;
         cfg.checkpoint = Some(c);
     }
+    // The health page's view of the fleet, fed only while the listener serves it.
+    let fleet = fc
+        .http
+        .listen
+        .is_some()
+        .then(|| forewarn::http::Fleet::new(cfg.max_devices));
+    if let Some(f) = &fleet {
+        cfg.window_observer = Some(f.window_observer());
+    }
     let pipeline = builder(&queries, models.as_deref())
         .config(cfg)
         .build()
         .await?;
+    if let Some(f) = &fleet {
+        f.describe(&pipeline);
+    }
     tracing::info!(broker = %url, client_id = %client, queries = ?pipeline.query_names(), "starting");
     let mut opts = mqtt::RunOptions::new(&client);
     opts.max_outbox = fc.mqtt.max_outbox.max(1);
@@ -196,7 +208,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .dir
         .is_some()
         .then(|| Duration::from_millis(fc.checkpoint.interval_ms));
-    let running = mqtt::start(pipeline, &url, &opts, None).await?;
+    let tap = fleet.as_ref().map(|f| f.tap());
+    let running = mqtt::start(pipeline, &url, &opts, tap).await?;
     let http = match fc.http.listen_addr()? {
         Some(addr) => {
             let token = forewarn::http::read_token(
@@ -227,8 +240,14 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             if let Some(i) = checkpoint_interval {
                 server = server.checkpoint_interval(i);
             }
+            if let Some(f) = fleet {
+                server = server.fleet(f);
+            }
             let h = server.start().await?;
-            eprintln!("http: http://{} (/metrics, /healthz, /readyz)", h.addr());
+            eprintln!(
+                "http: http://{} (health page at /, /api, /metrics, /healthz, /readyz)",
+                h.addr()
+            );
             Some(h)
         }
         None => None,

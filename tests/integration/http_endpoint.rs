@@ -573,7 +573,9 @@ async fn forewarn_run_serves_the_configured_listener() {
     let _broker = start_mosquitto_conf(&bin, port, &conf).expect("mosquitto starts");
     let engine = forewarn_run(&dir, port, &[], "engine.log");
     let log = dir.join("engine.log");
-    let printed = format!("http: http://127.0.0.1:{http_port} (/metrics, /healthz, /readyz)");
+    let printed = format!(
+        "http: http://127.0.0.1:{http_port} (health page at /, /api, /metrics, /healthz, /readyz)"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&printed)) {
         assert!(

@@ -20,6 +20,8 @@ mod crash;
 mod differential;
 mod event_time;
 mod fuzz_decoders;
+#[cfg(all(feature = "http", feature = "broker"))]
+mod health_page;
 #[cfg(all(feature = "http", feature = "mqtt"))]
 mod http_endpoint;
 mod library;

@@ -50,6 +50,7 @@ mod envelope;
 mod handle;
 mod health;
 mod latency;
+mod observer;
 mod outputs;
 mod rows;
 mod runtime;
@@ -83,6 +84,7 @@ pub use forewarn_stream::StreamError;
 pub use handle::PipelineHandle;
 pub(crate) use handle::{Input, Route};
 pub use latency::LatencyHistograms;
+pub use observer::WindowObserver;
 use serde::{Deserialize, Serialize};
 pub use settings::{CheckpointSettings, EngineSettings};
 pub use split::{split_by_sink, SinkOutputs};
@@ -194,6 +196,9 @@ pub struct EngineConfig {
     /// ([`OutputPolicy::Block`], the default) or drop the oldest, counted
     /// ([`OutputPolicy::DropOldest`]).
     pub output_policy: OutputPolicy,
+    /// Called with every scored window of a rule with a lifecycle (see
+    /// [`WindowObserver`]); `None` (the default) for none.
+    pub window_observer: Option<WindowObserver>,
 }
 
 impl Default for EngineConfig {
@@ -215,6 +220,7 @@ impl Default for EngineConfig {
             max_state_bytes: 1 << 30,
             window_rows: false,
             output_policy: OutputPolicy::Block,
+            window_observer: None,
         }
     }
 }
@@ -620,6 +626,19 @@ pub struct SinkInfo {
     pub queries: Vec<String>,
 }
 
+/// A query as [`Pipeline::query_infos`] describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueryInfo {
+    /// Query name.
+    pub name: String,
+    /// The source table it reads.
+    pub source: String,
+    /// The sink table it writes to.
+    pub sink: String,
+    /// The models it calls.
+    pub models: Vec<String>,
+}
+
 /// A planned pipeline, ready to start.
 pub struct Pipeline {
     config: EngineConfig,
@@ -732,6 +751,19 @@ impl Pipeline {
     /// threshold resolved (from a `false_alerts` rate where one gives it).
     pub fn lifecycles(&self) -> BTreeMap<String, forewarn_alerts::LifecycleSpec> {
         self.lifecycles.clone()
+    }
+
+    /// Each query's source table, sink table and the models it calls.
+    pub fn query_infos(&self) -> Vec<QueryInfo> {
+        self.queries
+            .iter()
+            .map(|q| QueryInfo {
+                name: q.name.clone(),
+                source: q.source.clone(),
+                sink: q.sink.clone(),
+                models: q.models.clone(),
+            })
+            .collect()
     }
 
     /// Names of the queries.

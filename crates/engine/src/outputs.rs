@@ -209,6 +209,17 @@ impl Publisher {
                 "score" => alert.score,
                 c => alert.features.get(c).and_then(|v| v.as_f64()),
             };
+            if let Some(o) = &cfg.window_observer {
+                // With the score the lifecycle judges (a copy only when that is
+                // another column).
+                if alert.score == score {
+                    o.observe(&alert);
+                } else {
+                    let mut row = alert.clone();
+                    row.score = score;
+                    o.observe(&row);
+                }
+            }
             if cfg.window_rows {
                 // The row with the score the lifecycle judges, whatever its column.
                 let mut row = alert.clone();

@@ -8,10 +8,19 @@
 //! * `/readyz`: `200` when every check passes, `503` otherwise, with a JSON body
 //!   listing each check and why it fails ([`Readiness`]).
 //!
-//! With a bearer token every endpoint but `/healthz` requires `Authorization: Bearer
-//! TOKEN`; a listener on a non-loopback address refuses to start without one.
+//! With a [`Fleet`] ([`HttpServer::fleet`]) it also serves the read-only JSON API
+//! under `/api` (see [`api`]), its live stream of changes, operator commands, and the
+//! device-health page at `/` (see [`page`]).
+//!
+//! With a bearer token every endpoint but `/healthz` and the page's static files
+//! requires `Authorization: Bearer TOKEN` (the live stream `/api/events` also takes it
+//! as `?token=`: a browser's `EventSource` cannot set headers); a listener on a
+//! non-loopback address refuses to start without one.
 
+pub mod api;
 mod exporter;
+pub mod fleet;
+pub mod page;
 mod ready;
 
 use std::net::SocketAddr;
@@ -23,12 +32,13 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use forewarn_engine::PipelineHandle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use fleet::Fleet;
 pub use ready::{Check, Readiness, CHECKPOINT_STALE_INTERVALS};
 
 /// Why the listener cannot start.
@@ -104,6 +114,7 @@ pub struct HttpServer {
     broker: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
     checkpoint_interval: Option<Duration>,
     extras: Vec<ExtraCounter>,
+    fleet: Option<Fleet>,
 }
 
 impl HttpServer {
@@ -118,7 +129,15 @@ impl HttpServer {
             broker: None,
             checkpoint_interval: None,
             extras: Vec::new(),
+            fleet: None,
         }
+    }
+
+    /// Serves `fleet` as the JSON API under `/api` and the device-health page at `/`
+    /// (feed it with [`Fleet::tap`] and [`Fleet::window_observer`]).
+    pub fn fleet(mut self, fleet: Fleet) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Requires `Authorization: Bearer TOKEN` on every endpoint but `/healthz`.
@@ -199,6 +218,7 @@ impl HttpServer {
             broker: self.broker,
             tracker,
             extras: self.extras,
+            fleet: self.fleet,
         });
         // Checkpoints are seen between scrapes too, so their age does not depend on
         // how often /readyz is asked.
@@ -213,14 +233,29 @@ impl HttpServer {
                 }
             })
         });
+        let has_fleet = inner.fleet.is_some();
         let state = AppState(inner);
-        let app = Router::new()
+        let mut protected = Router::new()
             .route("/metrics", get(metrics))
-            .route("/readyz", get(readyz))
+            .route("/readyz", get(readyz));
+        if has_fleet {
+            protected = protected
+                .route("/api/queries", get(api::queries))
+                .route("/api/devices", get(api::devices))
+                .route("/api/devices/:id", get(api::device))
+                .route("/api/devices/:id/command", post(api::command))
+                .route("/api/events", get(api::events));
+        }
+        let mut app = protected
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth))
             // Liveness stays open: a supervisor needs no token to see the process runs.
-            .route("/healthz", get(healthz))
-            .with_state(state);
+            .route("/healthz", get(healthz));
+        if has_fleet {
+            // The page's static files hold no data: they load without a token and ask
+            // for it when the API answers 401.
+            app = app.merge(page::routes());
+        }
+        let app = app.with_state(state);
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let shutdown = async {
@@ -233,7 +268,7 @@ impl HttpServer {
                 tracing::error!(error = %e, "http listener failed");
             }
         });
-        tracing::info!(%addr, "http listener: /metrics, /healthz, /readyz");
+        tracing::info!(%addr, page = has_fleet, "http listener: /metrics, /healthz, /readyz");
         Ok(RunningHttp {
             addr,
             shutdown: Some(tx),
@@ -293,6 +328,7 @@ struct Inner {
     broker: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
     tracker: Option<Mutex<ready::CheckpointTracker>>,
     extras: Vec<ExtraCounter>,
+    fleet: Option<Fleet>,
 }
 
 impl Inner {
@@ -343,12 +379,27 @@ fn same_token(given: &[u8], token: &[u8]) -> bool {
     diff == 0
 }
 
+/// The `token` query parameter's value (percent-decoded), for the live stream.
+fn query_token(req: &Request) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct T {
+        token: Option<String>,
+    }
+    let t = axum::extract::Query::<T>::try_from_uri(req.uri()).ok()?.0;
+    t.token.map(String::into_bytes)
+}
+
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.0.token {
+        // EventSource cannot set headers: the live stream alone takes `?token=`.
+        let from_query = (req.uri().path() == "/api/events")
+            .then(|| query_token(&req))
+            .flatten();
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .or(from_query.as_deref());
         let detail = match given {
             None => "missing bearer token: send Authorization: Bearer TOKEN",
             Some(g) if !same_token(g, token) => "wrong bearer token",
