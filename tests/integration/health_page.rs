@@ -465,7 +465,12 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// Runs headless Chromium with `args`, killed after 60 s. Its output goes to files, not
+/// pipes: a DOM dump larger than a pipe's buffer would block the browser on writing while
+/// nobody reads it.
 fn headless(bin: &PathBuf, profile: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out_path = profile.with_extension(format!("{}.out", std::process::id()));
+    let err_path = profile.with_extension(format!("{}.err", std::process::id()));
     let mut child = std::process::Command::new(bin)
         .args([
             "--headless",
@@ -480,8 +485,8 @@ fn headless(bin: &PathBuf, profile: &std::path::Path, args: &[&str]) -> std::pro
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("chromium runs");
     // Never hang the suite on a browser that does not stop.
@@ -493,7 +498,15 @@ fn headless(bin: &PathBuf, profile: &std::path::Path, args: &[&str]) -> std::pro
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.wait_with_output().unwrap()
+    let status = child.wait().unwrap();
+    let output = std::process::Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    };
+    let _ = std::fs::remove_file(out_path);
+    let _ = std::fs::remove_file(err_path);
+    output
 }
 
 /// The page in headless Chromium: the DOM has one cell per device, the failing one in
@@ -609,5 +622,147 @@ async fn figures() {
         full.len(),
         ev.to_string().len()
     );
+    // Load time in headless Chromium: the page with 10,000 devices against the same page
+    // with none, same browser, same run, alternated (the machine is shared and noisy):
+    // the difference is what the fleet costs to fetch, build and lay out.
+    if let Some(bin) = chromium() {
+        let (h0, _o0) = common::pipeline().await.start();
+        let empty = HttpServer::new(h0, "127.0.0.1:0".parse().unwrap())
+            .queries(["q"])
+            .fleet(Fleet::new(10))
+            .start()
+            .await
+            .unwrap();
+        let (big, small) = (
+            format!("http://{addr}/?live=0"),
+            format!("http://{}/?live=0", empty.addr()),
+        );
+        let (t_big, t_small, cells) = tokio::task::spawn_blocking(move || {
+            let profile = artifacts().join("profile-figures");
+            let (mut t_big, mut t_small, mut cells) = (Vec::new(), Vec::new(), 0);
+            for _ in 0..3 {
+                for (url, times) in [(&big, &mut t_big), (&small, &mut t_small)] {
+                    let t = std::time::Instant::now();
+                    let out = headless(&bin, &profile, &["--dump-dom", url]);
+                    times.push(t.elapsed().as_secs_f64());
+                    if std::ptr::eq(url, &big) {
+                        cells = String::from_utf8_lossy(&out.stdout)
+                            .matches("class=\"dev ")
+                            .count();
+                    }
+                }
+            }
+            t_big.sort_by(f64::total_cmp);
+            t_small.sort_by(f64::total_cmp);
+            (t_big[1], t_small[1], cells)
+        })
+        .await
+        .unwrap();
+        eprintln!(
+            "headless Chromium --dump-dom, median of 3: {t_big:.2} s with 10000 devices ({cells} cells in the DOM), {t_small:.2} s with none: the fleet adds {:.2} s",
+            t_big - t_small
+        );
+        empty.stop().await;
+    }
     server.stop().await;
+    // The engine's extra CPU for the page: the same input (10,000 devices, one reading
+    // every second for 20 s: two windows each) through a pipeline alone, and through one
+    // feeding a fleet view (window observer and output tap) with the page's live stream
+    // open, alternated three times; CPU time of this process (user + system).
+    let mut alone = Vec::new();
+    let mut with_page = Vec::new();
+    for _ in 0..3 {
+        for page in [false, true] {
+            let cpu = cpu_seconds();
+            feed_fleet(page).await;
+            let used = cpu_seconds() - cpu;
+            if page {
+                with_page.push(used)
+            } else {
+                alone.push(used)
+            }
+        }
+    }
+    alone.sort_by(f64::total_cmp);
+    with_page.sort_by(f64::total_cmp);
+    eprintln!(
+        "CPU for 200,000 readings of 10,000 devices, median of 3: {:.2} s alone, {:.2} s with the fleet view and a live page: {:.1} % more",
+        alone[1],
+        with_page[1],
+        100.0 * (with_page[1] / alone[1] - 1.0)
+    );
+}
+
+/// This process's CPU time so far (user + system), seconds, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Pushes 20 s of readings of 10,000 devices through the scenario's queries; with `page`,
+/// into a fleet view served with one live stream open and read.
+async fn feed_fleet(page: bool) {
+    let fleet = Fleet::new(20_000);
+    let p = Pipeline::builder()
+        .query_sql("page.sql", SQL)
+        .model(common::model())
+        .config(EngineConfig {
+            window_observer: page.then(|| fleet.window_observer()),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let (h, mut rx) = p.start();
+    let tap = page.then(|| fleet.tap());
+    let drain = tokio::spawn(async move {
+        while let Some(o) = rx.recv().await {
+            if let Some(t) = &tap {
+                let _ = t.send(o).await;
+            }
+        }
+    });
+    let server = if page {
+        let s = HttpServer::new(h.clone(), "127.0.0.1:0".parse().unwrap())
+            .queries(["q"])
+            .fleet(fleet.clone())
+            .start()
+            .await
+            .unwrap();
+        let addr = s.addr();
+        let reader = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 65536];
+            while c.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        Some((s, reader))
+    } else {
+        None
+    };
+    for s in 0..20i64 {
+        for d in 0..10_000 {
+            let body = format!(r#"{{"ts":{},"v":1.0,"t":50.5}}"#, common::BASE + s * 1000);
+            h.push_json(
+                &format!("plant/north/l{}/pump-{d:05}/data", d % 3),
+                body.into_bytes(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    h.finish().await.unwrap();
+    drop(h);
+    drain.await.unwrap();
+    if let Some((s, reader)) = server {
+        // One more tick of the live stream, then stop.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        reader.abort();
+        s.stop().await;
+    }
 }

@@ -535,7 +535,11 @@ async fn envelope_warns_of_bearing_wear_before_rms_and_kurtosis_of_the_same_wave
                 .get(&m.device)
                 .and_then(|w| w.iter().find(|(_, v)| v[f] > threshold[f]))
                 .map(|(end, _)| *end);
-            match m.failure.as_ref().filter(|x| x.mode == FailureMode::BearingWear) {
+            match m
+                .failure
+                .as_ref()
+                .filter(|x| x.mode == FailureMode::BearingWear)
+            {
                 Some(x) => match first {
                     Some(t) if t < x.onset_ms => false_alerts += 1,
                     Some(t) => leads.push(x.failure_ms - t),
