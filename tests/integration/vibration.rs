@@ -436,14 +436,11 @@ FROM vibration WHERE wave IS NOT NULL
 GROUP BY tumble(interval '5 minutes'), device;
 ";
 
-/// The features of every window of a one-hour, 12-machine fleet with waveforms:
-/// (truth, device → [(window end, feature → value)]).
-async fn fleet_features(
-    seed: u64,
-) -> (
-    forewarn_sim::Truth,
-    BTreeMap<String, Vec<(i64, BTreeMap<String, f64>)>>,
-) {
+/// Device → its windows in time order: (window end, feature → value).
+type FleetWindows = BTreeMap<String, Vec<(i64, BTreeMap<String, f64>)>>;
+
+/// The features of every window of a one-hour, 12-machine fleet with waveforms.
+async fn fleet_features(seed: u64) -> (forewarn_sim::Truth, FleetWindows) {
     use forewarn_sim::{Plant, PlantConfig, WaveformConfig};
     let p = Pipeline::builder()
         .query_sql("compare.sql", COMPARE_SQL)
@@ -471,7 +468,7 @@ async fn fleet_features(
     }
     h.finish().await.unwrap();
     drop(h);
-    let mut out: BTreeMap<String, Vec<(i64, BTreeMap<String, f64>)>> = BTreeMap::new();
+    let mut out = FleetWindows::new();
     while let Some(o) = rx.recv().await {
         if let Output::Row { row, .. } = o {
             let f = row
