@@ -51,6 +51,14 @@ impl Runtime {
         for o in snap.outbox {
             self.emit(o).await;
         }
+        // Every restored device's state, after the outputs in flight (which may hold an
+        // older one): what a subscriber sees as retained is unchanged, and a view built
+        // from the outputs (the health page) knows the fleet, silences included, before
+        // the next window closes.
+        for state in self.health.saved_states().into_values() {
+            let topic = format!("{}/state/{}", self.config.topic_prefix, state.device);
+            self.emit(Output::State { topic, state }).await;
+        }
         Ok(())
     }
 
