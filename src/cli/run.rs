@@ -244,10 +244,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 server = server.fleet(f);
             }
             let h = server.start().await?;
-            eprintln!(
-                "http: http://{} (health page at /, /api, /metrics, /healthz, /readyz)",
-                h.addr()
-            );
+            let what = "health page at /, /api, /metrics, /healthz, /readyz";
+            if super::json_logs() {
+                tracing::info!(address = %h.addr(), "http listener: {what}");
+            } else {
+                eprintln!("http: http://{} ({what})", h.addr());
+            }
             Some(h)
         }
         None => None,

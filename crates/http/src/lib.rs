@@ -389,6 +389,13 @@ fn query_token(req: &Request) -> Option<Vec<u8>> {
     t.token.map(String::into_bytes)
 }
 
+/// The credentials of an `Authorization: Bearer TOKEN` header; the scheme's name is
+/// case-insensitive (RFC 9110, 11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+}
+
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.0.token {
         // EventSource cannot set headers: the live stream alone takes `?token=`.
@@ -398,7 +405,7 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|v| bearer(v.as_bytes()))
             .or(from_query.as_deref());
         let detail = match given {
             None => "missing bearer token: send Authorization: Bearer TOKEN",
@@ -457,5 +464,15 @@ mod tests {
         assert!(!same_token(b"s3cretx", b"s3cret"));
         assert!(!same_token(b"S3cret", b"s3cret"));
         assert!(!same_token(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        assert_eq!(bearer(b"Bearer s3cret"), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(b"bearer s3cret"), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(b"BEARER S3cret"), Some(&b"S3cret"[..]));
+        assert_eq!(bearer(b"Basic s3cret"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearers3cret"), None);
     }
 }
