@@ -247,3 +247,50 @@ async fn an_mqtt5_subscriber_sees_content_type_ids_and_expiry() {
         1
     );
 }
+
+/// A publish the broker refuses (an ACL without write access) comes back with its
+/// reason code under MQTT 5: counted (and logged); 3.1.1 cannot tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_is_counted_with_mqtt5() {
+    use common::mosquitto::start_mosquitto_conf;
+    use forewarn::mqtt::{MqttSink, QoS};
+    use std::sync::atomic::Ordering;
+    let Some(bin) = mosquitto_binary() else {
+        eprintln!("SKIPPED: mosquitto is not installed; .ci/run installs it");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("forewarn-mqtt5-acl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = common::free_port();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic read ro/#\ntopic readwrite rw/#\n").unwrap();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\n",
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let _broker = start_mosquitto_conf(&bin, port, &conf).expect("mosquitto starts");
+    let url = BrokerUrl::new("127.0.0.1", port);
+    for (version, want) in [(MqttVersion::V5, 1), (MqttVersion::V311, 0)] {
+        let mut sink = MqttSink::start_with(
+            url.clone(),
+            &format!("acl-{version:?}"),
+            QoS::AtLeastOnce,
+            true,
+            version,
+        );
+        sink.wait_connected(Duration::from_secs(10)).await.unwrap();
+        sink.publish("ro/x", b"{}".to_vec(), false).await.unwrap();
+        sink.publish("rw/x", b"{}".to_vec(), false).await.unwrap();
+        sink.flush(Duration::from_secs(10)).await.unwrap();
+        let st = sink.stats();
+        assert_eq!(st.acked.load(Ordering::Relaxed), 2, "{version:?}");
+        assert_eq!(st.refused.load(Ordering::Relaxed), want, "{version:?}");
+        sink.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
