@@ -88,7 +88,7 @@ pub(crate) enum Client {
 
 /// The connection itself: poll it to make progress.
 pub(crate) enum EventLoop {
-    V4(rumqttc::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
     V5(Box<rumqttc::v5::EventLoop>),
 }
 
@@ -163,7 +163,7 @@ pub(crate) fn connect(c: &Connect<'_>, version: MqttVersion) -> (Client, EventLo
             o.set_clean_session(c.clean);
             o.set_manual_acks(c.manual_acks);
             let (client, ev) = rumqttc::AsyncClient::new(o, c.cap);
-            (Client::V4(client), EventLoop::V4(ev))
+            (Client::V4(client), EventLoop::V4(Box::new(ev)))
         }
         MqttVersion::V5 => {
             let mut o = rumqttc::v5::MqttOptions::new(c.client_id, c.url.host.clone(), c.url.port);

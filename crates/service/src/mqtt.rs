@@ -306,14 +306,13 @@ pub(crate) async fn start_outputs(
     let (handle, outputs) = pipeline.start();
     let dropped = Arc::new(AtomicU64::new(0));
     let publish = tokio::spawn(publish_loop(
-        sink,
+        (sink, properties),
         sinks,
         outputs,
         tap,
         max_outbox,
         dropped.clone(),
         checkpointing.then(|| handle.clone()),
-        properties,
     ));
     Ok((
         Outputs {
@@ -451,19 +450,19 @@ impl Properties {
     }
 }
 
-/// Moves outputs from the pipeline to the broker. Outputs go into a bounded outbox at
+/// Moves outputs from the pipeline to the broker (through `sink`, with MQTT 5
+/// `properties` when the connection speaks MQTT 5). Outputs go into a bounded outbox at
 /// once, so the pipeline never waits on the network; the outbox is drained in order
 /// while the connection is up and holds messages while it is down (rumqttc resends what
 /// was in flight when the connection broke).
 async fn publish_loop(
-    sink: MqttSink,
+    (sink, properties): (MqttSink, Option<Properties>),
     sinks: Option<crate::sinks::Sinks>,
     mut outputs: mpsc::Receiver<Output>,
     tap: Option<mpsc::Sender<Output>>,
     max_outbox: usize,
     dropped: Arc<AtomicU64>,
     confirm: Option<PipelineHandle>,
-    properties: Option<Properties>,
 ) -> Result<u64, MqttError> {
     let mut outbox = Outbox::new(max_outbox);
     let mut n = 0u64;
