@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// id kept in it (see docs/operations.md, "Client ids").
     #[arg(long, value_name = "ID")]
     client_id: Option<String>,
+    /// MQTT protocol version of the engine's connections (overrides the config file):
+    /// 4 (3.1.1, the default) or 5.
+    #[arg(long, value_name = "4|5")]
+    mqtt_version: Option<u8>,
     /// Keep retrying a broker host name that does not resolve (e.g. while DNS comes
     /// up), instead of failing at start.
     #[arg(long)]
@@ -131,6 +135,9 @@ impl RunArgs {
             c.checkpoint.dir.clone_from(&self.checkpoint_dir);
         }
         c.mqtt.retry_dns |= self.retry_dns;
+        if let Some(v) = self.mqtt_version {
+            c.mqtt.mqtt_version = v;
+        }
         c.check()?;
         Ok(c)
     }
@@ -194,6 +201,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         Overload::Block => mqtt::Overload::Block,
         Overload::DropOldest => mqtt::Overload::DropOldest(fc.mqtt.overload_max_waiting),
     };
+    // Checked by ServiceConfig::check: 3, 4 or 5.
+    opts.version = mqtt::MqttVersion::from_number(fc.mqtt.mqtt_version).unwrap_or_default();
     // Checked by ServiceConfig::check: 0 or 1.
     opts.source_qos = match fc.mqtt.source_qos {
         0 => mqtt::QoS::AtMostOnce,

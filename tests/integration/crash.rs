@@ -20,8 +20,9 @@ use forewarn::mqtt::BrokerUrl;
 use serde_json::Value;
 
 /// A fresh directory with the queries, an empty models directory and a forewarn.toml
-/// that checkpoints every 200 ms or 150 messages, client id `name`.
-fn engine_dir(name: &str) -> PathBuf {
+/// that checkpoints every 200 ms or 150 messages, client id `name`, speaking MQTT
+/// `version` (4: 3.1.1, or 5).
+fn engine_dir(name: &str, version: u8) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("forewarn-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     for d in ["queries", "models", "checkpoints"] {
@@ -31,7 +32,7 @@ fn engine_dir(name: &str) -> PathBuf {
     std::fs::write(
         dir.join("forewarn.toml"),
         format!(
-            "[checkpoint]\ndir = {:?}\ninterval_ms = 200\nmax_unacked = 150\n[mqtt]\nclient_id = \"{name}\"\n",
+            "[checkpoint]\ndir = {:?}\ninterval_ms = 200\nmax_unacked = 150\n[mqtt]\nclient_id = \"{name}\"\nmqtt_version = {version}\n",
             dir.join("checkpoints")
         ),
     )
@@ -61,6 +62,16 @@ fn engine(dir: &Path, port: u16, log: &str) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing() {
+    sigkill_mid_stream(4).await;
+}
+
+/// The same under MQTT 5 (session expiry instead of clean session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing_mqtt5() {
+    sigkill_mid_stream(5).await;
+}
+
+async fn sigkill_mid_stream(version: u8) {
     let Some(bin) = mosquitto_binary() else {
         eprintln!("SKIPPED: mosquitto is not installed; .ci/run installs it");
         return;
@@ -70,7 +81,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     // docs/operations.md); not captured, so one such run is still allowed and a second
     // kill at another random point must pass. Loss fails at once.
     for attempt in 1..=2 {
-        let mismatched = sigkill_run(&bin).await;
+        let mismatched = sigkill_run(&bin, version).await;
         if mismatched.is_empty() {
             return;
         }
@@ -80,11 +91,11 @@ async fn sigkill_mid_stream_loses_nothing() {
 }
 
 /// One kill -9 run; returns the ids that came twice with different content.
-async fn sigkill_run(bin: &str) -> Vec<String> {
+async fn sigkill_run(bin: &str, version: u8) -> Vec<String> {
     let bin = bin.to_string();
     let want = reference().await;
     assert!(want.len() > 600);
-    let dir = engine_dir("crash");
+    let dir = engine_dir(&format!("crash-v{version}"), version);
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
     // The broker queues for the engine's persistent session while it is down, and lets
@@ -178,12 +189,22 @@ async fn sigkill_run(bin: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_nothing() {
+    broker_restart_mid_stream(4).await;
+}
+
+/// The same under MQTT 5 (session expiry instead of clean session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing_mqtt5() {
+    broker_restart_mid_stream(5).await;
+}
+
+async fn broker_restart_mid_stream(version: u8) {
     let Some(bin) = mosquitto_binary() else {
         eprintln!("SKIPPED: mosquitto is not installed; .ci/run installs it");
         return;
     };
     let want = reference().await;
-    let dir = engine_dir("brestart");
+    let dir = engine_dir(&format!("brestart-v{version}"), version);
     // mosquitto started as root drops to the `mosquitto` user before saving its database.
     {
         use std::os::unix::fs::PermissionsExt;

@@ -29,6 +29,8 @@ mod library;
 mod logs;
 #[cfg(feature = "cli")]
 mod models;
+#[cfg(feature = "mqtt")]
+mod mqtt5;
 #[cfg(feature = "broker")]
 mod mqtt_embedded;
 #[cfg(feature = "mqtt")]

@@ -11,7 +11,9 @@ mod topic;
 
 use forewarn_core::Reason;
 pub use json::{DecodeOutcome, JsonDecoder, Rejected, DEFAULT_MAX_SAMPLES};
-pub use topic::{filter_matches, filter_problem, TopicTemplate, TopicTemplateError};
+pub use topic::{
+    filter_matches, filter_problem, unshared_filter, TopicTemplate, TopicTemplateError,
+};
 
 /// Why a message or one reading in it was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -103,7 +103,7 @@ impl TopicTemplate {
             }
             seen.push(c);
         }
-        let f: Vec<&str> = filter.split('/').collect();
+        let f: Vec<&str> = unshared_filter(filter).split('/').collect();
         let shape = |n: usize, rest: bool| match (n, rest) {
             (1, false) => "1 level".to_string(),
             (n, false) => format!("{n} levels"),
@@ -239,6 +239,14 @@ pub fn filter_problem(filter: &str) -> Option<String> {
     if filter.is_empty() {
         return Some("is empty".into());
     }
+    if let Some(rest) = filter.strip_prefix("$share/") {
+        return match rest.split_once('/') {
+            Some((group, f)) if !group.is_empty() && !group.contains(['+', '#']) => {
+                filter_problem(f)
+            }
+            _ => Some("is a shared subscription without its group and filter: write $share/{group}/{filter}".into()),
+        };
+    }
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, l) in levels.iter().enumerate() {
         if (l.contains('+') || l.contains('#')) && l.len() > 1 {
@@ -258,9 +266,20 @@ pub fn filter_problem(filter: &str) -> Option<String> {
     None
 }
 
-/// Whether an MQTT topic filter (with `+` and `#`) matches a topic.
+/// The topic filter inside a shared subscription (`$share/{group}/{filter}`, which
+/// the broker delivers to one subscriber of the group at a time); any other filter
+/// as it is.
+pub fn unshared_filter(filter: &str) -> &str {
+    match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+        None => filter,
+    }
+}
+
+/// Whether an MQTT topic filter (with `+` and `#`; a shared subscription's
+/// `$share/{group}/` ignored) matches a topic.
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    let mut f = filter.split('/');
+    let mut f = unshared_filter(filter).split('/');
     let mut t = topic.split('/');
     loop {
         match (f.next(), t.next()) {
@@ -276,6 +295,24 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_subscriptions_match_their_filter() {
+        assert!(filter_matches("$share/line3/plant/+/data", "plant/p1/data"));
+        assert!(!filter_matches("$share/line3/plant/+/data", "plant/p1/x"));
+        assert!(!filter_matches(
+            "$share/line3/plant/+/data",
+            "$share/line3/plant/p1/data"
+        ));
+        assert_eq!(unshared_filter("$share/g/#"), "#");
+        assert_eq!(unshared_filter("a/$share/b"), "a/$share/b");
+        assert_eq!(filter_problem("$share/g/a/+"), None);
+        assert!(filter_problem("$share/g").is_some());
+        assert!(filter_problem("$share//a").is_some());
+        assert!(filter_problem("$share/g/a/#/b").is_some());
+        let t = TopicTemplate::parse("plant/{device}/data").unwrap();
+        assert_eq!(t.mismatch_with_filter("$share/g/plant/+/data"), None);
+    }
 
     #[test]
     fn captures_and_filter() {

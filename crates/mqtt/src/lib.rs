@@ -4,6 +4,7 @@
 
 #[cfg(feature = "broker")]
 mod broker;
+mod client;
 mod outbox;
 mod sink;
 mod source;
@@ -11,6 +12,7 @@ mod url;
 
 #[cfg(feature = "broker")]
 pub use broker::EmbeddedBroker;
+pub use client::{MessageProperties, MqttVersion, SESSION_NEVER_EXPIRES};
 pub use outbox::{Outbox, Pending};
 pub use rumqttc::QoS;
 pub use sink::{MqttSink, SinkStats};
@@ -176,7 +178,7 @@ impl Liveness {
 /// client-id clash) is retried ever more slowly, not ten times a second.
 pub(crate) async fn back_off(
     url: &BrokerUrl,
-    e: &rumqttc::ConnectionError,
+    e: &str,
     connected: &tokio::sync::watch::Sender<bool>,
     backoff: &mut Backoff,
     liveness: &mut Liveness,

@@ -15,6 +15,8 @@ pub struct Pending {
     pub retain: bool,
     /// Alerts are critical; superseded state and dead letters are not.
     pub critical: bool,
+    /// MQTT 5 message properties (none for 3.1.1).
+    pub properties: crate::MessageProperties,
 }
 
 /// A bounded FIFO of outgoing messages.
@@ -100,6 +102,7 @@ mod tests {
             payload: vec![],
             retain: false,
             critical,
+            properties: Default::default(),
         }
     }
 

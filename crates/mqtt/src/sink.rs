@@ -4,11 +4,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use rumqttc::QoS;
 use tokio::task::JoinHandle;
 
-use crate::source::mqtt_options;
-use crate::{back_off, Backoff, BrokerUrl, Liveness, MqttError};
+use crate::client::{Client, Connect, Event};
+use crate::{back_off, Backoff, BrokerUrl, Liveness, MessageProperties, MqttError, MqttVersion};
 
 /// Publish counters.
 #[derive(Debug, Default)]
@@ -17,6 +17,8 @@ pub struct SinkStats {
     pub published: AtomicU64,
     /// QoS 1 acknowledgements received.
     pub acked: AtomicU64,
+    /// Of those, publishes the broker refused with a reason code (MQTT 5; logged).
+    pub refused: AtomicU64,
     /// QoS 0 publishes written to the socket.
     pub sent_qos0: AtomicU64,
     /// Reconnections to a broker that had no session for this client
@@ -32,7 +34,7 @@ pub struct SinkStats {
 
 /// A publishing connection.
 pub struct MqttSink {
-    client: AsyncClient,
+    client: Client,
     task: JoinHandle<()>,
     stats: Arc<SinkStats>,
     qos: QoS,
@@ -42,7 +44,7 @@ pub struct MqttSink {
 impl MqttSink {
     /// Connects in the background with a clean session; publishes use `qos`.
     pub fn start(url: BrokerUrl, client_id: &str, qos: QoS) -> MqttSink {
-        Self::start_with(url, client_id, qos, true)
+        Self::start_with(url, client_id, qos, true, MqttVersion::V311)
     }
 
     /// Like [`start`](Self::start) with a persistent session (clean session off): after
@@ -50,13 +52,31 @@ impl MqttSink {
     /// that were in flight or queued when the connection broke. With a clean session it
     /// drops them on reconnecting.
     pub fn start_persistent(url: BrokerUrl, client_id: &str, qos: QoS) -> MqttSink {
-        Self::start_with(url, client_id, qos, false)
+        Self::start_with(url, client_id, qos, false, MqttVersion::V311)
     }
 
-    fn start_with(url: BrokerUrl, client_id: &str, qos: QoS, clean: bool) -> MqttSink {
-        let mut mo = mqtt_options(&url, client_id, 1 << 20, Duration::from_secs(30));
-        mo.set_clean_session(clean);
-        let (client, mut eventloop) = AsyncClient::new(mo, 1024);
+    /// Connects in the background speaking `version`, with a clean session (`clean`) or
+    /// a persistent one (see [`start_persistent`](Self::start_persistent); under MQTT 5
+    /// clean start off and a session expiry interval that never ends).
+    pub fn start_with(
+        url: BrokerUrl,
+        client_id: &str,
+        qos: QoS,
+        clean: bool,
+        version: MqttVersion,
+    ) -> MqttSink {
+        let (client, mut eventloop) = crate::client::connect(
+            &Connect {
+                url: &url,
+                client_id,
+                max_packet: 1 << 20,
+                keep_alive: Duration::from_secs(30),
+                clean,
+                manual_acks: false,
+                cap: 1024,
+            },
+            version,
+        );
         let stats = Arc::new(SinkStats::default());
         let st = stats.clone();
         let (ctx, crx) = tokio::sync::watch::channel(false);
@@ -71,23 +91,30 @@ impl MqttSink {
             let mut connected_before = false;
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    Ok(Event::ConnAck { session_present }) => {
                         liveness.connected();
-                        if connected_before && !c.session_present {
+                        if connected_before && !session_present {
                             st.sessions_lost.fetch_add(1, Ordering::Relaxed);
                         }
                         connected_before = true;
-                        tracing::info!(broker = %url, role = "sink", client_id = %liveness.client_id, session_present = c.session_present, "sink connected");
+                        tracing::info!(broker = %url, role = "sink", client_id = %liveness.client_id, session_present, version = ?version, "sink connected");
                         let _ = ctx.send(true);
                     }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    Ok(Event::PubAck { refused }) => {
+                        if let Some(reason) = refused {
+                            let n = st.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::error!(broker = %url, client_id = %liveness.client_id, %reason, refused = n, "the broker refused a publish");
+                        }
                         st.acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(0))) => {
+                    Ok(Event::PublishSent { pkid: 0 }) => {
                         st.sent_qos0.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(Event::Disconnected { reason }) => {
+                        tracing::warn!(broker = %url, role = "sink", client_id = %liveness.client_id, %reason, "the broker disconnected the sink");
+                    }
                     // Our own disconnect: the loop is done (an error would follow otherwise).
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(Event::DisconnectSent) => return,
                     Ok(_) => {}
                     Err(e) => back_off(&url, &e, &ctx, &mut backoff, &mut liveness).await,
                 }
@@ -114,10 +141,22 @@ impl MqttSink {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), MqttError> {
-        self.client
-            .publish(topic, self.qos, retain, payload)
+        self.publish_with(topic, payload, retain, &MessageProperties::default())
             .await
-            .map_err(|e| MqttError::Client(e.to_string()))?;
+    }
+
+    /// Like [`publish`](Self::publish), with message properties (MQTT 5 only; a 3.1.1
+    /// connection sends the message without them).
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        props: &MessageProperties,
+    ) -> Result<(), MqttError> {
+        self.client
+            .publish(topic, self.qos, retain, payload, props)
+            .await?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -130,16 +169,24 @@ impl MqttSink {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<Option<Vec<u8>>, MqttError> {
-        match self.client.try_publish(topic, self.qos, retain, payload) {
-            Ok(()) => {
-                self.stats.published.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-            Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p))) => {
-                Ok(Some(p.payload.to_vec()))
-            }
-            Err(e) => Err(MqttError::Client(e.to_string())),
+        self.try_publish_with(topic, payload, retain, &MessageProperties::default())
+    }
+
+    /// Like [`try_publish`](Self::try_publish), with message properties (MQTT 5 only).
+    pub fn try_publish_with(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        props: &MessageProperties,
+    ) -> Result<Option<Vec<u8>>, MqttError> {
+        let back = self
+            .client
+            .try_publish(topic, self.qos, retain, payload, props)?;
+        if back.is_none() {
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(back)
     }
 
     /// Whether the connection to the broker is up.
@@ -181,7 +228,7 @@ impl MqttSink {
 
     /// Disconnects.
     pub async fn stop(self) {
-        let _ = self.client.try_disconnect();
+        self.client.try_disconnect();
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.task.abort();
     }

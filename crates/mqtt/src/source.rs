@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::QoS;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{back_off, Backoff, BrokerUrl, Liveness, MqttError};
+use crate::client::{Client, Connect, Event};
+use crate::{back_off, Backoff, BrokerUrl, Liveness, MqttError, MqttVersion};
 
 /// One received message.
 #[derive(Debug)]
@@ -36,7 +37,7 @@ pub struct AckToken {
 
 #[derive(Debug)]
 struct AckShared {
-    client: AsyncClient,
+    client: Client,
     /// Every packet id delivered in the current session: a hash of its topic and
     /// payload, and whether we have acknowledged it.
     seen: Mutex<HashMap<u16, (u64, bool)>>,
@@ -75,15 +76,10 @@ impl AckToken {
 
 impl AckShared {
     fn send_ack(&self, pkid: u16) {
-        let s = self;
-        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
-        p.pkid = pkid;
-        if s.client.try_ack(&p).is_err() {
+        if !self.client.try_ack(pkid) {
             // The request queue is full: hand it over without blocking the engine.
-            let client = s.client.clone();
-            tokio::spawn(async move {
-                let _ = client.ack(&p).await;
-            });
+            let client = self.client.clone();
+            tokio::spawn(async move { client.ack(pkid).await });
         }
     }
 }
@@ -107,8 +103,11 @@ pub struct SourceOptions {
     /// TCP backpressure holds messages at the broker.
     pub capacity: usize,
     /// MQTT clean session (default true). `false` asks the broker to keep the
-    /// subscriptions and queue QoS 1 messages while the client is away.
+    /// subscriptions and queue QoS 1 messages while the client is away (under MQTT 5:
+    /// clean start off and a session expiry interval that never ends).
     pub clean_session: bool,
+    /// The protocol version (default 3.1.1).
+    pub version: MqttVersion,
     /// Acknowledge QoS 1 messages only through their [`AckToken`] (default false:
     /// on arrival).
     pub manual_acks: bool,
@@ -131,39 +130,16 @@ impl SourceOptions {
             keep_alive: Duration::from_secs(30),
             capacity: 4096,
             clean_session: true,
+            version: MqttVersion::V311,
             manual_acks: false,
             acked_before: Vec::new(),
         }
     }
 }
 
-pub(crate) fn mqtt_options(
-    url: &BrokerUrl,
-    client_id: &str,
-    max_packet: usize,
-    keep_alive: Duration,
-) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
-    o.set_keep_alive(keep_alive);
-    o.set_max_packet_size(max_packet, max_packet);
-    if let Some(u) = &url.username {
-        o.set_credentials(u.clone(), url.password.clone().unwrap_or_default());
-    }
-    #[cfg(feature = "tls")]
-    if let Some(t) = &url.tls {
-        // One process-wide crypto provider (ring); a second install is a no-op error.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        o.set_transport(match &t.ca {
-            Some(ca) => rumqttc::Transport::tls(ca.clone(), t.client_auth.clone(), None),
-            None => rumqttc::Transport::tls_with_default_config(),
-        });
-    }
-    o
-}
-
 /// A running subscription.
 pub struct MqttSource {
-    client: AsyncClient,
+    client: Client,
     task: JoinHandle<()>,
     connected: tokio::sync::watch::Receiver<bool>,
     acks: Arc<AckShared>,
@@ -177,18 +153,20 @@ impl MqttSource {
     pub fn start(opts: SourceOptions) -> (MqttSource, mpsc::Receiver<Incoming>) {
         let (tx, rx) = mpsc::channel(opts.capacity.max(1));
         let (ctx, crx) = tokio::sync::watch::channel(false);
-        let mo = mqtt_options(
-            &opts.url,
-            &opts.client_id,
-            opts.max_packet_bytes,
-            opts.keep_alive,
-        );
-        let mut mo = mo;
-        mo.set_clean_session(opts.clean_session);
-        mo.set_manual_acks(opts.manual_acks);
         // Held acks go through the request queue too: room for a checkpoint's worth.
         let cap = if opts.manual_acks { 65_536 } else { 64 };
-        let (client, mut eventloop) = AsyncClient::new(mo, cap);
+        let (client, mut eventloop) = crate::client::connect(
+            &Connect {
+                url: &opts.url,
+                client_id: &opts.client_id,
+                max_packet: opts.max_packet_bytes,
+                keep_alive: opts.keep_alive,
+                clean: opts.clean_session,
+                manual_acks: opts.manual_acks,
+                cap,
+            },
+            opts.version,
+        );
         let sub_client = client.clone();
         let acks = Arc::new(AckShared {
             client: client.clone(),
@@ -205,34 +183,54 @@ impl MqttSource {
             Liveness::new("source", &opts.client_id, short.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new();
+            // Filters subscribed and not yet answered, in order (SUBACKs come in order).
+            let mut asked: std::collections::VecDeque<String> = Default::default();
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    Ok(Event::ConnAck { session_present }) => {
                         liveness.connected();
-                        if !c.session_present {
+                        if !session_present {
                             // A new session: the broker forgot what was in flight, so
                             // tokens from before must not ack whatever reuses their ids.
                             shared.generation.fetch_add(1, Ordering::SeqCst);
                             shared.seen.lock().expect("lock").clear();
                             acked_before.clear();
                         }
-                        tracing::info!(broker = %opts.url, role = "source", client_id = %opts.client_id, session_present = c.session_present, "source connected");
+                        tracing::info!(broker = %opts.url, role = "source", client_id = %opts.client_id, session_present, version = ?opts.version, "source connected");
                         // Clean sessions forget subscriptions: subscribe on every (re)connect.
+                        asked.clear();
                         for f in &opts.filters {
-                            if sub_client.try_subscribe(f.clone(), opts.qos).is_err() {
-                                tracing::error!(filter = %f, "could not queue subscription");
+                            match sub_client.try_subscribe(f, opts.qos) {
+                                Ok(()) => asked.push_back(f.clone()),
+                                Err(e) => {
+                                    tracing::error!(filter = %f, error = %e, "could not queue subscription")
+                                }
                             }
                         }
                         let _ = ctx.send(true);
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {}
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let ack = if opts.manual_acks && p.qos == QoS::AtLeastOnce {
+                    Ok(Event::SubAck { refused }) => {
+                        let filter = asked.pop_front().unwrap_or_default();
+                        if !refused.is_empty() {
+                            tracing::error!(broker = %opts.url, client_id = %opts.client_id, %filter, reason = ?refused, "the broker refused the subscription");
+                        }
+                    }
+                    Ok(Event::Disconnected { reason }) => {
+                        tracing::warn!(broker = %opts.url, role = "source", client_id = %opts.client_id, %reason, "the broker disconnected the source");
+                    }
+                    Ok(Event::Publish {
+                        topic,
+                        payload,
+                        pkid,
+                        qos,
+                        dup,
+                    }) => {
+                        let ack = if opts.manual_acks && qos == QoS::AtLeastOnce {
                             let mut h = std::collections::hash_map::DefaultHasher::new();
-                            (&p.topic, &p.payload[..]).hash(&mut h);
+                            (&topic, &payload[..]).hash(&mut h);
                             let h = h.finish();
                             let mut seen = shared.seen.lock().expect("lock");
-                            match seen.get(&p.pkid) {
+                            match seen.get(&pkid) {
                                 // After a reconnection the broker resends what it has
                                 // not seen acknowledged. While we hold an id
                                 // unacknowledged the broker cannot reuse it, so this is
@@ -247,25 +245,25 @@ impl MqttSource {
                                 Some((prev, true)) if *prev == h => {
                                     drop(seen);
                                     shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                                    shared.send_ack(p.pkid);
+                                    shared.send_ack(pkid);
                                     continue;
                                 }
                                 // Acknowledged by the previous run at its last
                                 // checkpoint; the acknowledgement died with it.
-                                None if p.dup && acked_before.remove(&message_id(p.pkid, h)) => {
-                                    seen.insert(p.pkid, (h, true));
+                                None if dup && acked_before.remove(&message_id(pkid, h)) => {
+                                    seen.insert(pkid, (h, true));
                                     drop(seen);
                                     shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                                    shared.send_ack(p.pkid);
+                                    shared.send_ack(pkid);
                                     continue;
                                 }
                                 _ => {
-                                    seen.insert(p.pkid, (h, false));
+                                    seen.insert(pkid, (h, false));
                                 }
                             }
                             drop(seen);
                             Some(AckToken {
-                                pkid: p.pkid,
+                                pkid,
                                 hash: h,
                                 generation: shared.generation.load(Ordering::SeqCst),
                                 shared: shared.clone(),
@@ -274,8 +272,8 @@ impl MqttSource {
                             None
                         };
                         let msg = Incoming {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
+                            topic,
+                            payload,
                             ack,
                         };
                         if tx.send(msg).await.is_err() {
@@ -283,7 +281,7 @@ impl MqttSource {
                         }
                     }
                     // Our own disconnect: the loop is done (an error would follow otherwise).
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(Event::DisconnectSent) => return,
                     Ok(_) => {}
                     Err(e) => back_off(&opts.url, &e, &ctx, &mut backoff, &mut liveness).await,
                 }

@@ -119,6 +119,8 @@ pub struct MqttSettings {
     pub overload_max_waiting: usize,
     /// Outgoing messages held while the broker is unreachable.
     pub max_outbox: usize,
+    /// MQTT protocol version of the engine's connections: 4 (3.1.1, the default) or 5.
+    pub mqtt_version: u8,
 }
 
 impl Default for MqttSettings {
@@ -136,6 +138,7 @@ impl Default for MqttSettings {
             overload: Overload::Block,
             overload_max_waiting: 10_000,
             max_outbox: 100_000,
+            mqtt_version: 4,
         }
     }
 }
@@ -403,6 +406,12 @@ impl ServiceConfig {
             return bad(format!(
                 "[mqtt] source_qos must be 0 or 1, got {}",
                 m.source_qos
+            ));
+        }
+        if !matches!(m.mqtt_version, 3..=5) {
+            return bad(format!(
+                "[mqtt] mqtt_version must be 4 (3.1.1; 3 is the same) or 5, got {}",
+                m.mqtt_version
             ));
         }
         if m.max_outbox == 0 || m.overload_max_waiting == 0 {

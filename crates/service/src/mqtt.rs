@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 #[cfg(feature = "broker")]
 pub use forewarn_mqtt::EmbeddedBroker;
 pub use forewarn_mqtt::{
-    AckToken, BrokerUrl, Incoming, MqttError, MqttSink, MqttSource, QoS, SourceOptions, TlsSettings,
+    AckToken, BrokerUrl, Incoming, MessageProperties, MqttError, MqttSink, MqttSource, MqttVersion,
+    QoS, SourceOptions, TlsSettings,
 };
 
 use forewarn_engine::{
@@ -45,6 +46,10 @@ pub struct RunOptions {
     pub max_outbox: usize,
     /// What to do when the engine falls behind the input.
     pub overload: Overload,
+    /// The MQTT version both connections speak (default 3.1.1). With MQTT 5, outputs
+    /// carry a content type, their alert/event id as user properties and, per sink,
+    /// a message expiry.
+    pub version: MqttVersion,
 }
 
 /// What the input side does when the engine cannot keep up.
@@ -66,6 +71,7 @@ impl RunOptions {
             source_qos: QoS::AtLeastOnce,
             max_outbox: 100_000,
             overload: Overload::Block,
+            version: MqttVersion::V311,
         }
     }
 }
@@ -169,10 +175,12 @@ pub async fn start(
         &format!("{client_id}-out"),
         opts.max_outbox,
         tap,
+        opts.version,
     )
     .await?;
     let mut source_opts = SourceOptions::new(url.clone(), &format!("{client_id}-in"), filters);
     source_opts.qos = opts.source_qos;
+    source_opts.version = opts.version;
     if checkpointing {
         source_opts.clean_session = false;
         source_opts.manual_acks = true;
@@ -271,10 +279,11 @@ pub(crate) async fn start_outputs(
     client_id: &str,
     max_outbox: usize,
     tap: Option<mpsc::Sender<Output>>,
+    version: MqttVersion,
 ) -> Result<(Outputs, PipelineHandle), RunError> {
     // A persistent session, so publishes in flight when the connection breaks are resent
     // after reconnecting (rumqttc drops them when the new session is clean).
-    let mut sink = MqttSink::start_persistent(url.clone(), client_id, QoS::AtLeastOnce);
+    let mut sink = MqttSink::start_with(url.clone(), client_id, QoS::AtLeastOnce, false, version);
     if let Err(e) = sink.wait_connected(Duration::from_secs(10)).await {
         sink.stop().await;
         return Err(e.into());
@@ -291,12 +300,13 @@ pub(crate) async fn start_outputs(
     let short = sink.stats().short_connections.clone();
     let connected = sink.connection();
     let connections = sink.stats().connections.clone();
+    let properties = (version == MqttVersion::V5).then(|| Properties::of(&pipeline));
     // The publish loop confirms each output once the broker has acknowledged it.
     let pipeline = pipeline.with_confirmed_outputs();
     let (handle, outputs) = pipeline.start();
     let dropped = Arc::new(AtomicU64::new(0));
     let publish = tokio::spawn(publish_loop(
-        sink,
+        (sink, properties),
         sinks,
         outputs,
         tap,
@@ -389,12 +399,64 @@ async fn shed_oldest(
     }
 }
 
-/// Moves outputs from the pipeline to the broker. Outputs go into a bounded outbox at
+/// MQTT 5 properties of the outputs: every payload is JSON; alerts and transitions
+/// carry their ids as user properties; a sink's `message_expiry` applies to its
+/// queries' outputs.
+#[derive(Debug, Default)]
+struct Properties {
+    /// Query → its sink's message expiry.
+    expiry: std::collections::HashMap<String, Duration>,
+}
+
+impl Properties {
+    fn of(p: &Pipeline) -> Self {
+        let mut expiry = std::collections::HashMap::new();
+        for s in p.sinks() {
+            let settings = s.connector.get::<forewarn_connect::mqtt::MqttSettings>();
+            if let Some(ms) = settings.and_then(|m| m.message_expiry) {
+                for q in &s.queries {
+                    expiry.insert(q.clone(), Duration::from_millis(ms.max(0) as u64));
+                }
+            }
+        }
+        Properties { expiry }
+    }
+
+    /// What every output carries: its content type.
+    fn json(&self) -> MessageProperties {
+        MessageProperties {
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        }
+    }
+
+    fn of_output(&self, o: &Output) -> MessageProperties {
+        let mut m = self.json();
+        match o {
+            Output::Alert { alert, .. } => {
+                m.user_properties
+                    .push(("alert_id".into(), alert.alert_id.clone()));
+            }
+            Output::Transition { message, .. } => {
+                m.user_properties
+                    .push(("alert_id".into(), message.alert_id.clone()));
+                m.user_properties
+                    .push(("event_id".into(), message.event_id.clone()));
+            }
+            _ => {}
+        }
+        m.message_expiry = o.query().and_then(|q| self.expiry.get(q)).copied();
+        m
+    }
+}
+
+/// Moves outputs from the pipeline to the broker (through `sink`, with MQTT 5
+/// `properties` when the connection speaks MQTT 5). Outputs go into a bounded outbox at
 /// once, so the pipeline never waits on the network; the outbox is drained in order
 /// while the connection is up and holds messages while it is down (rumqttc resends what
 /// was in flight when the connection broke).
 async fn publish_loop(
-    sink: MqttSink,
+    (sink, properties): (MqttSink, Option<Properties>),
     sinks: Option<crate::sinks::Sinks>,
     mut outputs: mpsc::Receiver<Output>,
     tap: Option<mpsc::Sender<Output>>,
@@ -429,6 +491,10 @@ async fn publish_loop(
                     payload: payload.clone(),
                     retain: true,
                     critical: false,
+                    properties: properties
+                        .as_ref()
+                        .map(Properties::json)
+                        .unwrap_or_default(),
                 }) {
                     dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(topic = %e.topic, held = outbox.len(), "outbox full: dropped the oldest non-critical message");
@@ -454,7 +520,12 @@ async fn publish_loop(
         // Drain what the client accepts now.
         while sink.is_connected() {
             let Some(mut p) = outbox.pop() else { break };
-            match sink.try_publish(&p.topic, std::mem::take(&mut p.payload), p.retain)? {
+            match sink.try_publish_with(
+                &p.topic,
+                std::mem::take(&mut p.payload),
+                p.retain,
+                &p.properties,
+            )? {
                 None => n += 1,
                 // The client's queue is full: keep the message first in line.
                 Some(payload) => {
@@ -496,7 +567,8 @@ async fn publish_loop(
                     // Query results are what subscribers act on or store; superseded
                     // state and dead letters are not.
                     let critical = matches!(o, Output::Alert { .. } | Output::Row { .. } | Output::Transition { .. });
-                    if let Some(e) = outbox.push(Pending { topic, payload, retain: o.retained(), critical }) {
+                    let properties = properties.as_ref().map(|p| p.of_output(&o)).unwrap_or_default();
+                    if let Some(e) = outbox.push(Pending { topic, payload, retain: o.retained(), critical, properties }) {
                         dropped.fetch_add(1, Ordering::Relaxed);
                         if e.critical {
                             tracing::error!(topic = %e.topic, held = outbox.len(), "outbox full of query results: dropped the oldest");

@@ -582,8 +582,15 @@ async fn run_partition(
     let pipeline = factory(Some(ck)).await.map_err(RunError::from)?;
     let after = pipeline.resume_point().position();
     tracing::info!(partition = k, checkpoint = ?pipeline.restored_checkpoint(), after_sequence = ?after, "partition starting");
-    let (outputs, handle) =
-        mqtt::start_outputs(pipeline, &output, &client_id, max_outbox, None).await?;
+    let (outputs, handle) = mqtt::start_outputs(
+        pipeline,
+        &output,
+        &client_id,
+        max_outbox,
+        None,
+        mqtt::MqttVersion::V311,
+    )
+    .await?;
     let mut reader = nats.read_partition(&stream, k, after, 4096).await?;
     let graceful = loop {
         tokio::select! {

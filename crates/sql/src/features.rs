@@ -145,7 +145,7 @@ pub fn feature_query(set: &QuerySet, model: &str) -> Result<(QuerySet, Vec<Strin
                 device_column: key,
                 connector: forewarn_connect::ConnectorConfig::new(
                     "mqtt",
-                    forewarn_connect::mqtt::MqttSettings,
+                    forewarn_connect::mqtt::MqttSettings::default(),
                 ),
                 file: q.file.clone(),
                 option_at: Default::default(),

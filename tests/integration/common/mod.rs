@@ -177,24 +177,30 @@ pub async fn scenario_over_broker(
     url: &forewarn::mqtt::BrokerUrl,
     tag: &str,
 ) -> Vec<(String, Value)> {
+    scenario_over_broker_with(url, tag, forewarn::mqtt::MqttVersion::V311, SQL).await
+}
+
+/// [`scenario_over_broker`] with the engine speaking `version` and running `sql` (the
+/// scenario's [`SQL`] with other sink options).
+pub async fn scenario_over_broker_with(
+    url: &forewarn::mqtt::BrokerUrl,
+    tag: &str,
+    version: forewarn::mqtt::MqttVersion,
+    sql: &str,
+) -> Vec<(String, Value)> {
     use forewarn::mqtt::{self, MqttSink, MqttSource, QoS, SourceOptions};
     use std::time::Duration;
 
     let m = model();
     let pipeline = forewarn::Pipeline::builder()
-        .query_sql("scenario.sql", SQL)
+        .query_sql("scenario.sql", sql)
         .model(m.clone())
         .build()
         .await
         .unwrap();
-    let running = mqtt::start(
-        pipeline,
-        url,
-        &mqtt::RunOptions::new(&format!("engine-{tag}")),
-        None,
-    )
-    .await
-    .unwrap();
+    let mut opts = mqtt::RunOptions::new(&format!("engine-{tag}"));
+    opts.version = version;
+    let running = mqtt::start(pipeline, url, &opts, None).await.unwrap();
     let filters = vec![
         "out/windows/#".to_string(),
         "forewarn/alerts/#".to_string(),
