@@ -367,6 +367,31 @@ async fn the_api_the_stream_commands_and_the_page_in_a_browser() {
     )
     .await;
     assert_eq!(code, 400, "{body}");
+    // What the engine would dead-letter is refused here, with its reason: a silence
+    // without a positive length, a device no rule with a lifecycle has seen.
+    let (code, body) = request(
+        s.guarded.addr(),
+        "POST",
+        &path,
+        Some(TOKEN),
+        r#"{"action": "silence", "by": "test", "for": "forever"}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("silence needs"), "{body}");
+    let (code, body) = request(
+        s.guarded.addr(),
+        "POST",
+        "/api/devices/ghost-9/command",
+        Some(TOKEN),
+        silence,
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        json!("unknown_device")
+    );
     let commands_before = s.running.handle().stats().commands;
     let (code, body) = request(s.guarded.addr(), "POST", &path, Some(TOKEN), silence).await;
     assert_eq!(code, 202, "{body}");

@@ -596,6 +596,38 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// A command payload as the command topic and the HTTP API take it: the JSON, and a
+    /// silence's `for` a positive interval (`"2 hours"`). `Err` says what is wrong, for
+    /// the `bad_command` dead letter or the API's 400.
+    pub fn parse(payload: &[u8]) -> Result<Command, String> {
+        let cmd = serde_json::from_slice::<Command>(payload).map_err(|e| {
+            format!("expected {{\"action\": \"acknowledge\" | \"silence\" | \"unsilence\", \"by\": ..., \"for\": \"2 hours\"}}: {e}")
+        })?;
+        if let Command::Silence { duration, .. } = &cmd {
+            cmd_silence_ms(duration)?;
+        }
+        Ok(cmd)
+    }
+
+    /// A silence's length in ms (`None` for the other commands).
+    pub fn silence_ms(&self) -> Option<i64> {
+        match self {
+            Command::Silence { duration, .. } => cmd_silence_ms(duration).ok(),
+            _ => None,
+        }
+    }
+}
+
+fn cmd_silence_ms(duration: &str) -> Result<i64, String> {
+    match forewarn_core::parse_interval(duration, None) {
+        Ok(ms) if ms > 0 => Ok(ms),
+        _ => Err(format!(
+            "silence needs \"for\": an interval such as \"2 hours\", got '{duration}'"
+        )),
+    }
+}
+
 impl DeviceState {
     /// A device first seen at `at` (event time), healthy.
     pub fn new(device: &str, at: Timestamp) -> Self {

@@ -62,12 +62,7 @@ impl HealthBook {
         payload: &[u8],
         now: i64,
     ) -> Result<&DeviceState, Refused> {
-        let cmd = serde_json::from_slice::<Command>(payload).map_err(|e| {
-            (
-                Reason::BadCommand,
-                format!("expected {{\"action\": \"acknowledge\" | \"silence\" | \"unsilence\", \"by\": ..., \"for\": \"2 hours\"}}: {e}"),
-            )
-        })?;
+        let cmd = Command::parse(payload).map_err(|e| (Reason::BadCommand, e))?;
         let Some(state) = self.states.get_mut(device) else {
             return Err((
                 Reason::UnknownDevice,
@@ -93,16 +88,8 @@ impl HealthBook {
                     alert_ids: ids,
                 });
             }
-            Command::Silence { duration, .. } => {
-                let ms = match forewarn_core::parse_interval(&duration, None) {
-                    Ok(ms) if ms > 0 => ms,
-                    _ => {
-                        return Err((
-                            Reason::BadCommand,
-                            format!("silence needs \"for\": an interval such as \"2 hours\", got '{duration}'"),
-                        ));
-                    }
-                };
+            ref c @ Command::Silence { .. } => {
+                let ms = c.silence_ms().expect("checked by Command::parse");
                 let until = now.saturating_add(ms);
                 state.silenced_until = Some(Timestamp::from_millis(until));
                 self.silenced.insert(device.to_string(), until);

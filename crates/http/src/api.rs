@@ -99,11 +99,16 @@ pub(crate) async fn command(
             "commands need a bearer token: configure bearer_token_file or bearer_token_env in [http]".into(),
         );
     }
-    if let Err(e) = serde_json::from_slice::<forewarn_alerts::Command>(&body) {
+    // The engine's own check, so what it would dead-letter is refused here.
+    if let Err(e) = forewarn_alerts::Command::parse(&body) {
+        return error(StatusCode::BAD_REQUEST, "bad_command", e);
+    }
+    // Only devices a rule with a lifecycle has seen take commands.
+    if fleet(&st).device(&id).is_none_or(|d| d.health.is_none()) {
         return error(
-            StatusCode::BAD_REQUEST,
-            "bad_command",
-            format!("expected {{\"action\": \"acknowledge\" | \"silence\" | \"unsilence\", \"by\": ..., \"for\": \"2 hours\"}}: {e}"),
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no rule with a lifecycle has seen device '{id}'"),
         );
     }
     match st.0.handle.command(&id, body.to_vec()).await {
