@@ -166,13 +166,8 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let http = match fleet {
         Some(fleet) => {
-            let status = running.broker_status();
             let server = |addr| {
-                let status = status.clone();
-                forewarn::http::HttpServer::new(running.handle().clone(), addr)
-                    .queries(queries_loaded.clone())
-                    .broker(move || status.connected())
-                    .fleet(fleet.clone())
+                super::run::ops_server(&running, addr, queries_loaded.clone()).fleet(fleet.clone())
             };
             let h = match a.http {
                 Some(addr) => server(addr).start().await?,

@@ -225,27 +225,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 fc.http.bearer_token_file.as_deref(),
                 fc.http.bearer_token_env.as_deref(),
             )?;
-            let status = running.broker_status();
-            let (shed, dropped, reconnects) = (status.clone(), status.clone(), status.clone());
-            let mut server = forewarn::http::HttpServer::new(running.handle().clone(), addr)
-                .token(token)
-                .queries(queries_loaded)
-                .broker(move || status.connected())
-                .counter(
-                    "forewarn_input_shed_total",
-                    "Input messages dropped because the engine was behind (overload = drop_oldest).",
-                    move || shed.input_shed(),
-                )
-                .counter(
-                    "forewarn_outbox_dropped_total",
-                    "Outgoing messages dropped because the outbox was full while the broker was away.",
-                    move || dropped.outbox_dropped(),
-                )
-                .counter(
-                    "forewarn_broker_reconnects_total",
-                    "Reconnections to the broker since start, input and output connections together.",
-                    move || reconnects.reconnects(),
-                );
+            let mut server = ops_server(&running, addr, queries_loaded).token(token);
             if let Some(i) = checkpoint_interval {
                 server = server.checkpoint_interval(i);
             }
@@ -445,6 +425,36 @@ impl Fnv {
     fn finish(&self) -> u64 {
         self.0 ^ (self.0 >> 32)
     }
+}
+
+/// The operations listener of a pipeline on a broker, as `run` and `demo` serve it: the
+/// engine's counters, the broker's state and the service's own counters (input shed,
+/// outbox drops, reconnections).
+pub(super) fn ops_server(
+    running: &mqtt::MqttPipeline,
+    addr: std::net::SocketAddr,
+    queries: Vec<String>,
+) -> forewarn::http::HttpServer {
+    let status = running.broker_status();
+    let (shed, dropped, reconnects) = (status.clone(), status.clone(), status.clone());
+    forewarn::http::HttpServer::new(running.handle().clone(), addr)
+        .queries(queries)
+        .broker(move || status.connected())
+        .counter(
+            "forewarn_input_shed_total",
+            "Input messages dropped because the engine was behind (overload = drop_oldest).",
+            move || shed.input_shed(),
+        )
+        .counter(
+            "forewarn_outbox_dropped_total",
+            "Outgoing messages dropped because the outbox was full while the broker was away.",
+            move || dropped.outbox_dropped(),
+        )
+        .counter(
+            "forewarn_broker_reconnects_total",
+            "Reconnections to the broker since start, input and output connections together.",
+            move || reconnects.reconnects(),
+        )
 }
 
 /// `forewarn run --nats`: one worker of a scale-out job.
