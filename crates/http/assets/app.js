@@ -38,7 +38,11 @@ function visible(d) {
 
 function addOption(sel, v) {
   if (!v || [...sel.options].some((o) => o.value === v)) return;
-  sel.appendChild(el("option", "", v)).value = v;
+  // Kept in order ("all" first), however the devices arrive.
+  const o = el("option", "", v);
+  o.value = v;
+  const after = [...sel.options].slice(1).find((x) => x.value > v);
+  sel.insertBefore(o, after || null);
 }
 
 function upsert(id, state, score, last, labels) {
@@ -123,21 +127,26 @@ function chart(windows, th) {
   };
   if (!pts.length) { add("text", { x: P, y: H / 2 }, "no scored window yet"); return; }
   const t0 = Date.parse(pts[0].window_end), t1 = Date.parse(pts[pts.length - 1].window_end);
-  const ymax = Math.max(th.alarm_at || th.warning_at, ...pts.map((p) => p.score)) * 1.1;
+  const limit = th.alarm_at || th.warning_at;
+  const top = Math.max(limit, ...pts.map((p) => p.score));
+  const ymax = top * 1.1;
+  // Scores far above the thresholds would flatten them onto the axis: a log scale then.
+  const log = top > 10 * limit;
+  const f = (s) => (log ? Math.log10(1 + Math.max(s, 0)) : s);
   const x = (t) => P + (t1 > t0 ? ((t - t0) / (t1 - t0)) * (W - 2 * P) : (W - 2 * P) / 2);
-  const y = (s) => H - P - (s / ymax) * (H - 2 * P);
+  const y = (s) => H - P - (f(s) / f(ymax)) * (H - 2 * P);
   add("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#999" });
   for (const [v, c, name] of [[th.warning_at, "#f0ad4e", "warning"], [th.alarm_at, "#d9534f", "alarm"]]) {
     if (v == null) continue;
     add("line", { x1: P, y1: y(v), x2: W - P, y2: y(v), stroke: c, "stroke-dasharray": "4 3", class: "threshold" });
-    add("text", { x: W - P + 2, y: y(v) + 4, "font-size": 10, fill: c }, name);
+    add("text", { x: W - P - 2, y: y(v) - 3, "font-size": 10, fill: c, "text-anchor": "end" }, name + " " + v);
   }
   add("polyline", {
     fill: "none", stroke: "#337ab7", "stroke-width": 1.5, class: "score",
     points: pts.map((p) => x(Date.parse(p.window_end)).toFixed(1) + "," + y(p.score).toFixed(1)).join(" "),
   });
   add("text", { x: 2, y: y(0) + 4, "font-size": 10 }, "0");
-  add("text", { x: 2, y: y(ymax / 1.1) + 4, "font-size": 10 }, (ymax / 1.1).toFixed(1));
+  add("text", { x: 2, y: y(top) + 4, "font-size": 10 }, top.toFixed(1) + (log ? " (log)" : ""));
   add("text", { x: P, y: H - 8, "font-size": 10 }, fmtTime(t0));
   add("text", { x: W - P - 110, y: H - 8, "font-size": 10 }, fmtTime(t1));
 }
