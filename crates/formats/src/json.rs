@@ -16,14 +16,22 @@ use crate::{same, DecodeError, TopicTemplate};
 
 mod flat;
 
-/// One JSON value, borrowed from the payload where possible.
-#[derive(Debug)]
-enum Scalar<'a> {
+/// One JSON value, borrowed from the payload where possible: what the decoder reads a
+/// field as before converting it to its column's type. Readings given as values rather
+/// than text ([`JsonDecoder::decode_values`]) are made of these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    /// `null`.
     Null,
+    /// `true` / `false`.
     Bool(bool),
+    /// A number written without fraction or exponent that fits an `i64`.
     Int(i64),
+    /// Any other number.
     Float(f64),
+    /// A string.
     Str(Cow<'a, str>),
+    /// An object or array (`"an object"`, `"an array"`), which no column holds as is.
     Nested(&'static str),
 }
 
@@ -571,6 +579,79 @@ impl JsonDecoder {
             }
         }
         let MessageSeed { slots, parsed, .. } = seed;
+        self.append(parsed, slots, captured, &mut out);
+        out
+    }
+
+    /// Decodes one reading given as the JSON values of its fields rather than as text
+    /// (a history row: no JSON written, none parsed). `value(k)` is the value of the
+    /// schema's `k`-th column as the payload would have carried it (`None`: absent).
+    /// Checked and converted exactly as [`decode_at`](Self::decode_at) checks a
+    /// payload holding that one object on `topic` (topic template, captured levels
+    /// overriding fields, types, required fields, arrival time), except for the
+    /// payload size, which the caller checks against [`max_payload`](Self::max_payload).
+    pub fn decode_values<'v>(
+        &mut self,
+        topic: &'v str,
+        mut value: impl FnMut(usize) -> Option<Scalar<'v>>,
+    ) -> DecodeOutcome {
+        self.now = if self.columns.iter().any(|c| c.arrival) {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let mut out = DecodeOutcome::default();
+        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
+        if let Some(t) = &self.template {
+            if !t.capture_values(topic, &mut captured) {
+                out.rejected.push(Rejected {
+                    index: None,
+                    error: DecodeError::TopicMismatch {
+                        topic: topic.to_string(),
+                        template: t.as_str().to_string(),
+                    },
+                });
+                return out;
+            }
+        }
+        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
+        slots.extend((0..self.columns.len()).map(&mut value));
+        let mut seed = MessageSeed {
+            columns: &self.columns,
+            builders: &self.builders,
+            captured: &captured,
+            now: self.now,
+            slots,
+            parsed: Parsed {
+                cells: recycle(std::mem::take(&mut self.spare.cells)),
+                accepted: 0,
+                rejected: Vec::new(),
+            },
+            order: &mut self.key_order,
+        };
+        seed.finish_reading(None);
+        let MessageSeed { slots, parsed, .. } = seed;
+        self.append(parsed, slots, captured, &mut out);
+        out
+    }
+
+    /// The largest payload taken, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Appends the parsed readings' cells to the builders, records the outcome in `out`
+    /// and keeps the buffers for the next message.
+    fn append<'de>(
+        &mut self,
+        parsed: Parsed<'de>,
+        slots: Vec<Option<Scalar<'de>>>,
+        captured: Vec<&'de str>,
+        out: &mut DecodeOutcome,
+    ) {
         let Parsed {
             mut cells,
             accepted,
@@ -608,7 +689,6 @@ impl JsonDecoder {
             cells,
         };
         self.rows += accepted;
-        out
     }
 
     /// Closes the pending batch; `None` when nothing is buffered.

@@ -7,10 +7,12 @@
 //! caller can count it and dead-letter it; good readings in the same message are kept.
 
 mod json;
+mod readings;
 mod topic;
 
 use forewarn_core::Reason;
-pub use json::{DecodeOutcome, JsonDecoder, Rejected};
+pub use json::{DecodeOutcome, JsonDecoder, Rejected, Scalar};
+pub use readings::Readings;
 pub use topic::{filter_matches, filter_problem, TopicTemplate, TopicTemplateError};
 
 /// Why a message or one reading in it was rejected.
