@@ -124,6 +124,11 @@ impl Rows {
         self.topics.is_empty()
     }
 
+    /// The topic of row `row`.
+    pub fn topic(&self, row: usize) -> &str {
+        &self.topics[row]
+    }
+
     /// The event time of row `row` (epoch ms), if readable.
     pub fn time(&self, row: usize) -> Option<i64> {
         self.times[row]
