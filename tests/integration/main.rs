@@ -20,6 +20,7 @@ mod crash;
 mod differential;
 mod event_time;
 mod fuzz_decoders;
+mod history_batches;
 #[cfg(all(feature = "http", feature = "mqtt"))]
 mod http_endpoint;
 mod library;
