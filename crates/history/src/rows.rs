@@ -192,7 +192,8 @@ impl Rows {
         let first = parts.first().ok_or("no rows")?;
         let mut columns = Vec::new();
         for c in 0..first.names.len() {
-            let arrays: Vec<&dyn Array> = parts.iter().map(|p| &p.columns[c] as &dyn Array).collect();
+            let arrays: Vec<&dyn Array> =
+                parts.iter().map(|p| &p.columns[c] as &dyn Array).collect();
             let a: ArrayRef = interleave(&arrays, at).map_err(|e| e.to_string())?;
             columns.push(a.as_string::<i32>().clone());
         }
@@ -200,7 +201,10 @@ impl Rows {
             names: first.names.clone(),
             types: first.types.clone(),
             columns,
-            topics: at.iter().map(|&(p, r)| parts[p].topics[r].clone()).collect(),
+            topics: at
+                .iter()
+                .map(|&(p, r)| parts[p].topics[r].clone())
+                .collect(),
             times: at.iter().map(|&(p, r)| parts[p].times[r]).collect(),
         })
     }

@@ -125,15 +125,17 @@ pub fn ordered_messages(
     source: Option<&str>,
     order: Order,
 ) -> Result<Box<dyn Iterator<Item = Result<Message, ReplayError>>>, ReplayError> {
-    Ok(Box::new(ordered_chunks(pipeline, data, source, order)?.flat_map(
-        |c| -> Box<dyn Iterator<Item = Result<Message, ReplayError>>> {
-            match c {
-                Ok(Chunk::Message(m)) => Box::new(std::iter::once(Ok(m))),
-                Ok(Chunk::Rows(r)) => Box::new((0..r.len()).map(move |i| Ok(r.message(i)))),
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            }
-        },
-    )))
+    Ok(Box::new(
+        ordered_chunks(pipeline, data, source, order)?.flat_map(
+            |c| -> Box<dyn Iterator<Item = Result<Message, ReplayError>>> {
+                match c {
+                    Ok(Chunk::Message(m)) => Box::new(std::iter::once(Ok(m))),
+                    Ok(Chunk::Rows(r)) => Box::new((0..r.len()).map(move |i| Ok(r.message(i)))),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            },
+        ),
+    ))
 }
 
 /// Rows per batch when sorted history is gathered into batches again.
@@ -167,27 +169,29 @@ pub fn ordered_chunks(
         newest: None,
         at: 0,
     };
-    Ok(Box::new(chunks.flat_map(move |c| -> Vec<Result<Chunk, ReplayError>> {
-        match c {
-            Err(e) => vec![Err(e.into())],
-            Ok(Chunk::Message(m)) => match check.next(m.time, m.recorded, &m.topic) {
-                Ok(()) => vec![Ok(Chunk::Message(m))],
-                Err(e) => vec![Err(e)],
-            },
-            Ok(Chunk::Rows(r)) => {
-                for i in 0..r.len() {
-                    if let Err(e) = check.next(r.time(i), false, r.topic(i)) {
-                        // The rows before it go first, as their messages would have.
-                        return match i {
-                            0 => vec![Err(e)],
-                            _ => vec![Ok(Chunk::Rows(r.slice(0, i))), Err(e)],
-                        };
+    Ok(Box::new(chunks.flat_map(
+        move |c| -> Vec<Result<Chunk, ReplayError>> {
+            match c {
+                Err(e) => vec![Err(e.into())],
+                Ok(Chunk::Message(m)) => match check.next(m.time, m.recorded, &m.topic) {
+                    Ok(()) => vec![Ok(Chunk::Message(m))],
+                    Err(e) => vec![Err(e)],
+                },
+                Ok(Chunk::Rows(r)) => {
+                    for i in 0..r.len() {
+                        if let Err(e) = check.next(r.time(i), false, r.topic(i)) {
+                            // The rows before it go first, as their messages would have.
+                            return match i {
+                                0 => vec![Err(e)],
+                                _ => vec![Ok(Chunk::Rows(r.slice(0, i))), Err(e)],
+                            };
+                        }
                     }
+                    vec![Ok(Chunk::Rows(r))]
                 }
-                vec![Ok(Chunk::Rows(r))]
             }
-        }
-    })))
+        },
+    )))
 }
 
 /// `chunks` sorted by event time (stable; readings without a readable time first):

@@ -121,7 +121,8 @@ impl Runtime {
             .collect();
         let fields = body::field_maps(rows, schemas.into_iter());
         for row in 0..rows.len() {
-            let topic = rows.topic(row);
+            // Pushed by a source's name, a row is a message without a topic (`push_to`).
+            let topic = if to.is_some() { "" } else { rows.topic(row) };
             if let (None, Some(device)) = (to, topic.strip_prefix(&self.command_prefix)) {
                 let payload = rows.payload(row);
                 self.on_command(device, &payload).await;
