@@ -65,8 +65,12 @@ fn config() -> EngineConfig {
 }
 
 async fn pipeline() -> Pipeline {
+    pipeline_of(SQL).await
+}
+
+async fn pipeline_of(sql: &str) -> Pipeline {
     Pipeline::builder()
-        .query_sql("h.sql", SQL)
+        .query_sql("h.sql", sql)
         .config(config())
         .build()
         .await
@@ -84,9 +88,18 @@ fn file(name: &str, text: &str) -> PathBuf {
 
 type Published = Vec<(String, Vec<u8>)>;
 
-/// Each row published as its JSON message, one at a time.
+/// Each row published as its JSON message, one at a time (by source name, `to`).
 async fn as_messages(data: &Path, order: Order) -> (Published, EngineStats) {
-    let p = pipeline().await;
+    as_messages_of(SQL, data, order, None).await
+}
+
+async fn as_messages_of(
+    sql: &str,
+    data: &Path,
+    order: Order,
+    to: Option<&str>,
+) -> (Published, EngineStats) {
+    let p = pipeline_of(sql).await;
     let messages: Vec<_> = replay::ordered_messages(&p, data, None, order)
         .unwrap()
         .map(|m| m.unwrap())
@@ -100,7 +113,10 @@ async fn as_messages(data: &Path, order: Order) -> (Published, EngineStats) {
         out
     });
     for m in messages {
-        h.push_json(&m.topic, m.payload).await.unwrap();
+        match to {
+            Some(name) => h.push_to(name, m.payload).await.unwrap(),
+            None => h.push_json(&m.topic, m.payload).await.unwrap(),
+        }
     }
     let stats = h.finish().await.unwrap();
     drop(h);
@@ -109,10 +125,20 @@ async fn as_messages(data: &Path, order: Order) -> (Published, EngineStats) {
 
 /// The file replayed, its rows pushed as batches.
 async fn as_batches(data: &Path, order: Order) -> (Published, EngineStats) {
+    as_batches_of(SQL, data, order).await
+}
+
+async fn as_batches_of(sql: &str, data: &Path, order: Order) -> (Published, EngineStats) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let stats = replay::replay_ordered(pipeline().await, data, None, order, move |o: Output| {
-        let _ = tx.send(o.to_message());
-    })
+    let stats = replay::replay_ordered(
+        pipeline_of(sql).await,
+        data,
+        None,
+        order,
+        move |o: Output| {
+            let _ = tx.send(o.to_message());
+        },
+    )
     .await
     .unwrap();
     (rx.try_iter().collect(), stats)
@@ -202,4 +228,33 @@ async fn an_out_of_order_row_stops_replay_after_the_rows_before_it() {
         ),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn rows_for_a_source_without_topic_are_pushed_by_its_name() {
+    let sql = "
+CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE NOT NULL,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'channel');
+CREATE TABLE out WITH (connector = 'channel');
+INSERT INTO out SELECT device, window_start, count(*) AS c FROM r
+GROUP BY tumble(interval '10 seconds'), device;
+";
+    let text = "device,ts,v\nd1,1000,1\nd1,1500,\nd1,1500,\nd5,2000,2\nd1,20000,3\n";
+    let data = file("chan.csv", text);
+    let (messages, m_stats) = as_messages_of(sql, &data, Order::Check, Some("r")).await;
+    let (batches, b_stats) = as_batches_of(sql, &data, Order::Check).await;
+    assert_eq!(messages, batches);
+    assert_eq!(m_stats.rejected, b_stats.rejected);
+    assert_eq!(reasons(&batches), ["missing_field", "duplicate"]);
+    // A message pushed by name has no topic, nor has its row.
+    let letter: serde_json::Value = serde_json::from_slice(
+        &batches
+            .iter()
+            .find(|(t, _)| t.contains("/deadletter/"))
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert_eq!(letter["source_topic"].as_str().unwrap_or(""), "");
+    assert_eq!(letter["source"], "r");
 }
