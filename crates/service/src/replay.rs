@@ -12,7 +12,9 @@ use std::path::Path;
 
 pub use forewarn_history::{Chunk, HistoryError, HistoryFormat, Message, Rows, SourceShape};
 
-use forewarn_engine::{EngineError, EngineStats, Output, Pipeline, PipelineHandle, SourceInfo};
+use forewarn_engine::{
+    EngineError, EngineStats, Output, Pipeline, PipelineHandle, Readings, SourceInfo,
+};
 use forewarn_sql::{QuerySet, SqlError};
 
 /// Errors from a replay.
@@ -318,9 +320,10 @@ pub async fn replay_ordered(
             sink(o);
         }
     });
+    let pusher = Pusher::new(&handle, by_name);
     let pushed: Result<(), ReplayError> = async {
         for c in chunks {
-            push(&handle, by_name.as_deref(), c?).await?;
+            pusher.push(c?).await?;
         }
         Ok(())
     }
@@ -348,13 +351,78 @@ fn by_name(pipeline: &Pipeline, source: Option<&str>) -> Option<String> {
         .map(|s| s.name.clone())
 }
 
-/// Pushes one piece of history: on its topic(s), or by the source's name (`by_name`).
-async fn push(handle: &PipelineHandle, by_name: Option<&str>, c: Chunk) -> Result<(), EngineError> {
-    match (c, by_name) {
-        (Chunk::Message(m), Some(name)) => handle.push_to(name, m.payload).await,
-        (Chunk::Message(m), None) => handle.push_json(&m.topic, m.payload).await,
-        (Chunk::Rows(r), Some(name)) => handle.push_readings_to(name, Box::new(r)).await,
-        (Chunk::Rows(r), None) => handle.push_readings(Box::new(r)).await,
+/// Batches of rows in the engine's queue at once: its capacity counts inputs, and
+/// a queue full of 8,192-row batches would hold the whole of a large file.
+const ROWS_IN_FLIGHT: usize = 4;
+
+/// Rows holding a place in the engine's queue until the engine has taken them.
+struct Queued {
+    rows: Rows,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Readings for Queued {
+    fn len(&self) -> usize {
+        Readings::len(&self.rows)
+    }
+    fn columns(&self) -> &[String] {
+        self.rows.columns()
+    }
+    fn topic(&self, row: usize) -> &str {
+        Readings::topic(&self.rows, row)
+    }
+    fn value(&self, row: usize, column: usize) -> Option<forewarn_engine::Scalar<'_>> {
+        self.rows.value(row, column)
+    }
+    fn payload(&self, row: usize) -> Vec<u8> {
+        self.rows.payload(row)
+    }
+    fn payload_bound(&self, row: usize) -> usize {
+        self.rows.payload_bound(row)
+    }
+}
+
+/// Pushes pieces of history: on their topics, or by the source's name (`by_name`),
+/// with at most [`ROWS_IN_FLIGHT`] batches of rows queued.
+struct Pusher<'h> {
+    handle: &'h PipelineHandle,
+    by_name: Option<String>,
+    places: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl<'h> Pusher<'h> {
+    fn new(handle: &'h PipelineHandle, by_name: Option<String>) -> Self {
+        Pusher {
+            handle,
+            by_name,
+            places: std::sync::Arc::new(tokio::sync::Semaphore::new(ROWS_IN_FLIGHT)),
+        }
+    }
+
+    async fn push(&self, c: Chunk) -> Result<(), EngineError> {
+        let (handle, by_name) = (self.handle, self.by_name.as_deref());
+        match c {
+            Chunk::Message(m) => match by_name {
+                Some(name) => handle.push_to(name, m.payload).await,
+                None => handle.push_json(&m.topic, m.payload).await,
+            },
+            Chunk::Rows(rows) => {
+                let place = self
+                    .places
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| EngineError::Stopped)?;
+                let rows = Box::new(Queued {
+                    rows,
+                    _place: place,
+                });
+                match by_name {
+                    Some(name) => handle.push_readings_to(name, rows).await,
+                    None => handle.push_readings(rows).await,
+                }
+            }
+        }
     }
 }
 
@@ -509,6 +577,7 @@ pub async fn features_with(
     });
     let mut labels = crate::training::Labels::default();
     let mut n = 0u64;
+    let pusher = Pusher::new(&handle, by_name);
     let pushed: Result<(), ReplayError> = async {
         for c in chunks {
             let c = c?;
@@ -530,7 +599,7 @@ pub async fn features_with(
                 Chunk::Message(_) => 1,
                 Chunk::Rows(r) => r.len() as u64,
             };
-            push(&handle, by_name.as_deref(), c).await?;
+            pusher.push(c).await?;
             if n / 1024 > before / 1024 {
                 progress(n);
             }
