@@ -918,6 +918,78 @@ mod tests {
     }
 
     #[test]
+    fn values_decode_as_their_json_payload_does() {
+        let schema = schema(vec![
+            Field::new("vibration", DataType::Float64, true),
+            Field::new("n", DataType::Int64, false),
+        ]);
+        let t = TopicTemplate::parse("plant/{site}/{device}/telemetry").unwrap();
+        let mut text = JsonDecoder::new(schema.clone(), Some(t.clone()), 1024).unwrap();
+        let mut values = JsonDecoder::new(schema, Some(t), 1024).unwrap();
+        let s = |v: &'static str| Some(Scalar::Str(Cow::Borrowed(v)));
+        // (topic, payload, the same fields as values in column order).
+        type Fields = [Option<Scalar<'static>>; 4];
+        let cases: Vec<(&str, &str, Fields)> = vec![
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1000, "vibration": 1.5, "n": 2, "device": "other"}"#,
+                [
+                    s("other"),
+                    Some(Scalar::Int(1000)),
+                    Some(Scalar::Float(1.5)),
+                    Some(Scalar::Int(2)),
+                ],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": "2026-01-05T06:00:00Z", "n": 3}"#,
+                [None, s("2026-01-05T06:00:00Z"), None, Some(Scalar::Int(3))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1000}"#,
+                [None, Some(Scalar::Int(1000)), None, None],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": "yesterday", "n": 1}"#,
+                [None, s("yesterday"), None, Some(Scalar::Int(1))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1, "vibration": "NaN", "n": 1}"#,
+                [None, Some(Scalar::Int(1)), s("NaN"), Some(Scalar::Int(1))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1, "vibration": "x", "n": 1}"#,
+                [None, Some(Scalar::Int(1)), s("x"), Some(Scalar::Int(1))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1, "n": 1.5}"#,
+                [None, Some(Scalar::Int(1)), None, Some(Scalar::Float(1.5))],
+            ),
+            (
+                "plant/s//telemetry",
+                r#"{"ts": 1, "n": 1}"#,
+                [None, Some(Scalar::Int(1)), None, Some(Scalar::Int(1))],
+            ),
+        ];
+        for (topic, payload, fields) in cases {
+            let a = text.decode(topic, payload.as_bytes());
+            let b = values.decode_values(topic, |k| fields[k].clone());
+            assert_eq!(a, b, "{payload}");
+        }
+        // The same readings accepted by both, with the same cells.
+        let (a, b) = (text.flush().unwrap(), values.flush().unwrap());
+        assert_eq!(a.num_rows(), 2);
+        assert_eq!(a, b);
+        // The topic's device overrides the field.
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "p1");
+    }
+
+    #[test]
     fn same_is_byte_equality() {
         let base: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
         for n in 0..40 {
