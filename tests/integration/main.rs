@@ -22,6 +22,7 @@ mod event_time;
 mod fuzz_decoders;
 #[cfg(all(feature = "http", feature = "broker"))]
 mod health_page;
+mod history_batches;
 #[cfg(all(feature = "http", feature = "mqtt"))]
 mod http_endpoint;
 mod library;

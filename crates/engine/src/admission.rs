@@ -42,13 +42,25 @@ impl RecentMessages {
     /// byte; otherwise the message is remembered (and the oldest forgotten). A repeat is
     /// not remembered again, so it does not extend its own life in the window.
     pub(crate) fn repeated(&mut self, topic: &str, payload: &[u8]) -> bool {
+        use std::hash::Hash;
+        self.repeated_by(|h| {
+            topic.hash(h);
+            payload.hash(h);
+        })
+    }
+
+    /// [`repeated`](Self::repeated) for a message whose bytes `feed` hashes in some
+    /// other form that is equal exactly when the bytes are (a history row's values).
+    pub(crate) fn repeated_by(
+        &mut self,
+        feed: impl FnOnce(&mut std::collections::hash_map::DefaultHasher),
+    ) -> bool {
         if self.window == 0 {
             return false;
         }
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
-        topic.hash(&mut h);
-        payload.hash(&mut h);
+        feed(&mut h);
         let h = h.finish();
         if !self.set.insert(h) {
             return true;

@@ -26,6 +26,12 @@ pub(crate) enum Input {
         source: String,
         batch: RecordBatch,
     },
+    /// Rows of recorded history, each the message its device would have sent: for one
+    /// source (by index), or routed by each row's topic.
+    Rows {
+        to: Option<usize>,
+        rows: Box<dyn forewarn_formats::Readings>,
+    },
     /// A message its source's connector refused itself.
     Refused {
         source: usize,
@@ -134,6 +140,38 @@ impl PipelineHandle {
             }
             Err(_) => Err(EngineError::Stopped),
         }
+    }
+
+    /// Pushes rows of recorded history (see [`forewarn_formats::Readings`]), each taken
+    /// exactly as the JSON message on its topic that [`Readings::payload`] writes
+    /// would be (routing, duplicates, `max_devices`, decoding, dead letters, counters),
+    /// without writing or parsing that JSON, and in one hand-off for all the rows.
+    ///
+    /// [`Readings::payload`]: forewarn_formats::Readings::payload
+    pub async fn push_readings(
+        &self,
+        rows: Box<dyn forewarn_formats::Readings>,
+    ) -> Result<(), EngineError> {
+        self.send(Input::Rows { to: None, rows }).await
+    }
+
+    /// [`push_readings`](Self::push_readings) for source table `source`, by its name,
+    /// each row as [`push_to`](Self::push_to) would take its payload (and refused the
+    /// same way when the name is unknown or the source reads its topic).
+    pub async fn push_readings_to(
+        &self,
+        source: &str,
+        rows: Box<dyn forewarn_formats::Readings>,
+    ) -> Result<(), EngineError> {
+        let Input::ToSource { source, .. } = self.to_source(source, Vec::new(), Delivery::None)?
+        else {
+            unreachable!("to_source makes ToSource inputs")
+        };
+        self.send(Input::Rows {
+            to: Some(source),
+            rows,
+        })
+        .await
     }
 
     /// The input for source `name`, or why it cannot be pushed to by name.

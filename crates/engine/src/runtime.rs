@@ -9,6 +9,7 @@
 //! operators over it is in `runtime/ingest.rs`, restoring and writing checkpoints in
 //! `runtime/persist.rs`.
 
+mod body;
 mod ingest;
 mod persist;
 
@@ -144,6 +145,9 @@ impl Runtime {
                     Some(Input::ToSource { source, message }) => {
                         self.on_message(message, Some(source), rx.is_empty()).await?
                     }
+                    Some(Input::Rows { to, rows }) => {
+                        self.on_rows(rows.as_ref(), to, rx.is_empty()).await?
+                    }
                     Some(Input::Batch { source, batch }) => {
                         self.on_batch(&source, batch).await?;
                         self.taken(None, None).await?;
@@ -235,7 +239,7 @@ impl Runtime {
             self.on_command(device, &payload).await;
             return self.taken(ack, None).await;
         }
-        self.on_json(&topic, &payload, to).await?;
+        self.on_json(&topic, body::Body::Json(&payload), to).await?;
         // Nothing else waiting: close the micro-batch now rather than on the timer, so
         // a reading that completes a window is not held back. Under load the queue is
         // not empty and batches fill up.

@@ -133,13 +133,13 @@ impl Source {
     /// Records where the readings a message on `topic` just added to the micro-batch
     /// came from: the message, and for an array its position in it (the rejected
     /// elements were not added, so their positions are skipped).
-    pub(crate) fn record_origins(&mut self, topic: &str, payload: &[u8], outcome: &DecodeOutcome) {
+    pub(crate) fn record_origins(&mut self, topic: &str, array: bool, outcome: &DecodeOutcome) {
         if outcome.accepted == 0 {
             return;
         }
         let topic: Arc<str> = topic.into();
         let origins = &mut self.origins;
-        if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        if array {
             let bad: Vec<usize> = outcome.rejected.iter().filter_map(|r| r.index).collect();
             origins.extend(
                 (0..)
@@ -204,13 +204,13 @@ mod tests {
             br#" [{"ts": 1, "v": 1}, {"ts": 2}, {"ts": 3, "v": 3}, 7, {"ts": 5, "v": 5}]"#;
         let outcome = s.decoder.decode("plant/d1", payload);
         assert_eq!(outcome.accepted, 3);
-        s.record_origins("plant/d1", payload, &outcome);
+        s.record_origins("plant/d1", true, &outcome);
         let payload = br#"{"ts": 6, "v": 6}"#;
         let outcome = s.decoder.decode("plant/d2", payload);
-        s.record_origins("plant/d2", payload, &outcome);
+        s.record_origins("plant/d2", false, &outcome);
         // A message with nothing accepted adds no origin.
         let outcome = s.decoder.decode("plant/d3", b"[7]");
-        s.record_origins("plant/d3", b"[7]", &outcome);
+        s.record_origins("plant/d3", true, &outcome);
         assert_eq!(
             origins(&s),
             [

@@ -19,14 +19,22 @@ mod wave;
 
 pub use wave::DEFAULT_MAX_SAMPLES;
 
-/// One JSON value, borrowed from the payload where possible.
-#[derive(Debug)]
-enum Scalar<'a> {
+/// One JSON value, borrowed from the payload where possible: what the decoder reads a
+/// field as before converting it to its column's type. Readings given as values rather
+/// than text ([`JsonDecoder::decode_values`]) are made of these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    /// `null`.
     Null,
+    /// `true` / `false`.
     Bool(bool),
+    /// A number written without fraction or exponent that fits an `i64`.
     Int(i64),
+    /// Any other number.
     Float(f64),
+    /// A string.
     Str(Cow<'a, str>),
+    /// An object or array (`"an object"`, `"an array"`), which no column holds as is.
     Nested(&'static str),
     /// A waveform column's value: its samples, or why they cannot be taken.
     Wave(Result<Vec<f64>, DecodeError>),
@@ -617,6 +625,80 @@ impl JsonDecoder {
             }
         }
         let MessageSeed { slots, parsed, .. } = seed;
+        self.append(parsed, slots, captured, &mut out);
+        out
+    }
+
+    /// Decodes one reading given as the JSON values of its fields rather than as text
+    /// (a history row: no JSON written, none parsed). `value(k)` is the value of the
+    /// schema's `k`-th column as the payload would have carried it (`None`: absent).
+    /// Checked and converted exactly as [`decode_at`](Self::decode_at) checks a
+    /// payload holding that one object on `topic` (topic template, captured levels
+    /// overriding fields, types, required fields, arrival time), except for the
+    /// payload size, which the caller checks against [`max_payload`](Self::max_payload).
+    pub fn decode_values<'v>(
+        &mut self,
+        topic: &'v str,
+        mut value: impl FnMut(usize) -> Option<Scalar<'v>>,
+    ) -> DecodeOutcome {
+        self.now = if self.columns.iter().any(|c| c.arrival) {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let mut out = DecodeOutcome::default();
+        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
+        if let Some(t) = &self.template {
+            if !t.capture_values(topic, &mut captured) {
+                out.rejected.push(Rejected {
+                    index: None,
+                    error: DecodeError::TopicMismatch {
+                        topic: topic.to_string(),
+                        template: t.as_str().to_string(),
+                    },
+                });
+                return out;
+            }
+        }
+        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
+        slots.extend((0..self.columns.len()).map(&mut value));
+        let mut seed = MessageSeed {
+            columns: &self.columns,
+            builders: &self.builders,
+            captured: &captured,
+            now: self.now,
+            max_samples: self.max_samples,
+            slots,
+            parsed: Parsed {
+                cells: recycle(std::mem::take(&mut self.spare.cells)),
+                accepted: 0,
+                rejected: Vec::new(),
+            },
+            order: &mut self.key_order,
+        };
+        seed.finish_reading(None);
+        let MessageSeed { slots, parsed, .. } = seed;
+        self.append(parsed, slots, captured, &mut out);
+        out
+    }
+
+    /// The largest payload taken, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Appends the parsed readings' cells to the builders, records the outcome in `out`
+    /// and keeps the buffers for the next message.
+    fn append<'de>(
+        &mut self,
+        parsed: Parsed<'de>,
+        slots: Vec<Option<Scalar<'de>>>,
+        captured: Vec<&'de str>,
+        out: &mut DecodeOutcome,
+    ) {
         let Parsed {
             mut cells,
             accepted,
@@ -662,7 +744,6 @@ impl JsonDecoder {
         };
         self.rows += accepted;
         self.samples += samples;
-        out
     }
 
     /// Closes the pending batch; `None` when nothing is buffered.
@@ -894,6 +975,78 @@ mod tests {
         );
         assert_eq!(big.decode("t", deep_field.as_bytes()).accepted, 1);
         assert_eq!(d.buffered_rows(), 0);
+    }
+
+    #[test]
+    fn values_decode_as_their_json_payload_does() {
+        let schema = schema(vec![
+            Field::new("vibration", DataType::Float64, true),
+            Field::new("n", DataType::Int64, false),
+        ]);
+        let t = TopicTemplate::parse("plant/{site}/{device}/telemetry").unwrap();
+        let mut text = JsonDecoder::new(schema.clone(), Some(t.clone()), 1024).unwrap();
+        let mut values = JsonDecoder::new(schema, Some(t), 1024).unwrap();
+        let s = |v: &'static str| Some(Scalar::Str(Cow::Borrowed(v)));
+        // (topic, payload, the same fields as values in column order).
+        type Fields = [Option<Scalar<'static>>; 4];
+        let cases: Vec<(&str, &str, Fields)> = vec![
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1000, "vibration": 1.5, "n": 2, "device": "other"}"#,
+                [
+                    s("other"),
+                    Some(Scalar::Int(1000)),
+                    Some(Scalar::Float(1.5)),
+                    Some(Scalar::Int(2)),
+                ],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": "2026-01-05T06:00:00Z", "n": 3}"#,
+                [None, s("2026-01-05T06:00:00Z"), None, Some(Scalar::Int(3))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1000}"#,
+                [None, Some(Scalar::Int(1000)), None, None],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": "yesterday", "n": 1}"#,
+                [None, s("yesterday"), None, Some(Scalar::Int(1))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1, "vibration": "NaN", "n": 1}"#,
+                [None, Some(Scalar::Int(1)), s("NaN"), Some(Scalar::Int(1))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1, "vibration": "x", "n": 1}"#,
+                [None, Some(Scalar::Int(1)), s("x"), Some(Scalar::Int(1))],
+            ),
+            (
+                "plant/s/p1/telemetry",
+                r#"{"ts": 1, "n": 1.5}"#,
+                [None, Some(Scalar::Int(1)), None, Some(Scalar::Float(1.5))],
+            ),
+            (
+                "plant/s//telemetry",
+                r#"{"ts": 1, "n": 1}"#,
+                [None, Some(Scalar::Int(1)), None, Some(Scalar::Int(1))],
+            ),
+        ];
+        for (topic, payload, fields) in cases {
+            let a = text.decode(topic, payload.as_bytes());
+            let b = values.decode_values(topic, |k| fields[k].clone());
+            assert_eq!(a, b, "{payload}");
+        }
+        // The same readings accepted by both, with the same cells.
+        let (a, b) = (text.flush().unwrap(), values.flush().unwrap());
+        assert_eq!(a.num_rows(), 2);
+        assert_eq!(a, b);
+        // The topic's device overrides the field.
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "p1");
     }
 
     #[test]

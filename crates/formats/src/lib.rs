@@ -7,10 +7,12 @@
 //! caller can count it and dead-letter it; good readings in the same message are kept.
 
 mod json;
+mod readings;
 mod topic;
 
 use forewarn_core::Reason;
-pub use json::{DecodeOutcome, JsonDecoder, Rejected, DEFAULT_MAX_SAMPLES};
+pub use json::{DecodeOutcome, JsonDecoder, Rejected, Scalar, DEFAULT_MAX_SAMPLES};
+pub use readings::Readings;
 pub use topic::{
     filter_matches, filter_problem, unshared_filter, TopicTemplate, TopicTemplateError,
 };

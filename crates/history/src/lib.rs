@@ -1,10 +1,12 @@
 //! Recorded sensor history, replayed as the MQTT messages Forewarn would have received.
 //!
 //! `forewarn replay` (the analyst's backtest) and training from history read files
-//! through this crate. Every row becomes one JSON message on the topic the device
-//! would have published to (rendered from the source's topic template), so replayed
-//! data goes through exactly the live decode path: the same validation, the same
-//! dead letters, the same windows.
+//! through this crate. Every row is the JSON message on the topic the device would
+//! have published to (rendered from the source's topic template), so replayed data
+//! goes through exactly the live decode path: the same validation, the same dead
+//! letters, the same windows. CSV and Parquet rows stay Arrow columns ([`Rows`],
+//! see [`chunks`]) that the engine reads as values; their JSON is written only for
+//! a dead letter that quotes it. JSON lines are messages already.
 //!
 //! Formats, chosen by file extension:
 //! * `.csv` — a header row; cells are converted by the source's declared column types;
@@ -19,12 +21,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_formats::TopicTemplate;
 use serde_json::{Map, Value};
+
+mod rows;
+pub use rows::Rows;
 
 /// Errors reading history.
 #[derive(Debug, thiserror::Error)]
@@ -93,17 +96,23 @@ pub struct SourceShape {
 impl SourceShape {
     /// The topic a reading with these fields would have been published on.
     pub fn topic_for(&self, fields: &Map<String, Value>) -> String {
+        self.topic_with(|c| {
+            fields.get(c).and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                // A null is no value: an empty level, refused like a missing cell.
+                Value::Null => None,
+                other => Some(other.to_string()),
+            })
+        })
+    }
+
+    /// The topic of a reading whose field `c`, written as a topic level, is
+    /// `level(c)` (`None`: absent).
+    pub(crate) fn topic_with(&self, level: impl FnMut(&str) -> Option<String>) -> String {
         match &self.template {
             // Values as they are, a missing one as an empty level: a row live input
             // could not have carried gets a topic the decoder refuses, as live would.
-            Some(t) => t.render_exact(|c| {
-                fields.get(c).and_then(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    // A null is no value: an empty level, refused like a missing cell.
-                    Value::Null => None,
-                    other => Some(other.to_string()),
-                })
-            }),
+            Some(t) => t.render_exact(level),
             // Without a template any topic matching the filter will do.
             None => self
                 .topic_filter
@@ -141,11 +150,37 @@ impl SourceShape {
     }
 }
 
+/// A piece of a history file: a message (JSON lines), or rows (CSV, Parquet).
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    /// One message as it would have arrived.
+    Message(Message),
+    /// Rows of a table, each the reading its device would have sent.
+    Rows(Rows),
+}
+
 /// The messages of a history file, in file order.
 pub fn messages(
     path: &Path,
     shape: &SourceShape,
 ) -> Result<Box<dyn Iterator<Item = Result<Message, HistoryError>>>, HistoryError> {
+    Ok(Box::new(chunks(path, shape)?.flat_map(
+        |c| -> Box<dyn Iterator<Item = Result<Message, HistoryError>>> {
+            match c {
+                Ok(Chunk::Message(m)) => Box::new(std::iter::once(Ok(m))),
+                Ok(Chunk::Rows(r)) => Box::new((0..r.len()).map(move |i| Ok(r.message(i)))),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        },
+    )))
+}
+
+/// The pieces of a history file, in file order: JSON lines as messages, CSV and
+/// Parquet as [`Rows`] of up to 8,192.
+pub fn chunks(
+    path: &Path,
+    shape: &SourceShape,
+) -> Result<Box<dyn Iterator<Item = Result<Chunk, HistoryError>>>, HistoryError> {
     let format = HistoryFormat::of(path)?;
     let io = |source| HistoryError::Io {
         path: path.to_path_buf(),
@@ -169,23 +204,24 @@ pub fn messages(
                 if line.trim().is_empty() {
                     return None;
                 }
-                Some(Ok(json_line(&shape, line)))
+                Some(Ok(Chunk::Message(json_line(&shape, line))))
             }))
         }
         HistoryFormat::Csv => {
             let batches = csv_batches(path, file)?;
-            Box::new(batch_messages(batches, shape, p))
+            Box::new(batch_rows(batches, shape, p))
         }
         HistoryFormat::Parquet => {
             let reader =
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .map(|b| b.with_batch_size(8192))
                     .and_then(|b| b.build())
                     .map_err(|e| HistoryError::Format {
                         path: path.to_path_buf(),
                         message: e.to_string(),
                     })?;
             let batches = reader.map(|b| b.map_err(|e| e.to_string()));
-            Box::new(batch_messages(batches, shape, p))
+            Box::new(batch_rows(batches, shape, p))
         }
     })
 }
@@ -326,84 +362,19 @@ fn csv_batches(
     }))
 }
 
-fn batch_messages(
+fn batch_rows(
     batches: impl Iterator<Item = Result<RecordBatch, String>>,
     shape: SourceShape,
     path: PathBuf,
-) -> impl Iterator<Item = Result<Message, HistoryError>> {
-    batches.flat_map(
-        move |b| -> Box<dyn Iterator<Item = Result<Message, HistoryError>>> {
-            match b.and_then(|b| rows_as_json(&b, &shape.schema)) {
-                Ok(rows) => {
-                    let shape = shape.clone();
-                    Box::new(rows.into_iter().map(move |fields| {
-                        Ok(Message {
-                            topic: shape.topic_for(&fields),
-                            time: shape.time_of(&fields),
-                            recorded: false,
-                            payload: Value::Object(fields).to_string().into_bytes(),
-                        })
-                    }))
-                }
-                Err(message) => Box::new(std::iter::once(Err(HistoryError::Format {
-                    path: path.clone(),
-                    message,
-                }))),
-            }
-        },
-    )
-}
-
-/// Each row as a JSON reading: cells typed by the source's column of the same name.
-fn rows_as_json(b: &RecordBatch, schema: &SchemaRef) -> Result<Vec<Map<String, Value>>, String> {
-    let schema_b = b.schema();
-    let mut columns = Vec::new();
-    for (i, f) in schema_b.fields().iter().enumerate() {
-        let text = cast(b.column(i), &DataType::Utf8).map_err(|e| format!("{}: {e}", f.name()))?;
-        let target = schema
-            .field_with_name(f.name())
-            .map(|t| t.data_type().clone())
-            .unwrap_or(DataType::Utf8);
-        columns.push((f.name().clone(), text, target));
-    }
-    Ok((0..b.num_rows())
-        .map(|r| {
-            let mut m = Map::new();
-            for (name, text, target) in &columns {
-                let s = text.as_string::<i32>();
-                if s.is_null(r) || s.value(r).is_empty() {
-                    continue;
-                }
-                m.insert(name.clone(), typed(s.value(r), target));
-            }
-            m
-        })
-        .collect())
-}
-
-/// A text cell as the JSON value a device would have sent for a column of type `t`;
-/// text that does not fit the type is passed on as a string, for the decoder to reject.
-fn typed(s: &str, t: &DataType) -> Value {
-    let parsed = match t {
-        DataType::Float64 => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
-        DataType::Int64 | DataType::Timestamp(..) => s
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .map(|i| Value::Number(i.into())),
-        DataType::Boolean => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" => Some(Value::Bool(true)),
-            "false" | "0" => Some(Value::Bool(false)),
-            _ => None,
-        },
-        _ => None,
-    };
-    parsed.unwrap_or_else(|| Value::String(s.to_string()))
+) -> impl Iterator<Item = Result<Chunk, HistoryError>> {
+    batches.map(move |b| {
+        b.and_then(|b| Rows::new(&b, &shape))
+            .map(Chunk::Rows)
+            .map_err(|message| HistoryError::Format {
+                path: path.clone(),
+                message,
+            })
+    })
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
 //! Replaying recorded history through a pipeline: the analyst's backtest.
 //!
-//! Each row of the file becomes the message its device would have published (see
-//! [`forewarn_history`]), pushed through the same decode path, windows and scoring as
-//! live input, as fast as the pipeline takes it. Windows are timed by the data's event
+//! Each row of the file is the message its device would have published (see
+//! [`forewarn_history`]), taken through the same routing, checks, decoding, windows and
+//! scoring as live input, as fast as the pipeline takes it. CSV and Parquet rows are
+//! pushed as Arrow columns in batches ([`PipelineHandle::push_readings`]), never
+//! written as JSON; JSON lines are pushed as the messages they are. Windows are timed by the data's event
 //! time only, so the results are those the live pipeline gives on the same readings.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use forewarn_history::{HistoryError, HistoryFormat, Message, SourceShape};
+pub use forewarn_history::{Chunk, HistoryError, HistoryFormat, Message, Rows, SourceShape};
 
-use forewarn_engine::{EngineError, EngineStats, Output, Pipeline, SourceInfo};
+use forewarn_engine::{
+    EngineError, EngineStats, Output, Pipeline, PipelineHandle, Readings, SourceInfo,
+};
 use forewarn_sql::{QuerySet, SqlError};
 
 /// Errors from a replay.
@@ -115,57 +119,161 @@ pub fn source_shape(pipeline: &Pipeline, name: Option<&str>) -> Result<SourceSha
 }
 
 /// The messages of `data` for source `source` (or the only source) of `pipeline`, in
-/// the order replay pushes them (see [`Order`]).
+/// the order replay pushes them (see [`Order`]): those of [`ordered_chunks`], rows
+/// written as JSON.
 pub fn ordered_messages(
     pipeline: &Pipeline,
     data: &Path,
     source: Option<&str>,
     order: Order,
 ) -> Result<Box<dyn Iterator<Item = Result<Message, ReplayError>>>, ReplayError> {
+    Ok(Box::new(
+        ordered_chunks(pipeline, data, source, order)?.flat_map(
+            |c| -> Box<dyn Iterator<Item = Result<Message, ReplayError>>> {
+                match c {
+                    Ok(Chunk::Message(m)) => Box::new(std::iter::once(Ok(m))),
+                    Ok(Chunk::Rows(r)) => Box::new((0..r.len()).map(move |i| Ok(r.message(i)))),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            },
+        ),
+    ))
+}
+
+/// Rows per batch when sorted history is gathered into batches again.
+const SORTED_ROWS: usize = 8192;
+
+/// The pieces of `data` for source `source` (or the only source) of `pipeline` in the
+/// order replay pushes them (see [`Order`]): messages (JSON lines) or rows (CSV,
+/// Parquet), with the check of [`Order::Check`] applied to each reading.
+pub fn ordered_chunks(
+    pipeline: &Pipeline,
+    data: &Path,
+    source: Option<&str>,
+    order: Order,
+) -> Result<Box<dyn Iterator<Item = Result<Chunk, ReplayError>>>, ReplayError> {
     let shape = source_shape(pipeline, source)?;
     let info = pipeline
         .sources()
         .iter()
         .find(|s| source.is_none_or(|n| n == s.name))
         .expect("source_shape found it");
-    let messages = forewarn_history::messages(data, &shape)?;
+    let chunks = forewarn_history::chunks(data, &shape)?;
     if order == Order::Sort {
-        let mut all = messages.collect::<Result<Vec<_>, _>>()?;
-        all.sort_by_key(|m| m.time.unwrap_or(i64::MIN));
-        return Ok(Box::new(all.into_iter().map(Ok)));
+        let all = chunks.collect::<Result<Vec<_>, _>>()?;
+        return Ok(Box::new(sorted(all).into_iter().map(Ok)));
     }
-    let (delay, max_future) = (info.watermark.delay, info.watermark.max_future);
-    let (name, path) = (info.name.clone(), data.display().to_string());
-    let mut newest: Option<(u64, i64)> = None;
-    let mut at = 0u64;
-    Ok(Box::new(messages.map(move |m| {
-        let m = m?;
-        at += 1;
+    let mut check = TimeOrder {
+        delay: info.watermark.delay,
+        max_future: info.watermark.max_future,
+        table: info.name.clone(),
+        path: data.display().to_string(),
+        newest: None,
+        at: 0,
+    };
+    Ok(Box::new(chunks.flat_map(
+        move |c| -> Vec<Result<Chunk, ReplayError>> {
+            match c {
+                Err(e) => vec![Err(e.into())],
+                Ok(Chunk::Message(m)) => match check.next(m.time, m.recorded, &m.topic) {
+                    Ok(()) => vec![Ok(Chunk::Message(m))],
+                    Err(e) => vec![Err(e)],
+                },
+                Ok(Chunk::Rows(r)) => {
+                    for i in 0..r.len() {
+                        if let Err(e) = check.next(r.time(i), false, r.topic(i)) {
+                            // The rows before it go first, as their messages would have.
+                            return match i {
+                                0 => vec![Err(e)],
+                                _ => vec![Ok(Chunk::Rows(r.slice(0, i))), Err(e)],
+                            };
+                        }
+                    }
+                    vec![Ok(Chunk::Rows(r))]
+                }
+            }
+        },
+    )))
+}
+
+/// `chunks` sorted by event time (stable; readings without a readable time first):
+/// rows gathered into batches again, messages one by one.
+fn sorted(chunks: Vec<Chunk>) -> Vec<Chunk> {
+    let rows: Vec<&Rows> = chunks
+        .iter()
+        .filter_map(|c| match c {
+            Chunk::Rows(r) => Some(r),
+            Chunk::Message(_) => None,
+        })
+        .collect();
+    let tabular = rows.len() == chunks.len()
+        && !rows.is_empty()
+        && rows.iter().all(|r| r.same_columns(rows[0]));
+    if !tabular {
+        let mut all: Vec<Message> = chunks
+            .into_iter()
+            .flat_map(|c| match c {
+                Chunk::Message(m) => vec![m],
+                Chunk::Rows(r) => (0..r.len()).map(|i| r.message(i)).collect(),
+            })
+            .collect();
+        all.sort_by_key(|m| m.time.unwrap_or(i64::MIN));
+        return all.into_iter().map(Chunk::Message).collect();
+    }
+    let parts: Vec<Rows> = rows.into_iter().cloned().collect();
+    let mut at: Vec<(usize, usize)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(p, r)| (0..r.len()).map(move |i| (p, i)))
+        .collect();
+    at.sort_by_key(|&(p, i)| parts[p].time(i).unwrap_or(i64::MIN));
+    at.chunks(SORTED_ROWS)
+        .map(|c| Chunk::Rows(Rows::gather(&parts, c).expect("parts with the same columns")))
+        .collect()
+}
+
+/// The check of [`Order::Check`], reading after reading.
+struct TimeOrder {
+    delay: i64,
+    max_future: Option<i64>,
+    table: String,
+    path: String,
+    /// The newest reading so far (1-based position, time).
+    newest: Option<(u64, i64)>,
+    /// Readings so far.
+    at: u64,
+}
+
+impl TimeOrder {
+    /// Takes the next reading (its time, whether it is a recorded message, its topic).
+    fn next(&mut self, time: Option<i64>, recorded: bool, topic: &str) -> Result<(), ReplayError> {
+        self.at += 1;
+        let at = self.at;
         // A recorded message stream is replayed as it arrived, late readings included.
-        if let (Some(t), false) = (m.time, m.recorded) {
-            match newest {
-                Some((n_at, n)) if t < n.saturating_sub(delay) => {
+        if let (Some(t), false) = (time, recorded) {
+            match self.newest {
+                Some((n_at, n)) if t < n.saturating_sub(self.delay) => {
                     return Err(ReplayError::Unsorted(Box::new(OutOfOrder {
-                        path: path.clone(),
+                        path: self.path.clone(),
                         at,
-                        topic: m.topic.clone(),
+                        topic: topic.to_string(),
                         time: forewarn_core::format_rfc3339(t),
                         behind: format_duration(n - t),
                         newest_at: n_at,
                         newest: forewarn_core::format_rfc3339(n),
-                        table: name.clone(),
-                        delay: format_duration(delay),
+                        table: self.table.clone(),
+                        delay: format_duration(self.delay),
                     })))
                 }
                 Some((_, n)) if n >= t => {}
                 // Further ahead than max_future: the engine refuses it (a clock that
                 // jumped), so it is no reference for the readings after it.
-                Some((_, n)) if max_future.is_some_and(|l| t > n.saturating_add(l)) => {}
-                _ => newest = Some((at, t)),
+                Some((_, n)) if self.max_future.is_some_and(|l| t > n.saturating_add(l)) => {}
+                _ => self.newest = Some((at, t)),
             }
         }
-        Ok(m)
-    })))
+        Ok(())
+    }
 }
 
 /// Replays `data` into `source` (or the only source) and hands every output to `sink`
@@ -204,7 +312,7 @@ pub async fn replay_ordered(
         pushed?;
         return Ok(stats?);
     }
-    let messages = ordered_messages(&pipeline, data, source, order)?;
+    let chunks = ordered_chunks(&pipeline, data, source, order)?;
     let by_name = by_name(&pipeline, source);
     let (handle, mut outputs) = pipeline.without_wall_clock().start();
     let drain = tokio::spawn(async move {
@@ -212,9 +320,10 @@ pub async fn replay_ordered(
             sink(o);
         }
     });
+    let pusher = Pusher::new(&handle, by_name);
     let pushed: Result<(), ReplayError> = async {
-        for m in messages {
-            push(&handle, by_name.as_deref(), m?).await?;
+        for c in chunks {
+            pusher.push(c?).await?;
         }
         Ok(())
     }
@@ -242,15 +351,78 @@ fn by_name(pipeline: &Pipeline, source: Option<&str>) -> Option<String> {
         .map(|s| s.name.clone())
 }
 
-/// Pushes one history message: on its topic, or by the source's name (`by_name`).
-async fn push(
-    handle: &forewarn_engine::PipelineHandle,
-    by_name: Option<&str>,
-    m: Message,
-) -> Result<(), EngineError> {
-    match by_name {
-        Some(name) => handle.push_to(name, m.payload).await,
-        None => handle.push_json(&m.topic, m.payload).await,
+/// Batches of rows in the engine's queue at once: its capacity counts inputs, and
+/// a queue full of 8,192-row batches would hold the whole of a large file.
+const ROWS_IN_FLIGHT: usize = 4;
+
+/// Rows holding a place in the engine's queue until the engine has taken them.
+struct Queued {
+    rows: Rows,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Readings for Queued {
+    fn len(&self) -> usize {
+        Readings::len(&self.rows)
+    }
+    fn columns(&self) -> &[String] {
+        self.rows.columns()
+    }
+    fn topic(&self, row: usize) -> &str {
+        Readings::topic(&self.rows, row)
+    }
+    fn value(&self, row: usize, column: usize) -> Option<forewarn_engine::Scalar<'_>> {
+        self.rows.value(row, column)
+    }
+    fn payload(&self, row: usize) -> Vec<u8> {
+        self.rows.payload(row)
+    }
+    fn payload_bound(&self, row: usize) -> usize {
+        self.rows.payload_bound(row)
+    }
+}
+
+/// Pushes pieces of history: on their topics, or by the source's name (`by_name`),
+/// with at most [`ROWS_IN_FLIGHT`] batches of rows queued.
+struct Pusher<'h> {
+    handle: &'h PipelineHandle,
+    by_name: Option<String>,
+    places: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl<'h> Pusher<'h> {
+    fn new(handle: &'h PipelineHandle, by_name: Option<String>) -> Self {
+        Pusher {
+            handle,
+            by_name,
+            places: std::sync::Arc::new(tokio::sync::Semaphore::new(ROWS_IN_FLIGHT)),
+        }
+    }
+
+    async fn push(&self, c: Chunk) -> Result<(), EngineError> {
+        let (handle, by_name) = (self.handle, self.by_name.as_deref());
+        match c {
+            Chunk::Message(m) => match by_name {
+                Some(name) => handle.push_to(name, m.payload).await,
+                None => handle.push_json(&m.topic, m.payload).await,
+            },
+            Chunk::Rows(rows) => {
+                let place = self
+                    .places
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| EngineError::Stopped)?;
+                let rows = Box::new(Queued {
+                    rows,
+                    _place: place,
+                });
+                match by_name {
+                    Some(name) => handle.push_readings_to(name, rows).await,
+                    None => handle.push_readings(rows).await,
+                }
+            }
+        }
     }
 }
 
@@ -391,7 +563,7 @@ pub async fn features_with(
         .await?
         .without_wall_clock();
     let source = pipeline.sources()[0].clone();
-    let messages = ordered_messages(&pipeline, data, None, order)?;
+    let chunks = ordered_chunks(&pipeline, data, None, order)?;
     let by_name = by_name(&pipeline, None);
     let (handle, mut outputs) = pipeline.start();
     let collect = tokio::spawn(async move {
@@ -405,16 +577,30 @@ pub async fn features_with(
     });
     let mut labels = crate::training::Labels::default();
     let mut n = 0u64;
+    let pusher = Pusher::new(&handle, by_name);
     let pushed: Result<(), ReplayError> = async {
-        for m in messages {
-            let m = m?;
-            if let Some(col) = label {
-                let (device, t, a) = label_of(&source, &m, col, data)?;
-                labels.push(&device, t, a);
+        for c in chunks {
+            let c = c?;
+            let before = n;
+            match (&c, label) {
+                (Chunk::Message(m), Some(col)) => {
+                    let (device, t, a) = label_of(&source, m, col, data)?;
+                    labels.push(&device, t, a);
+                }
+                (Chunk::Rows(r), Some(col)) => {
+                    for i in 0..r.len() {
+                        let (device, t, a) = label_of(&source, &r.message(i), col, data)?;
+                        labels.push(&device, t, a);
+                    }
+                }
+                (_, None) => {}
             }
-            push(&handle, by_name.as_deref(), m).await?;
-            n += 1;
-            if n.is_multiple_of(1024) {
+            n += match &c {
+                Chunk::Message(_) => 1,
+                Chunk::Rows(r) => r.len() as u64,
+            };
+            pusher.push(c).await?;
+            if n / 1024 > before / 1024 {
                 progress(n);
             }
         }

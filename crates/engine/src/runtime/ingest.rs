@@ -1,6 +1,7 @@
 //! Taking input: messages decoded into the sources' micro-batches, pushed batches, device
 //! admission, and running the window operators over a flushed batch.
 
+use super::body::{self, Body};
 use super::*;
 use crate::latency;
 
@@ -28,7 +29,7 @@ impl Runtime {
     /// PUBACK; with the timestamp inside, the same bytes are the same readings). Sources
     /// timed by arrival are exempt: identical payloads are new readings there. A
     /// message pushed by source name is compared with those pushed to the same source.
-    pub(super) fn is_duplicate(&mut self, topic: &str, payload: &[u8], to: Option<usize>) -> bool {
+    pub(super) fn is_duplicate(&mut self, topic: &str, body: &Body, to: Option<usize>) -> bool {
         if !self.recent.enabled()
             || !(0..self.sources.len())
                 .any(|i| !self.sources[i].processing_time && self.takes(i, topic, to))
@@ -39,24 +40,25 @@ impl Runtime {
             // MQTT topics cannot hold U+0000: this key is no topic's.
             Some(j) => {
                 let key = format!("\0{}", self.sources[j].name);
-                self.recent.repeated(&key, payload)
+                body.repeated(&mut self.recent, &key)
             }
-            None => self.recent.repeated(topic, payload),
+            None => body.repeated(&mut self.recent, topic),
         }
     }
 
-    /// One JSON message: decoded by the sources that take it (see [`Self::takes`]).
+    /// One message (JSON text, or a history row given as values): decoded by the
+    /// sources that take it (see [`Self::takes`]).
     pub(super) async fn on_json(
         &mut self,
         topic: &str,
-        payload: &[u8],
+        body: Body<'_>,
         to: Option<usize>,
     ) -> Result<(), EngineError> {
         self.count(|s| s.messages_in += 1);
 
-        if self.is_duplicate(topic, payload, to) {
+        if self.is_duplicate(topic, &body, to) {
             let source = to.map(|j| self.sources[j].name.as_str());
-            let o = outputs::duplicate(&self.config, topic, source, payload);
+            let o = outputs::duplicate(&self.config, topic, source, &body.payload());
             self.emit(o).await;
             return Ok(());
         }
@@ -79,19 +81,19 @@ impl Runtime {
                     src.devices.max(),
                     &device,
                     Some(&origin),
-                    outputs::excerpt(&self.config, payload),
+                    outputs::excerpt(&self.config, &body.payload()),
                 );
                 self.emit(o).await;
                 continue;
             }
             let t = latency::start(&self.latency);
-            let outcome = self.sources[i].decoder.decode(topic, payload);
+            let outcome = body.decode(&mut self.sources[i].decoder, i, topic);
             latency::record(&self.latency, t, |h| &h.decode);
             self.count(|s| s.readings_in += outcome.accepted as u64);
-            self.sources[i].record_origins(topic, payload, &outcome);
+            self.sources[i].record_origins(topic, body.is_array(), &outcome);
             for r in outcome.rejected {
                 let source = &self.sources[i].name;
-                let o = outputs::undecodable(&self.config, source, topic, payload, &r);
+                let o = outputs::undecodable(&self.config, source, topic, &body.payload(), &r);
                 self.emit(o).await;
             }
             let src = &mut self.sources[i];
@@ -105,8 +107,45 @@ impl Runtime {
             }
         }
         if !matched {
-            let o = outputs::unknown_topic(&self.config, topic, payload);
+            let o = outputs::unknown_topic(&self.config, topic, &body.payload());
             self.emit(o).await;
+        }
+        Ok(())
+    }
+
+    /// Rows of recorded history, each taken as the message its device would have sent
+    /// (see [`Body::Row`]): for source `to`, or routed by each row's topic.
+    pub(super) async fn on_rows(
+        &mut self,
+        rows: &dyn forewarn_formats::Readings,
+        to: Option<usize>,
+        idle: bool,
+    ) -> Result<(), EngineError> {
+        let schemas: Vec<_> = self
+            .sources
+            .iter()
+            .map(|s| s.decoder.schema().clone())
+            .collect();
+        let fields = body::field_maps(rows, schemas.into_iter());
+        for row in 0..rows.len() {
+            // Pushed by a source's name, a row is a message without a topic (`push_to`).
+            let topic = if to.is_some() { "" } else { rows.topic(row) };
+            if let (None, Some(device)) = (to, topic.strip_prefix(&self.command_prefix)) {
+                let payload = rows.payload(row);
+                self.on_command(device, &payload).await;
+            } else {
+                let body = Body::Row {
+                    rows,
+                    row,
+                    fields: &fields,
+                };
+                self.on_json(topic, body, to).await?;
+            }
+            self.taken(None, None).await?;
+        }
+        // As after a message: nothing else waiting, the micro-batch closes now.
+        if self.config.flush_when_idle && idle {
+            self.flush_all().await?;
         }
         Ok(())
     }

@@ -1,0 +1,30 @@
+//! Readings given as values rather than as JSON text: rows of recorded history that
+//! the engine takes as the messages their devices would have sent, without writing
+//! and parsing JSON for each.
+
+use crate::Scalar;
+
+/// A batch of readings, one per row, each with the topic it would have been published
+/// on and its fields as the JSON values the payload would have carried. The engine
+/// routes, checks and decodes each row exactly as it would that message (see
+/// `JsonDecoder::decode_values`); [`payload`](Self::payload) is the message itself,
+/// written only when a dead letter quotes it.
+pub trait Readings: Send + Sync {
+    /// Number of rows.
+    fn len(&self) -> usize;
+    /// Whether there are no rows.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The field names, one per column; each row's fields are its non-null columns.
+    fn columns(&self) -> &[String];
+    /// The topic of row `row`.
+    fn topic(&self, row: usize) -> &str;
+    /// Field `column` of row `row` (`None`: absent from the payload).
+    fn value(&self, row: usize, column: usize) -> Option<Scalar<'_>>;
+    /// The JSON payload of row `row`, byte for byte as its device would have sent it.
+    fn payload(&self, row: usize) -> Vec<u8>;
+    /// An upper bound of the length of [`payload`](Self::payload), cheap to compute:
+    /// a payload that may be over the size limit is written and measured.
+    fn payload_bound(&self, row: usize) -> usize;
+}

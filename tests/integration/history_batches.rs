@@ -1,0 +1,260 @@
+//! History rows pushed as Arrow batches give exactly what publishing each row's JSON
+//! message gives: the same outputs byte for byte, in the same order, and the same
+//! counters, bad rows of every kind included.
+
+use std::path::{Path, PathBuf};
+
+use forewarn::replay::{self, Order};
+use forewarn::{EngineConfig, EngineStats, Output, Pipeline};
+
+const SQL: &str = "
+CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, n BIGINT NOT NULL, ok BOOLEAN,
+  note TEXT, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+  WITH (connector = 'mqtt', topic = 'plant/+/telemetry',
+        topic_template = 'plant/{device}/telemetry', max_future = '1 hour');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+INSERT INTO out SELECT device, window_start, count(*) AS c, sum(v) AS s, max(n) AS m
+FROM r GROUP BY tumble(interval '10 seconds'), device;
+";
+
+/// One row of every kind the decoder refuses, good rows around them, a resent row and
+/// devices beyond `max_devices`.
+fn csv() -> String {
+    let long = "x".repeat(400);
+    let rows = [
+        "device,ts,v,n,ok,note,extra",
+        "d1,2026-01-05T06:00:00Z,1.5,1,true,a,e1",
+        "d2,1767592801000,2,2,false,,e2",
+        // The same row again: a resent message.
+        "d1,2026-01-05T06:00:00Z,1.5,1,true,a,e1",
+        // Differs only in a column no source reads: another message.
+        "d1,2026-01-05T06:00:00Z,1.5,1,true,a,e9",
+        "d1,2026-01-05T06:00:02Z,3,,true,a,",
+        "d1,yesterday,3,3,true,a,",
+        "d2,2026-01-05T06:00:03Z,abc,3,true,a,",
+        "d2,2026-01-05T06:00:03Z,NaN,3,true,a,",
+        "d2,2026-01-05T06:00:03Z,inf,3,1,a,",
+        "d2,2026-01-05T06:00:04Z,4,1.5,0,a,",
+        "d2,2026-01-05T06:00:04Z,4,4,maybe,a,",
+        ",2026-01-05T06:00:05Z,5,5,true,a,",
+        "a/b,2026-01-05T06:00:05Z,5,5,true,a,",
+        "d3,2026-01-05T06:00:06Z,6,6,true,\"quoted, \"\"note\"\"\",",
+        "d4,2026-01-05T06:00:06Z,6,6,true,a,",
+        &format!("d3,2026-01-05T06:00:07Z,7,7,true,{long},"),
+        "d3,2027-01-05T06:00:07Z,7,7,true,a,",
+        "d1,2026-01-05T06:00:08Z,1e3,8,TRUE,a,",
+        "d2,2026-01-05T06:00:12Z,-0.0,9,false,a,",
+        "d3,2026-01-05T06:00:25Z,12,10,true,a,",
+        "d1,2026-01-05T06:00:26Z,13,11,true,a,",
+    ];
+    rows.join("\n") + "\n"
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        max_devices: 3,
+        max_payload_bytes: 300,
+        // Micro-batches close at a fixed number of readings only, so both paths cut
+        // them at the same rows whatever the timing.
+        max_batch_rows: 3,
+        max_batch_delay: std::time::Duration::from_secs(3600),
+        flush_when_idle: false,
+        wall_clock: false,
+        ..Default::default()
+    }
+}
+
+async fn pipeline() -> Pipeline {
+    pipeline_of(SQL).await
+}
+
+async fn pipeline_of(sql: &str) -> Pipeline {
+    Pipeline::builder()
+        .query_sql("h.sql", sql)
+        .config(config())
+        .build()
+        .await
+        .unwrap()
+        .without_wall_clock()
+}
+
+fn file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fw-history-batches-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+type Published = Vec<(String, Vec<u8>)>;
+
+/// Each row published as its JSON message, one at a time (by source name, `to`).
+async fn as_messages(data: &Path, order: Order) -> (Published, EngineStats) {
+    as_messages_of(SQL, data, order, None).await
+}
+
+async fn as_messages_of(
+    sql: &str,
+    data: &Path,
+    order: Order,
+    to: Option<&str>,
+) -> (Published, EngineStats) {
+    let p = pipeline_of(sql).await;
+    let messages: Vec<_> = replay::ordered_messages(&p, data, None, order)
+        .unwrap()
+        .map(|m| m.unwrap())
+        .collect();
+    let (h, mut rx) = p.start();
+    let collect = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while let Some(o) = rx.recv().await {
+            out.push(o.to_message());
+        }
+        out
+    });
+    for m in messages {
+        match to {
+            Some(name) => h.push_to(name, m.payload).await.unwrap(),
+            None => h.push_json(&m.topic, m.payload).await.unwrap(),
+        }
+    }
+    let stats = h.finish().await.unwrap();
+    drop(h);
+    (collect.await.unwrap(), stats)
+}
+
+/// The file replayed, its rows pushed as batches.
+async fn as_batches(data: &Path, order: Order) -> (Published, EngineStats) {
+    as_batches_of(SQL, data, order).await
+}
+
+async fn as_batches_of(sql: &str, data: &Path, order: Order) -> (Published, EngineStats) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stats = replay::replay_ordered(
+        pipeline_of(sql).await,
+        data,
+        None,
+        order,
+        move |o: Output| {
+            let _ = tx.send(o.to_message());
+        },
+    )
+    .await
+    .unwrap();
+    (rx.try_iter().collect(), stats)
+}
+
+fn reasons(out: &Published) -> Vec<String> {
+    out.iter()
+        .filter(|(t, _)| t.contains("/deadletter/"))
+        .map(|(_, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            v["reason"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rows_as_batches_give_the_outputs_of_their_messages_byte_for_byte() {
+    let data = file("h.csv", &csv());
+    for order in [Order::Check, Order::Sort] {
+        let (messages, m_stats) = as_messages(&data, order).await;
+        let (batches, b_stats) = as_batches(&data, order).await;
+        // Every kind of refusal is there, in file order (the independent expectation).
+        let expected = [
+            "duplicate",
+            "missing_field",
+            "bad_timestamp",
+            "wrong_type",
+            "non_finite",
+            "non_finite",
+            "wrong_type",
+            "wrong_type",
+            "topic_mismatch",
+            // A device id with a `/` makes a topic no source subscribes to.
+            "unknown_topic",
+            "too_many_devices",
+            "too_large",
+            "future_timestamp",
+        ];
+        let mut got = reasons(&batches);
+        if order == Order::Sort {
+            // Sorted by time, the unreadable time goes first and the far future last.
+            got.sort();
+            let mut e = expected.map(String::from).to_vec();
+            e.sort();
+            assert_eq!(got, e);
+        } else {
+            assert_eq!(got, expected);
+        }
+        assert_eq!(
+            messages.len(),
+            batches.len(),
+            "{order:?}: {messages:#?}\n{batches:#?}"
+        );
+        for (a, b) in messages.iter().zip(&batches) {
+            assert_eq!(
+                (a.0.as_str(), String::from_utf8_lossy(&a.1)),
+                (b.0.as_str(), String::from_utf8_lossy(&b.1)),
+                "{order:?}"
+            );
+        }
+        assert_eq!(m_stats.messages_in, b_stats.messages_in);
+        assert_eq!(m_stats.readings_in, b_stats.readings_in);
+        assert_eq!(m_stats.rejected, b_stats.rejected);
+        assert_eq!(b_stats.messages_in, 21);
+        // Windows closed: d1 [06:00:00, 06:00:10) has two readings (1.5 and the row
+        // differing in `extra`) and 1e3.
+        let d1 = batches
+            .iter()
+            .find(|(t, _)| t == "o/d1")
+            .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).unwrap())
+            .unwrap();
+        assert_eq!(d1["features"]["c"], 3);
+        assert_eq!(d1["features"]["s"], 1003.0);
+    }
+}
+
+#[tokio::test]
+async fn an_out_of_order_row_stops_replay_after_the_rows_before_it() {
+    let text = "device,ts,v,n\nd1,2026-01-05T06:00:10Z,1,1\nd1,2026-01-05T06:00:00Z,2,2\n";
+    let data = file("late.csv", text);
+    let e = replay::replay_ordered(pipeline().await, &data, None, Order::Check, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "not in time order: reading 2 (plant/d1/telemetry, 2026-01-05T06:00:00.000Z) is 10 s behind reading 1"
+        ),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn rows_for_a_source_without_topic_are_pushed_by_its_name() {
+    let sql = "
+CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE NOT NULL,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'channel');
+CREATE TABLE out WITH (connector = 'channel');
+INSERT INTO out SELECT device, window_start, count(*) AS c FROM r
+GROUP BY tumble(interval '10 seconds'), device;
+";
+    let text = "device,ts,v\nd1,1000,1\nd1,1500,\nd1,1500,\nd5,2000,2\nd1,20000,3\n";
+    let data = file("chan.csv", text);
+    let (messages, m_stats) = as_messages_of(sql, &data, Order::Check, Some("r")).await;
+    let (batches, b_stats) = as_batches_of(sql, &data, Order::Check).await;
+    assert_eq!(messages, batches);
+    assert_eq!(m_stats.rejected, b_stats.rejected);
+    assert_eq!(reasons(&batches), ["missing_field", "duplicate"]);
+    // A message pushed by name has no topic, nor has its row.
+    let letter: serde_json::Value = serde_json::from_slice(
+        &batches
+            .iter()
+            .find(|(t, _)| t.contains("/deadletter/"))
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert_eq!(letter["source_topic"].as_str().unwrap_or(""), "");
+    assert_eq!(letter["source"], "r");
+}
