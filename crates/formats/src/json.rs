@@ -558,15 +558,62 @@ impl JsonDecoder {
     /// Decodes one message and appends its good readings to the pending batch; an
     /// arrival-time column gets the wall clock.
     pub fn decode(&mut self, topic: &str, payload: &[u8]) -> DecodeOutcome {
-        let now = if self.columns.iter().any(|c| c.arrival) {
+        let now = self.arrival_now();
+        self.decode_at(topic, payload, now)
+    }
+
+    /// The wall clock in epoch milliseconds when a column takes the arrival time (0
+    /// otherwise: no clock read per message for nothing).
+    fn arrival_now(&self) -> i64 {
+        if self.columns.iter().any(|c| c.arrival) {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0)
         } else {
             0
-        };
-        self.decode_at(topic, payload, now)
+        }
+    }
+
+    /// The topic's levels captured by the template (none without one), or why the
+    /// topic does not fit it.
+    fn capture<'t>(&mut self, topic: &'t str) -> Result<Vec<&'t str>, Rejected> {
+        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
+        if let Some(t) = &self.template {
+            if !t.capture_values(topic, &mut captured) {
+                return Err(Rejected {
+                    index: None,
+                    error: DecodeError::TopicMismatch {
+                        topic: topic.to_string(),
+                        template: t.as_str().to_string(),
+                    },
+                });
+            }
+        }
+        Ok(captured)
+    }
+
+    /// The parsing context of one message over `captured` levels, with `slots` as
+    /// the reading's raw values and the spare cell buffer.
+    fn seed<'a, 'de>(
+        &'a mut self,
+        captured: &'a [&'de str],
+        slots: Vec<Option<Scalar<'de>>>,
+    ) -> MessageSeed<'a, 'de> {
+        MessageSeed {
+            columns: &self.columns,
+            builders: &self.builders,
+            captured,
+            now: self.now,
+            max_samples: self.max_samples,
+            slots,
+            parsed: Parsed {
+                cells: recycle(std::mem::take(&mut self.spare.cells)),
+                accepted: 0,
+                rejected: Vec::new(),
+            },
+            order: &mut self.key_order,
+        }
     }
 
     /// Decodes one message that arrived at `now_ms` (epoch milliseconds).
@@ -581,38 +628,19 @@ impl JsonDecoder {
             }));
             return out;
         }
-        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
-        if let Some(t) = &self.template {
-            if !t.capture_values(topic, &mut captured) {
-                out.rejected.push(whole(DecodeError::TopicMismatch {
-                    topic: topic.to_string(),
-                    template: t.as_str().to_string(),
-                }));
+        let captured = match self.capture(topic) {
+            Ok(c) => c,
+            Err(r) => {
+                out.rejected.push(r);
                 return out;
             }
-        }
+        };
         let n = self.columns.len();
         let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
         slots.resize_with(n, || None);
-        let mut seed = MessageSeed {
-            columns: &self.columns,
-            builders: &self.builders,
-            captured: &captured,
-            now: self.now,
-            max_samples: self.max_samples,
-            slots,
-            parsed: Parsed {
-                cells: recycle(std::mem::take(&mut self.spare.cells)),
-                accepted: 0,
-                rejected: Vec::new(),
-            },
-            order: &mut self.key_order,
-        };
-        let fast = self.fast && flat::decode(payload, &mut seed).is_some();
-        #[cfg(test)]
-        {
-            self.fast_hits += usize::from(fast);
-        }
+        let try_fast = self.fast;
+        let mut seed = self.seed(&captured, slots);
+        let fast = try_fast && flat::decode(payload, &mut seed).is_some();
         if !fast {
             seed.reset();
             let mut de = serde_json::Deserializer::from_slice(payload);
@@ -625,6 +653,10 @@ impl JsonDecoder {
             }
         }
         let MessageSeed { slots, parsed, .. } = seed;
+        #[cfg(test)]
+        {
+            self.fast_hits += usize::from(fast);
+        }
         self.append(parsed, slots, captured, &mut out);
         out
     }
@@ -641,44 +673,18 @@ impl JsonDecoder {
         topic: &'v str,
         mut value: impl FnMut(usize) -> Option<Scalar<'v>>,
     ) -> DecodeOutcome {
-        self.now = if self.columns.iter().any(|c| c.arrival) {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
-        } else {
-            0
-        };
+        self.now = self.arrival_now();
         let mut out = DecodeOutcome::default();
-        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
-        if let Some(t) = &self.template {
-            if !t.capture_values(topic, &mut captured) {
-                out.rejected.push(Rejected {
-                    index: None,
-                    error: DecodeError::TopicMismatch {
-                        topic: topic.to_string(),
-                        template: t.as_str().to_string(),
-                    },
-                });
+        let captured = match self.capture(topic) {
+            Ok(c) => c,
+            Err(r) => {
+                out.rejected.push(r);
                 return out;
             }
-        }
+        };
         let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
         slots.extend((0..self.columns.len()).map(&mut value));
-        let mut seed = MessageSeed {
-            columns: &self.columns,
-            builders: &self.builders,
-            captured: &captured,
-            now: self.now,
-            max_samples: self.max_samples,
-            slots,
-            parsed: Parsed {
-                cells: recycle(std::mem::take(&mut self.spare.cells)),
-                accepted: 0,
-                rejected: Vec::new(),
-            },
-            order: &mut self.key_order,
-        };
+        let mut seed = self.seed(&captured, slots);
         seed.finish_reading(None);
         let MessageSeed { slots, parsed, .. } = seed;
         self.append(parsed, slots, captured, &mut out);
