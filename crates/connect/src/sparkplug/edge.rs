@@ -206,3 +206,12 @@ fn value(ts: u64, v: Option<f64>) -> Metric {
 fn ms(t: i64) -> u64 {
     t.max(0) as u64
 }
+
+/// Whether an NCMD payload asks for a rebirth (`Node Control/Rebirth = true`).
+pub fn is_rebirth_request(payload: &[u8]) -> bool {
+    Payload::decode(payload).is_ok_and(|p| {
+        p.metrics.iter().any(|m| {
+            m.name.as_deref() == Some(REBIRTH) && m.value == Some(Value::BooleanValue(true))
+        })
+    })
+}

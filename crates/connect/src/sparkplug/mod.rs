@@ -17,7 +17,7 @@ pub mod proto;
 mod session;
 
 #[cfg(feature = "sparkplug")]
-pub use edge::{EdgeError, EdgeNode, Publication};
+pub use edge::{is_rebirth_request, EdgeError, EdgeNode, Publication};
 #[cfg(feature = "sparkplug")]
 pub use session::{rebirth_payload, Action, Session, BD_SEQ, NAMESPACE, REBIRTH};
 
