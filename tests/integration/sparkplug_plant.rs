@@ -210,3 +210,124 @@ fn the_sparkplug_demo_gives_the_json_demo_summary() {
     assert_eq!(spb, json);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `forewarn simulate --sparkplug` as an edge node should behave: an engine that starts
+/// after the births gets `no_birth` for the first data and asks each edge node for a
+/// rebirth; the simulator answers (NBIRTH again, each device's DBIRTH with its next
+/// reading) and the readings flow. Killed, its connections leave their wills: every
+/// machine and edge node is offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_answers_rebirth_requests_and_its_will_takes_the_plant_offline() {
+    use forewarn::mqtt::{MqttSource, SourceOptions};
+    use std::time::Duration;
+
+    let broker = forewarn::mqtt::EmbeddedBroker::start().unwrap();
+    // An independent subscriber sees the births go out before the engine starts.
+    let (mut watch, mut births) = MqttSource::start(SourceOptions::new(
+        broker.url(),
+        "spb-births",
+        vec!["spBv1.0/+/NBIRTH/+".into()],
+    ));
+    watch.wait_connected(Duration::from_secs(10)).await.unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.addr().port());
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["simulate", "--sparkplug", "--broker", &url])
+        .args([
+            "--machines",
+            "6",
+            "--sim-seconds",
+            "3600",
+            "--duration",
+            "60",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 6 machines: sites i % 4, lines i % 3, six edge nodes.
+    let mut nodes = BTreeSet::new();
+    while nodes.len() < 6 {
+        let m = tokio::time::timeout(Duration::from_secs(30), births.recv())
+            .await
+            .expect("the simulator's NBIRTHs")
+            .unwrap();
+        nodes.insert(m.topic);
+    }
+    watch.stop().await;
+    // Let data flow that the engine will not have seen the births of.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (tap, mut outputs) = tokio::sync::mpsc::channel::<Output>(100_000);
+    let run = forewarn::mqtt::start(
+        pipeline("queries/sparkplug/plant_health.sql").await,
+        &broker.url(),
+        &forewarn::mqtt::RunOptions::new("spb-late"),
+        Some(tap),
+    )
+    .await
+    .unwrap();
+    let h = run.handle();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while h.stats().readings_in < 60 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Killed: no NDEATH of its own, the broker publishes the wills.
+    sim.kill().unwrap();
+    let out = sim.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let offline = |got: &[Output], device: &str| {
+        got.iter().any(|o| matches!(o, Output::State { state, .. } if state.device == device && state.offline_since.is_some()))
+    };
+    let machines = [
+        "pump-0001",
+        "motor-0001",
+        "compressor-0001",
+        "pump-0002",
+        "motor-0002",
+        "compressor-0002",
+    ];
+    let edge_nodes = [
+        "site1-line1",
+        "site2-line2",
+        "site3-line3",
+        "site4-line1",
+        "site1-line2",
+        "site2-line3",
+    ];
+    let mut got: Vec<Output> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !machines.iter().chain(&edge_nodes).all(|d| offline(&got, d))
+        && tokio::time::Instant::now() < deadline
+    {
+        if let Ok(Some(o)) = tokio::time::timeout(Duration::from_millis(100), outputs.recv()).await
+        {
+            got.push(o);
+        }
+    }
+    let stats = run.stop().await.unwrap();
+    while let Ok(o) = outputs.try_recv() {
+        got.push(o);
+    }
+    for d in machines.iter().chain(&edge_nodes) {
+        assert!(offline(&got, d), "{d} not offline after the will\n{stderr}");
+    }
+    assert!(stats.readings_in >= 60, "{stats:?}\n{stderr}");
+    // Each edge node was asked for a rebirth and answered it.
+    for n in edge_nodes {
+        let group = n.split('-').next().unwrap();
+        assert!(
+            stderr.contains(&format!(
+                "rebirth requested: spBv1.0/{group}/NBIRTH/{n} sent again"
+            )),
+            "{n}: {stderr}"
+        );
+    }
+    // The data before the rebirths is refused as no_birth, and nothing else.
+    let reasons: BTreeSet<String> = got
+        .iter()
+        .filter_map(|o| match o {
+            Output::DeadLetter { letter, .. } => Some(format!("{:?}", letter.reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, BTreeSet::from(["NoBirth".to_string()]));
+}
