@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 /// The baseline's target: what a hand-written consumer would parse a reading into.
 #[allow(dead_code)]
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 struct Reading {
     ts: i64,
     vibration: Option<f64>,

@@ -7,7 +7,7 @@
 //!
 //! The options parse in every build; decoding ([`Session`], with `prost`) needs the
 //! feature `sparkplug`. The service runs the input loop (`forewarn::sparkplug`).
-//! [`EdgeNode`] is the publishing side (the demo's simulated plant uses it).
+//! `EdgeNode` is the publishing side (the demo's simulated plant uses it).
 
 #[cfg(feature = "sparkplug")]
 mod edge;
