@@ -17,6 +17,11 @@ const SHIPPED_QUERIES: &[(&str, &str)] = &[(
     "queries/plant_health.sql",
     include_str!("../../queries/plant_health.sql"),
 )];
+/// With `--sparkplug`: the same windows, features and models reading Sparkplug B.
+const SHIPPED_SPARKPLUG_QUERIES: &[(&str, &str)] = &[(
+    "queries/sparkplug/plant_health.sql",
+    include_str!("../../queries/sparkplug/plant_health.sql"),
+)];
 const SHIPPED_MODELS: &[(&str, &str)] = &[
     (
         "models/compressor_gmm.json",
@@ -64,6 +69,12 @@ pub struct DemoArgs {
     /// Do not start the HTTP listener.
     #[arg(long, conflicts_with = "http")]
     no_http: bool,
+    /// The plant publishes Sparkplug B (one edge node per site line, group = site: NBIRTH,
+    /// DBIRTH, aliased DDATA, NDEATH as will) instead of JSON, and the shipped query reads
+    /// it (queries/sparkplug/plant_health.sql, built in): the same models, the same
+    /// device ids.
+    #[arg(long, conflicts_with = "waveforms")]
+    sparkplug: bool,
     #[command(flatten)]
     plant: PlantArgs,
 }
@@ -72,6 +83,9 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut b = Pipeline::builder();
     b = match &a.queries {
         Some(q) => b.query_file(q),
+        None if a.sparkplug => SHIPPED_SPARKPLUG_QUERIES
+            .iter()
+            .fold(b, |b, (file, sql)| b.query_sql(file, sql)),
         None => SHIPPED_QUERIES
             .iter()
             .fold(b, |b, (file, sql)| b.query_sql(file, sql)),
@@ -187,13 +201,19 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let cfg = a.plant.config();
     println!(
-        "simulating {} machines ({:.0}% developing a failure), {} s of plant time in {:.0} s ...\n",
+        "simulating {} machines ({:.0}% developing a failure), {} s of plant time in {:.0} s{} ...\n",
         cfg.machines,
         cfg.failing_fraction * 100.0,
         cfg.duration_s,
-        a.duration
+        a.duration,
+        if a.sparkplug {
+            ", over Sparkplug B (spBv1.0/{site}/…/{site}-{line}/{device})"
+        } else {
+            ""
+        }
     );
-    let (truth, published) = publish_plant(&url, cfg, Duration::from_secs_f64(a.duration)).await?;
+    let (truth, published) =
+        publish_plant(&url, cfg, Duration::from_secs_f64(a.duration), a.sparkplug).await?;
     if !running
         .wait_for_messages(published, Duration::from_secs(60))
         .await

@@ -44,6 +44,8 @@ mod shipped;
 #[cfg(all(feature = "sparkplug", feature = "broker"))]
 mod sparkplug;
 #[cfg(all(feature = "cli", feature = "broker"))]
+mod sparkplug_plant;
+#[cfg(all(feature = "cli", feature = "broker"))]
 mod streaming;
 #[cfg(feature = "tls")]
 mod tls;

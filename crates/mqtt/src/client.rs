@@ -77,6 +77,22 @@ pub(crate) struct Connect<'a> {
     pub manual_acks: bool,
     /// Request queue capacity.
     pub cap: usize,
+    /// The message the broker publishes if the connection drops without a DISCONNECT.
+    pub will: Option<&'a LastWill>,
+}
+
+/// A last-will message: published by the broker for a client whose connection drops
+/// without a DISCONNECT (Sparkplug B's NDEATH, for example).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWill {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// QoS.
+    pub qos: QoS,
+    /// Whether the broker retains it.
+    pub retain: bool,
 }
 
 /// A handle to send requests to the connection.
@@ -162,6 +178,14 @@ pub(crate) fn connect(c: &Connect<'_>, version: MqttVersion) -> (Client, EventLo
             }
             o.set_clean_session(c.clean);
             o.set_manual_acks(c.manual_acks);
+            if let Some(w) = c.will {
+                o.set_last_will(rumqttc::LastWill::new(
+                    &w.topic,
+                    w.payload.clone(),
+                    w.qos,
+                    w.retain,
+                ));
+            }
             let (client, ev) = rumqttc::AsyncClient::new(o, c.cap);
             (Client::V4(client), EventLoop::V4(Box::new(ev)))
         }
@@ -183,6 +207,15 @@ pub(crate) fn connect(c: &Connect<'_>, version: MqttVersion) -> (Client, EventLo
                 o.set_session_expiry_interval(Some(SESSION_NEVER_EXPIRES));
             }
             o.set_manual_acks(c.manual_acks);
+            if let Some(w) = c.will {
+                o.set_last_will(p5::LastWill::new(
+                    &w.topic,
+                    w.payload.clone(),
+                    qos5(w.qos),
+                    w.retain,
+                    None,
+                ));
+            }
             let (client, ev) = rumqttc::v5::AsyncClient::new(o, c.cap);
             (Client::V5(client), EventLoop::V5(Box::new(ev)))
         }

@@ -12,7 +12,7 @@ mod url;
 
 #[cfg(feature = "broker")]
 pub use broker::EmbeddedBroker;
-pub use client::{MessageProperties, MqttVersion, SESSION_NEVER_EXPIRES};
+pub use client::{LastWill, MessageProperties, MqttVersion, SESSION_NEVER_EXPIRES};
 pub use outbox::{Outbox, Pending};
 pub use rumqttc::QoS;
 pub use sink::{MqttSink, SinkStats};

@@ -8,7 +8,9 @@ use rumqttc::QoS;
 use tokio::task::JoinHandle;
 
 use crate::client::{Client, Connect, Event};
-use crate::{back_off, Backoff, BrokerUrl, Liveness, MessageProperties, MqttError, MqttVersion};
+use crate::{
+    back_off, Backoff, BrokerUrl, LastWill, Liveness, MessageProperties, MqttError, MqttVersion,
+};
 
 /// Publish counters.
 #[derive(Debug, Default)]
@@ -65,6 +67,24 @@ impl MqttSink {
         clean: bool,
         version: MqttVersion,
     ) -> MqttSink {
+        Self::start_full(url, client_id, qos, clean, version, None)
+    }
+
+    /// Like [`start`](Self::start) with a last will: the broker publishes `will` if the
+    /// connection drops without a DISCONNECT ([`stop`](Self::stop) disconnects cleanly,
+    /// so the will is not sent then).
+    pub fn start_with_will(url: BrokerUrl, client_id: &str, qos: QoS, will: LastWill) -> MqttSink {
+        Self::start_full(url, client_id, qos, true, MqttVersion::V311, Some(will))
+    }
+
+    fn start_full(
+        url: BrokerUrl,
+        client_id: &str,
+        qos: QoS,
+        clean: bool,
+        version: MqttVersion,
+        will: Option<LastWill>,
+    ) -> MqttSink {
         let (client, mut eventloop) = crate::client::connect(
             &Connect {
                 url: &url,
@@ -74,6 +94,7 @@ impl MqttSink {
                 clean,
                 manual_acks: false,
                 cap: 1024,
+                will: will.as_ref(),
             },
             version,
         );

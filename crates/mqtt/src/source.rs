@@ -164,6 +164,7 @@ impl MqttSource {
                 clean: opts.clean_session,
                 manual_acks: opts.manual_acks,
                 cap,
+                will: None,
             },
             opts.version,
         );

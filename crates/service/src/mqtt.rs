@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 #[cfg(feature = "broker")]
 pub use forewarn_mqtt::EmbeddedBroker;
 pub use forewarn_mqtt::{
-    AckToken, BrokerUrl, Incoming, MessageProperties, MqttError, MqttSink, MqttSource, MqttVersion,
-    QoS, SourceOptions, TlsSettings,
+    AckToken, BrokerUrl, Incoming, LastWill, MessageProperties, MqttError, MqttSink, MqttSource,
+    MqttVersion, QoS, SourceOptions, TlsSettings,
 };
 
 use forewarn_engine::{

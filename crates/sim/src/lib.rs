@@ -13,9 +13,13 @@
 //! Everything is reproducible from the seed; each machine has its own random stream.
 
 mod eval;
+#[cfg(feature = "sparkplug")]
+mod sparkplug;
 mod waveform;
 
 pub use eval::{summarize, AlertEvent, Summary};
+#[cfg(feature = "sparkplug")]
+pub use sparkplug::{SparkplugPlant, METRICS};
 pub use waveform::{
     bearing_waveform, bpfo, EncodedWave, WaveformConfig, BEARING, RESONANCE_HZ, RPM,
 };

@@ -7,12 +7,17 @@
 //!
 //! The options parse in every build; decoding ([`Session`], with `prost`) needs the
 //! feature `sparkplug`. The service runs the input loop (`forewarn::sparkplug`).
+//! `EdgeNode` is the publishing side (the demo's simulated plant uses it).
 
+#[cfg(feature = "sparkplug")]
+mod edge;
 #[cfg(feature = "sparkplug")]
 pub mod proto;
 #[cfg(feature = "sparkplug")]
 mod session;
 
+#[cfg(feature = "sparkplug")]
+pub use edge::{is_rebirth_request, EdgeError, EdgeNode, Publication};
 #[cfg(feature = "sparkplug")]
 pub use session::{rebirth_payload, Action, Session, BD_SEQ, NAMESPACE, REBIRTH};
 

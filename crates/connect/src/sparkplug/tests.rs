@@ -487,3 +487,84 @@ fn options_group_metric_map_and_interval() {
     let c = Sparkplug.configure(&ctx, &Options::default()).unwrap();
     assert_eq!(c.get::<SparkplugSource>().unwrap().group, None);
 }
+
+/// The encoder's messages, fed to a host session: the birth's values and every DDATA come
+/// out as readings, seq wraps past 255 without a gap, and the will's NDEATH (same
+/// bdSeq) takes the devices offline.
+#[test]
+fn an_edge_node_encodes_what_the_session_reads() {
+    let mut edge = EdgeNode::new("Plant1", "edge1", 7);
+    let mut s = session();
+    let mut all = Vec::new();
+    let (topic, p) = edge.birth(1000);
+    assert_eq!(topic, "spBv1.0/Plant1/NBIRTH/edge1");
+    all.extend(s.handle(&topic, &p, 0));
+    let (topic, p) = edge.device_birth(
+        "m1",
+        1000,
+        &[("Motor/Bearing Temp", Some(40.0)), ("speed", None)],
+    );
+    assert_eq!(topic, "spBv1.0/Plant1/DBIRTH/edge1/m1");
+    all.extend(s.handle(&topic, &p, 0));
+    for i in 1..=300i64 {
+        let v = [
+            ("Motor/Bearing Temp", Some(40.0 + i as f64 / 8.0)),
+            ("speed", (i % 2 == 0).then_some(i as f64)),
+        ];
+        let (topic, p) = edge.device_data("m1", 1000 + i, &v).unwrap();
+        assert_eq!(topic, "spBv1.0/Plant1/DDATA/edge1/m1");
+        // Aliases only, with each metric's own timestamp.
+        let decoded = Payload::decode(p.as_slice()).unwrap();
+        assert_eq!(decoded.seq, Some(((i + 1) % 256) as u64));
+        assert!(decoded.metrics.iter().all(|m| m.name.is_none()
+            && m.alias.is_some()
+            && m.timestamp == Some((1000 + i) as u64)));
+        all.extend(s.handle(&topic, &p, 0));
+    }
+    let (topic, p) = edge.death();
+    assert_eq!(topic, "spBv1.0/Plant1/NDEATH/edge1");
+    all.extend(s.handle(&topic, &p, 0));
+
+    let mut want = vec![
+        Action::Presence {
+            device: "edge1".into(),
+            online: true,
+        },
+        Action::Presence {
+            device: "m1".into(),
+            online: true,
+        },
+        row_action(
+            json!([{"group": "Plant1", "edge_node": "edge1", "device": "m1", "ts": 1000, "bearing_temp": 40.0, "speed": null}]),
+        ),
+    ];
+    for i in 1..=300i64 {
+        let mut row = json!({"group": "Plant1", "edge_node": "edge1", "device": "m1", "ts": 1000 + i, "bearing_temp": 40.0 + i as f64 / 8.0});
+        if i % 2 == 0 {
+            row["speed"] = json!(i as f64);
+        }
+        want.push(row_action(json!([row])));
+    }
+    want.push(Action::Presence {
+        device: "m1".into(),
+        online: false,
+    });
+    want.push(Action::Presence {
+        device: "edge1".into(),
+        online: false,
+    });
+    assert_eq!(all, want);
+    // Data for a device without a birth, or an undeclared metric, is refused by the encoder.
+    assert_eq!(
+        edge.device_data("m2", 0, &[]),
+        Err(EdgeError::NoBirth("m2".into()))
+    );
+    assert!(matches!(
+        edge.device_data("m1", 0, &[("other", Some(1.0))]),
+        Err(EdgeError::Undeclared { .. })
+    ));
+}
+
+fn row_action(v: Json) -> Action {
+    Action::Rows(serde_json::to_vec(&v).unwrap())
+}
