@@ -11,7 +11,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{collect, ExecutionPlan, PhysicalExpr, SendableRecordBatchStream};
@@ -142,6 +144,24 @@ pub(crate) async fn finish_window(
     let batches = collect(plan, q.task_ctx.clone()).await.map_err(err)?;
     datafusion::arrow::compute::concat_batches(&q.output_schema, &batches)
         .map_err(|e| err(e.into()))
+}
+
+/// Whether the plan above `root`'s partial half works row by row (projections,
+/// filters such as HAVING, the final aggregate), so that running it
+/// once over several windows' state gives each window the rows, in the same order, of
+/// a run of its own. Sorts, limits, window functions and joins do not qualify.
+pub(crate) fn final_is_row_wise(root: &Arc<dyn ExecutionPlan>) -> bool {
+    let node = root.as_ref();
+    if let Some(agg) = node.downcast_ref::<AggregateExec>() {
+        if *agg.mode() == AggregateMode::Partial {
+            return true;
+        }
+    } else if node.downcast_ref::<ProjectionExec>().is_none()
+        && node.downcast_ref::<FilterExec>().is_none()
+    {
+        return false;
+    }
+    root.children().into_iter().all(final_is_row_wise)
 }
 
 /// Each output row's window, when the query selects `window_start` and `window_end`.

@@ -14,7 +14,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::physical_plan::PhysicalExpr;
 use forewarn_core::{Millis, Pane, Watermark, WindowSpec};
-use forewarn_sql::{time_type, CompiledQuery, WINDOW_START};
+use forewarn_sql::{time_type, CompiledQuery, WINDOW_END, WINDOW_START};
 
 use crate::admission::{max_opt, record, FutureCheck, Rejected};
 use crate::error::StreamError;
@@ -52,6 +52,10 @@ pub struct WindowOperator {
     /// and the tick's length (a second, or the pane width if shorter); see `observe`.
     wm_tick: Option<Millis>,
     wm_tick_ms: Millis,
+    /// Whether everything above the final aggregate works row by row and the output
+    /// has a window column, so that windows may share a run of the final half (not
+    /// with ORDER BY, LIMIT or window functions).
+    final_row_wise: bool,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -99,6 +103,11 @@ impl WindowOperator {
             _ => None,
         };
         let prefilter = leaf_filter(&q.partial);
+        // Rows of several windows can be told apart only by a window column.
+        let final_row_wise = crate::exec::final_is_row_wise(&q.root)
+            && [WINDOW_START, WINDOW_END]
+                .iter()
+                .any(|c| q.output_schema.index_of(c).is_ok());
         let wm_tick_ms = q.window.pane_width().clamp(1, 1000);
         WindowOperator {
             watermark: Watermark::new(q.watermark),
@@ -117,6 +126,7 @@ impl WindowOperator {
             future: FutureCheck::default(),
             wm_tick: None,
             wm_tick_ms,
+            final_row_wise,
         }
     }
 
@@ -506,21 +516,25 @@ impl WindowOperator {
             return Ok(());
         }
         // Fire every window the watermark has passed that was not fired before, in order.
-        for window in self
+        let due: Vec<(Pane, Vec<RecordBatch>)> = self
             .panes
             .windows_due(&self.q.window, wm, self.closed_until)
-        {
-            let state = self.panes.state_of(window);
-            if state.is_empty() {
-                continue;
-            }
-            let bounds = |n: usize| -> (ArrayRef, ArrayRef) {
-                (
-                    Arc::new(TimestampMillisecondArray::from_value(window.start, n)),
-                    Arc::new(TimestampMillisecondArray::from_value(window.end, n)),
-                )
-            };
-            let batch = finish_window(&self.q, state, bounds).await?;
+            .into_iter()
+            .map(|w| (w, self.panes.state_of(w)))
+            .filter(|(_, state)| !state.is_empty())
+            .collect();
+        let fired = match due.len() {
+            0 => Vec::new(),
+            1 => self.finish_each(due).await?,
+            _ if !self.final_row_wise => self.finish_each(due).await?,
+            // Windows closing together share one run of the final half (its fixed cost
+            // dominates when windows hold few keys), split back by each row's window.
+            _ => match self.finish_together(&due).await? {
+                Some(fired) => fired,
+                None => self.finish_each(due).await?,
+            },
+        };
+        for (window, batch) in fired {
             self.stats.windows_closed += 1;
             self.stats.rows_out += batch.num_rows() as u64;
             out.results.push(WindowResult {
@@ -532,6 +546,72 @@ impl WindowOperator {
         self.panes.forget_passed(self.q.window.width(), wm);
         self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
         Ok(())
+    }
+
+    /// Runs the final half once per window over its state.
+    async fn finish_each(
+        &mut self,
+        due: Vec<(Pane, Vec<RecordBatch>)>,
+    ) -> Result<Vec<(Pane, RecordBatch)>, StreamError> {
+        let mut fired = Vec::with_capacity(due.len());
+        for (window, state) in due {
+            let batch = finish_window(&self.q, state, |n| pane_columns(&[window], n)).await?;
+            self.stats.final_runs += 1;
+            fired.push((window, batch));
+        }
+        Ok(fired)
+    }
+
+    /// Runs the final half once over the state of all `due` windows (oldest first) and
+    /// gives each window its rows, in the order a run of its own gives them (the final
+    /// aggregate emits groups in the order it first meets them), telling each row's
+    /// window by its `window_start` (or `window_end`). `None` when a value is not one of
+    /// the fired windows' (a column of that name computed otherwise): the caller then
+    /// runs each window alone.
+    async fn finish_together(
+        &mut self,
+        due: &[(Pane, Vec<RecordBatch>)],
+    ) -> Result<Option<Vec<(Pane, RecordBatch)>>, StreamError> {
+        let (state, owners): (Vec<RecordBatch>, Vec<Pane>) = due
+            .iter()
+            .flat_map(|(w, state)| state.iter().map(move |b| (b.clone(), *w)))
+            .unzip();
+        let mut owners = owners.into_iter();
+        let batch = finish_window(&self.q, state, |n| {
+            pane_columns(&[owners.next().expect("one window per state batch")], n)
+        })
+        .await?;
+        self.stats.final_runs += 1;
+        // Each row's window, by whichever bound the query selects.
+        let schema = batch.schema();
+        let (col, by_start) = match (schema.index_of(WINDOW_START), schema.index_of(WINDOW_END)) {
+            (Ok(i), _) => (i, true),
+            (_, Ok(i)) => (i, false),
+            _ => return Ok(None),
+        };
+        let bound = cast(batch.column(col), &time_type()).map_err(|e| self.exec_err(e.into()))?;
+        let bound = bound.as_primitive::<TimestampMillisecondType>();
+        let index: HashMap<Millis, usize> = due
+            .iter()
+            .enumerate()
+            .map(|(i, (w, _))| (if by_start { w.start } else { w.end }, i))
+            .collect();
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); due.len()];
+        for (r, t) in bound.iter().enumerate() {
+            let Some(&i) = t.and_then(|t| index.get(&t)) else {
+                return Ok(None);
+            };
+            rows[i].push(r as u32);
+        }
+        let err = |e: datafusion::arrow::error::ArrowError| self.exec_err(e.into());
+        due.iter()
+            .zip(rows)
+            .map(|((w, _), rows)| {
+                let batch = take_record_batch(&batch, &UInt32Array::from(rows)).map_err(err)?;
+                Ok((*w, batch))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// Everything needed to continue later exactly where this operator stands: the
@@ -639,6 +719,14 @@ impl WindowOperator {
     }
 }
 
+/// The window columns of `n` state rows of one window (`w[0]`).
+fn pane_columns(w: &[Pane], n: usize) -> (ArrayRef, ArrayRef) {
+    (
+        Arc::new(TimestampMillisecondArray::from_value(w[0].start, n)),
+        Arc::new(TimestampMillisecondArray::from_value(w[0].end, n)),
+    )
+}
+
 /// A column as strings (keys of per-key watermarks and sessions).
 fn string_column(a: &ArrayRef) -> DfResult<StringArray> {
     Ok(cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
@@ -696,6 +784,143 @@ mod tests {
         let s = op.stats();
         assert_eq!((s.rows_in, s.rows_aggregated), (5, 5));
         assert_eq!((s.windows_closed, s.rows_out), (2, 4));
+    }
+
+    /// Each result's window and its rows as printed, in their order.
+    fn printed(results: &[WindowResult]) -> Vec<(Pane, String)> {
+        results
+            .iter()
+            .map(|r| {
+                let table =
+                    datafusion::arrow::util::pretty::pretty_format_batches(&[r.batch.clone()])
+                        .unwrap()
+                        .to_string();
+                (r.window, table)
+            })
+            .collect()
+    }
+
+    /// Rows of four devices, one each per second from window `from` to before window
+    /// `to` (10 s windows), devices in a shifting order.
+    fn spread(f: &crate::testing::Fixture, from: i64, to: i64) -> RecordBatch {
+        let devices = ["d", "a", "c", "b"];
+        let rows: Vec<(&str, Millis, f64)> = (from * 10..to * 10)
+            .flat_map(|s| {
+                (0..4).map(move |k| {
+                    (
+                        devices[((s + k) % 4) as usize],
+                        s * S + k,
+                        (s * 4 + k) as f64,
+                    )
+                })
+            })
+            .collect();
+        f.rows(&rows)
+    }
+
+    #[tokio::test]
+    async fn windows_closing_together_give_each_window_the_rows_of_a_run_of_its_own() {
+        for (window, sql_window) in [
+            ("tumble", "tumble(interval '10 seconds')"),
+            ("hop", "hop(interval '10 seconds', interval '30 seconds')"),
+        ] {
+            let f = fixture(sql_window, "", "").await;
+            assert!(f.operator().final_row_wise, "{window}");
+            // All at once: one batch (firing the windows it passes together), then one
+            // watermark move past the rest.
+            let mut together = f.operator();
+            let mut all = together.process(&spread(&f, 0, 6)).await.unwrap().results;
+            assert!(all.len() >= 4, "{window}: {} windows in one run", all.len());
+            all.extend(together.advance_watermark(100 * S).await.unwrap().results);
+            // Reference: a batch per window, each firing at most one window.
+            let mut alone = f.operator();
+            let mut each = Vec::new();
+            for k in 0..6 {
+                let p = alone.process(&spread(&f, k, k + 1)).await.unwrap();
+                assert!(p.results.len() <= 1, "{window}: one window per step");
+                each.extend(p.results);
+            }
+            for end in (6..=10).map(|k| k * 10 * S) {
+                let p = alone.advance_watermark(end).await.unwrap();
+                assert!(p.results.len() <= 1, "{window}: one window per step");
+                each.extend(p.results);
+            }
+            assert_eq!(printed(&all), printed(&each), "{window}");
+            // The windows the batch passed shared one run, the rest another.
+            assert_eq!(together.stats().final_runs, 2, "{window}");
+            assert_eq!(alone.stats().final_runs, each.len() as u64, "{window}");
+            let (a, b) = (together.stats(), alone.stats());
+            assert_eq!(
+                (a.windows_closed, a.rows_out, a.rows_aggregated),
+                (b.windows_closed, b.rows_out, b.rows_aggregated),
+                "{window}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn windows_fire_one_run_each_when_rows_do_not_tell_their_window() {
+        // No window columns selected: rows cannot be split back by window.
+        let sql = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+               WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
+             CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+             INSERT INTO out SELECT device, count(*) AS n FROM r GROUP BY tumble(interval '10 seconds'), device;";
+        let mut set = forewarn_sql::QuerySet::default();
+        set.add_file("t.sql", sql).unwrap();
+        let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
+        let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], sql)
+            .await
+            .unwrap();
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let mut op = WindowOperator::new(Arc::new(q));
+        assert!(!op.final_row_wise);
+        let mut results = op.process(&spread(&f, 0, 3)).await.unwrap().results;
+        assert_eq!(results.len(), 2, "two windows passed within the batch");
+        assert_eq!(op.stats().final_runs, 2);
+        results.extend(op.advance_watermark(100 * S).await.unwrap().results);
+        let windows: Vec<Pane> = results.iter().map(|r| r.window).collect();
+        assert_eq!(
+            windows,
+            (0..3)
+                .map(|k| Pane {
+                    start: k * 10 * S,
+                    end: (k + 1) * 10 * S
+                })
+                .collect::<Vec<_>>()
+        );
+        for r in &results {
+            let n = r
+                .batch
+                .column(1)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            // 10 seconds of 4 devices, one row each per second.
+            assert_eq!(r.batch.num_rows(), 4);
+            assert!(n.iter().all(|n| n == Some(10)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_limit_keeps_each_window_to_a_run_of_its_own() {
+        let sql = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+               WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
+             CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+             INSERT INTO out SELECT device, window_start, window_end, sum(v) AS s FROM r
+             GROUP BY tumble(interval '10 seconds'), device ORDER BY s DESC LIMIT 1;";
+        let mut set = forewarn_sql::QuerySet::default();
+        set.add_file("t.sql", sql).unwrap();
+        let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
+        let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], sql)
+            .await
+            .unwrap();
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        let mut op = WindowOperator::new(Arc::new(q));
+        assert!(!op.final_row_wise);
+        let mut results = op.process(&spread(&f, 0, 3)).await.unwrap().results;
+        results.extend(op.advance_watermark(100 * S).await.unwrap().results);
+        // The limit applies to each window: one row each.
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(|r| r.batch.num_rows() == 1));
+        assert_eq!(op.stats().final_runs, 3);
     }
 
     #[tokio::test]

@@ -85,4 +85,7 @@ pub struct OperatorStats {
     pub windows_closed: u64,
     /// Result rows produced.
     pub rows_out: u64,
+    /// Runs of the query's final half (windows closing together share one).
+    #[serde(default)]
+    pub final_runs: u64,
 }
