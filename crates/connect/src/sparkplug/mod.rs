@@ -12,6 +12,8 @@
 pub mod proto;
 #[cfg(feature = "sparkplug")]
 mod session;
+#[cfg(feature = "sparkplug")]
+mod state;
 
 #[cfg(feature = "sparkplug")]
 pub use session::{rebirth_payload, Action, Session, BD_SEQ, NAMESPACE, REBIRTH};
