@@ -651,3 +651,27 @@ pub(crate) fn check_fit(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connectors' own state goes through a checkpoint file as it was saved; a file
+    /// without any (older ones) reads as none.
+    #[test]
+    fn connector_state_round_trips_and_is_optional() {
+        let state = serde_json::json!({"version": 1, "nodes": [{"edge_node": "e", "seq": 7}]});
+        let snap = Snapshot {
+            seq: 4,
+            connectors: BTreeMap::from([("motors".to_string(), state.clone())]),
+            ..Snapshot::default()
+        };
+        let back = decode(&encode(&snap).unwrap()).unwrap();
+        assert_eq!(back.seq, 4);
+        assert_eq!(back.connectors, snap.connectors);
+        let bytes = encode(&Snapshot::default()).unwrap();
+        let header = String::from_utf8_lossy(&bytes);
+        assert!(!header.contains("\"connectors\""), "absent when empty");
+        assert!(decode(&bytes).unwrap().connectors.is_empty());
+    }
+}

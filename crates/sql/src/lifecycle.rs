@@ -115,12 +115,12 @@ pub(crate) fn lifecycle_options(
             }
         },
     };
-    let offline_after =
-        match map.get("offline_after") {
-            None => None,
-            Some((v, at)) => match parse_interval(v, None) {
-                Ok(ms) if ms > 0 => Some(ms),
-                Ok(_) => return Err(err(
+    let offline_after = match map.get("offline_after") {
+        None => None,
+        Some((v, at)) => match parse_interval(v, None) {
+            Ok(ms) if ms > 0 => Some(ms),
+            Ok(_) => {
+                return Err(err(
                     file,
                     text,
                     *at,
@@ -128,12 +128,13 @@ pub(crate) fn lifecycle_options(
                         "offline_after must be a positive interval such as '5 minutes', got '{v}'"
                     ),
                 )
-                .with_kind(SqlErrorKind::Option)),
-                Err(e) => {
-                    return Err(err(file, text, *at, e.to_string()).with_kind(SqlErrorKind::Option))
-                }
-            },
-        };
+                .with_kind(SqlErrorKind::Option))
+            }
+            Err(e) => {
+                return Err(err(file, text, *at, e.to_string()).with_kind(SqlErrorKind::Option))
+            }
+        },
+    };
     Ok(Some(LifecycleSpec {
         score_column: map
             .get("score")
