@@ -283,8 +283,10 @@ fn reading(i: i64) -> (i64, f64) {
 }
 
 async fn restart_pipeline(dir: &std::path::Path) -> Pipeline {
-    let mut cfg = EngineConfig::default();
-    cfg.checkpoint = Some(CheckpointConfig::new(dir));
+    let cfg = EngineConfig {
+        checkpoint: Some(CheckpointConfig::new(dir)),
+        ..EngineConfig::default()
+    };
     Pipeline::builder()
         .query_sql("restart.sql", RESTART_SQL)
         .config(cfg)

@@ -333,11 +333,11 @@ impl Runtime {
         for i in 0..self.sources.len() {
             for k in 0..self.sources[i].operators.len() {
                 let op = &mut self.sources[i].operators[k];
-                if !op
+                if op
                     .publish
                     .lifecycle
                     .as_ref()
-                    .is_some_and(|l| l.offline_pending() > 0)
+                    .is_none_or(|l| l.offline_pending() == 0)
                 {
                     continue;
                 }
