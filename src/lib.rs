@@ -18,15 +18,15 @@ pub use ndarray;
 // checkpoints; `blocking` for code without an async runtime.
 pub use forewarn_engine::{
     blocking, split_by_sink, verify_checkpoint, Ack, Alert, BatchError, CheckpointConfig,
-    CheckpointError, CheckpointStore, DeadLetter, Delivery, DeviceState, DirStore, EngineConfig,
-    EngineError, EngineStats, Envelope, Model, ModelRegistry, Output, OutputPolicy, Pipeline,
-    PipelineBuilder, PipelineHandle, QueryInfo, Reason, ResumePoint, SinkInfo, SinkOutputs,
-    SourceGauges, SourceInfo, StreamError, Timestamp, TopicTemplate, TransitionMessage,
-    WindowObserver, WindowRow,
+    CheckpointError, CheckpointStore, ConnectorState, DeadLetter, Delivery, DeviceState, DirStore,
+    EngineConfig, EngineError, EngineStats, Envelope, Model, ModelRegistry, Output, OutputPolicy,
+    Pipeline, PipelineBuilder, PipelineHandle, QueryInfo, Reason, ResumePoint, SinkInfo,
+    SinkOutputs, SourceGauges, SourceInfo, StreamError, Timestamp, TopicTemplate,
+    TransitionMessage, WindowObserver, WindowRow,
 };
 // What the public fields and signatures of outputs and lifecycles name.
 pub use forewarn_alerts::{
-    Acknowledgement, Command, Health, LifecycleSpec, RuleState, Transition, TransitionKind,
+    Acknowledgement, Cause, Command, Health, LifecycleSpec, RuleState, Transition, TransitionKind,
     WindowEvidence,
 };
 // Event time: epoch milliseconds from RFC 3339 text and back, as readings carry it.

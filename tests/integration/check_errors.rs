@@ -40,7 +40,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("topic_template = 'w/{device}'", "topic_template = 'w/{device}', watermark_key = 'dev'", "3:75: watermark_key names column 'dev', which 'r' does not declare"),
     ("topic_template = 'w/{device}'", "topic_template = 'w/{device}', max_skew = '1 minute'", "3:75: max_skew applies to per-key watermarks: add watermark_key = '<column>'"),
     ("topic = 'o/{device}'", "topic = 'o/{device}', message_expiry = '500 milliseconds'", "4:66: message_expiry is whole seconds in MQTT 5: give at least '1 second'"),
-    ("topic = 'o/{device}'", "topic = 'o/{device}', false_alert = '1 per device-month'", "4:66: unknown option 'false_alert' for an mqtt sink (allowed: connector, format, topic, device_column, score, warning_at, alarm_at, clear_below, raise_after, clear_after, cooldown, severity, detector, features, warmup, horizon, false_alerts, season, message_expiry); did you mean 'false_alerts'?"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', false_alert = '1 per device-month'", "4:66: unknown option 'false_alert' for an mqtt sink (allowed: connector, format, topic, device_column, score, warning_at, alarm_at, clear_below, raise_after, clear_after, cooldown, severity, offline_after, detector, features, warmup, horizon, false_alerts, season, message_expiry); did you mean 'false_alerts'?"),
     ("topic_template = 'w/{device}'", "topic_template = 'w/{device}', retries = '3'", "3:75: unknown option 'retries' for an mqtt source (allowed: connector, format, topic, topic_template, max_future, watermark_key, max_skew, idle_timeout, late_topic, max_samples)"),
     ("INSERT INTO out", "COPY r TO '/tmp/x.csv';\nINSERT INTO out", "5:6: 'COPY r' is not allowed in a query file: only CREATE TABLE (sources and sinks) and INSERT INTO sink SELECT ... are"),
     ("INSERT INTO out", "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc/passwd';\nINSERT INTO out", "5:23: 'CREATE EXTERNAL TABLE' is not allowed in a query file: declare tables WITH (connector = 'mqtt' | 'file', ...)"),
@@ -66,6 +66,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'v', clear_below = '2'", "4:97: clear_below (2) must not exceed warning_at (1)"),
     ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '2', score = 'v', alarm_at = '1'", "4:97: alarm_at (1) must not be below warning_at (2)"),
     ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'v', cooldown = '-5 minutes'", "4:97: cooldown cannot be negative"),
+    ("topic = 'o/{device}'", "topic = 'o/{device}', warning_at = '1', score = 'v', offline_after = '0 seconds'", "4:97: offline_after must be a positive interval such as '5 minutes', got '0 seconds'"),
     ("topic = 'o/{device}'", "topic = 'o/{device}', score = 'v'", "4:66: 'score' belongs to an alert lifecycle: add warning_at = '<score>'"),
     // A source's template against its subscription.
     ("topic_template = 'w/{device}'", "topic_template = 'w/{device}/x'", "3:44: topic_template 'w/{device}/x' has 3 levels, but topic 'w/+' matches topics of 2 levels: no message can match both"),

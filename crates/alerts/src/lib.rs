@@ -2,11 +2,12 @@
 //! with a deterministic id so subscribers can de-duplicate redeliveries.
 
 mod lifecycle;
+mod offline;
 
 pub use forewarn_core::Timestamp;
 pub use lifecycle::{
-    Acknowledgement, Command, DeviceState, Health, Lifecycle, LifecycleSpec, RuleState, Transition,
-    TransitionKind, TransitionMessage, WindowEvidence, TRANSITION_SCHEMA_VERSION,
+    Acknowledgement, Cause, Command, DeviceState, Health, Lifecycle, LifecycleSpec, RuleState,
+    Transition, TransitionKind, TransitionMessage, WindowEvidence, TRANSITION_SCHEMA_VERSION,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::alert_id;
+use crate::offline::Offline;
 
 /// How scores become alert states, declared on a sink table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,10 @@ pub struct LifecycleSpec {
     pub cooldown: Millis,
     /// Severity label of the raised alert (`alarm` state is always `critical`).
     pub severity: String,
+    /// A device its connector reports offline (a Sparkplug death) for this long (wall
+    /// clock, ms) raises an `offline` alert, cleared when it is born again; `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_after: Option<Millis>,
 }
 
 impl Default for LifecycleSpec {
@@ -44,6 +49,7 @@ impl Default for LifecycleSpec {
             clear_after: 3,
             cooldown: 0,
             severity: "warning".into(),
+            offline_after: None,
         }
     }
 }
@@ -100,11 +106,21 @@ pub struct Transition {
     pub alert_id: String,
     /// The windows that triggered the transition, oldest first.
     pub windows: Vec<WindowEvidence>,
+    /// What opened the episode when it is not the windows' scores.
+    pub cause: Option<Cause>,
+}
+
+/// What opened an episode other than its windows' scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// The device's connector reported it offline for the rule's `offline_after`.
+    Offline,
 }
 
 /// One (rule, device) state machine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Machine {
+pub(crate) struct Machine {
     health: Option<Health>,
     episode_start: Millis,
     /// The current run of anomalous / severe / normal windows.
@@ -112,14 +128,19 @@ struct Machine {
     severe: Vec<WindowEvidence>,
     normal: Vec<WindowEvidence>,
     cooldown_until: Millis,
+    /// Since when its connector reports it offline, under a rule with `offline_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) offline: Option<Offline>,
 }
 
 /// Every device's state machine for one rule.
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
-    rule: String,
-    spec: LifecycleSpec,
-    machines: HashMap<String, Machine>,
+    pub(crate) rule: String,
+    pub(crate) spec: LifecycleSpec,
+    pub(crate) machines: HashMap<String, Machine>,
+    /// Devices offline whose alert is not raised yet (see [`Lifecycle::offline_due`]).
+    pub(crate) pending_offline: std::collections::BTreeSet<String>,
 }
 
 impl Lifecycle {
@@ -129,6 +150,7 @@ impl Lifecycle {
             rule: rule.to_string(),
             spec,
             machines: HashMap::new(),
+            pending_offline: Default::default(),
         }
     }
 
@@ -159,6 +181,12 @@ impl Lifecycle {
     pub fn load(&mut self, v: serde_json::Value) -> Result<(), serde_json::Error> {
         // Window bounds are kept as RFC 3339 text, as published; `Timestamp` reads it.
         self.machines = serde_json::from_value(v)?;
+        self.pending_offline = self
+            .machines
+            .iter()
+            .filter(|(_, m)| m.offline.is_some_and(|o| !o.raised))
+            .map(|(d, _)| d.clone())
+            .collect();
         Ok(())
     }
 
@@ -245,6 +273,7 @@ impl Lifecycle {
             episode_start_ms: m.episode_start,
             alert_id: alert_id(&self.rule, device, m.episode_start),
             windows,
+            cause: None,
         })
     }
 }
@@ -459,7 +488,15 @@ pub struct TransitionMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<String>,
     /// The windows that triggered the transition (scores and feature values), oldest first.
+    /// An offline episode's one window is the offline period (no score, no features).
     pub windows: Vec<WindowEvidence>,
+    /// `offline` for an episode opened by the device's connector reporting it offline
+    /// (the rule's `offline_after`); absent for score episodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    /// With `cause: offline`: since when (wall clock) the device is offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_since: Option<Timestamp>,
 }
 
 impl TransitionMessage {
@@ -510,6 +547,9 @@ impl TransitionMessage {
             score: last.and_then(|w| w.score),
             model: model.map(str::to_string),
             windows: t.windows,
+            offline_since: (t.cause == Some(Cause::Offline))
+                .then(|| Timestamp::from_millis(t.episode_start_ms)),
+            cause: t.cause,
         }
     }
 

@@ -128,6 +128,22 @@ impl HealthBook {
         Some(state)
     }
 
+    /// Whether `device` is silenced at wall-clock `now` (ms); a silence that has run
+    /// out ends here.
+    pub(crate) fn silenced(&mut self, device: &str, now: i64) -> bool {
+        match self.silenced.get(device) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                self.silenced.remove(device);
+                if let Some(s) = self.states.get_mut(device) {
+                    s.silenced_until = None;
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
     /// A window of `device` under `rule` ending at `window_end`: a device
     /// first seen is healthy under the rule. Whether this is the rule's first window
     /// of the device (its state is then published, so the retained state topic lists
@@ -354,6 +370,8 @@ mod tests {
             model: None,
             explanation: None,
             windows: vec![],
+            cause: None,
+            offline_since: None,
         };
         // Still silenced 1 ms before the end.
         assert!(h.transition("r", "d", &msg(Health::Warning), || 2_999));

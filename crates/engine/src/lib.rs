@@ -51,6 +51,7 @@ mod handle;
 mod health;
 mod latency;
 mod observer;
+mod offline;
 mod outputs;
 mod rows;
 mod runtime;
@@ -552,6 +553,7 @@ impl PipelineBuilder {
             registry,
             model_dirs: self.model_dirs,
             restored,
+            connector_states: BTreeMap::new(),
         })
     }
 }
@@ -663,7 +665,13 @@ pub struct Pipeline {
     model_dirs: Vec<PathBuf>,
     /// The checkpoint to continue from.
     restored: Option<checkpoint::Snapshot>,
+    /// What each connector keeping state of its own saves with a checkpoint, by source.
+    connector_states: BTreeMap<String, ConnectorState>,
 }
+
+/// A connector's own state, read when a checkpoint is written (see
+/// [`Pipeline::keep_connector_state`]): JSON the connector reads back on the next start.
+pub type ConnectorState = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -787,6 +795,20 @@ impl Pipeline {
     /// Sequence number of the checkpoint this pipeline will continue from, if any.
     pub fn restored_checkpoint(&self) -> Option<u64> {
         self.restored.as_ref().map(|s| s.seq)
+    }
+
+    /// The state source `source`'s connector saved with the checkpoint this pipeline
+    /// continues from (see [`keep_connector_state`](Self::keep_connector_state)).
+    pub fn restored_connector_state(&self, source: &str) -> Option<&serde_json::Value> {
+        self.restored.as_ref()?.connectors.get(source)
+    }
+
+    /// Saves `state()` with every checkpoint under source `source`'s name, for a
+    /// connector that keeps state of its own beside the engine's (Sparkplug alias
+    /// tables). It is read on the pipeline task at each checkpoint: it should be quick.
+    /// A restored state no connector saves again is carried over unchanged.
+    pub fn keep_connector_state(&mut self, source: &str, state: ConnectorState) {
+        self.connector_states.insert(source.to_string(), state);
     }
 
     /// Where the input's connector resumes: the restored checkpoint's [`ResumePoint`]

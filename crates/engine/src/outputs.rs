@@ -103,6 +103,9 @@ pub(crate) struct Publisher {
     pub(crate) regime_keys: Vec<String>,
     /// Column holding the device id (see [`forewarn_sql::bind_sink`]).
     pub(crate) device_column: String,
+    /// Each device's latest transition topic, for its offline alerts (kept only for a
+    /// lifecycle with `offline_after`).
+    pub(crate) topics: std::collections::HashMap<String, String>,
     pub(crate) model: Option<String>,
     /// Whether the query is an anomaly rule (selects a `score` column or calls a
     /// model): without a lifecycle its rows are alerts, else plain window rows.
@@ -235,6 +238,11 @@ impl Publisher {
                 score,
                 features: alert.features.clone(),
             };
+            if lifecycle.spec().offline_after.is_some()
+                && self.topics.get(&alert.device) != Some(&topic)
+            {
+                self.topics.insert(alert.device.clone(), topic.clone());
+            }
             let state_topic = format!("{prefix}/state/{}", alert.device);
             let first = health.first_window(rule, &alert.device, alert.window_end, score);
             let state_of = |health: &HealthBook| {

@@ -93,6 +93,10 @@ pub(crate) struct Runtime {
     state_bytes: usize,
     /// The latency histograms, once attached.
     latency: crate::latency::LatencySlot,
+    /// Connectors' own state saved with each checkpoint, by source; restored states no
+    /// connector saves are carried over.
+    connector_states: BTreeMap<String, crate::ConnectorState>,
+    carried_connector_states: BTreeMap<String, serde_json::Value>,
 }
 
 impl Runtime {
@@ -120,6 +124,18 @@ impl Runtime {
             ckpt,
             inputs: p.restored.as_ref().map_or(0, |s| s.inputs),
             position: p.restored.as_ref().and_then(|s| s.resume.position),
+            carried_connector_states: p
+                .restored
+                .as_ref()
+                .map(|s| {
+                    s.connectors
+                        .iter()
+                        .filter(|(k, _)| !p.connector_states.contains_key(*k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            connector_states: p.connector_states,
             restored: p.restored,
             last_input: Instant::now(),
             state_bytes: 0,
@@ -209,6 +225,7 @@ impl Runtime {
                     if self.config.wall_clock {
                         self.measure_state();
                     }
+                    self.offline_due().await;
                 }
             }
         }
@@ -283,13 +300,60 @@ impl Runtime {
     /// Publishes the device's state when its connector's report of it going offline
     /// or coming back changes it.
     async fn on_presence(&mut self, device: &str, online: bool) {
-        if let Some(state) = self.health.presence(device, online, wall_ms()) {
+        let now = wall_ms();
+        if let Some(state) = self.health.presence(device, online, now) {
             let state = state.clone();
             self.emit(Output::State {
                 topic: format!("{}/state/{device}", self.config.topic_prefix),
                 state,
             })
             .await;
+        }
+        // Offline alerts count from the first death report.
+        let since = self
+            .health
+            .state(device)
+            .and_then(|s| s.offline_since)
+            .map_or(now, |t| t.as_millis());
+        for i in 0..self.sources.len() {
+            for k in 0..self.sources[i].operators.len() {
+                let op = &mut self.sources[i].operators[k];
+                let rule = op.op.query().name.clone();
+                let (outs, silenced) =
+                    op.publish
+                        .presence(&rule, device, online, (since, now), &mut self.health);
+                self.offline_emit(outs, silenced).await;
+            }
+        }
+    }
+
+    /// Raises the offline alerts due now (rules with `offline_after`).
+    async fn offline_due(&mut self) {
+        let now = wall_ms();
+        for i in 0..self.sources.len() {
+            for k in 0..self.sources[i].operators.len() {
+                let op = &mut self.sources[i].operators[k];
+                if op
+                    .publish
+                    .lifecycle
+                    .as_ref()
+                    .is_none_or(|l| l.offline_pending() == 0)
+                {
+                    continue;
+                }
+                let rule = op.op.query().name.clone();
+                let (outs, silenced) = op.publish.offline_due(&rule, now, &mut self.health);
+                self.offline_emit(outs, silenced).await;
+            }
+        }
+    }
+
+    async fn offline_emit(&mut self, outs: Vec<Output>, silenced: u64) {
+        if silenced > 0 {
+            self.count(|s| s.transitions_silenced += silenced);
+        }
+        for o in outs {
+            self.emit(o).await;
         }
     }
 

@@ -113,6 +113,7 @@ pub(crate) fn sources_of(p: &Pipeline) -> Vec<Source> {
                     .cloned()
                     .collect(),
                 device_column,
+                topics: Default::default(),
                 model,
                 anomaly: !q.models.is_empty()
                     || q.output_schema.fields().iter().any(|f| f.name() == "score"),

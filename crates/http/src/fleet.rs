@@ -279,7 +279,8 @@ impl Device {
         {
             return Shown::Silenced;
         }
-        if now - self.heard > offline_ms {
+        // Its connector reports it offline (a Sparkplug death), or nothing came for long.
+        if h.and_then(|h| h.offline_since).is_some() || now - self.heard > offline_ms {
             return Shown::Offline;
         }
         match h.map(|h| h.state) {
@@ -690,6 +691,26 @@ mod tests {
             [("a", Shown::Offline), ("b", Shown::Offline)]
         );
         assert!(f.changes(c2.seq).devices.is_empty());
+    }
+
+    /// A device its connector reports offline shows `offline` at once, and its state
+    /// again once it is back.
+    #[test]
+    fn a_device_reported_offline_shows_offline_until_it_is_back() {
+        let f = Fleet::new(10);
+        f.observe(&window("a", 60, 1.5));
+        let mut state = DeviceState::new("a", Timestamp::from_millis(60_000));
+        state.state = Health::Warning;
+        state.offline_since = Some(Timestamp::from_millis(1));
+        let topic = "forewarn/state/a".to_string();
+        f.apply(&Output::State {
+            topic: topic.clone(),
+            state: state.clone(),
+        });
+        assert_eq!(f.devices().1[0].state, Shown::Offline);
+        state.offline_since = None;
+        f.apply(&Output::State { topic, state });
+        assert_eq!(f.devices().1[0].state, Shown::Warning);
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub(crate) fn refuse_embedded_only(p: &Pipeline) -> Result<(), EngineError> {
 /// once a checkpoint covers it, and it confirms outputs to the pipeline only once the
 /// broker acknowledged them: a crash loses neither input nor output.
 pub async fn start(
-    pipeline: Pipeline,
+    #[cfg_attr(not(feature = "sparkplug"), allow(unused_mut))] mut pipeline: Pipeline,
     url: &BrokerUrl,
     opts: &RunOptions,
     tap: Option<mpsc::Sender<Output>>,
@@ -161,7 +161,7 @@ pub async fn start(
         .map(|s| s.topic_filter.clone())
         .collect();
     #[cfg(feature = "sparkplug")]
-    let sparkplug = crate::sparkplug::Sessions::of(&pipeline);
+    let sparkplug = crate::sparkplug::Sessions::of(&mut pipeline);
     filters.sort();
     filters.dedup();
     // Operators' commands (acknowledge, silence) for devices: {prefix}/command/{device}.

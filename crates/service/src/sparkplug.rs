@@ -4,11 +4,14 @@
 //! dead letters, device presence, and rebirth requests published on the connection
 //! `{id}-spb-cmd`.
 //!
-//! Sparkplug data is QoS 0 by the specification and the alias tables are not in the
-//! engine's checkpoints: after a restart the first data of each edge node is refused
-//! (`no_birth`) and a rebirth requested. Messages are therefore taken without
-//! acknowledgement after checkpoint.
+//! Each session's host state (births, aliases, `bdSeq`, last `seq`) is saved with the
+//! engine's checkpoints under the source's name and restored on start, so an edge node
+//! that keeps publishing across a restart is not asked for a rebirth. Sparkplug data is
+//! QoS 0 by the specification: messages are taken without acknowledgement after
+//! checkpoint, and those published while the engine was down are lost (the next one
+//! shows a `seq` gap, refused as `seq_gap` with a rebirth request, as live).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use forewarn_connect::sparkplug::{Action, Session, SparkplugSource};
@@ -18,23 +21,43 @@ use tokio::task::JoinHandle;
 
 use crate::mqtt::RunError;
 
-/// The Sparkplug sources of a pipeline, each with its session.
-pub(crate) struct Sessions(Vec<(String, Session)>);
+/// The Sparkplug sources of a pipeline, each with its session (shared with the
+/// checkpoint that saves it).
+pub(crate) struct Sessions(Vec<(String, Arc<Mutex<Session>>)>);
 
 impl Sessions {
-    /// The sessions of `p`'s `connector = 'sparkplug'` sources (none: empty).
-    pub(crate) fn of(p: &Pipeline) -> Sessions {
-        let sessions = p
-            .sources()
-            .iter()
-            .filter_map(|s| {
-                let settings = s.connector.get::<SparkplugSource>()?.clone();
-                let columns: Vec<String> =
-                    s.schema.fields().iter().map(|f| f.name().clone()).collect();
-                let time = (!s.processing_time).then_some(s.event_time.as_str());
-                Some((s.name.clone(), Session::new(settings, &columns, time)))
-            })
-            .collect();
+    /// The sessions of `p`'s `connector = 'sparkplug'` sources (none: empty), each
+    /// continuing from the state the restored checkpoint holds for it and saved with
+    /// every checkpoint of `p`.
+    pub(crate) fn of(p: &mut Pipeline) -> Sessions {
+        let mut sessions = Vec::new();
+        for s in p.sources() {
+            let Some(settings) = s.connector.get::<SparkplugSource>() else {
+                continue;
+            };
+            let columns: Vec<String> = s.schema.fields().iter().map(|f| f.name().clone()).collect();
+            let time = (!s.processing_time).then_some(s.event_time.as_str());
+            let mut session = Session::new(settings.clone(), &columns, time);
+            if let Some(saved) = p.restored_connector_state(&s.name) {
+                match session.load(saved) {
+                    Ok(()) => {
+                        tracing::info!(source = %s.name, "sparkplug: edge nodes' births and aliases restored")
+                    }
+                    // Starting without them costs rebirth requests, not data.
+                    Err(e) => {
+                        tracing::warn!(source = %s.name, error = %e, "sparkplug: saved state not restored; edge nodes will be asked for a rebirth")
+                    }
+                }
+            }
+            sessions.push((s.name.clone(), Arc::new(Mutex::new(session))));
+        }
+        for (name, session) in &sessions {
+            let session = session.clone();
+            p.keep_connector_state(
+                name,
+                Arc::new(move || session.lock().expect("session lock").save()),
+            );
+        }
         Sessions(sessions)
     }
 
@@ -57,7 +80,11 @@ impl SparkplugInput {
         client_id: &str,
         handle: PipelineHandle,
     ) -> Result<SparkplugInput, RunError> {
-        let mut filters: Vec<String> = sessions.0.iter().map(|(_, s)| s.filter()).collect();
+        let mut filters: Vec<String> = sessions
+            .0
+            .iter()
+            .map(|(_, s)| s.lock().expect("session lock").filter())
+            .collect();
         filters.sort();
         filters.dedup();
         let mut cmd = MqttSink::start(
@@ -93,7 +120,7 @@ impl SparkplugInput {
 /// Feeds each message to the sessions whose group it is in and carries out their
 /// actions.
 async fn read(
-    mut sessions: Sessions,
+    sessions: Sessions,
     mut incoming: tokio::sync::mpsc::Receiver<forewarn_mqtt::Incoming>,
     h: PipelineHandle,
     cmd: MqttSink,
@@ -101,11 +128,15 @@ async fn read(
     while let Some(m) = incoming.recv().await {
         let now = forewarn_core::Timestamp::now().as_millis();
         let mut requested: Vec<String> = Vec::new();
-        for (name, session) in &mut sessions.0 {
-            if !session.accepts(&m.topic) {
-                continue;
-            }
-            for action in session.handle(&m.topic, &m.payload, now) {
+        for (name, session) in &sessions.0 {
+            let actions = {
+                let mut session = session.lock().expect("session lock");
+                if !session.accepts(&m.topic) {
+                    continue;
+                }
+                session.handle(&m.topic, &m.payload, now)
+            };
+            for action in actions {
                 let sent = match action {
                     Action::Rows(rows) => h.push_to(name, rows).await,
                     Action::Reject { reason, detail } => {

@@ -115,6 +115,26 @@ pub(crate) fn lifecycle_options(
             }
         },
     };
+    let offline_after = match map.get("offline_after") {
+        None => None,
+        Some((v, at)) => match parse_interval(v, None) {
+            Ok(ms) if ms > 0 => Some(ms),
+            Ok(_) => {
+                return Err(err(
+                    file,
+                    text,
+                    *at,
+                    format!(
+                        "offline_after must be a positive interval such as '5 minutes', got '{v}'"
+                    ),
+                )
+                .with_kind(SqlErrorKind::Option))
+            }
+            Err(e) => {
+                return Err(err(file, text, *at, e.to_string()).with_kind(SqlErrorKind::Option))
+            }
+        },
+    };
     Ok(Some(LifecycleSpec {
         score_column: map
             .get("score")
@@ -130,5 +150,6 @@ pub(crate) fn lifecycle_options(
             .get("severity")
             .map(|(v, _)| v.clone())
             .unwrap_or_else(|| "warning".into()),
+        offline_after,
     }))
 }

@@ -49,6 +49,7 @@ pub(crate) const SINK_OPTIONS: &[&str] = &[
     "clear_after",
     "cooldown",
     "severity",
+    "offline_after",
     "detector",
     "features",
     "warmup",

@@ -15,6 +15,8 @@ mod edge;
 pub mod proto;
 #[cfg(feature = "sparkplug")]
 mod session;
+#[cfg(feature = "sparkplug")]
+mod state;
 
 #[cfg(feature = "sparkplug")]
 pub use edge::{is_rebirth_request, EdgeError, EdgeNode, Publication};

@@ -52,27 +52,27 @@ pub enum Action {
 }
 
 /// The aliases one edge node or device declared in its birth: alias → (name, data type).
-type Aliases = HashMap<u64, (String, u32)>;
+pub(super) type Aliases = HashMap<u64, (String, u32)>;
 
 #[derive(Debug, Default)]
-struct Node {
+pub(super) struct Node {
     /// Whether its NBIRTH has been seen since the last death or refusal.
-    born: bool,
-    bd_seq: Option<u64>,
+    pub(super) born: bool,
+    pub(super) bd_seq: Option<u64>,
     /// Sequence number of the last message.
-    seq: u8,
-    aliases: Aliases,
+    pub(super) seq: u8,
+    pub(super) aliases: Aliases,
     /// Types of metrics declared by name.
-    types: HashMap<String, u32>,
-    devices: HashMap<String, Device>,
+    pub(super) types: HashMap<String, u32>,
+    pub(super) devices: HashMap<String, Device>,
     /// When a rebirth was last requested (ms).
-    rebirth_at: Option<i64>,
+    pub(super) rebirth_at: Option<i64>,
 }
 
 #[derive(Debug, Default)]
-struct Device {
-    aliases: Aliases,
-    types: HashMap<String, u32>,
+pub(super) struct Device {
+    pub(super) aliases: Aliases,
+    pub(super) types: HashMap<String, u32>,
 }
 
 /// The message types of a Sparkplug topic.
@@ -97,7 +97,7 @@ pub struct Session {
     /// Which of `group`, `edge_node`, `device` the source declares.
     ids: [bool; 3],
     time_column: Option<String>,
-    nodes: HashMap<(String, String), Node>,
+    pub(super) nodes: HashMap<(String, String), Node>,
 }
 
 impl Session {

@@ -568,3 +568,100 @@ fn an_edge_node_encodes_what_the_session_reads() {
 fn row_action(v: Json) -> Action {
     Action::Rows(serde_json::to_vec(&v).unwrap())
 }
+
+fn data(seq: u64, temp: f64) -> Vec<u8> {
+    payload(
+        Some(seq),
+        3000,
+        vec![Metric {
+            alias: Some(1),
+            timestamp: Some(3000),
+            value: Some(Value::DoubleValue(temp)),
+            ..Metric::default()
+        }],
+    )
+}
+
+/// A session restored from a saved state takes the next DDATA as the live one would:
+/// same rows, no `no_birth`, no rebirth request; and it saves the same again.
+#[test]
+fn a_restored_session_continues_without_a_rebirth() {
+    let mut live = session();
+    live.handle(NB, &nbirth(0, 7), 0);
+    live.handle(DB, &dbirth(1), 0);
+    live.handle(DD, &data(2, 41.0), 0);
+    let saved = live.save();
+    // Through text, as a checkpoint stores it.
+    let saved: Json = serde_json::from_str(&saved.to_string()).unwrap();
+    let mut restored = session();
+    restored.load(&saved).unwrap();
+    assert_eq!(restored.save(), saved);
+    let a = restored.handle(DD, &data(3, 42.5), 0);
+    assert_eq!(a, live.handle(DD, &data(3, 42.5), 0));
+    assert_eq!(
+        rows(&a),
+        [
+            json!([{"group": "Plant1", "edge_node": "edge1", "device": "motor1", "ts": 3000, "bearing_temp": 42.5}])
+        ]
+    );
+    // A gap right after a restore is still a gap: messages were lost while down.
+    let a = restored.handle(DD, &data(9, 43.0), 0);
+    assert_eq!(reasons(&a), [Reason::SeqGap]);
+    assert_eq!(rebirths(&a), ["spBv1.0/Plant1/NCMD/edge1"]);
+    // The node's will still matches its birth's bdSeq after the restore.
+    let a = restored.handle(
+        "spBv1.0/Plant1/NDEATH/edge1",
+        &payload(
+            None,
+            0,
+            vec![metric(
+                Some(BD_SEQ),
+                None,
+                dt::INT64,
+                None,
+                Value::LongValue(6),
+            )],
+        ),
+        0,
+    );
+    assert_eq!(reasons(&a), [Reason::StaleDeath]);
+}
+
+/// A dead node is saved not born: its data after a restore needs a birth, as live.
+#[test]
+fn a_dead_node_stays_dead_and_bad_saved_state_is_refused() {
+    let mut s = session();
+    s.handle(NB, &nbirth(0, 7), 0);
+    s.handle(
+        "spBv1.0/Plant1/NDEATH/edge1",
+        &payload(
+            None,
+            0,
+            vec![metric(
+                Some(BD_SEQ),
+                None,
+                dt::INT64,
+                None,
+                Value::LongValue(7),
+            )],
+        ),
+        0,
+    );
+    let mut r = session();
+    r.load(&s.save()).unwrap();
+    assert_eq!(reasons(&r.handle(DD, &data(1, 1.0), 0)), [Reason::NoBirth]);
+    let mut r = session();
+    r.handle(NB, &nbirth(0, 7), 0);
+    let before = r.save();
+    for bad in [
+        json!({"version": 2, "nodes": []}),
+        json!({"version": 1}),
+        json!({"version": 1, "nodes": [{"group": "g", "edge_node": "n", "seq": 300,
+            "aliases": [], "types": {}, "devices": {}}]}),
+        json!({"version": 1, "nodes": [{"group": "g", "edge_node": "n", "seq": 1,
+            "aliases": [[1, "x"]], "types": {}, "devices": {}}]}),
+    ] {
+        assert!(r.load(&bad).is_err(), "{bad}");
+        assert_eq!(r.save(), before, "unchanged after {bad}");
+    }
+}

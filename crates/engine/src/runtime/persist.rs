@@ -144,6 +144,12 @@ impl Runtime {
                 .iter()
                 .map(|s| (s.name.clone(), s.devices.names().cloned().collect()))
                 .collect(),
+            connectors: self
+                .connector_states
+                .iter()
+                .map(|(k, f)| (k.clone(), f()))
+                .chain(self.carried_connector_states.clone())
+                .collect(),
             ..Snapshot::default()
         });
         let (store, keep, seq) = (c.cfg.store.clone(), c.cfg.keep, c.seq);
