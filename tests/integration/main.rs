@@ -43,10 +43,10 @@ mod scale_out;
 mod shipped;
 #[cfg(all(feature = "sparkplug", feature = "broker"))]
 mod sparkplug;
-#[cfg(all(feature = "sparkplug", feature = "broker"))]
-mod sparkplug_session;
 #[cfg(all(feature = "cli", feature = "broker"))]
 mod sparkplug_plant;
+#[cfg(all(feature = "sparkplug", feature = "broker"))]
+mod sparkplug_session;
 #[cfg(all(feature = "cli", feature = "broker"))]
 mod streaming;
 #[cfg(feature = "tls")]

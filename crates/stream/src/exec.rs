@@ -2,10 +2,12 @@
 //! half with its leaf replaced by a channel-fed streaming scan), the leaf batches fed
 //! to it, and the final half run over partial state when a window fires.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, AsArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -71,6 +73,36 @@ impl OpenPane {
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
         Ok(state.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
+}
+
+/// Runs `q`'s partial half once over leaf batches of several panes (their window
+/// columns hold each row's pane) and returns each pane's state rows, by pane start, in
+/// the order the aggregate emitted them.
+pub(crate) async fn partial_by_pane(
+    q: &CompiledQuery,
+    rows: Vec<RecordBatch>,
+) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
+    let input = MemorySourceConfig::try_new_exec(&[rows], q.leaf_schema.clone(), None)?;
+    let plan = replace_leaf(&q.partial, input)?;
+    let state = collect(plan, q.task_ctx.clone()).await?;
+    let ws = q.partial.schema().index_of(WINDOW_START)?;
+    let mut by_pane: BTreeMap<Millis, Vec<RecordBatch>> = BTreeMap::new();
+    for b in state.iter().filter(|b| b.num_rows() > 0) {
+        let starts = b.column(ws).as_primitive::<TimestampMillisecondType>();
+        let mut rows: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
+        for (i, s) in starts.values().iter().enumerate() {
+            rows.entry(*s).or_default().push(i as u32);
+        }
+        for (start, idx) in rows {
+            let taken = if idx.len() == b.num_rows() {
+                b.clone()
+            } else {
+                take_record_batch(b, &UInt32Array::from(idx))?
+            };
+            by_pane.entry(start).or_default().push(taken);
+        }
+    }
+    Ok(by_pane)
 }
 
 /// Where each column of the partial half's leaf comes from in a pane batch.

@@ -109,13 +109,19 @@ impl WindowOperator {
                 .iter()
                 .any(|c| q.output_schema.index_of(c).is_ok());
         let wm_tick_ms = q.window.pane_width().clamp(1, 1000);
+        // Session panes hold rows of several sessions: each pane aggregates at once.
+        let panes = if sessions.is_some() {
+            Panes::default()
+        } else {
+            Panes::collecting(q.clone())
+        };
         WindowOperator {
             watermark: Watermark::new(q.watermark),
             q,
             source_schema,
             ts_index,
             leaf_projection,
-            panes: Panes::default(),
+            panes,
             closed_until: None,
             stats: OperatorStats::default(),
             wm_key_index,
@@ -489,11 +495,12 @@ impl WindowOperator {
         let end = start + self.q.window.pane_width();
         let leaf_batch = leaf_batch(&self.q, &self.leaf_projection, rows, start, end, ids)?;
         let q = &self.q;
-        let pane = self
+        let sent = self
             .panes
-            .aggregate(start, || OpenPane::start(q))
+            .feed(start, leaf_batch, || OpenPane::start(q))
+            .await
             .map_err(|e| StreamError::exec(&q.name, e))?;
-        if !pane.send(leaf_batch).await {
+        if !sent {
             // The partial aggregate stopped early: its error surfaces when the pane closes.
             tracing::warn!(query = %self.q.name, pane = start, "partial aggregate ended before its pane closed");
         }
@@ -855,6 +862,67 @@ mod tests {
                 (b.windows_closed, b.rows_out, b.rows_aggregated),
                 "{window}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn collecting_small_panes_gives_what_an_aggregate_per_pane_gives() {
+        for sql_window in [
+            "tumble(interval '10 seconds')",
+            "hop(interval '10 seconds', interval '30 seconds')",
+        ] {
+            let f = fixture(sql_window, "", "").await;
+            // Panes from 8 rows to past the limit of rows a pane collects, in batches
+            // of all sizes, with a checkpoint (sealing) halfway.
+            let mut batches = Vec::new();
+            let mut t = 0;
+            for (k, per_second) in [1usize, 50, 500, 3, 900, 2].into_iter().enumerate() {
+                let rows: Vec<(String, Millis, f64)> = (0..10 * per_second)
+                    .map(|i| {
+                        let d = format!("dev-{}", (i * 7 + k) % 13);
+                        (
+                            d,
+                            t + (i / per_second) as Millis * S + (i % 7) as Millis,
+                            (i % 101) as f64 * 0.37,
+                        )
+                    })
+                    .collect();
+                t += 10 * S;
+                for chunk in rows.chunks(333 + k * 1000) {
+                    let r: Vec<(&str, Millis, f64)> =
+                        chunk.iter().map(|(d, t, v)| (d.as_str(), *t, *v)).collect();
+                    batches.push(f.rows(&r));
+                }
+            }
+            let run = |collect: bool| {
+                let f = &f;
+                let batches = &batches;
+                async move {
+                    let mut op = f.operator();
+                    if !collect {
+                        op.panes = Panes::default();
+                    }
+                    let mut out = Vec::new();
+                    for (i, b) in batches.iter().enumerate() {
+                        out.extend(op.process(b).await.unwrap().results);
+                        if i == batches.len() / 2 {
+                            let state = op.snapshot().await.unwrap();
+                            op = f.operator();
+                            if !collect {
+                                op.panes = Panes::default();
+                            }
+                            op.restore(state).unwrap();
+                        }
+                    }
+                    out.extend(op.finish().await.unwrap().results);
+                    (printed(&out), op.stats().rows_aggregated)
+                }
+            };
+            let (collected, n) = run(true).await;
+            let (each, m) = run(false).await;
+            assert_eq!(n, m);
+            assert!(collected.len() >= 6, "{sql_window}");
+            assert_eq!(collected, each, "{sql_window}");
         }
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
@@ -18,14 +19,33 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::Result as DfResult;
 use forewarn_core::{Millis, Pane, WindowSpec};
+use forewarn_sql::CompiledQuery;
 
-use crate::exec::OpenPane;
+use crate::exec::{partial_by_pane, OpenPane};
+
+/// Rows a pane collects before it gets a running aggregate of its own.
+pub(crate) const BUFFER_ROWS: usize = 4096;
+/// Rows all panes together collect: past it, the pane being fed gets its aggregate.
+pub(crate) const BUFFER_ROWS_TOTAL: usize = 65_536;
 
 /// The panes of one operator, by start time. A pane may be both open and sealed.
 #[derive(Default)]
 pub(crate) struct Panes {
+    /// The query whose partial half aggregates the collected rows (`None`: every pane
+    /// gets a running aggregate at once).
+    query: Option<Arc<CompiledQuery>>,
     /// Panes with a running partial aggregate.
     pub(crate) open: BTreeMap<Millis, OpenPane>,
+    /// Leaf rows of panes too small so far for an aggregate of their own (a running
+    /// aggregate costs a plan, a task and a drain per pane: with few keys that fixed
+    /// cost dominates). Panes closing together aggregate theirs in one run of the
+    /// partial half; a pane reaching [`BUFFER_ROWS`] (or all reaching
+    /// [`BUFFER_ROWS_TOTAL`]) moves its rows into a running aggregate, so memory stays
+    /// bounded by panes, not rows.
+    buffered: BTreeMap<Millis, Vec<RecordBatch>>,
+    /// Rows in `buffered`, by pane and in total.
+    buffered_rows: HashMap<Millis, usize>,
+    buffered_total: usize,
     /// Partial state of panes still open, taken out of their aggregates at a checkpoint;
     /// rows arriving later go to a fresh aggregate and both add up when the pane closes.
     pub(crate) sealed: BTreeMap<Millis, Vec<RecordBatch>>,
@@ -34,29 +54,113 @@ pub(crate) struct Panes {
 }
 
 impl Panes {
-    /// Panes currently open (with a partial aggregate, or sealed state, or both).
+    /// Panes of `q` that collect the rows of small panes (not for sessions, whose
+    /// panes hold rows of several sessions).
+    pub(crate) fn collecting(q: Arc<CompiledQuery>) -> Panes {
+        Panes {
+            query: Some(q),
+            ..Panes::default()
+        }
+    }
+
+    /// Panes currently open (with a partial aggregate, collected rows, or sealed
+    /// state).
     pub(crate) fn open_count(&self) -> usize {
-        self.open.len()
-            + self
-                .sealed
-                .keys()
-                .filter(|k| !self.open.contains_key(k))
-                .count()
+        let mut starts: Vec<Millis> = self
+            .open
+            .keys()
+            .chain(self.sealed.keys())
+            .chain(self.buffered.keys())
+            .copied()
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        starts.len()
     }
 
     /// Whether the pane starting at `start` is open.
     pub(crate) fn is_open(&self, start: Millis) -> bool {
-        self.open.contains_key(&start) || self.sealed.contains_key(&start)
+        self.open.contains_key(&start)
+            || self.sealed.contains_key(&start)
+            || self.buffered.contains_key(&start)
     }
 
-    /// Bytes of partial state held outside the aggregates (sealed and closed panes).
+    /// Bytes held outside the aggregates: partial state of sealed and closed panes, and
+    /// the rows collected for small panes.
     pub(crate) fn held_bytes(&self) -> usize {
         self.sealed
             .values()
             .chain(self.closed.values())
+            .chain(self.buffered.values())
             .flatten()
             .map(|b| b.get_array_memory_size())
             .sum()
+    }
+
+    /// Adds `leaf_batch` to the pane at `start`: collected while the pane is small,
+    /// else sent to its running aggregate (started with `open` if it has none). `false`
+    /// when the aggregate has already stopped (its error surfaces when the pane closes).
+    pub(crate) async fn feed(
+        &mut self,
+        start: Millis,
+        leaf_batch: RecordBatch,
+        open: impl FnOnce() -> DfResult<OpenPane>,
+    ) -> DfResult<bool> {
+        let n = leaf_batch.num_rows();
+        if self.query.is_some() && !self.open.contains_key(&start) {
+            let rows = self.buffered_rows.entry(start).or_default();
+            if *rows + n < BUFFER_ROWS && self.buffered_total + n < BUFFER_ROWS_TOTAL {
+                *rows += n;
+                self.buffered_total += n;
+                self.buffered.entry(start).or_default().push(leaf_batch);
+                return Ok(true);
+            }
+        }
+        // Too big to collect: the pane's collected rows go first into its aggregate.
+        let earlier = self.take_buffered(start);
+        let pane = self.aggregate(start, open)?;
+        for b in earlier {
+            if !pane.send(b).await {
+                return Ok(false);
+            }
+        }
+        Ok(pane.send(leaf_batch).await)
+    }
+
+    /// Takes the rows collected for the pane at `start`.
+    fn take_buffered(&mut self, start: Millis) -> Vec<RecordBatch> {
+        if let Some(n) = self.buffered_rows.remove(&start) {
+            self.buffered_total -= n;
+        }
+        self.buffered.remove(&start).unwrap_or_default()
+    }
+
+    /// Aggregates the rows collected for every pane (see [`Self::aggregate_buffered`]).
+    pub(crate) async fn aggregate_collected(
+        &mut self,
+    ) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
+        let all: Vec<Millis> = self.buffered.keys().copied().collect();
+        self.aggregate_buffered(&all).await
+    }
+
+    /// Forgets the rows collected for every pane.
+    pub(crate) fn clear_collected(&mut self) {
+        self.buffered.clear();
+        self.buffered_rows.clear();
+        self.buffered_total = 0;
+    }
+
+    /// Aggregates the rows collected for the panes at `starts` in one run of the
+    /// partial half: each pane's state rows, by pane.
+    async fn aggregate_buffered(
+        &mut self,
+        starts: &[Millis],
+    ) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
+        let rows: Vec<RecordBatch> = starts.iter().flat_map(|&s| self.take_buffered(s)).collect();
+        match (&self.query, rows.is_empty()) {
+            (Some(q), false) => partial_by_pane(q, rows).await,
+            _ => Ok(BTreeMap::new()),
+        }
     }
 
     /// Closed panes kept for windows still to fire.
@@ -78,26 +182,41 @@ impl Panes {
 
     /// The oldest open pane that ends at or before `wm`.
     fn next_passed(&self, window: &WindowSpec, wm: Millis) -> Option<Millis> {
-        let next = match (self.open.first_key_value(), self.sealed.first_key_value()) {
-            (Some((&a, _)), Some((&b, _))) => a.min(b),
-            (Some((&a, _)), None) | (None, Some((&a, _))) => a,
-            (None, None) => return None,
-        };
+        let next = [
+            self.open.first_key_value().map(|(&k, _)| k),
+            self.sealed.first_key_value().map(|(&k, _)| k),
+            self.buffered.first_key_value().map(|(&k, _)| k),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         (window.pane_of(next).end <= wm).then_some(next)
     }
 
     /// Closes every pane the watermark `wm` has passed, oldest first; keeps its partial
     /// state until the last window containing it has fired (see [`Self::forget_passed`]).
     pub(crate) async fn close_passed(&mut self, window: &WindowSpec, wm: Millis) -> DfResult<()> {
+        let passed: Vec<Millis> = self
+            .buffered
+            .keys()
+            .copied()
+            .take_while(|&s| window.pane_of(s).end <= wm)
+            .collect();
+        let mut collected = self.aggregate_buffered(&passed).await?;
         while let Some(next) = self.next_passed(window, wm) {
             let mut state = self.sealed.remove(&next).unwrap_or_default();
             if let Some(open) = self.open.remove(&next) {
                 state.extend(open.drain().await?);
             }
+            state.extend(collected.remove(&next).unwrap_or_default());
             if !state.is_empty() {
                 // A session may reopen a closed pane; its state adds to what was kept.
                 self.closed.entry(next).or_default().extend(state);
             }
+        }
+        // Panes that had only collected rows.
+        for (start, state) in collected {
+            self.closed.entry(start).or_default().extend(state);
         }
         Ok(())
     }

@@ -51,7 +51,8 @@ pub struct OperatorState {
 }
 
 impl Panes {
-    /// Seals every open pane: drains its aggregate into its sealed state.
+    /// Seals every open pane: drains its aggregate, and aggregates its collected rows,
+    /// into its sealed state.
     pub(crate) async fn seal(&mut self) -> DfResult<()> {
         let open = std::mem::take(&mut self.open);
         for (start, pane) in open {
@@ -59,6 +60,9 @@ impl Panes {
             if !state.is_empty() {
                 self.sealed.entry(start).or_default().extend(state);
             }
+        }
+        for (start, state) in self.aggregate_collected().await? {
+            self.sealed.entry(start).or_default().extend(state);
         }
         Ok(())
     }
@@ -82,6 +86,7 @@ impl Panes {
 
     /// Replaces every pane with those of a checkpoint.
     pub(crate) fn restore(&mut self, panes: Vec<PaneState>) {
+        self.clear_collected();
         self.open.clear();
         self.sealed.clear();
         self.closed.clear();
