@@ -798,10 +798,11 @@ mod tests {
         results
             .iter()
             .map(|r| {
-                let table =
-                    datafusion::arrow::util::pretty::pretty_format_batches(&[r.batch.clone()])
-                        .unwrap()
-                        .to_string();
+                let table = datafusion::arrow::util::pretty::pretty_format_batches(
+                    std::slice::from_ref(&r.batch),
+                )
+                .unwrap()
+                .to_string();
                 (r.window, table)
             })
             .collect()
