@@ -82,7 +82,9 @@ pub(crate) async fn partial_by_pane(
     q: &CompiledQuery,
     rows: Vec<RecordBatch>,
 ) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
-    let input = MemorySourceConfig::try_new_exec(&[rows], q.leaf_schema.clone(), None)?;
+    // One batch: the aggregate's cost per input batch is paid once, not per pane.
+    let rows = datafusion::arrow::compute::concat_batches(&q.leaf_schema, &rows)?;
+    let input = MemorySourceConfig::try_new_exec(&[vec![rows]], q.leaf_schema.clone(), None)?;
     let plan = replace_leaf(&q.partial, input)?;
     let state = collect(plan, q.task_ctx.clone()).await?;
     let ws = q.partial.schema().index_of(WINDOW_START)?;
