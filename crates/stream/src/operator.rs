@@ -166,8 +166,9 @@ impl WindowOperator {
         self.q.task_ctx.memory_pool().reserved()
     }
 
-    /// Bytes of partial state held outside the aggregates: sealed panes (taken out at
-    /// a checkpoint) and closed panes kept for later windows.
+    /// Bytes held outside the aggregates: partial state of sealed panes (taken out at
+    /// a checkpoint) and of closed panes kept for later windows, and the rows small
+    /// panes collect before they get an aggregate (at most 65,536 rows).
     pub fn held_state_bytes(&self) -> usize {
         self.panes.held_bytes()
     }
