@@ -303,3 +303,88 @@ mod tests {
         assert!(e.contains("argument 2 must be a machine class"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use datafusion::arrow::array::ListArray;
+    use datafusion::common::config::ConfigOptions;
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::ScalarFunctionArgs;
+
+    const FS: f64 = 10_000.0;
+
+    /// Waveform `i`: a tone and a ringing burst whose frequencies depend on `i`.
+    fn wave(i: usize, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|k| {
+                let t = k as f64 / FS;
+                let f = 50.0 + 37.0 * i as f64;
+                (2.0 * std::f64::consts::PI * f * t).sin()
+                    + (1.0 + i as f64) * (-(t % 0.009) / 0.0008).exp()
+                        * (2.0 * std::f64::consts::PI * 3000.0 * t).sin()
+            })
+            .collect()
+    }
+
+    fn call(f: Dsp, waves: &ArrayRef, numbers: &[f64]) -> Vec<Option<f64>> {
+        let mut args = vec![ColumnarValue::Array(waves.clone())];
+        let mut arg_fields = vec![Arc::new(Field::new("w", wave_type(), true))];
+        for (i, v) in numbers.iter().enumerate() {
+            args.push(ColumnarValue::Scalar(ScalarValue::Float64(Some(*v))));
+            arg_fields.push(Arc::new(Field::new(format!("a{i}"), DataType::Float64, true)));
+        }
+        let out = DspUdf::new(f)
+            .invoke_with_args(ScalarFunctionArgs {
+                args,
+                arg_fields,
+                number_rows: waves.len(),
+                return_field: Arc::new(Field::new("out", DataType::Float64, true)),
+                config_options: Arc::new(ConfigOptions::default()),
+            })
+            .unwrap();
+        let ColumnarValue::Array(a) = out else {
+            panic!("an array")
+        };
+        a.as_primitive::<Float64Type>().iter().collect()
+    }
+
+    fn list(waves: &[Vec<f64>]) -> ArrayRef {
+        Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(
+            waves.iter().map(|w| Some(w.iter().map(|&v| Some(v)))),
+        ))
+    }
+
+    /// Spectra shared between functions and calls never leak from one waveform to
+    /// another: every value equals the function computed alone on that waveform,
+    /// across batches (freed and reallocated, possibly at the same address), slices of
+    /// one buffer, and rows of the same length.
+    #[test]
+    fn shared_spectra_match_each_waveform_computed_alone() {
+        let calls: [(Dsp, Vec<f64>); 4] = [
+            (Dsp::VelocityRms, vec![FS]),
+            (Dsp::EnvelopeAmplitude, vec![FS, 2000.0, 4000.0, 111.1]),
+            (Dsp::BandRms, vec![FS, 10.0, 1000.0]),
+            (Dsp::VelocityRms, vec![FS]),
+        ];
+        for round in 0..4 {
+            let waves: Vec<Vec<f64>> = (0..5).map(|i| wave(i + 5 * round, 1024)).collect();
+            let array = list(&waves);
+            // A slice of the same buffer: other rows, same samples' memory.
+            let sliced = array.slice(2, 3);
+            for (f, numbers) in &calls {
+                for (arr, rows) in [(&array, &waves[..]), (&sliced, &waves[2..])] {
+                    let got = call(*f, arr, numbers);
+                    let want: Vec<Option<f64>> =
+                        rows.iter().map(|w| f.compute(w, numbers)).collect();
+                    assert_eq!(got, want, "{} in round {round}", f.name());
+                }
+            }
+            drop(array);
+        }
+        // Different rows give different values (a cache that mixed them up would not).
+        let waves: Vec<Vec<f64>> = (0..3).map(|i| wave(i, 1024)).collect();
+        let v = call(Dsp::VelocityRms, &list(&waves), &[FS]);
+        assert!(v[0] != v[1] && v[1] != v[2], "{v:?}");
+    }
+}
