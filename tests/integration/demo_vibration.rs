@@ -17,7 +17,14 @@ fn vibration_demo_alerts_exactly_the_worn_bearings() {
     let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
         .current_dir(&dir)
         .args(["demo", "--vibration", "--seed", "5", "--machines", "12"])
-        .args(["--sim-seconds", "3600", "--failing", "0.5", "--duration", "6"])
+        .args([
+            "--sim-seconds",
+            "3600",
+            "--failing",
+            "0.5",
+            "--duration",
+            "6",
+        ])
         .arg("--summary")
         .arg(&summary)
         .output()
@@ -65,8 +72,7 @@ fn vibration_demo_alerts_exactly_the_worn_bearings() {
         .map(|l| l.split_whitespace().next().unwrap().to_string())
         .collect();
     assert_eq!(printed, worn, "{stdout}");
-    let s: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     let set = |k: &str| -> BTreeSet<String> {
         s[k].as_array()
             .unwrap()

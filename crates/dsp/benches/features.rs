@@ -14,7 +14,6 @@
 //!
 //! Every way's values are checked against the baseline's before timing.
 
-use std::f64::consts::PI;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +26,12 @@ use rand_chacha::ChaCha8Rng;
 
 /// The features of one waveform: envelope at BPFO, velocity (twice), zone, kurtosis.
 type Features = (f64, f64, f64, &'static str, f64);
+
+/// One way of computing the features of a waveform (samples, rate, BPFO).
+type Way = fn(&[f64], f64, f64) -> Features;
+
+/// A named piece of the work, timed alone.
+type Part<'a> = (&'static str, Box<dyn Fn() + 'a>);
 
 fn bpfo() -> f64 {
     let (n, d, pd, a) = BEARING;
@@ -75,7 +80,7 @@ fn cpu_seconds() -> Option<f64> {
     };
     // SAFETY: `t` is a valid timespec for the call to fill.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    (rc == 0).then(|| t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
+    (rc == 0).then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
 }
 
 /// Seconds `f` took: on-CPU time where known, else wall time.
@@ -89,7 +94,7 @@ fn timed(f: impl FnOnce()) -> f64 {
 }
 
 /// Waveforms/s of `f` over `n` waveforms drawn in turn from `waves`.
-fn rate(f: fn(&[f64], f64, f64) -> Features, waves: &[Vec<f64>], fs: f64, n: usize) -> f64 {
+fn rate(f: Way, waves: &[Vec<f64>], fs: f64, n: usize) -> f64 {
     let b = bpfo();
     n as f64
         / timed(|| {
@@ -137,7 +142,7 @@ fn main() {
         n, cfg.samples, cfg.fs
     );
     println!("largest relative difference from the baseline: {worst:.1e}");
-    let ways: [(&str, fn(&[f64], f64, f64) -> Features); 3] = [
+    let ways: [(&str, Way); 3] = [
         ("baseline (first version)", baseline_features),
         ("per call (one FFT per function)", per_call),
         ("shared FFT (as in SQL)", shared),
@@ -161,25 +166,25 @@ fn main() {
         realfft::num_complex::Complex::new(0.5, 0.1);
         cfg.samples
     ]);
-    let parts: [(&str, Box<dyn Fn()>); 5] = [
+    let parts: [Part; 5] = [
         (
             "forward FFT",
-            Box::new(|| drop(black_box(WaveSpectrum::of(black_box(x), cfg.fs)))),
+            Box::new(|| {
+                black_box(WaveSpectrum::of(black_box(x), cfg.fs));
+            }),
         ),
         (
             "velocity_rms (from the FFT)",
             Box::new(|| {
-                drop(black_box(forewarn_dsp::spectral::velocity_rms(
-                    &s, 10.0, 1000.0,
-                )))
+                black_box(forewarn_dsp::spectral::velocity_rms(&s, 10.0, 1000.0));
             }),
         ),
         (
             "envelope_amplitude (from the FFT)",
             Box::new(|| {
-                drop(black_box(forewarn_dsp::envelope::envelope_amplitude(
+                black_box(forewarn_dsp::envelope::envelope_amplitude(
                     &s, 2000.0, 4000.0, b, None,
-                )))
+                ));
             }),
         ),
         (
@@ -188,7 +193,9 @@ fn main() {
         ),
         (
             "wave_kurtosis",
-            Box::new(|| drop(black_box(forewarn_dsp::time::kurtosis(black_box(x))))),
+            Box::new(|| {
+                black_box(forewarn_dsp::time::kurtosis(black_box(x)));
+            }),
         ),
     ];
     for (name, f) in &parts {
@@ -203,7 +210,6 @@ fn main() {
             .fold(f64::MAX, f64::min);
         println!("  {name:<40} {:>8.1} µs", best * 1e6);
     }
-    let _ = PI;
 }
 
 /// The first version of the spectral functions: every call windows the waveform and
@@ -240,7 +246,7 @@ mod baseline {
             .iter()
             .enumerate()
             .map(|(k, c)| {
-                let twice = k != 0 && !(n % 2 == 0 && k == n / 2);
+                let twice = k != 0 && !(n.is_multiple_of(2) && k == n / 2);
                 c.norm_sqr() * norm * if twice { 2.0 } else { 1.0 }
             })
             .collect();

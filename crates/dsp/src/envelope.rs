@@ -33,8 +33,10 @@ fn envelope_into(
     let first = ((lo / df).ceil().max(1.0)) as usize;
     let last = ((hi / df).floor().max(0.0) as usize).min((n - 1) / 2);
     let scale = 2.0 / n as f64;
-    for k in first..=last {
-        z[k] = s.bins[k] * scale;
+    if first <= last {
+        for (zk, b) in z[first..=last].iter_mut().zip(&s.bins[first..=last]) {
+            *zk = b * scale;
+        }
     }
     ifft(z);
     env.clear();

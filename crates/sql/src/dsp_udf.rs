@@ -321,7 +321,8 @@ mod cache_tests {
                 let t = k as f64 / FS;
                 let f = 50.0 + 37.0 * i as f64;
                 (2.0 * std::f64::consts::PI * f * t).sin()
-                    + (1.0 + i as f64) * (-(t % 0.009) / 0.0008).exp()
+                    + (1.0 + i as f64)
+                        * (-(t % 0.009) / 0.0008).exp()
                         * (2.0 * std::f64::consts::PI * 3000.0 * t).sin()
             })
             .collect()
@@ -332,7 +333,11 @@ mod cache_tests {
         let mut arg_fields = vec![Arc::new(Field::new("w", wave_type(), true))];
         for (i, v) in numbers.iter().enumerate() {
             args.push(ColumnarValue::Scalar(ScalarValue::Float64(Some(*v))));
-            arg_fields.push(Arc::new(Field::new(format!("a{i}"), DataType::Float64, true)));
+            arg_fields.push(Arc::new(Field::new(
+                format!("a{i}"),
+                DataType::Float64,
+                true,
+            )));
         }
         let out = DspUdf::new(f)
             .invoke_with_args(ScalarFunctionArgs {
