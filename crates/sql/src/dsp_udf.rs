@@ -165,6 +165,9 @@ fn values(f: Dsp, arrays: &[ArrayRef], rows: usize) -> Result<Float64Array> {
 /// computes the rest per call (correct, only slower).
 const MAX_CACHED_BYTES: usize = 32 << 20;
 
+/// Sample buffers larger than this are not held (nor their spectra cached).
+const MAX_HELD_BYTES: usize = 64 << 20;
+
 thread_local! {
     static SPECTRA: RefCell<SpectrumCache> = RefCell::new(SpectrumCache::default());
 }
@@ -176,7 +179,8 @@ thread_local! {
 /// Keyed by the samples' address, length and sample rate, which is sound because the
 /// cache holds a reference to the buffer they live in: while it is held, the memory
 /// cannot be freed and reused by another waveform, and Arrow buffers are immutable
-/// while shared. A call on another buffer (the next batch) empties the cache.
+/// while shared. A call on another buffer (the next batch) empties the cache, so a
+/// thread holds at most one batch's samples (up to 64 MiB) beyond its evaluation.
 #[derive(Default)]
 struct SpectrumCache {
     owner: Option<Buffer>,
@@ -195,7 +199,8 @@ impl SpectrumCache {
         if !same {
             self.spectra.clear();
             self.bytes = 0;
-            self.owner = Some(buffer.clone());
+            // A batch is held until this thread's next one: not a very large one.
+            self.owner = (buffer.len() <= MAX_HELD_BYTES).then(|| buffer.clone());
         }
     }
 
