@@ -253,11 +253,11 @@ fn spectra_from_one_fft_equal_the_windowed_definition_at_every_length() {
             .collect();
         let p = direct_power(&x);
         let df = fs / n as f64;
-        for k in 0..p.len() {
+        for (k, pk) in p.iter().enumerate() {
             // One bin alone: band_rms over a quarter bin around it (never DC).
             let (lo, hi) = ((k as f64 - 0.25) * df, (k as f64 + 0.25) * df);
             let got = f(Dsp::BandRms, &x, &[fs, lo, hi]);
-            let want = if k == 0 { 0.0 } else { p[k].sqrt() };
+            let want = if k == 0 { 0.0 } else { pk.sqrt() };
             assert!(
                 (got - want).abs() <= 1e-9 * (1.0 + want),
                 "n {n} bin {k}: {got} vs {want}"
