@@ -5,7 +5,7 @@
 #
 #   benches/regenerate.sh            # all of them (44 min here; the library-only gateway
 #                                    # build compiles DataFusion a second time)
-#   benches/regenerate.sh decode     # just one: decode waveform scoring online windowed memory e2e scale_out footprint
+#   benches/regenerate.sh decode     # just one: decode waveform dsp scoring online windowed memory e2e scale_out footprint
 #
 # Needs mosquitto for e2e and nats-server for scale_out (apt-get install mosquitto nats-server).
 set -euo pipefail
@@ -49,6 +49,7 @@ footprint() {
 cargo bench --no-run -q 2>/dev/null
 run decode cargo bench -q --bench decode
 run waveform cargo bench -q --bench waveform
+run dsp cargo bench -q -p forewarn-dsp
 run scoring cargo bench -q --bench scoring
 run online cargo bench -q -p forewarn-scorer --bench online
 run windowed cargo bench -q --bench windowed -- 10000 2000000 tumble

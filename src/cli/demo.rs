@@ -75,11 +75,26 @@ pub struct DemoArgs {
     /// device ids.
     #[arg(long, conflicts_with = "waveforms")]
     sparkplug: bool,
+    /// Run the bearing fleet instead: machines sending vibration waveforms (some
+    /// bearings developing an outer-race defect) through the shipped envelope query
+    /// queries/vibration/bearing_envelope.sql.
+    #[arg(long, conflicts_with_all = ["queries", "models", "http", "no_http", "sparkplug"])]
+    vibration: bool,
     #[command(flatten)]
     plant: PlantArgs,
 }
 
 pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    if a.vibration {
+        let v = super::demo_vibration::VibrationDemo {
+            duration: a.duration,
+            broker: a.broker,
+            quiet: a.quiet,
+            summary: a.summary,
+            plant: a.plant,
+        };
+        return super::demo_vibration::run(v, start_embedded).await;
+    }
     let mut b = Pipeline::builder();
     b = match &a.queries {
         Some(q) => b.query_file(q),

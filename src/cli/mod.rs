@@ -1,6 +1,7 @@
 //! Subcommands of the `forewarn` tool.
 
 mod demo;
+mod demo_vibration;
 mod eval;
 mod plot;
 mod replay;

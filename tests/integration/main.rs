@@ -17,6 +17,8 @@ mod checkpoint;
 mod cli_edges;
 #[cfg(feature = "cli")]
 mod crash;
+#[cfg(all(feature = "cli", feature = "broker"))]
+mod demo_vibration;
 mod differential;
 mod event_time;
 mod fuzz_decoders;

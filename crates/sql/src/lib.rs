@@ -17,7 +17,7 @@ mod watermark;
 mod window;
 
 mod detector;
-mod dsp;
+mod dsp_udf;
 mod error;
 mod features;
 mod locate;
@@ -32,7 +32,7 @@ pub use decl::{
     WINDOW_END, WINDOW_START,
 };
 pub use detector::{OnlineBinding, OnlineDecl, OnlineKind, Span};
-pub use dsp::dsp_udfs;
+pub use dsp_udf::dsp_udfs;
 pub use error::{SqlError, SqlErrorKind};
 pub use features::{feature_query, scored_models, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};

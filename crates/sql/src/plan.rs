@@ -143,7 +143,7 @@ pub fn streaming_context(models: Arc<ModelRegistry>) -> SessionContext {
     for udaf in crate::moments::moment_udafs() {
         ctx.register_udaf(udaf);
     }
-    for udf in crate::dsp::dsp_udfs() {
+    for udf in crate::dsp_udf::dsp_udfs() {
         ctx.register_udf(udf);
     }
     ctx

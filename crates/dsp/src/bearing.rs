@@ -2,7 +2,7 @@
 
 /// Which defect frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Defect {
+pub enum Defect {
     /// Ball pass frequency, outer race.
     Bpfo,
     /// Ball pass frequency, inner race.
@@ -16,14 +16,7 @@ pub(crate) enum Defect {
 /// The defect frequency in Hz for a shaft at `rpm`, `n` rolling elements of diameter
 /// `d`, pitch diameter `pd` (same unit as `d`) and contact angle `angle_deg`; `None` for
 /// a geometry that is not a bearing.
-pub(crate) fn defect_hz(
-    defect: Defect,
-    rpm: f64,
-    n: f64,
-    d: f64,
-    pd: f64,
-    angle_deg: f64,
-) -> Option<f64> {
+pub fn defect_hz(defect: Defect, rpm: f64, n: f64, d: f64, pd: f64, angle_deg: f64) -> Option<f64> {
     if !(d > 0.0 && pd > d && n >= 1.0) {
         return None;
     }
@@ -45,19 +38,16 @@ const ZONES: [(&str, [f64; 3]); 4] = [
     ("IV", [2.8, 7.1, 18.0]),
 ];
 
-/// The class names, for error messages.
-pub(crate) const CLASSES: &str = "'I', 'II', 'III', 'IV'";
+/// The machine class names, for error messages.
+pub const CLASSES: &str = "'I', 'II', 'III', 'IV'";
 
 /// The severity zone 'A'..'D' of a velocity RMS (mm/s) for a machine class ('I'..'IV',
-/// case-insensitive); `Err` for an unknown class. A value on a boundary is in the
+/// case-insensitive); `None` for an unknown class. A value on a boundary is in the
 /// higher zone.
-pub(crate) fn iso_zone(v: f64, class: &str) -> Result<&'static str, ()> {
+pub fn iso_zone(v: f64, class: &str) -> Option<&'static str> {
     let class = class.trim();
-    let (_, b) = ZONES
-        .iter()
-        .find(|(c, _)| c.eq_ignore_ascii_case(class))
-        .ok_or(())?;
-    Ok(if v < b[0] {
+    let (_, b) = ZONES.iter().find(|(c, _)| c.eq_ignore_ascii_case(class))?;
+    Some(if v < b[0] {
         "A"
     } else if v < b[1] {
         "B"
