@@ -130,7 +130,8 @@ pub async fn run(
         cfg.duration_s,
         a.duration
     );
-    let (truth, published) = publish_plant(&url, cfg, Duration::from_secs_f64(a.duration)).await?;
+    let (truth, published) =
+        publish_plant(&url, cfg, Duration::from_secs_f64(a.duration), false).await?;
     if !running
         .wait_for_messages(published, Duration::from_secs(120))
         .await
