@@ -929,6 +929,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pane_collects_rows_up_to_a_bound_in_bytes() {
+        let f = fixture("tumble(interval '1 hour')", "", "").await;
+        let mut op = f.operator();
+        // Rows of 100 kB each (a long key, like a waveform's samples): 10 per batch.
+        let names: Vec<String> = (0..10)
+            .map(|k| format!("{k}{}", "x".repeat(100_000)))
+            .collect();
+        let mut most = 0;
+        for b in 0..20 {
+            let rows: Vec<(&str, Millis, f64)> =
+                names.iter().map(|d| (d.as_str(), b * S, 1.0)).collect();
+            op.process(&f.rows(&rows)).await.unwrap();
+            most = most.max(op.held_state_bytes());
+        }
+        // 200 rows, 20 MB: collected only up to the bound (counted by the rows' bytes;
+        // held is their buffers' capacity, up to twice that), then aggregated.
+        assert!(
+            most > 1_000_000 && most < 2 * crate::panes::BUFFER_BYTES,
+            "{most}"
+        );
+        assert!(op.held_state_bytes() < most, "the rows went to an aggregate");
+        let p = op.advance_watermark(2 * 3600 * S).await.unwrap();
+        assert_eq!(output(&p.results).iter().map(|r| r.3).sum::<i64>(), 200);
+    }
+
+    #[tokio::test]
     async fn windows_fire_one_run_each_when_rows_do_not_tell_their_window() {
         // No window columns selected: rows cannot be split back by window.
         let sql = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)

@@ -11,7 +11,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
@@ -23,10 +23,26 @@ use forewarn_sql::CompiledQuery;
 
 use crate::exec::{partial_by_pane, OpenPane};
 
+/// Bytes of `b`'s rows: a slice of a larger batch counts its own rows only.
+fn slice_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
 /// Rows a pane collects before it gets a running aggregate of its own.
 pub(crate) const BUFFER_ROWS: usize = 4096;
-/// Rows all panes together collect: past it, the pane being fed gets its aggregate.
+/// Bytes a pane collects (a row may hold a waveform of thousands of samples).
+pub(crate) const BUFFER_BYTES: usize = 4 << 20;
+/// Rows and bytes all panes together collect: past either, the pane being fed gets its
+/// aggregate.
 pub(crate) const BUFFER_ROWS_TOTAL: usize = 65_536;
+pub(crate) const BUFFER_BYTES_TOTAL: usize = 16 << 20;
 
 /// The panes of one operator, by start time. A pane may be both open and sealed.
 #[derive(Default)]
@@ -39,13 +55,13 @@ pub(crate) struct Panes {
     /// Leaf rows of panes too small so far for an aggregate of their own (a running
     /// aggregate costs a plan, a task and a drain per pane: with few keys that fixed
     /// cost dominates). Panes closing together aggregate theirs in one run of the
-    /// partial half; a pane reaching [`BUFFER_ROWS`] (or all reaching
-    /// [`BUFFER_ROWS_TOTAL`]) moves its rows into a running aggregate, so memory stays
-    /// bounded by panes, not rows.
+    /// partial half; a pane reaching [`BUFFER_ROWS`] or [`BUFFER_BYTES`] (or all panes
+    /// [`BUFFER_ROWS_TOTAL`] or [`BUFFER_BYTES_TOTAL`]) moves its rows into a running
+    /// aggregate, so memory stays bounded, whatever the rows.
     buffered: BTreeMap<Millis, Vec<RecordBatch>>,
-    /// Rows in `buffered`, by pane and in total.
-    buffered_rows: HashMap<Millis, usize>,
-    buffered_total: usize,
+    /// Rows and bytes in `buffered`, by pane and in total.
+    buffered_rows: HashMap<Millis, (usize, usize)>,
+    buffered_total: (usize, usize),
     /// Partial state of panes still open, taken out of their aggregates at a checkpoint;
     /// rows arriving later go to a fresh aggregate and both add up when the pane closes.
     pub(crate) sealed: BTreeMap<Millis, Vec<RecordBatch>>,
@@ -106,12 +122,19 @@ impl Panes {
         leaf_batch: RecordBatch,
         open: impl FnOnce() -> DfResult<OpenPane>,
     ) -> DfResult<bool> {
-        let n = leaf_batch.num_rows();
         if self.query.is_some() && !self.open.contains_key(&start) {
-            let rows = self.buffered_rows.entry(start).or_default();
-            if *rows + n < BUFFER_ROWS && self.buffered_total + n < BUFFER_ROWS_TOTAL {
+            let (n, bytes) = (leaf_batch.num_rows(), slice_bytes(&leaf_batch));
+            let (rows, held) = self.buffered_rows.entry(start).or_default();
+            let (all_rows, all_held) = &mut self.buffered_total;
+            if *rows + n < BUFFER_ROWS
+                && *held + bytes < BUFFER_BYTES
+                && *all_rows + n < BUFFER_ROWS_TOTAL
+                && *all_held + bytes < BUFFER_BYTES_TOTAL
+            {
                 *rows += n;
-                self.buffered_total += n;
+                *held += bytes;
+                *all_rows += n;
+                *all_held += bytes;
                 self.buffered.entry(start).or_default().push(leaf_batch);
                 return Ok(true);
             }
@@ -129,8 +152,9 @@ impl Panes {
 
     /// Takes the rows collected for the pane at `start`.
     fn take_buffered(&mut self, start: Millis) -> Vec<RecordBatch> {
-        if let Some(n) = self.buffered_rows.remove(&start) {
-            self.buffered_total -= n;
+        if let Some((n, bytes)) = self.buffered_rows.remove(&start) {
+            self.buffered_total.0 -= n;
+            self.buffered_total.1 -= bytes;
         }
         self.buffered.remove(&start).unwrap_or_default()
     }
@@ -147,7 +171,7 @@ impl Panes {
     pub(crate) fn clear_collected(&mut self) {
         self.buffered.clear();
         self.buffered_rows.clear();
-        self.buffered_total = 0;
+        self.buffered_total = (0, 0);
     }
 
     /// Aggregates the rows collected for the panes at `starts` in one run of the
