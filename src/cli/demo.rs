@@ -77,8 +77,9 @@ pub struct DemoArgs {
     sparkplug: bool,
     /// Run the bearing fleet instead: machines sending vibration waveforms (some
     /// bearings developing an outer-race defect) through the shipped envelope query
-    /// queries/vibration/bearing_envelope.sql.
-    #[arg(long, conflicts_with_all = ["queries", "models", "http", "no_http", "sparkplug"])]
+    /// queries/vibration/bearing_envelope.sql. It serves no health page (`--http` is
+    /// refused, `--no-http` changes nothing).
+    #[arg(long, conflicts_with_all = ["queries", "models", "http", "sparkplug"])]
     vibration: bool,
     #[command(flatten)]
     plant: PlantArgs,
@@ -266,6 +267,28 @@ pub async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "\nreadings published {published}; engine: {}",
         stats.summary()
     );
+    let refused: u64 = stats.rejected.values().sum();
+    if stats.readings_in < published || refused > 0 {
+        let reasons: Vec<String> = stats
+            .rejected
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        println!(
+            "WARNING: the detection below ran on partial data: {} of {published} readings \
+             reached the engine{}{}",
+            stats.readings_in,
+            if refused > 0 { ", refused: " } else { "" },
+            reasons.join(", ")
+        );
+        if a.sparkplug {
+            println!(
+                "  (Sparkplug B data is lost when the broker drops messages for a slow \
+                 subscriber, e.g. mosquitto's max_queued_messages, and every gap costs \
+                 a rebirth: see docs/connectors.md, Sparkplug B)"
+            );
+        }
+    }
     let failing = truth.failing_devices();
     let per_machine = |d: &str| alerts.iter().filter(|t| t.device == d).count();
     if !failing.is_empty() {

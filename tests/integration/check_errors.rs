@@ -86,9 +86,10 @@ const CASES: &[(&str, &str, &str)] = &[
     ("avg(v) AS v", "avg(v) AS v, device", "5:59: SELECT item 4 ('device') has the same output name as item 1: give one of them another name with AS"),
     ("avg(v) AS v", "avg(device) AS v", "5:46: no signature of avg takes (Utf8); its signatures: avg(Decimal), avg(Duration), avg(Float64)"),
     // The vibration functions check their own arguments.
-    ("avg(v) AS v", "avg(band_rms(v, 100, 10, 20)) AS v", "5:50: band_rms takes band_rms(wave, fs, lo_hz, hi_hz): argument 1 must be a waveform (DOUBLE[]), got Float64"),
+    ("avg(v) AS v", "avg(band_rms(v, 100, 10, 20)) AS v", "5:50: band_rms takes band_rms(wave, fs, lo_hz, hi_hz): argument 1 must be a waveform (DOUBLE[]), got DOUBLE"),
     ("avg(v) AS v", "avg(wave_rms(v, v)) AS v", "5:50: wave_rms takes wave_rms(wave), but got 2 arguments"),
-    ("avg(v) AS v", "max(iso_zone(v, 2)) AS v", "5:50: iso_zone takes iso_zone(velocity_rms_mm_s, machine_class): argument 2 must be a machine class ('I', 'II', 'III', 'IV'), got Int64"),
+    ("avg(v) AS v", "max(iso_zone(v, 2)) AS v", "5:50: iso_zone takes iso_zone(velocity_rms_mm_s, machine_class): argument 2 must be a machine class ('I', 'II', 'III', 'IV'), got BIGINT"),
+    ("avg(v) AS v", "max(iso_zone(v, 'V')) AS v", "5:50: iso_zone: unknown machine class 'V' (use 'I', 'II', 'III', 'IV')"),
     ("avg(v) AS v", "avg(bpfo(v, 9, 7.94, 39.04, 0)) AS v", "accepted"),
 ];
 

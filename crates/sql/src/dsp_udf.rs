@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray};
 use datafusion::arrow::buffer::Buffer;
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type};
-use datafusion::common::{exec_err, plan_err, Result};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use datafusion::common::{plan_err, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
 };
 use forewarn_dsp::bearing::{iso_zone, CLASSES};
 use forewarn_dsp::{Dsp, WaveSpectrum};
@@ -45,6 +46,19 @@ impl DspUdf {
     }
 }
 
+/// `t` as the SQL type a query declares (TEXT, not Utf8).
+fn sql_type(t: &DataType) -> String {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT".into(),
+        DataType::Float64 | DataType::Float32 => "DOUBLE".into(),
+        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => "BIGINT".into(),
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Timestamp(..) => "TIMESTAMP".into(),
+        DataType::List(f) | DataType::LargeList(f) => format!("{}[]", sql_type(f.data_type())),
+        other => other.to_string(),
+    }
+}
+
 fn is_number(t: &DataType) -> bool {
     t.is_numeric() || t.is_null()
 }
@@ -61,6 +75,29 @@ impl ScalarUDFImpl for DspUdf {
             Dsp::IsoZone => DataType::Utf8,
             _ => DataType::Float64,
         })
+    }
+    // A literal machine class is checked when the query is planned (`forewarn check`),
+    // not at the first window (which would lose that window's results).
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        if self.f == Dsp::IsoZone {
+            if let Some(Some(class)) = args.scalar_arguments.get(1) {
+                if let Some(Some(c)) = class.try_as_str() {
+                    if iso_zone(0.0, c).is_none() {
+                        return plan_err!("iso_zone: unknown machine class '{c}' (use {CLASSES})");
+                    }
+                }
+            }
+        }
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        Ok(Arc::new(Field::new(
+            self.name(),
+            self.return_type(&types)?,
+            true,
+        )))
     }
     // Checked when the query is planned, so `forewarn check` reports a misuse.
     fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
@@ -81,7 +118,7 @@ impl ScalarUDFImpl for DspUdf {
                         }
                         DataType::Null => Ok(wave_type()),
                         _ => plan_err!(
-                            "{name} takes {usage}: argument 1 must be a waveform (DOUBLE[]), got {t}"
+                            "{name} takes {usage}: argument 1 must be a waveform (DOUBLE[]), got {}", sql_type(t)
                         ),
                     };
                 }
@@ -91,14 +128,17 @@ impl ScalarUDFImpl for DspUdf {
                             Ok(DataType::Utf8)
                         }
                         _ => plan_err!(
-                            "{name} takes {usage}: argument 2 must be a machine class ({CLASSES}), got {t}"
+                            "{name} takes {usage}: argument 2 must be a machine class ({CLASSES}), got {}", sql_type(t)
                         ),
                     };
                 }
                 if is_number(t) {
                     Ok(DataType::Float64)
                 } else {
-                    plan_err!("{name} takes {usage}: argument {n} must be a number, got {t}")
+                    plan_err!(
+                        "{name} takes {usage}: argument {n} must be a number, got {}",
+                        sql_type(t)
+                    )
                 }
             })
             .collect()
@@ -227,8 +267,8 @@ impl SpectrumCache {
     }
 }
 
-/// `iso_zone` over each row; an unknown machine class is an error, not a NULL, since it
-/// is a mistake in the query rather than in the data.
+/// `iso_zone` over each row; NULL for an unknown machine class read from a column (a
+/// literal one is refused when the query is planned), rather than failing the batch.
 fn zones(v: &ArrayRef, class: &ArrayRef, rows: usize) -> Result<StringArray> {
     let v = v.as_primitive::<Float64Type>();
     let class = class.as_string::<i32>();
@@ -238,15 +278,7 @@ fn zones(v: &ArrayRef, class: &ArrayRef, rows: usize) -> Result<StringArray> {
             out.push(None);
             continue;
         }
-        match iso_zone(v.value(row), class.value(row)) {
-            Some(z) => out.push(Some(z)),
-            None => {
-                return exec_err!(
-                    "iso_zone: unknown machine class '{}' (use {CLASSES})",
-                    class.value(row)
-                )
-            }
-        }
+        out.push(iso_zone(v.value(row), class.value(row)));
     }
     Ok(StringArray::from(out))
 }
@@ -285,7 +317,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("argument 1 must be a waveform (DOUBLE[]), got Float64"),
+            e.contains("argument 1 must be a waveform (DOUBLE[]), got DOUBLE"),
             "{e}"
         );
         let e = udf(Dsp::SpectrumPeakHz)
@@ -300,7 +332,7 @@ mod tests {
             .coerce_types(&[list, DataType::Utf8])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("argument 2 must be a number, got Utf8"), "{e}");
+        assert!(e.contains("argument 2 must be a number, got TEXT"), "{e}");
         let e = udf(Dsp::IsoZone)
             .coerce_types(&[DataType::Float64, DataType::Int64])
             .unwrap_err()

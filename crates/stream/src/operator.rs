@@ -949,7 +949,10 @@ mod tests {
             most > 1_000_000 && most < 2 * crate::panes::BUFFER_BYTES,
             "{most}"
         );
-        assert!(op.held_state_bytes() < most, "the rows went to an aggregate");
+        assert!(
+            op.held_state_bytes() < most,
+            "the rows went to an aggregate"
+        );
         let p = op.advance_watermark(2 * 3600 * S).await.unwrap();
         assert_eq!(output(&p.results).iter().map(|r| r.3).sum::<i64>(), 200);
     }
