@@ -181,7 +181,7 @@ fn sparkplug_data_decodes_like_json_and_its_throughput() {
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use forewarn::connect::sparkplug::proto::{Metric, Payload, Value};
     use forewarn::connect::sparkplug::{Action, Session, SparkplugSource};
-    use forewarn_formats::JsonDecoder;
+    use forewarn_formats::{JsonDecoder, Readings};
     use prost::Message;
 
     const N: i64 = 20_000;
@@ -277,16 +277,30 @@ fn sparkplug_data_decodes_like_json_and_its_throughput() {
     let mut from_spb = decoder();
     let t = std::time::Instant::now();
     for r in &rows {
-        assert_eq!(from_spb.decode("", r).accepted, 1);
+        // The schema's columns among the readings', as the engine matches them.
+        let map: Vec<Option<usize>> = schema
+            .fields()
+            .iter()
+            .map(|f| r.columns().iter().position(|k| k == f.name()))
+            .collect();
+        let outcome = from_spb.decode_array_values("", r.len(), |row, k| r.value(row, map[k]?));
+        assert_eq!(outcome.accepted, 1);
     }
     let spb_rows = t.elapsed();
+    // The JSON message the readings stand for decodes to the same rows.
+    let mut from_message = decoder();
+    for r in &rows {
+        assert_eq!(from_message.decode("", &r.message()).accepted, 1);
+    }
     let mut from_json = decoder();
     let t = std::time::Instant::now();
     for j in &json {
         assert_eq!(from_json.decode("", j).accepted, 1);
     }
     let plain = t.elapsed();
-    assert_eq!(from_spb.flush().unwrap(), from_json.flush().unwrap());
+    let spb_batch = from_spb.flush().unwrap();
+    assert_eq!(from_message.flush().unwrap(), spb_batch);
+    assert_eq!(spb_batch, from_json.flush().unwrap());
     let rate = |d: std::time::Duration| N as f64 / d.as_secs_f64();
     println!(
         "decode (debug build), {N} messages: Sparkplug DDATA -> readings {:.0}/s, then readings -> Arrow {:.0}/s (Sparkplug total {:.0}/s); JSON -> Arrow {:.0}/s",
@@ -517,4 +531,234 @@ async fn a_recorded_session_replays_through_the_source() {
     }
     assert_eq!(windows, expected_windows());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The readings a session hands over as typed values reach the engine exactly as the
+/// JSON array message they stand for: the same window rows, dead letters (reasons,
+/// details, indexes, excerpts byte for byte), late readings, duplicates and counters,
+/// over metrics of every type, several metric times in one message, a reading without
+/// a time, values no column takes, non-finite floats and a repeated message.
+#[tokio::test]
+async fn sparkplug_readings_reach_the_engine_as_their_json_message_does() {
+    use forewarn::connect::sparkplug::proto::{data_type as dt, Metric, Payload, Value};
+    use forewarn::connect::sparkplug::{Action, Session, SparkplugSource};
+    use prost::Message;
+
+    const SQL: &str = "CREATE TABLE motors (edge_node TEXT, device TEXT, ts TIMESTAMP,
+  bearing_temp DOUBLE, speed DOUBLE, n BIGINT, ok BOOLEAN, label TEXT, WATERMARK FOR ts AS ts)
+  WITH (connector = 'sparkplug', group = 'Plant1', metric_map = 'Motor/Bearing Temp=bearing_temp');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+INSERT INTO out SELECT device, window_start, avg(bearing_temp) AS t, max(speed) AS s,
+  sum(n) AS n, count(ok) AS k, max(label) AS l, count(*) AS c
+  FROM motors GROUP BY tumble(interval '10 seconds'), device;
+";
+    let at = |s: i64| (BASE + s) as u64;
+    let m = |alias: u64, t: Option<u32>, ts: Option<u64>, v: Option<Value>| Metric {
+        alias: Some(alias),
+        datatype: t,
+        timestamp: ts,
+        value: v,
+        ..Metric::default()
+    };
+    let named = |name: &str, alias: u64, t: u32| Metric {
+        name: Some(name.into()),
+        alias: Some(alias),
+        datatype: Some(t),
+        ..Metric::default()
+    };
+    let payload = |seq: Option<u64>, ts: Option<u64>, metrics: Vec<Metric>| {
+        Payload {
+            timestamp: ts,
+            seq,
+            metrics,
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    };
+    let birth = payload(
+        Some(1),
+        Some(at(0)),
+        vec![
+            named("Motor/Bearing Temp", 1, dt::DOUBLE),
+            named("speed", 2, dt::FLOAT),
+            named("n", 3, dt::INT8),
+            named("ok", 4, dt::BOOLEAN),
+            named("label", 5, dt::STRING),
+        ],
+    );
+    let d = |v: f64| Some(Value::DoubleValue(v));
+    let mut messages = vec![
+        (
+            "spBv1.0/Plant1/NBIRTH/e".to_string(),
+            payload(Some(0), Some(at(0)), vec![]),
+        ),
+        ("spBv1.0/Plant1/DBIRTH/e/m".to_string(), birth),
+    ];
+    let dd = "spBv1.0/Plant1/DDATA/e/m".to_string();
+    let data = vec![
+        // Two metric times: two readings, every type.
+        payload(
+            Some(2),
+            Some(at(1000)),
+            vec![
+                m(1, None, Some(at(1000)), d(61.0)),
+                m(2, None, Some(at(1000)), Some(Value::FloatValue(0.1))),
+                m(3, None, Some(at(1000)), Some(Value::IntValue(255))),
+                m(4, None, Some(at(1000)), Some(Value::BooleanValue(true))),
+                m(
+                    5,
+                    None,
+                    Some(at(1000)),
+                    Some(Value::StringValue("a \"quoted\" \u{e9}".into())),
+                ),
+                m(1, None, Some(at(2000)), d(1e21)),
+                m(2, None, Some(at(2000)), Some(Value::FloatValue(f32::NAN))),
+                m(
+                    3,
+                    Some(dt::INT64),
+                    Some(at(2000)),
+                    Some(Value::LongValue(-5i64 as u64)),
+                ),
+            ],
+        ),
+        // The middle reading of three is refused (a string where a number goes).
+        payload(
+            Some(3),
+            Some(at(3000)),
+            vec![
+                m(1, None, Some(at(3000)), d(-0.0)),
+                m(
+                    1,
+                    Some(dt::STRING),
+                    Some(at(3500)),
+                    Some(Value::StringValue("hot".into())),
+                ),
+                m(1, None, Some(at(4000)), d(62.5)),
+            ],
+        ),
+        // An integer past i64 for a BIGINT, a boolean for a DOUBLE, bytes, an explicit null.
+        payload(
+            Some(4),
+            Some(at(5000)),
+            vec![
+                m(3, Some(dt::UINT64), None, Some(Value::LongValue(u64::MAX))),
+                m(
+                    2,
+                    Some(dt::BOOLEAN),
+                    Some(at(5500)),
+                    Some(Value::BooleanValue(false)),
+                ),
+                m(5, None, Some(at(6000)), Some(Value::BytesValue(vec![1, 2]))),
+                Metric {
+                    is_null: Some(true),
+                    ..m(1, None, Some(at(6000)), d(1.0))
+                },
+            ],
+        ),
+        // No time anywhere: the reading has no `ts`.
+        payload(Some(5), None, vec![m(1, None, None, d(63.0))]),
+        // Without seq, sent twice: the second is a duplicate.
+        payload(
+            None,
+            Some(at(7000)),
+            vec![m(1, None, Some(at(7000)), d(64.0))],
+        ),
+        payload(
+            None,
+            Some(at(7000)),
+            vec![m(1, None, Some(at(7000)), d(64.0))],
+        ),
+        // Closes the first window, then a reading for it comes late.
+        payload(
+            None,
+            Some(at(15_000)),
+            vec![m(1, None, Some(at(15_000)), d(65.0))],
+        ),
+        payload(
+            None,
+            Some(at(2500)),
+            vec![
+                m(1, None, Some(at(2500)), d(66.0)),
+                m(1, None, Some(at(16_000)), d(67.0)),
+            ],
+        ),
+    ];
+    messages.extend(data.into_iter().map(|p| (dd.clone(), p)));
+
+    // Each side's window rows, dead letters and counters.
+    async fn run(
+        sql: &str,
+        messages: &[(String, Vec<u8>)],
+        as_values: bool,
+    ) -> (Vec<String>, forewarn::EngineStats) {
+        let pipeline = Pipeline::builder()
+            .query_sql("spb.sql", sql)
+            .build()
+            .await
+            .unwrap();
+        let s = &pipeline.sources()[0];
+        let settings = s.connector.get::<SparkplugSource>().unwrap().clone();
+        let columns: Vec<String> = s.schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut session = Session::new(settings, &columns, Some(&s.event_time));
+        let name = s.name.clone();
+        let (h, mut rx) = pipeline.start();
+        let collect = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(o) = rx.recv().await {
+                match o {
+                    Output::Row { topic, row } => seen.push(format!("{topic} {row:?}")),
+                    Output::DeadLetter { topic, letter } => {
+                        seen.push(format!("{topic} {letter:?}"))
+                    }
+                    _ => {}
+                }
+            }
+            seen
+        });
+        let mut rows = 0;
+        for (topic, payload) in messages {
+            for a in session.handle(topic, payload, 0) {
+                match a {
+                    Action::Rows(r) if as_values => {
+                        rows += 1;
+                        h.push_readings_to(&name, Box::new(r)).await.unwrap()
+                    }
+                    Action::Rows(r) => {
+                        rows += 1;
+                        h.push_to(&name, r.message()).await.unwrap()
+                    }
+                    Action::Presence { device, online } => {
+                        h.presence(&device, online).await.unwrap()
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // One micro-batch a message on both sides: lateness does not hang on timing.
+            h.flush().await.unwrap();
+        }
+        assert_eq!(
+            rows, 9,
+            "the DBIRTH's (declared, no values) and every DDATA's"
+        );
+        let stats = h.finish().await.unwrap();
+        drop(h);
+        (collect.await.unwrap(), stats)
+    }
+    let (text, text_stats) = run(SQL, &messages, false).await;
+    let (values, values_stats) = run(SQL, &messages, true).await;
+    assert_eq!(values, text);
+    assert_eq!(values_stats.messages_in, text_stats.messages_in);
+    assert_eq!(values_stats.readings_in, text_stats.readings_in);
+    assert_eq!(values_stats.rejected, text_stats.rejected);
+    // Exactly what was refused, and that the windows came out.
+    let reasons = |kind: &str| text.iter().filter(|l| l.contains(kind)).count();
+    assert_eq!(reasons("WrongType"), 3, "{text:#?}");
+    assert_eq!(reasons("Missing"), 1, "{text:#?}");
+    assert_eq!(reasons("Duplicate"), 1, "{text:#?}");
+    assert_eq!(reasons("index: Some(1)"), 2, "{text:#?}");
+    assert!(text.iter().any(|l| l.starts_with("o/m ")), "{text:#?}");
+    assert_eq!(reasons("/late/"), 1, "{text:#?}");
+    // Decoded: the birth's 1, then 2 + 2 + 1 (of 3) + 0 (no time) + 1 + 0 (duplicate)
+    // + 1 + 2 (one late).
+    assert_eq!(text_stats.readings_in, 10, "{text_stats:?}");
 }

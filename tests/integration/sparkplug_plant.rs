@@ -124,7 +124,7 @@ async fn the_plant_over_sparkplug_detects_what_it_detects_over_json() {
             actions.extend(feed(&mut messages));
             for a in actions.drain(..) {
                 match a {
-                    Action::Rows(rows) => h.push_to(&name, rows).await.unwrap(),
+                    Action::Rows(rows) => h.push_readings_to(&name, Box::new(rows)).await.unwrap(),
                     Action::Presence { device, online } => {
                         h.presence(&device, online).await.unwrap()
                     }

@@ -691,6 +691,47 @@ impl JsonDecoder {
         out
     }
 
+    /// Decodes `rows` readings given as values that together make one message, a JSON
+    /// array of their objects (a connector that turns one message of its own into
+    /// several readings): `value(row, k)` is the value of the schema's `k`-th column in
+    /// reading `row` (`None`: absent). Checked and converted exactly as
+    /// [`decode_at`](Self::decode_at) checks a payload holding that array on `topic`:
+    /// a rejected reading carries its position, nothing is taken from an empty array,
+    /// and the whole message is refused once when the topic does not fit the template.
+    /// The payload size is the caller's to check, as for
+    /// [`decode_values`](Self::decode_values).
+    pub fn decode_array_values<'v>(
+        &mut self,
+        topic: &'v str,
+        rows: usize,
+        mut value: impl FnMut(usize, usize) -> Option<Scalar<'v>>,
+    ) -> DecodeOutcome {
+        self.now = self.arrival_now();
+        let mut out = DecodeOutcome::default();
+        let captured = match self.capture(topic) {
+            Ok(c) => c,
+            Err(r) => {
+                out.rejected.push(r);
+                return out;
+            }
+        };
+        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
+        slots.resize_with(self.columns.len(), || None);
+        let mut seed = self.seed(&captured, slots);
+        for row in 0..rows {
+            for (k, slot) in seed.slots.iter_mut().enumerate() {
+                *slot = value(row, k);
+            }
+            seed.finish_reading(Some(row));
+        }
+        if rows == 0 {
+            seed.not_a_reading(None, "an empty array");
+        }
+        let MessageSeed { slots, parsed, .. } = seed;
+        self.append(parsed, slots, captured, &mut out);
+        out
+    }
+
     /// The largest payload taken, in bytes.
     pub fn max_payload(&self) -> usize {
         self.max_payload
@@ -1053,6 +1094,45 @@ mod tests {
         assert_eq!(a, b);
         // The topic's device overrides the field.
         assert_eq!(b.column(0).as_string::<i32>().value(0), "p1");
+    }
+
+    #[test]
+    fn array_values_decode_as_their_json_array_does() {
+        // device, ts, v.
+        let schema = schema(vec![Field::new("v", DataType::Float64, true)]);
+        let t = TopicTemplate::parse("plant/{device}").unwrap();
+        let mut text = JsonDecoder::new(schema.clone(), Some(t.clone()), 1024).unwrap();
+        let mut values = JsonDecoder::new(schema, Some(t), 1024).unwrap();
+        type Row = [Option<Scalar<'static>>; 3];
+        let int = |i| Some(Scalar::Int(i));
+        let cases: Vec<(&str, &str, Vec<Row>)> = vec![
+            (
+                "plant/p1",
+                r#"[{"ts": 1, "v": 1.5}, {"ts": 2, "v": "x"}, {"v": 3}, {"ts": 4, "device": "q"}]"#,
+                vec![
+                    [None, int(1), Some(Scalar::Float(1.5))],
+                    [None, int(2), Some(Scalar::Str(Cow::Borrowed("x")))],
+                    [None, None, int(3)],
+                    [Some(Scalar::Str(Cow::Borrowed("q"))), int(4), None],
+                ],
+            ),
+            ("plant/p1", "[]", vec![]),
+            (
+                "elsewhere",
+                r#"[{"ts": 1}, {"ts": 2}]"#,
+                vec![[None, int(1), None]; 2],
+            ),
+        ];
+        for (topic, payload, rows) in cases {
+            let a = text.decode(topic, payload.as_bytes());
+            let b = values.decode_array_values(topic, rows.len(), |r, k| rows[r][k].clone());
+            assert_eq!(a, b, "{payload}");
+        }
+        // Rows 0 and 3 of the first message, with the topic's device in both.
+        let (a, b) = (text.flush().unwrap(), values.flush().unwrap());
+        assert_eq!(a.num_rows(), 2);
+        assert_eq!(a, b);
+        assert_eq!(b.column(0).as_string::<i32>().value(1), "p1");
     }
 
     #[test]

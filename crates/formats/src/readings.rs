@@ -27,4 +27,14 @@ pub trait Readings: Send + Sync {
     /// An upper bound of the length of [`payload`](Self::payload), cheap to compute:
     /// a payload that may be over the size limit is written and measured.
     fn payload_bound(&self, row: usize) -> usize;
+    /// Whether the rows are the readings of one message, the JSON array of their
+    /// objects (a connector that turns one message of its own into several readings,
+    /// such as Sparkplug B), rather than one message each (the default). The engine then
+    /// takes the batch as that array message: counted once, checked for repeats as a
+    /// whole, its rejected readings numbered by position (see
+    /// `JsonDecoder::decode_array_values`), and quoted by dead letters as `[`, the
+    /// rows' payloads joined by `,`, then `]`. The topic is row 0's.
+    fn one_message(&self) -> bool {
+        false
+    }
 }

@@ -138,7 +138,7 @@ async fn read(
             };
             for action in actions {
                 let sent = match action {
-                    Action::Rows(rows) => h.push_to(name, rows).await,
+                    Action::Rows(rows) => h.push_readings_to(name, Box::new(rows)).await,
                     Action::Reject { reason, detail } => {
                         h.reject(name, &m.topic, reason, detail, hex(&m.payload))
                             .await

@@ -49,7 +49,7 @@ pub(crate) async fn replay(
         let bytes = base64(payload).ok_or_else(|| bad("payload is not base64".into()))?;
         for action in session.handle(topic, &bytes, 0) {
             match action {
-                Action::Rows(rows) => handle.push_to(name, rows).await?,
+                Action::Rows(rows) => handle.push_readings_to(name, Box::new(rows)).await?,
                 Action::Reject { reason, detail } => {
                     let excerpt = payload.chars().take(256).collect();
                     handle.reject(name, topic, reason, detail, excerpt).await?

@@ -14,12 +14,16 @@ mod edge;
 #[cfg(feature = "sparkplug")]
 pub mod proto;
 #[cfg(feature = "sparkplug")]
+mod rows;
+#[cfg(feature = "sparkplug")]
 mod session;
 #[cfg(feature = "sparkplug")]
 mod state;
 
 #[cfg(feature = "sparkplug")]
 pub use edge::{is_rebirth_request, EdgeError, EdgeNode, Publication};
+#[cfg(feature = "sparkplug")]
+pub use rows::Rows;
 #[cfg(feature = "sparkplug")]
 pub use session::{rebirth_payload, Action, Session, BD_SEQ, NAMESPACE, REBIRTH};
 

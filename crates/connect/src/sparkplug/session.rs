@@ -6,12 +6,13 @@
 //! payloads built here.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use forewarn_core::Reason;
 use prost::Message;
-use serde_json::{Map, Value as Json};
 
 use super::proto::{data_type as dt, Metric, Payload, Value};
+use super::rows::{Rows, Val};
 use super::SparkplugSource;
 
 /// The Sparkplug B topic namespace.
@@ -26,8 +27,9 @@ pub const REBIRTH: &str = "Node Control/Rebirth";
 /// What the running side does after a message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Readings for the source: a JSON array of row objects (its declared columns).
-    Rows(Vec<u8>),
+    /// Readings for the source (its declared columns), typed values standing for one
+    /// JSON array message: push them with `PipelineHandle::push_readings_to`.
+    Rows(Rows),
     /// The message is refused: dead-letter it with this reason.
     Reject {
         /// The reason code.
@@ -92,11 +94,15 @@ enum Kind {
 #[derive(Debug)]
 pub struct Session {
     settings: SparkplugSource,
-    /// Sparkplug metric name → column.
-    columns: HashMap<String, String>,
-    /// Which of `group`, `edge_node`, `device` the source declares.
-    ids: [bool; 3],
-    time_column: Option<String>,
+    /// The readings' keys: the metrics' columns, then those of `group`, `edge_node`,
+    /// `device` and the event time the source declares, each once.
+    keys: Arc<[String]>,
+    /// Sparkplug metric name → its column in `keys`.
+    columns: HashMap<String, usize>,
+    /// Where `group`, `edge_node`, `device` are in `keys`, if the source declares them.
+    ids: [Option<usize>; 3],
+    /// Where the event-time column is in `keys`.
+    time_column: Option<usize>,
     pub(super) nodes: HashMap<(String, String), Node>,
 }
 
@@ -115,11 +121,34 @@ impl Session {
         for (metric, column) in &settings.metric_map {
             map.insert(metric.clone(), column.clone());
         }
+        let mut keys: Vec<String> = Vec::new();
+        let mut key = |name: &str| match keys.iter().position(|k| k == name) {
+            Some(i) => i,
+            None => {
+                keys.push(name.to_string());
+                keys.len() - 1
+            }
+        };
+        let mut metrics: Vec<(&String, &String)> = map.iter().collect();
+        metrics.sort();
+        let columns = metrics
+            .into_iter()
+            .map(|(m, c)| (m.clone(), key(c)))
+            .collect();
+        let ids = ["group", "edge_node", "device"]
+            .into_iter()
+            .zip(ids)
+            .map(|(c, wanted)| wanted.then(|| key(c)))
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("three ids");
+        let time_column = time_column.map(&mut key);
         Session {
             settings,
-            columns: map,
+            keys: keys.into(),
+            columns,
             ids,
-            time_column: time_column.map(str::to_string),
+            time_column,
             nodes: HashMap::new(),
         }
     }
@@ -283,9 +312,9 @@ impl Session {
         };
         let who = if device.is_empty() { node } else { device };
         let found = rows(
-            &self.columns,
+            (&self.keys, &self.columns),
             self.ids,
-            self.time_column.as_deref(),
+            self.time_column,
             &p,
             (aliases, types),
             [group, node, who],
@@ -307,16 +336,18 @@ impl Session {
 
 /// The rows of a message: one per distinct metric time, with the wanted metrics sent at
 /// that time, and the `group`, `edge_node`, `device` values `who` if declared. `Err(alias)`
-/// for an alias the birth did not declare; `None` when no wanted metric is in it.
+/// for an alias the birth did not declare; `None` when no wanted metric is in it. Within
+/// a row a later value of a column replaces an earlier one, and the ids and time come
+/// last (a JSON object written in that order keeps the last of a repeated key).
 fn rows(
-    columns: &HashMap<String, String>,
-    wanted_ids: [bool; 3],
-    time_column: Option<&str>,
+    (keys, columns): (&Arc<[String]>, &HashMap<String, usize>),
+    ids: [Option<usize>; 3],
+    time_column: Option<usize>,
     p: &Payload,
     (aliases, types): (&Aliases, &HashMap<String, u32>),
     who: [&str; 3],
-) -> Result<Option<Vec<u8>>, u64> {
-    let mut rows: Vec<(Option<u64>, Map<String, Json>)> = Vec::new();
+) -> Result<Option<Rows>, u64> {
+    let mut rows: Vec<(Option<u64>, Vec<Option<Val>>)> = Vec::new();
     for m in &p.metrics {
         let (name, declared) = match (&m.name, m.alias) {
             (Some(name), _) => (name.as_str(), types.get(name).copied()),
@@ -326,47 +357,45 @@ fn rows(
             },
             (None, None) => continue,
         };
-        let Some(column) = columns.get(name) else {
+        let Some(&column) = columns.get(name) else {
             continue;
         };
         let t = m.datatype.or(declared).unwrap_or(0);
-        let value = if m.is_null == Some(true) {
-            Json::Null
-        } else {
-            match m.value.as_ref() {
-                Some(v) => json_value(v, t),
-                None => Json::Null,
-            }
+        let value = match m.value.as_ref() {
+            Some(v) if m.is_null != Some(true) => Val::of(v, t),
+            _ => Val::Null,
         };
         let ts = m.timestamp.or(p.timestamp);
-        let row = match rows.iter_mut().find(|(t, _)| *t == ts) {
-            Some((_, row)) => row,
+        let row = match rows.iter_mut().position(|(t, _)| *t == ts) {
+            Some(i) => &mut rows[i].1,
             None => {
-                rows.push((ts, Map::new()));
+                rows.push((ts, vec![None; keys.len()]));
                 &mut rows.last_mut().expect("just pushed").1
             }
         };
-        row.insert(column.clone(), value);
+        row[column] = Some(value);
     }
     if rows.is_empty() {
         return Ok(None);
     }
-    let ids = ["group", "edge_node", "device"].into_iter().zip(who);
-    let array: Vec<Json> = rows
+    let rows = rows
         .into_iter()
         .map(|(ts, mut row)| {
-            for ((column, v), wanted) in ids.clone().zip(wanted_ids) {
-                if wanted {
-                    row.insert(column.to_string(), Json::from(v));
+            for (k, v) in ids.into_iter().zip(who) {
+                if let Some(k) = k {
+                    row[k] = Some(Val::Str(v.to_string()));
                 }
             }
             if let (Some(c), Some(ts)) = (time_column, ts) {
-                row.insert(c.to_string(), Json::from(ts));
+                row[c] = Some(Val::unsigned(ts));
             }
-            Json::Object(row)
+            row
         })
         .collect();
-    Ok(Some(serde_json::to_vec(&array).expect("serialises")))
+    Ok(Some(Rows {
+        keys: keys.clone(),
+        rows,
+    }))
 }
 
 fn ids_named(c: &str) -> bool {
@@ -423,30 +452,6 @@ fn as_u64(v: &Value) -> Option<u64> {
         Value::IntValue(x) => Some(u64::from(*x)),
         Value::LongValue(x) => Some(*x),
         _ => None,
-    }
-}
-
-/// A metric's value as JSON, read by its data type (signed integers are sent as
-/// two's complement in the unsigned fields).
-fn json_value(v: &Value, t: u32) -> Json {
-    match v {
-        Value::IntValue(x) => match t {
-            dt::INT8 => Json::from(*x as i8),
-            dt::INT16 => Json::from(*x as i16),
-            dt::INT32 => Json::from(*x as i32),
-            _ => Json::from(*x),
-        },
-        Value::LongValue(x) => match t {
-            dt::INT64 => Json::from(*x as i64),
-            _ => Json::from(*x),
-        },
-        Value::FloatValue(x) => {
-            serde_json::Number::from_f64(f64::from(*x)).map_or(Json::Null, Json::Number)
-        }
-        Value::DoubleValue(x) => serde_json::Number::from_f64(*x).map_or(Json::Null, Json::Number),
-        Value::BooleanValue(b) => Json::Bool(*b),
-        Value::StringValue(s) => Json::String(s.clone()),
-        Value::BytesValue(_) => Json::Null,
     }
 }
 

@@ -1,7 +1,8 @@
-//! What a message carries: JSON text, or one row of [`Readings`] (recorded history)
-//! given as values. Both are routed, checked for repeats, admitted and decoded by the
-//! same code (`Runtime::on_json`); only how the fields are read differs, so live input
-//! and replayed history cannot diverge.
+//! What a message carries: JSON text, one row of [`Readings`] (recorded history) given
+//! as values, or all the rows of one that stand for a single array message (a
+//! connector's, as Sparkplug B's: [`Readings::one_message`]). All are routed, checked
+//! for repeats, admitted and decoded by the same code (`Runtime::on_json`); only how
+//! the fields are read differs, so live input and replayed history cannot diverge.
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
@@ -19,6 +20,12 @@ pub(super) enum Body<'a> {
         row: usize,
         fields: &'a [Option<Vec<Option<usize>>>],
     },
+    /// Every row of `rows`, the elements of one JSON array message; `fields` as for
+    /// [`Body::Row`].
+    Array {
+        rows: &'a dyn Readings,
+        fields: &'a [Option<Vec<Option<usize>>>],
+    },
 }
 
 impl Body<'_> {
@@ -28,6 +35,7 @@ impl Body<'_> {
         match self {
             Body::Json(p) => Cow::Borrowed(p),
             Body::Row { rows, row, .. } => Cow::Owned(rows.payload(*row)),
+            Body::Array { rows, .. } => Cow::Owned(array_payload(*rows)),
         }
     }
 
@@ -46,6 +54,19 @@ impl Body<'_> {
                     hash_value(rows.value(*row, c).as_ref(), h);
                 }
             }),
+            Body::Array { rows, fields } if fields.iter().all(Option::is_some) => {
+                recent.repeated_by(|h| {
+                    // Unlike a payload's first byte, and a single row's tag.
+                    0xfeu8.hash(h);
+                    key.hash(h);
+                    rows.len().hash(h);
+                    for row in 0..rows.len() {
+                        for c in 0..rows.columns().len() {
+                            hash_value(rows.value(row, c).as_ref(), h);
+                        }
+                    }
+                })
+            }
             _ => recent.repeated(key, &self.payload()),
         }
     }
@@ -61,6 +82,11 @@ impl Body<'_> {
                 }
                 _ => decoder.decode(topic, &rows.payload(*row)),
             },
+            Body::Array { rows, fields } => match &fields[i] {
+                Some(map) if array_bound(*rows) <= decoder.max_payload() => decoder
+                    .decode_array_values(topic, rows.len(), |row, k| rows.value(row, map[k]?)),
+                _ => decoder.decode(topic, &array_payload(*rows)),
+            },
         }
     }
 
@@ -69,8 +95,29 @@ impl Body<'_> {
         match self {
             Body::Json(p) => p.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['),
             Body::Row { .. } => false,
+            Body::Array { .. } => true,
         }
     }
+}
+
+/// The array message `rows` stand for: `[`, the rows' payloads joined by `,`, `]`.
+fn array_payload(rows: &dyn Readings) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for row in 0..rows.len() {
+        if row > 0 {
+            out.push(b',');
+        }
+        out.extend(rows.payload(row));
+    }
+    out.push(b']');
+    out
+}
+
+/// An upper bound of the length of [`array_payload`].
+fn array_bound(rows: &dyn Readings) -> usize {
+    2 + (0..rows.len())
+        .map(|row| rows.payload_bound(row) + 1)
+        .sum::<usize>()
 }
 
 /// Each source's columns as `rows`' columns, matched by exact name as JSON keys are;

@@ -127,6 +127,26 @@ impl Runtime {
             .map(|s| s.decoder.schema().clone())
             .collect();
         let fields = body::field_maps(rows, schemas.into_iter());
+        if rows.one_message() {
+            // As `on_message` takes one message pushed by name or routed by topic.
+            let topic = match to {
+                None if !rows.is_empty() => rows.topic(0),
+                _ => "",
+            };
+            let body = Body::Array {
+                rows,
+                fields: &fields,
+            };
+            if let (None, Some(device)) = (to, topic.strip_prefix(&self.command_prefix)) {
+                self.on_command(device, &body.payload()).await;
+                return self.taken(None, None).await;
+            }
+            self.on_json(topic, body, to).await?;
+            if self.config.flush_when_idle && idle {
+                self.flush_all().await?;
+            }
+            return self.taken(None, None).await;
+        }
         for row in 0..rows.len() {
             // Pushed by a source's name, a row is a message without a topic (`push_to`).
             let topic = if to.is_some() { "" } else { rows.topic(row) };
