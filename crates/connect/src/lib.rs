@@ -61,6 +61,8 @@ pub struct TableContext<'a> {
     pub event_time: bool,
     /// The query file's directory (relative paths are resolved against it).
     pub dir: &'a std::path::Path,
+    /// The table's declared columns (none for a sink), for options that name them.
+    pub columns: &'a [String],
 }
 
 /// A kind of connector: the options it owns in each role it plays, read into a typed

@@ -133,11 +133,21 @@ impl QuerySet {
             .parent()
             .map(|d| d.to_path_buf())
             .unwrap_or_default();
+        // As the schema names them: unquoted identifiers in lower case.
+        let columns: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| match c.name.quote_style {
+                Some(_) => c.name.value.clone(),
+                None => c.name.value.to_lowercase(),
+            })
+            .collect();
         let context = TableContext {
             name,
             role,
             event_time: wm.is_some(),
             dir: &dir,
+            columns: &columns,
         };
         if role == Role::Table {
             return self.add_reference(&table, &*connector, &context, &options);

@@ -96,6 +96,7 @@ mod tests {
             role: Role::Source,
             event_time: true,
             dir: std::path::Path::new("."),
+            columns: &[],
         };
         let cfg = Channel.configure(&ctx, &o).unwrap();
         assert_eq!(cfg.connector(), "channel");

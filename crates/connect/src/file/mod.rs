@@ -85,6 +85,7 @@ mod tests {
             role: Role::Table,
             event_time: false,
             dir: Path::new("queries"),
+            columns: &[],
         };
         File.configure(&t, &o)
     }

@@ -66,7 +66,7 @@ impl Connector for Sparkplug {
         )
     }
 
-    fn configure(&self, _: &TableContext<'_>, o: &Options) -> Result<ConnectorConfig, OptionError> {
+    fn configure(&self, t: &TableContext<'_>, o: &Options) -> Result<ConnectorConfig, OptionError> {
         let group = match o.get("group") {
             None | Some("#") | Some("+") => None,
             Some(g) if g.is_empty() || g.contains(['/', '#', '+']) => {
@@ -81,6 +81,22 @@ impl Connector for Sparkplug {
             None => vec![],
             Some(m) => parse_metric_map(m).map_err(|e| OptionError::at("metric_map", e))?,
         };
+        // A metric mapped onto no column, or onto one the source fills itself, would be
+        // dropped without a word.
+        for (metric, column) in &metric_map {
+            if ["group", "edge_node", "device"].contains(&column.as_str()) {
+                return Err(OptionError::at(
+                    "metric_map",
+                    format!("metric_map maps '{metric}' onto '{column}', which the source fills from the topic; map it onto a column of its own"),
+                ));
+            }
+            if !t.columns.is_empty() && !t.columns.contains(column) {
+                return Err(OptionError::at(
+                    "metric_map",
+                    format!("metric_map maps '{metric}' onto '{column}', which is not a column of {} (columns: {})", t.name, t.columns.join(", ")),
+                ));
+            }
+        }
         let rebirth_interval = o
             .interval("rebirth_interval")?
             .unwrap_or(DEFAULT_REBIRTH_INTERVAL_MS);

@@ -450,6 +450,7 @@ fn options_group_metric_map_and_interval() {
         role: Role::Source,
         event_time: true,
         dir: std::path::Path::new("."),
+        columns: &[],
     };
     let mut o = Options::default();
     let at = Pos::default();
@@ -486,6 +487,29 @@ fn options_group_metric_map_and_interval() {
     assert!(Sparkplug.configure(&ctx, &o).is_err());
     let c = Sparkplug.configure(&ctx, &Options::default()).unwrap();
     assert_eq!(c.get::<SparkplugSource>().unwrap().group, None);
+    // Map targets must be columns the metrics can fill.
+    let columns = ["group", "edge_node", "device", "ts", "bearing_temp"].map(String::from);
+    let ctx = TableContext {
+        columns: &columns,
+        ..ctx
+    };
+    let refused = |map: &str| {
+        let mut o = Options::default();
+        o.insert("metric_map", map.into(), at).unwrap();
+        Sparkplug
+            .configure(&ctx, &o)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(refused("Motor/Bearing Temp=bearing_temp"), Ok(()));
+    assert_eq!(
+        refused("Motor/Bearing Temp=bearing_tmp"),
+        Err("metric_map maps 'Motor/Bearing Temp' onto 'bearing_tmp', which is not a column of t (columns: group, edge_node, device, ts, bearing_temp)".into())
+    );
+    assert_eq!(
+        refused("Machine Name=device"),
+        Err("metric_map maps 'Machine Name' onto 'device', which the source fills from the topic; map it onto a column of its own".into())
+    );
 }
 
 /// The encoder's messages, fed to a host session: the birth's values and every DDATA come

@@ -185,6 +185,7 @@ mod tests {
             role: Role::Sink,
             event_time: false,
             dir: Path::new("q"),
+            columns: &[],
         };
         Webhook
             .configure(&t, &o)
