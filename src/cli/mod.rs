@@ -330,6 +330,25 @@ fn stand_ins(set: &QuerySet) -> anyhow::Result<Vec<Model>> {
 
 async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let models = models_dir(a.models.as_deref())?;
+    // A directory is one pipeline, its own *.sql only: say which query files are left.
+    for dir in a.files.iter().filter(|f| f.is_dir()) {
+        let nested: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|d| d.is_dir() && query_files("", d).is_ok())
+            .map(|d| d.display().to_string())
+            .collect();
+        if !nested.is_empty() {
+            let mut nested = nested;
+            nested.sort();
+            eprintln!(
+                "note: not checked, in subdirectories of {} (each directory is a pipeline of its own; check it by name): {}",
+                dir.display(),
+                nested.join(", ")
+            );
+        }
+    }
     let mut b = forewarn::Pipeline::builder();
     for f in &a.files {
         b = b.query_file(f);

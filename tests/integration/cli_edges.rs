@@ -150,6 +150,18 @@ fn models_flag_is_named_and_check_works_without_models() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "ok: 1 queries (q)\n");
     assert_eq!(err, "note: not loaded, so the calls to them were not checked against them: m (no models: ./models does not exist; pass --models DIR)\n");
+    // A directory is checked as one pipeline; query files below it are named as not
+    // checked.
+    let sub = dir.join("lines");
+    std::fs::create_dir_all(sub.join("line2")).unwrap();
+    std::fs::write(sub.join("q.sql"), query(false)).unwrap();
+    std::fs::write(sub.join("line2").join("q.sql"), query(false)).unwrap();
+    let (code, out, err) = forewarn_in(&dir, &["check", "lines"]);
+    assert_eq!((code, out.as_str()), (0, "ok: 1 queries (q)\n"), "{err}");
+    assert!(
+        err.starts_with("note: not checked, in subdirectories of lines (each directory is a pipeline of its own; check it by name): lines/line2\n"),
+        "{err}"
+    );
     // ... still finding everything else.
     std::fs::write(dir.join("bad.sql"), query(true)).unwrap();
     let (code, _, err) = forewarn_in(&dir, &["check", "bad.sql"]);

@@ -98,6 +98,15 @@ pub(crate) fn locate(
     if message.contains("failed to match any signature") {
         return q.bad_signature(message);
     }
+    // A function's own check of a literal argument ("iso_zone: unknown machine class"):
+    // at its call.
+    if let Some((name, _)) = message.split_once(": ") {
+        if functions.all.iter().any(|f| f == name) {
+            if let [i] = q.calls(name).as_slice() {
+                return Ok(q.located(*i..*i + 1, message.to_string()));
+            }
+        }
+    }
     if message.starts_with("Projections require unique expression names") {
         return q.duplicate_name(message);
     }
