@@ -958,6 +958,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waveform_rows_are_not_collected() {
+        let sql = "CREATE TABLE r (device TEXT, ts TIMESTAMP, wave DOUBLE[], WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+               WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
+             CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+             INSERT INTO out SELECT device, window_start, max(wave_peak(wave)) AS p FROM r
+             GROUP BY tumble(interval '10 seconds'), device;";
+        let mut set = forewarn_sql::QuerySet::default();
+        set.add_file("t.sql", sql).unwrap();
+        let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
+        let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], sql)
+            .await
+            .unwrap();
+        let schema = set.sources["r"].schema.clone();
+        let mut op = WindowOperator::new(Arc::new(q));
+        let wave = datafusion::arrow::array::ListArray::from_iter_primitive::<
+            datafusion::arrow::datatypes::Float64Type,
+            _,
+            _,
+        >(vec![Some(vec![Some(1.0), Some(-3.0), Some(2.0)])]);
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["d"])),
+                Arc::new(TimestampMillisecondArray::from(vec![S])),
+                Arc::new(wave),
+            ],
+        )
+        .unwrap();
+        op.process(&batch).await.unwrap();
+        assert_eq!(
+            op.held_state_bytes(),
+            0,
+            "the waveform went to an aggregate"
+        );
+        let p = op.advance_watermark(20 * S).await.unwrap();
+        let peak = p.results[0]
+            .batch
+            .column(2)
+            .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+            .value(0);
+        assert_eq!(peak, 3.0);
+    }
+
+    #[tokio::test]
     async fn windows_fire_one_run_each_when_rows_do_not_tell_their_window() {
         // No window columns selected: rows cannot be split back by window.
         let sql = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::boolean::not;
-use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::arrow::datatypes::{DataType, TimestampMillisecondType};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::Result as DfResult;
@@ -71,10 +71,18 @@ pub(crate) struct Panes {
 
 impl Panes {
     /// Panes of `q` that collect the rows of small panes (not for sessions, whose
-    /// panes hold rows of several sessions).
+    /// panes hold rows of several sessions). A query whose rows carry waveforms
+    /// collects nothing: its rows are few and costly, and a waveform is kept no longer
+    /// than the aggregate needs it.
     pub(crate) fn collecting(q: Arc<CompiledQuery>) -> Panes {
+        let waveforms = q.leaf_schema.fields().iter().any(|f| {
+            matches!(
+                f.data_type(),
+                DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)
+            )
+        });
         Panes {
-            query: Some(q),
+            query: (!waveforms).then_some(q),
             ..Panes::default()
         }
     }
