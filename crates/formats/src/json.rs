@@ -673,22 +673,7 @@ impl JsonDecoder {
         topic: &'v str,
         mut value: impl FnMut(usize) -> Option<Scalar<'v>>,
     ) -> DecodeOutcome {
-        self.now = self.arrival_now();
-        let mut out = DecodeOutcome::default();
-        let captured = match self.capture(topic) {
-            Ok(c) => c,
-            Err(r) => {
-                out.rejected.push(r);
-                return out;
-            }
-        };
-        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
-        slots.extend((0..self.columns.len()).map(&mut value));
-        let mut seed = self.seed(&captured, slots);
-        seed.finish_reading(None);
-        let MessageSeed { slots, parsed, .. } = seed;
-        self.append(parsed, slots, captured, &mut out);
-        out
+        self.decode_given(topic, None, |_, k| value(k))
     }
 
     /// Decodes `rows` readings given as values that together make one message, a JSON
@@ -704,6 +689,16 @@ impl JsonDecoder {
         &mut self,
         topic: &'v str,
         rows: usize,
+        value: impl FnMut(usize, usize) -> Option<Scalar<'v>>,
+    ) -> DecodeOutcome {
+        self.decode_given(topic, Some(rows), value)
+    }
+
+    /// Readings given as values: one object (`rows` `None`) or an array of `rows`.
+    fn decode_given<'v>(
+        &mut self,
+        topic: &'v str,
+        rows: Option<usize>,
         mut value: impl FnMut(usize, usize) -> Option<Scalar<'v>>,
     ) -> DecodeOutcome {
         self.now = self.arrival_now();
@@ -718,13 +713,14 @@ impl JsonDecoder {
         let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
         slots.resize_with(self.columns.len(), || None);
         let mut seed = self.seed(&captured, slots);
-        for row in 0..rows {
+        for row in 0..rows.unwrap_or(1) {
             for (k, slot) in seed.slots.iter_mut().enumerate() {
                 *slot = value(row, k);
             }
-            seed.finish_reading(Some(row));
+            // An array's readings carry their position; a lone object's none.
+            seed.finish_reading(rows.map(|_| row));
         }
-        if rows == 0 {
+        if rows == Some(0) {
             seed.not_a_reading(None, "an empty array");
         }
         let MessageSeed { slots, parsed, .. } = seed;

@@ -964,14 +964,9 @@ mod tests {
              CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
              INSERT INTO out SELECT device, window_start, max(wave_peak(wave)) AS p FROM r
              GROUP BY tumble(interval '10 seconds'), device;";
-        let mut set = forewarn_sql::QuerySet::default();
-        set.add_file("t.sql", sql).unwrap();
-        let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
-        let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], sql)
-            .await
-            .unwrap();
-        let schema = set.sources["r"].schema.clone();
-        let mut op = WindowOperator::new(Arc::new(q));
+        let c = crate::testing::compiled(sql).await;
+        let schema = c.schema.clone();
+        let mut op = c.operator();
         let wave = datafusion::arrow::array::ListArray::from_iter_primitive::<
             datafusion::arrow::datatypes::Float64Type,
             _,
@@ -1008,14 +1003,9 @@ mod tests {
                WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
              CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
              INSERT INTO out SELECT device, count(*) AS n FROM r GROUP BY tumble(interval '10 seconds'), device;";
-        let mut set = forewarn_sql::QuerySet::default();
-        set.add_file("t.sql", sql).unwrap();
-        let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
-        let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], sql)
-            .await
-            .unwrap();
+        let c = crate::testing::compiled(sql).await;
         let f = fixture("tumble(interval '10 seconds')", "", "").await;
-        let mut op = WindowOperator::new(Arc::new(q));
+        let mut op = c.operator();
         assert!(!op.final_row_wise);
         let mut results = op.process(&spread(&f, 0, 3)).await.unwrap().results;
         assert_eq!(results.len(), 2, "two windows passed within the batch");
@@ -1049,14 +1039,9 @@ mod tests {
              CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
              INSERT INTO out SELECT device, window_start, window_end, sum(v) AS s FROM r
              GROUP BY tumble(interval '10 seconds'), device ORDER BY s DESC LIMIT 1;";
-        let mut set = forewarn_sql::QuerySet::default();
-        set.add_file("t.sql", sql).unwrap();
-        let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
-        let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], sql)
-            .await
-            .unwrap();
+        let c = crate::testing::compiled(sql).await;
         let f = fixture("tumble(interval '10 seconds')", "", "").await;
-        let mut op = WindowOperator::new(Arc::new(q));
+        let mut op = c.operator();
         assert!(!op.final_row_wise);
         let mut results = op.process(&spread(&f, 0, 3)).await.unwrap().results;
         results.extend(op.advance_watermark(100 * S).await.unwrap().results);

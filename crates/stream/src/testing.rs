@@ -22,6 +22,20 @@ pub(crate) struct Fixture {
     pub(crate) schema: SchemaRef,
 }
 
+/// The first query of `sql` (declaring source `r`), compiled, with the source's schema.
+pub(crate) async fn compiled(sql: &str) -> Fixture {
+    let mut set = QuerySet::default();
+    set.add_file("t.sql", sql).unwrap();
+    let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
+    let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], sql)
+        .await
+        .unwrap();
+    Fixture {
+        q: Arc::new(q),
+        schema: set.sources["r"].schema.clone(),
+    }
+}
+
 /// `SELECT device, window_start, window_end, count(*) AS n, sum(v) AS s FROM r
 /// {filter} GROUP BY {window}, device`, with `options` added to the source's.
 pub(crate) async fn fixture(window: &str, filter: &str, options: &str) -> Fixture {
@@ -32,16 +46,7 @@ pub(crate) async fn fixture(window: &str, filter: &str, options: &str) -> Fixtur
          INSERT INTO out SELECT device, window_start, window_end, count(*) AS n, sum(v) AS s
          FROM r {filter} GROUP BY {window}, device;"
     );
-    let mut set = QuerySet::default();
-    set.add_file("t.sql", &sql).unwrap();
-    let ctx = forewarn_sql::streaming_context(Arc::new(forewarn_scorer::ModelRegistry::new()));
-    let q = forewarn_sql::compile(&ctx, &set.queries[0], &set.sources["r"], &sql)
-        .await
-        .unwrap();
-    Fixture {
-        q: Arc::new(q),
-        schema: set.sources["r"].schema.clone(),
-    }
+    compiled(&sql).await
 }
 
 impl Fixture {
