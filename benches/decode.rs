@@ -61,15 +61,7 @@ fn schema() -> Arc<Schema> {
             false,
         ),
     ];
-    for f in [
-        "vibration",
-        "kurtosis",
-        "temperature",
-        "motor_current",
-        "pressure",
-        "load",
-        "ambient",
-    ] {
+    for f in forewarn_sim::METRICS {
         fields.push(Field::new(f, DataType::Float64, true));
     }
     Arc::new(Schema::new(fields))
@@ -156,15 +148,8 @@ mod sparkplug {
     use forewarn::connect::sparkplug::{Action, EdgeNode, Session, SparkplugSource};
     use forewarn_formats::Readings;
 
-    const METRICS: [&str; 7] = [
-        "vibration",
-        "kurtosis",
-        "temperature",
-        "motor_current",
-        "pressure",
-        "load",
-        "ambient",
-    ];
+    // The simulated plant's metrics, in the order its births declare them.
+    use forewarn_sim::METRICS;
 
     /// (births to feed untimed, DDATA messages to time), in publication order.
     pub struct Messages {
