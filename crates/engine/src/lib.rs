@@ -79,7 +79,7 @@ pub use forewarn_core::{Reason, Timestamp, UnknownReason};
 use forewarn_formats::JsonDecoder;
 /// Types public signatures name: a source's topic template, a window operator's error.
 pub use forewarn_formats::TopicTemplate;
-pub use forewarn_formats::{Readings, Scalar};
+pub use forewarn_formats::{Readings, Scalar, Table};
 pub use forewarn_scorer::{Model, ModelRegistry};
 use forewarn_sql::{CompiledQuery, QuerySet, SqlError};
 pub use forewarn_stream::StreamError;

@@ -30,9 +30,34 @@ pub(crate) fn topic_text(v: &serde_json::Value) -> String {
 #[derive(Clone)]
 pub(crate) struct Origin {
     /// Its topic (empty for pushed batches).
-    pub(crate) topic: Arc<str>,
+    pub(crate) topic: OriginTopic,
     /// Its position in an array message (or in a pushed batch).
     pub(crate) index: Option<usize>,
+}
+
+/// The topic of a reading's message: as received, or that of a history row, rendered
+/// only if a dead letter names it (most readings are never refused).
+#[derive(Clone)]
+pub(crate) enum OriginTopic {
+    /// The topic itself.
+    Text(Arc<str>),
+    /// The topic of row `.1` of the readings.
+    Row(Arc<dyn forewarn_formats::Readings>, usize),
+}
+
+impl From<&str> for OriginTopic {
+    fn from(t: &str) -> Self {
+        OriginTopic::Text(t.into())
+    }
+}
+
+impl std::fmt::Display for OriginTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OriginTopic::Text(t) => f.write_str(t),
+            OriginTopic::Row(rows, row) => f.write_str(&rows.topic(*row)),
+        }
+    }
 }
 
 /// A reading the window operators refused, with what the dead letter says of it.

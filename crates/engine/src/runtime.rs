@@ -12,6 +12,7 @@
 mod body;
 mod ingest;
 mod persist;
+mod table;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -162,7 +163,7 @@ impl Runtime {
                         self.on_message(message, Some(source), rx.is_empty()).await?
                     }
                     Some(Input::Rows { to, rows }) => {
-                        self.on_rows(rows.as_ref(), to, rx.is_empty()).await?
+                        self.on_rows(rows.into(), to, rx.is_empty()).await?
                     }
                     Some(Input::Batch { source, batch }) => {
                         self.on_batch(&source, batch).await?;

@@ -2,7 +2,7 @@
 //! where each buffered reading came from, the devices it admitted, and its queries'
 //! window operators with how their results are published.
 
-use std::sync::Arc;
+use datafusion::arrow::record_batch::RecordBatch;
 
 use forewarn_alerts::Lifecycle;
 use forewarn_formats::{DecodeOutcome, JsonDecoder, TopicTemplate};
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::admission::{self, Devices, TopicDevice};
 use crate::checkpoint;
-use crate::outputs::{Origin, Publisher};
+use crate::outputs::{Origin, OriginTopic, Publisher};
 use crate::Pipeline;
 
 /// One source table: what arrives on its topics.
@@ -42,6 +42,12 @@ pub(crate) struct Source {
     /// Where each buffered reading came from: its message's topic and its position in
     /// an array message (for the dead letter of a reading the windows refuse).
     pub(crate) origins: Vec<Origin>,
+    /// The micro-batch's earlier rows, in order, when rows came as columns (history
+    /// read column by column) rather than through the decoder; the decoder's buffered
+    /// rows follow them.
+    pub(crate) staged: Vec<RecordBatch>,
+    /// Rows in `staged`.
+    pub(crate) staged_rows: usize,
 }
 
 /// One query of a source.
@@ -84,6 +90,8 @@ pub(crate) fn sources_of(p: &Pipeline) -> Vec<Source> {
                 devices: Devices::new(p.config.max_devices),
                 device_key: admission::device_key(s),
                 origins: Vec::new(),
+                staged: Vec::new(),
+                staged_rows: 0,
             }
         })
         .collect();
@@ -125,6 +133,38 @@ pub(crate) fn sources_of(p: &Pipeline) -> Vec<Source> {
 }
 
 impl Source {
+    /// Readings in the micro-batch.
+    pub(crate) fn buffered(&self) -> usize {
+        self.staged_rows + self.decoder.buffered_rows()
+    }
+
+    /// Appends `batch` (rows in the decoder's schema) to the micro-batch, after the
+    /// rows it holds.
+    pub(crate) fn stage(&mut self, batch: RecordBatch) {
+        if let Some(b) = self.decoder.flush() {
+            self.staged_rows += b.num_rows();
+            self.staged.push(b);
+        }
+        self.staged_rows += batch.num_rows();
+        self.staged.push(batch);
+    }
+
+    /// Closes the micro-batch; `None` when it is empty.
+    pub(crate) fn take_batch(&mut self) -> Option<RecordBatch> {
+        let last = self.decoder.flush();
+        if self.staged.is_empty() {
+            return last;
+        }
+        let mut parts = std::mem::take(&mut self.staged);
+        self.staged_rows = 0;
+        parts.extend(last);
+        let schema = self.decoder.schema().clone();
+        Some(
+            datafusion::arrow::compute::concat_batches(&schema, &parts)
+                .expect("staged rows have the decoder's schema"),
+        )
+    }
+
     /// The device named by `topic` if the source is full and has not seen it.
     pub(crate) fn refused_device(&mut self, topic: &str) -> Option<String> {
         let device = self.device_from_topic.as_ref()?.device(topic)?;
@@ -138,7 +178,7 @@ impl Source {
         if outcome.accepted == 0 {
             return;
         }
-        let topic: Arc<str> = topic.into();
+        let topic = OriginTopic::Text(topic.into());
         let origins = &mut self.origins;
         if array {
             let bad: Vec<usize> = outcome.rejected.iter().filter_map(|r| r.index).collect();
@@ -161,6 +201,7 @@ impl Source {
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
 
     /// A source on `plant/{device}` with at most `max` devices.
     fn source(max: usize) -> Source {
@@ -188,6 +229,8 @@ mod tests {
             devices: Devices::new(max),
             device_key: vec![0],
             origins: vec![],
+            staged: vec![],
+            staged_rows: 0,
         }
     }
 

@@ -15,6 +15,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use crate::{same, DecodeError, TopicTemplate};
 
 mod flat;
+mod table;
+pub use table::Table;
 mod wave;
 
 pub use wave::DEFAULT_MAX_SAMPLES;
@@ -542,6 +544,11 @@ impl JsonDecoder {
     /// The schema of the batches this decoder produces.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The topic template whose captures fill columns, if any.
+    pub fn template(&self) -> Option<&TopicTemplate> {
+        self.template.as_ref()
     }
 
     /// Readings buffered since the last [`flush`](Self::flush).

@@ -2,7 +2,7 @@
 //! the engine takes as the messages their devices would have sent, without writing
 //! and parsing JSON for each.
 
-use crate::Scalar;
+use crate::{Scalar, Table};
 
 /// A batch of readings, one per row, each with the topic it would have been published
 /// on and its fields as the JSON values the payload would have carried. The engine
@@ -37,4 +37,16 @@ pub trait Readings: Send + Sync {
     fn one_message(&self) -> bool {
         false
     }
+
+    /// The rows read column by column into a source's columns ([`Table`], see
+    /// `JsonDecoder::read_table`), when the reader has done so: the engine then takes
+    /// each clean row from those columns, exactly as it would take its message, and
+    /// every other row as its message. `None` (the default): row by row.
+    fn table(&self) -> Option<&Table> {
+        None
+    }
+    /// Called once the engine has taken every row. It may keep the readings after
+    /// that (a reading's dead letter names its topic), so whatever the sender limits by
+    /// readings in flight is released here, not on drop. Does nothing by default.
+    fn taken(&self) {}
 }

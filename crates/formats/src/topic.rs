@@ -68,6 +68,39 @@ impl TopicTemplate {
         &self.text
     }
 
+    /// How the topics this template renders, each capture filled with one non-empty
+    /// level free of wildcards, meet the MQTT subscription `filter`: `Some(true)` when
+    /// every one matches it, `Some(false)` when none does, `None` when it depends on the
+    /// values (or the template has wildcard levels of its own).
+    pub fn routes_to(&self, filter: &str) -> Option<bool> {
+        if self
+            .levels
+            .iter()
+            .any(|l| matches!(l, Level::Any | Level::Rest))
+        {
+            return None;
+        }
+        let mut f = unshared_filter(filter).split('/');
+        // Whether every topic matched so far (a capture met by a literal filter level
+        // matches only when the value is that literal).
+        let mut all = true;
+        for level in &self.levels {
+            match (f.next(), level) {
+                (Some("#"), _) => return all.then_some(true),
+                (Some("+"), _) => {}
+                (Some(a), Level::Literal(b)) if a == b => {}
+                (Some(_), Level::Literal(_)) => return Some(false),
+                (Some(_), _) => all = false,
+                (None, _) => return Some(false),
+            }
+        }
+        match f.next() {
+            // `a/#` matches `a` as well.
+            Some("#") | None => all.then_some(true),
+            Some(_) => Some(false),
+        }
+    }
+
     /// Names of the captured columns, in order.
     pub fn captures(&self) -> impl Iterator<Item = &str> {
         self.levels.iter().filter_map(|l| match l {
@@ -295,6 +328,45 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_to_agrees_with_matching_every_rendered_topic() {
+        let templates = ["plant/{device}/data", "{site}/{device}", "a/b", "a/{x}/b/{y}"];
+        let filters = [
+            "plant/+/data", "plant/#", "#", "plant/p1/data", "plant/+", "+/+", "a/b/#",
+            "a/+/b/+", "a/b", "x/#", "$share/g/plant/+/data", "+/p1", "a/b/c", "plant/+/data/#",
+        ];
+        // Values, including ones equal to the filters' literal levels.
+        let values = ["p1", "data", "a", "b", "plant", "zz"];
+        for t in templates {
+            let tt = TopicTemplate::parse(t).unwrap();
+            let n = tt.captures().count();
+            let mut topics = Vec::new();
+            for i in 0..values.len().pow(n as u32) {
+                let mut k = i;
+                topics.push(tt.render_exact(|_| {
+                    let v = values[k % values.len()];
+                    k /= values.len();
+                    Some(v.to_string())
+                }));
+            }
+            for f in filters {
+                let hits = topics.iter().filter(|x| filter_matches(f, x)).count();
+                let truth = match hits {
+                    0 => Some(false),
+                    h if h == topics.len() => Some(true),
+                    _ => None,
+                };
+                // A literal filter level a capture could equal is reported as mixed, so
+                // only the certain answers must agree with every topic.
+                match tt.routes_to(f) {
+                    Some(r) => assert_eq!(Some(r), truth, "{t} vs {f}"),
+                    None => assert_ne!(truth, Some(true), "{t} vs {f}"),
+                }
+            }
+        }
+        assert_eq!(TopicTemplate::parse("a/+/{x}").unwrap().routes_to("#"), None);
+    }
 
     #[test]
     fn shared_subscriptions_match_their_filter() {

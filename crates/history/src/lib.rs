@@ -367,6 +367,7 @@ fn batch_rows(
     shape: SourceShape,
     path: PathBuf,
 ) -> impl Iterator<Item = Result<Chunk, HistoryError>> {
+    let shape = Arc::new(shape);
     batches.map(move |b| {
         b.and_then(|b| Rows::new(&b, &shape))
             .map(Chunk::Rows)

@@ -4,27 +4,97 @@
 //! quotes it (or a test publishes it).
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use datafusion::arrow::compute::{cast, interleave};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn_formats::{Readings, Scalar};
+use forewarn_formats::{JsonDecoder, Readings, Scalar, Table};
 use serde_json::{Map, Value};
 
 use crate::{Message, SourceShape};
 
 /// Rows of a history file: its columns as text (CSV cells as written, Parquet values
-/// cast to text, as they always were), typed per cell by the source's column of the
-/// same name, with each row's topic and event time.
+/// cast to text, as they always were; a Parquet column already of its source column's
+/// type is kept as it is and read as that text would be), typed per cell by the
+/// source's column of the same name, with each row's event time and (rendered when
+/// asked for) its topic. The rows are also read column by column into the source's
+/// columns ([`Table`]), which the engine takes clean rows from.
 #[derive(Debug, Clone)]
 pub struct Rows {
     names: Arc<[String]>,
     types: Arc<[DataType]>,
-    columns: Vec<StringArray>,
-    topics: Vec<String>,
+    columns: Vec<Col>,
+    shape: Arc<SourceShape>,
+    topics: Arc<[OnceLock<String>]>,
     times: Vec<Option<i64>>,
+    table: Option<Table>,
+}
+
+/// A column of a history file.
+#[derive(Debug, Clone)]
+enum Col {
+    /// Text cells (an empty cell is a missing value).
+    Text(StringArray),
+    /// Values of a type that reads as its own text would: `Float64` for a `DOUBLE`,
+    /// `Int64` for a `BIGINT` or `DOUBLE`, `Boolean` for a `BOOLEAN` column.
+    Typed(ArrayRef),
+}
+
+impl Col {
+    /// `column` for a source column of type `t` (`Utf8` when the source has none).
+    fn of(column: &ArrayRef, t: &DataType) -> Result<Col, String> {
+        let keep = matches!(
+            (column.data_type(), t),
+            (DataType::Float64, DataType::Float64)
+                | (DataType::Int64, DataType::Int64 | DataType::Float64)
+                | (DataType::Boolean, DataType::Boolean)
+        );
+        if keep {
+            return Ok(Col::Typed(column.clone()));
+        }
+        let text = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
+        Ok(Col::Text(text.as_string::<i32>().clone()))
+    }
+
+    fn array(&self) -> &dyn Array {
+        match self {
+            Col::Text(a) => a,
+            Col::Typed(a) => a.as_ref(),
+        }
+    }
+}
+
+/// A typed value as [`cell`] reads its text for a column of type `t` (see [`Col::Typed`]).
+fn typed_cell(column: &ArrayRef, row: usize, t: &DataType) -> Scalar<'static> {
+    match column.data_type() {
+        DataType::Float64 => {
+            let v = column.as_primitive::<Float64Type>().value(row);
+            if v.is_finite() {
+                Scalar::Float(v)
+            } else {
+                // Not a number: the text (`NaN`, `inf`), for the decoder to refuse.
+                Scalar::Str(Cow::Owned(text_of(column, row)))
+            }
+        }
+        DataType::Int64 => {
+            let v = column.as_primitive::<Int64Type>().value(row);
+            match t {
+                DataType::Float64 => Scalar::Float(v as f64),
+                _ => Scalar::Int(v),
+            }
+        }
+        DataType::Boolean => Scalar::Bool(column.as_boolean().value(row)),
+        _ => Scalar::Str(Cow::Owned(text_of(column, row))),
+    }
+}
+
+/// The text of one value, as a cast of the column to text writes it.
+fn text_of(column: &ArrayRef, row: usize) -> String {
+    cast(&column.slice(row, 1), &DataType::Utf8)
+        .map(|a| a.as_string::<i32>().value(0).to_string())
+        .unwrap_or_default()
 }
 
 /// A text cell as the JSON value a device would have sent for a column of type `t`;
@@ -73,48 +143,78 @@ fn level(v: &Scalar<'_>) -> Option<String> {
 
 impl Rows {
     /// The rows of `batch` (any column types) for `shape`.
-    pub(crate) fn new(batch: &RecordBatch, shape: &SourceShape) -> Result<Self, String> {
+    pub(crate) fn new(batch: &RecordBatch, shape: &Arc<SourceShape>) -> Result<Self, String> {
         let schema = batch.schema();
         let mut names = Vec::new();
         let mut types = Vec::new();
         let mut columns = Vec::new();
         for (i, f) in schema.fields().iter().enumerate() {
-            let text =
-                cast(batch.column(i), &DataType::Utf8).map_err(|e| format!("{}: {e}", f.name()))?;
+            let t = shape
+                .schema
+                .field_with_name(f.name())
+                .map(|t| t.data_type().clone())
+                .unwrap_or(DataType::Utf8);
+            columns.push(Col::of(batch.column(i), &t).map_err(|e| format!("{}: {e}", f.name()))?);
             names.push(f.name().clone());
-            types.push(
-                shape
-                    .schema
-                    .field_with_name(f.name())
-                    .map(|t| t.data_type().clone())
-                    .unwrap_or(DataType::Utf8),
-            );
-            columns.push(text.as_string::<i32>().clone());
+            types.push(t);
         }
-        let mut rows = Rows {
-            names: names.into(),
-            types: types.into(),
-            columns,
-            topics: Vec::new(),
-            times: Vec::new(),
-        };
-        rows.locate(shape);
-        Ok(rows)
+        Ok(Rows::of(names.into(), types.into(), columns, shape.clone()))
     }
 
-    /// Fills each row's topic and event time.
-    fn locate(&mut self, shape: &SourceShape) {
-        let n = self.columns.first().map_or(0, |c| c.len());
-        self.times = (0..n)
-            .map(|r| match self.field(r, shape.event_time.as_deref()?)? {
-                Scalar::Str(s) => forewarn_core::parse_rfc3339(&s),
-                Scalar::Int(i) => Some(i),
-                _ => None,
+    /// Rows of these columns, with their topics, times and table.
+    fn of(
+        names: Arc<[String]>,
+        types: Arc<[DataType]>,
+        columns: Vec<Col>,
+        shape: Arc<SourceShape>,
+    ) -> Rows {
+        let n = columns.first().map_or(0, |c| c.array().len());
+        let mut rows = Rows {
+            names,
+            types,
+            columns,
+            shape,
+            topics: (0..n).map(|_| OnceLock::new()).collect(),
+            times: Vec::new(),
+            table: None,
+        };
+        rows.table = rows.read_table();
+        rows.times = rows.read_times();
+        rows
+    }
+
+    /// The rows read column by column into the source's columns, as the engine's
+    /// decoder for the source would read each row's fields.
+    fn read_table(&self) -> Option<Table> {
+        let decoder = JsonDecoder::new(
+            self.shape.schema.clone(),
+            self.shape.template.clone(),
+            usize::MAX,
+        )
+        .ok()?;
+        decoder.read_table(&self.names, self.len(), |row, c| self.value_at(row, c))
+    }
+
+    /// Each row's event time: the table's, for a clean row, else read from its field.
+    fn read_times(&self) -> Vec<Option<i64>> {
+        let Some(name) = self.shape.event_time.as_deref() else {
+            return vec![None; self.len()];
+        };
+        let clean = self.table.as_ref().and_then(|t| {
+            let k = t.schema().index_of(name).ok()?;
+            let c = t.columns()[k].as_primitive_opt::<TimestampMillisecondType>()?;
+            Some((t, c))
+        });
+        (0..self.len())
+            .map(|r| match clean {
+                Some((t, c)) if t.clean(r) => Some(c.value(r)),
+                _ => match self.field(r, name)? {
+                    Scalar::Str(s) => forewarn_core::parse_rfc3339(&s),
+                    Scalar::Int(i) => Some(i),
+                    _ => None,
+                },
             })
-            .collect();
-        self.topics = (0..n)
-            .map(|r| shape.topic_with(|c| self.field(r, c).as_ref().and_then(level)))
-            .collect();
+            .collect()
     }
 
     /// Number of rows.
@@ -129,7 +229,10 @@ impl Rows {
 
     /// The topic of row `row`.
     pub fn topic(&self, row: usize) -> &str {
-        &self.topics[row]
+        self.topics[row].get_or_init(|| {
+            self.shape
+                .topic_with(|c| self.field(row, c).as_ref().and_then(level))
+        })
     }
 
     /// The event time of row `row` (epoch ms), if readable.
@@ -147,18 +250,19 @@ impl Rows {
     }
 
     fn value_at(&self, row: usize, c: usize) -> Option<Scalar<'_>> {
-        let col = &self.columns[c];
-        if col.is_null(row) || col.value(row).is_empty() {
+        match &self.columns[c] {
             // An empty cell is a missing value, as in a JSON payload.
-            return None;
+            Col::Text(col) if col.is_null(row) || col.value(row).is_empty() => None,
+            Col::Text(col) => Some(cell(col.value(row), &self.types[c])),
+            Col::Typed(col) if col.is_null(row) => None,
+            Col::Typed(col) => Some(typed_cell(col, row, &self.types[c])),
         }
-        Some(cell(col.value(row), &self.types[c]))
     }
 
     /// Row `row` as the message its device would have sent.
     pub fn message(&self, row: usize) -> Message {
         Message {
-            topic: self.topics[row].clone(),
+            topic: self.topic(row).to_string(),
             payload: self.payload_of(row),
             time: self.times[row],
             recorded: false,
@@ -177,16 +281,22 @@ impl Rows {
 
     /// Rows `start..end`.
     pub fn slice(&self, start: usize, end: usize) -> Rows {
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                Col::Text(a) => Col::Text(a.slice(start, end - start)),
+                Col::Typed(a) => Col::Typed(a.slice(start, end - start)),
+            })
+            .collect();
         Rows {
             names: self.names.clone(),
             types: self.types.clone(),
-            columns: self
-                .columns
-                .iter()
-                .map(|c| c.slice(start, end - start))
-                .collect(),
-            topics: self.topics[start..end].to_vec(),
+            columns,
+            shape: self.shape.clone(),
+            topics: self.topics[start..end].to_vec().into(),
             times: self.times[start..end].to_vec(),
+            table: self.table.as_ref().map(|t| t.slice(start, end)),
         }
     }
 
@@ -195,26 +305,30 @@ impl Rows {
         let first = parts.first().ok_or("no rows")?;
         let mut columns = Vec::new();
         for c in 0..first.names.len() {
-            let arrays: Vec<&dyn Array> =
-                parts.iter().map(|p| &p.columns[c] as &dyn Array).collect();
+            let arrays: Vec<&dyn Array> = parts.iter().map(|p| p.columns[c].array()).collect();
             let a: ArrayRef = interleave(&arrays, at).map_err(|e| e.to_string())?;
-            columns.push(a.as_string::<i32>().clone());
+            columns.push(match &first.columns[c] {
+                Col::Text(_) => Col::Text(a.as_string::<i32>().clone()),
+                Col::Typed(_) => Col::Typed(a),
+            });
         }
-        Ok(Rows {
-            names: first.names.clone(),
-            types: first.types.clone(),
+        Ok(Rows::of(
+            first.names.clone(),
+            first.types.clone(),
             columns,
-            topics: at
-                .iter()
-                .map(|&(p, r)| parts[p].topics[r].clone())
-                .collect(),
-            times: at.iter().map(|&(p, r)| parts[p].times[r]).collect(),
-        })
+            first.shape.clone(),
+        ))
     }
 
     /// Whether `other` has the same columns (so the two can be gathered together).
     pub fn same_columns(&self, other: &Rows) -> bool {
-        self.names == other.names && self.types == other.types
+        self.names == other.names
+            && self.types == other.types
+            && self
+                .columns
+                .iter()
+                .zip(&other.columns)
+                .all(|(a, b)| a.array().data_type() == b.array().data_type())
     }
 }
 
@@ -228,7 +342,7 @@ impl Readings for Rows {
     }
 
     fn topic(&self, row: usize) -> &str {
-        &self.topics[row]
+        Rows::topic(self, row)
     }
 
     fn value(&self, row: usize, column: usize) -> Option<Scalar<'_>> {
@@ -242,8 +356,15 @@ impl Readings for Rows {
     fn payload_bound(&self, row: usize) -> usize {
         // Every byte escaped as \u00XX at worst, a number written in at most 32 bytes.
         2 + (0..self.names.len())
-            .filter(|&c| self.columns[c].is_valid(row))
-            .map(|c| 6 * (self.names[c].len() + self.columns[c].value(row).len()) + 40)
+            .map(|c| match &self.columns[c] {
+                Col::Text(a) if a.is_valid(row) => 6 * (self.names[c].len() + a.value(row).len()) + 40,
+                Col::Typed(a) if a.is_valid(row) => 6 * self.names[c].len() + 40,
+                _ => 0,
+            })
             .sum::<usize>()
+    }
+
+    fn table(&self) -> Option<&Table> {
+        self.table.as_ref()
     }
 }

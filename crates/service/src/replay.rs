@@ -175,13 +175,13 @@ pub fn ordered_chunks(
         move |c| -> Vec<Result<Chunk, ReplayError>> {
             match c {
                 Err(e) => vec![Err(e.into())],
-                Ok(Chunk::Message(m)) => match check.next(m.time, m.recorded, &m.topic) {
+                Ok(Chunk::Message(m)) => match check.next(m.time, m.recorded, || m.topic.clone()) {
                     Ok(()) => vec![Ok(Chunk::Message(m))],
                     Err(e) => vec![Err(e)],
                 },
                 Ok(Chunk::Rows(r)) => {
                     for i in 0..r.len() {
-                        if let Err(e) = check.next(r.time(i), false, r.topic(i)) {
+                        if let Err(e) = check.next(r.time(i), false, || r.topic(i).to_string()) {
                             // The rows before it go first, as their messages would have.
                             return match i {
                                 0 => vec![Err(e)],
@@ -245,8 +245,14 @@ struct TimeOrder {
 }
 
 impl TimeOrder {
-    /// Takes the next reading (its time, whether it is a recorded message, its topic).
-    fn next(&mut self, time: Option<i64>, recorded: bool, topic: &str) -> Result<(), ReplayError> {
+    /// Takes the next reading (its time, whether it is a recorded message, its topic,
+    /// written only for the error).
+    fn next(
+        &mut self,
+        time: Option<i64>,
+        recorded: bool,
+        topic: impl FnOnce() -> String,
+    ) -> Result<(), ReplayError> {
         self.at += 1;
         let at = self.at;
         // A recorded message stream is replayed as it arrived, late readings included.
@@ -256,7 +262,7 @@ impl TimeOrder {
                     return Err(ReplayError::Unsorted(Box::new(OutOfOrder {
                         path: self.path.clone(),
                         at,
-                        topic: topic.to_string(),
+                        topic: topic(),
                         time: forewarn_core::format_rfc3339(t),
                         behind: format_duration(n - t),
                         newest_at: n_at,
@@ -358,7 +364,7 @@ const ROWS_IN_FLIGHT: usize = 4;
 /// Rows holding a place in the engine's queue until the engine has taken them.
 struct Queued {
     rows: Rows,
-    _place: tokio::sync::OwnedSemaphorePermit,
+    place: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Readings for Queued {
@@ -379,6 +385,13 @@ impl Readings for Queued {
     }
     fn payload_bound(&self, row: usize) -> usize {
         self.rows.payload_bound(row)
+    }
+    fn table(&self) -> Option<&forewarn_engine::Table> {
+        Readings::table(&self.rows)
+    }
+    fn taken(&self) {
+        // Its rows may stay in the engine's micro-batch; its place in the queue is free.
+        self.place.lock().expect("place lock").take();
     }
 }
 
@@ -415,7 +428,7 @@ impl<'h> Pusher<'h> {
                     .map_err(|_| EngineError::Stopped)?;
                 let rows = Box::new(Queued {
                     rows,
-                    _place: place,
+                    place: std::sync::Mutex::new(Some(place)),
                 });
                 match by_name {
                     Some(name) => handle.push_readings_to(name, rows).await,

@@ -97,10 +97,10 @@ impl Runtime {
                 self.emit(o).await;
             }
             let src = &mut self.sources[i];
-            if src.decoder.buffered_rows() > 0 && src.pending_since.is_none() {
+            if src.buffered() > 0 && src.pending_since.is_none() {
                 src.pending_since = Some(Instant::now());
             }
-            if src.decoder.buffered_rows() >= self.config.max_batch_rows
+            if src.buffered() >= self.config.max_batch_rows
                 || src.decoder.buffered_samples() >= MAX_BATCH_SAMPLES
             {
                 self.flush_source(i).await?;
@@ -114,10 +114,14 @@ impl Runtime {
     }
 
     /// Rows of recorded history, each taken as the message its device would have sent
-    /// (see [`Body::Row`]): for source `to`, or routed by each row's topic.
+    /// (see [`Body::Row`]): for source `to`, or routed by each row's topic. Rows read
+    /// column by column ([`Readings::table`]) are taken from their columns where that
+    /// gives the same (see `Runtime::on_table`).
+    ///
+    /// [`Readings::table`]: forewarn_formats::Readings::table
     pub(super) async fn on_rows(
         &mut self,
-        rows: &dyn forewarn_formats::Readings,
+        rows: Arc<dyn forewarn_formats::Readings>,
         to: Option<usize>,
         idle: bool,
     ) -> Result<(), EngineError> {
@@ -126,7 +130,7 @@ impl Runtime {
             .iter()
             .map(|s| s.decoder.schema().clone())
             .collect();
-        let fields = body::field_maps(rows, schemas.into_iter());
+        let fields = body::field_maps(rows.as_ref(), schemas.into_iter());
         if rows.one_message() {
             // As `on_message` takes one message pushed by name or routed by topic.
             let topic = match to {
@@ -134,7 +138,7 @@ impl Runtime {
                 _ => "",
             };
             let body = Body::Array {
-                rows,
+                rows: rows.as_ref(),
                 fields: &fields,
             };
             if let (None, Some(device)) = (to, topic.strip_prefix(&self.command_prefix)) {
@@ -147,27 +151,40 @@ impl Runtime {
             }
             return self.taken(None, None).await;
         }
-        for row in 0..rows.len() {
-            // Pushed by a source's name, a row is a message without a topic (`push_to`).
-            let topic = if to.is_some() { "" } else { rows.topic(row) };
-            if let (None, Some(device)) = (to, topic.strip_prefix(&self.command_prefix)) {
-                let payload = rows.payload(row);
-                self.on_command(device, &payload).await;
-            } else {
-                let body = Body::Row {
-                    rows,
-                    row,
-                    fields: &fields,
-                };
-                self.on_json(topic, body, to).await?;
+        match rows.table().and_then(|t| self.table_source(t, to)) {
+            Some(s) => self.on_table(&rows, s, to, &fields).await?,
+            None => {
+                for row in 0..rows.len() {
+                    self.on_row(rows.as_ref(), row, to, &fields).await?;
+                }
             }
-            self.taken(None, None).await?;
         }
+        rows.taken();
         // As after a message: nothing else waiting, the micro-batch closes now.
         if self.config.flush_when_idle && idle {
             self.flush_all().await?;
         }
         Ok(())
+    }
+
+    /// Row `row` of `rows`, taken as its message.
+    pub(super) async fn on_row(
+        &mut self,
+        rows: &dyn forewarn_formats::Readings,
+        row: usize,
+        to: Option<usize>,
+        fields: &[Option<Vec<Option<usize>>>],
+    ) -> Result<(), EngineError> {
+        // Pushed by a source's name, a row is a message without a topic (`push_to`).
+        let topic = if to.is_some() { "" } else { rows.topic(row) };
+        if let (None, Some(device)) = (to, topic.strip_prefix(&self.command_prefix)) {
+            let payload = rows.payload(row);
+            self.on_command(device, &payload).await;
+        } else {
+            let body = Body::Row { rows, row, fields };
+            self.on_json(topic, body, to).await?;
+        }
+        self.taken(None, None).await
     }
 
     pub(super) async fn on_batch(
@@ -281,7 +298,7 @@ impl Runtime {
     pub(super) async fn flush_source(&mut self, i: usize) -> Result<(), EngineError> {
         self.sources[i].pending_since = None;
         let origins = std::mem::take(&mut self.sources[i].origins);
-        match self.sources[i].decoder.flush() {
+        match self.sources[i].take_batch() {
             // A topic that names the device was admitted before decoding.
             Some(batch) if self.sources[i].device_from_topic.is_none() => {
                 let (batch, origins) = self.admit_rows(i, batch, origins).await;

@@ -1,0 +1,182 @@
+//! History rows taken column by column: the clean rows of a [`Table`] go into the
+//! micro-batch as slices of its columns, each counted, checked for repeats and admitted
+//! exactly as its message would be, without a topic written or a value decoded per row;
+//! every other row is taken as its message (`Runtime::on_row`), in file order, so the
+//! outputs are those of the messages byte for byte.
+
+use std::hash::Hash;
+
+use datafusion::arrow::array::{Array, AsArray, UInt32Array};
+use datafusion::arrow::compute::take;
+use forewarn_formats::{Readings, Table, TopicTemplate};
+
+use super::*;
+use crate::outputs::OriginTopic;
+
+/// Clean rows waiting to join the micro-batch, by position in the table.
+#[derive(Default)]
+struct Segment {
+    rows: Vec<u32>,
+}
+
+impl Runtime {
+    /// The source that takes every clean row of `table` when no other source takes any
+    /// (pushed by name to `to`, or routed by the topics the table's template renders),
+    /// and only this engine's plain path applies: `None` otherwise, and each row is
+    /// taken as its message.
+    pub(super) fn table_source(&self, table: &Table, to: Option<usize>) -> Option<usize> {
+        // A checkpoint may fall between any two messages: row by row there.
+        if self.ckpt.is_some() {
+            return None;
+        }
+        let s = match to {
+            Some(j) => j,
+            None => {
+                let t = TopicTemplate::parse(table.template()?).ok()?;
+                if t.routes_to(&format!("{}#", self.command_prefix)) != Some(false) {
+                    return None;
+                }
+                let mut found = None;
+                for (i, src) in self.sources.iter().enumerate() {
+                    match src.filter.as_deref().map(|f| t.routes_to(f)) {
+                        None | Some(Some(false)) => {}
+                        Some(Some(true)) if found.is_none() => found = Some(i),
+                        _ => return None,
+                    }
+                }
+                found?
+            }
+        };
+        let src = &self.sources[s];
+        let same = src.decoder.schema() == table.schema()
+            && src.decoder.template().map(TopicTemplate::as_str) == table.template()
+            && !src.processing_time;
+        same.then_some(s)
+    }
+
+    /// Takes the rows of `rows` (whose [`Readings::table`] is for source `s`, see
+    /// [`Self::table_source`]), pushed to `to` or routed by topic.
+    pub(super) async fn on_table(
+        &mut self,
+        rows: &Arc<dyn Readings>,
+        s: usize,
+        to: Option<usize>,
+        fields: &[Option<Vec<Option<usize>>>],
+    ) -> Result<(), EngineError> {
+        let table = rows.table().expect("a table");
+        let max_payload = self.sources[s].decoder.max_payload();
+        // The device each clean row's topic names, for the limit on devices.
+        let levels: Vec<_> = table
+            .captured()
+            .iter()
+            .map(|&c| table.columns()[c].as_string::<i32>())
+            .collect();
+        let by_topic = self.sources[s].device_from_topic.is_some();
+        let device_level = table
+            .captured()
+            .iter()
+            .position(|&c| table.schema().field(c).name() == "device");
+        let mut seg = Segment::default();
+        let (mut messages, mut readings) = (0u64, 0u64);
+        self.sources[s].last_input = Instant::now();
+        for row in 0..table.len() {
+            if !table.clean(row) || rows.payload_bound(row) > max_payload {
+                self.stage(s, table, &mut seg);
+                self.on_row(rows.as_ref(), row, to, fields).await?;
+                continue;
+            }
+            messages += 1;
+            self.inputs += 1;
+            if self.recent.enabled() {
+                let key = table.key(row);
+                // Tagged unlike a payload's or a row's hash (see `Body::repeated`).
+                if self.recent.repeated_by(|h| (0xfdu8, s, key).hash(h)) {
+                    let topic = rows.topic(row).to_string();
+                    let source = to.map(|j| self.sources[j].name.as_str());
+                    let o = outputs::duplicate(&self.config, &topic, source, &rows.payload(row));
+                    self.emit(o).await;
+                    continue;
+                }
+            }
+            if by_topic {
+                let device = match device_level {
+                    Some(k) => std::borrow::Cow::Borrowed(levels[k].value(row)),
+                    None => levels
+                        .iter()
+                        .map(|l| l.value(row))
+                        .collect::<Vec<_>>()
+                        .join("/")
+                        .into(),
+                };
+                let src = &mut self.sources[s];
+                if !src.devices.admit(&device) {
+                    let origin = Origin {
+                        topic: rows.topic(row).into(),
+                        index: None,
+                    };
+                    let payload = rows.payload(row);
+                    let o = outputs::too_many_devices(
+                        &self.config,
+                        &src.name,
+                        src.devices.max(),
+                        &device,
+                        Some(&origin),
+                        outputs::excerpt(&self.config, &payload),
+                    );
+                    self.emit(o).await;
+                    continue;
+                }
+            }
+            readings += 1;
+            self.sources[s].origins.push(Origin {
+                topic: OriginTopic::Row(rows.clone(), row),
+                index: None,
+            });
+            seg.rows.push(row as u32);
+            let src = &mut self.sources[s];
+            if src.pending_since.is_none() {
+                src.pending_since = Some(Instant::now());
+            }
+            if src.buffered() + seg.rows.len() >= self.config.max_batch_rows {
+                self.count(|st| {
+                    st.messages_in += messages;
+                    st.readings_in += readings;
+                });
+                (messages, readings) = (0, 0);
+                self.stage(s, table, &mut seg);
+                self.flush_source(s).await?;
+            }
+        }
+        self.count(|st| {
+            st.messages_in += messages;
+            st.readings_in += readings;
+        });
+        self.stage(s, table, &mut seg);
+        self.last_input = Instant::now();
+        Ok(())
+    }
+
+    /// Moves the clean rows in `seg` into source `s`'s micro-batch.
+    fn stage(&mut self, s: usize, table: &Table, seg: &mut Segment) {
+        let Some(&first) = seg.rows.first() else {
+            return;
+        };
+        let n = seg.rows.len();
+        // Rows in a run are slices, shared with the table; others are copied.
+        let contiguous = seg.rows[n - 1] as usize - first as usize + 1 == n;
+        let idx = (!contiguous).then(|| UInt32Array::from(std::mem::take(&mut seg.rows)));
+        let columns = table
+            .columns()
+            .iter()
+            .map(|c| match &idx {
+                None => c.slice(first as usize, n),
+                Some(idx) => take(c, idx, None).expect("indices within the table"),
+            })
+            .collect();
+        // Clean rows have values wherever the schema requires them.
+        let batch = RecordBatch::try_new(table.schema().clone(), columns)
+            .expect("clean rows fit the schema");
+        seg.rows.clear();
+        self.sources[s].stage(batch);
+    }
+}
