@@ -36,8 +36,9 @@ pub enum Scalar<'a> {
     Str(Cow<'a, str>),
     /// An object or array (`"an object"`, `"an array"`), which no column holds as is.
     Nested(&'static str),
-    /// A waveform column's value: its samples, or why they cannot be taken.
-    Wave(Result<Vec<f64>, DecodeError>),
+    /// A waveform column's value: its samples, or why they cannot be taken (boxed, so
+    /// that every value stays two words and a tag: the decoder moves several per field).
+    Wave(Result<Vec<f64>, Box<DecodeError>>),
 }
 
 impl Scalar<'_> {
@@ -156,7 +157,7 @@ impl<'de> MessageSeed<'_, 'de> {
             } else {
                 match self.slots[ci].take() {
                     // Moved, not copied: a waveform can be 65,536 samples.
-                    Some(Scalar::Wave(w)) => Cell::Wave(w?),
+                    Some(Scalar::Wave(w)) => Cell::Wave(w.map_err(|e| *e)?),
                     Some(v) => convert(&self.builders[ci], &col.name, &v)?,
                     None => Cell::Null,
                 }
@@ -374,7 +375,9 @@ struct Column {
 }
 
 /// A message's working buffers, empty between messages. Their elements borrow from the
-/// message (topic and payload), so they are kept at `'static` and re-typed per message.
+/// message (topic and payload), so they are kept at `'static`: taken for a message as
+/// they are (a `'static` element type is a subtype of the message's, so no conversion
+/// runs), and re-typed through [`recycle`] on the way back.
 #[derive(Default)]
 struct Spare {
     captured: Vec<&'static str>,
@@ -578,7 +581,7 @@ impl JsonDecoder {
     /// The topic's levels captured by the template (none without one), or why the
     /// topic does not fit it.
     fn capture<'t>(&mut self, topic: &'t str) -> Result<Vec<&'t str>, Rejected> {
-        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
+        let mut captured: Vec<&str> = std::mem::take(&mut self.spare.captured);
         if let Some(t) = &self.template {
             if !t.capture_values(topic, &mut captured) {
                 return Err(Rejected {
@@ -608,7 +611,7 @@ impl JsonDecoder {
             max_samples: self.max_samples,
             slots,
             parsed: Parsed {
-                cells: recycle(std::mem::take(&mut self.spare.cells)),
+                cells: std::mem::take(&mut self.spare.cells),
                 accepted: 0,
                 rejected: Vec::new(),
             },
@@ -636,7 +639,7 @@ impl JsonDecoder {
             }
         };
         let n = self.columns.len();
-        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
+        let mut slots: Vec<Option<Scalar>> = std::mem::take(&mut self.spare.slots);
         slots.resize_with(n, || None);
         let try_fast = self.fast;
         let mut seed = self.seed(&captured, slots);
@@ -710,7 +713,7 @@ impl JsonDecoder {
                 return out;
             }
         };
-        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
+        let mut slots: Vec<Option<Scalar>> = std::mem::take(&mut self.spare.slots);
         slots.resize_with(self.columns.len(), || None);
         let mut seed = self.seed(&captured, slots);
         for row in 0..rows.unwrap_or(1) {

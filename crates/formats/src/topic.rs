@@ -179,10 +179,10 @@ impl TopicTemplate {
             if at > bytes.len() {
                 return false;
             }
-            let end = bytes[at..]
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(bytes.len(), |p| at + p);
+            let mut end = at;
+            while end < bytes.len() && bytes[end] != b'/' {
+                end += 1;
+            }
             let part = &topic[at..end];
             at = end + 1;
             match level {
