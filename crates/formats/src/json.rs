@@ -119,7 +119,9 @@ struct Parsed<'de> {
 struct MessageSeed<'a, 'de> {
     columns: &'a [Column],
     builders: &'a [Builder],
-    captured: &'a [&'de str],
+    /// The message's topic and the byte range of each level its template captured.
+    topic: &'de str,
+    captured: &'a [(usize, usize)],
     now: i64,
     /// Samples a waveform value may hold (see [`JsonDecoder::with_max_samples`]).
     max_samples: usize,
@@ -148,11 +150,11 @@ impl<'de> MessageSeed<'_, 'de> {
         for (ci, col) in self.columns.iter().enumerate() {
             let cell = if col.arrival {
                 Cell::Ts(self.now)
-            } else if let Some(v) = col.topic_capture.and_then(|k| self.captured.get(k)) {
+            } else if let Some(&(a, b)) = col.topic_capture.and_then(|k| self.captured.get(k)) {
                 convert(
                     &self.builders[ci],
                     &col.name,
-                    &Scalar::Str(Cow::Borrowed(v)),
+                    &Scalar::Str(Cow::Borrowed(&self.topic[a..b])),
                 )?
             } else {
                 match self.slots[ci].take() {
@@ -374,13 +376,13 @@ struct Column {
     wave: bool,
 }
 
-/// A message's working buffers, empty between messages. Their elements borrow from the
+/// A message's working buffers, empty between messages. Slots and cells borrow from the
 /// message (topic and payload), so they are kept at `'static`: taken for a message as
 /// they are (a `'static` element type is a subtype of the message's, so no conversion
 /// runs), and re-typed through [`recycle`] on the way back.
 #[derive(Default)]
 struct Spare {
-    captured: Vec<&'static str>,
+    captured: Vec<(usize, usize)>,
     slots: Vec<Option<Scalar<'static>>>,
     cells: Vec<Cell<'static>>,
 }
@@ -391,6 +393,14 @@ struct Spare {
 fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
+/// Makes the (empty) `slots` one empty slot per column. A plain loop: this runs per
+/// message, and `resize_with`'s closure costs a call per slot unoptimised.
+fn fill_slots(slots: &mut Vec<Option<Scalar<'_>>>, n: usize) {
+    while slots.len() < n {
+        slots.push(None);
+    }
 }
 
 /// What happened to one message.
@@ -431,6 +441,8 @@ pub struct JsonDecoder {
     samples: usize,
     /// Column matched at each key position of the last reading (see `MessageSeed`).
     key_order: Vec<usize>,
+    /// Whether a column takes the arrival time (see [`Self::with_arrival_column`]).
+    arrival: bool,
     /// Arrival time of the message being decoded, ms.
     now: i64,
     /// Buffers kept from one message to the next.
@@ -501,6 +513,7 @@ impl JsonDecoder {
             rows: 0,
             samples: 0,
             key_order: Vec::new(),
+            arrival: false,
             now: 0,
             spare: Spare::default(),
             fast: true,
@@ -515,6 +528,7 @@ impl JsonDecoder {
         for c in &mut self.columns {
             c.arrival = c.name == name;
         }
+        self.arrival = self.columns.iter().any(|c| c.arrival);
         self
     }
 
@@ -568,7 +582,7 @@ impl JsonDecoder {
     /// The wall clock in epoch milliseconds when a column takes the arrival time (0
     /// otherwise: no clock read per message for nothing).
     fn arrival_now(&self) -> i64 {
-        if self.columns.iter().any(|c| c.arrival) {
+        if self.arrival {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
@@ -578,12 +592,12 @@ impl JsonDecoder {
         }
     }
 
-    /// The topic's levels captured by the template (none without one), or why the
-    /// topic does not fit it.
-    fn capture<'t>(&mut self, topic: &'t str) -> Result<Vec<&'t str>, Rejected> {
-        let mut captured: Vec<&str> = std::mem::take(&mut self.spare.captured);
+    /// The byte ranges of the topic's levels captured by the template (none without
+    /// one), or why the topic does not fit it.
+    fn capture(&mut self, topic: &str) -> Result<Vec<(usize, usize)>, Rejected> {
+        let mut captured = std::mem::take(&mut self.spare.captured);
         if let Some(t) = &self.template {
-            if !t.capture_values(topic, &mut captured) {
+            if !t.capture_spans(topic, &mut captured) {
                 return Err(Rejected {
                     index: None,
                     error: DecodeError::TopicMismatch {
@@ -596,16 +610,18 @@ impl JsonDecoder {
         Ok(captured)
     }
 
-    /// The parsing context of one message over `captured` levels, with `slots` as
-    /// the reading's raw values and the spare cell buffer.
+    /// The parsing context of one message on `topic` with its `captured` levels, with
+    /// `slots` as the reading's raw values and the spare cell buffer.
     fn seed<'a, 'de>(
         &'a mut self,
-        captured: &'a [&'de str],
+        topic: &'de str,
+        captured: &'a [(usize, usize)],
         slots: Vec<Option<Scalar<'de>>>,
     ) -> MessageSeed<'a, 'de> {
         MessageSeed {
             columns: &self.columns,
             builders: &self.builders,
+            topic,
             captured,
             now: self.now,
             max_samples: self.max_samples,
@@ -640,9 +656,9 @@ impl JsonDecoder {
         };
         let n = self.columns.len();
         let mut slots: Vec<Option<Scalar>> = std::mem::take(&mut self.spare.slots);
-        slots.resize_with(n, || None);
+        fill_slots(&mut slots, n);
         let try_fast = self.fast;
-        let mut seed = self.seed(&captured, slots);
+        let mut seed = self.seed(topic, &captured, slots);
         let fast = try_fast && flat::decode(payload, &mut seed).is_some();
         if !fast {
             seed.reset();
@@ -714,8 +730,8 @@ impl JsonDecoder {
             }
         };
         let mut slots: Vec<Option<Scalar>> = std::mem::take(&mut self.spare.slots);
-        slots.resize_with(self.columns.len(), || None);
-        let mut seed = self.seed(&captured, slots);
+        fill_slots(&mut slots, self.columns.len());
+        let mut seed = self.seed(topic, &captured, slots);
         for row in 0..rows.unwrap_or(1) {
             for (k, slot) in seed.slots.iter_mut().enumerate() {
                 *slot = value(row, k);
@@ -742,7 +758,7 @@ impl JsonDecoder {
         &mut self,
         parsed: Parsed<'de>,
         slots: Vec<Option<Scalar<'de>>>,
-        captured: Vec<&'de str>,
+        captured: Vec<(usize, usize)>,
         out: &mut DecodeOutcome,
     ) {
         let Parsed {
@@ -784,7 +800,7 @@ impl JsonDecoder {
             Vec::new()
         };
         self.spare = Spare {
-            captured: recycle(captured),
+            captured,
             slots: recycle(slots),
             cells,
         };
