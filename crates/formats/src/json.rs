@@ -147,10 +147,18 @@ impl<'de> MessageSeed<'_, 'de> {
     }
 
     fn convert_slots(&mut self) -> Result<(), DecodeError> {
-        for (ci, col) in self.columns.iter().enumerate() {
+        // An index loop: it runs for every column of every reading, and iterator
+        // adaptors cost a call per step unoptimised.
+        let mut ci = 0;
+        while ci < self.columns.len() {
+            let col = &self.columns[ci];
+            let captured = match col.topic_capture {
+                Some(k) if k < self.captured.len() => Some(self.captured[k]),
+                _ => None,
+            };
             let cell = if col.arrival {
                 Cell::Ts(self.now)
-            } else if let Some(&(a, b)) = col.topic_capture.and_then(|k| self.captured.get(k)) {
+            } else if let Some((a, b)) = captured {
                 convert(
                     &self.builders[ci],
                     &col.name,
@@ -168,6 +176,7 @@ impl<'de> MessageSeed<'_, 'de> {
                 return Err(DecodeError::Missing(col.name.clone()));
             }
             self.parsed.cells.push(cell);
+            ci += 1;
         }
         Ok(())
     }

@@ -187,12 +187,14 @@ impl TopicTemplate {
             while end < bytes.len() && bytes[end] != b'/' {
                 end += 1;
             }
-            let part = &topic[at..end];
+            let start = at;
             at = end + 1;
             match level {
-                Level::Literal(s) if !crate::same(s.as_bytes(), part.as_bytes()) => return false,
-                Level::Capture(_) if part.is_empty() => return false,
-                Level::Capture(_) => out.push((end - part.len(), end)),
+                Level::Literal(s) if !crate::same(s.as_bytes(), &bytes[start..end]) => {
+                    return false
+                }
+                Level::Capture(_) if start == end => return false,
+                Level::Capture(_) => out.push((start, end)),
                 _ => {}
             }
         }
