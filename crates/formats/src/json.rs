@@ -970,6 +970,37 @@ mod tests {
     }
 
     #[test]
+    fn arrival_column_takes_the_clock_not_the_payload() {
+        let clock = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        let ts = |b: &RecordBatch, row| {
+            b.column(1)
+                .as_primitive::<TimestampMillisecondType>()
+                .value(row)
+        };
+        let mut d = decoder().with_arrival_column("ts");
+        let before = clock();
+        assert_eq!(d.decode("plant/s/p/telemetry", br#"{"ts": 5}"#).accepted, 1);
+        let after = clock();
+        assert_eq!(d.decode_at("plant/s/p/telemetry", b"{}", 1234).accepted, 1);
+        let b = d.flush().unwrap();
+        assert!((before..=after).contains(&ts(&b, 0)), "{}", ts(&b, 0));
+        assert_eq!(ts(&b, 1), 1234);
+        // Without it, the payload's field, and a reading without one is refused.
+        let mut d = decoder();
+        assert_eq!(d.decode("plant/s/p/telemetry", br#"{"ts": 5}"#).accepted, 1);
+        assert_eq!(
+            d.decode_at("plant/s/p/telemetry", b"{}", 1234).rejected[0].error,
+            DecodeError::Missing("ts".into())
+        );
+        assert_eq!(ts(&d.flush().unwrap(), 0), 5);
+    }
+
+    #[test]
     fn topic_overrides_payload_identity() {
         let mut d = decoder();
         d.decode("plant/s/real/telemetry", br#"{"device": "spoof", "ts": 1}"#);
