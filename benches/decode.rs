@@ -6,6 +6,11 @@
 //! the array case uses the same number of readings in messages of 10). One core, best of
 //! 10 interleaved rounds. Prints readings/s for each side and the ratio.
 //!
+//! `-- MESSAGES --only forewarn|serde [--per-message K]` runs one side once over the
+//! single-reading case (or K readings per message), for counting its instructions with
+//! callgrind: the decode loops are the functions `run_forewarn` and `run_serde`, so
+//! `--toggle-collect='*run_forewarn*'` counts exactly the loop (see docs/benchmarks.md).
+//!
 //! With the feature `sparkplug` (on by default), also the same readings as Sparkplug B
 //! DDATA messages (seven Double metrics by alias, each with its timestamp; births fed
 //! before the clock starts), through the source's session to Arrow (its readings handed
@@ -107,6 +112,16 @@ fn forewarn(c: &Case) -> f64 {
     let template = TopicTemplate::parse("plant/{site}/{line}/{device}/telemetry").unwrap();
     let mut d = JsonDecoder::new(schema(), Some(template), 256 * 1024).unwrap();
     let start = Instant::now();
+    let (accepted, rows) = run_forewarn(&mut d, c);
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!((accepted, rows), (c.readings, c.readings));
+    c.readings as f64 / secs
+}
+
+/// The timed loop of the Forewarn side: (readings accepted, rows flushed). Never
+/// inlined, so callgrind can count it alone.
+#[inline(never)]
+fn run_forewarn(d: &mut JsonDecoder, c: &Case) -> (usize, usize) {
     let mut accepted = 0;
     let mut rows = 0;
     for (topic, payload) in &c.messages {
@@ -116,14 +131,22 @@ fn forewarn(c: &Case) -> f64 {
         }
     }
     rows += d.flush().map_or(0, |b| b.num_rows());
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!((accepted, rows), (c.readings, c.readings));
-    c.readings as f64 / secs
+    (accepted, rows)
 }
 
 /// Readings/s of serde_json into structs over the same bytes.
 fn serde(c: &Case) -> f64 {
     let start = Instant::now();
+    let n = run_serde(c);
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(n, c.readings);
+    c.readings as f64 / secs
+}
+
+/// The timed loop of the serde_json side: readings parsed. Never inlined (see
+/// [`run_forewarn`]).
+#[inline(never)]
+fn run_serde(c: &Case) -> usize {
     let mut n = 0;
     for (_, payload) in &c.messages {
         if c.array {
@@ -136,9 +159,7 @@ fn serde(c: &Case) -> f64 {
             black_box(r);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(n, c.readings);
-    c.readings as f64 / secs
+    n
 }
 
 /// The Sparkplug B side: the readings of a case as DDATA messages of 12 edge nodes.
@@ -257,12 +278,47 @@ mod sparkplug {
     }
 }
 
+/// `--only SIDE [--per-message K]`: one pass of one side, for callgrind.
+fn only(n: usize, side: &str, per_message: usize) {
+    let c = case("one side", n, per_message);
+    let start = Instant::now();
+    match side {
+        "forewarn" => {
+            let template = TopicTemplate::parse("plant/{site}/{line}/{device}/telemetry").unwrap();
+            let mut d = JsonDecoder::new(schema(), Some(template), 256 * 1024).unwrap();
+            assert_eq!(run_forewarn(&mut d, &c), (n, n));
+        }
+        "serde" => assert_eq!(run_serde(&c), n),
+        other => panic!("--only takes forewarn or serde, not {other}"),
+    }
+    println!(
+        "{side}: {n} readings, {per_message} per message, {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The value following `--name`, if given.
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let n: usize = args
+        .iter()
+        .enumerate()
+        // Not a flag, nor a flag's value.
+        .find(|(i, a)| {
+            !a.starts_with('-')
+                && (*i == 0 || !matches!(args[i - 1].as_str(), "--only" | "--per-message"))
+        })
+        .and_then(|(_, a)| a.parse().ok())
         .unwrap_or(400_000);
+    if let Some(side) = flag("--only") {
+        let k = flag("--per-message").map_or(1, |k| k.parse().expect("--per-message K"));
+        return only(n, side, k);
+    }
     println!("decode: {n} readings per case, best of 10 interleaved rounds, one core");
     println!(
         "{:<28} {:>16} {:>16} {:>8}",

@@ -38,8 +38,9 @@ pub enum Scalar<'a> {
     Str(Cow<'a, str>),
     /// An object or array (`"an object"`, `"an array"`), which no column holds as is.
     Nested(&'static str),
-    /// A waveform column's value: its samples, or why they cannot be taken.
-    Wave(Result<Vec<f64>, DecodeError>),
+    /// A waveform column's value: its samples, or why they cannot be taken (boxed, so
+    /// that every value stays two words and a tag: the decoder moves several per field).
+    Wave(Result<Vec<f64>, Box<DecodeError>>),
 }
 
 impl Scalar<'_> {
@@ -120,7 +121,9 @@ struct Parsed<'de> {
 struct MessageSeed<'a, 'de> {
     columns: &'a [Column],
     builders: &'a [Builder],
-    captured: &'a [&'de str],
+    /// The message's topic and the byte range of each level its template captured.
+    topic: &'de str,
+    captured: &'a [(usize, usize)],
     now: i64,
     /// Samples a waveform value may hold (see [`JsonDecoder::with_max_samples`]).
     max_samples: usize,
@@ -146,19 +149,27 @@ impl<'de> MessageSeed<'_, 'de> {
     }
 
     fn convert_slots(&mut self) -> Result<(), DecodeError> {
-        for (ci, col) in self.columns.iter().enumerate() {
+        // An index loop: it runs for every column of every reading, and iterator
+        // adaptors cost a call per step unoptimised.
+        let mut ci = 0;
+        while ci < self.columns.len() {
+            let col = &self.columns[ci];
+            let captured = match col.topic_capture {
+                Some(k) if k < self.captured.len() => Some(self.captured[k]),
+                _ => None,
+            };
             let cell = if col.arrival {
                 Cell::Ts(self.now)
-            } else if let Some(v) = col.topic_capture.and_then(|k| self.captured.get(k)) {
+            } else if let Some((a, b)) = captured {
                 convert(
                     &self.builders[ci],
                     &col.name,
-                    &Scalar::Str(Cow::Borrowed(v)),
+                    &Scalar::Str(Cow::Borrowed(&self.topic[a..b])),
                 )?
             } else {
                 match self.slots[ci].take() {
                     // Moved, not copied: a waveform can be 65,536 samples.
-                    Some(Scalar::Wave(w)) => Cell::Wave(w?),
+                    Some(Scalar::Wave(w)) => Cell::Wave(w.map_err(|e| *e)?),
                     Some(v) => convert(&self.builders[ci], &col.name, &v)?,
                     None => Cell::Null,
                 }
@@ -167,6 +178,7 @@ impl<'de> MessageSeed<'_, 'de> {
                 return Err(DecodeError::Missing(col.name.clone()));
             }
             self.parsed.cells.push(cell);
+            ci += 1;
         }
         Ok(())
     }
@@ -375,11 +387,13 @@ struct Column {
     wave: bool,
 }
 
-/// A message's working buffers, empty between messages. Their elements borrow from the
-/// message (topic and payload), so they are kept at `'static` and re-typed per message.
+/// A message's working buffers, empty between messages. Slots and cells borrow from the
+/// message (topic and payload), so they are kept at `'static`: taken for a message as
+/// they are (a `'static` element type is a subtype of the message's, so no conversion
+/// runs), and re-typed through [`recycle`] on the way back.
 #[derive(Default)]
 struct Spare {
-    captured: Vec<&'static str>,
+    captured: Vec<(usize, usize)>,
     slots: Vec<Option<Scalar<'static>>>,
     cells: Vec<Cell<'static>>,
 }
@@ -390,6 +404,14 @@ struct Spare {
 fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
+/// Makes the (empty) `slots` one empty slot per column. A plain loop: this runs per
+/// message, and `resize_with`'s closure costs a call per slot unoptimised.
+fn fill_slots(slots: &mut Vec<Option<Scalar<'_>>>, n: usize) {
+    while slots.len() < n {
+        slots.push(None);
+    }
 }
 
 /// What happened to one message.
@@ -430,6 +452,8 @@ pub struct JsonDecoder {
     samples: usize,
     /// Column matched at each key position of the last reading (see `MessageSeed`).
     key_order: Vec<usize>,
+    /// Whether a column takes the arrival time (see [`Self::with_arrival_column`]).
+    arrival: bool,
     /// Arrival time of the message being decoded, ms.
     now: i64,
     /// Buffers kept from one message to the next.
@@ -500,6 +524,7 @@ impl JsonDecoder {
             rows: 0,
             samples: 0,
             key_order: Vec::new(),
+            arrival: false,
             now: 0,
             spare: Spare::default(),
             fast: true,
@@ -514,6 +539,7 @@ impl JsonDecoder {
         for c in &mut self.columns {
             c.arrival = c.name == name;
         }
+        self.arrival = self.columns.iter().any(|c| c.arrival);
         self
     }
 
@@ -572,7 +598,7 @@ impl JsonDecoder {
     /// The wall clock in epoch milliseconds when a column takes the arrival time (0
     /// otherwise: no clock read per message for nothing).
     fn arrival_now(&self) -> i64 {
-        if self.columns.iter().any(|c| c.arrival) {
+        if self.arrival {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
@@ -582,12 +608,12 @@ impl JsonDecoder {
         }
     }
 
-    /// The topic's levels captured by the template (none without one), or why the
-    /// topic does not fit it.
-    fn capture<'t>(&mut self, topic: &'t str) -> Result<Vec<&'t str>, Rejected> {
-        let mut captured: Vec<&str> = recycle(std::mem::take(&mut self.spare.captured));
+    /// The byte ranges of the topic's levels captured by the template (none without
+    /// one), or why the topic does not fit it.
+    fn capture(&mut self, topic: &str) -> Result<Vec<(usize, usize)>, Rejected> {
+        let mut captured = std::mem::take(&mut self.spare.captured);
         if let Some(t) = &self.template {
-            if !t.capture_values(topic, &mut captured) {
+            if !t.capture_spans(topic, &mut captured) {
                 return Err(Rejected {
                     index: None,
                     error: DecodeError::TopicMismatch {
@@ -600,22 +626,24 @@ impl JsonDecoder {
         Ok(captured)
     }
 
-    /// The parsing context of one message over `captured` levels, with `slots` as
-    /// the reading's raw values and the spare cell buffer.
+    /// The parsing context of one message on `topic` with its `captured` levels, with
+    /// `slots` as the reading's raw values and the spare cell buffer.
     fn seed<'a, 'de>(
         &'a mut self,
-        captured: &'a [&'de str],
+        topic: &'de str,
+        captured: &'a [(usize, usize)],
         slots: Vec<Option<Scalar<'de>>>,
     ) -> MessageSeed<'a, 'de> {
         MessageSeed {
             columns: &self.columns,
             builders: &self.builders,
+            topic,
             captured,
             now: self.now,
             max_samples: self.max_samples,
             slots,
             parsed: Parsed {
-                cells: recycle(std::mem::take(&mut self.spare.cells)),
+                cells: std::mem::take(&mut self.spare.cells),
                 accepted: 0,
                 rejected: Vec::new(),
             },
@@ -643,10 +671,10 @@ impl JsonDecoder {
             }
         };
         let n = self.columns.len();
-        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
-        slots.resize_with(n, || None);
+        let mut slots: Vec<Option<Scalar>> = std::mem::take(&mut self.spare.slots);
+        fill_slots(&mut slots, n);
         let try_fast = self.fast;
-        let mut seed = self.seed(&captured, slots);
+        let mut seed = self.seed(topic, &captured, slots);
         let fast = try_fast && flat::decode(payload, &mut seed).is_some();
         if !fast {
             seed.reset();
@@ -717,9 +745,9 @@ impl JsonDecoder {
                 return out;
             }
         };
-        let mut slots: Vec<Option<Scalar>> = recycle(std::mem::take(&mut self.spare.slots));
-        slots.resize_with(self.columns.len(), || None);
-        let mut seed = self.seed(&captured, slots);
+        let mut slots: Vec<Option<Scalar>> = std::mem::take(&mut self.spare.slots);
+        fill_slots(&mut slots, self.columns.len());
+        let mut seed = self.seed(topic, &captured, slots);
         for row in 0..rows.unwrap_or(1) {
             for (k, slot) in seed.slots.iter_mut().enumerate() {
                 *slot = value(row, k);
@@ -746,7 +774,7 @@ impl JsonDecoder {
         &mut self,
         parsed: Parsed<'de>,
         slots: Vec<Option<Scalar<'de>>>,
-        captured: Vec<&'de str>,
+        captured: Vec<(usize, usize)>,
         out: &mut DecodeOutcome,
     ) {
         let Parsed {
@@ -788,7 +816,7 @@ impl JsonDecoder {
             Vec::new()
         };
         self.spare = Spare {
-            captured: recycle(captured),
+            captured,
             slots: recycle(slots),
             cells,
         };
@@ -946,6 +974,37 @@ mod tests {
         );
         assert_eq!(b.column(2).as_primitive::<Float64Type>().value(1), 2.0);
         assert!(d.flush().is_none());
+    }
+
+    #[test]
+    fn arrival_column_takes_the_clock_not_the_payload() {
+        let clock = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        let ts = |b: &RecordBatch, row| {
+            b.column(1)
+                .as_primitive::<TimestampMillisecondType>()
+                .value(row)
+        };
+        let mut d = decoder().with_arrival_column("ts");
+        let before = clock();
+        assert_eq!(d.decode("plant/s/p/telemetry", br#"{"ts": 5}"#).accepted, 1);
+        let after = clock();
+        assert_eq!(d.decode_at("plant/s/p/telemetry", b"{}", 1234).accepted, 1);
+        let b = d.flush().unwrap();
+        assert!((before..=after).contains(&ts(&b, 0)), "{}", ts(&b, 0));
+        assert_eq!(ts(&b, 1), 1234);
+        // Without it, the payload's field, and a reading without one is refused.
+        let mut d = decoder();
+        assert_eq!(d.decode("plant/s/p/telemetry", br#"{"ts": 5}"#).accepted, 1);
+        assert_eq!(
+            d.decode_at("plant/s/p/telemetry", b"{}", 1234).rejected[0].error,
+            DecodeError::Missing("ts".into())
+        );
+        assert_eq!(ts(&d.flush().unwrap(), 0), 5);
     }
 
     #[test]

@@ -118,11 +118,31 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     if n != b.len() {
         return false;
     }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    // Byte by byte into the word: one load once optimised, and no slice-to-array
+    // conversion calls when not.
+    let word = |s: &[u8], at: usize| {
+        u64::from_le_bytes([
+            s[at],
+            s[at + 1],
+            s[at + 2],
+            s[at + 3],
+            s[at + 4],
+            s[at + 5],
+            s[at + 6],
+            s[at + 7],
+        ])
+    };
     match n {
         // Two overlapping words cover 8 to 16 bytes.
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        0..=7 => a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0,
+        0..=7 => {
+            let (mut i, mut d) = (0, 0u8);
+            while i < n {
+                d |= a[i] ^ b[i];
+                i += 1;
+            }
+            d == 0
+        }
         _ => a == b,
     }
 }

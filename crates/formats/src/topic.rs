@@ -192,15 +192,19 @@ impl TopicTemplate {
 
     /// Matches a concrete topic; returns the captured `(column, value)` pairs.
     pub fn captures_of<'t>(&self, topic: &'t str) -> Option<Vec<(&str, &'t str)>> {
-        let mut values = Vec::new();
-        self.capture_values(topic, &mut values)
-            .then(|| self.captures().zip(values).collect())
+        let mut spans = Vec::new();
+        self.capture_spans(topic, &mut spans).then(|| {
+            self.captures()
+                .zip(spans.into_iter().map(|(a, b)| &topic[a..b]))
+                .collect()
+        })
     }
 
-    /// Matches a concrete topic, leaving the captured values in `out` in the order of
-    /// [`captures`](Self::captures); `false` when the topic does not match. Reusing `out`
-    /// spares the decoder an allocation per message.
-    pub fn capture_values<'t>(&self, topic: &'t str, out: &mut Vec<&'t str>) -> bool {
+    /// Matches a concrete topic, leaving the byte range of each captured value in `out`
+    /// in the order of [`captures`](Self::captures); `false` when the topic does not
+    /// match. Ranges rather than slices: they borrow nothing, so the decoder keeps one
+    /// buffer for every message without re-typing it.
+    pub fn capture_spans(&self, topic: &str, out: &mut Vec<(usize, usize)>) -> bool {
         out.clear();
         // By hand rather than `split('/')`: this runs for every message.
         let bytes = topic.as_bytes();
@@ -212,16 +216,18 @@ impl TopicTemplate {
             if at > bytes.len() {
                 return false;
             }
-            let end = bytes[at..]
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(bytes.len(), |p| at + p);
-            let part = &topic[at..end];
+            let mut end = at;
+            while end < bytes.len() && bytes[end] != b'/' {
+                end += 1;
+            }
+            let start = at;
             at = end + 1;
             match level {
-                Level::Literal(s) if !crate::same(s.as_bytes(), part.as_bytes()) => return false,
-                Level::Capture(_) if part.is_empty() => return false,
-                Level::Capture(_) => out.push(part),
+                Level::Literal(s) if !crate::same(s.as_bytes(), &bytes[start..end]) => {
+                    return false
+                }
+                Level::Capture(_) if start == end => return false,
+                Level::Capture(_) => out.push((start, end)),
                 _ => {}
             }
         }

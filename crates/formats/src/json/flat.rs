@@ -31,28 +31,47 @@ struct Cursor<'de> {
 }
 
 impl<'de> Cursor<'de> {
-    /// The next byte that is not JSON whitespace, not consumed.
+    /// The next byte that is not JSON whitespace, not consumed. Loops here index the
+    /// payload rather than chain iterator adaptors: they run several times per field,
+    /// and an unoptimised build pays a call for each adaptor step.
     fn peek(&mut self) -> Option<u8> {
-        let skip = self.b[self.i..]
-            .iter()
-            .position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'))?;
-        self.i += skip;
-        Some(self.b[self.i])
+        while self.i < self.b.len() {
+            let c = self.b[self.i];
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                return Some(c);
+            }
+            self.i += 1;
+        }
+        None
+    }
+
+    /// The byte at `i`, or 0 past the end (no JSON token starts with 0).
+    fn at(&self, i: usize) -> u8 {
+        if i < self.b.len() {
+            self.b[i]
+        } else {
+            0
+        }
     }
 
     fn eat(&mut self, c: u8) -> Option<()> {
-        (self.peek()? == c).then(|| self.i += 1)
+        if self.peek()? == c {
+            self.i += 1;
+            Some(())
+        } else {
+            None
+        }
     }
 
     /// A string's bytes after its opening quote, without escapes or control characters
     /// (not yet checked to be UTF-8).
     fn raw_string(&mut self) -> Option<&'de [u8]> {
         let start = self.i;
-        let end = start
-            + self.b[start..]
-                .iter()
-                .position(|&c| STOPS_STRING[usize::from(c)])?;
-        if self.b[end] != b'"' {
+        let mut end = start;
+        while end < self.b.len() && !STOPS_STRING[self.b[end] as usize] {
+            end += 1;
+        }
+        if self.at(end) != b'"' {
             return None;
         }
         self.i = end + 1;
@@ -62,17 +81,16 @@ impl<'de> Cursor<'de> {
     /// Skips ASCII digits, accumulating them into `m` (wrapping: the caller counts
     /// digits to know whether `m` is exact); returns how many there were.
     fn digits(&mut self, m: &mut u64) -> usize {
-        let mut n = 0;
-        for &c in &self.b[self.i..] {
-            let d = c.wrapping_sub(b'0');
+        let start = self.i;
+        while self.i < self.b.len() {
+            let d = self.b[self.i].wrapping_sub(b'0');
             if d > 9 {
                 break;
             }
-            *m = m.wrapping_mul(10).wrapping_add(u64::from(d));
-            n += 1;
+            *m = m.wrapping_mul(10).wrapping_add(d as u64);
+            self.i += 1;
         }
-        self.i += n;
-        n
+        self.i - start
     }
 
     /// A JSON number: an `Int` when it has no fraction or exponent and fits i64.
@@ -91,7 +109,7 @@ impl<'de> Cursor<'de> {
         }
         let (mut float, mut exp10) = (false, 0i64);
         let mut count = int_len;
-        if self.b.get(self.i) == Some(&b'.') {
+        if self.at(self.i) == b'.' {
             self.i += 1;
             let n = self.digits(&mut m);
             if n == 0 {
@@ -103,10 +121,10 @@ impl<'de> Cursor<'de> {
         }
         // Up to 19 digits always fit a u64.
         let mut exact = count <= 19;
-        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
+        if matches!(self.at(self.i), b'e' | b'E') {
             self.i += 1;
-            let eneg = self.b.get(self.i) == Some(&b'-');
-            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
+            let eneg = self.at(self.i) == b'-';
+            if matches!(self.at(self.i), b'+' | b'-') {
                 self.i += 1;
             }
             let mut e = 0u64;
@@ -209,15 +227,15 @@ impl<'de> Cursor<'de> {
             }
         }
         Some(Scalar::Wave(if count > max_samples {
-            Err(DecodeError::TooManySamples {
+            Err(Box::new(DecodeError::TooManySamples {
                 field: field.to_string(),
                 limit: max_samples,
-            })
+            }))
         } else if count == 0 {
-            Err(DecodeError::BadWaveform {
+            Err(Box::new(DecodeError::BadWaveform {
                 field: field.to_string(),
                 why: "no samples".into(),
-            })
+            }))
         } else {
             Ok(samples)
         }))

@@ -125,11 +125,14 @@ impl<'de> Visitor<'de> for WaveSeed<'_> {
             }
             i += 1;
         }
-        Ok(Scalar::Wave(match problem {
-            Some(e) => Err(e),
-            None if samples.is_empty() => Err(self.bad("no samples")),
-            None => Ok(samples),
-        }))
+        Ok(Scalar::Wave(
+            match problem {
+                Some(e) => Err(e),
+                None if samples.is_empty() => Err(self.bad("no samples")),
+                None => Ok(samples),
+            }
+            .map_err(Box::new),
+        ))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let (mut encoding, mut scale, mut data) = (None, None, None);
@@ -165,10 +168,13 @@ impl<'de> Visitor<'de> for WaveSeed<'_> {
                 }
             }
         }
-        Ok(Scalar::Wave(match problem {
-            Some(e) => Err(e),
-            None => self.decode_encoded(encoding, scale, data),
-        }))
+        Ok(Scalar::Wave(
+            match problem {
+                Some(e) => Err(e),
+                None => self.decode_encoded(encoding, scale, data),
+            }
+            .map_err(Box::new),
+        ))
     }
     // Scalars are what they are: the column's conversion refuses them as `wrong_type`,
     // exactly as when the fast path reads them.
