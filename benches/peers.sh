@@ -59,6 +59,10 @@ timed() {
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0;
         for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$out/time.txt")
     rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$out/time.txt")
+    # Flink's JVM is not a child /usr/bin/time sees (flink_windows.py): add its peak.
+    local jvm
+    jvm=$(awk '/^jvm_peak_rss_kib/ { print $2 }' "$log")
+    [[ -n $jvm ]] && rss=$((rss + jvm))
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$engine" "$input" "$n" "$run" "$wall" "$rss" "$status" >>"$results"
     echo "  $engine $input $n run $run: ${wall} s, ${rss} KiB, $status" >&2
 }

@@ -6,8 +6,13 @@
 #
 # Flink's csv format has no header option, so INPUT is the readings CSV without its
 # header line (benches/peers.sh makes one beside the file).
+#
+# The job runs in a JVM this process starts and does not wait for, so /usr/bin/time's
+# peak RSS misses it: the JVM's own peak (VmHWM) is printed last, as
+# `jvm_peak_rss_kib N`, for benches/peers.sh to add.
 import sys
 
+from pyflink.java_gateway import get_gateway
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
 inp, out = sys.argv[1], sys.argv[2]
@@ -38,3 +43,8 @@ SELECT device, CAST(window_start AS STRING), count(*), avg(vibration), max(tempe
 FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '10' SECOND))
 GROUP BY window_start, window_end, device
 """).wait()
+
+pid = get_gateway().jvm.java.lang.ProcessHandle.current().pid()
+with open(f"/proc/{pid}/status") as f:
+    hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+print(f"jvm_peak_rss_kib {hwm}")
