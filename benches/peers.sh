@@ -40,11 +40,12 @@ devices=${DEVICES:-10000}
 sizes=("$rows" $((2 * rows)))
 for n in "${sizes[@]}"; do
     d=$data/$devices-$n
-    if [[ ! -f $d/readings.parquet || ! -f $d/readings.csv ]]; then
+    if [[ ! -f $d/complete ]]; then
         "$py" benches/peers/gen.py "$n" "$devices" "$d" >&2
+        # Flink's csv format cannot skip a header line.
+        tail -n +2 "$d/readings.csv" >"$d/readings-noheader.csv"
+        touch "$d/complete"
     fi
-    # Flink's csv format cannot skip a header line.
-    [[ -f $d/readings-noheader.csv ]] || tail -n +2 "$d/readings.csv" >"$d/readings-noheader.csv"
 done
 
 results=$out/results.tsv
