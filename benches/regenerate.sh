@@ -5,9 +5,10 @@
 #
 #   benches/regenerate.sh            # all of them (44 min here; the library-only gateway
 #                                    # build compiles DataFusion a second time)
-#   benches/regenerate.sh decode     # just one: decode waveform dsp scoring online windowed memory e2e scale_out footprint
+#   benches/regenerate.sh decode     # just one: decode waveform dsp scoring online windowed memory e2e scale_out footprint peers
 #
-# Needs mosquitto for e2e and nats-server for scale_out (apt-get install mosquitto nats-server).
+# Needs mosquitto for e2e and nats-server for scale_out (apt-get install mosquitto nats-server);
+# peers pip-installs DuckDB into target/peers-venv and runs Flink only when PyFlink is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 doc=docs/benchmarks.md
@@ -58,3 +59,4 @@ run memory cargo bench -q --bench memory
 run e2e cargo bench -q --bench e2e
 run scale_out cargo bench -q --bench scale_out
 run footprint footprint
+run peers benches/peers.sh
