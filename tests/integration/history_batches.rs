@@ -203,6 +203,10 @@ async fn rows_as_batches_give_the_outputs_of_their_messages_byte_for_byte() {
         assert_eq!(m_stats.readings_in, b_stats.readings_in);
         assert_eq!(m_stats.rejected, b_stats.rejected);
         assert_eq!(b_stats.messages_in, 21);
+        // Rows 1, 2, 4, 14, 17 to 21 decode cleanly and are taken from the columns;
+        // the others (refused, a repeat, a device over the limit) as their messages.
+        assert_eq!(b_stats.readings_from_columns, 9, "{order:?}");
+        assert_eq!(m_stats.readings_from_columns, 0);
         // Windows closed: d1 [06:00:00, 06:00:10) has two readings (1.5 and the row
         // differing in `extra`) and 1e3.
         let d1 = batches

@@ -11,6 +11,10 @@ pub struct EngineStats {
     pub messages_in: u64,
     /// Readings decoded and accepted.
     pub readings_in: u64,
+    /// Of `readings_in`, the history rows taken straight from their file's columns
+    /// (replayed CSV and Parquet rows that need no per-row decoding; see
+    /// `forewarn_formats::Table`).
+    pub readings_from_columns: u64,
     /// Rejections by reason code (decode errors, late rows, unknown topics, ...).
     pub rejected: BTreeMap<String, u64>,
     /// Micro-batches processed.

@@ -433,6 +433,37 @@ mod tests {
     }
 
     #[test]
+    fn a_rows_payload_bound_is_never_below_its_payload() {
+        use forewarn_formats::Readings;
+        let text = "device,ts,v,note\n\
+            d1,1000,0.12345678901234567890123,\"a \"\"quoted\"\" \\ back\"\n\
+            d2,-5,-1e-300,\"line\nbreak\ttab\u{1}\"\n\
+            d3,2026-11-21T10:00:00Z,1e300,\u{e9}t\u{e9}\n\
+            d4,x,NaN,-0.0\n\
+            ,,,\n";
+        let dir = std::env::temp_dir().join(format!("fw-history-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("b.csv");
+        std::fs::write(&p, text).unwrap();
+        let mut n = 0;
+        for c in chunks(&p, &shape()).unwrap() {
+            let Chunk::Rows(r) = c.unwrap() else {
+                panic!("CSV gives rows")
+            };
+            for row in 0..r.len() {
+                let payload = Readings::payload(&r, row);
+                assert!(
+                    Readings::payload_bound(&r, row) >= payload.len(),
+                    "{}",
+                    String::from_utf8_lossy(&payload)
+                );
+                n += 1;
+            }
+        }
+        assert_eq!(n, 5);
+    }
+
+    #[test]
     fn json_lines_take_readings_and_recorded_messages() {
         let m = read(
             "h.jsonl",

@@ -132,6 +132,19 @@ fn json(v: &Scalar<'_>) -> Value {
     }
 }
 
+/// An upper bound of the length of `s` as a JSON string: quotes, and each byte that
+/// must be escaped as `\u00XX` at worst.
+fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f | 0x7f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// `v` as a topic level, written as the payload writes it.
 fn level(v: &Scalar<'_>) -> Option<String> {
     match v {
@@ -354,11 +367,14 @@ impl Readings for Rows {
     }
 
     fn payload_bound(&self, row: usize) -> usize {
-        // Every byte escaped as \u00XX at worst, a number written in at most 32 bytes.
+        // `{`, `}`, and per field its quoted name, `:`, the value and a `,`: a value
+        // written as a number takes at most 24 bytes, as a string its escaped text.
         2 + (0..self.names.len())
             .map(|c| match &self.columns[c] {
-                Col::Text(a) if a.is_valid(row) => 6 * (self.names[c].len() + a.value(row).len()) + 40,
-                Col::Typed(a) if a.is_valid(row) => 6 * self.names[c].len() + 40,
+                Col::Text(a) if a.is_valid(row) && !a.value(row).is_empty() => {
+                    json_len(&self.names[c]) + 2 + json_len(a.value(row)).max(24)
+                }
+                Col::Typed(a) if a.is_valid(row) => json_len(&self.names[c]) + 2 + 24,
                 _ => 0,
             })
             .sum::<usize>()

@@ -141,6 +141,7 @@ impl Runtime {
                 self.count(|st| {
                     st.messages_in += messages;
                     st.readings_in += readings;
+                    st.readings_from_columns += readings;
                 });
                 (messages, readings) = (0, 0);
                 self.stage(s, table, &mut seg);
@@ -150,6 +151,7 @@ impl Runtime {
         self.count(|st| {
             st.messages_in += messages;
             st.readings_in += readings;
+            st.readings_from_columns += readings;
         });
         self.stage(s, table, &mut seg);
         self.last_input = Instant::now();
