@@ -337,10 +337,27 @@ mod tests {
 
     #[test]
     fn routes_to_agrees_with_matching_every_rendered_topic() {
-        let templates = ["plant/{device}/data", "{site}/{device}", "a/b", "a/{x}/b/{y}"];
+        let templates = [
+            "plant/{device}/data",
+            "{site}/{device}",
+            "a/b",
+            "a/{x}/b/{y}",
+        ];
         let filters = [
-            "plant/+/data", "plant/#", "#", "plant/p1/data", "plant/+", "+/+", "a/b/#",
-            "a/+/b/+", "a/b", "x/#", "$share/g/plant/+/data", "+/p1", "a/b/c", "plant/+/data/#",
+            "plant/+/data",
+            "plant/#",
+            "#",
+            "plant/p1/data",
+            "plant/+",
+            "+/+",
+            "a/b/#",
+            "a/+/b/+",
+            "a/b",
+            "x/#",
+            "$share/g/plant/+/data",
+            "+/p1",
+            "a/b/c",
+            "plant/+/data/#",
         ];
         // Values, including ones equal to the filters' literal levels.
         let values = ["p1", "data", "a", "b", "plant", "zz"];
@@ -371,7 +388,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(TopicTemplate::parse("a/+/{x}").unwrap().routes_to("#"), None);
+        assert_eq!(
+            TopicTemplate::parse("a/+/{x}").unwrap().routes_to("#"),
+            None
+        );
     }
 
     #[test]

@@ -317,7 +317,8 @@ fn csv_batches(
             .map(|h| Field::new(h, DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ));
-    let mut records = reader.into_records();
+    // One record, reused: no allocation per row.
+    let mut record = csv::StringRecord::new();
     let mut failed: Option<String> = None;
     let mut done = false;
     Ok(std::iter::from_fn(move || {
@@ -330,22 +331,25 @@ fn csv_batches(
         let mut cols: Vec<StringBuilder> = schema
             .fields()
             .iter()
-            .map(|_| StringBuilder::new())
+            .map(|_| StringBuilder::with_capacity(8192, 8192 * 16))
             .collect();
         let mut n = 0;
         while n < 8192 {
-            match records.next() {
-                None => break,
-                Some(Err(e)) => {
+            match reader.read_record(&mut record) {
+                Ok(false) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => {
                     // Rows read so far go first; the error follows, and ends the file.
                     failed = Some(e.to_string());
                     done = true;
                     break;
                 }
-                Some(Ok(r)) => {
+                Ok(true) => {
                     for (i, b) in cols.iter_mut().enumerate() {
                         // An empty cell is a missing value, as in a JSON payload.
-                        b.append_option(r.get(i).filter(|c| !c.is_empty()));
+                        b.append_option(record.get(i).filter(|c| !c.is_empty()));
                     }
                     n += 1;
                 }

@@ -73,18 +73,31 @@ impl JsonDecoder {
         if !unique || self.columns.iter().any(|c| c.arrival || c.wave) {
             return None;
         }
+        // The duplicate check compares whole payloads: every field counts, read or not.
+        let state = foldhash::fast::FixedState::with_seed(SEED);
+        let mix = |key: &mut u64, v: Option<&Scalar<'_>>| {
+            *key =
+                (key.rotate_left(23) ^ value_hash(&state, v)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        };
+        let mut keys = vec![SEED; rows];
+        let mut hashed = vec![false; names.len()];
         let mut clean = vec![true; rows];
         let mut columns = Vec::with_capacity(self.columns.len());
         for (k, col) in self.columns.iter().enumerate() {
             let field = names.iter().position(|n| *n == col.name);
+            if let Some(f) = field {
+                hashed[f] = true;
+            }
             let mut b = Self::builder_for(self.schema.field(k).data_type())
                 .expect("the decoder's schema has builders");
             for (row, ok) in clean.iter_mut().enumerate() {
                 let v = field.and_then(|f| value(row, f));
+                if field.is_some() {
+                    mix(&mut keys[row], v.as_ref());
+                }
                 // A captured level is the field's value written into the topic: it must
                 // be one level that the template reads back as the same text.
-                if col.topic_capture.is_some()
-                    && !matches!(&v, Some(Scalar::Str(s)) if is_level(s))
+                if col.topic_capture.is_some() && !matches!(&v, Some(Scalar::Str(s)) if is_level(s))
                 {
                     *ok = false;
                 }
@@ -104,13 +117,9 @@ impl JsonDecoder {
             }
             columns.push(finish(b));
         }
-        // The duplicate check compares whole payloads: every field counts, read or not.
-        let state = foldhash::fast::FixedState::with_seed(SEED);
-        let mut keys = vec![SEED; rows];
-        for f in 0..names.len() {
+        for f in (0..names.len()).filter(|&f| !hashed[f]) {
             for (row, key) in keys.iter_mut().enumerate() {
-                let h = value_hash(&state, value(row, f).as_ref());
-                *key = (key.rotate_left(23) ^ h).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                mix(key, value(row, f).as_ref());
             }
         }
         let captured = self
@@ -246,7 +255,11 @@ mod tests {
     fn decoder() -> JsonDecoder {
         let schema = Arc::new(Schema::new(vec![
             Field::new("device", DataType::Utf8, false),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
             Field::new("v", DataType::Float64, true),
             Field::new("n", DataType::Int64, false),
             Field::new("ok", DataType::Boolean, true),
@@ -330,7 +343,10 @@ mod tests {
                 refused += 1;
             }
         }
-        assert!(clean >= 1000 && refused > 1000, "{clean} clean, {refused} refused");
+        assert!(
+            clean >= 1000 && refused > 1000,
+            "{clean} clean, {refused} refused"
+        );
     }
 
     /// The decoder's column names, in schema order.
@@ -342,11 +358,36 @@ mod tests {
     fn equal_rows_have_equal_keys_and_any_field_tells_rows_apart() {
         let names: Vec<String> = ["device", "ts", "n", "extra"].map(String::from).to_vec();
         let rows: Vec<[Option<Scalar<'static>>; 4]> = vec![
-            [Some(Scalar::Str("d1".into())), Some(Scalar::Int(1)), Some(Scalar::Int(2)), None],
-            [Some(Scalar::Str("d1".into())), Some(Scalar::Int(1)), Some(Scalar::Int(2)), None],
-            [Some(Scalar::Str("d1".into())), Some(Scalar::Int(1)), Some(Scalar::Int(2)), Some(Scalar::Str("x".into()))],
-            [Some(Scalar::Str("d1".into())), Some(Scalar::Int(1)), Some(Scalar::Float(2.0)), None],
-            [Some(Scalar::Str("d2".into())), Some(Scalar::Int(1)), Some(Scalar::Int(2)), None],
+            [
+                Some(Scalar::Str("d1".into())),
+                Some(Scalar::Int(1)),
+                Some(Scalar::Int(2)),
+                None,
+            ],
+            [
+                Some(Scalar::Str("d1".into())),
+                Some(Scalar::Int(1)),
+                Some(Scalar::Int(2)),
+                None,
+            ],
+            [
+                Some(Scalar::Str("d1".into())),
+                Some(Scalar::Int(1)),
+                Some(Scalar::Int(2)),
+                Some(Scalar::Str("x".into())),
+            ],
+            [
+                Some(Scalar::Str("d1".into())),
+                Some(Scalar::Int(1)),
+                Some(Scalar::Float(2.0)),
+                None,
+            ],
+            [
+                Some(Scalar::Str("d2".into())),
+                Some(Scalar::Int(1)),
+                Some(Scalar::Int(2)),
+                None,
+            ],
         ];
         let t = decoder()
             .read_table(&names, rows.len(), |r, f| rows[r][f].clone())
