@@ -3,8 +3,9 @@
 # release profile and replaces the text between its <!-- BEGIN name --> and
 # <!-- END name --> markers with the output of this run, stamped with the machine.
 #
-#   benches/regenerate.sh            # all of them (44 min here; the library-only gateway
-#                                    # build compiles DataFusion a second time)
+#   benches/regenerate.sh            # all of them (44 min here before footprint compiled
+#                                    # DataFusion cold in both release and the fat-LTO
+#                                    # gateway profile: far longer now)
 #   benches/regenerate.sh decode     # just one: decode waveform dsp scoring online windowed memory e2e scale_out footprint
 #
 # Needs mosquitto for e2e and nats-server for scale_out (apt-get install mosquitto nats-server).
