@@ -3,8 +3,9 @@
 # release profile and replaces the text between its <!-- BEGIN name --> and
 # <!-- END name --> markers with the output of this run, stamped with the machine.
 #
-#   benches/regenerate.sh            # all of them (44 min here; the library-only gateway
-#                                    # build compiles DataFusion a second time)
+#   benches/regenerate.sh            # all of them (44 min here before footprint compiled
+#                                    # DataFusion cold in both release and the fat-LTO
+#                                    # gateway profile, and before peers: far longer now)
 #   benches/regenerate.sh decode     # just one: decode waveform dsp scoring online windowed memory e2e scale_out footprint peers
 #
 # Needs mosquitto for e2e and nats-server for scale_out (apt-get install mosquitto nats-server);
@@ -30,21 +31,31 @@ run() { # name command...
 }
 
 footprint() {
-    cargo build --release --bin forewarn -q
-    # Built alone, so forewarn has only the features the example asks for (none).
-    cargo build --release -p pump-gateway -q
-    local full gw
-    full=$(stat -c %s target/release/forewarn)
-    gw=$(stat -c %s target/release/pump-gateway)
-    strip -o /tmp/fw-stripped target/release/forewarn
-    strip -o /tmp/gw-stripped target/release/pump-gateway
+    # Cold builds in a target directory of their own (removed afterwards), so the build
+    # times are comparable: per profile, the first binary compiles the dependencies and
+    # the second reuses them (its time is mostly its own link, with LTO the whole
+    # program's optimisation). The gateway profile strips; release is stripped after.
+    local dir=target/footprint
+    rm -rf "$dir"
     mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
-    printf '%-56s %8s %10s\n' "binary" "MiB" "stripped"
-    printf '%-56s %8s %10s\n' "forewarn (CLI, embedded broker, MQTT, history, plots)" \
-        "$(mib "$full")" "$(mib "$(stat -c %s /tmp/fw-stripped)")"
-    printf '%-56s %8s %10s\n' "pump-gateway example (library only, default features off)" \
-        "$(mib "$gw")" "$(mib "$(stat -c %s /tmp/gw-stripped)")"
-    rm -f /tmp/fw-stripped /tmp/gw-stripped
+    printf '%-44s %-8s %9s %8s\n' "binary" "profile" "stripped" "build"
+    local profile what args bin out secs
+    for profile in release gateway; do
+        # pump-gateway built alone, so forewarn has only the features it asks for (none).
+        for what in "pump-gateway example (library only)|-p pump-gateway|pump-gateway" \
+            "forewarn CLI (default features)|--bin forewarn|forewarn"; do
+            IFS='|' read -r label args bin <<<"$what"
+            /usr/bin/time -f %e -o /tmp/footprint-secs env CARGO_TARGET_DIR="$dir" \
+                cargo build -q --profile "$profile" $args >/dev/null 2>&1
+            secs=$(cat /tmp/footprint-secs)
+            out=$dir/$profile/$bin
+            strip -o /tmp/footprint-stripped "$out"
+            printf '%-44s %-8s %8s M %6.0f s\n' "$label" "$profile" \
+                "$(mib "$(stat -c %s /tmp/footprint-stripped)")" "$secs"
+        done
+    done
+    rm -f /tmp/footprint-stripped /tmp/footprint-secs
+    rm -rf "$dir"
 }
 
 cargo bench --no-run -q 2>/dev/null
