@@ -55,7 +55,7 @@ impl std::fmt::Display for OriginTopic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OriginTopic::Text(t) => f.write_str(t),
-            OriginTopic::Row(rows, row) => f.write_str(&rows.topic(*row)),
+            OriginTopic::Row(rows, row) => f.write_str(rows.topic(*row)),
         }
     }
 }

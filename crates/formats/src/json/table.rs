@@ -311,7 +311,7 @@ mod tests {
                 (0, "ts") => Some(Scalar::Int(row as i64)),
                 (0, "n") => Some(Scalar::Int(2)),
                 (0, "v") => Some(Scalar::Float(row as f64 * 0.5)),
-                (0, "ok") => (row % 8 == 0).then_some(Scalar::Bool(false)),
+                (0, "ok") => row.is_multiple_of(8).then_some(Scalar::Bool(false)),
                 (0, "note") => Some(Scalar::Str(Cow::Borrowed("x"))),
                 _ => vals[k].clone(),
             }
