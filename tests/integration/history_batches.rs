@@ -262,3 +262,97 @@ GROUP BY tumble(interval '10 seconds'), device;
     assert_eq!(letter["source_topic"].as_str().unwrap_or(""), "");
     assert_eq!(letter["source"], "r");
 }
+
+/// A Parquet file whose columns keep their types (microsecond timestamps, doubles, integers,
+/// booleans) gives what its rows' messages give, byte for byte: timestamps at and around
+/// the millisecond, non-finite doubles, nulls and a repeated row.
+#[tokio::test]
+async fn typed_parquet_columns_give_the_outputs_of_their_messages() {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    let sql = "
+CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, n BIGINT NOT NULL, ok BOOLEAN,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+  WITH (connector = 'mqtt', topic = 'plant/+/telemetry',
+        topic_template = 'plant/{device}/telemetry', max_future = '1 hour');
+CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+INSERT INTO out SELECT device, window_start, count(*) AS c, sum(v) AS s, max(n) AS m,
+  bool_or(ok) AS any_ok
+FROM r GROUP BY tumble(interval '10 seconds'), device;
+";
+    let base = 1_767_592_800_000_000i64; // 2026-01-05T06:00:00Z in microseconds
+    let us = |s: f64| base + (s * 1e6) as i64;
+    let rows: Vec<(Option<&str>, Option<i64>, Option<f64>, Option<i64>, Option<bool>)> = vec![
+        (Some("d1"), Some(us(0.0)), Some(1.5), Some(1), Some(true)),
+        (Some("d2"), Some(us(0.0004)), Some(2.0), Some(2), None),
+        // The same row again: a resent message.
+        (Some("d1"), Some(us(0.0)), Some(1.5), Some(1), Some(true)),
+        (Some("d1"), Some(us(1.0009)), Some(f64::NAN), Some(3), Some(false)),
+        (Some("d2"), Some(us(2.0)), Some(f64::INFINITY), Some(3), Some(false)),
+        (Some("d2"), Some(us(2.5)), None, None, Some(false)),
+        (None, Some(us(3.0)), Some(3.0), Some(3), Some(true)),
+        (Some("d3"), None, Some(3.0), Some(3), Some(true)),
+        (Some("d3"), Some(us(4.999_999)), Some(-0.0), Some(i64::MAX), None),
+        (Some("a/b"), Some(us(5.0)), Some(5.0), Some(5), Some(true)),
+        (Some("d1"), Some(us(25.0)), Some(7.0), Some(7), Some(true)),
+    ];
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "device",
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef,
+        ),
+        (
+            "ts",
+            Arc::new(TimestampMicrosecondArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        ),
+        ("v", Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()))),
+        ("n", Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>()))),
+        ("ok", Arc::new(BooleanArray::from(rows.iter().map(|r| r.4).collect::<Vec<_>>()))),
+    ])
+    .unwrap();
+    let data = file("typed.parquet", "");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&data).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let (messages, m_stats) = as_messages_of(sql, &data, Order::Sort, None).await;
+    let (batches, b_stats) = as_batches_of(sql, &data, Order::Sort).await;
+    let mut got = reasons(&batches);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "duplicate",
+            "missing_field",
+            "missing_field",
+            "non_finite",
+            "non_finite",
+            // A null device leaves an empty topic level.
+            "topic_mismatch",
+            "unknown_topic",
+        ],
+        "{batches:#?}"
+    );
+    assert_eq!(messages.len(), batches.len(), "{messages:#?}\n{batches:#?}");
+    for (a, b) in messages.iter().zip(&batches) {
+        assert_eq!(
+            (a.0.as_str(), String::from_utf8_lossy(&a.1)),
+            (b.0.as_str(), String::from_utf8_lossy(&b.1))
+        );
+    }
+    assert_eq!(m_stats.readings_in, b_stats.readings_in);
+    assert_eq!(m_stats.rejected, b_stats.rejected);
+    // d1 at 0 s, d2 at 0.0004 s, d3 at 4.999999 s and d1 at 25 s come from the columns.
+    assert_eq!(b_stats.readings_from_columns, 4);
+}

@@ -8,7 +8,10 @@ use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use datafusion::arrow::compute::{cast, interleave};
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_formats::{JsonDecoder, Readings, Scalar, Table};
 use serde_json::{Map, Value};
@@ -40,7 +43,14 @@ enum Col {
     /// Values of a type that reads as its own text would: `Float64` for a `DOUBLE`,
     /// `Int64` for a `BIGINT` or `DOUBLE`, `Boolean` for a `BOOLEAN` column.
     Typed(ArrayRef),
+    /// A timestamp column (any unit, no zone or UTC) for a `TIMESTAMP` column: its
+    /// fields are its text, as before, but the table reads each value's instant, which
+    /// is what that text parses to (years 1000 to 9999, where the text is plain).
+    Time(ArrayRef),
 }
+
+/// The instants (epoch ms) whose text is a plain four-digit-year timestamp.
+const PLAIN_YEARS: std::ops::RangeInclusive<i64> = -30_610_224_000_000..=253_402_300_799_999;
 
 impl Col {
     /// `column` for a source column of type `t` (`Utf8` when the source has none).
@@ -54,6 +64,11 @@ impl Col {
         if keep {
             return Ok(Col::Typed(column.clone()));
         }
+        if let (DataType::Timestamp(_, tz), DataType::Timestamp(..)) = (column.data_type(), t) {
+            if tz.as_deref().is_none_or(|z| matches!(z, "UTC" | "+00:00" | "Z")) {
+                return Ok(Col::Time(column.clone()));
+            }
+        }
         let text = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
         Ok(Col::Text(text.as_string::<i32>().clone()))
     }
@@ -61,8 +76,36 @@ impl Col {
     fn array(&self) -> &dyn Array {
         match self {
             Col::Text(a) => a,
-            Col::Typed(a) => a.as_ref(),
+            Col::Typed(a) | Col::Time(a) => a.as_ref(),
         }
+    }
+
+    /// Value `row` as an instant in epoch ms, for a [`Col::Time`] column whose text
+    /// is plain (see [`PLAIN_YEARS`]).
+    fn instant(&self, row: usize) -> Option<i64> {
+        let Col::Time(a) = self else { return None };
+        if a.is_null(row) {
+            return None;
+        }
+        // The text's fraction is cut, not rounded, to milliseconds: a floor.
+        let ms = match a.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => {
+                a.as_primitive::<TimestampSecondType>().value(row).checked_mul(1000)?
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                a.as_primitive::<TimestampMillisecondType>().value(row)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => a
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(row)
+                .div_euclid(1000),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => a
+                .as_primitive::<TimestampNanosecondType>()
+                .value(row)
+                .div_euclid(1_000_000),
+            _ => return None,
+        };
+        PLAIN_YEARS.contains(&ms).then_some(ms)
     }
 }
 
@@ -205,7 +248,12 @@ impl Rows {
             usize::MAX,
         )
         .ok()?;
-        decoder.read_table(&self.names, self.len(), |row, c| self.value_at(row, c))
+        decoder.read_table(&self.names, self.len(), |row, c| {
+            match self.columns[c].instant(row) {
+                Some(ms) => Some(Scalar::Int(ms)),
+                None => self.value_at(row, c),
+            }
+        })
     }
 
     /// Each row's event time: the table's, for a clean row, else read from its field.
@@ -267,8 +315,9 @@ impl Rows {
             // An empty cell is a missing value, as in a JSON payload.
             Col::Text(col) if col.is_null(row) || col.value(row).is_empty() => None,
             Col::Text(col) => Some(cell(col.value(row), &self.types[c])),
-            Col::Typed(col) if col.is_null(row) => None,
+            Col::Typed(col) | Col::Time(col) if col.is_null(row) => None,
             Col::Typed(col) => Some(typed_cell(col, row, &self.types[c])),
+            Col::Time(col) => Some(Scalar::Str(Cow::Owned(text_of(col, row)))),
         }
     }
 
@@ -300,6 +349,7 @@ impl Rows {
             .map(|c| match c {
                 Col::Text(a) => Col::Text(a.slice(start, end - start)),
                 Col::Typed(a) => Col::Typed(a.slice(start, end - start)),
+                Col::Time(a) => Col::Time(a.slice(start, end - start)),
             })
             .collect();
         Rows {
@@ -323,6 +373,7 @@ impl Rows {
             columns.push(match &first.columns[c] {
                 Col::Text(_) => Col::Text(a.as_string::<i32>().clone()),
                 Col::Typed(_) => Col::Typed(a),
+                Col::Time(_) => Col::Time(a),
             });
         }
         Ok(Rows::of(
@@ -375,6 +426,8 @@ impl Readings for Rows {
                     json_len(&self.names[c]) + 2 + json_len(a.value(row)).max(24)
                 }
                 Col::Typed(a) if a.is_valid(row) => json_len(&self.names[c]) + 2 + 24,
+                // Text such as `2026-01-05T06:00:00.123456789+00:00`, quoted.
+                Col::Time(a) if a.is_valid(row) => json_len(&self.names[c]) + 2 + 48,
                 _ => 0,
             })
             .sum::<usize>()
@@ -382,5 +435,69 @@ impl Readings for Rows {
 
     fn table(&self) -> Option<&Table> {
         self.table.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{
+        TimestampMicrosecondArray, TimestampNanosecondArray, TimestampSecondArray,
+    };
+
+    /// The instant read from a timestamp column is the one its text parses to.
+    #[test]
+    fn a_timestamps_instant_is_what_its_text_parses_to() {
+        let us: Vec<i64> = vec![
+            0,
+            1,
+            999,
+            1_000,
+            -1,
+            -500,
+            -1_000,
+            -1_001,
+            1_764_547_200_012_345,
+            -30_610_224_000_000_000,
+            253_402_300_799_999_999,
+            -62_135_596_800_000_000,
+            i64::MAX / 2,
+        ];
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(us.clone())),
+            Arc::new(TimestampMicrosecondArray::from(us.clone()).with_timezone("UTC")),
+            Arc::new(TimestampNanosecondArray::from(
+                us.iter().map(|u| u.saturating_mul(1000).saturating_add(7)).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampSecondArray::from(
+                us.iter().map(|u| u / 1_000_000).collect::<Vec<_>>(),
+            )),
+        ];
+        let mut plain = 0;
+        for a in columns {
+            let col = Col::of(&a, &DataType::Timestamp(TimeUnit::Millisecond, None)).unwrap();
+            assert!(matches!(col, Col::Time(_)));
+            for row in 0..a.len() {
+                let text = text_of(&a, row);
+                match col.instant(row) {
+                    Some(ms) => {
+                        plain += 1;
+                        assert_eq!(forewarn_core::parse_rfc3339(&text), Some(ms), "{text}");
+                    }
+                    // Outside the plain years the text is read as it always was.
+                    None => assert!(
+                        forewarn_core::parse_rfc3339(&text)
+                            .is_none_or(|ms| !PLAIN_YEARS.contains(&ms)),
+                        "{text}"
+                    ),
+                }
+            }
+        }
+        assert!(plain >= 40, "{plain}");
+        // Another zone keeps the text.
+        let berlin: ArrayRef =
+            Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("+01:00"));
+        let c = Col::of(&berlin, &DataType::Timestamp(TimeUnit::Millisecond, None)).unwrap();
+        assert!(matches!(c, Col::Text(_)));
     }
 }
