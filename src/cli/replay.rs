@@ -64,12 +64,16 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     });
     let started = std::time::Instant::now();
     let order = super::order(a.sort);
+    let mut lines = Lines {
+        tx,
+        block: Vec::new(),
+    };
     let stats =
         forewarn::replay::replay_ordered(pipeline, &a.data, a.source.as_deref(), order, move |o| {
             if matches!(o, Output::DeadLetter { .. }) && !dead {
                 return;
             }
-            let _ = tx.send(super::output_line(&o));
+            lines.push(&super::output_line(&o));
         })
         .await?;
     writer
@@ -92,4 +96,29 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Output lines handed to the writer thread in blocks of about 64 KiB (the rest when
+/// dropped, after the last output): a hand-off per line woke the writer for each of a
+/// backtest's window results.
+struct Lines {
+    tx: std::sync::mpsc::Sender<Vec<u8>>,
+    block: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, line: &[u8]) {
+        self.block.extend_from_slice(line);
+        if self.block.len() >= 1 << 16 {
+            let _ = self.tx.send(std::mem::take(&mut self.block));
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if !self.block.is_empty() {
+            let _ = self.tx.send(std::mem::take(&mut self.block));
+        }
+    }
 }

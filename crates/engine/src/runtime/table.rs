@@ -4,8 +4,6 @@
 //! every other row is taken as its message (`Runtime::on_row`), in file order, so the
 //! outputs are those of the messages byte for byte.
 
-use std::hash::Hash;
-
 use datafusion::arrow::array::{Array, AsArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use forewarn_formats::{Readings, Table, TopicTemplate};
@@ -88,9 +86,9 @@ impl Runtime {
             messages += 1;
             self.inputs += 1;
             if self.recent.enabled() {
-                let key = table.key(row);
-                // Tagged unlike a payload's or a row's hash (see `Body::repeated`).
-                if self.recent.repeated_by(|h| (0xfdu8, s, key).hash(h)) {
+                // Rows of one source only, all keyed alike: another form of message
+                // could only match by a 64-bit collision.
+                if self.recent.repeated_key(table.key(row)) {
                     let topic = rows.topic(row).to_string();
                     let source = to.map(|j| self.sources[j].name.as_str());
                     let o = outputs::duplicate(&self.config, &topic, source, &rows.payload(row));
