@@ -27,6 +27,11 @@ pub trait Readings: Send + Sync {
     /// An upper bound of the length of [`payload`](Self::payload), cheap to compute:
     /// a payload that may be over the size limit is written and measured.
     fn payload_bound(&self, row: usize) -> usize;
+    /// An upper bound of [`payload_bound`](Self::payload_bound) over every row, when
+    /// one is cheap to know (`None`, the default: the engine asks row by row).
+    fn payload_bound_max(&self) -> Option<usize> {
+        None
+    }
     /// Whether the rows are the readings of one message, the JSON array of their
     /// objects (a connector that turns one message of its own into several readings,
     /// such as Sparkplug B), rather than one message each (the default). The engine then

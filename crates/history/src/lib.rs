@@ -461,6 +461,7 @@ mod tests {
                     "{}",
                     String::from_utf8_lossy(&payload)
                 );
+                assert!(r.payload_bound_max().unwrap() >= Readings::payload_bound(&r, row));
                 n += 1;
             }
         }

@@ -433,6 +433,31 @@ impl Readings for Rows {
             .sum::<usize>()
     }
 
+    fn payload_bound_max(&self) -> Option<usize> {
+        // As `payload_bound` with each text column's longest value.
+        Some(
+            2 + (0..self.names.len())
+                .map(|c| {
+                    let name = json_len(&self.names[c]) + 2;
+                    match &self.columns[c] {
+                        Col::Text(a) => {
+                            let longest = a
+                                .offsets()
+                                .windows(2)
+                                .map(|w| (w[1] - w[0]) as usize)
+                                .max()
+                                .unwrap_or(0);
+                            // Every byte escaped as `\u00XX` at worst.
+                            name + (2 + 6 * longest).max(24)
+                        }
+                        Col::Typed(_) => name + 24,
+                        Col::Time(_) => name + 48,
+                    }
+                })
+                .sum::<usize>(),
+        )
+    }
+
     fn table(&self) -> Option<&Table> {
         self.table.as_ref()
     }

@@ -386,6 +386,9 @@ impl Readings for Queued {
     fn payload_bound(&self, row: usize) -> usize {
         self.rows.payload_bound(row)
     }
+    fn payload_bound_max(&self) -> Option<usize> {
+        self.rows.payload_bound_max()
+    }
     fn table(&self) -> Option<&forewarn_engine::Table> {
         Readings::table(&self.rows)
     }

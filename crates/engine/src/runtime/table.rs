@@ -63,6 +63,8 @@ impl Runtime {
     ) -> Result<(), EngineError> {
         let table = rows.table().expect("a table");
         let max_payload = self.sources[s].decoder.max_payload();
+        // Most files cannot hold a row over the limit: then no row needs measuring.
+        let all_fit = rows.payload_bound_max().is_some_and(|b| b <= max_payload);
         // The device each clean row's topic names, for the limit on devices.
         let levels: Vec<_> = table
             .captured()
@@ -78,7 +80,7 @@ impl Runtime {
         let (mut messages, mut readings) = (0u64, 0u64);
         self.sources[s].last_input = Instant::now();
         for row in 0..table.len() {
-            if !table.clean(row) || rows.payload_bound(row) > max_payload {
+            if !table.clean(row) || (!all_fit && rows.payload_bound(row) > max_payload) {
                 self.stage(s, table, &mut seg);
                 self.on_row(rows.as_ref(), row, to, fields).await?;
                 continue;
