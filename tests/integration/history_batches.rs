@@ -287,24 +287,52 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;
 ";
     let base = 1_767_592_800_000_000i64; // 2026-01-05T06:00:00Z in microseconds
     let us = |s: f64| base + (s * 1e6) as i64;
-    let rows: Vec<(Option<&str>, Option<i64>, Option<f64>, Option<i64>, Option<bool>)> = vec![
+    // device, ts (µs), v, n, ok
+    type Row<'a> = (
+        Option<&'a str>,
+        Option<i64>,
+        Option<f64>,
+        Option<i64>,
+        Option<bool>,
+    );
+    let rows: Vec<Row> = vec![
         (Some("d1"), Some(us(0.0)), Some(1.5), Some(1), Some(true)),
         (Some("d2"), Some(us(0.0004)), Some(2.0), Some(2), None),
         // The same row again: a resent message.
         (Some("d1"), Some(us(0.0)), Some(1.5), Some(1), Some(true)),
-        (Some("d1"), Some(us(1.0009)), Some(f64::NAN), Some(3), Some(false)),
-        (Some("d2"), Some(us(2.0)), Some(f64::INFINITY), Some(3), Some(false)),
+        (
+            Some("d1"),
+            Some(us(1.0009)),
+            Some(f64::NAN),
+            Some(3),
+            Some(false),
+        ),
+        (
+            Some("d2"),
+            Some(us(2.0)),
+            Some(f64::INFINITY),
+            Some(3),
+            Some(false),
+        ),
         (Some("d2"), Some(us(2.5)), None, None, Some(false)),
         (None, Some(us(3.0)), Some(3.0), Some(3), Some(true)),
         (Some("d3"), None, Some(3.0), Some(3), Some(true)),
-        (Some("d3"), Some(us(4.999_999)), Some(-0.0), Some(i64::MAX), None),
+        (
+            Some("d3"),
+            Some(us(4.999_999)),
+            Some(-0.0),
+            Some(i64::MAX),
+            None,
+        ),
         (Some("a/b"), Some(us(5.0)), Some(5.0), Some(5), Some(true)),
         (Some("d1"), Some(us(25.0)), Some(7.0), Some(7), Some(true)),
     ];
     let batch = RecordBatch::try_from_iter(vec![
         (
             "device",
-            Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef,
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )) as ArrayRef,
         ),
         (
             "ts",
@@ -312,9 +340,24 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;
                 rows.iter().map(|r| r.1).collect::<Vec<_>>(),
             )),
         ),
-        ("v", Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()))),
-        ("n", Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>()))),
-        ("ok", Arc::new(BooleanArray::from(rows.iter().map(|r| r.4).collect::<Vec<_>>()))),
+        (
+            "v",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "n",
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "ok",
+            Arc::new(BooleanArray::from(
+                rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+            )),
+        ),
     ])
     .unwrap();
     let data = file("typed.parquet", "");

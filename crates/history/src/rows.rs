@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use datafusion::arrow::compute::{cast, interleave};
 use datafusion::arrow::datatypes::{
-    DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+    DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_formats::{JsonDecoder, Readings, Scalar, Table};
@@ -65,7 +65,10 @@ impl Col {
             return Ok(Col::Typed(column.clone()));
         }
         if let (DataType::Timestamp(_, tz), DataType::Timestamp(..)) = (column.data_type(), t) {
-            if tz.as_deref().is_none_or(|z| matches!(z, "UTC" | "+00:00" | "Z")) {
+            if tz
+                .as_deref()
+                .is_none_or(|z| matches!(z, "UTC" | "+00:00" | "Z"))
+            {
                 return Ok(Col::Time(column.clone()));
             }
         }
@@ -89,9 +92,10 @@ impl Col {
         }
         // The text's fraction is cut, not rounded, to milliseconds: a floor.
         let ms = match a.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => {
-                a.as_primitive::<TimestampSecondType>().value(row).checked_mul(1000)?
-            }
+            DataType::Timestamp(TimeUnit::Second, _) => a
+                .as_primitive::<TimestampSecondType>()
+                .value(row)
+                .checked_mul(1000)?,
             DataType::Timestamp(TimeUnit::Millisecond, _) => {
                 a.as_primitive::<TimestampMillisecondType>().value(row)
             }
@@ -492,7 +496,9 @@ mod tests {
             Arc::new(TimestampMicrosecondArray::from(us.clone())),
             Arc::new(TimestampMicrosecondArray::from(us.clone()).with_timezone("UTC")),
             Arc::new(TimestampNanosecondArray::from(
-                us.iter().map(|u| u.saturating_mul(1000).saturating_add(7)).collect::<Vec<_>>(),
+                us.iter()
+                    .map(|u| u.saturating_mul(1000).saturating_add(7))
+                    .collect::<Vec<_>>(),
             )),
             Arc::new(TimestampSecondArray::from(
                 us.iter().map(|u| u / 1_000_000).collect::<Vec<_>>(),
