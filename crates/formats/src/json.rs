@@ -365,6 +365,44 @@ enum Builder {
     Wave(ListBuilder<Float64Builder>),
 }
 
+impl Builder {
+    /// Appends `c` (a null unless it is of this builder's type); the samples it added.
+    #[inline(always)]
+    fn append(&mut self, c: Cell<'_>) -> usize {
+        match (self, c) {
+            (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
+            (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
+            (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
+            (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+            (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
+            (Builder::Wave(b), Cell::Wave(v)) => {
+                b.values().append_slice(&v);
+                b.append(true);
+                return v.len();
+            }
+            (Builder::F64(b), _) => b.append_null(),
+            (Builder::I64(b), _) => b.append_null(),
+            (Builder::Str(b), _) => b.append_null(),
+            (Builder::Bool(b), _) => b.append_null(),
+            (Builder::Ts(b), _) => b.append_null(),
+            (Builder::Wave(b), _) => b.append_null(),
+        }
+        0
+    }
+
+    /// The values appended so far, as an array; the builder starts empty again.
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::F64(b) => Arc::new(b.finish()),
+            Builder::I64(b) => Arc::new(b.finish()),
+            Builder::Str(b) => Arc::new(b.finish()),
+            Builder::Bool(b) => Arc::new(b.finish()),
+            Builder::Ts(b) => Arc::new(b.finish()),
+            Builder::Wave(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
 /// A validated cell, ready to append.
 enum Cell<'a> {
     Null,
@@ -788,24 +826,7 @@ impl JsonDecoder {
         let mut samples = 0;
         for _ in 0..accepted {
             for b in self.builders.iter_mut() {
-                match (b, next.next().expect("a cell per column")) {
-                    (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
-                    (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
-                    (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
-                    (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
-                    (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
-                    (Builder::Wave(b), Cell::Wave(v)) => {
-                        samples += v.len();
-                        b.values().append_slice(&v);
-                        b.append(true);
-                    }
-                    (Builder::F64(b), _) => b.append_null(),
-                    (Builder::I64(b), _) => b.append_null(),
-                    (Builder::Str(b), _) => b.append_null(),
-                    (Builder::Bool(b), _) => b.append_null(),
-                    (Builder::Ts(b), _) => b.append_null(),
-                    (Builder::Wave(b), _) => b.append_null(),
-                }
+                samples += b.append(next.next().expect("a cell per column"));
             }
         }
         drop(next);
@@ -831,20 +852,7 @@ impl JsonDecoder {
         }
         self.rows = 0;
         self.samples = 0;
-        let arrays: Vec<ArrayRef> = self
-            .builders
-            .iter_mut()
-            .map(|b| -> ArrayRef {
-                match b {
-                    Builder::F64(b) => Arc::new(b.finish()),
-                    Builder::I64(b) => Arc::new(b.finish()),
-                    Builder::Str(b) => Arc::new(b.finish()),
-                    Builder::Bool(b) => Arc::new(b.finish()),
-                    Builder::Ts(b) => Arc::new(b.finish()),
-                    Builder::Wave(b) => Arc::new(b.finish()),
-                }
-            })
-            .collect();
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
         // The builders were filled against this very schema; a mismatch is a bug.
         Some(RecordBatch::try_new(self.schema.clone(), arrays).expect("builders match schema"))
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef};
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::{convert, Builder, Cell, JsonDecoder, Scalar};
+use super::{convert, Cell, JsonDecoder, Scalar};
 
 /// History rows as one source's columns, with which rows are clean (see the module
 /// documentation) and a key per row for the duplicate check.
@@ -108,14 +108,14 @@ impl JsonDecoder {
                 match cell {
                     Ok(Cell::Null) if !col.nullable => *ok = false,
                     Ok(c) => {
-                        append(&mut b, c);
+                        b.append(c);
                         continue;
                     }
                     Err(_) => *ok = false,
                 }
-                append(&mut b, Cell::Null);
+                b.append(Cell::Null);
             }
-            columns.push(finish(b));
+            columns.push(b.finish());
         }
         for f in (0..names.len()).filter(|&f| !hashed[f]) {
             for (row, key) in keys.iter_mut().enumerate() {
@@ -151,33 +151,6 @@ impl JsonDecoder {
 /// routed like the other rows: not empty, no level separator, no wildcard.
 fn is_level(s: &str) -> bool {
     !s.is_empty() && !s.bytes().any(|b| matches!(b, b'/' | b'+' | b'#' | 0))
-}
-
-fn append(b: &mut Builder, c: Cell<'_>) {
-    match (b, c) {
-        (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
-        (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
-        (Builder::Str(b), Cell::Str(v)) => b.append_value(v),
-        (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
-        (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
-        (Builder::F64(b), _) => b.append_null(),
-        (Builder::I64(b), _) => b.append_null(),
-        (Builder::Str(b), _) => b.append_null(),
-        (Builder::Bool(b), _) => b.append_null(),
-        (Builder::Ts(b), _) => b.append_null(),
-        (Builder::Wave(b), _) => b.append_null(),
-    }
-}
-
-fn finish(b: Builder) -> ArrayRef {
-    match b {
-        Builder::F64(mut b) => Arc::new(b.finish()),
-        Builder::I64(mut b) => Arc::new(b.finish()),
-        Builder::Str(mut b) => Arc::new(b.finish()),
-        Builder::Bool(mut b) => Arc::new(b.finish()),
-        Builder::Ts(mut b) => Arc::new(b.finish()),
-        Builder::Wave(mut b) => Arc::new(b.finish()),
-    }
 }
 
 impl Table {
