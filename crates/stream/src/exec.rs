@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -90,18 +89,19 @@ pub(crate) async fn partial_by_pane(
     let ws = q.partial.schema().index_of(WINDOW_START)?;
     let mut by_pane: BTreeMap<Millis, Vec<RecordBatch>> = BTreeMap::new();
     for b in state.iter().filter(|b| b.num_rows() > 0) {
-        let starts = b.column(ws).as_primitive::<TimestampMillisecondType>();
-        let mut rows: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
-        for (i, s) in starts.values().iter().enumerate() {
-            rows.entry(*s).or_default().push(i as u32);
-        }
-        for (start, idx) in rows {
-            let taken = if idx.len() == b.num_rows() {
-                b.clone()
-            } else {
-                take_record_batch(b, &UInt32Array::from(idx))?
-            };
-            by_pane.entry(start).or_default().push(taken);
+        // The input is in pane order and every group belongs to one pane, so the
+        // aggregate (emitting groups in the order it first met them) gives each pane's
+        // state rows as one run: zero-copy slices, one per run of equal starts.
+        let starts = b.column(ws).as_primitive::<TimestampMillisecondType>().values();
+        let mut from = 0;
+        while from < starts.len() {
+            let start = starts[from];
+            let to = from + starts[from..].iter().take_while(|&&s| s == start).count();
+            by_pane
+                .entry(start)
+                .or_default()
+                .push(b.slice(from, to - from));
+            from = to;
         }
     }
     Ok(by_pane)
@@ -173,6 +173,13 @@ pub(crate) async fn finish_window(
             RecordBatch::try_new(schema.clone(), cols).map_err(|e| err(e.into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // One input batch: the final aggregate's cost per batch is paid once, not per window
+    // (windows closing together bring one small state batch each).
+    let state = match state.len() {
+        0 | 1 => state,
+        _ => vec![datafusion::arrow::compute::concat_batches(&schema, &state)
+            .map_err(|e| err(e.into()))?],
+    };
     let input = MemorySourceConfig::try_new_exec(&[state], schema, None).map_err(err)?;
     let plan = replace_partial(&q.root, input as Arc<dyn ExecutionPlan>).map_err(err)?;
     let batches = collect(plan, q.task_ctx.clone()).await.map_err(err)?;

@@ -286,8 +286,13 @@ impl WindowOperator {
         // watermark has not passed, so closing later changes nothing.
         let max_future = self.q.watermark.max_future;
         let per_key = self.watermark.per_key();
-        // Sort row indices by pane, or by rejection reason; BTreeMap keeps panes in time order.
-        let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
+        // Row indices by pane, or by rejection reason. Accepted rows gather in runs of
+        // one pane (consecutive accepted rows of the same pane: with rows in time order,
+        // a run is a pane's whole share of the batch), merged by pane after the loop, so
+        // the per-row cost is a comparison, not a map lookup.
+        let mut runs: Vec<(Millis, Vec<u32>)> = Vec::new();
+        // The pane of the last accepted row: open, or opened by this batch.
+        let mut last_pane: Option<Millis> = None;
         let mut rejected = Rejected::new();
         let mut key_buf = String::new();
         // Session id of each row (sessions only), indexed by row.
@@ -342,7 +347,9 @@ impl WindowOperator {
                     }
                     _ => closed.is_some_and(|c| pane.end <= c),
                 };
-                let new_pane = !self.panes.is_open(pane.start) && !opened.contains(&pane.start);
+                let new_pane = last_pane != Some(pane.start)
+                    && !self.panes.is_open(pane.start)
+                    && !opened.contains(&pane.start);
                 if late {
                     Err(RowRejection::Late)
                 } else if new_pane && open_before + opened.len() >= self.max_open_panes {
@@ -357,8 +364,24 @@ impl WindowOperator {
                 }
             };
             match verdict {
-                Ok(p) => by_pane.entry(p).or_default().push(i as u32),
+                Ok(p) => {
+                    last_pane = Some(p);
+                    match runs.last_mut() {
+                        Some((q, run)) if *q == p => run.push(i as u32),
+                        _ => runs.push((p, vec![i as u32])),
+                    }
+                }
                 Err(r) => record(&mut rejected, r, i),
+            }
+        }
+        // By pane, in time order; a pane's rows stay in arrival order.
+        let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
+        for (p, run) in runs {
+            match by_pane.entry(p) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(run);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().extend(run),
             }
         }
         for (_, (reason, idx)) in rejected {
@@ -615,7 +638,15 @@ impl WindowOperator {
         due.iter()
             .zip(rows)
             .map(|((w, _), rows)| {
-                let batch = take_record_batch(&batch, &UInt32Array::from(rows)).map_err(err)?;
+                // The state is in window order and each group belongs to one window, so
+                // a window's rows are usually one contiguous run: a zero-copy slice.
+                let batch = match (rows.first(), rows.last()) {
+                    (Some(&a), Some(&b)) if (b - a) as usize + 1 == rows.len() => {
+                        batch.slice(a as usize, rows.len())
+                    }
+                    (None, _) => batch.slice(0, 0),
+                    _ => take_record_batch(&batch, &UInt32Array::from(rows)).map_err(err)?,
+                };
                 Ok((*w, batch))
             })
             .collect::<Result<Vec<_>, _>>()
