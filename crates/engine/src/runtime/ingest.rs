@@ -70,20 +70,7 @@ impl Runtime {
             matched = true;
             self.sources[i].last_input = Instant::now();
             if let Some(device) = self.sources[i].refused_device(topic) {
-                let src = &self.sources[i];
-                let origin = Origin {
-                    topic: topic.into(),
-                    index: None,
-                };
-                let o = outputs::too_many_devices(
-                    &self.config,
-                    &src.name,
-                    src.devices.max(),
-                    &device,
-                    Some(&origin),
-                    outputs::excerpt(&self.config, &body.payload()),
-                );
-                self.emit(o).await;
+                self.refuse_device(i, &device, topic, &body.payload()).await;
                 continue;
             }
             let t = latency::start(&self.latency);
@@ -355,6 +342,30 @@ impl Runtime {
         }
         self.measure_state();
         Ok(())
+    }
+
+    /// The dead letter of a message from a device beyond source `i`'s `max_devices`.
+    pub(super) async fn refuse_device(
+        &mut self,
+        i: usize,
+        device: &str,
+        topic: &str,
+        payload: &[u8],
+    ) {
+        let src = &self.sources[i];
+        let origin = Origin {
+            topic: topic.into(),
+            index: None,
+        };
+        let o = outputs::too_many_devices(
+            &self.config,
+            &src.name,
+            src.devices.max(),
+            device,
+            Some(&origin),
+            outputs::excerpt(&self.config, payload),
+        );
+        self.emit(o).await;
     }
 
     /// One dead letter (late rows: one late message) per refused reading, with the

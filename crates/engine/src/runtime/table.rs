@@ -108,22 +108,9 @@ impl Runtime {
                         .join("/")
                         .into(),
                 };
-                let src = &mut self.sources[s];
-                if !src.devices.admit(&device) {
-                    let origin = Origin {
-                        topic: rows.topic(row).into(),
-                        index: None,
-                    };
-                    let payload = rows.payload(row);
-                    let o = outputs::too_many_devices(
-                        &self.config,
-                        &src.name,
-                        src.devices.max(),
-                        &device,
-                        Some(&origin),
-                        outputs::excerpt(&self.config, &payload),
-                    );
-                    self.emit(o).await;
+                if !self.sources[s].devices.admit(&device) {
+                    let (topic, payload) = (rows.topic(row), rows.payload(row));
+                    self.refuse_device(s, &device, topic, &payload).await;
                     continue;
                 }
             }
