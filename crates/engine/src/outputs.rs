@@ -187,7 +187,7 @@ impl Publisher {
         range.map(move |r| {
             let row = row_to_json(&res.batch, r);
             let topic = self.sink.render(|c| row.get(c).map(topic_text));
-            let window = res.row_windows.as_ref().map_or(res.window, |w| w[r]);
+            let window = res.window_of(r);
             (topic, row, window)
         })
     }

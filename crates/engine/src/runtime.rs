@@ -461,12 +461,13 @@ impl Runtime {
     async fn emit_processed(&mut self, i: usize, k: usize, p: Processed) {
         let query = self.sources[i].operators[k].op.query().name.clone();
         let rows: u64 = p.results.iter().map(|r| r.batch.num_rows() as u64).sum();
+        // A result may hold several windows that closed together (or sessions).
+        let windows: u64 = p.results.iter().map(|r| r.windows as u64).sum();
         self.count(|s| {
-            s.windows_closed += p.results.len() as u64;
+            s.windows_closed += windows;
             s.results += rows;
-            if !p.results.is_empty() {
-                *s.windows_closed_by_query.entry(query.clone()).or_default() +=
-                    p.results.len() as u64;
+            if windows > 0 {
+                *s.windows_closed_by_query.entry(query.clone()).or_default() += windows;
             }
         });
         debug_assert!(p.rejected.is_empty(), "rejections go through emit_refused");

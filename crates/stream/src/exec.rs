@@ -330,6 +330,7 @@ mod tests {
             },
             batch,
             row_windows: None,
+            windows: 1,
         };
         assert_eq!(
             output(std::slice::from_ref(&result)),

@@ -559,20 +559,17 @@ impl WindowOperator {
             1 => self.finish_each(due).await?,
             _ if !self.final_row_wise => self.finish_each(due).await?,
             // Windows closing together share one run of the final half (its fixed cost
-            // dominates when windows hold few keys), split back by each row's window.
+            // dominates when windows hold few keys) and one result, each row tagged with
+            // its window.
             _ => match self.finish_together(&due).await? {
-                Some(fired) => fired,
+                Some(fired) => vec![fired],
                 None => self.finish_each(due).await?,
             },
         };
-        for (window, batch) in fired {
-            self.stats.windows_closed += 1;
-            self.stats.rows_out += batch.num_rows() as u64;
-            out.results.push(WindowResult {
-                window,
-                batch,
-                row_windows: None,
-            });
+        for res in fired {
+            self.stats.windows_closed += res.windows as u64;
+            self.stats.rows_out += res.batch.num_rows() as u64;
+            out.results.push(res);
         }
         self.panes.forget_passed(self.q.window.width(), wm);
         self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
@@ -583,26 +580,31 @@ impl WindowOperator {
     async fn finish_each(
         &mut self,
         due: Vec<(Pane, Vec<RecordBatch>)>,
-    ) -> Result<Vec<(Pane, RecordBatch)>, StreamError> {
+    ) -> Result<Vec<WindowResult>, StreamError> {
         let mut fired = Vec::with_capacity(due.len());
         for (window, state) in due {
             let batch = finish_window(&self.q, state, |n| pane_columns(&[window], n)).await?;
             self.stats.final_runs += 1;
-            fired.push((window, batch));
+            fired.push(WindowResult {
+                window,
+                batch,
+                row_windows: None,
+                windows: 1,
+            });
         }
         Ok(fired)
     }
 
-    /// Runs the final half once over the state of all `due` windows (oldest first) and
-    /// gives each window its rows, in the order a run of its own gives them (the final
-    /// aggregate emits groups in the order it first meets them), telling each row's
-    /// window by its `window_start` (or `window_end`). `None` when a value is not one of
-    /// the fired windows' (a column of that name computed otherwise): the caller then
-    /// runs each window alone.
+    /// Runs the final half once over the state of all `due` windows (oldest first): one
+    /// result holding each window's rows in turn, in the order a run of its own gives
+    /// them (the final aggregate emits groups in the order it first meets them), each
+    /// row's window told by its `window_start` (or `window_end`). `None` when a value is
+    /// not one of the fired windows' (a column of that name computed otherwise): the
+    /// caller then runs each window alone.
     async fn finish_together(
         &mut self,
         due: &[(Pane, Vec<RecordBatch>)],
-    ) -> Result<Option<Vec<(Pane, RecordBatch)>>, StreamError> {
+    ) -> Result<Option<WindowResult>, StreamError> {
         let (state, owners): (Vec<RecordBatch>, Vec<Pane>) = due
             .iter()
             .flat_map(|(w, state)| state.iter().map(move |b| (b.clone(), *w)))
@@ -627,30 +629,34 @@ impl WindowOperator {
             .enumerate()
             .map(|(i, (w, _))| (if by_start { w.start } else { w.end }, i))
             .collect();
-        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); due.len()];
-        for (r, t) in bound.iter().enumerate() {
+        let mut owner = Vec::with_capacity(bound.len());
+        for t in bound.iter() {
             let Some(&i) = t.and_then(|t| index.get(&t)) else {
                 return Ok(None);
             };
-            rows[i].push(r as u32);
+            owner.push(i);
         }
-        let err = |e: datafusion::arrow::error::ArrowError| self.exec_err(e.into());
-        due.iter()
-            .zip(rows)
-            .map(|((w, _), rows)| {
-                // The state is in window order and each group belongs to one window, so
-                // a window's rows are usually one contiguous run: a zero-copy slice.
-                let batch = match (rows.first(), rows.last()) {
-                    (Some(&a), Some(&b)) if (b - a) as usize + 1 == rows.len() => {
-                        batch.slice(a as usize, rows.len())
-                    }
-                    (None, _) => batch.slice(0, 0),
-                    _ => take_record_batch(&batch, &UInt32Array::from(rows)).map_err(err)?,
-                };
-                Ok((*w, batch))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        // The state is in window order and each group belongs to one window, so the
+        // rows come window by window already; otherwise they are put in that order.
+        let batch = if owner.is_sorted() {
+            batch
+        } else {
+            let mut order: Vec<u32> = (0..owner.len() as u32).collect();
+            order.sort_by_key(|&r| owner[r as usize]);
+            owner.sort_unstable();
+            take_record_batch(&batch, &UInt32Array::from(order))
+                .map_err(|e| self.exec_err(e.into()))?
+        };
+        let span = Pane {
+            start: due.iter().map(|(w, _)| w.start).min().expect("several windows"),
+            end: due.iter().map(|(w, _)| w.end).max().expect("several windows"),
+        };
+        Ok(Some(WindowResult {
+            window: span,
+            batch,
+            row_windows: Some(owner.into_iter().map(|i| due[i].0).collect()),
+            windows: due.len(),
+        }))
     }
 
     /// Everything needed to continue later exactly where this operator stands: the
@@ -753,6 +759,7 @@ impl WindowOperator {
             window: span,
             batch,
             row_windows,
+            windows: ready.len(),
         });
         Ok(())
     }
@@ -829,13 +836,14 @@ mod tests {
     fn printed(results: &[WindowResult]) -> Vec<(Pane, String)> {
         results
             .iter()
-            .map(|r| {
+            .flat_map(|r| r.by_window())
+            .map(|(window, batch)| {
                 let table = datafusion::arrow::util::pretty::pretty_format_batches(
-                    std::slice::from_ref(&r.batch),
+                    std::slice::from_ref(&batch),
                 )
                 .unwrap()
                 .to_string();
-                (r.window, table)
+                (window, table)
             })
             .collect()
     }
@@ -870,7 +878,9 @@ mod tests {
             // watermark move past the rest.
             let mut together = f.operator();
             let mut all = together.process(&spread(&f, 0, 6)).await.unwrap().results;
-            assert!(all.len() >= 4, "{window}: {} windows in one run", all.len());
+            let fired: usize = all.iter().map(|r| r.windows).sum();
+            assert!(fired >= 4, "{window}: {fired} windows in one run");
+            assert_eq!(all.len(), 1, "{window}: one result for the windows of one run");
             all.extend(together.advance_watermark(100 * S).await.unwrap().results);
             // Reference: a batch per window, each firing at most one window.
             let mut alone = f.operator();
@@ -1215,7 +1225,7 @@ mod tests {
             .unwrap();
         // The watermark at 10 s has passed the windows ending at 5 and 10 s.
         let mut results = p.results;
-        assert_eq!(results.len(), 2);
+        assert_eq!(results.iter().map(|r| r.windows).sum::<usize>(), 2);
         results.extend(op.finish().await.unwrap().results);
         // Rows at 1, 6, 12 s in windows [-5,5), [0,10), [5,15), [10,20).
         assert_eq!(

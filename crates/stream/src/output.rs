@@ -31,15 +31,41 @@ impl RowRejection {
     }
 }
 
-/// The result rows of one closed window.
+/// The result rows of one closed window, or of several that closed together.
 #[derive(Debug, Clone)]
 pub struct WindowResult {
-    /// The window's bounds (for sessions: the span of all sessions in `batch`).
+    /// The window's bounds; for several windows (or sessions), the span of them all.
     pub window: Pane,
-    /// The query's output rows for it (may be empty after HAVING).
+    /// The query's output rows (may be empty after HAVING): for several windows, each
+    /// window's rows in turn, oldest window first, in the order a run of its own gives.
     pub batch: RecordBatch,
-    /// Session windows: each output row's own session bounds.
+    /// Several windows (or sessions): each output row's own window.
     pub row_windows: Option<Vec<Pane>>,
+    /// How many windows closed in this result (windows left without rows included).
+    pub windows: usize,
+}
+
+impl WindowResult {
+    /// The window of output row `r`.
+    pub fn window_of(&self, r: usize) -> Pane {
+        self.row_windows.as_ref().map_or(self.window, |w| w[r])
+    }
+
+    /// The rows by window: each run of rows of one window as a zero-copy slice, in
+    /// order (for tumbling and hopping windows, one slice per window with rows).
+    pub fn by_window(&self) -> Vec<(Pane, RecordBatch)> {
+        let Some(w) = &self.row_windows else {
+            return vec![(self.window, self.batch.clone())];
+        };
+        let mut out = Vec::new();
+        let mut from = 0;
+        while from < w.len() {
+            let to = from + w[from..].iter().take_while(|&&p| p == w[from]).count();
+            out.push((w[from], self.batch.slice(from, to - from)));
+            from = to;
+        }
+        out
+    }
 }
 
 /// What one call to [`WindowOperator::process`](crate::WindowOperator::process) produced.
