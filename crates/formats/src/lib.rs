@@ -111,38 +111,26 @@ impl DecodeError {
 
 /// Byte equality for short strings (field names, topic levels) without a call to
 /// `memcmp`, which costs more than the comparison for a few bytes: this runs for every
-/// field of every reading.
+/// field of every reading. Two overlapping loads of 8 (or 4) bytes cover every length
+/// from 4 to 16; each load is one instruction in an optimised build.
 #[inline]
 pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    #[inline(always)]
+    fn word(s: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"))
+    }
+    #[inline(always)]
+    fn half(s: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"))
+    }
     let n = a.len();
     if n != b.len() {
         return false;
     }
-    // Byte by byte into the word: one load once optimised, and no slice-to-array
-    // conversion calls when not.
-    let word = |s: &[u8], at: usize| {
-        u64::from_le_bytes([
-            s[at],
-            s[at + 1],
-            s[at + 2],
-            s[at + 3],
-            s[at + 4],
-            s[at + 5],
-            s[at + 6],
-            s[at + 7],
-        ])
-    };
     match n {
-        // Two overlapping words cover 8 to 16 bytes.
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        0..=7 => {
-            let (mut i, mut d) = (0, 0u8);
-            while i < n {
-                d |= a[i] ^ b[i];
-                i += 1;
-            }
-            d == 0
-        }
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
         _ => a == b,
     }
 }

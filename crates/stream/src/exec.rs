@@ -92,7 +92,10 @@ pub(crate) async fn partial_by_pane(
         // The input is in pane order and every group belongs to one pane, so the
         // aggregate (emitting groups in the order it first met them) gives each pane's
         // state rows as one run: zero-copy slices, one per run of equal starts.
-        let starts = b.column(ws).as_primitive::<TimestampMillisecondType>().values();
+        let starts = b
+            .column(ws)
+            .as_primitive::<TimestampMillisecondType>()
+            .values();
         let mut from = 0;
         while from < starts.len() {
             let start = starts[from];

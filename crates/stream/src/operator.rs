@@ -648,8 +648,16 @@ impl WindowOperator {
                 .map_err(|e| self.exec_err(e.into()))?
         };
         let span = Pane {
-            start: due.iter().map(|(w, _)| w.start).min().expect("several windows"),
-            end: due.iter().map(|(w, _)| w.end).max().expect("several windows"),
+            start: due
+                .iter()
+                .map(|(w, _)| w.start)
+                .min()
+                .expect("several windows"),
+            end: due
+                .iter()
+                .map(|(w, _)| w.end)
+                .max()
+                .expect("several windows"),
         };
         Ok(Some(WindowResult {
             window: span,
@@ -880,7 +888,11 @@ mod tests {
             let mut all = together.process(&spread(&f, 0, 6)).await.unwrap().results;
             let fired: usize = all.iter().map(|r| r.windows).sum();
             assert!(fired >= 4, "{window}: {fired} windows in one run");
-            assert_eq!(all.len(), 1, "{window}: one result for the windows of one run");
+            assert_eq!(
+                all.len(),
+                1,
+                "{window}: one result for the windows of one run"
+            );
             all.extend(together.advance_watermark(100 * S).await.unwrap().results);
             // Reference: a batch per window, each firing at most one window.
             let mut alone = f.operator();
