@@ -115,3 +115,59 @@ pub struct OperatorStats {
     #[serde(default)]
     pub final_runs: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::*;
+
+    fn values(b: &RecordBatch) -> Vec<i64> {
+        b.column(0).as_primitive::<Int64Type>().values().to_vec()
+    }
+
+    #[test]
+    fn a_result_of_several_windows_splits_into_one_slice_per_window() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5]))],
+        )
+        .unwrap();
+        let (a, b, c) = (
+            Pane { start: 0, end: 10 },
+            Pane { start: 10, end: 20 },
+            Pane { start: 20, end: 30 },
+        );
+        let res = WindowResult {
+            window: Pane { start: 0, end: 30 },
+            batch: batch.clone(),
+            row_windows: Some(vec![a, a, b, c, c]),
+            // The window [10, 20) has one row; a fourth window had none (HAVING).
+            windows: 4,
+        };
+        assert_eq!(
+            (res.window_of(0), res.window_of(2), res.window_of(4)),
+            (a, b, c)
+        );
+        let split: Vec<(Pane, Vec<i64>)> = res
+            .by_window()
+            .iter()
+            .map(|(w, b)| (*w, values(b)))
+            .collect();
+        assert_eq!(split, vec![(a, vec![1, 2]), (b, vec![3]), (c, vec![4, 5])]);
+        // One window: the whole batch, whatever the row.
+        let one = WindowResult {
+            window: a,
+            batch,
+            row_windows: None,
+            windows: 1,
+        };
+        assert_eq!(one.window_of(3), a);
+        assert_eq!(one.by_window().len(), 1);
+        assert_eq!(values(&one.by_window()[0].1), vec![1, 2, 3, 4, 5]);
+    }
+}
