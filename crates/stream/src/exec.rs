@@ -96,15 +96,11 @@ pub(crate) async fn partial_by_pane(
             .column(ws)
             .as_primitive::<TimestampMillisecondType>()
             .values();
-        let mut from = 0;
-        while from < starts.len() {
-            let start = starts[from];
-            let to = from + starts[from..].iter().take_while(|&&s| s == start).count();
+        for run in crate::runs(starts) {
             by_pane
-                .entry(start)
+                .entry(starts[run.start])
                 .or_default()
-                .push(b.slice(from, to - from));
-            from = to;
+                .push(b.slice(run.start, run.len()));
         }
     }
     Ok(by_pane)

@@ -40,3 +40,16 @@ use forewarn_sql::{WINDOW_END, WINDOW_START};
 
 /// Column names the runtime adds to every pane batch.
 pub const WINDOW_COLUMNS: [&str; 2] = [WINDOW_START, WINDOW_END];
+
+/// The runs of equal consecutive values in `v`, as index ranges in order (how pane state
+/// and fired windows, already grouped, are cut into zero-copy slices).
+pub(crate) fn runs<T: PartialEq>(v: &[T]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let first = v.get(from)?;
+        let to = from + v[from..].iter().take_while(|x| *x == first).count();
+        let run = from..to;
+        from = to;
+        Some(run)
+    })
+}

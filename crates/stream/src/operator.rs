@@ -2,6 +2,7 @@
 //! panes), feeds them to their panes' aggregates, moves the watermark, and fires the
 //! windows and sessions it has passed.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -378,10 +379,10 @@ impl WindowOperator {
         let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
         for (p, run) in runs {
             match by_pane.entry(p) {
-                std::collections::btree_map::Entry::Vacant(e) => {
+                Entry::Vacant(e) => {
                     e.insert(run);
                 }
-                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().extend(run),
+                Entry::Occupied(mut e) => e.get_mut().extend(run),
             }
         }
         for (_, (reason, idx)) in rejected {

@@ -57,14 +57,9 @@ impl WindowResult {
         let Some(w) = &self.row_windows else {
             return vec![(self.window, self.batch.clone())];
         };
-        let mut out = Vec::new();
-        let mut from = 0;
-        while from < w.len() {
-            let to = from + w[from..].iter().take_while(|&&p| p == w[from]).count();
-            out.push((w[from], self.batch.slice(from, to - from)));
-            from = to;
-        }
-        out
+        crate::runs(w)
+            .map(|run| (w[run.start], self.batch.slice(run.start, run.len())))
+            .collect()
     }
 }
 
