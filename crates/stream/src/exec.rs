@@ -81,14 +81,37 @@ pub(crate) async fn partial_by_pane(
     q: &CompiledQuery,
     rows: Vec<RecordBatch>,
 ) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
+    state_by_pane(q, partial_state(q, rows).await?)
+}
+
+/// Runs `q`'s partial half once over leaf batches: its state rows (non-empty batches),
+/// one group per pane and group key, in the order the aggregate first met them.
+pub(crate) async fn partial_state(
+    q: &CompiledQuery,
+    rows: Vec<RecordBatch>,
+) -> DfResult<Vec<RecordBatch>> {
     // One batch: the aggregate's cost per input batch is paid once, not per pane.
-    let rows = datafusion::arrow::compute::concat_batches(&q.leaf_schema, &rows)?;
-    let input = MemorySourceConfig::try_new_exec(&[vec![rows]], q.leaf_schema.clone(), None)?;
+    let rows = match rows.len() {
+        1 => rows,
+        _ => vec![datafusion::arrow::compute::concat_batches(
+            &q.leaf_schema,
+            &rows,
+        )?],
+    };
+    let input = MemorySourceConfig::try_new_exec(&[rows], q.leaf_schema.clone(), None)?;
     let plan = replace_leaf(&q.partial, input)?;
     let state = collect(plan, q.task_ctx.clone()).await?;
+    Ok(state.into_iter().filter(|b| b.num_rows() > 0).collect())
+}
+
+/// Partial state split by pane (its window-start column), in order.
+pub(crate) fn state_by_pane(
+    q: &CompiledQuery,
+    state: Vec<RecordBatch>,
+) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
     let ws = q.partial.schema().index_of(WINDOW_START)?;
     let mut by_pane: BTreeMap<Millis, Vec<RecordBatch>> = BTreeMap::new();
-    for b in state.iter().filter(|b| b.num_rows() > 0) {
+    for b in &state {
         // The input is in pane order and every group belongs to one pane, so the
         // aggregate (emitting groups in the order it first met them) gives each pane's
         // state rows as one run: zero-copy slices, one per run of equal starts.
@@ -131,18 +154,30 @@ pub(crate) fn leaf_batch(
     ids: Option<Vec<Millis>>,
 ) -> Result<RecordBatch, StreamError> {
     let n = rows.num_rows();
-    let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
-    match ids {
+    let (starts, ends): (ArrayRef, ArrayRef) = match ids {
         Some(ids) => {
             let a: ArrayRef = Arc::new(TimestampMillisecondArray::from(ids));
-            cols.push(a.clone());
-            cols.push(a);
+            (a.clone(), a)
         }
-        None => {
-            cols.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
-            cols.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
-        }
-    }
+        None => (
+            Arc::new(TimestampMillisecondArray::from_value(start, n)),
+            Arc::new(TimestampMillisecondArray::from_value(end, n)),
+        ),
+    };
+    leaf_batch_with(q, leaf_projection, rows, starts, ends)
+}
+
+/// [`leaf_batch`] with each row's window columns given.
+pub(crate) fn leaf_batch_with(
+    q: &CompiledQuery,
+    leaf_projection: &[usize],
+    rows: RecordBatch,
+    starts: ArrayRef,
+    ends: ArrayRef,
+) -> Result<RecordBatch, StreamError> {
+    let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
+    cols.push(starts);
+    cols.push(ends);
     let leaf_cols = leaf_projection.iter().map(|&i| cols[i].clone()).collect();
     RecordBatch::try_new(q.leaf_schema.clone(), leaf_cols).map_err(|e| StreamError::Schema {
         query: q.name.clone(),
@@ -172,6 +207,17 @@ pub(crate) async fn finish_window(
             RecordBatch::try_new(schema.clone(), cols).map_err(|e| err(e.into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    finish_state(q, state).await
+}
+
+/// Runs the final half over partial state as it is (its window columns already hold
+/// each row's window: tumbling windows' panes).
+pub(crate) async fn finish_state(
+    q: &CompiledQuery,
+    state: Vec<RecordBatch>,
+) -> Result<RecordBatch, StreamError> {
+    let err = |e: DataFusionError| StreamError::exec(&q.name, e);
+    let schema = q.partial.schema();
     // One input batch: the final aggregate's cost per batch is paid once, not per window
     // (windows closing together bring one small state batch each).
     let state = match state.len() {

@@ -13,6 +13,7 @@
 //! - `operator`: the [`WindowOperator`], which admits rows and ties the rest together;
 //! - `admission`: the `max_future` check and the filing of rejected rows;
 //! - `panes`: which panes are open, sealed or closed, and which windows are due;
+//! - `collected`: the rows of panes too small so far for an aggregate of their own;
 //! - `session`: session windows' per-key state machine;
 //! - `snapshot`: what a checkpoint holds, sealing and restoring panes;
 //! - `exec`: DataFusion plumbing, the partial half per pane and the final half;
@@ -21,6 +22,7 @@
 //! [`CompiledQuery`]: forewarn_sql::CompiledQuery
 
 mod admission;
+mod collected;
 mod error;
 mod exec;
 mod operator;

@@ -18,8 +18,12 @@ use forewarn_core::{Millis, Pane, Watermark, WindowSpec};
 use forewarn_sql::{time_type, CompiledQuery, WINDOW_END, WINDOW_START};
 
 use crate::admission::{max_opt, record, FutureCheck, Rejected};
+use crate::collected::slice_bytes;
 use crate::error::StreamError;
-use crate::exec::{finish_window, leaf_batch, leaf_filter, output_windows, OpenPane};
+use crate::exec::{
+    finish_state, finish_window, leaf_batch, leaf_batch_with, leaf_filter, output_windows,
+    partial_state, state_by_pane, OpenPane,
+};
 use crate::output::{OperatorStats, Processed, Rejection, RowRejection, WindowResult};
 use crate::panes::Panes;
 use crate::session::{session_key, Sessions};
@@ -403,17 +407,27 @@ impl WindowOperator {
                 index: idx,
             });
         }
-        let single = by_pane.len() == 1 && out.rejected.is_empty() && keep.is_none();
-        for (start, idx) in by_pane {
-            let (first, n) = (idx[0] as usize, idx.len());
+        // Panes small enough collect their rows, all in one leaf batch; the others feed
+        // their running aggregates.
+        let bytes_per_row = match self.panes.collects() {
+            true => slice_bytes(batch) / batch.num_rows(),
+            false => 0,
+        };
+        let (collect, feed): (Vec<_>, Vec<_>) = by_pane.into_iter().partition(|(start, idx)| {
+            self.sessions.is_none()
+                && self
+                    .panes
+                    .reserve(*start, idx.len(), idx.len() * bytes_per_row)
+        });
+        if !collect.is_empty() {
+            self.collect(batch, collect)?;
+        }
+        let single = feed.len() == 1 && out.rejected.is_empty() && keep.is_none();
+        for (start, idx) in feed {
             let rows = if single {
                 batch.clone()
-            } else if idx[n - 1] as usize == first + n - 1 {
-                // In-order input puts a pane's rows in one contiguous run: a zero-copy slice.
-                batch.slice(first, n)
             } else {
-                take_record_batch(batch, &UInt32Array::from(idx.clone()))
-                    .map_err(|e| self.exec_err(e.into()))?
+                rows_at(batch, &idx).map_err(|e| self.exec_err(e.into()))?
             };
             let ids = self
                 .sessions
@@ -510,6 +524,54 @@ impl WindowOperator {
         StreamError::exec(&self.q.name, source)
     }
 
+    /// Keeps the rows of `batch` at each pane's indices (ascending) among the collected
+    /// rows, as one leaf batch, its rows in pane order.
+    fn collect(
+        &mut self,
+        batch: &RecordBatch,
+        panes: Vec<(Millis, Vec<u32>)>,
+    ) -> Result<(), StreamError> {
+        let n: usize = panes.iter().map(|(_, idx)| idx.len()).sum();
+        // In-order input with nothing rejected: the rows are one contiguous run.
+        let first = panes[0].1[0];
+        let mut next = first;
+        let contiguous = panes.iter().all(|(_, idx)| {
+            let ok = idx[0] == next && idx[idx.len() - 1] == next + idx.len() as u32 - 1;
+            next += idx.len() as u32;
+            ok
+        });
+        let rows = if contiguous {
+            batch.slice(first as usize, n)
+        } else {
+            let idx: Vec<u32> = panes
+                .iter()
+                .flat_map(|(_, idx)| idx.iter().copied())
+                .collect();
+            take_record_batch(batch, &UInt32Array::from(idx))
+                .map_err(|e| self.exec_err(e.into()))?
+        };
+        let width = self.q.window.pane_width();
+        let mut starts = Vec::with_capacity(n);
+        let mut ends = Vec::with_capacity(n);
+        let mut ranges = Vec::with_capacity(panes.len());
+        for (start, idx) in &panes {
+            let from = starts.len();
+            starts.resize(from + idx.len(), *start);
+            ends.resize(from + idx.len(), start + width);
+            ranges.push((*start, from..starts.len()));
+        }
+        let leaf = leaf_batch_with(
+            &self.q,
+            &self.leaf_projection,
+            rows,
+            Arc::new(TimestampMillisecondArray::from(starts)),
+            Arc::new(TimestampMillisecondArray::from(ends)),
+        )?;
+        self.stats.rows_aggregated += n as u64;
+        self.panes.collect(leaf, ranges);
+        Ok(())
+    }
+
     /// Feeds `rows` to the aggregate of the pane at `start`, starting one if needed.
     async fn feed(
         &mut self,
@@ -536,6 +598,11 @@ impl WindowOperator {
         let Some(wm) = self.watermark.current() else {
             return Ok(());
         };
+        if let Some(fired) = self.fire_collected(wm).await? {
+            self.emit(fired, out);
+            self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
+            return Ok(());
+        }
         // Close every pane the watermark has passed; keep its partial state until the
         // last window containing it has fired (for tumbling windows: right away).
         self.panes
@@ -567,14 +634,81 @@ impl WindowOperator {
                 None => self.finish_each(due).await?,
             },
         };
+        self.emit(fired, out);
+        self.panes.forget_passed(self.q.window.width(), wm);
+        self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
+        Ok(())
+    }
+
+    /// Hands fired windows out, counted.
+    fn emit(&mut self, fired: Vec<WindowResult>, out: &mut Processed) {
         for res in fired {
             self.stats.windows_closed += res.windows as u64;
             self.stats.rows_out += res.batch.num_rows() as u64;
             out.results.push(res);
         }
-        self.panes.forget_passed(self.q.window.width(), wm);
-        self.closed_until = Some(self.closed_until.map_or(wm, |c| c.max(wm)));
-        Ok(())
+    }
+
+    /// Tumbling windows whose panes only ever collected rows, computed straight from
+    /// the rows: one run of the partial half and one of the final half for all of them,
+    /// with no state kept, split or copied per window (the common case with few keys per
+    /// window). `None` when the windows due are not all such; the usual path then fires
+    /// them (given the state, if it was computed).
+    async fn fire_collected(
+        &mut self,
+        wm: Millis,
+    ) -> Result<Option<Vec<WindowResult>>, StreamError> {
+        if !self.final_row_wise || !matches!(self.q.window, WindowSpec::Tumble { .. }) {
+            return Ok(None);
+        }
+        let Some(rows) = self.panes.take_passed_collected_only(&self.q.window, wm) else {
+            return Ok(None);
+        };
+        let state = partial_state(&self.q, rows)
+            .await
+            .map_err(|e| self.exec_err(e))?;
+        // The windows with state, oldest first (a pane whose rows the WHERE clause all
+        // dropped has none, and fires nothing, as on the usual path).
+        let ws = self
+            .q
+            .partial
+            .schema()
+            .index_of(WINDOW_START)
+            .map_err(|e| self.exec_err(e.into()))?;
+        let mut starts: Vec<Millis> = Vec::new();
+        for b in &state {
+            let col = b.column(ws).as_primitive::<TimestampMillisecondType>();
+            starts.extend(crate::runs(col.values()).map(|r| col.value(r.start)));
+        }
+        starts.sort_unstable();
+        starts.dedup();
+        let windows: Vec<Pane> = starts.iter().map(|&s| self.q.window.pane_of(s)).collect();
+        match windows.len() {
+            0 => return Ok(Some(Vec::new())),
+            1 => {
+                let batch = finish_state(&self.q, state).await?;
+                self.stats.final_runs += 1;
+                return Ok(Some(vec![WindowResult {
+                    window: windows[0],
+                    batch,
+                    row_windows: None,
+                    windows: 1,
+                }]));
+            }
+            _ => {}
+        }
+        let batch = finish_state(&self.q, state.clone()).await?;
+        self.stats.final_runs += 1;
+        match self.tag_windows(batch, &windows)? {
+            Some(fired) => Ok(Some(vec![fired])),
+            None => {
+                // The output's window columns are computed otherwise: the state goes
+                // where the usual path finds it, and each window runs alone.
+                let by_pane = state_by_pane(&self.q, state).map_err(|e| self.exec_err(e))?;
+                self.panes.add_closed(by_pane);
+                Ok(None)
+            }
+        }
     }
 
     /// Runs the final half once per window over its state.
@@ -597,11 +731,8 @@ impl WindowOperator {
     }
 
     /// Runs the final half once over the state of all `due` windows (oldest first): one
-    /// result holding each window's rows in turn, in the order a run of its own gives
-    /// them (the final aggregate emits groups in the order it first meets them), each
-    /// row's window told by its `window_start` (or `window_end`). `None` when a value is
-    /// not one of the fired windows' (a column of that name computed otherwise): the
-    /// caller then runs each window alone.
+    /// result for them all (see [`Self::tag_windows`]), or `None` when the rows' windows
+    /// cannot be told apart (the caller then runs each window alone).
     async fn finish_together(
         &mut self,
         due: &[(Pane, Vec<RecordBatch>)],
@@ -616,6 +747,20 @@ impl WindowOperator {
         })
         .await?;
         self.stats.final_runs += 1;
+        let windows: Vec<Pane> = due.iter().map(|(w, _)| *w).collect();
+        self.tag_windows(batch, &windows)
+    }
+
+    /// One result from the final half's output `batch` over the state of all `windows`
+    /// (oldest first): each window's rows in turn, in the order a run of its own gives
+    /// them (the final aggregate emits groups in the order it first meets them), each
+    /// row's window told by its `window_start` (or `window_end`). `None` when a value is
+    /// not one of the windows' (a column of that name computed otherwise).
+    fn tag_windows(
+        &self,
+        batch: RecordBatch,
+        windows: &[Pane],
+    ) -> Result<Option<WindowResult>, StreamError> {
         // Each row's window, by whichever bound the query selects.
         let schema = batch.schema();
         let (col, by_start) = match (schema.index_of(WINDOW_START), schema.index_of(WINDOW_END)) {
@@ -625,15 +770,25 @@ impl WindowOperator {
         };
         let bound = cast(batch.column(col), &time_type()).map_err(|e| self.exec_err(e.into()))?;
         let bound = bound.as_primitive::<TimestampMillisecondType>();
-        let index: HashMap<Millis, usize> = due
+        let index: HashMap<Millis, usize> = windows
             .iter()
             .enumerate()
-            .map(|(i, (w, _))| (if by_start { w.start } else { w.end }, i))
+            .map(|(i, w)| (if by_start { w.start } else { w.end }, i))
             .collect();
         let mut owner = Vec::with_capacity(bound.len());
+        let mut last: Option<(Millis, usize)> = None;
         for t in bound.iter() {
-            let Some(&i) = t.and_then(|t| index.get(&t)) else {
-                return Ok(None);
+            // Rows come window by window: one lookup per run.
+            let i = match (t, last) {
+                (Some(t), Some((l, i))) if t == l => i,
+                (Some(t), _) => match index.get(&t) {
+                    Some(&i) => {
+                        last = Some((t, i));
+                        i
+                    }
+                    None => return Ok(None),
+                },
+                (None, _) => return Ok(None),
             };
             owner.push(i);
         }
@@ -649,22 +804,14 @@ impl WindowOperator {
                 .map_err(|e| self.exec_err(e.into()))?
         };
         let span = Pane {
-            start: due
-                .iter()
-                .map(|(w, _)| w.start)
-                .min()
-                .expect("several windows"),
-            end: due
-                .iter()
-                .map(|(w, _)| w.end)
-                .max()
-                .expect("several windows"),
+            start: windows.iter().map(|w| w.start).min().expect("a window"),
+            end: windows.iter().map(|w| w.end).max().expect("a window"),
         };
         Ok(Some(WindowResult {
             window: span,
             batch,
-            row_windows: Some(owner.into_iter().map(|i| due[i].0).collect()),
-            windows: due.len(),
+            row_windows: Some(owner.into_iter().map(|i| windows[i]).collect()),
+            windows: windows.len(),
         }))
     }
 
@@ -775,6 +922,20 @@ impl WindowOperator {
 }
 
 /// The window columns of `n` state rows of one window (`w[0]`).
+/// The rows of `batch` at `idx` (ascending): a zero-copy slice when they are one
+/// contiguous run, as in-order input gives.
+fn rows_at(
+    batch: &RecordBatch,
+    idx: &[u32],
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let (first, n) = (idx[0] as usize, idx.len());
+    if idx[n - 1] as usize == first + n - 1 {
+        Ok(batch.slice(first, n))
+    } else {
+        take_record_batch(batch, &UInt32Array::from(idx.to_vec()))
+    }
+}
+
 fn pane_columns(w: &[Pane], n: usize) -> (ArrayRef, ArrayRef) {
     (
         Arc::new(TimestampMillisecondArray::from_value(w[0].start, n)),
@@ -923,17 +1084,34 @@ mod tests {
 
     #[tokio::test]
     async fn collecting_small_panes_gives_what_an_aggregate_per_pane_gives() {
-        for sql_window in [
-            "tumble(interval '10 seconds')",
-            "hop(interval '10 seconds', interval '30 seconds')",
+        for (sql_window, filter) in [
+            ("tumble(interval '10 seconds')", ""),
+            // The WHERE clause drops every row of some windows (they fire nothing).
+            ("tumble(interval '10 seconds')", "WHERE v > 30"),
+            ("hop(interval '10 seconds', interval '30 seconds')", ""),
+            (
+                "hop(interval '10 seconds', interval '30 seconds')",
+                "WHERE v > 30",
+            ),
         ] {
-            let f = fixture(sql_window, "", "").await;
-            // Panes from 8 rows to past the limit of rows a pane collects, in batches
-            // of all sizes, with a checkpoint (sealing) halfway.
+            let f = fixture(sql_window, filter, "").await;
+            // Panes from 8 rows to past the limit of rows a pane collects, batches of
+            // all sizes (some holding many windows, some reversed, so rows of a pane are
+            // not one run and some are late), with a checkpoint (sealing) halfway.
             let mut batches = Vec::new();
             let mut t = 0;
-            for (k, per_second) in [1usize, 50, 500, 3, 900, 2].into_iter().enumerate() {
-                let rows: Vec<(String, Millis, f64)> = (0..10 * per_second)
+            for (k, (per_second, seconds)) in [
+                (1usize, 100),
+                (50, 10),
+                (500, 10),
+                (3, 60),
+                (900, 10),
+                (2, 40),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let rows: Vec<(String, Millis, f64)> = (0..seconds * per_second)
                     .map(|i| {
                         let d = format!("dev-{}", (i * 7 + k) % 13);
                         (
@@ -943,10 +1121,13 @@ mod tests {
                         )
                     })
                     .collect();
-                t += 10 * S;
-                for chunk in rows.chunks(333 + k * 1000) {
-                    let r: Vec<(&str, Millis, f64)> =
+                t += seconds as Millis * S;
+                for (c, chunk) in rows.chunks(37 + k * 300).enumerate() {
+                    let mut r: Vec<(&str, Millis, f64)> =
                         chunk.iter().map(|(d, t, v)| (d.as_str(), *t, *v)).collect();
+                    if c % 2 == 1 {
+                        r.reverse();
+                    }
                     batches.push(f.rows(&r));
                 }
             }
@@ -971,14 +1152,19 @@ mod tests {
                         }
                     }
                     out.extend(op.finish().await.unwrap().results);
-                    (printed(&out), op.stats().rows_aggregated)
+                    let s = op.stats();
+                    let counts = (s.windows_closed, s.rows_out, s.rows_aggregated, s.late_rows);
+                    (printed(&out), counts, out.len())
                 }
             };
-            let (collected, n) = run(true).await;
-            let (each, m) = run(false).await;
-            assert_eq!(n, m);
-            assert!(collected.len() >= 6, "{sql_window}");
-            assert_eq!(collected, each, "{sql_window}");
+            let (collected, n, results) = run(true).await;
+            let (each, m, _) = run(false).await;
+            assert_eq!(n, m, "{sql_window} {filter}");
+            // (Rows the WHERE clause drops are never late.)
+            assert!(!filter.is_empty() || n.3 > 0, "some rows are late");
+            assert!(collected.len() >= 6, "{sql_window} {filter}");
+            assert!(results < collected.len(), "windows fired together");
+            assert_eq!(collected, each, "{sql_window} {filter}");
         }
     }
 
@@ -1000,7 +1186,7 @@ mod tests {
         // 200 rows, 20 MB: collected only up to the bound (counted by the rows' bytes;
         // held is their buffers' capacity, up to twice that), then aggregated.
         assert!(
-            most > 1_000_000 && most < 2 * crate::panes::BUFFER_BYTES,
+            most > 1_000_000 && most < 2 * crate::collected::BUFFER_BYTES,
             "{most}"
         );
         assert!(
@@ -1083,6 +1269,44 @@ mod tests {
             // 10 seconds of 4 devices, one row each per second.
             assert_eq!(r.batch.num_rows(), 4);
             assert!(n.iter().all(|n| n == Some(10)));
+        }
+    }
+
+    #[tokio::test]
+    async fn windows_fire_alone_when_a_window_column_holds_other_values() {
+        // A column named window_start that is not the window's start: rows cannot be
+        // told apart by it, so the windows closing together fire one run each, on the
+        // usual path and on the one computing windows straight from collected rows.
+        let sql = "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+               WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{device}');
+             CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{device}');
+             INSERT INTO out SELECT device, window_end + interval '1' second AS window_start, count(*) AS n
+             FROM r GROUP BY tumble(interval '10 seconds'), device;";
+        let c = crate::testing::compiled(sql).await;
+        let f = fixture("tumble(interval '10 seconds')", "", "").await;
+        for collect in [true, false] {
+            let mut op = c.operator();
+            assert!(op.final_row_wise);
+            if !collect {
+                op.panes = Panes::default();
+            }
+            let mut results = op.process(&spread(&f, 0, 3)).await.unwrap().results;
+            results.extend(op.advance_watermark(100 * S).await.unwrap().results);
+            let windows: Vec<Pane> = results.iter().map(|r| r.window).collect();
+            assert_eq!(
+                windows,
+                (0..3)
+                    .map(|k| Pane {
+                        start: k * 10 * S,
+                        end: (k + 1) * 10 * S
+                    })
+                    .collect::<Vec<_>>(),
+                "collect {collect}"
+            );
+            assert!(results
+                .iter()
+                .all(|r| r.batch.num_rows() == 4 && r.row_windows.is_none()));
+            assert_eq!(op.stats().windows_closed, 3);
         }
     }
 

@@ -9,9 +9,10 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::datatypes::{DataType, TimestampMillisecondType};
@@ -21,28 +22,8 @@ use datafusion::error::Result as DfResult;
 use forewarn_core::{Millis, Pane, WindowSpec};
 use forewarn_sql::CompiledQuery;
 
+use crate::collected::Collected;
 use crate::exec::{partial_by_pane, OpenPane};
-
-/// Bytes of `b`'s rows: a slice of a larger batch counts its own rows only.
-fn slice_bytes(b: &RecordBatch) -> usize {
-    b.columns()
-        .iter()
-        .map(|c| {
-            c.to_data()
-                .get_slice_memory_size()
-                .unwrap_or_else(|_| c.get_array_memory_size())
-        })
-        .sum()
-}
-
-/// Rows a pane collects before it gets a running aggregate of its own.
-pub(crate) const BUFFER_ROWS: usize = 4096;
-/// Bytes a pane collects (a row may hold a waveform of thousands of samples).
-pub(crate) const BUFFER_BYTES: usize = 4 << 20;
-/// Rows and bytes all panes together collect: past either, the pane being fed gets its
-/// aggregate.
-pub(crate) const BUFFER_ROWS_TOTAL: usize = 65_536;
-pub(crate) const BUFFER_BYTES_TOTAL: usize = 16 << 20;
 
 /// The panes of one operator, by start time. A pane may be both open and sealed.
 #[derive(Default)]
@@ -55,13 +36,9 @@ pub(crate) struct Panes {
     /// Leaf rows of panes too small so far for an aggregate of their own (a running
     /// aggregate costs a plan, a task and a drain per pane: with few keys that fixed
     /// cost dominates). Panes closing together aggregate theirs in one run of the
-    /// partial half; a pane reaching [`BUFFER_ROWS`] or [`BUFFER_BYTES`] (or all panes
-    /// [`BUFFER_ROWS_TOTAL`] or [`BUFFER_BYTES_TOTAL`]) moves its rows into a running
-    /// aggregate, so memory stays bounded, whatever the rows.
-    buffered: BTreeMap<Millis, Vec<RecordBatch>>,
-    /// Rows and bytes in `buffered`, by pane and in total.
-    buffered_rows: HashMap<Millis, (usize, usize)>,
-    buffered_total: (usize, usize),
+    /// partial half; a pane reaching the bounds of [`Collected`] moves its rows into a
+    /// running aggregate, so memory stays bounded, whatever the rows.
+    collected: Collected,
     /// Partial state of panes still open, taken out of their aggregates at a checkpoint;
     /// rows arriving later go to a fresh aggregate and both add up when the pane closes.
     pub(crate) sealed: BTreeMap<Millis, Vec<RecordBatch>>,
@@ -94,8 +71,8 @@ impl Panes {
             .open
             .keys()
             .chain(self.sealed.keys())
-            .chain(self.buffered.keys())
             .copied()
+            .chain(self.collected.panes())
             .collect();
         starts.sort_unstable();
         starts.dedup();
@@ -106,7 +83,7 @@ impl Panes {
     pub(crate) fn is_open(&self, start: Millis) -> bool {
         self.open.contains_key(&start)
             || self.sealed.contains_key(&start)
-            || self.buffered.contains_key(&start)
+            || self.collected.contains(start)
     }
 
     /// Bytes held outside the aggregates: partial state of sealed and closed panes, and
@@ -115,40 +92,47 @@ impl Panes {
         self.sealed
             .values()
             .chain(self.closed.values())
-            .chain(self.buffered.values())
             .flatten()
             .map(|b| b.get_array_memory_size())
-            .sum()
+            .sum::<usize>()
+            + self.collected.held_bytes()
     }
 
-    /// Adds `leaf_batch` to the pane at `start`: collected while the pane is small,
-    /// else sent to its running aggregate (started with `open` if it has none). `false`
-    /// when the aggregate has already stopped (its error surfaces when the pane closes).
+    /// Whether rows of small panes are collected (see [`Self::reserve`]).
+    pub(crate) fn collects(&self) -> bool {
+        self.query.is_some()
+    }
+
+    /// Reserves room among the collected rows for `rows` more rows of `bytes` in the
+    /// pane at `start`: `false` when the pane has a running aggregate, the query
+    /// collects nothing, or a bound would be passed (the rows then go to
+    /// [`feed`](Self::feed)).
+    pub(crate) fn reserve(&mut self, start: Millis, rows: usize, bytes: usize) -> bool {
+        self.query.is_some()
+            && !self.open.contains_key(&start)
+            && self.collected.reserve(start, rows, bytes)
+    }
+
+    /// Keeps a leaf batch of rows reserved with [`reserve`](Self::reserve): the rows in
+    /// each range belong to that pane (ranges ascending).
+    pub(crate) fn collect(&mut self, leaf_batch: RecordBatch, panes: Vec<(Millis, Range<usize>)>) {
+        self.collected.push(leaf_batch, panes);
+    }
+
+    /// Sends `leaf_batch` to the running aggregate of the pane at `start` (started with
+    /// `open` if it has none), after the rows the pane collected. `false` when the
+    /// aggregate has already stopped (its error surfaces when the pane closes).
     pub(crate) async fn feed(
         &mut self,
         start: Millis,
         leaf_batch: RecordBatch,
         open: impl FnOnce() -> DfResult<OpenPane>,
     ) -> DfResult<bool> {
-        if self.query.is_some() && !self.open.contains_key(&start) {
-            let (n, bytes) = (leaf_batch.num_rows(), slice_bytes(&leaf_batch));
-            let (rows, held) = self.buffered_rows.entry(start).or_default();
-            let (all_rows, all_held) = &mut self.buffered_total;
-            if *rows + n < BUFFER_ROWS
-                && *held + bytes < BUFFER_BYTES
-                && *all_rows + n < BUFFER_ROWS_TOTAL
-                && *all_held + bytes < BUFFER_BYTES_TOTAL
-            {
-                *rows += n;
-                *held += bytes;
-                *all_rows += n;
-                *all_held += bytes;
-                self.buffered.entry(start).or_default().push(leaf_batch);
-                return Ok(true);
-            }
-        }
-        // Too big to collect: the pane's collected rows go first into its aggregate.
-        let earlier = self.take_buffered(start);
+        let earlier = if self.collected.contains(start) {
+            self.collected.take(|p| p == start)
+        } else {
+            Vec::new()
+        };
         let pane = self.aggregate(start, open)?;
         for b in earlier {
             if !pane.send(b).await {
@@ -158,37 +142,25 @@ impl Panes {
         Ok(pane.send(leaf_batch).await)
     }
 
-    /// Takes the rows collected for the pane at `start`.
-    fn take_buffered(&mut self, start: Millis) -> Vec<RecordBatch> {
-        if let Some((n, bytes)) = self.buffered_rows.remove(&start) {
-            self.buffered_total.0 -= n;
-            self.buffered_total.1 -= bytes;
-        }
-        self.buffered.remove(&start).unwrap_or_default()
-    }
-
-    /// Aggregates the rows collected for every pane (see [`Self::aggregate_buffered`]).
+    /// Aggregates the rows collected for every pane (see [`Self::aggregate_collected_of`]).
     pub(crate) async fn aggregate_collected(
         &mut self,
     ) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
-        let all: Vec<Millis> = self.buffered.keys().copied().collect();
-        self.aggregate_buffered(&all).await
+        self.aggregate_collected_of(|_| true).await
     }
 
     /// Forgets the rows collected for every pane.
     pub(crate) fn clear_collected(&mut self) {
-        self.buffered.clear();
-        self.buffered_rows.clear();
-        self.buffered_total = (0, 0);
+        self.collected.clear();
     }
 
-    /// Aggregates the rows collected for the panes at `starts` in one run of the
-    /// partial half: each pane's state rows, by pane.
-    async fn aggregate_buffered(
+    /// Aggregates the rows collected for the panes for which `take` holds in one run of
+    /// the partial half: each pane's state rows, by pane.
+    async fn aggregate_collected_of(
         &mut self,
-        starts: &[Millis],
+        take: impl FnMut(Millis) -> bool,
     ) -> DfResult<BTreeMap<Millis, Vec<RecordBatch>>> {
-        let rows: Vec<RecordBatch> = starts.iter().flat_map(|&s| self.take_buffered(s)).collect();
+        let rows = self.collected.take(take);
         match (&self.query, rows.is_empty()) {
             (Some(q), false) => partial_by_pane(q, rows).await,
             _ => Ok(BTreeMap::new()),
@@ -217,7 +189,7 @@ impl Panes {
         let next = [
             self.open.first_key_value().map(|(&k, _)| k),
             self.sealed.first_key_value().map(|(&k, _)| k),
-            self.buffered.first_key_value().map(|(&k, _)| k),
+            self.collected.panes().next(),
         ]
         .into_iter()
         .flatten()
@@ -228,13 +200,9 @@ impl Panes {
     /// Closes every pane the watermark `wm` has passed, oldest first; keeps its partial
     /// state until the last window containing it has fired (see [`Self::forget_passed`]).
     pub(crate) async fn close_passed(&mut self, window: &WindowSpec, wm: Millis) -> DfResult<()> {
-        let passed: Vec<Millis> = self
-            .buffered
-            .keys()
-            .copied()
-            .take_while(|&s| window.pane_of(s).end <= wm)
-            .collect();
-        let mut collected = self.aggregate_buffered(&passed).await?;
+        let mut collected = self
+            .aggregate_collected_of(|s| window.pane_of(s).end <= wm)
+            .await?;
         while let Some(next) = self.next_passed(window, wm) {
             let mut state = self.sealed.remove(&next).unwrap_or_default();
             if let Some(open) = self.open.remove(&next) {
@@ -247,10 +215,33 @@ impl Panes {
             }
         }
         // Panes that had only collected rows.
-        for (start, state) in collected {
+        self.add_closed(collected);
+        Ok(())
+    }
+
+    /// The collected rows of the panes `wm` has passed, taken, when those panes hold
+    /// nothing else (no running aggregate, no sealed state) and no closed pane is kept:
+    /// their windows can then be computed straight from the rows. `None` (nothing
+    /// taken) otherwise, or when no collected pane has passed.
+    pub(crate) fn take_passed_collected_only(
+        &mut self,
+        window: &WindowSpec,
+        wm: Millis,
+    ) -> Option<Vec<RecordBatch>> {
+        // Panes are keyed by start: if the oldest has not passed, none has.
+        let passed = |s: &Millis| window.pane_of(*s).end <= wm;
+        let alone = self.closed.is_empty()
+            && !self.open.keys().next().is_some_and(passed)
+            && !self.sealed.keys().next().is_some_and(passed)
+            && self.collected.panes().next().is_some_and(|s| passed(&s));
+        alone.then(|| self.collected.take(|s| passed(&s)))
+    }
+
+    /// Adds partial state of closed panes, by pane start.
+    pub(crate) fn add_closed(&mut self, state: BTreeMap<Millis, Vec<RecordBatch>>) {
+        for (start, state) in state {
             self.closed.entry(start).or_default().extend(state);
         }
-        Ok(())
     }
 
     /// Windows over closed panes that end at or before `wm` and after `fired_until`
