@@ -56,6 +56,9 @@ pub use forewarn_service::replay;
 pub use forewarn_service::sinks;
 pub use forewarn_service::training;
 
+mod allocator;
+pub use allocator::{keep_freed_memory, KEEP_FREED_BYTES};
+
 /// The README's Rust example is compiled and run as a doctest, so it cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    forewarn::keep_freed_memory();
     let args = cli::Cli::parse();
     // rumqttd logs every client disconnect as an error; the embedded broker stays quiet
     // unless RUST_LOG asks for it.

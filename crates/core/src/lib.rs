@@ -157,6 +157,7 @@ impl WindowSpec {
     }
 
     /// Width of one pane: rows are accumulated per pane; windows are unions of panes.
+    #[inline]
     pub fn pane_width(&self) -> Millis {
         match self {
             WindowSpec::Tumble { width } => *width,
@@ -174,6 +175,7 @@ impl WindowSpec {
     }
 
     /// The pane a timestamp falls into.
+    #[inline]
     pub fn pane_of(&self, ts: Millis) -> Pane {
         let w = self.pane_width();
         let start = ts.div_euclid(w) * w;
@@ -269,6 +271,7 @@ impl Watermark {
     }
 
     /// Records the largest event time of a batch.
+    #[inline]
     pub fn observe(&mut self, ts: Millis) {
         self.max_seen = Some(self.max_seen.map_or(ts, |m| m.max(ts)));
     }
@@ -331,6 +334,7 @@ impl Watermark {
     }
 
     /// Current watermark, or `None` before the first row.
+    #[inline]
     pub fn current(&self) -> Option<Millis> {
         match self.spec.per_key_skew {
             None => {
@@ -363,6 +367,7 @@ impl Watermark {
     }
 
     /// The largest event time seen, over all keys.
+    #[inline]
     pub fn max_seen(&self) -> Option<Millis> {
         self.max_seen
     }

@@ -22,6 +22,7 @@ pub(crate) fn record(rejected: &mut Rejected, reason: RowRejection, i: usize) {
 }
 
 /// The later of two optional times.
+#[inline]
 pub(crate) fn max_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),

@@ -90,14 +90,7 @@ pub(crate) async fn partial_state(
     q: &CompiledQuery,
     rows: Vec<RecordBatch>,
 ) -> DfResult<Vec<RecordBatch>> {
-    // One batch: the aggregate's cost per input batch is paid once, not per pane.
-    let rows = match rows.len() {
-        1 => rows,
-        _ => vec![datafusion::arrow::compute::concat_batches(
-            &q.leaf_schema,
-            &rows,
-        )?],
-    };
+    // As they are: usually one slice per input batch, not one per pane.
     let input = MemorySourceConfig::try_new_exec(&[rows], q.leaf_schema.clone(), None)?;
     let plan = replace_leaf(&q.partial, input)?;
     let state = collect(plan, q.task_ctx.clone()).await?;
