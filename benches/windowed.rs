@@ -15,7 +15,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{AsArray, Float64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -97,6 +98,17 @@ fn data(
     out
 }
 
+/// The sum of the `n` (count) column over `batches`.
+fn counted(batches: &[RecordBatch]) -> i64 {
+    batches
+        .iter()
+        .map(|b| {
+            let n = b.column(b.schema().index_of("n").unwrap());
+            datafusion::arrow::compute::sum(n.as_primitive::<Int64Type>()).unwrap_or(0)
+        })
+        .sum()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // As the `forewarn` command does; both sides run with it.
@@ -141,28 +153,27 @@ async fn main() {
     for round in 0..3 {
         let t = Instant::now();
         let mut op = WindowOperator::new(q.clone());
-        let mut out_rows = 0;
+        let (mut out_rows, mut out_n) = (0, 0);
         let mut peak_state = 0usize;
         for b in &batches {
             peak_state = peak_state.max(op.state_bytes());
-            out_rows += op
-                .process(b)
-                .await
-                .unwrap()
-                .results
-                .iter()
-                .map(|r| r.batch.num_rows())
-                .sum::<usize>();
+            let results = op.process(b).await.unwrap().results;
+            let batches: Vec<RecordBatch> = results.into_iter().map(|r| r.batch).collect();
+            out_rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+            out_n += counted(&batches);
         }
-        out_rows += op
-            .finish()
-            .await
-            .unwrap()
-            .results
-            .iter()
-            .map(|r| r.batch.num_rows())
-            .sum::<usize>();
+        let results = op.finish().await.unwrap().results;
+        let batches: Vec<RecordBatch> = results.into_iter().map(|r| r.batch).collect();
+        out_rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+        out_n += counted(&batches);
         let stream_s = t.elapsed().as_secs_f64();
+        // Rows come in time order, none late: each is counted once per window holding it.
+        let per_row = if mode == "hop" { 3 } else { 1 };
+        assert_eq!(
+            out_n,
+            (rows * per_row) as i64,
+            "every reading counted once per window"
+        );
 
         if stream_only {
             println!("round {round}: streaming {stream_s:.3} s, {out_rows} window rows");
@@ -182,6 +193,12 @@ async fn main() {
         assert_eq!(
             out_rows, batch_rows,
             "both sides must produce the same windows"
+        );
+        // And count every reading as often: no row lost or aggregated twice.
+        assert_eq!(
+            out_n,
+            counted(&res),
+            "both sides must count the same readings"
         );
         println!("round {round}: streaming {stream_s:.3} s, batch {batch_s:.3} s, {out_rows} window rows, peak partial-aggregate state {peak_state} bytes");
         best_stream = best_stream.min(stream_s);

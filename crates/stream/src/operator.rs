@@ -424,10 +424,12 @@ impl WindowOperator {
                     .panes
                     .reserve(*start, idx.len(), idx.len() * bytes_per_row)
         });
+        // The whole batch is one pane's when no row went elsewhere.
+        let single =
+            feed.len() == 1 && collect.is_empty() && out.rejected.is_empty() && keep.is_none();
         if !collect.is_empty() {
             self.collect(batch, collect)?;
         }
-        let single = feed.len() == 1 && out.rejected.is_empty() && keep.is_none();
         for (start, idx) in feed {
             let rows = if single {
                 batch.clone()
@@ -1110,7 +1112,9 @@ mod tests {
                 (50, 10),
                 (500, 10),
                 (3, 60),
-                (2000, 10),
+                // Two panes past the bound: batches with rows of a pane that feeds its
+                // aggregate and of one that collects.
+                (2000, 20),
                 (2, 40),
             ]
             .into_iter()
