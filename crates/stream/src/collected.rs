@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
-use datafusion::arrow::array::Array;
+use datafusion::arrow::array::{Array, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_core::Millis;
 
@@ -38,6 +39,34 @@ pub(crate) fn slice_bytes(b: &RecordBatch) -> usize {
 struct Chunk {
     batch: RecordBatch,
     panes: Vec<(Millis, Range<usize>)>,
+}
+
+impl Chunk {
+    /// Copies the rows still held into a batch of their own once they are under half of
+    /// the batch, so that a pane that stays open long (a clock running ahead) does not
+    /// keep every batch it had rows in: held memory stays within twice the rows counted.
+    fn compact(&mut self) {
+        let held: usize = self.panes.iter().map(|(_, r)| r.len()).sum();
+        if held * 2 >= self.batch.num_rows() {
+            return;
+        }
+        // A copy (`take`, not a slice, which would keep the buffers).
+        let idx: UInt32Array = self
+            .panes
+            .iter()
+            .flat_map(|(_, r)| r.start as u32..r.end as u32)
+            .collect();
+        // Rows of this batch, so this cannot fail; if it did, keep the batch whole.
+        let Ok(batch) = take_record_batch(&self.batch, &idx) else {
+            return;
+        };
+        let mut from = 0;
+        for (_, r) in &mut self.panes {
+            *r = from..from + r.len();
+            from = r.end;
+        }
+        self.batch = batch;
+    }
 }
 
 /// The collected rows of every pane, with what each pane holds.
@@ -110,6 +139,9 @@ impl Collected {
             }
         }
         self.chunks.retain(|c| !c.panes.is_empty());
+        for chunk in &mut self.chunks {
+            chunk.compact();
+        }
         self.per_pane.retain(|&start, (rows, bytes)| {
             if take(start) {
                 self.total.0 -= *rows;
@@ -180,6 +212,25 @@ mod tests {
         assert_eq!(c.chunks.len(), 1);
         assert_eq!(values(&c.take(|_| true)), vec![vec![7]]);
         assert_eq!((c.total, c.chunks.len(), c.held_bytes()), ((0, 0), 0, 0));
+    }
+
+    #[test]
+    fn a_pane_left_behind_does_not_keep_its_whole_batch() {
+        let mut c = Collected::default();
+        let rows: Vec<i64> = (0..1000).collect();
+        assert!(c.reserve(0, 999, 999 * 8) && c.reserve(3_600_000, 1, 8));
+        c.push(batch(&rows), vec![(0, 0..999), (3_600_000, 999..1000)]);
+        let whole = c.held_bytes();
+        assert_eq!(
+            c.take(|p| p == 0)
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            999
+        );
+        // The pane an hour ahead keeps its one row, not the thousand of its batch.
+        assert!(c.held_bytes() * 10 < whole, "{} of {whole}", c.held_bytes());
+        assert_eq!(values(&c.take(|_| true)), vec![vec![999]]);
     }
 
     #[test]
