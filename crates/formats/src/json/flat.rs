@@ -68,6 +68,25 @@ impl<'de> Cursor<'de> {
     fn raw_string(&mut self) -> Option<&'de [u8]> {
         let start = self.i;
         let mut end = start;
+        // Eight bytes at a time: a stop byte (quote, backslash or control character) sets
+        // the high bit of its lane; lanes above the first may be flagged falsely (borrows),
+        // the lowest never is. Non-ASCII bytes are never flagged.
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        while let Some(word) = self.b.get(end..end + 8) {
+            let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            let quote = x ^ (ONES * b'"' as u64);
+            let backslash = x ^ (ONES * b'\\' as u64);
+            let stops = (quote.wrapping_sub(ONES) & !quote)
+                | (backslash.wrapping_sub(ONES) & !backslash)
+                | (x.wrapping_sub(ONES * 0x20) & !x);
+            let stops = stops & HIGH;
+            if stops != 0 {
+                end += (stops.trailing_zeros() / 8) as usize;
+                break;
+            }
+            end += 8;
+        }
         while end < self.b.len() && !STOPS_STRING[self.b[end] as usize] {
             end += 1;
         }
@@ -316,4 +335,45 @@ pub(super) fn decode<'de>(payload: &'de [u8], seed: &mut MessageSeed<'_, 'de>) -
     }
     // Trailing characters: serde_json's error.
     c.peek().is_none().then_some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a byte-by-byte scan stops: the reference for the word-at-a-time one.
+    fn reference(b: &[u8]) -> Option<&[u8]> {
+        let end = b
+            .iter()
+            .position(|&c| STOPS_STRING[c as usize])
+            .unwrap_or(b.len());
+        (b.get(end) == Some(&b'"')).then(|| &b[..end])
+    }
+
+    #[test]
+    fn raw_string_stops_where_a_byte_by_byte_scan_does() {
+        // Every stop byte and some that are not (DEL, non-ASCII, space), at every
+        // position of strings up to 24 bytes, with and without a closing quote after.
+        let mut specials: Vec<u8> = (0..0x20).collect();
+        specials.extend([b'"', b'\\', 0x20, 0x7f, 0x80, 0xc3, 0xff, b'a']);
+        for len in 0..24 {
+            for pos in 0..len {
+                for &c in &specials {
+                    for closed in [false, true] {
+                        let mut b = vec![b'x'; len];
+                        b[pos] = c;
+                        if closed {
+                            b.push(b'"');
+                        }
+                        let mut cur = Cursor { b: &b, i: 0 };
+                        assert_eq!(
+                            cur.raw_string(),
+                            reference(&b),
+                            "{len} {pos} {c:#x} {closed}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
