@@ -40,7 +40,8 @@ footprint() {
     mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
     printf '%-44s %-8s %9s %8s\n' "binary" "profile" "stripped" "build"
     local profile what args bin out secs
-    for profile in release gateway; do
+    # gateway-abort: the gateway profile with panic = "abort" (its own dependency build).
+    for profile in release gateway gateway-abort; do
         # pump-gateway built alone, so forewarn has only the features it asks for (none).
         for what in "pump-gateway example (library only)|-p pump-gateway|pump-gateway" \
             "forewarn CLI (default features)|--bin forewarn|forewarn"; do
