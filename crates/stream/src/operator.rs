@@ -1025,6 +1025,16 @@ mod tests {
             .collect()
     }
 
+    /// The first `n` 10 s windows from time 0.
+    fn first_windows(n: i64) -> Vec<Pane> {
+        (0..n)
+            .map(|k| Pane {
+                start: k * 10 * S,
+                end: (k + 1) * 10 * S,
+            })
+            .collect()
+    }
+
     /// Rows of four devices, one each per second from window `from` to before window
     /// `to` (10 s windows), devices in a shifting order.
     fn spread(f: &crate::testing::Fixture, from: i64, to: i64) -> RecordBatch {
@@ -1261,15 +1271,7 @@ mod tests {
         assert_eq!(op.stats().final_runs, 2);
         results.extend(op.advance_watermark(100 * S).await.unwrap().results);
         let windows: Vec<Pane> = results.iter().map(|r| r.window).collect();
-        assert_eq!(
-            windows,
-            (0..3)
-                .map(|k| Pane {
-                    start: k * 10 * S,
-                    end: (k + 1) * 10 * S
-                })
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(windows, first_windows(3));
         for r in &results {
             let n = r
                 .batch
@@ -1302,16 +1304,7 @@ mod tests {
             let mut results = op.process(&spread(&f, 0, 3)).await.unwrap().results;
             results.extend(op.advance_watermark(100 * S).await.unwrap().results);
             let windows: Vec<Pane> = results.iter().map(|r| r.window).collect();
-            assert_eq!(
-                windows,
-                (0..3)
-                    .map(|k| Pane {
-                        start: k * 10 * S,
-                        end: (k + 1) * 10 * S
-                    })
-                    .collect::<Vec<_>>(),
-                "collect {collect}"
-            );
+            assert_eq!(windows, first_windows(3), "collect {collect}");
             assert!(results
                 .iter()
                 .all(|r| r.batch.num_rows() == 4 && r.row_windows.is_none()));
