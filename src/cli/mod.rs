@@ -393,14 +393,17 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// An output as one line of `replay --out` and `--dead-letters` files:
-/// `{"topic": ..., "payload": ...}` and a newline.
+/// `{"payload": ..., "topic": ...}` and a newline. The payload is spliced in as the
+/// exact bytes a sink would publish (no parse and re-serialise: that was 30 % of a
+/// backtest's time), so a replay's payloads equal the live ones byte for byte.
 pub fn output_line(o: &forewarn::Output) -> Vec<u8> {
     let (topic, payload) = o.to_message();
-    let payload: serde_json::Value =
-        serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
-    let mut line = serde_json::to_vec(&serde_json::json!({"topic": topic, "payload": payload}))
-        .expect("serialises");
-    line.push(b'\n');
+    let mut line = Vec::with_capacity(payload.len() + topic.len() + 24);
+    line.extend_from_slice(b"{\"payload\":");
+    line.extend_from_slice(&payload);
+    line.extend_from_slice(b",\"topic\":");
+    serde_json::to_writer(&mut line, &topic).expect("a string serialises");
+    line.extend_from_slice(b"}\n");
     line
 }
 
