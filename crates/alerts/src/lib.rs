@@ -51,7 +51,14 @@ pub fn alert_id(query: &str, device: &str, window_start_ms: i64) -> String {
     h.update([0]);
     h.update(window_start_ms.to_le_bytes());
     let d = h.finalize();
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    // Hex by table: a `format!` per byte was 5 % of a backtest that emits every window.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(16);
+    for b in &d[..8] {
+        id.push(HEX[usize::from(b >> 4)] as char);
+        id.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    id
 }
 
 impl Alert {
