@@ -403,6 +403,9 @@ pub fn duration_ms(d: Duration) -> Millis {
 
 /// Formats event time as RFC 3339 UTC with milliseconds (`2026-11-21T10:00:00.000Z`).
 pub fn format_rfc3339(ms: Millis) -> String {
+    if let Some(b) = timestamp::plain_rfc3339(ms) {
+        return String::from_utf8_lossy(&b).into_owned();
+    }
     match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
         Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         None => format!("{ms}ms"),

@@ -6,10 +6,13 @@
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
+};
 use datafusion::arrow::compute::{cast, interleave};
 use datafusion::arrow::datatypes::{
-    DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    ArrowPrimitiveType, DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::arrow::record_batch::RecordBatch;
@@ -35,18 +38,26 @@ pub struct Rows {
     table: Option<Table>,
 }
 
-/// A column of a history file.
+/// A column of a history file, downcast once (a backtest reads every cell of it).
 #[derive(Debug, Clone)]
 enum Col {
     /// Text cells (an empty cell is a missing value).
     Text(StringArray),
-    /// Values of a type that reads as its own text would: `Float64` for a `DOUBLE`,
-    /// `Int64` for a `BIGINT` or `DOUBLE`, `Boolean` for a `BOOLEAN` column.
-    Typed(ArrayRef),
+    /// Values of a type that reads as its own text would: `Float64` for a `DOUBLE`
+    /// column...
+    Float(Float64Array),
+    /// ...`Int64` for a `BIGINT` or (`as_float`) a `DOUBLE` column...
+    Int { values: Int64Array, as_float: bool },
+    /// ...and `Boolean` for a `BOOLEAN` column.
+    Bool(BooleanArray),
     /// A timestamp column (any unit, no zone or UTC) for a `TIMESTAMP` column: its
-    /// fields are its text, as before, but the table reads each value's instant, which
-    /// is what that text parses to (years 1000 to 9999, where the text is plain).
-    Time(ArrayRef),
+    /// fields are its text, as before, but the table reads each value's instant
+    /// (`instants`, epoch ms), which is what that text parses to (years 1000 to 9999,
+    /// where the text is plain; null elsewhere).
+    Time {
+        values: ArrayRef,
+        instants: TimestampMillisecondArray,
+    },
 }
 
 /// The instants (epoch ms) whose text is a plain four-digit-year timestamp.
@@ -55,90 +66,142 @@ const PLAIN_YEARS: std::ops::RangeInclusive<i64> = -30_610_224_000_000..=253_402
 impl Col {
     /// `column` for a source column of type `t` (`Utf8` when the source has none).
     fn of(column: &ArrayRef, t: &DataType) -> Result<Col, String> {
-        let keep = matches!(
-            (column.data_type(), t),
-            (DataType::Float64, DataType::Float64)
-                | (DataType::Int64, DataType::Int64 | DataType::Float64)
-                | (DataType::Boolean, DataType::Boolean)
-        );
-        if keep {
-            return Ok(Col::Typed(column.clone()));
-        }
-        if let (DataType::Timestamp(_, tz), DataType::Timestamp(..)) = (column.data_type(), t) {
-            if tz
-                .as_deref()
-                .is_none_or(|z| matches!(z, "UTC" | "+00:00" | "Z"))
-            {
-                return Ok(Col::Time(column.clone()));
+        match (column.data_type(), t) {
+            (DataType::Float64, DataType::Float64) => {
+                return Ok(Col::Float(column.as_primitive::<Float64Type>().clone()))
             }
+            (DataType::Int64, DataType::Int64 | DataType::Float64) => {
+                return Ok(Col::Int {
+                    values: column.as_primitive::<Int64Type>().clone(),
+                    as_float: *t == DataType::Float64,
+                })
+            }
+            (DataType::Boolean, DataType::Boolean) => {
+                return Ok(Col::Bool(column.as_boolean().clone()))
+            }
+            (DataType::Timestamp(_, tz), DataType::Timestamp(..))
+                if tz
+                    .as_deref()
+                    .is_none_or(|z| matches!(z, "UTC" | "+00:00" | "Z")) =>
+            {
+                return Ok(Col::time(column.clone()))
+            }
+            _ => {}
         }
         let text = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
         Ok(Col::Text(text.as_string::<i32>().clone()))
     }
 
+    /// A [`Col::Time`] of `values`, a timestamp array.
+    fn time(values: ArrayRef) -> Col {
+        // The text's fraction is cut, not rounded, to milliseconds: a floor.
+        fn floor<T: ArrowPrimitiveType<Native = i64>>(
+            a: &ArrayRef,
+            ms: impl Fn(i64) -> Option<i64>,
+        ) -> TimestampMillisecondArray {
+            a.as_primitive::<T>()
+                .iter()
+                .map(|v| v.and_then(&ms).filter(|ms| PLAIN_YEARS.contains(ms)))
+                .collect()
+        }
+        let instants = match values.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => {
+                floor::<TimestampSecondType>(&values, |s| s.checked_mul(1000))
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                floor::<TimestampMillisecondType>(&values, Some)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                floor::<TimestampMicrosecondType>(&values, |us| Some(us.div_euclid(1000)))
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                floor::<TimestampNanosecondType>(&values, |ns| Some(ns.div_euclid(1_000_000)))
+            }
+            _ => TimestampMillisecondArray::new_null(values.len()),
+        };
+        Col::Time { values, instants }
+    }
+
     fn array(&self) -> &dyn Array {
         match self {
             Col::Text(a) => a,
-            Col::Typed(a) | Col::Time(a) => a.as_ref(),
+            Col::Float(a) => a,
+            Col::Int { values, .. } => values,
+            Col::Bool(a) => a,
+            Col::Time { values, .. } => values.as_ref(),
+        }
+    }
+
+    /// The same kind of column over `a` (this column's rows sliced or gathered).
+    fn like(&self, a: ArrayRef) -> Col {
+        match self {
+            Col::Text(_) => Col::Text(a.as_string::<i32>().clone()),
+            Col::Float(_) => Col::Float(a.as_primitive::<Float64Type>().clone()),
+            Col::Int { as_float, .. } => Col::Int {
+                values: a.as_primitive::<Int64Type>().clone(),
+                as_float: *as_float,
+            },
+            Col::Bool(_) => Col::Bool(a.as_boolean().clone()),
+            Col::Time { .. } => Col::time(a),
+        }
+    }
+
+    /// Rows `start..start + len`, without copying.
+    fn slice(&self, start: usize, len: usize) -> Col {
+        match self {
+            Col::Text(a) => Col::Text(a.slice(start, len)),
+            Col::Float(a) => Col::Float(a.slice(start, len)),
+            Col::Int { values, as_float } => Col::Int {
+                values: values.slice(start, len),
+                as_float: *as_float,
+            },
+            Col::Bool(a) => Col::Bool(a.slice(start, len)),
+            Col::Time { values, instants } => Col::Time {
+                values: values.slice(start, len),
+                instants: instants.slice(start, len),
+            },
         }
     }
 
     /// Value `row` as an instant in epoch ms, for a [`Col::Time`] column whose text
     /// is plain (see [`PLAIN_YEARS`]).
+    #[inline]
     fn instant(&self, row: usize) -> Option<i64> {
-        let Col::Time(a) = self else { return None };
-        if a.is_null(row) {
-            return None;
+        match self {
+            Col::Time { instants, .. } if instants.is_valid(row) => Some(instants.value(row)),
+            _ => None,
         }
-        // The text's fraction is cut, not rounded, to milliseconds: a floor.
-        let ms = match a.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => a
-                .as_primitive::<TimestampSecondType>()
-                .value(row)
-                .checked_mul(1000)?,
-            DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                a.as_primitive::<TimestampMillisecondType>().value(row)
-            }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => a
-                .as_primitive::<TimestampMicrosecondType>()
-                .value(row)
-                .div_euclid(1000),
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => a
-                .as_primitive::<TimestampNanosecondType>()
-                .value(row)
-                .div_euclid(1_000_000),
-            _ => return None,
-        };
-        PLAIN_YEARS.contains(&ms).then_some(ms)
     }
-}
 
-/// A typed value as [`cell`] reads its text for a column of type `t` (see [`Col::Typed`]).
-fn typed_cell(column: &ArrayRef, row: usize, t: &DataType) -> Scalar<'static> {
-    match column.data_type() {
-        DataType::Float64 => {
-            let v = column.as_primitive::<Float64Type>().value(row);
-            if v.is_finite() {
-                Scalar::Float(v)
-            } else {
+    /// Value `row` as the JSON value its device would have sent for a column of type
+    /// `t` (`None`: missing), as [`cell`] reads its text.
+    #[inline]
+    fn value(&self, row: usize, t: &DataType) -> Option<Scalar<'_>> {
+        Some(match self {
+            // An empty cell is a missing value, as in a JSON payload.
+            Col::Text(a) if a.is_null(row) || a.value(row).is_empty() => return None,
+            Col::Text(a) => cell(a.value(row), t),
+            Col::Float(a) if a.is_null(row) => return None,
+            Col::Float(a) => match a.value(row) {
+                v if v.is_finite() => Scalar::Float(v),
                 // Not a number: the text (`NaN`, `inf`), for the decoder to refuse.
-                Scalar::Str(Cow::Owned(text_of(column, row)))
-            }
-        }
-        DataType::Int64 => {
-            let v = column.as_primitive::<Int64Type>().value(row);
-            match t {
-                DataType::Float64 => Scalar::Float(v as f64),
-                _ => Scalar::Int(v),
-            }
-        }
-        DataType::Boolean => Scalar::Bool(column.as_boolean().value(row)),
-        _ => Scalar::Str(Cow::Owned(text_of(column, row))),
+                _ => Scalar::Str(Cow::Owned(text_of(a, row))),
+            },
+            Col::Int { values, .. } if values.is_null(row) => return None,
+            Col::Int { values, as_float } => match values.value(row) {
+                v if *as_float => Scalar::Float(v as f64),
+                v => Scalar::Int(v),
+            },
+            Col::Bool(a) if a.is_null(row) => return None,
+            Col::Bool(a) => Scalar::Bool(a.value(row)),
+            Col::Time { values, .. } if values.is_null(row) => return None,
+            Col::Time { values, .. } => Scalar::Str(Cow::Owned(text_of(values, row))),
+        })
     }
 }
 
 /// The text of one value, as a cast of the column to text writes it.
-fn text_of(column: &ArrayRef, row: usize) -> String {
+fn text_of(column: &dyn Array, row: usize) -> String {
     cast(&column.slice(row, 1), &DataType::Utf8)
         .map(|a| a.as_string::<i32>().value(0).to_string())
         .unwrap_or_default()
@@ -314,15 +377,9 @@ impl Rows {
             .find_map(|c| self.value_at(row, c))
     }
 
+    #[inline]
     fn value_at(&self, row: usize, c: usize) -> Option<Scalar<'_>> {
-        match &self.columns[c] {
-            // An empty cell is a missing value, as in a JSON payload.
-            Col::Text(col) if col.is_null(row) || col.value(row).is_empty() => None,
-            Col::Text(col) => Some(cell(col.value(row), &self.types[c])),
-            Col::Typed(col) | Col::Time(col) if col.is_null(row) => None,
-            Col::Typed(col) => Some(typed_cell(col, row, &self.types[c])),
-            Col::Time(col) => Some(Scalar::Str(Cow::Owned(text_of(col, row)))),
-        }
+        self.columns[c].value(row, &self.types[c])
     }
 
     /// Row `row` as the message its device would have sent.
@@ -350,11 +407,7 @@ impl Rows {
         let columns = self
             .columns
             .iter()
-            .map(|c| match c {
-                Col::Text(a) => Col::Text(a.slice(start, end - start)),
-                Col::Typed(a) => Col::Typed(a.slice(start, end - start)),
-                Col::Time(a) => Col::Time(a.slice(start, end - start)),
-            })
+            .map(|c| c.slice(start, end - start))
             .collect();
         Rows {
             names: self.names.clone(),
@@ -374,11 +427,7 @@ impl Rows {
         for c in 0..first.names.len() {
             let arrays: Vec<&dyn Array> = parts.iter().map(|p| p.columns[c].array()).collect();
             let a: ArrayRef = interleave(&arrays, at).map_err(|e| e.to_string())?;
-            columns.push(match &first.columns[c] {
-                Col::Text(_) => Col::Text(a.as_string::<i32>().clone()),
-                Col::Typed(_) => Col::Typed(a),
-                Col::Time(_) => Col::Time(a),
-            });
+            columns.push(first.columns[c].like(a));
         }
         Ok(Rows::of(
             first.names.clone(),
@@ -429,9 +478,15 @@ impl Readings for Rows {
                 Col::Text(a) if a.is_valid(row) && !a.value(row).is_empty() => {
                     json_len(&self.names[c]) + 2 + json_len(a.value(row)).max(24)
                 }
-                Col::Typed(a) if a.is_valid(row) => json_len(&self.names[c]) + 2 + 24,
+                Col::Float(_) | Col::Int { .. } | Col::Bool(_)
+                    if self.columns[c].array().is_valid(row) =>
+                {
+                    json_len(&self.names[c]) + 2 + 24
+                }
                 // Text such as `2026-01-05T06:00:00.123456789+00:00`, quoted.
-                Col::Time(a) if a.is_valid(row) => json_len(&self.names[c]) + 2 + 48,
+                Col::Time { values, .. } if values.is_valid(row) => {
+                    json_len(&self.names[c]) + 2 + 48
+                }
                 _ => 0,
             })
             .sum::<usize>()
@@ -454,8 +509,8 @@ impl Readings for Rows {
                             // Every byte escaped as `\u00XX` at worst.
                             name + (2 + 6 * longest).max(24)
                         }
-                        Col::Typed(_) => name + 24,
-                        Col::Time(_) => name + 48,
+                        Col::Float(_) | Col::Int { .. } | Col::Bool(_) => name + 24,
+                        Col::Time { .. } => name + 48,
                     }
                 })
                 .sum::<usize>(),
@@ -507,7 +562,7 @@ mod tests {
         let mut plain = 0;
         for a in columns {
             let col = Col::of(&a, &DataType::Timestamp(TimeUnit::Millisecond, None)).unwrap();
-            assert!(matches!(col, Col::Time(_)));
+            assert!(matches!(col, Col::Time { .. }));
             for row in 0..a.len() {
                 let text = text_of(&a, row);
                 match col.instant(row) {
