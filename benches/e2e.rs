@@ -212,6 +212,9 @@ async fn latency(url: &BrokerUrl, batch_delay: Duration, trials: usize) -> (f64,
 }
 
 fn main() {
+    // As the `forewarn` command does (`forewarn run` is what a deployment runs); the
+    // pass-through side runs in this process with it too.
+    forewarn::keep_freed_memory();
     let Some(bin) = mosquitto::mosquitto_binary() else {
         eprintln!("e2e: mosquitto not found; install it (apt-get install mosquitto)");
         return;

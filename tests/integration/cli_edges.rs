@@ -245,6 +245,19 @@ fn models_flag_is_named_and_check_works_without_models() {
         ],
     );
     assert_eq!(code, 0, "{err}");
+    // Each line is the payload exactly as the sink publishes it (the alert format's
+    // field order, not re-sorted by a parse) and its topic.
+    let out = std::fs::read_to_string(dir.join("o.jsonl")).unwrap();
+    assert!(out.lines().count() > 0, "{err}");
+    for line in out.lines() {
+        assert!(
+            line.starts_with(r#"{"payload":{"schema_version":1,"alert_id":""#),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v.as_object().map(|o| o.len()), Some(2), "{line}");
+        assert!(v["topic"].is_string(), "{line}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

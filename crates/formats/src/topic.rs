@@ -237,19 +237,27 @@ impl TopicTemplate {
     /// Fills the template's captures from a lookup (used for sink topics such as
     /// `forewarn/alerts/{device}`). Levels that cannot be filled become `_`.
     pub fn render(&self, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
-        self.levels
-            .iter()
-            .map(|l| match l {
-                Level::Literal(s) => s.clone(),
-                Level::Capture(n) => lookup(n)
-                    .map(|v| v.replace(['/', '+', '#'], "_"))
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| "_".into()),
-                Level::Any => "+".into(),
-                Level::Rest => "#".into(),
-            })
-            .collect::<Vec<_>>()
-            .join("/")
+        // Written into one string (no level strings to join): a backtest renders a
+        // topic for each of its window results.
+        let mut out = String::new();
+        for (i, l) in self.levels.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            match l {
+                Level::Literal(s) => out.push_str(s),
+                Level::Capture(n) => match lookup(n).filter(|v| !v.is_empty()) {
+                    Some(v) => out.extend(v.chars().map(|c| match c {
+                        '/' | '+' | '#' => '_',
+                        c => c,
+                    })),
+                    None => out.push('_'),
+                },
+                Level::Any => out.push('+'),
+                Level::Rest => out.push('#'),
+            }
+        }
+        out
     }
 
     /// The topic with each capture's value as it is and a missing one as an empty
@@ -258,16 +266,19 @@ impl TopicTemplate {
     /// could not carry (empty, or with a `/`) gives a topic the template does not match,
     /// and the reading is refused as it would be live.
     pub fn render_exact(&self, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
-        self.levels
-            .iter()
-            .map(|l| match l {
-                Level::Literal(s) => s.clone(),
-                Level::Capture(n) => lookup(n).unwrap_or_default(),
-                Level::Any => "+".into(),
-                Level::Rest => "#".into(),
-            })
-            .collect::<Vec<_>>()
-            .join("/")
+        let mut out = String::new();
+        for (i, l) in self.levels.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            match l {
+                Level::Literal(s) => out.push_str(s),
+                Level::Capture(n) => out.push_str(&lookup(n).unwrap_or_default()),
+                Level::Any => out.push('+'),
+                Level::Rest => out.push('#'),
+            }
+        }
+        out
     }
 }
 
