@@ -117,11 +117,7 @@ fn numbers<S: AsRef<str>>(map: &Map<String, Value>, names: &[S]) -> Vec<f64> {
 /// Removes the device column from a result row: its text (JSON text when not a string;
 /// empty when null or absent).
 fn take_device(row: &mut Map<String, Value>, device_column: &str) -> String {
-    match row.remove(device_column) {
-        Some(Value::String(s)) => s,
-        Some(Value::Null) | None => String::new(),
-        Some(v) => v.to_string(),
-    }
+    WindowRow::device_text(row.remove(device_column))
 }
 
 /// One result row of a closed window of a query that is not an anomaly rule (it
@@ -204,13 +200,34 @@ impl WindowRow {
         let device = take_device(&mut row, device_column);
         row.remove("window_start");
         row.remove("window_end");
+        WindowRow::from_parts(query, device, window, row)
+    }
+
+    /// The row of `device` (the device column's text, as [`from_row`](Self::from_row)
+    /// takes it) with `columns` already without the device and window columns.
+    pub fn from_parts(
+        query: &str,
+        device: String,
+        window: (i64, i64),
+        columns: Map<String, Value>,
+    ) -> WindowRow {
         WindowRow {
             id: alert_id(query, &device, window.0),
             query: query.to_string(),
             device,
             window_start: Timestamp::from_millis(window.0),
             window_end: Timestamp::from_millis(window.1),
-            columns: row,
+            columns,
+        }
+    }
+
+    /// The device text [`from_row`](Self::from_row) lifts out of a row whose device
+    /// column holds `v` (`None`: no such column).
+    pub fn device_text(v: Option<Value>) -> String {
+        match v {
+            Some(Value::String(s)) => s,
+            Some(Value::Null) | None => String::new(),
+            Some(v) => v.to_string(),
         }
     }
 

@@ -18,7 +18,7 @@ use forewarn_sql::CompiledQuery;
 use forewarn_stream::{Rejection, RowRejection, WindowResult};
 
 use crate::health::HealthBook;
-use crate::rows::row_to_json;
+use crate::rows::{cell, row_to_json, row_to_json_except};
 use crate::{DeadLetter, EngineConfig, Output};
 
 /// A JSON value as a topic level: strings as they are, anything else as JSON text.
@@ -162,19 +162,7 @@ impl Publisher {
                 .collect();
             (outs, 0)
         } else {
-            let outs = self
-                .result_rows(res, range)
-                .map(|(topic, row, window)| Output::Row {
-                    topic,
-                    row: WindowRow::from_row(
-                        query,
-                        &self.device_column,
-                        (window.start, window.end),
-                        row,
-                    ),
-                })
-                .collect();
-            (outs, 0)
+            (self.window_rows(query, res, range), 0)
         }
     }
 
@@ -190,6 +178,45 @@ impl Publisher {
             let window = res.window_of(r);
             (topic, row, window)
         })
+    }
+
+    /// Rows `range` of a closed window's result as window rows, each with its topic:
+    /// what [`WindowRow::from_row`] makes of [`result_rows`](Self::result_rows), with
+    /// the device and window columns read from their columns instead of put into each
+    /// row's map and taken out again (a backtest publishes every window it closes).
+    fn window_rows(
+        &self,
+        query: &str,
+        res: &WindowResult,
+        range: std::ops::Range<usize>,
+    ) -> Vec<Output> {
+        let batch = &res.batch;
+        let schema = batch.schema_ref();
+        let device = schema.index_of(&self.device_column).ok();
+        let lifted: Vec<bool> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let n = f.name().as_str();
+                n == self.device_column || n == "window_start" || n == "window_end"
+            })
+            .collect();
+        range
+            .map(|r| {
+                let topic = self.sink.render(|c| {
+                    let k = schema.index_of(c).ok()?;
+                    Some(topic_text(&cell(batch.column(k).as_ref(), r)))
+                });
+                let device =
+                    WindowRow::device_text(device.map(|k| cell(batch.column(k).as_ref(), r)));
+                let window = res.window_of(r);
+                let columns = row_to_json_except(batch, r, &lifted);
+                Output::Row {
+                    topic,
+                    row: WindowRow::from_parts(query, device, (window.start, window.end), columns),
+                }
+            })
+            .collect()
     }
 
     /// Rows `range` of a closed window's result as alerts, each with its topic and window.

@@ -11,9 +11,18 @@ use serde_json::{Map, Value};
 
 /// Row `i` of `batch` as a JSON object. Non-finite floats become null.
 pub fn row_to_json(batch: &RecordBatch, i: usize) -> Map<String, Value> {
-    let mut m = Map::with_capacity(batch.num_columns());
-    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
-        m.insert(f.name().clone(), cell(col.as_ref(), i));
+    row_to_json_except(batch, i, &[])
+}
+
+/// [`row_to_json`] without the columns whose index `skip` marks `true` (a shorter
+/// `skip` leaves the rest in).
+pub fn row_to_json_except(batch: &RecordBatch, i: usize, skip: &[bool]) -> Map<String, Value> {
+    let mut m = Map::new();
+    let schema = batch.schema_ref();
+    for (k, (f, col)) in schema.fields().iter().zip(batch.columns()).enumerate() {
+        if !skip.get(k).copied().unwrap_or(false) {
+            m.insert(f.name().clone(), cell(col.as_ref(), i));
+        }
     }
     m
 }
@@ -24,7 +33,8 @@ fn num(v: f64) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn cell(a: &dyn Array, i: usize) -> Value {
+/// Value `i` of `a` as JSON (as [`row_to_json`] writes it).
+pub(crate) fn cell(a: &dyn Array, i: usize) -> Value {
     if a.is_null(i) {
         return Value::Null;
     }
