@@ -111,7 +111,7 @@ impl fmt::Display for Timestamp {
 /// `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` when its year is 0 to 9999 (what chrono's
 /// `to_rfc3339_opts(Millis, true)` writes for those years), without chrono or an
 /// allocation: every published window carries two of these, and chrono's formatter was
-/// several percent of a backtest. Days to a civil date by H. Hinnant's algorithm.
+/// 2–3 % of a backtest's samples. Days to a civil date by H. Hinnant's algorithm.
 pub(crate) fn plain_rfc3339(ms: i64) -> Option<[u8; 24]> {
     // 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z.
     const RANGE: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;

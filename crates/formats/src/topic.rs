@@ -237,27 +237,13 @@ impl TopicTemplate {
     /// Fills the template's captures from a lookup (used for sink topics such as
     /// `forewarn/alerts/{device}`). Levels that cannot be filled become `_`.
     pub fn render(&self, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
-        // Written into one string (no level strings to join): a backtest renders a
-        // topic for each of its window results.
-        let mut out = String::new();
-        for (i, l) in self.levels.iter().enumerate() {
-            if i > 0 {
-                out.push('/');
-            }
-            match l {
-                Level::Literal(s) => out.push_str(s),
-                Level::Capture(n) => match lookup(n).filter(|v| !v.is_empty()) {
-                    Some(v) => out.extend(v.chars().map(|c| match c {
-                        '/' | '+' | '#' => '_',
-                        c => c,
-                    })),
-                    None => out.push('_'),
-                },
-                Level::Any => out.push('+'),
-                Level::Rest => out.push('#'),
-            }
-        }
-        out
+        self.write(|n, out| match lookup(n).filter(|v| !v.is_empty()) {
+            Some(v) => out.extend(v.chars().map(|c| match c {
+                '/' | '+' | '#' => '_',
+                c => c,
+            })),
+            None => out.push('_'),
+        })
     }
 
     /// The topic with each capture's value as it is and a missing one as an empty
@@ -266,6 +252,13 @@ impl TopicTemplate {
     /// could not carry (empty, or with a `/`) gives a topic the template does not match,
     /// and the reading is refused as it would be live.
     pub fn render_exact(&self, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
+        self.write(|n, out| out.push_str(&lookup(n).unwrap_or_default()))
+    }
+
+    /// The levels joined by `/`, each capture written by `capture` (its name, the
+    /// topic so far). Into one string, with no level strings to join: a backtest
+    /// renders a topic for each of its window results.
+    fn write(&self, mut capture: impl FnMut(&str, &mut String)) -> String {
         let mut out = String::new();
         for (i, l) in self.levels.iter().enumerate() {
             if i > 0 {
@@ -273,7 +266,7 @@ impl TopicTemplate {
             }
             match l {
                 Level::Literal(s) => out.push_str(s),
-                Level::Capture(n) => out.push_str(&lookup(n).unwrap_or_default()),
+                Level::Capture(n) => capture(n, &mut out),
                 Level::Any => out.push('+'),
                 Level::Rest => out.push('#'),
             }
