@@ -174,9 +174,18 @@ impl Publisher {
     ) -> impl Iterator<Item = (String, serde_json::Map<String, serde_json::Value>, Pane)> + 'a {
         range.map(move |r| {
             let row = row_to_json(&res.batch, r);
-            let topic = self.sink.render(|c| row.get(c).map(topic_text));
+            let topic = self.topic_of(&res.batch, r);
             let window = res.window_of(r);
             (topic, row, window)
+        })
+    }
+
+    /// The sink topic of row `r` of `batch`: each capture is that column's value as
+    /// topic text.
+    fn topic_of(&self, batch: &RecordBatch, r: usize) -> String {
+        self.sink.render(|c| {
+            let k = batch.schema_ref().index_of(c).ok()?;
+            Some(topic_text(&cell(batch.column(k).as_ref(), r)))
         })
     }
 
@@ -203,10 +212,7 @@ impl Publisher {
             .collect();
         range
             .map(|r| {
-                let topic = self.sink.render(|c| {
-                    let k = schema.index_of(c).ok()?;
-                    Some(topic_text(&cell(batch.column(k).as_ref(), r)))
-                });
+                let topic = self.topic_of(batch, r);
                 let device =
                     WindowRow::device_text(device.map(|k| cell(batch.column(k).as_ref(), r)));
                 let window = res.window_of(r);
