@@ -216,20 +216,29 @@ impl TopicTemplate {
             if at > bytes.len() {
                 return false;
             }
-            let mut end = at;
-            while end < bytes.len() && bytes[end] != b'/' {
-                end += 1;
-            }
-            let start = at;
-            at = end + 1;
-            match level {
-                Level::Literal(s) if !crate::same(s.as_bytes(), &bytes[start..end]) => {
-                    return false
+            let end = match level {
+                // A literal level is compared where it must be, without a scan.
+                Level::Literal(s) => {
+                    let end = at + s.len();
+                    if end > bytes.len()
+                        || !crate::same(s.as_bytes(), &bytes[at..end])
+                        || (end < bytes.len() && bytes[end] != b'/')
+                    {
+                        return false;
+                    }
+                    end
                 }
-                Level::Capture(_) if start == end => return false,
-                Level::Capture(_) => out.push((start, end)),
-                _ => {}
-            }
+                Level::Capture(_) => {
+                    let end = level_end(bytes, at);
+                    if at == end {
+                        return false;
+                    }
+                    out.push((at, end));
+                    end
+                }
+                _ => level_end(bytes, at),
+            };
+            at = end + 1;
         }
         at > bytes.len()
     }
@@ -335,6 +344,26 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Where the level starting at `at` ends: the next `/` or the end of the topic. Eight
+/// bytes at a time, since most levels are shorter: a `/` zeroes its lane of `x ^ SLASHES`,
+/// and the lowest zero lane is flagged exactly (lanes above it may be flagged falsely).
+fn level_end(b: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(word) = b.get(at..at + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ (ONES * b'/' as u64);
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return at + (zero.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while at < b.len() && b[at] != b'/' {
+        at += 1;
+    }
+    at
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +443,92 @@ mod tests {
         assert!(filter_problem("$share/g/a/#/b").is_some());
         let t = TopicTemplate::parse("plant/{device}/data").unwrap();
         assert_eq!(t.mismatch_with_filter("$share/g/plant/+/data"), None);
+    }
+
+    /// `capture_spans` against a reference that splits both on `/`, for generated
+    /// topics around each template: levels of every length across the eight-byte scan,
+    /// empty levels, literals with a byte more or less.
+    #[test]
+    fn capture_spans_agree_with_splitting() {
+        fn reference(template: &str, topic: &str) -> Option<Vec<String>> {
+            let parts: Vec<&str> = topic.split('/').collect();
+            let mut caps = Vec::new();
+            let levels: Vec<&str> = template.split('/').collect();
+            for (i, l) in levels.iter().enumerate() {
+                if *l == "#" {
+                    return Some(caps);
+                }
+                let p = parts.get(i)?;
+                if l.starts_with('{') {
+                    if p.is_empty() {
+                        return None;
+                    }
+                    caps.push(p.to_string());
+                } else if *l != "+" && l != p {
+                    return None;
+                }
+            }
+            (parts.len() == levels.len()).then_some(caps)
+        }
+        let templates = [
+            "plant/{site}/{line}/{device}/telemetry",
+            "{device}",
+            "a/+/{device}",
+            "sensors/{device}/#",
+            "verylongliteralname/{device}/x",
+        ];
+        let pieces = [
+            "",
+            "a",
+            "x",
+            "plant",
+            "plan",
+            "plantt",
+            "telemetry",
+            "sensors",
+            "p1",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghi",
+            "verylongliteralname",
+            "verylongliteralnam",
+            "é",
+            "0123456789abcdefXY",
+        ];
+        let mut seed = 0x853c_49e6_748f_ea9bu64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut matched = 0;
+        for template in templates {
+            let t = TopicTemplate::parse(template).unwrap();
+            let literal: Vec<&str> = template.split('/').collect();
+            let mut out = Vec::new();
+            for _ in 0..4000 {
+                // Mostly the template's own levels, so that many topics match.
+                let levels: Vec<&str> = (0..literal.len() + next(3) - 1)
+                    .map(|i| match (next(3), literal.get(i)) {
+                        (0, _) | (_, None) => pieces[next(pieces.len())],
+                        (_, Some(l)) if l.starts_with('{') || *l == "+" || *l == "#" => {
+                            pieces[1 + next(pieces.len() - 1)]
+                        }
+                        (_, Some(l)) => l,
+                    })
+                    .collect();
+                let topic = levels.join("/");
+                let got = t.capture_spans(&topic, &mut out).then(|| {
+                    out.iter()
+                        .map(|&(a, b)| topic[a..b].to_string())
+                        .collect::<Vec<_>>()
+                });
+                assert_eq!(got, reference(template, &topic), "{template} {topic}");
+                matched += usize::from(got.is_some());
+            }
+        }
+        assert!(matched > 2000, "{matched}");
     }
 
     #[test]

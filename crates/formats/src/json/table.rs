@@ -1,5 +1,5 @@
 //! Rows of recorded history read column by column into a source's Arrow columns, by
-//! the same conversion rules ([`convert`]) the decoder applies to each field of a
+//! the same conversion rules ([`ColumnBuf::push`]) the decoder applies to each field of a
 //! payload: the validation layer that live messages and replayed tables share.
 //!
 //! A row whose every value converts, with no required value missing and every topic
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef};
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::{convert, Cell, JsonDecoder, Scalar};
+use super::{ColumnBuf, JsonDecoder, Scalar};
 
 /// History rows as one source's columns, with which rows are clean (see the module
 /// documentation) and a key per row for the duplicate check.
@@ -88,8 +88,8 @@ impl JsonDecoder {
             if let Some(f) = field {
                 hashed[f] = true;
             }
-            let mut b = Self::builder_for(self.schema.field(k).data_type())
-                .expect("the decoder's schema has builders");
+            let mut b = ColumnBuf::new(self.schema.field(k).data_type())
+                .expect("the decoder's schema has column types");
             for (row, ok) in clean.iter_mut().enumerate() {
                 let v = field.and_then(|f| value(row, f));
                 if field.is_some() {
@@ -101,19 +101,18 @@ impl JsonDecoder {
                 {
                     *ok = false;
                 }
-                let cell = match &v {
-                    None => Ok(Cell::Null),
-                    Some(v) => convert(&b, &col.name, v),
-                };
-                match cell {
-                    Ok(Cell::Null) if !col.nullable => *ok = false,
-                    Ok(c) => {
-                        b.append(c);
-                        continue;
+                match &v {
+                    None | Some(Scalar::Null) => {
+                        *ok &= col.nullable;
+                        b.push_null();
                     }
-                    Err(_) => *ok = false,
+                    Some(v) => {
+                        if b.push(&col.name, v).is_err() {
+                            *ok = false;
+                            b.push_null();
+                        }
+                    }
                 }
-                b.append(Cell::Null);
             }
             columns.push(b.finish());
         }
