@@ -257,13 +257,13 @@ mod tests {
 
     /// A value of `kind` drawn from `r`, or null.
     fn value(kind: usize, r: u64) -> Scalar<'static> {
-        if r % 5 == 0 {
+        if r.is_multiple_of(5) {
             return Scalar::Null;
         }
         match kind {
             0 => Scalar::Float(r as f64 / 7.0),
             1 | 3 => Scalar::Int(r as i64 - 1000),
-            2 => Scalar::Bool(r % 2 == 0),
+            2 => Scalar::Bool(r.is_multiple_of(2)),
             4 => Scalar::Str(Cow::Owned("é".repeat((r % 4) as usize) + &r.to_string())),
             _ => Scalar::Wave(Ok((0..r % 5).map(|k| k as f64 + 0.5).collect())),
         }
