@@ -66,7 +66,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let order = super::order(a.sort);
     let mut lines = Lines {
         tx,
-        block: Vec::new(),
+        block: Vec::with_capacity(1 << 17),
     };
     let stats =
         forewarn::replay::replay_ordered(pipeline, &a.data, a.source.as_deref(), order, move |o| {
@@ -110,7 +110,10 @@ impl Lines {
     fn push(&mut self, line: &[u8]) {
         self.block.extend_from_slice(line);
         if self.block.len() >= 1 << 16 {
-            let _ = self.tx.send(std::mem::take(&mut self.block));
+            // The next block starts at its full size: grown from empty, it was copied
+            // a dozen times on the way to 64 KiB.
+            let next = Vec::with_capacity(self.block.capacity());
+            let _ = self.tx.send(std::mem::replace(&mut self.block, next));
         }
     }
 }

@@ -108,6 +108,17 @@ impl fmt::Display for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Appends the RFC 3339 text [`Display`](fmt::Display) writes (never a character JSON
+    /// escapes), without the formatting machinery: for writers of JSON by hand.
+    pub fn write_rfc3339(&self, out: &mut Vec<u8>) {
+        match plain_rfc3339(self.0) {
+            Some(b) => out.extend_from_slice(&b),
+            None => out.extend_from_slice(format_rfc3339(self.0).as_bytes()),
+        }
+    }
+}
+
 /// `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` when its year is 0 to 9999 (what chrono's
 /// `to_rfc3339_opts(Millis, true)` writes for those years), without chrono or an
 /// allocation: every published window carries two of these, and chrono's formatter was

@@ -268,7 +268,8 @@ impl TopicTemplate {
     /// topic so far). Into one string, with no level strings to join: a backtest
     /// renders a topic for each of its window results.
     fn write(&self, mut capture: impl FnMut(&str, &mut String)) -> String {
-        let mut out = String::new();
+        // Room for the template's text and a few captured values' worth more.
+        let mut out = String::with_capacity(self.text.len() + 32);
         for (i, l) in self.levels.iter().enumerate() {
             if i > 0 {
                 out.push('/');
