@@ -98,7 +98,20 @@ pub(crate) struct Runtime {
     /// connector saves are carried over.
     connector_states: BTreeMap<String, crate::ConnectorState>,
     carried_connector_states: BTreeMap<String, serde_json::Value>,
+    /// When the micro-batch was last closed for want of input (see [`Self::on_idle`]).
+    idle_flushed: Instant,
+    /// When a lingering micro-batch closes, if one lingers (see [`Self::on_idle`]).
+    linger: Option<Instant>,
 }
+
+/// Idle closes this close together mean input arrives back to back, one message at a
+/// time (at QoS 1 a broker hands out a few unacknowledged messages at once): the next
+/// idle close lingers instead.
+const BACK_TO_BACK: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// How long a micro-batch lingers for the messages that follow, at most (the timer's
+/// resolution is a millisecond, so up to about two).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Runtime {
     pub(crate) fn new(
@@ -141,7 +154,30 @@ impl Runtime {
             last_input: Instant::now(),
             state_bytes: 0,
             latency,
+            idle_flushed: Instant::now(),
+            linger: None,
         }
+    }
+
+    /// After an input, when no other input waits (`idle`): closes the micro-batch, so
+    /// that a reading that completes a window is processed at once. But when the last
+    /// such close was under [`BACK_TO_BACK`] ago, input is arriving one message at a
+    /// time as fast as the engine takes it, and closing a batch per message costs the
+    /// fixed part of a batch for each one (at QoS 1 through mosquitto the engine took
+    /// about 45,000 readings/s that way, against about 53,000 with batches held 5 ms):
+    /// the batch then lingers up to [`LINGER`] for the messages that follow, and the
+    /// run loop's timer closes it.
+    pub(super) async fn on_idle(&mut self, idle: bool) -> Result<(), EngineError> {
+        if !(self.config.flush_when_idle && idle) || self.linger.is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now.duration_since(self.idle_flushed) < BACK_TO_BACK {
+            self.linger = Some(now + LINGER);
+            return Ok(());
+        }
+        self.idle_flushed = now;
+        self.flush_all().await
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Input>) -> Result<(), EngineError> {
@@ -152,11 +188,26 @@ impl Runtime {
                 / 2,
         );
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One timer for lingering batches, set again for each (see `on_idle`).
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        let mut armed = None;
         self.restore().await?;
         self.measure_state();
         loop {
             let backlogged = self.backlogged();
+            if self.linger != armed {
+                if let Some(at) = self.linger {
+                    linger.as_mut().reset(at);
+                }
+                armed = self.linger;
+            }
             tokio::select! {
+                () = &mut linger, if armed.is_some() => {
+                    self.linger = None;
+                    self.idle_flushed = Instant::now();
+                    self.flush_all().await?;
+                }
                 msg = rx.recv(), if !backlogged => match msg {
                     Some(Input::Message(m)) => self.on_message(m, None, rx.is_empty()).await?,
                     Some(Input::ToSource { source, message }) => {
@@ -261,9 +312,7 @@ impl Runtime {
         // Nothing else waiting: close the micro-batch now rather than on the timer, so
         // a reading that completes a window is not held back. Under load the queue is
         // not empty and batches fill up.
-        if self.config.flush_when_idle && idle {
-            self.flush_all().await?;
-        }
+        self.on_idle(idle).await?;
         self.taken(ack, ack_id).await
     }
 

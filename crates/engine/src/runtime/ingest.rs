@@ -133,9 +133,7 @@ impl Runtime {
                 return self.taken(None, None).await;
             }
             self.on_json(topic, body, to).await?;
-            if self.config.flush_when_idle && idle {
-                self.flush_all().await?;
-            }
+            self.on_idle(idle).await?;
             return self.taken(None, None).await;
         }
         match rows.table().and_then(|t| self.table_source(t, to)) {
@@ -148,10 +146,7 @@ impl Runtime {
         }
         rows.taken();
         // As after a message: nothing else waiting, the micro-batch closes now.
-        if self.config.flush_when_idle && idle {
-            self.flush_all().await?;
-        }
-        Ok(())
+        self.on_idle(idle).await
     }
 
     /// Row `row` of `rows`, taken as its message.
