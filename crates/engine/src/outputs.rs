@@ -172,19 +172,34 @@ impl Publisher {
         res: &'a WindowResult,
         range: std::ops::Range<usize>,
     ) -> impl Iterator<Item = (String, serde_json::Map<String, serde_json::Value>, Pane)> + 'a {
+        let captured = self.captured_columns(&res.batch);
         range.map(move |r| {
             let row = row_to_json(&res.batch, r);
-            let topic = self.topic_of(&res.batch, r);
+            let topic = self.topic_of(&res.batch, &captured, r);
             let window = res.window_of(r);
             (topic, row, window)
         })
     }
 
-    /// The sink topic of row `r` of `batch`: each capture is that column's value as
-    /// topic text.
-    fn topic_of(&self, batch: &RecordBatch, r: usize) -> String {
+    /// The column of `batch` that fills each of the sink template's captures, by
+    /// capture name: looked up once per batch, not per row.
+    fn captured_columns(&self, batch: &RecordBatch) -> Vec<(String, Option<usize>)> {
+        self.sink
+            .captures()
+            .map(|c| (c.to_string(), batch.schema_ref().index_of(c).ok()))
+            .collect()
+    }
+
+    /// The sink topic of row `r` of `batch`: each capture is its column's value (from
+    /// [`captured_columns`](Self::captured_columns)) as topic text.
+    fn topic_of(
+        &self,
+        batch: &RecordBatch,
+        captured: &[(String, Option<usize>)],
+        r: usize,
+    ) -> String {
         self.sink.render(|c| {
-            let k = batch.schema_ref().index_of(c).ok()?;
+            let k = captured.iter().find(|(n, _)| n == c)?.1?;
             Some(topic_text(&cell(batch.column(k).as_ref(), r)))
         })
     }
@@ -210,9 +225,10 @@ impl Publisher {
                 n == self.device_column || n == "window_start" || n == "window_end"
             })
             .collect();
+        let captured = self.captured_columns(batch);
         range
             .map(|r| {
-                let topic = self.topic_of(batch, r);
+                let topic = self.topic_of(batch, &captured, r);
                 let device =
                     WindowRow::device_text(device.map(|k| cell(batch.column(k).as_ref(), r)));
                 let window = res.window_of(r);
