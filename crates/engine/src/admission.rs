@@ -5,8 +5,9 @@
 //! message hashes, and the device limit keeps a flood of new ids from exhausting memory.
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::DataType;
@@ -24,12 +25,21 @@ fn fast() -> Fast {
 }
 
 /// Hashes of the latest messages, to recognise a message sent again.
+///
+/// Each hash maps to the number of messages remembered before it; a hash is in the
+/// window while fewer than `window` were remembered after it. Hashes that left the
+/// window are dropped in bulk, every `window / 2` messages, rather than one removal per
+/// message: a removal is a second random probe of a table too big for the cache, and
+/// cost as much as the lookup itself in a backtest (which checks every row). The table
+/// holds at most 1.5 × `window` hashes, as many buckets as a set of `window` hashes and
+/// a queue of their order took.
 pub(crate) struct RecentMessages {
     /// How many messages are remembered (0: none, the check is off).
     window: usize,
     hasher: RandomState,
-    set: HashSet<u64, Fast>,
-    order: VecDeque<u64>,
+    seen: HashMap<u64, u64, Fast>,
+    /// Messages remembered so far.
+    count: u64,
 }
 
 impl RecentMessages {
@@ -38,8 +48,8 @@ impl RecentMessages {
         RecentMessages {
             window,
             hasher: RandomState::new(),
-            set: HashSet::with_hasher(fast()),
-            order: VecDeque::new(),
+            seen: HashMap::with_hasher(fast()),
+            count: 0,
         }
     }
 
@@ -81,14 +91,20 @@ impl RecentMessages {
         if self.window == 0 {
             return false;
         }
-        if !self.set.insert(h) {
-            return true;
-        }
-        self.order.push_back(h);
-        if self.order.len() > self.window {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+        let window = self.window as u64;
+        match self.seen.entry(h) {
+            Entry::Occupied(e) if self.count - e.get() <= window => return true,
+            Entry::Occupied(mut e) => {
+                e.insert(self.count);
             }
+            Entry::Vacant(e) => {
+                e.insert(self.count);
+            }
+        }
+        self.count += 1;
+        if self.count % (window / 2).max(1) == 0 {
+            let count = self.count;
+            self.seen.retain(|_, at| count - *at <= window);
         }
         false
     }
@@ -275,6 +291,50 @@ mod tests {
         // ...and is forgotten once 3 newer messages came: it is new again.
         assert!(!r.repeated("t", b"a"));
         assert!(r.repeated("t", b"a"));
+    }
+
+    /// The set of the last `window` keys remembered, kept as the plain queue it is.
+    fn reference(window: usize, keys: &[u64]) -> Vec<bool> {
+        let mut order = std::collections::VecDeque::new();
+        keys.iter()
+            .map(|k| {
+                if order.contains(k) {
+                    return true;
+                }
+                order.push_back(*k);
+                if order.len() > window {
+                    order.pop_front();
+                }
+                false
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repeats_are_those_of_a_queue_of_the_last_window_keys() {
+        // Keys from a small alphabet, so that repeats fall inside, at and beyond the
+        // window's edge, and bulk forgetting runs many times.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for window in [1, 2, 3, 4, 7, 16, 33] {
+            for alphabet in [2, 5, 40, 200] {
+                let keys: Vec<u64> = (0..3_000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x % alphabet
+                    })
+                    .collect();
+                let mut r = RecentMessages::new(window);
+                let got: Vec<bool> = keys.iter().map(|&k| r.repeated_key(k)).collect();
+                assert_eq!(
+                    got,
+                    reference(window, &keys),
+                    "window {window}, {alphabet} keys"
+                );
+                assert!(r.seen.len() <= window + window / 2 + 1);
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use columns::ColumnBuf;
 mod columns;
 mod flat;
 mod table;
-pub use table::Table;
+pub use table::{Table, Typed};
 mod wave;
 
 pub use wave::DEFAULT_MAX_SAMPLES;

@@ -11,7 +11,7 @@ mod readings;
 mod topic;
 
 use forewarn_core::Reason;
-pub use json::{DecodeOutcome, JsonDecoder, Rejected, Scalar, Table, DEFAULT_MAX_SAMPLES};
+pub use json::{DecodeOutcome, JsonDecoder, Rejected, Scalar, Table, Typed, DEFAULT_MAX_SAMPLES};
 pub use readings::Readings;
 pub use topic::{
     filter_matches, filter_problem, unshared_filter, TopicTemplate, TopicTemplateError,

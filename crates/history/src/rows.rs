@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::arrow::record_batch::RecordBatch;
-use forewarn_formats::{JsonDecoder, Readings, Scalar, Table};
+use forewarn_formats::{JsonDecoder, Readings, Scalar, Table, Typed};
 use serde_json::{Map, Value};
 
 use crate::{Message, SourceShape};
@@ -161,6 +161,29 @@ impl Col {
                 instants: instants.slice(start, len),
             },
         }
+    }
+
+    /// The column as the values [`value`](Self::value) and [`instant`](Self::instant)
+    /// give for a column of type `t`, when they come straight from its array: the
+    /// table then converts it a column at a time.
+    fn typed(&self, t: &DataType) -> Option<Typed> {
+        Some(match self {
+            // Text that is not a string column's is parsed cell by cell.
+            Col::Text(a) if *t == DataType::Utf8 => Typed::Str(a.clone()),
+            Col::Text(_) => return None,
+            Col::Float(a) => Typed::Float(a.clone()),
+            Col::Int {
+                values,
+                as_float: false,
+            } => Typed::Int(values.clone()),
+            Col::Int { values, .. } => Typed::Float(values.unary(|v| v as f64)),
+            Col::Bool(a) => Typed::Bool(a.clone()),
+            // Only when every value's text is plain, so that each reads as its instant.
+            Col::Time { values, instants } if instants.null_count() == values.null_count() => {
+                Typed::Millis(instants.clone())
+            }
+            Col::Time { .. } => return None,
+        })
     }
 
     /// Value `row` as an instant in epoch ms, for a [`Col::Time`] column whose text
@@ -315,12 +338,15 @@ impl Rows {
             usize::MAX,
         )
         .ok()?;
-        decoder.read_table(&self.names, self.len(), |row, c| {
-            match self.columns[c].instant(row) {
+        decoder.read_table(
+            &self.names,
+            self.len(),
+            |row, c| match self.columns[c].instant(row) {
                 Some(ms) => Some(Scalar::Int(ms)),
                 None => self.value_at(row, c),
-            }
-        })
+            },
+            |c| self.columns[c].typed(&self.types[c]),
+        )
     }
 
     /// Each row's event time: the table's, for a clean row, else read from its field.

@@ -11,8 +11,11 @@
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
 use super::{ColumnBuf, JsonDecoder, Scalar};
 
@@ -52,6 +55,26 @@ fn value_hash(state: &foldhash::fast::FixedState, v: Option<&Scalar<'_>>) -> u64
     }
 }
 
+/// A field's values already held in an Arrow type, each standing for one value a
+/// payload could hold: [`JsonDecoder::read_table`] converts such a field a column at a
+/// time, without a [`Scalar`] per value, when the decoder's column is of a type it fills
+/// from them as it would from each value.
+#[derive(Debug, Clone)]
+pub enum Typed {
+    /// Each value is the number [`Scalar::Float`] (a non-finite one included: the
+    /// decoder refuses it); null is a missing value.
+    Float(Float64Array),
+    /// Each value is [`Scalar::Int`]; null is a missing value.
+    Int(Int64Array),
+    /// Each value is [`Scalar::Bool`]; null is a missing value.
+    Bool(BooleanArray),
+    /// Each value is [`Scalar::Int`] of these epoch milliseconds (any time zone is
+    /// ignored); null is a missing value.
+    Millis(TimestampMillisecondArray),
+    /// Each value is [`Scalar::Str`]; null, and the empty string, are a missing value.
+    Str(StringArray),
+}
+
 impl JsonDecoder {
     /// `rows` readings given as the values of their fields (`value(row, f)`: field
     /// `names[f]` of reading `row`, `None` when absent), read column by column into
@@ -59,12 +82,18 @@ impl JsonDecoder {
     /// it. `None` when the fields cannot be read this way: a name given twice (the
     /// payload keeps one of them), an arrival-time or waveform column.
     ///
+    /// `typed(f)` may give field `f`'s values as an Arrow array ([`Typed`]), which must
+    /// hold the values `value` gives (where the decoder refuses a value, it may hold
+    /// another value the decoder refuses); a column it fits is then converted a column
+    /// at a time, to the same result.
+    ///
     /// [`decode_values`]: JsonDecoder::decode_values
     pub fn read_table<'v>(
         &self,
         names: &[String],
         rows: usize,
         value: impl Fn(usize, usize) -> Option<Scalar<'v>>,
+        typed: impl Fn(usize) -> Option<Typed>,
     ) -> Option<Table> {
         let unique = names
             .iter()
@@ -87,6 +116,14 @@ impl JsonDecoder {
             let field = names.iter().position(|n| *n == col.name);
             if let Some(f) = field {
                 hashed[f] = true;
+            }
+            let dt = self.schema.field(k).data_type();
+            let whole = field
+                .and_then(&typed)
+                .and_then(|t| take_typed(col, dt, &t, &mut clean, &mut keys, &mix));
+            if let Some(column) = whole {
+                columns.push(column);
+                continue;
             }
             let mut b = ColumnBuf::new(self.schema.field(k).data_type())
                 .expect("the decoder's schema has column types");
@@ -144,6 +181,98 @@ impl JsonDecoder {
             captured,
         })
     }
+}
+
+/// The column of type `dt` that decoding each value of `t` into `col` builds, with
+/// the rows that do not convert marked not clean and each value mixed into its row's
+/// key, as the value-by-value loop of `read_table` does (its values at rows that are
+/// not clean may differ: those rows are never taken from the table). `None` when this
+/// column is not filled that way from `t`.
+fn take_typed(
+    col: &super::Column,
+    dt: &DataType,
+    t: &Typed,
+    clean: &mut [bool],
+    keys: &mut [u64],
+    mix: &impl Fn(&mut u64, Option<&Scalar<'_>>),
+) -> Option<ArrayRef> {
+    // Each row: its value (`None`: missing) and whether the column takes it.
+    fn each<T>(
+        col: &super::Column,
+        values: impl Iterator<Item = Option<T>>,
+        clean: &mut [bool],
+        keys: &mut [u64],
+        mix: &impl Fn(&mut u64, Option<&Scalar<'_>>),
+        scalar: impl Fn(&T) -> (Scalar<'_>, bool),
+    ) {
+        for ((v, ok), key) in values.zip(clean.iter_mut()).zip(keys.iter_mut()) {
+            match v {
+                None => {
+                    mix(key, None);
+                    // A captured level cannot be missing: the topic has it.
+                    *ok &= col.nullable && col.topic_capture.is_none();
+                }
+                Some(v) => {
+                    let (s, takes) = scalar(&v);
+                    mix(key, Some(&s));
+                    *ok &= takes;
+                }
+            }
+        }
+    }
+    // A captured level must be a string that is one level: only `Str` is checked here.
+    if col.topic_capture.is_some() && !matches!(t, Typed::Str(_)) {
+        return None;
+    }
+    let column: ArrayRef = match (dt, t) {
+        (DataType::Float64, Typed::Float(a)) => {
+            each(col, a.iter(), clean, keys, mix, |&f| {
+                (Scalar::Float(f), f.is_finite())
+            });
+            Arc::new(a.clone())
+        }
+        (DataType::Int64, Typed::Int(a)) => {
+            each(col, a.iter(), clean, keys, mix, |&i| (Scalar::Int(i), true));
+            Arc::new(a.clone())
+        }
+        (DataType::Boolean, Typed::Bool(a)) => {
+            each(col, a.iter(), clean, keys, mix, |&b| {
+                (Scalar::Bool(b), true)
+            });
+            Arc::new(a.clone())
+        }
+        (DataType::Timestamp(TimeUnit::Millisecond, tz), Typed::Millis(a)) => {
+            each(col, a.iter(), clean, keys, mix, |&ms| {
+                (Scalar::Int(ms), true)
+            });
+            let ms = TimestampMillisecondArray::new(a.values().clone(), a.nulls().cloned());
+            Arc::new(ms.with_timezone_opt(tz.clone()))
+        }
+        (DataType::Utf8, Typed::Str(a)) => {
+            // The empty string is a missing value: null in the column.
+            let present = a.iter().map(|v| v.filter(|s| !s.is_empty()));
+            let capture = col.topic_capture.is_some();
+            each(col, present, clean, keys, mix, |s| {
+                (
+                    Scalar::Str(std::borrow::Cow::Borrowed(s)),
+                    !capture || is_level(s),
+                )
+            });
+            if a.iter().flatten().any(str::is_empty) {
+                let valid: Vec<bool> = a.iter().map(|v| v.is_some_and(|s| !s.is_empty())).collect();
+                let nulls = NullBuffer::from(valid);
+                Arc::new(StringArray::new(
+                    a.offsets().clone(),
+                    a.values().clone(),
+                    Some(nulls),
+                ))
+            } else {
+                Arc::new(a.clone())
+            }
+        }
+        _ => return None,
+    };
+    Some(column)
 }
 
 /// Whether `s` written as a topic level is read back as `s` by any template and
@@ -225,8 +354,13 @@ mod tests {
     use crate::TopicTemplate;
 
     fn decoder() -> JsonDecoder {
+        decoder_of(false)
+    }
+
+    /// The test source; `nullable`: its captured `device` column too.
+    fn decoder_of(nullable: bool) -> JsonDecoder {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("device", DataType::Utf8, false),
+            Field::new("device", DataType::Utf8, nullable),
             Field::new(
                 "ts",
                 DataType::Timestamp(TimeUnit::Millisecond, None),
@@ -288,7 +422,7 @@ mod tests {
                 _ => vals[k].clone(),
             }
         };
-        let table = decoder().read_table(&names, rows, cell).unwrap();
+        let table = decoder().read_table(&names, rows, cell, |_| None).unwrap();
         let (mut clean, mut refused) = (0, 0);
         for row in 0..rows {
             let topic = match cell(row, 1) {
@@ -362,7 +496,7 @@ mod tests {
             ],
         ];
         let t = decoder()
-            .read_table(&names, rows.len(), |r, f| rows[r][f].clone())
+            .read_table(&names, rows.len(), |r, f| rows[r][f].clone(), |_| None)
             .unwrap();
         assert_eq!(t.key(0), t.key(1));
         for r in 2..rows.len() {
@@ -370,6 +504,100 @@ mod tests {
         }
         // A name given twice: the payload keeps one, which only the text tells.
         let twice: Vec<String> = ["device", "device"].map(String::from).to_vec();
-        assert!(decoder().read_table(&twice, 0, |_, _| None).is_none());
+        assert!(decoder()
+            .read_table(&twice, 0, |_, _| None, |_| None)
+            .is_none());
+    }
+
+    /// Arrays for the fields `note, device, ts, v, n, ok, extra`, cycling through good
+    /// and bad values of each type: nulls, empty strings, strings that are not one
+    /// topic level, non-finite numbers.
+    fn typed_fields(rows: usize) -> Vec<Typed> {
+        let texts = ["", "x", "d1", "a/b", "+", "d2", "é"];
+        let str_col = |stride: usize, nulls: usize| {
+            Typed::Str(StringArray::from_iter((0..rows).map(|r| {
+                (r % nulls != 0).then(|| texts[(r * stride + r / 5) % texts.len()])
+            })))
+        };
+        let floats = [
+            0.5,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e300,
+            2.0,
+            f64::NEG_INFINITY,
+        ];
+        vec![
+            str_col(3, 7),
+            str_col(5, 11),
+            Typed::Millis(TimestampMillisecondArray::from_iter(
+                (0..rows).map(|r| (r % 13 != 0).then_some(r as i64 * 997 - 3000)),
+            )),
+            Typed::Float(Float64Array::from_iter(
+                (0..rows).map(|r| (r % 9 != 0).then(|| floats[(r * 3) % floats.len()])),
+            )),
+            Typed::Int(Int64Array::from_iter(
+                (0..rows).map(|r| (r % 17 != 0).then_some((r as i64 % 5) - 2)),
+            )),
+            Typed::Bool(BooleanArray::from_iter(
+                (0..rows).map(|r| (r % 6 != 0).then_some(r % 4 == 1)),
+            )),
+            Typed::Int(Int64Array::from_iter((0..rows).map(|r| Some(r as i64 % 3)))),
+        ]
+    }
+
+    /// The value a payload holds for row `row` of a typed field.
+    fn scalar_of(t: &Typed, row: usize) -> Option<Scalar<'_>> {
+        match t {
+            Typed::Float(a) => a.is_valid(row).then(|| Scalar::Float(a.value(row))),
+            Typed::Int(a) => a.is_valid(row).then(|| Scalar::Int(a.value(row))),
+            Typed::Bool(a) => a.is_valid(row).then(|| Scalar::Bool(a.value(row))),
+            Typed::Millis(a) => a.is_valid(row).then(|| Scalar::Int(a.value(row))),
+            Typed::Str(a) => (a.is_valid(row) && !a.value(row).is_empty())
+                .then(|| Scalar::Str(Cow::Borrowed(a.value(row)))),
+        }
+    }
+
+    #[test]
+    fn typed_columns_give_what_their_values_give_one_by_one() {
+        let names: Vec<String> = ["note", "device", "ts", "v", "n", "ok", "extra"]
+            .map(String::from)
+            .to_vec();
+        let rows = 3000;
+        let fields = typed_fields(rows);
+        let value = |r: usize, f: usize| scalar_of(&fields[f], r);
+        // A captured level may be missing from a nullable column: still not clean.
+        for nullable in [false, true] {
+            let by_value = decoder_of(nullable)
+                .read_table(&names, rows, value, |_| None)
+                .unwrap();
+            let by_column = decoder_of(nullable)
+                .read_table(&names, rows, value, |f| Some(fields[f].clone()))
+                .unwrap();
+            let clean: Vec<u32> = (0..rows as u32)
+                .filter(|&r| by_value.clean(r as usize))
+                .collect();
+            assert!(
+                clean.len() > 100 && clean.len() < rows / 2,
+                "{} clean",
+                clean.len()
+            );
+            for r in 0..rows {
+                assert_eq!(by_column.clean(r), by_value.clean(r), "row {r}");
+                assert_eq!(by_column.key(r), by_value.key(r), "row {r}");
+            }
+            let idx = datafusion::arrow::array::UInt32Array::from(clean);
+            for (k, (a, b)) in by_column
+                .columns()
+                .iter()
+                .zip(by_value.columns())
+                .enumerate()
+            {
+                let take = |c| datafusion::arrow::compute::take(c, &idx, None).unwrap();
+                assert_eq!(take(a).as_ref(), take(b).as_ref(), "column {k}");
+                assert_eq!(a.data_type(), b.data_type(), "column {k}");
+            }
+        }
     }
 }
