@@ -102,7 +102,7 @@ impl RecentMessages {
             }
         }
         self.count += 1;
-        if self.count % (window / 2).max(1) == 0 {
+        if self.count.is_multiple_of((window / 2).max(1)) {
             let count = self.count;
             self.seen.retain(|_, at| count - *at <= window);
         }
