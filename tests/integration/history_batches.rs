@@ -78,12 +78,12 @@ async fn pipeline_of(sql: &str) -> Pipeline {
         .without_wall_clock()
 }
 
-fn file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fw-history-batches-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
+/// A file `name` holding `text`, in a directory removed when the first value drops.
+fn file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();
-    p
+    (dir, p)
 }
 
 type Published = Vec<(String, Vec<u8>)>;
@@ -156,7 +156,7 @@ fn reasons(out: &Published) -> Vec<String> {
 
 #[tokio::test]
 async fn rows_as_batches_give_the_outputs_of_their_messages_byte_for_byte() {
-    let data = file("h.csv", &csv());
+    let (_dir, data) = file("h.csv", &csv());
     for order in [Order::Check, Order::Sort] {
         let (messages, m_stats) = as_messages(&data, order).await;
         let (batches, b_stats) = as_batches(&data, order).await;
@@ -222,7 +222,7 @@ async fn rows_as_batches_give_the_outputs_of_their_messages_byte_for_byte() {
 #[tokio::test]
 async fn an_out_of_order_row_stops_replay_after_the_rows_before_it() {
     let text = "device,ts,v,n\nd1,2026-01-05T06:00:10Z,1,1\nd1,2026-01-05T06:00:00Z,2,2\n";
-    let data = file("late.csv", text);
+    let (_dir, data) = file("late.csv", text);
     let e = replay::replay_ordered(pipeline().await, &data, None, Order::Check, |_| {})
         .await
         .unwrap_err();
@@ -244,7 +244,7 @@ INSERT INTO out SELECT device, window_start, count(*) AS c FROM r
 GROUP BY tumble(interval '10 seconds'), device;
 ";
     let text = "device,ts,v\nd1,1000,1\nd1,1500,\nd1,1500,\nd5,2000,2\nd1,20000,3\n";
-    let data = file("chan.csv", text);
+    let (_dir, data) = file("chan.csv", text);
     let (messages, m_stats) = as_messages_of(sql, &data, Order::Check, Some("r")).await;
     let (batches, b_stats) = as_batches_of(sql, &data, Order::Check).await;
     assert_eq!(messages, batches);
@@ -360,7 +360,7 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;
         ),
     ])
     .unwrap();
-    let data = file("typed.parquet", "");
+    let (_dir, data) = file("typed.parquet", "");
     let mut w = parquet::arrow::ArrowWriter::try_new(
         std::fs::File::create(&data).unwrap(),
         batch.schema(),

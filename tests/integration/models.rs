@@ -11,11 +11,12 @@ use ndarray::Array2;
 
 const BASE: i64 = 1_700_000_000_000;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fw-models-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when the value drops.
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("fw-models-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn forewarn(args: &[&str]) -> (bool, String, String) {
@@ -77,7 +78,8 @@ FROM pumps GROUP BY hop(INTERVAL '1' SECOND, INTERVAL '5' SECOND), device HAVING
 
 #[test]
 fn train_from_history_then_evaluate_labelled_history_with_a_plot() {
-    let dir = tmp("cli");
+    let scratch = tmp("cli");
+    let dir = scratch.path();
     std::fs::write(dir.join("q.sql"), FEATURES_SQL).unwrap();
     std::fs::write(dir.join("train.csv"), history(1200, &[])).unwrap();
     let faults = [("p1", 300, 360), ("p2", 500, 530), ("p1", 800, 900)];
@@ -250,7 +252,6 @@ fn train_from_history_then_evaluate_labelled_history_with_a_plot() {
         &p("eval.png"),
     ]);
     assert!(!ok && err.contains("SVG"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn level_model(kind: &str, keyed: bool) -> Model {
@@ -362,7 +363,8 @@ async fn model_errors_point_at_the_call() {
 
 #[tokio::test]
 async fn changed_model_files_are_swapped_in_while_running() {
-    let dir = tmp("reload");
+    let scratch = tmp("reload");
+    let dir = scratch.path();
     let path = dir.join("lvl.json");
     // Fleet-wide baseline first: 5.0 is between the two levels' spread.
     let fleet = level_model("robust", false);
@@ -444,7 +446,6 @@ async fn changed_model_files_are_swapped_in_while_running() {
         "{} refused",
         s.model_reloads_refused
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -457,7 +458,8 @@ fn skab_protocol_beats_the_published_best() {
         );
         return;
     }
-    let out = tmp("skab").join("skab.json");
+    let scratch = tmp("skab");
+    let out = scratch.path().join("skab.json");
     let q = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/skab/skab.sql");
     let (ok, stdout, err) = forewarn(&[
         "eval",
@@ -497,7 +499,8 @@ fn cmapss_fleet_is_warned_before_failure() {
         eprintln!("skipped: C-MAPSS data not found at {}", dir.display());
         return;
     }
-    let out = tmp("cmapss").join("cmapss.json");
+    let scratch = tmp("cmapss");
+    let out = scratch.path().join("cmapss.json");
     let q = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/cmapss/cmapss.sql");
     let (ok, stdout, err) = forewarn(&[
         "eval",

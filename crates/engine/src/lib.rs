@@ -52,6 +52,7 @@ mod health;
 mod latency;
 mod observer;
 mod offline;
+mod origins;
 mod outputs;
 mod rows;
 mod runtime;

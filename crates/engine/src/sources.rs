@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::admission::{self, Devices, TopicDevice};
 use crate::checkpoint;
+use crate::origins::Origins;
 use crate::outputs::{Origin, OriginTopic, Publisher};
 use crate::Pipeline;
 
@@ -41,7 +42,7 @@ pub(crate) struct Source {
     pub(crate) device_key: Vec<usize>,
     /// Where each buffered reading came from: its message's topic and its position in
     /// an array message (for the dead letter of a reading the windows refuse).
-    pub(crate) origins: Vec<Origin>,
+    pub(crate) origins: Origins,
     /// The micro-batch's earlier rows, in order, when rows came as columns (history
     /// read column by column) rather than through the decoder; the decoder's buffered
     /// rows follow them.
@@ -89,7 +90,7 @@ pub(crate) fn sources_of(p: &Pipeline) -> Vec<Source> {
                 device_from_topic: s.template.as_ref().and_then(TopicDevice::new),
                 devices: Devices::new(p.config.max_devices),
                 device_key: admission::device_key(s),
-                origins: Vec::new(),
+                origins: Origins::default(),
                 staged: Vec::new(),
                 staged_rows: 0,
             }
@@ -228,15 +229,15 @@ mod tests {
             device_from_topic: TopicDevice::new(&template),
             devices: Devices::new(max),
             device_key: vec![0],
-            origins: vec![],
+            origins: Origins::default(),
             staged: vec![],
             staged_rows: 0,
         }
     }
 
     fn origins(s: &Source) -> Vec<(String, Option<usize>)> {
-        s.origins
-            .iter()
+        (0..s.origins.len())
+            .map(|i| s.origins.get(i).unwrap())
             .map(|o| (o.topic.to_string(), o.index))
             .collect()
     }

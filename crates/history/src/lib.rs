@@ -405,9 +405,8 @@ mod tests {
     }
 
     fn read(name: &str, text: &str) -> Vec<Message> {
-        let dir = std::env::temp_dir().join(format!("fw-history-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         messages(&p, &shape())
             .unwrap()
@@ -445,9 +444,8 @@ mod tests {
             d3,2026-11-21T10:00:00Z,1e300,\u{e9}t\u{e9}\n\
             d4,x,NaN,-0.0\n\
             ,,,\n";
-        let dir = std::env::temp_dir().join(format!("fw-history-bound-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("b.csv");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.csv");
         std::fs::write(&p, text).unwrap();
         let mut n = 0;
         for c in chunks(&p, &shape()).unwrap() {
@@ -494,9 +492,8 @@ mod tests {
             ],
         )
         .unwrap();
-        let dir = std::env::temp_dir().join(format!("fw-history-pq-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("h.parquet");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.parquet");
         let mut w =
             parquet::arrow::ArrowWriter::try_new(File::create(&p).unwrap(), schema, None).unwrap();
         w.write(&batch).unwrap();
@@ -535,9 +532,8 @@ mod fuzz {
     use proptest::prelude::*;
 
     fn read_all(ext: &str, bytes: &[u8]) {
-        let dir = std::env::temp_dir().join(format!("forewarn-hist-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!("f.{ext}"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(format!("f.{ext}"));
         std::fs::write(&p, bytes).unwrap();
         if let Ok(it) = messages(&p, &shape()) {
             for m in it.take(10_000) {

@@ -4,6 +4,7 @@
 use super::body::{self, Body};
 use super::*;
 use crate::latency;
+use crate::origins::Origins;
 
 /// Waveform samples a source's micro-batch may hold before it is flushed whatever its
 /// row count: 2 Mi samples (16 MB of f64, 512 waveforms of 4,096), so 4,096 rows of
@@ -237,8 +238,8 @@ impl Runtime {
         &mut self,
         i: usize,
         batch: RecordBatch,
-        origins: Vec<Origin>,
-    ) -> (RecordBatch, Vec<Origin>) {
+        origins: Origins,
+    ) -> (RecordBatch, Origins) {
         use datafusion::arrow::array::BooleanArray;
         use datafusion::arrow::compute::filter_record_batch;
         let src = &mut self.sources[i];
@@ -255,16 +256,12 @@ impl Runtime {
                 &source,
                 max,
                 device,
-                origins.get(*row),
+                origins.get(*row).as_ref(),
                 excerpt,
             );
             self.emit(o).await;
         }
-        let origins = origins
-            .into_iter()
-            .zip(&keep)
-            .filter_map(|(o, k)| k.then_some(o))
-            .collect();
+        let origins = origins.filter(&keep);
         let mask = BooleanArray::from(keep);
         let batch = filter_record_batch(&batch, &mask).expect("mask as long as the batch");
         (batch, origins)
@@ -295,7 +292,7 @@ impl Runtime {
         &mut self,
         i: usize,
         batch: RecordBatch,
-        origins: Vec<Origin>,
+        origins: Origins,
     ) -> Result<(), EngineError> {
         self.count(|s| s.batches += 1);
         let over = self.state_bytes > self.config.max_state_bytes;
@@ -369,14 +366,15 @@ impl Runtime {
         &mut self,
         i: usize,
         refused: BTreeMap<u32, Refusal>,
-        origins: &[Origin],
+        origins: &Origins,
     ) {
         let src = &self.sources[i];
         let letters: Vec<Output> = refused
             .into_iter()
             .map(|(row, r)| {
                 let origin = origins.get(row as usize);
-                outputs::refusal(&self.config, &src.name, src.late_topic.as_ref(), origin, r)
+                let late = src.late_topic.as_ref();
+                outputs::refusal(&self.config, &src.name, late, origin.as_ref(), r)
             })
             .collect();
         for o in letters {

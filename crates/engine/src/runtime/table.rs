@@ -9,7 +9,6 @@ use datafusion::arrow::compute::take;
 use forewarn_formats::{Readings, Table, TopicTemplate};
 
 use super::*;
-use crate::outputs::OriginTopic;
 
 /// Clean rows waiting to join the micro-batch, by position in the table.
 #[derive(Default)]
@@ -115,10 +114,7 @@ impl Runtime {
                 }
             }
             readings += 1;
-            self.sources[s].origins.push(Origin {
-                topic: OriginTopic::Row(rows.clone(), row),
-                index: None,
-            });
+            self.sources[s].origins.push_row(rows, row);
             seg.rows.push(row as u32);
             let src = &mut self.sources[s];
             if src.pending_since.is_none() {
