@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::DataType;
@@ -111,8 +111,20 @@ impl RecentMessages {
 }
 
 /// The devices one source has admitted: at most `max`, first come first served.
+///
+/// The ids are kept one after another in one string, and a table of their hashes and
+/// positions finds them: recognising a known device, which a backtest does for every
+/// row, then reads memory the cache already holds. A set of strings compared each
+/// lookup against the id's own allocation, scattered over the heap: 12 % of a 10,000
+/// device backtest's time.
 pub(crate) struct Devices {
-    known: HashSet<String, Fast>,
+    /// Every admitted id, one after another (each valid UTF-8).
+    ids: Vec<u8>,
+    /// Where each id ends in `ids`.
+    ends: Vec<usize>,
+    /// Each id's hash and number.
+    index: hashbrown::HashTable<(u64, u32)>,
+    hasher: Fast,
     max: usize,
 }
 
@@ -120,7 +132,10 @@ impl Devices {
     /// No device yet; at most `max`.
     pub(crate) fn new(max: usize) -> Self {
         Devices {
-            known: HashSet::with_hasher(fast()),
+            ids: Vec::new(),
+            ends: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: fast(),
             max,
         }
     }
@@ -132,31 +147,70 @@ impl Devices {
 
     /// Devices admitted so far.
     pub(crate) fn len(&self) -> usize {
-        self.known.len()
+        self.ends.len()
+    }
+
+    /// Id number `i`, as bytes (compared as they are, without a check of where
+    /// characters start).
+    #[inline]
+    fn id(&self, i: usize) -> &[u8] {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p]);
+        &self.ids[start..self.ends[i]]
+    }
+
+    fn hash(&self, device: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(device)
+    }
+
+    fn known(&self, h: u64, device: &str) -> bool {
+        self.index
+            .find(h, |&(hh, i)| {
+                hh == h && self.id(i as usize) == device.as_bytes()
+            })
+            .is_some()
+    }
+
+    /// Adds `device`, known not to be there, whatever the limit.
+    fn add(&mut self, h: u64, device: &str) {
+        let n = u32::try_from(self.ends.len()).expect("under 2^32 devices");
+        self.ids.extend_from_slice(device.as_bytes());
+        self.ends.push(self.ids.len());
+        self.index.insert_unique(h, (h, n), |&(hh, _)| hh);
     }
 
     /// Whether `device` may send: it is known, or new with room left (it is then
     /// known from now on).
     pub(crate) fn admit(&mut self, device: &str) -> bool {
-        if self.known.contains(device) {
+        let h = self.hash(device);
+        if self.known(h, device) {
             return true;
         }
-        if self.known.len() >= self.max {
+        if self.len() >= self.max {
             return false;
         }
-        self.known.insert(device.to_string());
+        self.add(h, device);
         true
     }
 
-    /// The admitted devices, in no particular order (for a checkpoint).
-    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
-        self.known.iter()
+    /// The admitted devices, in the order they were admitted (for a checkpoint).
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).map(|i| std::str::from_utf8(self.id(i)).expect("ids are text"))
     }
 
     /// Replaces the admitted devices with those of a checkpoint. All are kept, even
     /// beyond a limit lowered since: they were admitted.
     pub(crate) fn restore<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
-        self.known = names.into_iter().cloned().collect();
+        *self = Devices {
+            hasher: self.hasher.clone(),
+            ..Devices::new(self.max)
+        };
+        for name in names {
+            let h = self.hash(name);
+            if !self.known(h, name) {
+                self.add(h, name);
+            }
+        }
     }
 }
 
@@ -357,9 +411,37 @@ mod tests {
         assert!(!d.admit("c"));
         assert!(d.admit("a"));
         assert!(d.admit("b"));
-        let mut names: Vec<&String> = d.names().collect();
+        let mut names: Vec<&str> = d.names().collect();
         names.sort();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn admitted_devices_are_those_a_set_of_the_first_max_ids_admits() {
+        // Ids of varied lengths (prefixes of one another included, and the empty id),
+        // many more lookups than ids, and a limit reached halfway.
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let ids: Vec<String> = (0..3_000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                "d".repeat(i % 4) + &(x % 2_500).to_string()
+            })
+            .chain([String::new()])
+            .collect();
+        let mut d = Devices::new(1_000);
+        let mut set = std::collections::HashSet::new();
+        for id in &ids {
+            let want = set.contains(id) || set.len() < 1_000 && set.insert(id.clone());
+            assert_eq!(d.admit(id), want, "{id:?}");
+        }
+        assert_eq!(d.len(), 1_000);
+        let mut names: Vec<&str> = d.names().collect();
+        names.sort();
+        let mut want: Vec<&str> = set.iter().map(String::as_str).collect();
+        want.sort();
+        assert_eq!(names, want);
     }
 
     #[test]

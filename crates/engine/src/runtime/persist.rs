@@ -142,7 +142,12 @@ impl Runtime {
             devices: self
                 .sources
                 .iter()
-                .map(|s| (s.name.clone(), s.devices.names().cloned().collect()))
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.devices.names().map(String::from).collect(),
+                    )
+                })
                 .collect(),
             connectors: self
                 .connector_states
