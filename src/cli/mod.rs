@@ -397,14 +397,18 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 /// exact bytes a sink would publish (no parse and re-serialise: that was 30 % of a
 /// backtest's time), so a replay's payloads equal the live ones byte for byte.
 pub fn output_line(o: &forewarn::Output) -> Vec<u8> {
-    let (topic, payload) = o.to_message();
-    let mut line = Vec::with_capacity(payload.len() + topic.len() + 24);
-    line.extend_from_slice(b"{\"payload\":");
-    line.extend_from_slice(&payload);
-    line.extend_from_slice(b",\"topic\":");
-    serde_json::to_writer(&mut line, &topic).expect("a string serialises");
-    line.extend_from_slice(b"}\n");
+    let mut line = Vec::new();
+    write_output_line(o, &mut line);
     line
+}
+
+/// Appends [`output_line`]'s bytes to `out`, the payload written in place.
+pub fn write_output_line(o: &forewarn::Output, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"payload\":");
+    o.write_payload(out);
+    out.extend_from_slice(b",\"topic\":");
+    serde_json::to_writer(&mut *out, o.topic()).expect("a string serialises");
+    out.extend_from_slice(b"}\n");
 }
 
 /// The history order a `--sort` flag asks for.

@@ -73,7 +73,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             if matches!(o, Output::DeadLetter { .. }) && !dead {
                 return;
             }
-            lines.push(&super::output_line(&o));
+            lines.push(&o);
         })
         .await?;
     writer
@@ -107,8 +107,9 @@ struct Lines {
 }
 
 impl Lines {
-    fn push(&mut self, line: &[u8]) {
-        self.block.extend_from_slice(line);
+    /// Writes `o`'s line straight into the block.
+    fn push(&mut self, o: &Output) {
+        super::write_output_line(o, &mut self.block);
         if self.block.len() >= 1 << 16 {
             // The next block starts at its full size: grown from empty, it was copied
             // a dozen times on the way to 64 KiB.

@@ -252,29 +252,35 @@ impl WindowRow {
     /// keys and a few columns, so most rows are written without growing the buffer.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + 48 * self.columns.len());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends [`to_json`](Self::to_json)'s bytes to `out` (a line being written, with
+    /// no buffer of its own).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"schema_version\":");
-        serde_json::to_writer(&mut out, &ALERT_SCHEMA_VERSION).expect("numbers serialise");
+        serde_json::to_writer(&mut *out, &ALERT_SCHEMA_VERSION).expect("numbers serialise");
         out.extend_from_slice(b",\"alert_id\":");
-        json_string(&mut out, &self.id);
+        json_string(out, &self.id);
         out.extend_from_slice(b",\"query\":");
-        json_string(&mut out, &self.query);
+        json_string(out, &self.query);
         out.extend_from_slice(b",\"device\":");
-        json_string(&mut out, &self.device);
+        json_string(out, &self.device);
         out.extend_from_slice(b",\"window_start\":\"");
-        self.window_start.write_rfc3339(&mut out);
+        self.window_start.write_rfc3339(out);
         out.extend_from_slice(b"\",\"window_end\":\"");
-        self.window_end.write_rfc3339(&mut out);
+        self.window_end.write_rfc3339(out);
         out.extend_from_slice(b"\",\"features\":{");
         for (i, (k, v)) in self.columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            json_string(&mut out, k);
+            json_string(out, k);
             out.push(b':');
-            serde_json::to_writer(&mut out, v).expect("JSON values serialise");
+            serde_json::to_writer(&mut *out, v).expect("JSON values serialise");
         }
         out.extend_from_slice(b"}}");
-        out
     }
 
     /// The numeric columns named `names`, in that order; NaN where one is missing or

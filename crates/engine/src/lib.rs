@@ -295,6 +295,26 @@ impl Output {
         }
     }
 
+    /// The topic it is published on.
+    pub fn topic(&self) -> &str {
+        match self {
+            Output::Alert { topic, .. }
+            | Output::Row { topic, .. }
+            | Output::Transition { topic, .. }
+            | Output::State { topic, .. }
+            | Output::DeadLetter { topic, .. } => topic,
+        }
+    }
+
+    /// Appends the JSON payload of [`to_message`](Self::to_message) to `out` (a window
+    /// row's written in place: a backtest writes one per window result).
+    pub fn write_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Output::Row { row, .. } => row.write_json(out),
+            other => out.extend_from_slice(&other.to_message().1),
+        }
+    }
+
     /// Topic and JSON payload, ready to publish.
     pub fn to_message(&self) -> (String, Vec<u8>) {
         match self {

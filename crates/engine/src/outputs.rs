@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_alerts::{Alert, Lifecycle, TransitionMessage, WindowEvidence, WindowRow};
 use forewarn_core::{Pane, Reason};
@@ -22,6 +24,15 @@ use crate::rows::{cell, row_to_json, row_to_json_except};
 use crate::{DeadLetter, EngineConfig, Output};
 
 /// A JSON value as a topic level: strings as they are, anything else as JSON text.
+/// Row `r` of `a` as topic text ([`topic_text`] of its JSON value): a string as it is,
+/// without building its JSON value first.
+fn text_at(a: &dyn Array, r: usize) -> String {
+    match a.data_type() {
+        DataType::Utf8 if a.is_valid(r) => a.as_string::<i32>().value(r).to_string(),
+        _ => topic_text(&cell(a, r)),
+    }
+}
+
 pub(crate) fn topic_text(v: &serde_json::Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
@@ -200,7 +211,7 @@ impl Publisher {
     ) -> String {
         self.sink.render(|c| {
             let k = captured.iter().find(|(n, _)| n == c)?.1?;
-            Some(topic_text(&cell(batch.column(k).as_ref(), r)))
+            Some(text_at(batch.column(k).as_ref(), r))
         })
     }
 
@@ -229,8 +240,12 @@ impl Publisher {
         range
             .map(|r| {
                 let topic = self.topic_of(batch, &captured, r);
-                let device =
-                    WindowRow::device_text(device.map(|k| cell(batch.column(k).as_ref(), r)));
+                let device = match device.map(|k| batch.column(k).as_ref()) {
+                    Some(a) if a.is_valid(r) && a.data_type() == &DataType::Utf8 => {
+                        a.as_string::<i32>().value(r).to_string()
+                    }
+                    a => WindowRow::device_text(a.map(|a| cell(a, r))),
+                };
                 let window = res.window_of(r);
                 let columns = row_to_json_except(batch, r, &lifted);
                 Output::Row {
