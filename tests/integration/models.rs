@@ -2,7 +2,7 @@
 //! `is_anomaly` and per-device baselines in SQL, errors at the call site, hot reload,
 //! and the SKAB benchmark (skipped when its data is absent).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -376,7 +376,7 @@ async fn changed_model_files_are_swapped_in_while_running() {
     let sql = LEVEL_SQL.replace("'lvl', device, avg(v)", "'lvl', avg(v)");
     let p = Pipeline::builder()
         .query_sql("q.sql", &sql)
-        .models_dir(&dir)
+        .models_dir(dir)
         .config(cfg)
         .build()
         .await
