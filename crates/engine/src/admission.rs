@@ -112,7 +112,7 @@ impl RecentMessages {
 
 /// The devices one source has admitted: at most `max`, first come first served.
 ///
-/// The ids are kept one after another in one string, and a table of their hashes and
+/// The ids are kept one after another in one buffer, and a table of their hashes and
 /// positions finds them: recognising a known device, which a backtest does for every
 /// row, then reads memory the cache already holds. A set of strings compared each
 /// lookup against the id's own allocation, scattered over the heap: 12 % of a 10,000
