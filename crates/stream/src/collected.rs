@@ -13,7 +13,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_core::Millis;
 
 /// Rows a pane collects before it gets a running aggregate of its own.
-pub(crate) const BUFFER_ROWS: usize = 4096;
+pub(crate) const BUFFER_ROWS: usize = 16_384;
 /// Bytes a pane collects (a row may hold a waveform of thousands of samples).
 pub(crate) const BUFFER_BYTES: usize = 4 << 20;
 /// Rows and bytes all panes together collect: past either, the pane being fed gets its

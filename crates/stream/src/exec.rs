@@ -9,12 +9,18 @@ use datafusion::arrow::array::{ArrayRef, AsArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{collect, ExecutionPlan, PhysicalExpr, SendableRecordBatchStream};
@@ -220,6 +226,212 @@ pub(crate) async fn finish_state(
     };
     let input = MemorySourceConfig::try_new_exec(&[state], schema, None).map_err(err)?;
     let plan = replace_partial(&q.root, input as Arc<dyn ExecutionPlan>).map_err(err)?;
+    let batches = collect(plan, q.task_ctx.clone()).await.map_err(err)?;
+    datafusion::arrow::compute::concat_batches(&q.output_schema, &batches)
+        .map_err(|e| err(e.into()))
+}
+
+/// Aggregates whose value is the same bit for bit whether they run once over all of a
+/// group's rows (Single) or as a Partial run over those rows whose state one Final run
+/// then merges into an empty accumulator: merging into nothing adds zero to a sum or a
+/// count, keeps a minimum or maximum, and adds an exact zero to `var`'s and `stddev`'s
+/// sum of squared deviations (their mean, which the merge rescales, is not part of
+/// their value). Others (`approx_percentile_cont`'s digest, the moments' Pébay merge)
+/// keep the two runs.
+const SAME_AS_SINGLE: [&str; 9] = [
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "stddev",
+    "stddev_pop",
+    "var",
+    "var_pop",
+];
+
+/// `root` with its Final aggregate and the Partial one below it (`partial`) fused into
+/// one Single aggregate over the partial half's input: the whole query in one
+/// aggregation, for windows whose rows were only ever collected (the batch query's one
+/// hash table instead of two). `None` unless it gives what the two runs give, row for
+/// row and bit for bit: every aggregate in [`SAME_AS_SINGLE`], none `DISTINCT` or
+/// ordered, and nothing under the aggregate that could drop a row the operator
+/// collected (only projections and the WHERE filter right above the leaf, which rows
+/// pass before they are collected), so every collected pane has a group.
+pub(crate) fn single_stage(
+    root: &Arc<dyn ExecutionPlan>,
+    partial: &Arc<dyn ExecutionPlan>,
+    width: Millis,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let agg = partial.as_ref().downcast_ref::<AggregateExec>()?;
+    let same = agg.aggr_expr().iter().all(|a| {
+        SAME_AS_SINGLE.contains(&a.fun().name()) && !a.is_distinct() && a.order_bys().is_empty()
+    });
+    if *agg.mode() != AggregateMode::Partial || !same || !keeps_every_row(agg.input()) {
+        return None;
+    }
+    let single = |group_by: PhysicalGroupBy| -> Option<Arc<dyn ExecutionPlan>> {
+        let exec = AggregateExec::try_new(
+            AggregateMode::Single,
+            group_by,
+            agg.aggr_expr().to_vec(),
+            agg.filter_expr().to_vec(),
+            agg.input().clone(),
+            agg.input_schema(),
+        );
+        Some(Arc::new(exec.ok()?))
+    };
+    // A tumbling window's end follows from its start: grouped by the start alone (one
+    // group column fewer to hash and compare per row), the end added to each result.
+    let full = single(agg.group_expr().clone())?;
+    let by_start = without_window_end(agg.group_expr())
+        .and_then(single)
+        .and_then(|s| with_window_end(s, full.schema(), width))
+        .and_then(|s| replace_final(root, &s));
+    by_start.or_else(|| replace_final(root, &full))
+}
+
+/// `group_by` without its `window_end` column, when it is a plain list of columns that
+/// holds both window columns.
+fn without_window_end(group_by: &PhysicalGroupBy) -> Option<PhysicalGroupBy> {
+    let exprs = group_by.expr();
+    let plain = group_by.groups().len() == 1
+        && group_by.null_expr().is_empty()
+        && exprs
+            .iter()
+            .all(|(e, _)| e.downcast_ref::<Column>().is_some());
+    let named = |n: &str| exprs.iter().any(|(_, name)| name == n);
+    (plain && named(WINDOW_START) && named(WINDOW_END)).then(|| {
+        PhysicalGroupBy::new_single(
+            exprs
+                .iter()
+                .filter(|(_, name)| name != WINDOW_END)
+                .cloned()
+                .collect(),
+        )
+    })
+}
+
+/// `single` (grouped without `window_end`) with `window_end` = `window_start` + `width`
+/// put back where `schema` (the grouping with it) has it.
+fn with_window_end(
+    single: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    width: Millis,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let inner = single.schema();
+    let column = |name: &str| -> Option<Arc<dyn PhysicalExpr>> {
+        Some(Arc::new(Column::new(name, inner.index_of(name).ok()?)))
+    };
+    let exprs = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let expr: Arc<dyn PhysicalExpr> = if f.name() == WINDOW_END {
+                Arc::new(BinaryExpr::new(
+                    column(WINDOW_START)?,
+                    Operator::Plus,
+                    Arc::new(Literal::new(ScalarValue::DurationMillisecond(Some(width)))),
+                ))
+            } else {
+                column(f.name())?
+            };
+            Some(ProjectionExpr::new(expr, f.name().clone()))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let projected = ProjectionExec::try_new(exprs, single).ok()?;
+    let out = projected.schema();
+    let same = out.fields().len() == schema.fields().len()
+        && out
+            .fields()
+            .iter()
+            .zip(schema.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    same.then(|| Arc::new(projected) as Arc<dyn ExecutionPlan>)
+}
+
+/// Whether the plan under the partial aggregate passes on every row that reaches it
+/// past the WHERE filter right above the leaf.
+fn keeps_every_row(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let node = plan.as_ref();
+    let children = plan.children();
+    if children.is_empty() {
+        return true;
+    }
+    let passes = node.downcast_ref::<ProjectionExec>().is_some()
+        || node
+            .downcast_ref::<FilterExec>()
+            .is_some_and(|f| f.input().children().is_empty() && f.projection().is_none());
+    passes && children.into_iter().all(keeps_every_row)
+}
+
+/// `root` with the Final aggregate over the partial half replaced by `single`, when
+/// their output schemas agree.
+fn replace_final(
+    root: &Arc<dyn ExecutionPlan>,
+    single: &Arc<dyn ExecutionPlan>,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    if let Some(agg) = root.as_ref().downcast_ref::<AggregateExec>() {
+        if matches!(
+            agg.mode(),
+            AggregateMode::Final | AggregateMode::FinalPartitioned
+        ) {
+            let same = |a: &SchemaRef, b: &SchemaRef| {
+                a.fields().len() == b.fields().len()
+                    && a.fields()
+                        .iter()
+                        .zip(b.fields())
+                        .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+            };
+            let over_partial = std::iter::successors(Some(agg.input().clone()), |p| {
+                let n = p.as_ref();
+                let through = n.downcast_ref::<RepartitionExec>().is_some()
+                    || n.downcast_ref::<CoalescePartitionsExec>().is_some();
+                through
+                    .then(|| p.children().first().map(|c| (*c).clone()))
+                    .flatten()
+            })
+            .any(|p| {
+                p.as_ref()
+                    .downcast_ref::<AggregateExec>()
+                    .is_some_and(|a| *a.mode() == AggregateMode::Partial)
+            });
+            return (over_partial && same(&root.schema(), &single.schema()))
+                .then(|| single.clone());
+        }
+    }
+    let children = root.children();
+    if children.is_empty() {
+        return None;
+    }
+    let mut found = false;
+    let new_children = children
+        .into_iter()
+        .map(|c| match replace_final(c, single) {
+            Some(n) => {
+                found = true;
+                n
+            }
+            None => c.clone(),
+        })
+        .collect();
+    if !found {
+        return None;
+    }
+    let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+    root.clone().replace_children(new_children, options).ok()
+}
+
+/// Runs the plan `single_stage` gave over collected leaf batches: the query's rows.
+pub(crate) async fn run_single(
+    q: &CompiledQuery,
+    single: &Arc<dyn ExecutionPlan>,
+    rows: Vec<RecordBatch>,
+) -> Result<RecordBatch, StreamError> {
+    let err = |e: DataFusionError| StreamError::exec(&q.name, e);
+    let input =
+        MemorySourceConfig::try_new_exec(&[rows], q.leaf_schema.clone(), None).map_err(err)?;
+    let plan = replace_leaf(single, input).map_err(err)?;
     let batches = collect(plan, q.task_ctx.clone()).await.map_err(err)?;
     datafusion::arrow::compute::concat_batches(&q.output_schema, &batches)
         .map_err(|e| err(e.into()))

@@ -13,7 +13,7 @@ use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::physical_plan::PhysicalExpr;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use forewarn_core::{Millis, Pane, Watermark, WindowSpec};
 use forewarn_sql::{time_type, CompiledQuery, WINDOW_END, WINDOW_START};
 
@@ -22,7 +22,7 @@ use crate::collected::slice_bytes;
 use crate::error::StreamError;
 use crate::exec::{
     finish_state, finish_window, leaf_batch, leaf_batch_with, leaf_filter, output_windows,
-    partial_state, state_by_pane, OpenPane,
+    partial_state, run_single, state_by_pane, OpenPane,
 };
 use crate::output::{OperatorStats, Processed, Rejection, RowRejection, WindowResult};
 use crate::panes::Panes;
@@ -61,6 +61,9 @@ pub struct WindowOperator {
     /// has a window column, so that windows may share a run of the final half (not
     /// with ORDER BY, LIMIT or window functions).
     final_row_wise: bool,
+    /// The query as one Single aggregate, for tumbling windows fired straight from
+    /// collected rows (see `exec::single_stage`); `None` where the two halves must run.
+    single: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -113,6 +116,12 @@ impl WindowOperator {
             && [WINDOW_START, WINDOW_END]
                 .iter()
                 .any(|c| q.output_schema.index_of(c).is_ok());
+        let single = match q.window {
+            WindowSpec::Tumble { .. } if final_row_wise => {
+                crate::exec::single_stage(&q.root, &q.partial, q.window.width())
+            }
+            _ => None,
+        };
         let wm_tick_ms = q.window.pane_width().clamp(1, 1000);
         // Session panes hold rows of several sessions: each pane aggregates at once.
         let panes = if sessions.is_some() {
@@ -138,6 +147,7 @@ impl WindowOperator {
             wm_tick: None,
             wm_tick_ms,
             final_row_wise,
+            single,
         }
     }
 
@@ -296,6 +306,9 @@ impl WindowOperator {
         // a run is a pane's whole share of the batch), merged by pane after the loop, so
         // the per-row cost is a comparison, not a map lookup.
         let mut runs: Vec<(Millis, Vec<u32>)> = Vec::new();
+        // The run being gathered: its pane and its rows `from..to`, consecutive (added to
+        // `runs` at once when it ends, not a row at a time).
+        let mut run: Option<(Millis, u32, u32)> = None;
         // The pane of the last accepted row: open, or opened by this batch.
         let mut last_pane: Option<Millis> = None;
         let mut rejected = Rejected::new();
@@ -376,13 +389,21 @@ impl WindowOperator {
             match verdict {
                 Ok(p) => {
                     last_pane = Some(p);
-                    match runs.last_mut() {
-                        Some((q, run)) if *q == p => run.push(i as u32),
-                        _ => runs.push((p, vec![i as u32])),
+                    let i = i as u32;
+                    match &mut run {
+                        Some((q, _, to)) if *q == p && *to == i => *to = i + 1,
+                        _ => {
+                            if let Some(r) = run.replace((p, i, i + 1)) {
+                                add_run(&mut runs, r);
+                            }
+                        }
                     }
                 }
                 Err(r) => record(&mut rejected, r, i),
             }
+        }
+        if let Some(r) = run {
+            add_run(&mut runs, r);
         }
         // By pane, in time order; a pane's rows stay in arrival order.
         let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
@@ -668,9 +689,29 @@ impl WindowOperator {
         if !self.final_row_wise || !matches!(self.q.window, WindowSpec::Tumble { .. }) {
             return Ok(None);
         }
-        let Some(rows) = self.panes.take_passed_collected_only(&self.q.window, wm) else {
+        let Some((starts, rows)) = self.panes.take_passed_collected_only(&self.q.window, wm) else {
             return Ok(None);
         };
+        if let Some(single) = &self.single {
+            // The whole query in one aggregation; every collected pane has a group.
+            let batch = run_single(&self.q, single, rows.clone()).await?;
+            self.stats.final_runs += 1;
+            let windows: Vec<Pane> = starts.iter().map(|&s| self.q.window.pane_of(s)).collect();
+            if let [window] = windows[..] {
+                return Ok(Some(vec![WindowResult {
+                    window,
+                    batch,
+                    row_windows: None,
+                    windows: 1,
+                }]));
+            }
+            match self.tag_windows(batch, &windows)? {
+                Some(fired) => return Ok(Some(vec![fired])),
+                // The output's window columns are computed otherwise: from now on the
+                // two halves run, and the usual path can fire each window alone.
+                None => self.single = None,
+            }
+        }
         let state = partial_state(&self.q, rows)
             .await
             .map_err(|e| self.exec_err(e))?;
@@ -931,6 +972,15 @@ impl WindowOperator {
 /// The window columns of `n` state rows of one window (`w[0]`).
 /// The rows of `batch` at `idx` (ascending): a zero-copy slice when they are one
 /// contiguous run, as in-order input gives.
+/// Adds the consecutive rows `from..to` of a pane to `runs` (to its last run when that
+/// is the same pane's).
+fn add_run(runs: &mut Vec<(Millis, Vec<u32>)>, (pane, from, to): (Millis, u32, u32)) {
+    match runs.last_mut() {
+        Some((q, rows)) if *q == pane => rows.extend(from..to),
+        _ => runs.push((pane, (from..to).collect())),
+    }
+}
+
 fn rows_at(
     batch: &RecordBatch,
     idx: &[u32],
@@ -1101,17 +1151,47 @@ mod tests {
 
     #[tokio::test]
     async fn collecting_small_panes_gives_what_an_aggregate_per_pane_gives() {
-        for (sql_window, filter) in [
-            ("tumble(interval '10 seconds')", ""),
+        // Floats whose sums depend on the order of the additions, and every aggregate
+        // that tumbling windows of collected rows compute in one Single aggregation.
+        let all = "count(*) AS n, sum(v) AS s, avg(v) AS a, stddev(v) AS sd, var_pop(v) AS vp, \
+                   min(v) AS lo, max(v) AS hi";
+        for (sql_window, filter, aggregates, single) in [
+            ("tumble(interval '10 seconds')", "", all, true),
             // The WHERE clause drops every row of some windows (they fire nothing).
-            ("tumble(interval '10 seconds')", "WHERE v > 30"),
-            ("hop(interval '10 seconds', interval '30 seconds')", ""),
+            ("tumble(interval '10 seconds')", "WHERE v > 30", all, true),
+            // An aggregate whose Partial and Final runs are kept.
+            (
+                "tumble(interval '10 seconds')",
+                "",
+                "count(*) AS n, median(v) AS m",
+                false,
+            ),
+            (
+                "hop(interval '10 seconds', interval '30 seconds')",
+                "",
+                all,
+                false,
+            ),
             (
                 "hop(interval '10 seconds', interval '30 seconds')",
                 "WHERE v > 30",
+                all,
+                false,
             ),
         ] {
-            let f = fixture(sql_window, filter, "").await;
+            let f = crate::testing::compiled(&format!(
+                "CREATE TABLE r (device TEXT, ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+                   WITH (connector = 'mqtt', topic = 'w/+', topic_template = 'w/{{device}}');
+                 CREATE TABLE out WITH (connector = 'mqtt', topic = 'o/{{device}}');
+                 INSERT INTO out SELECT device, window_start, window_end, {aggregates}
+                 FROM r {filter} GROUP BY {sql_window}, device;"
+            ))
+            .await;
+            assert_eq!(
+                f.operator().single.is_some(),
+                single,
+                "{sql_window} {aggregates}"
+            );
             // Panes from 8 rows to past the limit of rows a pane collects, batches of
             // all sizes (some holding many windows, some reversed, so rows of a pane are
             // not one run and some are late), with a checkpoint (sealing) halfway.

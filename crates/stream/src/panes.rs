@@ -221,20 +221,24 @@ impl Panes {
 
     /// The collected rows of the panes `wm` has passed, taken, when those panes hold
     /// nothing else (no running aggregate, no sealed state) and no closed pane is kept:
-    /// their windows can then be computed straight from the rows. `None` (nothing
-    /// taken) otherwise, or when no collected pane has passed.
+    /// their windows can then be computed straight from the rows: those panes' starts,
+    /// oldest first, and their rows. `None` (nothing taken) otherwise, or when no
+    /// collected pane has passed.
     pub(crate) fn take_passed_collected_only(
         &mut self,
         window: &WindowSpec,
         wm: Millis,
-    ) -> Option<Vec<RecordBatch>> {
+    ) -> Option<(Vec<Millis>, Vec<RecordBatch>)> {
         // Panes are keyed by start: if the oldest has not passed, none has.
         let passed = |s: &Millis| window.pane_of(*s).end <= wm;
         let alone = self.closed.is_empty()
             && !self.open.keys().next().is_some_and(passed)
             && !self.sealed.keys().next().is_some_and(passed)
             && self.collected.panes().next().is_some_and(|s| passed(&s));
-        alone.then(|| self.collected.take(|s| passed(&s)))
+        alone.then(|| {
+            let starts = self.collected.panes().take_while(passed).collect();
+            (starts, self.collected.take(|s| passed(&s)))
+        })
     }
 
     /// Adds partial state of closed panes, by pane start.
