@@ -969,9 +969,6 @@ impl WindowOperator {
     }
 }
 
-/// The window columns of `n` state rows of one window (`w[0]`).
-/// The rows of `batch` at `idx` (ascending): a zero-copy slice when they are one
-/// contiguous run, as in-order input gives.
 /// Adds the consecutive rows `from..to` of a pane to `runs` (to its last run when that
 /// is the same pane's).
 fn add_run(runs: &mut Vec<(Millis, Vec<u32>)>, (pane, from, to): (Millis, u32, u32)) {
@@ -981,6 +978,8 @@ fn add_run(runs: &mut Vec<(Millis, Vec<u32>)>, (pane, from, to): (Millis, u32, u
     }
 }
 
+/// The rows of `batch` at `idx` (ascending): a zero-copy slice when they are one
+/// contiguous run, as in-order input gives.
 fn rows_at(
     batch: &RecordBatch,
     idx: &[u32],
@@ -993,6 +992,7 @@ fn rows_at(
     }
 }
 
+/// The window columns of `n` state rows of one window (`w[0]`).
 fn pane_columns(w: &[Pane], n: usize) -> (ArrayRef, ArrayRef) {
     (
         Arc::new(TimestampMillisecondArray::from_value(w[0].start, n)),
