@@ -399,3 +399,75 @@ FROM r GROUP BY tumble(interval '10 seconds'), device;
     // d1 at 0 s, d2 at 0.0004 s, d3 at 4.999999 s and d1 at 25 s come from the columns.
     assert_eq!(b_stats.readings_from_columns, 4);
 }
+
+/// Windows of 2,600 devices: each result is turned into outputs in pieces of 1,024 rows,
+/// one piece per output thread. One thread and three give the same outputs byte for
+/// byte, in window order, one per device and window, with the counts and sums the file
+/// gives.
+#[tokio::test]
+async fn a_large_window_gives_the_same_outputs_on_one_output_thread_and_on_several() {
+    const DEVICES: usize = 2_600;
+    // Three windows: readings at 0 s and 1 s, at 10 s, at 20 s (value: the device's
+    // number plus the second), then one far reading of d0 that closes all three
+    // together and whose window closes at the end.
+    let mut text = String::from("device,ts,v,n,ok,note\n");
+    for s in [0, 1, 10, 20] {
+        for d in 0..DEVICES {
+            text += &format!(
+                "d{d:04},{},{},1,true,a\n",
+                1_767_592_800_000u64 + s * 1000,
+                d as u64 + s
+            );
+        }
+    }
+    text += "d0000,2026-01-05T06:01:00Z,0,1,true,a\n";
+    let (_dir, data) = file("fleet.csv", &text);
+    let mut runs = Vec::new();
+    for threads in [1, 3] {
+        let config = EngineConfig {
+            max_devices: DEVICES,
+            max_batch_rows: 100_000,
+            output_threads: threads,
+            ..config()
+        };
+        let p = Pipeline::builder()
+            .query_sql("h.sql", SQL)
+            .config(config)
+            .build()
+            .await
+            .unwrap()
+            .without_wall_clock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        replay::replay_ordered(p, &data, None, Order::Check, move |o: Output| {
+            let _ = tx.send(o.to_message());
+        })
+        .await
+        .unwrap();
+        runs.push(rx.try_iter().collect::<Published>());
+    }
+    assert_eq!(runs[0].len(), 3 * DEVICES + 1);
+    assert!(
+        runs[0] == runs[1],
+        "three output threads changed the outputs"
+    );
+    // Independently: window order, and each device's count and sum in each window.
+    let mut last = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (topic, payload) in &runs[1] {
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        let start = v["window_start"].as_str().unwrap().to_string();
+        assert!(start >= last, "{start} after {last}");
+        last = start.clone();
+        let d: u64 = v["device"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(topic, &format!("o/d{d:04}"));
+        let (c, s) = match &start[..] {
+            "2026-01-05T06:00:00.000Z" => (2, 2 * d + 1),
+            "2026-01-05T06:00:10.000Z" => (1, d + 10),
+            "2026-01-05T06:00:20.000Z" => (1, d + 20),
+            _ => (1, 0),
+        };
+        assert_eq!(v["features"]["c"], c, "{v}");
+        assert_eq!(v["features"]["s"].as_f64(), Some(s as f64), "{v}");
+        assert!(seen.insert((start, d)), "twice: {v}");
+    }
+}

@@ -206,6 +206,17 @@ pub struct EngineConfig {
     /// Called with every scored window of a rule with a lifecycle (see
     /// [`WindowObserver`]); `None` (the default) for none.
     pub window_observer: Option<WindowObserver>,
+    /// Threads that turn a large window result (over 1,024 rows, a window of a large
+    /// fleet) into outputs, a piece each, when its sink has no lifecycle: the outputs
+    /// and their order are the same for any number. Default: 2 where the process may use
+    /// more than one core, else 1 (values below 1 count as 1).
+    pub output_threads: usize,
+}
+
+/// The default [`EngineConfig::output_threads`]: 2 where the process may use more than
+/// one core.
+pub fn default_output_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
 impl Default for EngineConfig {
@@ -228,6 +239,7 @@ impl Default for EngineConfig {
             window_rows: false,
             output_policy: OutputPolicy::Block,
             window_observer: None,
+            output_threads: default_output_threads(),
         }
     }
 }

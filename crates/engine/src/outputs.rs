@@ -165,15 +165,35 @@ impl Publisher {
         if self.lifecycle.is_some() {
             let rows = self.alert_rows(query, res, range);
             self.lifecycle_outputs(query, rows, health, cfg, clock)
-        } else if self.anomaly {
-            let outs = self
-                .alert_rows(query, res, range)
+        } else {
+            (self.row_outputs(query, res, range), 0)
+        }
+    }
+
+    /// Whether the outputs of a closed window are a function of its rows alone (no
+    /// lifecycle, whose state machines and health see the rows one after another): rows
+    /// of such a window can be turned into outputs apart, each range on its own thread
+    /// (see [`row_outputs`](Self::row_outputs)).
+    pub(crate) fn stateless(&self) -> bool {
+        self.lifecycle.is_none()
+    }
+
+    /// [`window_outputs`](Self::window_outputs) for a [`stateless`](Self::stateless)
+    /// publisher: alerts or window rows, reading nothing but the publisher and the rows.
+    pub(crate) fn row_outputs(
+        &self,
+        query: &str,
+        res: &WindowResult,
+        range: std::ops::Range<usize>,
+    ) -> Vec<Output> {
+        debug_assert!(self.stateless());
+        if self.anomaly {
+            self.alert_rows(query, res, range)
                 .into_iter()
                 .map(|(topic, alert, _)| Output::Alert { topic, alert })
-                .collect();
-            (outs, 0)
+                .collect()
         } else {
-            (self.window_rows(query, res, range), 0)
+            self.window_rows(query, res, range)
         }
     }
 

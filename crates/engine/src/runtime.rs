@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use forewarn_formats::filter_matches;
-use forewarn_stream::Processed;
+use forewarn_stream::{Processed, WindowResult};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -112,6 +112,12 @@ const BACK_TO_BACK: std::time::Duration = std::time::Duration::from_micros(200);
 /// How long a micro-batch lingers for the messages that follow, at most (the timer's
 /// resolution is a millisecond, so up to about two).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Rows a thread turns into outputs at a time when a large window result is split
+/// between two (see [`Runtime::emit_in_pieces`]): a millisecond or so of work, so that
+/// starting the thread is a small part of it, and few enough outputs at once that the
+/// output channel's back-pressure still bounds how many exist.
+const PIECE: usize = 1024;
 
 impl Runtime {
     pub(crate) fn new(
@@ -525,6 +531,13 @@ impl Runtime {
         // fleet size, bounds how many exist at once.
         const CHUNK: usize = 256;
         for res in &p.results {
+            if self.config.output_threads > 1
+                && res.batch.num_rows() > PIECE
+                && self.sources[i].operators[k].publish.stateless()
+            {
+                self.emit_in_pieces(i, k, &query, res).await;
+                continue;
+            }
             let mut at = 0;
             while at < res.batch.num_rows() {
                 let end = (at + CHUNK).min(res.batch.num_rows());
@@ -543,6 +556,42 @@ impl Runtime {
                 for o in outs {
                     self.emit(o).await;
                 }
+            }
+        }
+    }
+
+    /// [`emit_processed`](Self::emit_processed) for a large result of a stateless
+    /// publisher: its rows are turned into outputs [`PIECE`] at a time on
+    /// `output_threads` threads (this one and scoped ones beside it), then sent in
+    /// order. Building window rows (strings and maps per row) was the biggest share of
+    /// the engine's own time in a backtest of a large fleet, and its task sets the pace
+    /// of the whole replay; the outputs and their order are those of one thread.
+    async fn emit_in_pieces(&mut self, i: usize, k: usize, query: &str, res: &WindowResult) {
+        let n = res.batch.num_rows();
+        let threads = self.config.output_threads;
+        let mut at = 0;
+        while at < n {
+            let pieces: Vec<_> = (0..threads)
+                .map(|t| (at + t * PIECE).min(n)..(at + (t + 1) * PIECE).min(n))
+                .filter(|r| !r.is_empty())
+                .collect();
+            at = (at + threads * PIECE).min(n);
+            let publish = &self.sources[i].operators[k].publish;
+            let outs: Vec<Vec<Output>> = std::thread::scope(|s| {
+                let helpers: Vec<_> = pieces[1..]
+                    .iter()
+                    .map(|r| s.spawn(|| publish.row_outputs(query, res, r.clone())))
+                    .collect();
+                let mine = publish.row_outputs(query, res, pieces[0].clone());
+                std::iter::once(mine)
+                    .chain(helpers.into_iter().map(|h| match h.join() {
+                        Ok(outs) => outs,
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }))
+                    .collect()
+            });
+            for o in outs.into_iter().flatten() {
+                self.emit(o).await;
             }
         }
     }

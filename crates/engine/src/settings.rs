@@ -31,6 +31,9 @@ pub struct EngineSettings {
     pub max_state_bytes: usize,
     /// Recent messages remembered to recognise resends (0: off).
     pub duplicate_window: usize,
+    /// Threads turning a large window result into outputs (see
+    /// [`EngineConfig::output_threads`]).
+    pub output_threads: usize,
 }
 
 impl Default for EngineSettings {
@@ -46,6 +49,7 @@ impl Default for EngineSettings {
             max_open_windows: c.max_open_windows,
             max_state_bytes: c.max_state_bytes,
             duplicate_window: c.duplicate_window,
+            output_threads: c.output_threads,
         }
     }
 }
@@ -64,6 +68,7 @@ impl EngineSettings {
             max_open_windows: self.max_open_windows,
             max_state_bytes: self.max_state_bytes,
             duplicate_window: self.duplicate_window,
+            output_threads: self.output_threads.max(1),
             ..EngineConfig::default()
         }
     }

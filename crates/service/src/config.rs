@@ -391,6 +391,13 @@ impl ServiceConfig {
                 ));
             }
         }
+        if e.output_threads == 0 {
+            return bad(
+                "[engine] output_threads = 0: give at least 1 (1: window results are turned \
+                 into outputs on the engine's own thread)"
+                    .into(),
+            );
+        }
         let c = &self.checkpoint;
         for (key, v) in [
             ("interval_ms", c.interval_ms as usize),
@@ -640,6 +647,10 @@ mod tests {
             (
                 "[engine]\nmax_devices = 0",
                 "[engine] max_devices = 0 would refuse every reading",
+            ),
+            (
+                "[engine]\noutput_threads = 0",
+                "[engine] output_threads = 0: give at least 1",
             ),
             (
                 "[checkpoint]\nkeep = 0",
