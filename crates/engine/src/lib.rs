@@ -181,8 +181,8 @@ pub struct EngineConfig {
     pub checkpoint: Option<CheckpointConfig>,
     /// A message to an event-time source whose topic and bytes equal one of the last
     /// this many messages is a resend: dead-lettered as `duplicate`, not counted twice
-    /// (0: off). Costs about 34 bytes per remembered message: a hash and its sequence
-    /// number, in a table kept up to 1.5 times the window.
+    /// (0: off). Costs 24 bytes per remembered message: its hash, kept in arrival order,
+    /// and a slot of a table twice the window's size.
     pub duplicate_window: usize,
     /// Distinct devices a source admits (the device named by its topic template); a
     /// message from one more is dead-lettered as `too_many_devices`, so a flood of new

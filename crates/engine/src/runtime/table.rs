@@ -197,15 +197,19 @@ impl Runtime {
         if self.recent.enabled() {
             // Rows of one source only, all keyed alike: another form of message could
             // only match by a 64-bit collision.
+            // The table's slots for a row a few ahead are asked for while this one is
+            // checked.
+            const AHEAD: usize = 8;
             let recent = &mut self.recent;
-            out.extend(
-                block
-                    .clone()
-                    .map(|r| match recent.repeated_key(table.key(r)) {
-                        true => Verdict::Repeat,
-                        false => Verdict::Take,
-                    }),
-            );
+            for r in block.clone() {
+                if r + AHEAD < block.end {
+                    recent.prefetch(table.key(r + AHEAD), AHEAD);
+                }
+                out.push(match recent.repeated_key(table.key(r)) {
+                    true => Verdict::Repeat,
+                    false => Verdict::Take,
+                });
+            }
         } else {
             out.resize(block.len(), Verdict::Take);
         }
