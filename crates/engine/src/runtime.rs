@@ -578,15 +578,26 @@ impl Runtime {
             at = (at + threads * PIECE).min(n);
             let publish = &self.sources[i].operators[k].publish;
             let outs: Vec<Vec<Output>> = std::thread::scope(|s| {
+                // A piece whose thread cannot be started (a limit on threads) is done
+                // here, after this thread's own.
                 let helpers: Vec<_> = pieces[1..]
                     .iter()
-                    .map(|r| s.spawn(|| publish.row_outputs(query, res, r.clone())))
+                    .map(|r| {
+                        std::thread::Builder::new()
+                            .name("forewarn-outputs".into())
+                            .spawn_scoped(s, || publish.row_outputs(query, res, r.clone()))
+                            .map_err(|_| r.clone())
+                    })
                     .collect();
                 let mine = publish.row_outputs(query, res, pieces[0].clone());
                 std::iter::once(mine)
-                    .chain(helpers.into_iter().map(|h| match h.join() {
-                        Ok(outs) => outs,
-                        Err(panic) => std::panic::resume_unwind(panic),
+                    .chain(helpers.into_iter().map(|h| {
+                        match h {
+                            Ok(h) => h
+                                .join()
+                                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                            Err(r) => publish.row_outputs(query, res, r),
+                        }
                     }))
                     .collect()
             });
