@@ -27,9 +27,13 @@ def median_wall(key):
     return statistics.median(w for w, _ in runs[key]) if key in runs else None
 
 
-def steady(engine, inp):
-    """Extra readings per extra second from the 2M to the 4M file (medians)."""
-    a, b = median_wall((engine, inp, SMALL)), median_wall((engine, inp, LARGE))
+def min_wall(key):
+    return min(w for w, _ in runs[key]) if key in runs else None
+
+
+def steady(engine, inp, wall=median_wall):
+    """Extra readings per extra second from the 2M to the 4M file (medians, or `wall`)."""
+    a, b = wall((engine, inp, SMALL)), wall((engine, inp, LARGE))
     if a is None or b is None or b <= a:
         return None
     return (LARGE - SMALL) / (b - a)
@@ -82,19 +86,26 @@ for engine in ("forewarn", "duckdb", "flink"):
 print()
 
 
-def ratio(label, num, den, target, at_least):
-    if num is None or den is None:
-        print(f"{label}: n/a (target {'>=' if at_least else '<='} {target})")
+def steady_ratio(label, engine, inp, target):
+    """Forewarn's steady rate over `engine`'s, from the median walls and from the
+    minimum walls: one slow run of three moves either, so the target is met only when
+    both meet it."""
+    both = []
+    for wall in (median_wall, min_wall):
+        num, den = steady("forewarn", inp, wall), steady(engine, inp, wall)
+        both.append(num / den if num and den else None)
+    if None in both:
+        print(f"{label}: n/a (target >= {target})")
         return
-    r = num / den
-    met = r >= target if at_least else r <= target
-    print(f"{label}: {r:.2f} (target {'>=' if at_least else '<='} {target}: {'met' if met else 'missed'})")
+    met = min(both) >= target
+    print(f"{label}: {both[0]:.2f} from the medians, {both[1]:.2f} from the minimums "
+          f"(target >= {target}: {'met' if met else 'missed'})")
 
 
-ratio("Forewarn / DuckDB steady rate, Parquet", steady("forewarn", "parquet"), steady("duckdb", "parquet"), 0.5, True)
-ratio("Forewarn / DuckDB steady rate, CSV", steady("forewarn", "csv"), steady("duckdb", "csv"), 0.5, True)
+steady_ratio("Forewarn / DuckDB steady rate, Parquet", "duckdb", "parquet", 0.5)
+steady_ratio("Forewarn / DuckDB steady rate, CSV", "duckdb", "csv", 0.5)
 if flink_version:
-    ratio("Forewarn / Flink steady rate, CSV", steady("forewarn", "csv"), steady("flink", "csv"), 5, True)
+    steady_ratio("Forewarn / Flink steady rate, CSV", "flink", "csv", 5)
 else:
     print("Forewarn / Flink steady rate, CSV: n/a, Flink not installed (target >= 5)")
 for inp in ("parquet", "csv"):
