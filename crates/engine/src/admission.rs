@@ -186,7 +186,8 @@ impl RecentMessages {
             if s == 0 {
                 break;
             }
-            // A slot may fill the hole unless its home lies after the hole, up to it.
+            // A slot moves into the hole unless its home lies (cyclically) after the
+            // hole and up to the slot itself: from there a probe would not reach it.
             let home = self.home(s & !0xffff_ffff);
             if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
                 self.slots[hole] = s;
