@@ -62,6 +62,13 @@ const MAX_WINDOW: usize = 1 << 30;
 impl RecentMessages {
     /// Remembers the last `window` messages (at most 2^30).
     pub(crate) fn new(window: usize) -> Self {
+        if window > MAX_WINDOW {
+            tracing::warn!(
+                duplicate_window = window,
+                remembered = MAX_WINDOW,
+                "duplicate_window is above the most messages the duplicate check remembers"
+            );
+        }
         RecentMessages {
             window: window.min(MAX_WINDOW),
             hasher: RandomState::new(),

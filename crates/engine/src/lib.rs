@@ -181,8 +181,9 @@ pub struct EngineConfig {
     pub checkpoint: Option<CheckpointConfig>,
     /// A message to an event-time source whose topic and bytes equal one of the last
     /// this many messages is a resend: dead-lettered as `duplicate`, not counted twice
-    /// (0: off). Costs 24 bytes per remembered message: its hash, kept in arrival order,
-    /// and a slot of a table twice the window's size.
+    /// (0: off; at most 2^30, a larger value remembers 2^30 and logs a warning). Costs 24
+    /// bytes per remembered message: its hash, kept in arrival order, and a slot of a
+    /// table twice the window's size.
     pub duplicate_window: usize,
     /// Distinct devices a source admits (the device named by its topic template); a
     /// message from one more is dead-lettered as `too_many_devices`, so a flood of new
