@@ -64,6 +64,9 @@ pub struct WindowOperator {
     /// The query as one Single aggregate, for tumbling windows fired straight from
     /// collected rows (see `exec::single_stage`); `None` where the two halves must run.
     single: Option<Arc<dyn ExecutionPlan>>,
+    /// Whether batches in time order skip the row-by-row loop (`in_order_panes`); off
+    /// only in tests that compare the two.
+    in_order_path: bool,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -148,6 +151,7 @@ impl WindowOperator {
             wm_tick_ms,
             final_row_wise,
             single,
+            in_order_path: true,
         }
     }
 
@@ -301,120 +305,138 @@ impl WindowOperator {
         // watermark has not passed, so closing later changes nothing.
         let max_future = self.q.watermark.max_future;
         let per_key = self.watermark.per_key();
-        // Row indices by pane, or by rejection reason. Accepted rows gather in runs of
-        // one pane (consecutive accepted rows of the same pane: with rows in time order,
-        // a run is a pane's whole share of the batch), merged by pane after the loop, so
-        // the per-row cost is a comparison, not a map lookup.
-        let mut runs: Vec<(Millis, Vec<u32>)> = Vec::new();
-        // The run being gathered: its pane and its rows `from..to`, consecutive (added to
-        // `runs` at once when it ends, not a row at a time).
-        let mut run: Option<(Millis, u32, u32)> = None;
-        // The pane of the last accepted row: open, or opened by this batch.
-        let mut last_pane: Option<Millis> = None;
         let mut rejected = Rejected::new();
-        let mut key_buf = String::new();
         // Session id of each row (sessions only), indexed by row.
         let mut session_ids: Vec<Millis> = match self.sessions {
             Some(_) => vec![0; batch.num_rows()],
             None => Vec::new(),
         };
-        // Panes this batch opens (for the limit on open panes).
-        let open_before = self.open_panes();
-        let mut opened: std::collections::HashSet<Millis> = Default::default();
-        // The watermark as of the row being judged (`closed_until` before the batch).
-        let mut closed = self.closed_until;
-        // The pane of the last row judged.
-        let mut pane = Pane { start: 0, end: 0 };
         // Per-key maxima not yet handed to the watermark (see `observe`).
         let mut keys: HashMap<&str, Millis> = HashMap::new();
-        for i in 0..ts.len() {
-            if keep.as_ref().is_some_and(|k| !k[i]) {
-                // The query does not want this row: it is not late or refused for it
-                // (another query of the source may want it), but, except for sessions,
-                // its time moves the watermark as if it had gone through the aggregate.
-                if self.sessions.is_none() && !ts.is_null(i) {
-                    let t = ts.value(i);
-                    let key = wm_keys.as_ref().map_or("", |k| k.value(i));
-                    if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
-                        self.observe(&mut keys, key, t);
-                    }
-                }
-                continue;
+        // Rows in time order need no judging row by row (see `in_order_panes`); the
+        // loop below gives them the same fate.
+        let simple = keep.is_none() && !per_key && self.sessions.is_none() && max_future.is_none();
+        let in_order = match simple && self.in_order_path {
+            true => self.in_order_panes(ts),
+            false => None,
+        };
+        let by_pane = match in_order {
+            Some(panes) => {
+                // Every row is accepted: the newest moves the watermark.
+                self.watermark.observe(ts.value(ts.len() - 1));
+                panes
             }
-            let verdict = if ts.is_null(i) {
-                Err(RowRejection::NoTimestamp)
-            } else {
-                let t = ts.value(i);
-                let key = wm_keys.as_ref().map_or("", |k| k.value(i));
-                // Rows mostly fall in the pane of the row before them: no division then.
-                if !(pane.start <= t && t < pane.end) {
-                    pane = self.q.window.pane_of(t);
-                }
-                if let Some(limit) = max_future {
-                    if !self.future_ok(key, t, limit) {
-                        record(&mut rejected, RowRejection::Future, i);
+            None => {
+                // Row indices by pane, or by rejection reason. Accepted rows gather in runs of
+                // one pane (consecutive accepted rows of the same pane: with rows in time order,
+                // a run is a pane's whole share of the batch), merged by pane after the loop, so
+                // the per-row cost is a comparison, not a map lookup.
+                let mut runs: Vec<(Millis, Vec<u32>)> = Vec::new();
+                // The run being gathered: its pane and its rows `from..to`, consecutive (added to
+                // `runs` at once when it ends, not a row at a time).
+                let mut run: Option<(Millis, u32, u32)> = None;
+                // The pane of the last accepted row: open, or opened by this batch.
+                let mut last_pane: Option<Millis> = None;
+                let mut key_buf = String::new();
+                // Panes this batch opens (for the limit on open panes).
+                let open_before = self.open_panes();
+                let mut opened: std::collections::HashSet<Millis> = Default::default();
+                // The watermark as of the row being judged (`closed_until` before the batch).
+                let mut closed = self.closed_until;
+                // The pane of the last row judged.
+                let mut pane = Pane { start: 0, end: 0 };
+                for i in 0..ts.len() {
+                    if keep.as_ref().is_some_and(|k| !k[i]) {
+                        // The query does not want this row: it is not late or refused for it
+                        // (another query of the source may want it), but, except for sessions,
+                        // its time moves the watermark as if it had gone through the aggregate.
+                        if self.sessions.is_none() && !ts.is_null(i) {
+                            let t = ts.value(i);
+                            let key = wm_keys.as_ref().map_or("", |k| k.value(i));
+                            if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
+                                self.observe(&mut keys, key, t);
+                            }
+                        }
                         continue;
                     }
-                }
-                // The watermark as the rows before this one left it.
-                closed = max_opt(closed, self.watermark.current());
-                let late = match (&mut self.sessions, &session_keys) {
-                    (Some(sessions), Some(keys)) => {
-                        match sessions.assign(session_key(keys, i, &mut key_buf), t, closed) {
-                            Some(id) => {
-                                session_ids[i] = id;
-                                false
-                            }
-                            None => true,
+                    let verdict = if ts.is_null(i) {
+                        Err(RowRejection::NoTimestamp)
+                    } else {
+                        let t = ts.value(i);
+                        let key = wm_keys.as_ref().map_or("", |k| k.value(i));
+                        // Rows mostly fall in the pane of the row before them: no division then.
+                        if !(pane.start <= t && t < pane.end) {
+                            pane = self.q.window.pane_of(t);
                         }
-                    }
-                    _ => closed.is_some_and(|c| pane.end <= c),
-                };
-                let new_pane = last_pane != Some(pane.start)
-                    && !self.panes.is_open(pane.start)
-                    && !opened.contains(&pane.start);
-                if late {
-                    Err(RowRejection::Late)
-                } else if new_pane && open_before + opened.len() >= self.max_open_panes {
-                    // Refused rows must not move the watermark either.
-                    Err(RowRejection::TooManyWindows)
-                } else {
-                    if new_pane {
-                        opened.insert(pane.start);
-                    }
-                    self.observe(&mut keys, key, t);
-                    Ok(pane.start)
-                }
-            };
-            match verdict {
-                Ok(p) => {
-                    last_pane = Some(p);
-                    let i = i as u32;
-                    match &mut run {
-                        Some((q, _, to)) if *q == p && *to == i => *to = i + 1,
-                        _ => {
-                            if let Some(r) = run.replace((p, i, i + 1)) {
-                                add_run(&mut runs, r);
+                        if let Some(limit) = max_future {
+                            if !self.future_ok(key, t, limit) {
+                                record(&mut rejected, RowRejection::Future, i);
+                                continue;
                             }
                         }
+                        // The watermark as the rows before this one left it.
+                        closed = max_opt(closed, self.watermark.current());
+                        let late = match (&mut self.sessions, &session_keys) {
+                            (Some(sessions), Some(keys)) => {
+                                match sessions.assign(session_key(keys, i, &mut key_buf), t, closed)
+                                {
+                                    Some(id) => {
+                                        session_ids[i] = id;
+                                        false
+                                    }
+                                    None => true,
+                                }
+                            }
+                            _ => closed.is_some_and(|c| pane.end <= c),
+                        };
+                        let new_pane = last_pane != Some(pane.start)
+                            && !self.panes.is_open(pane.start)
+                            && !opened.contains(&pane.start);
+                        if late {
+                            Err(RowRejection::Late)
+                        } else if new_pane && open_before + opened.len() >= self.max_open_panes {
+                            // Refused rows must not move the watermark either.
+                            Err(RowRejection::TooManyWindows)
+                        } else {
+                            if new_pane {
+                                opened.insert(pane.start);
+                            }
+                            self.observe(&mut keys, key, t);
+                            Ok(pane.start)
+                        }
+                    };
+                    match verdict {
+                        Ok(p) => {
+                            last_pane = Some(p);
+                            let i = i as u32;
+                            match &mut run {
+                                Some((q, _, to)) if *q == p && *to == i => *to = i + 1,
+                                _ => {
+                                    if let Some(r) = run.replace((p, i, i + 1)) {
+                                        add_run(&mut runs, r);
+                                    }
+                                }
+                            }
+                        }
+                        Err(r) => record(&mut rejected, r, i),
                     }
                 }
-                Err(r) => record(&mut rejected, r, i),
-            }
-        }
-        if let Some(r) = run {
-            add_run(&mut runs, r);
-        }
-        // By pane, in time order; a pane's rows stay in arrival order.
-        let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
-        for (p, run) in runs {
-            match by_pane.entry(p) {
-                Entry::Vacant(e) => {
-                    e.insert(run);
+                if let Some(r) = run {
+                    add_run(&mut runs, r);
                 }
-                Entry::Occupied(mut e) => e.get_mut().extend(run),
+                // By pane, in time order; a pane's rows stay in arrival order.
+                let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
+                for (p, run) in runs {
+                    match by_pane.entry(p) {
+                        Entry::Vacant(e) => {
+                            e.insert(run);
+                        }
+                        Entry::Occupied(mut e) => e.get_mut().extend(run),
+                    }
+                }
+                by_pane
             }
-        }
+        };
         for (_, (reason, idx)) in rejected {
             let n = idx.len() as u64;
             match reason {
@@ -471,6 +493,47 @@ impl WindowOperator {
         }
         self.close_ready(&mut out).await?;
         Ok(out)
+    }
+
+    /// The accepted rows of a batch in time order, by pane, without judging them one by
+    /// one; `None` when the row-by-row loop must judge them. Only for a query the loop
+    /// would judge by the watermark and the limit of open panes alone (no prefilter,
+    /// sessions, per-key watermark or `max_future`: the caller checks).
+    ///
+    /// With a global watermark trailing the newest event time by `delay >= 0`, every row
+    /// before row `i` holds the watermark at or below `t[i] - delay`, under the end of
+    /// row `i`'s pane: rows in order can only be late against the watermark the batch
+    /// started with, and then the first row is. So when the times never decrease (no
+    /// null) and the first row's pane is still open, every row is accepted, and each
+    /// pane's rows are one range, found by binary search. The panes the batch opens are
+    /// counted against the limit; one too many leaves the batch to the loop, which
+    /// refuses exactly the rows it must.
+    fn in_order_panes(&self, ts: &TimestampMillisecondArray) -> Option<BTreeMap<Millis, Vec<u32>>> {
+        let t = ts.values();
+        if ts.null_count() > 0 || self.q.watermark.delay < 0 || t.is_empty() {
+            return None;
+        }
+        // One pass, no branch per row: vectorises.
+        if t.windows(2).fold(false, |down, w| down | (w[1] < w[0])) {
+            return None;
+        }
+        let closed = max_opt(self.closed_until, self.watermark.current());
+        if closed.is_some_and(|c| self.q.window.pane_of(t[0]).end <= c) {
+            return None;
+        }
+        let mut panes = BTreeMap::new();
+        let mut opened = 0usize;
+        let mut from = 0usize;
+        while from < t.len() {
+            let pane = self.q.window.pane_of(t[from]);
+            let to = from + t[from..].partition_point(|&x| x < pane.end);
+            if !self.panes.is_open(pane.start) {
+                opened += 1;
+            }
+            panes.insert(pane.start, (from as u32..to as u32).collect());
+            from = to;
+        }
+        (self.open_panes() + opened <= self.max_open_panes).then_some(panes)
     }
 
     /// Takes an accepted row's event time into the watermark. A per-key watermark is
@@ -1504,6 +1567,83 @@ mod tests {
         // The watermark at 31 s closed pane 20 s.
         assert_eq!(output(&p.results), vec![row(20 * S, 30 * S, "a", 3, 3.0)]);
         assert_eq!(op.open_panes(), 1);
+    }
+
+    /// Batches in time order skip the row-by-row loop; they must meet the fate the loop
+    /// gives them: the same rows refused for the same reasons, the same windows, the
+    /// same watermark and counters, batch after batch. Random streams (a fixed
+    /// generator), mostly in order, some starting behind the watermark, some out of
+    /// order, over a small limit of open panes, tumbling and hopping.
+    #[tokio::test]
+    async fn batches_in_time_order_meet_the_fate_the_row_by_row_loop_gives_them() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut shortcuts, mut refused) = (0, 0);
+        for window in [
+            "tumble(interval '10 seconds')",
+            "hop(interval '5 seconds', interval '15 seconds')",
+        ] {
+            let f = fixture(window, "", "").await;
+            for _ in 0..40 {
+                let limit = 2 + next(4) as usize;
+                let mut fast = f.operator().with_max_open_panes(limit);
+                let mut slow = f.operator().with_max_open_panes(limit);
+                slow.in_order_path = false;
+                let mut t: Millis = 100 * S;
+                for _ in 0..12 {
+                    // Sometimes start behind: late rows, or rows of a closed pane.
+                    if next(4) == 0 {
+                        t -= next(25 * S as u64) as Millis;
+                    }
+                    let n = 1 + next(30);
+                    let mut rows = Vec::new();
+                    for _ in 0..n {
+                        // Mostly small steps; now and then a jump over several panes.
+                        t += match next(10) {
+                            0 => next(40 * S as u64) as Millis,
+                            _ => next(2 * S as u64) as Millis,
+                        };
+                        rows.push((["a", "b", "c"][next(3) as usize], t, next(8) as f64));
+                    }
+                    if next(5) == 0 {
+                        let i = next(n) as usize;
+                        rows[i].1 -= 1 + next(8 * S as u64) as Millis;
+                    }
+                    let b = f.rows(&rows);
+                    let in_order = rows.windows(2).all(|w| w[0].1 <= w[1].1);
+                    let p = slow.process(&b).await.unwrap();
+                    let q = fast.process(&b).await.unwrap();
+                    assert_eq!(reasons(&q), reasons(&p), "{window} {rows:?}");
+                    assert_eq!(output(&q.results), output(&p.results), "{window} {rows:?}");
+                    let spans = |p: &Processed| {
+                        p.results
+                            .iter()
+                            .map(|r| (r.window, r.windows))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(spans(&q), spans(&p));
+                    assert_eq!(fast.watermark(), slow.watermark());
+                    assert_eq!(fast.max_event_time(), slow.max_event_time());
+                    assert_eq!(fast.open_panes(), slow.open_panes());
+                    assert_eq!(fast.stats(), slow.stats());
+                    match (in_order, p.rejected.is_empty()) {
+                        (true, true) => shortcuts += 1,
+                        (true, false) => refused += 1,
+                        _ => {}
+                    }
+                }
+                let (p, q) = (slow.finish().await.unwrap(), fast.finish().await.unwrap());
+                assert_eq!(output(&q.results), output(&p.results));
+                assert_eq!(fast.stats(), slow.stats());
+            }
+        }
+        // Both kinds of in-order batch occur: the shortcut's and the loop's.
+        assert!(shortcuts > 200 && refused > 200, "{shortcuts} {refused}");
     }
 
     #[tokio::test]
