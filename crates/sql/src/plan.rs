@@ -13,15 +13,19 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr as LExpr, ScalarUDF};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 
@@ -72,6 +76,11 @@ pub struct CompiledQuery {
     pub partial: Arc<dyn ExecutionPlan>,
     /// Schema the partial half's leaf produces (a projection of `pane_schema`).
     pub leaf_schema: SchemaRef,
+    /// The partial half, ready to run over collected rows again and again.
+    pub partial_runs: MemoryRuns,
+    /// The whole plan over the partial half's state (its rows), ready to run again and
+    /// again: the final half of every closing window.
+    pub final_runs: MemoryRuns,
     /// The whole plan; the partial half is replaced by the panes' state when a window fires.
     pub root: Arc<dyn ExecutionPlan>,
     /// Schema of the query's result rows.
@@ -234,6 +243,11 @@ pub async fn compile(
             plan_err("internal: the source scan is not below the partial aggregate".into())
         })?
         .schema();
+    let runs = |schema: SchemaRef, place: &dyn Fn(_) -> _| {
+        MemoryRuns::new(schema, place).map_err(|e| plan_err(e.to_string()))
+    };
+    let partial_runs = runs(leaf_schema.clone(), &|scan| replace_leaf(&partial, scan))?;
+    let final_runs = runs(partial.schema(), &|state| replace_partial(&root, state))?;
     Ok(CompiledQuery {
         name: q.name.clone(),
         sink: q.sink.clone(),
@@ -249,6 +263,8 @@ pub async fn compile(
         output_schema: root.schema(),
         partial,
         leaf_schema,
+        partial_runs,
+        final_runs,
         root,
         models,
         task_ctx: ctx.task_ctx(),
@@ -335,6 +351,80 @@ pub fn replace_leaf(
         .map(|c| replace_leaf(c, leaf.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     plan.clone().replace_children(new_children, RECOMPUTE)
+}
+
+/// A plan that runs over in-memory rows again and again (a pane's collected rows, the
+/// windows a batch closes). [`replace_leaf`] rebuilds every node above the scan and
+/// recomputes its properties (orderings, equivalences, partitioning), a fixed cost per
+/// run that outweighs the rows of small windows. Here the plan is rebuilt once, over an
+/// empty in-memory scan: a run's scan differs from it only in its rows, so the nodes
+/// rebuilt for a run keep the properties they have (see `swap_scan`).
+#[derive(Debug, Clone)]
+pub struct MemoryRuns {
+    plan: Arc<dyn ExecutionPlan>,
+    /// The empty scan inside `plan`, swapped for each run's.
+    leaf: Arc<dyn ExecutionPlan>,
+}
+
+impl MemoryRuns {
+    /// The plan `place` builds around an in-memory scan of batches of `schema` (for
+    /// instance `|scan| replace_leaf(&partial, scan)`), ready to run again and again.
+    pub fn new(
+        schema: SchemaRef,
+        place: impl FnOnce(Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Self> {
+        let leaf: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![]], schema, None)?;
+        Ok(MemoryRuns {
+            plan: place(leaf.clone())?,
+            leaf,
+        })
+    }
+
+    /// The plan over `rows`, one partition: what `replace_leaf` with an in-memory scan
+    /// of them gives.
+    pub fn over(
+        &self,
+        rows: Vec<RecordBatch>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let scan: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[rows], self.leaf.schema(), None)?;
+        swap_scan(&self.plan, &self.leaf, &scan)
+    }
+}
+
+/// `node` with `old` (wherever it appears) replaced by `new`. As [`replace_leaf`], every
+/// node with inputs is rebuilt (none is shared between runs); projections, filters and
+/// aggregates keep their properties, which is where the saving is.
+fn swap_scan(
+    node: &Arc<dyn ExecutionPlan>,
+    old: &Arc<dyn ExecutionPlan>,
+    new: &Arc<dyn ExecutionPlan>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    if Arc::ptr_eq(node, old) {
+        return Ok(new.clone());
+    }
+    let children = node.children();
+    if children.is_empty() {
+        return Ok(node.clone());
+    }
+    let new_children = children
+        .into_iter()
+        .map(|c| swap_scan(c, old, new))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Keeping properties also keeps whatever else a node holds: a top-k sort's filter
+    // or a repartition's channels belong to one run, and only a recomputation rebuilds
+    // them. Projections, filters and aggregates hold nothing of a run's.
+    let n = node.as_ref();
+    let mode = match n.downcast_ref::<ProjectionExec>().is_some()
+        || n.downcast_ref::<FilterExec>().is_some()
+        || n.downcast_ref::<AggregateExec>().is_some()
+    {
+        true => ChildrenPropertiesMode::Keep,
+        false => ChildrenPropertiesMode::Recompute,
+    };
+    node.clone()
+        .replace_children(new_children, ReplaceChildrenOptions::new(mode))
 }
 
 /// The source's stand-in while planning; the runtime replaces its scan.

@@ -10,7 +10,6 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
@@ -25,9 +24,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{collect, ExecutionPlan, PhysicalExpr, SendableRecordBatchStream};
 use forewarn_core::{Millis, Pane};
-use forewarn_sql::{
-    replace_leaf, replace_partial, time_type, CompiledQuery, WINDOW_END, WINDOW_START,
-};
+use forewarn_sql::{replace_leaf, time_type, CompiledQuery, MemoryRuns, WINDOW_END, WINDOW_START};
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -97,8 +94,7 @@ pub(crate) async fn partial_state(
     rows: Vec<RecordBatch>,
 ) -> DfResult<Vec<RecordBatch>> {
     // As they are: usually one slice per input batch, not one per pane.
-    let input = MemorySourceConfig::try_new_exec(&[rows], q.leaf_schema.clone(), None)?;
-    let plan = replace_leaf(&q.partial, input)?;
+    let plan = q.partial_runs.over(rows)?;
     let state = collect(plan, q.task_ctx.clone()).await?;
     Ok(state.into_iter().filter(|b| b.num_rows() > 0).collect())
 }
@@ -224,8 +220,7 @@ pub(crate) async fn finish_state(
         _ => vec![datafusion::arrow::compute::concat_batches(&schema, &state)
             .map_err(|e| err(e.into()))?],
     };
-    let input = MemorySourceConfig::try_new_exec(&[state], schema, None).map_err(err)?;
-    let plan = replace_partial(&q.root, input as Arc<dyn ExecutionPlan>).map_err(err)?;
+    let plan = q.final_runs.over(state).map_err(err)?;
     let batches = collect(plan, q.task_ctx.clone()).await.map_err(err)?;
     datafusion::arrow::compute::concat_batches(&q.output_schema, &batches)
         .map_err(|e| err(e.into()))
@@ -425,13 +420,11 @@ fn replace_final(
 /// Runs the plan `single_stage` gave over collected leaf batches: the query's rows.
 pub(crate) async fn run_single(
     q: &CompiledQuery,
-    single: &Arc<dyn ExecutionPlan>,
+    single: &MemoryRuns,
     rows: Vec<RecordBatch>,
 ) -> Result<RecordBatch, StreamError> {
     let err = |e: DataFusionError| StreamError::exec(&q.name, e);
-    let input =
-        MemorySourceConfig::try_new_exec(&[rows], q.leaf_schema.clone(), None).map_err(err)?;
-    let plan = replace_leaf(single, input).map_err(err)?;
+    let plan = single.over(rows).map_err(err)?;
     let batches = collect(plan, q.task_ctx.clone()).await.map_err(err)?;
     datafusion::arrow::compute::concat_batches(&q.output_schema, &batches)
         .map_err(|e| err(e.into()))

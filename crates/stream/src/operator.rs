@@ -13,9 +13,9 @@ use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use datafusion::physical_plan::PhysicalExpr;
 use forewarn_core::{Millis, Pane, Watermark, WindowSpec};
-use forewarn_sql::{time_type, CompiledQuery, WINDOW_END, WINDOW_START};
+use forewarn_sql::{replace_leaf, time_type, CompiledQuery, MemoryRuns, WINDOW_END, WINDOW_START};
 
 use crate::admission::{max_opt, record, FutureCheck, Rejected};
 use crate::collected::slice_bytes;
@@ -63,7 +63,7 @@ pub struct WindowOperator {
     final_row_wise: bool,
     /// The query as one Single aggregate, for tumbling windows fired straight from
     /// collected rows (see `exec::single_stage`); `None` where the two halves must run.
-    single: Option<Arc<dyn ExecutionPlan>>,
+    single: Option<MemoryRuns>,
     /// Whether batches in time order skip the row-by-row loop (`in_order_panes`); off
     /// only in tests that compare the two.
     in_order_path: bool,
@@ -121,7 +121,9 @@ impl WindowOperator {
                 .any(|c| q.output_schema.index_of(c).is_ok());
         let single = match q.window {
             WindowSpec::Tumble { .. } if final_row_wise => {
-                crate::exec::single_stage(&q.root, &q.partial, q.window.width())
+                crate::exec::single_stage(&q.root, &q.partial, q.window.width()).and_then(|plan| {
+                    MemoryRuns::new(q.leaf_schema.clone(), |scan| replace_leaf(&plan, scan)).ok()
+                })
             }
             _ => None,
         };
