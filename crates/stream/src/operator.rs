@@ -317,14 +317,15 @@ impl WindowOperator {
         let mut keys: HashMap<&str, Millis> = HashMap::new();
         // Rows in time order need no judging row by row (see `in_order_panes`); the
         // loop below gives them the same fate.
-        let simple = keep.is_none() && !per_key && self.sessions.is_none() && max_future.is_none();
+        let simple = !per_key && self.sessions.is_none() && max_future.is_none();
         let in_order = match simple && self.in_order_path {
-            true => self.in_order_panes(ts),
+            true => self.in_order_panes(ts, keep.as_deref()),
             false => None,
         };
         let by_pane = match in_order {
             Some(panes) => {
-                // Every row is accepted: the newest moves the watermark.
+                // Every row kept is accepted, and every row moves the watermark: the
+                // newest.
                 self.watermark.observe(ts.value(ts.len() - 1));
                 panes
             }
@@ -499,18 +500,23 @@ impl WindowOperator {
 
     /// The accepted rows of a batch in time order, by pane, without judging them one by
     /// one; `None` when the row-by-row loop must judge them. Only for a query the loop
-    /// would judge by the watermark and the limit of open panes alone (no prefilter,
-    /// sessions, per-key watermark or `max_future`: the caller checks).
+    /// would judge by the watermark and the limit of open panes alone (no sessions,
+    /// per-key watermark or `max_future`: the caller checks). `keep` marks the rows the
+    /// query's WHERE keeps; the others are never refused but move the watermark.
     ///
     /// With a global watermark trailing the newest event time by `delay >= 0`, every row
     /// before row `i` holds the watermark at or below `t[i] - delay`, under the end of
     /// row `i`'s pane: rows in order can only be late against the watermark the batch
-    /// started with, and then the first row is. So when the times never decrease (no
-    /// null) and the first row's pane is still open, every row is accepted, and each
-    /// pane's rows are one range, found by binary search. The panes the batch opens are
-    /// counted against the limit; one too many leaves the batch to the loop, which
-    /// refuses exactly the rows it must.
-    fn in_order_panes(&self, ts: &TimestampMillisecondArray) -> Option<BTreeMap<Millis, Vec<u32>>> {
+    /// started with, and then the first kept row is. So when the times never decrease
+    /// (no null) and the first kept row's pane is still open, every kept row is accepted,
+    /// and each pane's rows are one range, found by binary search. The panes the batch
+    /// opens are counted against the limit; one too many leaves the batch to the loop,
+    /// which refuses exactly the rows it must.
+    fn in_order_panes(
+        &self,
+        ts: &TimestampMillisecondArray,
+        keep: Option<&[bool]>,
+    ) -> Option<BTreeMap<Millis, Vec<u32>>> {
         let t = ts.values();
         if ts.null_count() > 0 || self.q.watermark.delay < 0 || t.is_empty() {
             return None;
@@ -519,20 +525,30 @@ impl WindowOperator {
         if t.windows(2).fold(false, |down, w| down | (w[1] < w[0])) {
             return None;
         }
+        let kept = |i: usize| keep.is_none_or(|k| k[i]);
+        let mut panes = BTreeMap::new();
+        let Some(first) = (0..t.len()).find(|&i| kept(i)) else {
+            return Some(panes);
+        };
         let closed = max_opt(self.closed_until, self.watermark.current());
-        if closed.is_some_and(|c| self.q.window.pane_of(t[0]).end <= c) {
+        if closed.is_some_and(|c| self.q.window.pane_of(t[first]).end <= c) {
             return None;
         }
-        let mut panes = BTreeMap::new();
         let mut opened = 0usize;
-        let mut from = 0usize;
+        let mut from = first;
         while from < t.len() {
             let pane = self.q.window.pane_of(t[from]);
             let to = from + t[from..].partition_point(|&x| x < pane.end);
-            if !self.panes.is_open(pane.start) {
-                opened += 1;
+            let rows: Vec<u32> = match keep {
+                None => (from as u32..to as u32).collect(),
+                Some(k) => (from..to).filter(|&i| k[i]).map(|i| i as u32).collect(),
+            };
+            if !rows.is_empty() {
+                if !self.panes.is_open(pane.start) {
+                    opened += 1;
+                }
+                panes.insert(pane.start, rows);
             }
-            panes.insert(pane.start, (from as u32..to as u32).collect());
             from = to;
         }
         (self.open_panes() + opened <= self.max_open_panes).then_some(panes)
@@ -1586,11 +1602,12 @@ mod tests {
             seed % n
         };
         let (mut shortcuts, mut refused) = (0, 0);
-        for window in [
-            "tumble(interval '10 seconds')",
-            "hop(interval '5 seconds', interval '15 seconds')",
+        for (window, filter) in [
+            ("tumble(interval '10 seconds')", ""),
+            ("hop(interval '5 seconds', interval '15 seconds')", ""),
+            ("tumble(interval '10 seconds')", "WHERE v > 4"),
         ] {
-            let f = fixture(window, "", "").await;
+            let f = fixture(window, filter, "").await;
             for _ in 0..40 {
                 let limit = 2 + next(4) as usize;
                 let mut fast = f.operator().with_max_open_panes(limit);
@@ -1620,8 +1637,12 @@ mod tests {
                     let in_order = rows.windows(2).all(|w| w[0].1 <= w[1].1);
                     let p = slow.process(&b).await.unwrap();
                     let q = fast.process(&b).await.unwrap();
-                    assert_eq!(reasons(&q), reasons(&p), "{window} {rows:?}");
-                    assert_eq!(output(&q.results), output(&p.results), "{window} {rows:?}");
+                    assert_eq!(reasons(&q), reasons(&p), "{window} {filter} {rows:?}");
+                    assert_eq!(
+                        output(&q.results),
+                        output(&p.results),
+                        "{window} {filter} {rows:?}"
+                    );
                     let spans = |p: &Processed| {
                         p.results
                             .iter()
