@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use forewarn::config::ServiceConfig;
 use forewarn::{Output, Pipeline};
 
 #[derive(clap::Args, Debug)]
@@ -12,13 +13,19 @@ pub struct ReplayArgs {
     /// History: CSV with a header, JSON lines (.jsonl) or Parquet.
     #[arg(long)]
     data: PathBuf,
-    /// Query file or directory.
+    /// Query file or directory [default: the config file's `queries`, else `queries`].
     #[arg(long)]
-    queries: PathBuf,
-    /// Models directory [default: ./models when it exists; needed only when the queries
-    /// call models].
+    queries: Option<PathBuf>,
+    /// Models directory [default: the config file's `models`, else ./models when it
+    /// exists; needed only when the queries call models].
     #[arg(long, value_name = "DIR")]
     models: Option<PathBuf>,
+    /// The TOML configuration file the live engine runs with (`forewarn run --config`):
+    /// its `[engine]` settings (topic prefix, duplicate window, limits on devices, open
+    /// windows and state) apply to the replay too, so that it gives what the live engine
+    /// would. The broker, checkpoint, NATS and HTTP sections are not used.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Source table the data belongs to (needed when the queries read several).
     #[arg(long)]
     source: Option<String>,
@@ -40,10 +47,19 @@ pub struct ReplayArgs {
 
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     super::require_file("--data", Some(&a.data))?;
-    let models = super::models_dir(a.models.as_deref())?;
-    let set = super::read_query_set("--queries", std::slice::from_ref(&a.queries))?;
+    // Its values are checked as it is read; how the other sections combine (checkpoint
+    // directory, NATS) is `run`'s concern, not a replay's.
+    let fc = match &a.config {
+        Some(p) => ServiceConfig::from_file(p)?,
+        None => ServiceConfig::default(),
+    };
+    let queries = a.queries.clone().unwrap_or_else(|| fc.queries.clone());
+    let models = super::models_dir(a.models.as_deref().or(fc.models.as_deref()))?;
+    let set = super::read_query_set("--queries", std::slice::from_ref(&queries))?;
     super::require_models(&set, models.as_deref())?;
-    let mut b = Pipeline::builder().query_file(&a.queries);
+    let mut b = Pipeline::builder()
+        .query_file(&queries)
+        .config(fc.engine.to_config());
     if let Some(dir) = &models {
         b = b.models_dir(dir);
     }

@@ -633,6 +633,73 @@ async fn short_connections_are_counted_on_either_broker() {
 /// `forewarn config`: the printed defaults are a file `forewarn config --check` and
 /// `forewarn run --config` take; a key of the flat layout says where it moved; a typo
 /// names the key and its place, and `run` refuses it before connecting anywhere.
+/// A backtest gives what the live engine would only under the live engine's settings:
+/// `replay --config` applies the `[engine]` section (here the topic prefix and the
+/// limit on devices), and the queries named in the file.
+#[test]
+fn replay_takes_the_live_engines_settings_from_its_config_file() {
+    let dir = tmp("replay-config");
+    std::fs::create_dir_all(dir.join("live")).unwrap();
+    std::fs::write(dir.join("live/plain.sql"), PLAIN).unwrap();
+    // Device d1 for 30 s, and one reading of d2 after its first.
+    let mut lines: Vec<String> = history(30, 0).lines().map(String::from).collect();
+    lines.insert(2, "d2,1700000001500,2.0".into());
+    let data = lines.join("\n") + "\n";
+    std::fs::write(dir.join("d.csv"), data).unwrap();
+    std::fs::write(
+        dir.join("live.toml"),
+        "queries = \"live\"\n[engine]\ntopic_prefix = \"plant7\"\nmax_devices = 1\n",
+    )
+    .unwrap();
+    let replay = |extra: &[&str]| {
+        let mut args = vec![
+            "replay",
+            "--data",
+            "d.csv",
+            "--dead-letters",
+            "--out",
+            "o.jsonl",
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = forewarn_in(&dir, &args);
+        (
+            code,
+            err,
+            std::fs::read_to_string(dir.join("o.jsonl")).unwrap_or_default(),
+        )
+    };
+    let (code, err, out) = replay(&["--config", "live.toml", "--max-rejected", "100"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rejected 1 (too_many_devices 1)"), "{err}");
+    let dead: Vec<&str> = out.lines().filter(|l| l.contains("deadletter")).collect();
+    assert_eq!(dead.len(), 1, "{out}");
+    assert!(dead[0].contains("\"topic\":\"plant7/deadletter/"), "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("\"topic\":\"o/d1\""))
+            .count(),
+        3,
+        "{out}"
+    );
+    // Without it: the defaults, and the queries named on the command line.
+    let (code, err, out) = replay(&["--queries", "live/plain.sql"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rejected 0"), "{err}");
+    assert!(
+        !out.contains("deadletter") && out.contains("\"topic\":\"o/d2\""),
+        "{out}"
+    );
+    // A setting the engine refuses is named, with the file.
+    std::fs::write(dir.join("bad.toml"), "[engine]\nmax_devices = 0\n").unwrap();
+    let (code, err, _) = replay(&["--config", "bad.toml", "--queries", "live/plain.sql"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("max_devices = 0"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn config_prints_defaults_that_read_back_and_refuses_typos() {
     let dir = tmp("config");
