@@ -2,7 +2,9 @@
 //! readings/s into a running pipeline, next to the broker's pass-through rate measured
 //! with the same client library and no engine; and alert latency.
 //!
-//! `cargo bench --bench e2e [-- READINGS]` (default 200,000). Needs `mosquitto` on PATH.
+//! `cargo bench --bench e2e [-- READINGS] [--only QOS/PER]` (default 200,000 readings, every
+//! case; `--only 1/1`: QoS 1 with one reading per message alone, no latency run, for a
+//! profile of one case). Needs `mosquitto` on PATH.
 //!
 //! * Throughput, for QoS 0 and 1, one reading per message and 10 per message: a
 //!   publisher sends every message as fast as the client allows; the rate is readings
@@ -224,6 +226,12 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(200_000);
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let dir = std::env::temp_dir().join(format!("fw-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -254,6 +262,9 @@ fn main() {
         );
         for (qos, qn) in [(QoS::AtMostOnce, 0), (QoS::AtLeastOnce, 1)] {
             for per in [1, 10] {
+                if only.as_ref().is_some_and(|o| *o != format!("{qn}/{per}")) {
+                    continue;
+                }
                 let msgs = messages(readings, per);
                 let (base, base_lost) = passthrough(&url, qos, &msgs, per).await;
                 let (eng, eng_lost) = engine(&url, qos, &msgs, per).await;
@@ -264,6 +275,9 @@ fn main() {
             }
         }
         for delay in [Duration::from_millis(100), Duration::from_millis(5)] {
+            if only.is_some() {
+                break;
+            }
             let (p50, p99, max) = latency(&url, delay, 200).await;
             println!(
                 "alert latency (max_batch_delay {} ms, 200 windows): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",

@@ -6,7 +6,7 @@
 #   benches/regenerate.sh            # all of them (44 min here before footprint compiled
 #                                    # DataFusion cold in both release and the fat-LTO
 #                                    # gateway profile, and before peers: far longer now)
-#   benches/regenerate.sh decode     # just one: decode waveform dsp scoring online windowed memory e2e scale_out footprint peers
+#   benches/regenerate.sh decode     # just one: decode waveform dsp scoring online windowed windowed-10 windowed-100 windowed-1000 hop memory e2e scale_out footprint peers
 #
 # Needs mosquitto for e2e and nats-server for scale_out (apt-get install mosquitto nats-server);
 # peers pip-installs DuckDB into target/peers-venv and runs Flink only when PyFlink is there.
@@ -66,6 +66,10 @@ run dsp cargo bench -q -p forewarn-dsp
 run scoring cargo bench -q --bench scoring
 run online cargo bench -q -p forewarn-scorer --bench online
 run windowed cargo bench -q --bench windowed -- 10000 2000000 tumble
+# The fixed cost per window shows with few devices (issue 22's target: all four sizes).
+run windowed-10 cargo bench -q --bench windowed -- 10 2000000 tumble
+run windowed-100 cargo bench -q --bench windowed -- 100 2000000 tumble
+run windowed-1000 cargo bench -q --bench windowed -- 1000 2000000 tumble
 run hop cargo bench -q --bench windowed -- 10000 2000000 hop
 run memory cargo bench -q --bench memory
 run e2e cargo bench -q --bench e2e
