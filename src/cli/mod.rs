@@ -64,6 +64,11 @@ impl Cli {
                 .and_then(|p| forewarn::config::ServiceConfig::from_file(p).ok())
                 .map(|c| c.log.format)
                 .unwrap_or_default(),
+            (None, Command::Replay(r)) => r
+                .config_file()
+                .and_then(|p| forewarn::config::ServiceConfig::from_file(p).ok())
+                .map(|c| c.log.format)
+                .unwrap_or_default(),
             (None, _) => LogFormat::default(),
         }
     }

@@ -23,7 +23,8 @@ pub struct ReplayArgs {
     /// The TOML configuration file the live engine runs with (`forewarn run --config`):
     /// its `[engine]` settings (topic prefix, duplicate window, limits on devices, open
     /// windows and state) apply to the replay too, so that it gives what the live engine
-    /// would. The broker, checkpoint, NATS and HTTP sections are not used.
+    /// would, and its `[log]` format. The broker, checkpoint, NATS and HTTP sections are
+    /// not used.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Source table the data belongs to (needed when the queries read several).
@@ -43,6 +44,13 @@ pub struct ReplayArgs {
     /// or late), in percent.
     #[arg(long, value_name = "PERCENT", default_value_t = 1.0)]
     max_rejected: f64,
+}
+
+impl ReplayArgs {
+    /// `--config`.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
 }
 
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
