@@ -53,23 +53,22 @@ enum LogFormatArg {
 }
 
 impl Cli {
-    /// The log format: `--log-format`, else `[log] format` of `run --config FILE`, else
-    /// text. A file that does not load gives text here; `run` then reports why.
+    /// The log format: `--log-format`, else `[log] format` of `run --config FILE` (or
+    /// `replay --config FILE`), else text. A file that does not load gives text here; the
+    /// command then reports why.
     pub fn log_format(&self) -> LogFormat {
-        match (self.log_format, &self.command) {
-            (Some(LogFormatArg::Text), _) => LogFormat::Text,
-            (Some(LogFormatArg::Json), _) => LogFormat::Json,
-            (None, Command::Run(r)) => r
-                .config_file()
+        let config_file = match &self.command {
+            Command::Run(r) => r.config_file(),
+            Command::Replay(r) => r.config_file(),
+            _ => None,
+        };
+        match self.log_format {
+            Some(LogFormatArg::Text) => LogFormat::Text,
+            Some(LogFormatArg::Json) => LogFormat::Json,
+            None => config_file
                 .and_then(|p| forewarn::config::ServiceConfig::from_file(p).ok())
                 .map(|c| c.log.format)
                 .unwrap_or_default(),
-            (None, Command::Replay(r)) => r
-                .config_file()
-                .and_then(|p| forewarn::config::ServiceConfig::from_file(p).ok())
-                .map(|c| c.log.format)
-                .unwrap_or_default(),
-            (None, _) => LogFormat::default(),
         }
     }
 
