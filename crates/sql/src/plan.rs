@@ -353,6 +353,9 @@ pub fn replace_leaf(
     plan.clone().replace_children(new_children, RECOMPUTE)
 }
 
+/// A plan, or why it could not be built.
+type PlanResult = datafusion::error::Result<Arc<dyn ExecutionPlan>>;
+
 /// A plan that runs over in-memory rows again and again (a pane's collected rows, the
 /// windows a batch closes). [`replace_leaf`] rebuilds every node above the scan and
 /// recomputes its properties (orderings, equivalences, partitioning), a fixed cost per
@@ -371,7 +374,7 @@ impl MemoryRuns {
     /// instance `|scan| replace_leaf(&partial, scan)`), ready to run again and again.
     pub fn new(
         schema: SchemaRef,
-        place: impl FnOnce(Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>>,
+        place: impl FnOnce(Arc<dyn ExecutionPlan>) -> PlanResult,
     ) -> datafusion::error::Result<Self> {
         let leaf: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&[vec![]], schema, None)?;
