@@ -307,16 +307,16 @@ impl WindowOperator {
         // watermark has not passed, so closing later changes nothing.
         let max_future = self.q.watermark.max_future;
         let per_key = self.watermark.per_key();
-        let mut rejected = Rejected::new();
-        // Session id of each row (sessions only), indexed by row.
-        let mut session_ids: Vec<Millis> = match self.sessions {
-            Some(_) => vec![0; batch.num_rows()],
-            None => Vec::new(),
+        let mut fates = RowFates {
+            rejected: Rejected::new(),
+            session_ids: match self.sessions {
+                Some(_) => vec![0; batch.num_rows()],
+                None => Vec::new(),
+            },
+            keys: HashMap::new(),
         };
-        // Per-key maxima not yet handed to the watermark (see `observe`).
-        let mut keys: HashMap<&str, Millis> = HashMap::new();
-        // Rows in time order need no judging row by row (see `in_order_panes`); the
-        // loop below gives them the same fate.
+        // Rows in time order need no judging row by row (see `in_order_panes`);
+        // `judge_each_row` gives them the same fate.
         let simple = !per_key && self.sessions.is_none() && max_future.is_none();
         let in_order = match simple && self.in_order_path {
             true => self.in_order_panes(ts, keep.as_deref()),
@@ -329,117 +329,19 @@ impl WindowOperator {
                 self.watermark.observe(ts.value(ts.len() - 1));
                 panes
             }
-            None => {
-                // Row indices by pane, or by rejection reason. Accepted rows gather in runs of
-                // one pane (consecutive accepted rows of the same pane: with rows in time order,
-                // a run is a pane's whole share of the batch), merged by pane after the loop, so
-                // the per-row cost is a comparison, not a map lookup.
-                let mut runs: Vec<(Millis, Vec<u32>)> = Vec::new();
-                // The run being gathered: its pane and its rows `from..to`, consecutive (added to
-                // `runs` at once when it ends, not a row at a time).
-                let mut run: Option<(Millis, u32, u32)> = None;
-                // The pane of the last accepted row: open, or opened by this batch.
-                let mut last_pane: Option<Millis> = None;
-                let mut key_buf = String::new();
-                // Panes this batch opens (for the limit on open panes).
-                let open_before = self.open_panes();
-                let mut opened: std::collections::HashSet<Millis> = Default::default();
-                // The watermark as of the row being judged (`closed_until` before the batch).
-                let mut closed = self.closed_until;
-                // The pane of the last row judged.
-                let mut pane = Pane { start: 0, end: 0 };
-                for i in 0..ts.len() {
-                    if keep.as_ref().is_some_and(|k| !k[i]) {
-                        // The query does not want this row: it is not late or refused for it
-                        // (another query of the source may want it), but, except for sessions,
-                        // its time moves the watermark as if it had gone through the aggregate.
-                        if self.sessions.is_none() && !ts.is_null(i) {
-                            let t = ts.value(i);
-                            let key = wm_keys.as_ref().map_or("", |k| k.value(i));
-                            if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
-                                self.observe(&mut keys, key, t);
-                            }
-                        }
-                        continue;
-                    }
-                    let verdict = if ts.is_null(i) {
-                        Err(RowRejection::NoTimestamp)
-                    } else {
-                        let t = ts.value(i);
-                        let key = wm_keys.as_ref().map_or("", |k| k.value(i));
-                        // Rows mostly fall in the pane of the row before them: no division then.
-                        if !(pane.start <= t && t < pane.end) {
-                            pane = self.q.window.pane_of(t);
-                        }
-                        if let Some(limit) = max_future {
-                            if !self.future_ok(key, t, limit) {
-                                record(&mut rejected, RowRejection::Future, i);
-                                continue;
-                            }
-                        }
-                        // The watermark as the rows before this one left it.
-                        closed = max_opt(closed, self.watermark.current());
-                        let late = match (&mut self.sessions, &session_keys) {
-                            (Some(sessions), Some(keys)) => {
-                                match sessions.assign(session_key(keys, i, &mut key_buf), t, closed)
-                                {
-                                    Some(id) => {
-                                        session_ids[i] = id;
-                                        false
-                                    }
-                                    None => true,
-                                }
-                            }
-                            _ => closed.is_some_and(|c| pane.end <= c),
-                        };
-                        let new_pane = last_pane != Some(pane.start)
-                            && !self.panes.is_open(pane.start)
-                            && !opened.contains(&pane.start);
-                        if late {
-                            Err(RowRejection::Late)
-                        } else if new_pane && open_before + opened.len() >= self.max_open_panes {
-                            // Refused rows must not move the watermark either.
-                            Err(RowRejection::TooManyWindows)
-                        } else {
-                            if new_pane {
-                                opened.insert(pane.start);
-                            }
-                            self.observe(&mut keys, key, t);
-                            Ok(pane.start)
-                        }
-                    };
-                    match verdict {
-                        Ok(p) => {
-                            last_pane = Some(p);
-                            let i = i as u32;
-                            match &mut run {
-                                Some((q, _, to)) if *q == p && *to == i => *to = i + 1,
-                                _ => {
-                                    if let Some(r) = run.replace((p, i, i + 1)) {
-                                        add_run(&mut runs, r);
-                                    }
-                                }
-                            }
-                        }
-                        Err(r) => record(&mut rejected, r, i),
-                    }
-                }
-                if let Some(r) = run {
-                    add_run(&mut runs, r);
-                }
-                // By pane, in time order; a pane's rows stay in arrival order.
-                let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
-                for (p, run) in runs {
-                    match by_pane.entry(p) {
-                        Entry::Vacant(e) => {
-                            e.insert(run);
-                        }
-                        Entry::Occupied(mut e) => e.get_mut().extend(run),
-                    }
-                }
-                by_pane
-            }
+            None => self.judge_each_row(
+                ts,
+                keep.as_deref(),
+                wm_keys.as_ref(),
+                session_keys.as_deref(),
+                &mut fates,
+            ),
         };
+        let RowFates {
+            rejected,
+            session_ids,
+            mut keys,
+        } = fates;
         for (_, (reason, idx)) in rejected {
             let n = idx.len() as u64;
             match reason {
@@ -496,6 +398,128 @@ impl WindowOperator {
         }
         self.close_ready(&mut out).await?;
         Ok(out)
+    }
+
+    /// Judges a batch's rows one at a time, in arrival order (see `process`): the
+    /// accepted rows' indices by pane, in time order; the others by reason in `fates`,
+    /// with each row's session (sessions) and the batch's newest time by key (per-key
+    /// watermarks).
+    fn judge_each_row<'a>(
+        &mut self,
+        ts: &TimestampMillisecondArray,
+        keep: Option<&[bool]>,
+        wm_keys: Option<&'a StringArray>,
+        session_keys: Option<&[StringArray]>,
+        fates: &mut RowFates<'a>,
+    ) -> BTreeMap<Millis, Vec<u32>> {
+        let max_future = self.q.watermark.max_future;
+        // Row indices by pane, or by rejection reason. Accepted rows gather in runs of
+        // one pane (consecutive accepted rows of the same pane: with rows in time order,
+        // a run is a pane's whole share of the batch), merged by pane after the loop, so
+        // the per-row cost is a comparison, not a map lookup.
+        let mut runs: Vec<(Millis, Vec<u32>)> = Vec::new();
+        // The run being gathered: its pane and its rows `from..to`, consecutive (added to
+        // `runs` at once when it ends, not a row at a time).
+        let mut run: Option<(Millis, u32, u32)> = None;
+        // The pane of the last accepted row: open, or opened by this batch.
+        let mut last_pane: Option<Millis> = None;
+        let mut key_buf = String::new();
+        // Panes this batch opens (for the limit on open panes).
+        let open_before = self.open_panes();
+        let mut opened: std::collections::HashSet<Millis> = Default::default();
+        // The watermark as of the row being judged (`closed_until` before the batch).
+        let mut closed = self.closed_until;
+        // The pane of the last row judged.
+        let mut pane = Pane { start: 0, end: 0 };
+        for i in 0..ts.len() {
+            if keep.is_some_and(|k| !k[i]) {
+                // The query does not want this row: it is not late or refused for it
+                // (another query of the source may want it), but, except for sessions,
+                // its time moves the watermark as if it had gone through the aggregate.
+                if self.sessions.is_none() && !ts.is_null(i) {
+                    let t = ts.value(i);
+                    let key = wm_keys.map_or("", |k| k.value(i));
+                    if max_future.is_none_or(|l| self.future_ok(key, t, l)) {
+                        self.observe(&mut fates.keys, key, t);
+                    }
+                }
+                continue;
+            }
+            let verdict = if ts.is_null(i) {
+                Err(RowRejection::NoTimestamp)
+            } else {
+                let t = ts.value(i);
+                let key = wm_keys.map_or("", |k| k.value(i));
+                // Rows mostly fall in the pane of the row before them: no division then.
+                if !(pane.start <= t && t < pane.end) {
+                    pane = self.q.window.pane_of(t);
+                }
+                if let Some(limit) = max_future {
+                    if !self.future_ok(key, t, limit) {
+                        record(&mut fates.rejected, RowRejection::Future, i);
+                        continue;
+                    }
+                }
+                // The watermark as the rows before this one left it.
+                closed = max_opt(closed, self.watermark.current());
+                let late = match (&mut self.sessions, session_keys) {
+                    (Some(sessions), Some(keys)) => {
+                        match sessions.assign(session_key(keys, i, &mut key_buf), t, closed) {
+                            Some(id) => {
+                                fates.session_ids[i] = id;
+                                false
+                            }
+                            None => true,
+                        }
+                    }
+                    _ => closed.is_some_and(|c| pane.end <= c),
+                };
+                let new_pane = last_pane != Some(pane.start)
+                    && !self.panes.is_open(pane.start)
+                    && !opened.contains(&pane.start);
+                if late {
+                    Err(RowRejection::Late)
+                } else if new_pane && open_before + opened.len() >= self.max_open_panes {
+                    // Refused rows must not move the watermark either.
+                    Err(RowRejection::TooManyWindows)
+                } else {
+                    if new_pane {
+                        opened.insert(pane.start);
+                    }
+                    self.observe(&mut fates.keys, key, t);
+                    Ok(pane.start)
+                }
+            };
+            match verdict {
+                Ok(p) => {
+                    last_pane = Some(p);
+                    let i = i as u32;
+                    match &mut run {
+                        Some((q, _, to)) if *q == p && *to == i => *to = i + 1,
+                        _ => {
+                            if let Some(r) = run.replace((p, i, i + 1)) {
+                                add_run(&mut runs, r);
+                            }
+                        }
+                    }
+                }
+                Err(r) => record(&mut fates.rejected, r, i),
+            }
+        }
+        if let Some(r) = run {
+            add_run(&mut runs, r);
+        }
+        // By pane, in time order; a pane's rows stay in arrival order.
+        let mut by_pane: BTreeMap<Millis, Vec<u32>> = BTreeMap::new();
+        for (p, run) in runs {
+            match by_pane.entry(p) {
+                Entry::Vacant(e) => {
+                    e.insert(run);
+                }
+                Entry::Occupied(mut e) => e.get_mut().extend(run),
+            }
+        }
+        by_pane
     }
 
     /// The accepted rows of a batch in time order, by pane, without judging them one by
@@ -1048,6 +1072,17 @@ impl WindowOperator {
         });
         Ok(())
     }
+}
+
+/// What judging a batch's rows gives besides the accepted rows (see
+/// `WindowOperator::process`).
+struct RowFates<'a> {
+    /// Refused rows' indices by reason.
+    rejected: Rejected,
+    /// Each row's session id, indexed by row (sessions only).
+    session_ids: Vec<Millis>,
+    /// Per-key maxima not yet handed to the watermark (see `observe`).
+    keys: HashMap<&'a str, Millis>,
 }
 
 /// Adds the consecutive rows `from..to` of a pane to `runs` (to its last run when that
