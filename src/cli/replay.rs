@@ -58,12 +58,24 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     // Its values are checked as it is read; how the other sections combine (checkpoint
     // directory, NATS) is `run`'s concern, not a replay's.
     let fc = match &a.config {
-        Some(p) => ServiceConfig::from_file(p)?,
+        Some(p) => {
+            super::require_file("--config", Some(p))?;
+            ServiceConfig::from_file(p)?
+        }
         None => ServiceConfig::default(),
     };
-    let queries = a.queries.clone().unwrap_or_else(|| fc.queries.clone());
+    // A missing query path is named where it was given.
+    let (queries, named_by) = match (&a.queries, &a.config) {
+        (Some(q), _) => (q.clone(), "--queries".to_string()),
+        (None, Some(c)) => (fc.queries.clone(), format!("queries in {}:", c.display())),
+        (None, None) if !fc.queries.exists() => anyhow::bail!(
+            "no queries: pass --queries FILE_OR_DIR, or --config FILE naming them (the default, ./{}, does not exist)",
+            fc.queries.display()
+        ),
+        (None, None) => (fc.queries.clone(), "--queries".to_string()),
+    };
     let models = super::models_dir(a.models.as_deref().or(fc.models.as_deref()))?;
-    let set = super::read_query_set("--queries", std::slice::from_ref(&queries))?;
+    let set = super::read_query_set(&named_by, std::slice::from_ref(&queries))?;
     super::require_models(&set, models.as_deref())?;
     let mut b = Pipeline::builder()
         .query_file(&queries)

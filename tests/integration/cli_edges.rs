@@ -697,6 +697,26 @@ fn replay_takes_the_live_engines_settings_from_its_config_file() {
         err.contains("bad.toml") && err.contains("max_devices = 0"),
         "{err}"
     );
+    // A missing file, or missing queries, is named where it was given.
+    let (code, err, _) = replay(&["--config", "nope.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--config nope.toml: no such file or directory"),
+        "{err}"
+    );
+    std::fs::write(dir.join("typo.toml"), "queries = \"liv\"\n").unwrap();
+    let (code, err, _) = replay(&["--config", "typo.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("queries in typo.toml: liv: no such file or directory"),
+        "{err}"
+    );
+    let (code, err, _) = replay(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no queries: pass --queries FILE_OR_DIR"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -89,7 +89,7 @@ pub(crate) use handle::{Input, Route};
 pub use latency::LatencyHistograms;
 pub use observer::WindowObserver;
 use serde::{Deserialize, Serialize};
-pub use settings::{CheckpointSettings, EngineSettings};
+pub use settings::{topic_prefix_problem, CheckpointSettings, EngineSettings};
 pub use split::{split_by_sink, SinkOutputs};
 pub use stats::{EngineStats, SourceGauges};
 use std::sync::atomic::AtomicU64;
@@ -165,7 +165,8 @@ pub struct EngineConfig {
     /// Capacity of the input and output channels (messages); pushing waits when full.
     pub channel_capacity: usize,
     /// Prefix of the engine's own topics (`{prefix}/deadletter/...`, `{prefix}/late/...`,
-    /// `{prefix}/state/{device}`).
+    /// `{prefix}/state/{device}`). The builder refuses one those topics could not be
+    /// published to (a wildcard, an empty level; see [`topic_prefix_problem`]).
     pub topic_prefix: String,
     /// Bytes of a bad payload copied into its dead letter.
     pub dead_letter_excerpt: usize,
@@ -414,6 +415,12 @@ impl PipelineBuilder {
 
     /// Parses, plans and checks everything. Nothing runs yet.
     pub async fn build(self) -> Result<Pipeline, EngineError> {
+        if let Some(why) = topic_prefix_problem(&self.config.topic_prefix) {
+            return Err(EngineError::Config(format!(
+                "topic_prefix {:?}: {why}",
+                self.config.topic_prefix
+            )));
+        }
         if self.config.output_policy == OutputPolicy::DropOldest {
             if self.config.channel_capacity < 2 {
                 return Err(EngineError::Config(

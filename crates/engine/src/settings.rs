@@ -54,6 +54,24 @@ impl Default for EngineSettings {
     }
 }
 
+/// Why `prefix` cannot prefix the engine's own topics (`{prefix}/deadletter/...`,
+/// `{prefix}/late/...`, `{prefix}/state/...`), or `None` when it can: those must be topics
+/// a broker accepts for publishing (no wildcard) with no empty level, so that one
+/// subscription (`{prefix}/deadletter/#`) finds them.
+pub fn topic_prefix_problem(prefix: &str) -> Option<&'static str> {
+    if prefix.is_empty() {
+        Some("it cannot be empty (the default is \"forewarn\")")
+    } else if prefix.contains(['+', '#']) {
+        Some("'+' and '#' are subscription wildcards: a topic to publish to cannot hold them")
+    } else if prefix.contains('\0') {
+        Some("a topic cannot hold a NUL character")
+    } else if prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {
+        Some("a level would be empty: drop the leading, trailing or doubled '/'")
+    } else {
+        None
+    }
+}
+
 impl EngineSettings {
     /// The engine configuration these settings give (no checkpoints; see
     /// [`CheckpointSettings::to_config`]).
@@ -140,6 +158,34 @@ mod tests {
         assert_eq!(s.topic_prefix, d.topic_prefix);
         assert!(CheckpointSettings::default().to_config().is_none());
         assert!(!CheckpointSettings::default().tuned());
+    }
+
+    #[test]
+    fn a_topic_prefix_must_give_topics_a_broker_accepts() {
+        for ok in ["forewarn", "plant7/line-2", "site 4"] {
+            assert_eq!(topic_prefix_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "a/+/b", "#", "plant7/", "/plant7", "a//b", "a\0b"] {
+            assert!(topic_prefix_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_builder_refuses_a_topic_prefix_with_a_wildcard() {
+        let e = crate::Pipeline::builder()
+            .config(EngineConfig {
+                topic_prefix: "plant/+".into(),
+                ..EngineConfig::default()
+            })
+            .build()
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("topic_prefix \"plant/+\": '+' and '#'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -378,8 +378,18 @@ impl ServiceConfig {
     fn check_values(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let e = &self.engine;
+        if e.max_batch_rows == 0 {
+            return bad(
+                "[engine] max_batch_rows = 0: a micro-batch holds at least 1 reading".into(),
+            );
+        }
+        if let Some(why) = forewarn_engine::topic_prefix_problem(&e.topic_prefix) {
+            return bad(format!(
+                "[engine] topic_prefix = {:?}: {why}",
+                e.topic_prefix
+            ));
+        }
         for (key, v) in [
-            ("max_batch_rows", e.max_batch_rows),
             ("max_payload_bytes", e.max_payload_bytes),
             ("max_devices", e.max_devices),
             ("max_open_windows", e.max_open_windows),
@@ -651,6 +661,22 @@ mod tests {
             (
                 "[engine]\noutput_threads = 0",
                 "[engine] output_threads = 0: give at least 1",
+            ),
+            (
+                "[engine]\nmax_batch_rows = 0",
+                "[engine] max_batch_rows = 0: a micro-batch holds at least 1 reading",
+            ),
+            (
+                "[engine]\ntopic_prefix = 'a/+/b'",
+                "[engine] topic_prefix = \"a/+/b\": '+' and '#' are subscription wildcards",
+            ),
+            (
+                "[engine]\ntopic_prefix = 'plant7/'",
+                "[engine] topic_prefix = \"plant7/\": a level would be empty",
+            ),
+            (
+                "[engine]\ntopic_prefix = ''",
+                "[engine] topic_prefix = \"\": it cannot be empty",
             ),
             (
                 "[checkpoint]\nkeep = 0",
