@@ -36,9 +36,7 @@ pub use dsp_udf::dsp_udfs;
 pub use error::{SqlError, SqlErrorKind};
 pub use features::{feature_query, scored_models, FEATURE_SINK};
 pub use moments::{moment_udafs, Moment, Stats};
-pub use plan::{
-    compile, replace_leaf, replace_partial, streaming_context, time_type, CompiledQuery, MemoryRuns,
-};
+pub use plan::{compile, replace_leaf, streaming_context, time_type, CompiledQuery, MemoryRuns};
 pub use reference::register_reference;
 pub use sink::{bind_sink, SinkBinding};
 pub use udf::AnomalyScore;

@@ -449,7 +449,7 @@ impl PartitionStream for Placeholder {
 }
 
 /// Replaces the partial half inside `root` with `input` (the panes' partial state).
-pub fn replace_partial(
+fn replace_partial(
     root: &Arc<dyn ExecutionPlan>,
     input: Arc<dyn ExecutionPlan>,
 ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
