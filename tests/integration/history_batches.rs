@@ -471,3 +471,127 @@ async fn a_large_window_gives_the_same_outputs_on_one_output_thread_and_on_sever
         assert!(seen.insert((start, d)), "twice: {v}");
     }
 }
+
+/// Thousands of clean rows, taken from the columns in many blocks (each checked for
+/// repeats and then admitted as a whole, see `Runtime::admit_block`), with flushes in
+/// between: resent rows, devices beyond the limit that first appear deep in the file,
+/// and bad rows between the blocks give the dead letters a row-by-row model of the two
+/// checks gives, in file order, and the outputs of publishing each row's message, byte
+/// for byte.
+#[tokio::test]
+async fn repeats_and_devices_over_the_limit_are_judged_alike_in_every_run_of_rows() {
+    const ROWS: usize = 6_000;
+    const MAX_DEVICES: usize = 45;
+    let mut lines: Vec<String> = Vec::with_capacity(ROWS);
+    for i in 0..ROWS {
+        let line = if i > 200 && i % 37 == 0 {
+            // A row resent up to 151 rows (1.51 s) later (never a resent one: its own
+            // time may be further back).
+            let j = i - (i % 150 + 1);
+            lines[if j % 37 == 0 { j - 1 } else { j }].clone()
+        } else {
+            // A new device every 90 rows: the 46th first appears at row 4,050.
+            let active = (1 + i / 90).min(60);
+            let v = match i % 1499 == 5 {
+                true => "abc".to_string(),
+                false => i.to_string(),
+            };
+            let ts = 1_767_592_800_000u64 + 10 * i as u64;
+            format!("d{:02},{ts},{v},{i},true,a", (i * 7) % active)
+        };
+        lines.push(line);
+    }
+    let text = format!("device,ts,v,n,ok,note\n{}\n", lines.join("\n"));
+    // The model: every line is a message; a repeat of an earlier one is a duplicate
+    // (the window of 65,536 holds them all); otherwise its device is admitted or
+    // refused, then its value decoded.
+    let mut expected = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut admitted = std::collections::HashSet::new();
+    let mut taken = 0;
+    for line in &lines {
+        if !seen.insert(line.clone()) {
+            expected.push("duplicate");
+            continue;
+        }
+        let device = line.split(',').next().unwrap();
+        if !admitted.contains(device) {
+            if admitted.len() == MAX_DEVICES {
+                expected.push("too_many_devices");
+                continue;
+            }
+            admitted.insert(device.to_string());
+        }
+        match line.contains(",abc,") {
+            true => expected.push("wrong_type"),
+            false => taken += 1,
+        }
+    }
+    let (_dir, data) = file("runs.csv", &text);
+    let config = EngineConfig {
+        max_devices: MAX_DEVICES,
+        max_batch_rows: 250,
+        ..config()
+    };
+    let build = || async {
+        Pipeline::builder()
+            .query_sql("h.sql", SQL)
+            .config(config.clone())
+            .build()
+            .await
+            .unwrap()
+            .without_wall_clock()
+    };
+    // Each row's message published alone.
+    let p = build().await;
+    let messages: Vec<_> = replay::ordered_messages(&p, &data, None, Order::Check)
+        .unwrap()
+        .map(|m| m.unwrap())
+        .collect();
+    let (h, mut rx) = p.start();
+    let collect = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while let Some(o) = rx.recv().await {
+            out.push(o.to_message());
+        }
+        out
+    });
+    for m in messages {
+        h.push_json(&m.topic, m.payload).await.unwrap();
+    }
+    h.finish().await.unwrap();
+    drop(h);
+    let one_by_one = collect.await.unwrap();
+    // The file replayed as batches.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stats = replay::replay_ordered(build().await, &data, None, Order::Check, move |o| {
+        let _ = tx.send(o.to_message());
+    })
+    .await
+    .unwrap();
+    let batches: Published = rx.try_iter().collect();
+
+    let got = reasons(&batches);
+    assert!(expected.iter().filter(|r| **r == "too_many_devices").count() > 100);
+    assert!(expected.iter().filter(|r| **r == "duplicate").count() > 100);
+    assert_eq!(got, expected);
+    assert_eq!(stats.messages_in, ROWS as u64);
+    // All but the rows of the bad values, the repeats and the refused devices came
+    // from the columns.
+    assert_eq!(stats.readings_from_columns, taken);
+    let counted: u64 = batches
+        .iter()
+        .filter(|(t, _)| t.starts_with("o/"))
+        .map(|(_, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            v["features"]["c"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(counted, taken, "every reading taken is in a window");
+    assert!(
+        one_by_one == batches,
+        "batches and messages differ: {} against {} outputs",
+        batches.len(),
+        one_by_one.len()
+    );
+}
