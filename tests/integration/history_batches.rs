@@ -572,7 +572,13 @@ async fn repeats_and_devices_over_the_limit_are_judged_alike_in_every_run_of_row
     let batches: Published = rx.try_iter().collect();
 
     let got = reasons(&batches);
-    assert!(expected.iter().filter(|r| **r == "too_many_devices").count() > 100);
+    assert!(
+        expected
+            .iter()
+            .filter(|r| **r == "too_many_devices")
+            .count()
+            > 100
+    );
     assert!(expected.iter().filter(|r| **r == "duplicate").count() > 100);
     assert_eq!(got, expected);
     assert_eq!(stats.messages_in, ROWS as u64);
