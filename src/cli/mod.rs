@@ -54,12 +54,14 @@ enum LogFormatArg {
 
 impl Cli {
     /// The log format: `--log-format`, else `[log] format` of `run --config FILE` (or
-    /// `replay --config FILE`), else text. A file that does not load gives text here; the
+    /// the `--config FILE` of `replay`, `train` or `eval`), else text. A file that does not load gives text here; the
     /// command then reports why.
     pub fn log_format(&self) -> LogFormat {
         let config_file = match &self.command {
             Command::Run(r) => r.config_file(),
             Command::Replay(r) => r.config_file(),
+            Command::Train(t) => t.config_file(),
+            Command::Eval(e) => e.config_file(),
             _ => None,
         };
         match self.log_format {
@@ -255,6 +257,19 @@ pub fn require_file(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
         Some(p) if !p.exists() => bail!("{flag} {}: no such file or directory", p.display()),
         _ => Ok(()),
     }
+}
+
+/// The live engine's settings from `--config FILE` (its `[engine]` section, the values
+/// checked as the file is read), for a command that replays history as that engine
+/// would take it live; the engine's defaults without it.
+pub fn engine_settings(config: Option<&Path>) -> anyhow::Result<forewarn::EngineConfig> {
+    let Some(p) = config else {
+        return Ok(forewarn::EngineConfig::default());
+    };
+    require_file("--config", Some(p))?;
+    Ok(forewarn::config::ServiceConfig::from_file(p)?
+        .engine
+        .to_config())
 }
 
 /// The query files at `path`: the file, or every `*.sql` in the directory (sorted, as

@@ -64,9 +64,23 @@ pub struct TrainArgs {
     /// it, a file out of time order is refused, as `forewarn replay` refuses it.
     #[arg(long)]
     sort: bool,
+    /// The TOML configuration file the live engine runs with (`forewarn run --config`):
+    /// its `[engine]` settings (duplicate window, limits on devices, open windows and
+    /// state) apply to the replay of --data and --validate, and of the simulated plant,
+    /// so that the model learns the features the live engine computes; and its `[log]`
+    /// format. The other sections are not used.
+    #[arg(long, conflicts_with = "features")]
+    config: Option<PathBuf>,
     /// Without --data: the simulated healthy plant to replay (no machine fails).
     #[command(flatten)]
     plant: HealthyPlantArgs,
+}
+
+impl TrainArgs {
+    /// `--config`.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
 }
 
 /// The simulated plant `train` replays without --data: healthy, so no `--failing`.
@@ -155,7 +169,10 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     super::require_file("--data", a.data.as_deref())?;
     super::require_file("--validate", a.validate.as_deref())?;
     let mut dead = DeadLetters::create(a.dead_letters.as_deref())?;
-    let order = super::order(a.sort);
+    let how = forewarn::replay::FeatureReplay {
+        order: super::order(a.sort),
+        config: super::engine_settings(a.config.as_deref())?,
+    };
     let rows = if let Some(cols) = &a.features {
         csv_columns(a.data.as_deref().expect("clap requires --data"), cols)?
     } else {
@@ -169,7 +186,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                     &name,
                     data,
                     None,
-                    order,
+                    &how,
                     |n| bar.set_position(n),
                     dead.sink(),
                 )
@@ -188,7 +205,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 }
                 r.rows
             }
-            None => simulated_features(&set, &name, &a.plant).await?,
+            None => simulated_features(&set, &name, &a.plant, &how.config).await?,
         }
     };
     let mut rows = rows;
@@ -236,7 +253,7 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             &name,
             v,
             Some(&a.label),
-            order,
+            &how,
             |_| {},
             dead.sink(),
         )
@@ -417,9 +434,14 @@ async fn simulated_features(
     set: &QuerySet,
     name: &str,
     plant: &HealthyPlantArgs,
+    config: &forewarn::EngineConfig,
 ) -> anyhow::Result<FeatureRows> {
     let (features, names) = forewarn_sql::feature_query(set, name)?;
-    let pipeline = Pipeline::builder().query_set(features).build().await?;
+    let pipeline = Pipeline::builder()
+        .query_set(features)
+        .config(config.clone())
+        .build()
+        .await?;
     let (handle, mut outputs) = pipeline.start();
     let collector = tokio::spawn(async move {
         let mut rows = FeatureRows::new(names);

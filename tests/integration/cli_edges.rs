@@ -720,6 +720,98 @@ fn replay_takes_the_live_engines_settings_from_its_config_file() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `train` and `eval --data` replay history with the live engine's `[engine]` settings
+/// when given its config file: a device beyond `max_devices` is refused there as live.
+#[test]
+fn train_and_eval_take_the_live_engines_settings_from_its_config_file() {
+    let dir = tmp("train-config");
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("q.sql"), query(false)).unwrap();
+    // Device d1 for 150 s, and one reading of d2 after its first; labelled, all healthy.
+    let mut lines: Vec<String> = history(150, 0).lines().map(|l| format!("{l},0")).collect();
+    lines[0] = "device,ts,v,anomaly".into();
+    lines.insert(2, "d2,1700000001500,2.0,0".into());
+    std::fs::write(dir.join("d.csv"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("live.toml"), "[engine]\nmax_devices = 1\n").unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            "models/m.json",
+            "--max-rejected",
+            "100",
+            "--dead-letters",
+            "dead.jsonl",
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = forewarn_in(&dir, &args);
+        let dead = std::fs::read_to_string(dir.join("dead.jsonl")).unwrap_or_default();
+        (code, err, dead)
+    };
+    let (code, err, dead) = train(&["--config", "live.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 rejected (too_many_devices 1)"), "{err}");
+    assert_eq!(dead.lines().count(), 1, "{dead}");
+    assert!(dead.contains("\"reason\":\"too_many_devices\""), "{dead}");
+    // Without it, d2 is a second device like any other.
+    let (code, err, dead) = train(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("rejected ("), "{err}");
+    assert_eq!(dead, "");
+    // eval --data: the same refusal, noted.
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--queries", "q.sql", "--data", "d.csv"];
+        args.extend_from_slice(extra);
+        forewarn_in(&dir, &args)
+    };
+    let (code, _, err) = eval(&["--config", "live.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("note: ") && err.contains("too_many_devices 1"),
+        "{err}"
+    );
+    let (code, _, err) = eval(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("too_many_devices"), "{err}");
+    // A setting the engine refuses is named, with the file; a missing file by its flag.
+    std::fs::write(dir.join("bad.toml"), "[engine]\nmax_devices = 0\n").unwrap();
+    let (code, err, _) = train(&["--config", "bad.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("max_devices = 0"),
+        "{err}"
+    );
+    let (code, _, err) = eval(&["--config", "nope.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--config nope.toml: no such file or directory"),
+        "{err}"
+    );
+    // A benchmark protocol runs on the defaults: the file is refused there.
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "eval",
+            "--queries",
+            "q.sql",
+            "--protocol",
+            "nab",
+            ".",
+            "--config",
+            "live.toml",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn config_prints_defaults_that_read_back_and_refuses_typos() {
     let dir = tmp("config");

@@ -13,7 +13,7 @@ use std::path::Path;
 pub use forewarn_history::{Chunk, HistoryError, HistoryFormat, Message, Rows, SourceShape};
 
 use forewarn_engine::{
-    EngineError, EngineStats, Output, Pipeline, PipelineHandle, Readings, SourceInfo,
+    EngineConfig, EngineError, EngineStats, Output, Pipeline, PipelineHandle, Readings, SourceInfo,
 };
 use forewarn_sql::{QuerySet, SqlError};
 
@@ -558,23 +558,37 @@ pub async fn features(
     label: Option<&str>,
     progress: impl FnMut(u64),
 ) -> Result<ReplayedFeatures, ReplayError> {
-    features_with(set, model, data, label, Order::Check, progress, |_| {}).await
+    let how = FeatureReplay::default();
+    features_with(set, model, data, label, &how, progress, |_| {}).await
 }
 
-/// Like [`features`]; every output that is not a feature row (the dead letters of
-/// refused readings) goes to `others`.
+/// How [`features_with`] replays history.
+#[derive(Debug, Clone, Default)]
+pub struct FeatureReplay {
+    /// In file order, or sorted by time first.
+    pub order: Order,
+    /// The engine's settings: those of the live engine (its configuration's
+    /// `[engine]`), so that readings are refused and counted as live input would be
+    /// (devices beyond `max_devices`, resent messages, limits on windows and state).
+    pub config: EngineConfig,
+}
+
+/// Like [`features`], replayed as `how` says; every output that is not a feature row
+/// (the dead letters of refused readings) goes to `others`.
 pub async fn features_with(
     set: &QuerySet,
     model: &str,
     data: &Path,
     label: Option<&str>,
-    order: Order,
+    how: &FeatureReplay,
     mut progress: impl FnMut(u64),
     mut others: impl FnMut(Output) + Send + 'static,
 ) -> Result<ReplayedFeatures, ReplayError> {
+    let order = how.order;
     let (features, names) = forewarn_sql::feature_query(set, model)?;
     let pipeline = Pipeline::builder()
         .query_set(features)
+        .config(how.config.clone())
         .build()
         .await?
         .without_wall_clock();

@@ -92,7 +92,7 @@ pub(super) async fn cmapss(a: &EvalArgs, set: &QuerySet, dir: &Path) -> anyhow::
     let engines = history(dir, &tmp)?;
     let registry = rule::registry(a)?;
     let bar = super::progress("readings replayed");
-    let run = rule::run(set, registry, &tmp, false).await;
+    let run = rule::run(set, registry, &tmp, false, Default::default()).await;
     bar.finish_and_clear();
     let _ = std::fs::remove_file(&tmp);
     let run: RuleRun = run?;

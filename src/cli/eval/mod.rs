@@ -63,10 +63,23 @@ pub struct EvalArgs {
     /// Draw each score over time with the threshold and the labelled spans (.svg).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// The TOML configuration file the live engine runs with (`forewarn run --config`),
+    /// for --data: its `[engine]` settings (duplicate window, limits on devices, open
+    /// windows and state) apply to the replay, so that the figures are those of the live
+    /// engine; and its `[log]` format. The other sections are not used.
+    #[arg(long, conflicts_with = "protocol")]
+    config: Option<PathBuf>,
     /// Write every window the rule scored (score and features) as JSON lines
     /// (--protocol nab, cmapss, and skab or --data with an online rule).
     #[arg(long, value_name = "FILE")]
     windows: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    /// `--config`.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
 }
 
 /// One series' scores and labels, for the report and the plot.
@@ -241,8 +254,21 @@ async fn labelled(
         .get(name)
         .with_context(|| format!("no model '{name}' in --models {}", dir.display()))?;
     let bar = progress("readings replayed");
-    let r = forewarn::replay::features(set, name, data, Some(&a.label), |n| bar.set_position(n))
-        .await?;
+    let how = forewarn::replay::FeatureReplay {
+        config: super::engine_settings(a.config.as_deref())?,
+        ..Default::default()
+    };
+    let label = Some(a.label.as_str());
+    let r = forewarn::replay::features_with(
+        set,
+        name,
+        data,
+        label,
+        &how,
+        |n| bar.set_position(n),
+        |_| {},
+    )
+    .await?;
     bar.finish_and_clear();
     let rejections = r.rejections();
     if rejections.rejected > 0 {
@@ -290,7 +316,8 @@ async fn labelled_rule(
         forewarn::replay::labels(&pipeline, data, &a.label, forewarn::replay::Order::Check)?;
     drop(pipeline);
     let bar = progress("readings replayed");
-    let run = rule::run(set, rule::registry(a)?, data, false).await;
+    let config = super::engine_settings(a.config.as_deref())?;
+    let run = rule::run(set, rule::registry(a)?, data, false, config).await;
     bar.finish_and_clear();
     let run = run?;
     let rejections = forewarn::replay::Rejections::of(&run.stats);

@@ -36,7 +36,7 @@ pub(super) async fn nab(a: &EvalArgs, set: &QuerySet, dir: &Path) -> anyhow::Res
         bar.set_message(f.name.clone());
         let path = f.name.split('/').fold(data.clone(), |p, part| p.join(part));
         // A few NAB files repeat timestamps: sorted, as a broker would deliver them.
-        let run = rule::run(set, registry.clone(), &path, true)
+        let run = rule::run(set, registry.clone(), &path, true, Default::default())
             .await
             .with_context(|| format!("replaying {}", path.display()))?;
         rejected += run.stats.rejected_total();

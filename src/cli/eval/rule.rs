@@ -64,12 +64,14 @@ impl RuleRun {
     }
 }
 
-/// Replays `data` (sorted when `sort`) through `set` with `registry`'s models.
+/// Replays `data` (sorted when `sort`) through `set` with `registry`'s models, on the
+/// engine's settings `config` (the live engine's, or the defaults).
 pub async fn run(
     set: &QuerySet,
     registry: Arc<ModelRegistry>,
     data: &Path,
     sort: bool,
+    config: EngineConfig,
 ) -> anyhow::Result<RuleRun> {
     let pipeline = Pipeline::builder()
         .query_set(set.clone())
@@ -77,7 +79,7 @@ pub async fn run(
         .config(EngineConfig {
             window_rows: true,
             model_reload_interval: None,
-            ..EngineConfig::default()
+            ..config
         })
         .build()
         .await?;

@@ -205,7 +205,7 @@ pub(super) async fn skab_rule(
         drop(pipeline);
         let readings = labels.by_device.get("").cloned().unwrap_or_default();
         check_rows(file, readings.len(), a.train_rows)?;
-        let run = rule::run(set, registry.clone(), file, false)
+        let run = rule::run(set, registry.clone(), file, false, Default::default())
             .await
             .with_context(|| format!("replaying {}", file.display()))?;
         let test = &readings[a.train_rows..];
