@@ -156,6 +156,24 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             .to_string_lossy()
             .to_string(),
     };
+    // Found before the replay and the fit, not after them.
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            bail!(
+                "--out {}: no such directory {}",
+                a.out.display(),
+                dir.display()
+            );
+        }
+    }
+    let stem = a.out.file_stem().map(|s| s.to_string_lossy());
+    if a.model.is_some() && stem.as_deref() != Some(name.as_str()) {
+        eprintln!(
+            "warning: a models directory loads {} as model '{}' (its file name), not '{name}'",
+            a.out.display(),
+            stem.unwrap_or_default()
+        );
+    }
     let kind = a.settings.kind(&a.kind)?;
     if a.per_device && kind != ModelKind::Robust {
         bail!("--per-device needs --kind robust (the other kinds are fleet-wide)");
@@ -305,7 +323,7 @@ pub fn read_queries(path: &Path) -> anyhow::Result<QuerySet> {
 
 /// A keyed call passes the key first: `anomaly_score('m', device, f1, ...)`. The key of
 /// each row is its window's device; the argument itself is not a feature.
-fn strip_key(rows: &mut FeatureRows, name: &str) -> anyhow::Result<()> {
+pub(super) fn strip_key(rows: &mut FeatureRows, name: &str) -> anyhow::Result<()> {
     if rows.names.len() < 2 {
         bail!("--per-device: the anomaly_score call needs the key and at least one feature, e.g. anomaly_score('{name}', device, avg(v))");
     }

@@ -812,6 +812,141 @@ fn train_and_eval_take_the_live_engines_settings_from_its_config_file() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// What would give figures no one could trust is refused before any is printed: a
+/// history file without a declared column, a share of rejected readings over the
+/// limit in `eval`, a model file `train` could not write. `eval` sorts on request and
+/// scores a per-device model as `replay` does.
+#[test]
+fn backtests_refuse_what_would_silently_give_wrong_figures() {
+    let dir = tmp("silent");
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("q.sql"), query(false)).unwrap();
+    std::fs::write(dir.join("p.sql"), PLAIN).unwrap();
+    let labelled = |text: String| {
+        let mut lines: Vec<String> = text.lines().map(|l| format!("{l},0")).collect();
+        lines[0] = "device,ts,v,anomaly".into();
+        lines
+    };
+    let lines = labelled(history(150, 0));
+    std::fs::write(dir.join("d.csv"), lines.join("\n") + "\n").unwrap();
+    // A column the source declares is missing (here: in another case) in the file.
+    let renamed = lines.join("\n").replacen("device,ts,v,", "device,ts,V,", 1) + "\n";
+    std::fs::write(dir.join("renamed.csv"), renamed).unwrap();
+    for args in [
+        &["replay", "--queries", "p.sql", "--data", "renamed.csv"][..],
+        &[
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "renamed.csv",
+            "--out",
+            "models/m.json",
+        ],
+    ] {
+        let (code, _, err) = forewarn_in(&dir, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("renamed.csv: no column 'v' declared by source 'r' (the file's columns: 'device', 'ts', 'V', 'anomaly')")
+                && err.contains("'V' differs from 'v' only in case"),
+            "{err}"
+        );
+    }
+    // train: a directory --out cannot be written in is named before any replay.
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            "nodir/m.json",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err, "error: --out nodir/m.json: no such directory nodir\n");
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            "models/m.json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    // eval: more rejected than --max-rejected fails; within it, a note.
+    std::fs::write(dir.join("live.toml"), "[engine]\nmax_devices = 1\n").unwrap();
+    let mut two = lines.clone();
+    two.insert(2, "d2,1700000001500,2.0,0".into());
+    std::fs::write(dir.join("two.csv"), two.join("\n") + "\n").unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--queries", "q.sql", "--config", "live.toml"];
+        args.extend_from_slice(extra);
+        forewarn_in(&dir, &args)
+    };
+    let (code, out, err) = eval(&["--data", "two.csv", "--max-rejected", "0.5"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.ends_with("error: 1 of 151 readings (0.7 %) were rejected (too_many_devices 1); see --max-rejected\n"),
+        "{err}"
+    );
+    let (code, _, err) = eval(&["--data", "two.csv"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("note: 1 of 151 readings"), "{err}");
+    // eval --sort: a reading 5 s back is refused in file order, taken sorted.
+    let mut back = lines.clone();
+    back.swap(20, 26);
+    std::fs::write(dir.join("back.csv"), back.join("\n") + "\n").unwrap();
+    let (code, _, err) = eval(&["--data", "back.csv"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not in time order") && err.contains("--sort"),
+        "{err}"
+    );
+    let (code, _, err) = eval(&["--data", "back.csv", "--sort"]);
+    assert_eq!(code, 0, "{err}");
+    // A per-device model: the key is not one of its features.
+    std::fs::write(
+        dir.join("k.sql"),
+        query(false).replace(
+            "anomaly_score('m', avg(v))",
+            "anomaly_score('k', device, avg(v))",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "k.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--per-device",
+            "--out",
+            "models/k.json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = forewarn_in(&dir, &["eval", "--queries", "k.sql", "--data", "d.csv"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("windows scored with 'k'"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn config_prints_defaults_that_read_back_and_refuses_typos() {
     let dir = tmp("config");

@@ -221,7 +221,8 @@ async fn rows_as_batches_give_the_outputs_of_their_messages_byte_for_byte() {
 
 #[tokio::test]
 async fn an_out_of_order_row_stops_replay_after_the_rows_before_it() {
-    let text = "device,ts,v,n\nd1,2026-01-05T06:00:10Z,1,1\nd1,2026-01-05T06:00:00Z,2,2\n";
+    let text =
+        "device,ts,v,n,ok,note\nd1,2026-01-05T06:00:10Z,1,1,,\nd1,2026-01-05T06:00:00Z,2,2,,\n";
     let (_dir, data) = file("late.csv", text);
     let e = replay::replay_ordered(pipeline().await, &data, None, Order::Check, |_| {})
         .await

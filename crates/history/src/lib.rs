@@ -175,6 +175,55 @@ pub fn messages(
     )))
 }
 
+/// The column names of a CSV or Parquet history file: its header, or its schema.
+/// `None` for JSON lines, whose readings each name their own fields.
+pub fn columns(path: &Path) -> Result<Option<Vec<String>>, HistoryError> {
+    let io = |source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let format_error = |message: String| HistoryError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    match HistoryFormat::of(path)? {
+        HistoryFormat::JsonLines => Ok(None),
+        HistoryFormat::Csv => {
+            let mut head = BufReader::new(File::open(path).map_err(io)?);
+            let mut first = Vec::new();
+            head.read_until(b'\n', &mut first).map_err(io)?;
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(csv_delimiter(&first))
+                .has_headers(true)
+                .from_reader(first.as_slice());
+            let headers = reader.headers().map_err(|e| format_error(e.to_string()))?;
+            Ok(Some(headers.iter().map(String::from).collect()))
+        }
+        HistoryFormat::Parquet => {
+            let file = File::open(path).map_err(io)?;
+            let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| format_error(e.to_string()))?;
+            Ok(Some(
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// The delimiter of a CSV file by its header line: semicolon-separated files (common in
+/// European exports, and SKAB) have semicolons and no commas there.
+fn csv_delimiter(first_line: &[u8]) -> u8 {
+    if first_line.contains(&b';') && !first_line.contains(&b',') {
+        b';'
+    } else {
+        b','
+    }
+}
+
 /// The pieces of a history file, in file order: JSON lines as messages, CSV and
 /// Parquet as [`Rows`] of up to 8,192.
 pub fn chunks(
@@ -286,19 +335,13 @@ fn csv_batches(
         path: path.to_path_buf(),
         source,
     })?);
-    // Semicolon-separated files (common in European exports, and SKAB) are recognised
-    // by their header line.
     let mut first = Vec::new();
     head.read_until(b'\n', &mut first)
         .map_err(|source| HistoryError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-    let delimiter = if first.contains(&b';') && !first.contains(&b',') {
-        b';'
-    } else {
-        b','
-    };
+    let delimiter = csv_delimiter(&first);
     // The csv crate rather than arrow-csv: arrow-csv 59 trips an out-of-bounds
     // `get_unchecked` on some malformed quoting (found by the property tests).
     let mut reader = csv::ReaderBuilder::new()

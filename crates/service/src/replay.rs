@@ -37,6 +37,10 @@ pub enum ReplayError {
     /// The history is not in time order (see [`Order`]).
     #[error(transparent)]
     Unsorted(Box<OutOfOrder>),
+    /// The file has no column for some of the source's declared columns: every
+    /// reading would have them NULL, or be refused where they are required.
+    #[error("{0}")]
+    MissingColumns(String),
 }
 
 /// Where history first goes back in time by more than the watermark delay.
@@ -118,6 +122,52 @@ pub fn source_shape(pipeline: &Pipeline, name: Option<&str>) -> Result<SourceSha
     })
 }
 
+/// Refuses a history file (columns `have`) without a column `source` declares: its
+/// readings would all have that value NULL, and a query over it would give no result,
+/// or no alert, without a word (a renamed export column, a typo in the case).
+fn missing_columns(data: &Path, source: &SourceInfo, have: &[String]) -> Result<(), ReplayError> {
+    let missing: Vec<&str> = source
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        // Filled by the engine, never read from a file.
+        .filter(|&n| !(source.processing_time && n == forewarn_sql::ARRIVAL_TIME))
+        .filter(|&n| !have.iter().any(|h| h == n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let quoted = |names: &mut dyn Iterator<Item = &str>| {
+        names
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let hints: Vec<String> = missing
+        .iter()
+        .filter_map(|m| {
+            let near = have.iter().find(|h| h.eq_ignore_ascii_case(m))?;
+            Some(format!("'{near}' differs from '{m}' only in case"))
+        })
+        .collect();
+    let (columns, it, names) = match missing.len() {
+        1 => ("column", "it", "this name"),
+        _ => ("columns", "them", "these names"),
+    };
+    let mut message = format!(
+        "{}: no {columns} {} declared by source '{}' (the file's columns: {}): every reading would lack {it}. Add {it} to the file under {names}, or leave {it} out of the CREATE TABLE",
+        data.display(),
+        quoted(&mut missing.iter().copied()),
+        source.name,
+        quoted(&mut have.iter().map(String::as_str)),
+    );
+    if !hints.is_empty() {
+        message += &format!(" ({}: names are case-sensitive)", hints.join(", "));
+    }
+    Err(ReplayError::MissingColumns(message))
+}
+
 /// The messages of `data` for source `source` (or the only source) of `pipeline`, in
 /// the order replay pushes them (see [`Order`]): those of [`ordered_chunks`], rows
 /// written as JSON.
@@ -158,6 +208,9 @@ pub fn ordered_chunks(
         .iter()
         .find(|s| source.is_none_or(|n| n == s.name))
         .expect("source_shape found it");
+    if let Some(have) = forewarn_history::columns(data)? {
+        missing_columns(data, info, &have)?;
+    }
     let chunks = forewarn_history::chunks(data, &shape)?;
     if order == Order::Sort {
         let all = chunks.collect::<Result<Vec<_>, _>>()?;

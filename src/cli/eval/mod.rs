@@ -69,6 +69,20 @@ pub struct EvalArgs {
     /// engine; and its `[log]` format. The other sections are not used.
     #[arg(long, conflicts_with = "protocol")]
     config: Option<PathBuf>,
+    /// Sort --data by event time before replaying it (in memory); without it, a file out
+    /// of time order is refused, as `forewarn replay` refuses it.
+    #[arg(long, conflicts_with = "protocol")]
+    sort: bool,
+    /// Fail (exit 1) when more than this share of the readings of --data is rejected
+    /// (dead-lettered or late), in percent: the figures would judge readings the
+    /// detector never saw.
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        default_value_t = 1.0,
+        conflicts_with = "protocol"
+    )]
+    max_rejected: f64,
     /// Write every window the rule scored (score and features) as JSON lines
     /// (--protocol nab, cmapss, and skab or --data with an online rule).
     #[arg(long, value_name = "FILE")]
@@ -143,6 +157,20 @@ fn reading_scores(rows: &FeatureRows, labels: &Labels, scores: &[f64], name: &st
             }
         })
         .collect()
+}
+
+/// Notes the readings of --data the replay rejected; `Some(1)` when more than
+/// `max_percent` of them were (the figures would judge readings no detector saw).
+fn rejected(r: &forewarn::replay::Rejections, max_percent: f64) -> Option<ExitCode> {
+    if r.rejected == 0 {
+        return None;
+    }
+    if r.exceed(max_percent) {
+        eprintln!("error: {}; see --max-rejected", r.summary());
+        return Some(ExitCode::from(1));
+    }
+    eprintln!("note: {}", r.summary());
+    None
 }
 
 fn score_rows(model: &Model, rows: &FeatureRows) -> anyhow::Result<Vec<f64>> {
@@ -245,7 +273,14 @@ async fn labelled(
     name: &str,
     data: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let Some(dir) = super::models_dir(a.models.as_deref())? else {
+    let config_models = match &a.config {
+        Some(p) if a.models.is_none() => {
+            super::require_file("--config", Some(p))?;
+            forewarn::config::ServiceConfig::from_file(p)?.models
+        }
+        _ => None,
+    };
+    let Some(dir) = super::models_dir(a.models.as_deref().or(config_models.as_deref()))? else {
         bail!("{}", super::no_models_dir());
     };
     let registry = ModelRegistry::new();
@@ -255,11 +290,11 @@ async fn labelled(
         .with_context(|| format!("no model '{name}' in --models {}", dir.display()))?;
     let bar = progress("readings replayed");
     let how = forewarn::replay::FeatureReplay {
+        order: super::order(a.sort),
         config: super::engine_settings(a.config.as_deref())?,
-        ..Default::default()
     };
     let label = Some(a.label.as_str());
-    let r = forewarn::replay::features_with(
+    let mut r = forewarn::replay::features_with(
         set,
         name,
         data,
@@ -270,9 +305,12 @@ async fn labelled(
     )
     .await?;
     bar.finish_and_clear();
-    let rejections = r.rejections();
-    if rejections.rejected > 0 {
-        eprintln!("note: {}", rejections.summary());
+    if let Some(code) = rejected(&r.rejections(), a.max_rejected) {
+        return Ok(code);
+    }
+    if model.key.is_some() {
+        // The key comes first among the call's arguments, as in training.
+        super::train::strip_key(&mut r.rows, name)?;
     }
     let scores = score_rows(&model, &r.rows)?;
     let series = reading_scores(&r.rows, &r.labels, &scores, name);
@@ -312,17 +350,18 @@ async fn labelled_rule(
         .registry(rule::registry(a)?)
         .build()
         .await?;
-    let labels =
-        forewarn::replay::labels(&pipeline, data, &a.label, forewarn::replay::Order::Check)?;
+    let labels = forewarn::replay::labels(&pipeline, data, &a.label, super::order(a.sort))?;
     drop(pipeline);
     let bar = progress("readings replayed");
     let config = super::engine_settings(a.config.as_deref())?;
-    let run = rule::run(set, rule::registry(a)?, data, false, config).await;
+    let run = rule::run(set, rule::registry(a)?, data, a.sort, config).await;
     bar.finish_and_clear();
     let run = run?;
-    let rejections = forewarn::replay::Rejections::of(&run.stats);
-    if rejections.rejected > 0 {
-        eprintln!("note: {}", rejections.summary());
+    if let Some(code) = rejected(
+        &forewarn::replay::Rejections::of(&run.stats),
+        a.max_rejected,
+    ) {
+        return Ok(code);
     }
     let (mut c, mut d) = (Confusion::default(), Delays::default());
     let mut series = Vec::new();
