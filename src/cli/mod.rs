@@ -213,6 +213,28 @@ pub fn models_dir(given: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
+/// [`models_dir`], where without `--models` the directory may come from the `models` of
+/// a config file (`config`: the file and the directory), named as such when missing.
+pub fn models_dir_or_config(
+    given: Option<&Path>,
+    config: Option<(&Path, &Path)>,
+) -> anyhow::Result<Option<PathBuf>> {
+    match (given, config) {
+        (None, Some((_, dir))) if dir.is_dir() => Ok(Some(dir.to_path_buf())),
+        (None, Some((file, dir))) => bail!(
+            "models in {}: {}: {}",
+            file.display(),
+            dir.display(),
+            if dir.exists() {
+                "not a directory"
+            } else {
+                "no such directory"
+            }
+        ),
+        _ => models_dir(given),
+    }
+}
+
 /// Where models are looked for when `--models` is not given.
 pub const DEFAULT_MODELS: &str = "models";
 

@@ -74,7 +74,8 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => (fc.queries.clone(), "--queries".to_string()),
     };
-    let models = super::models_dir(a.models.as_deref().or(fc.models.as_deref()))?;
+    let from_config = a.config.as_deref().zip(fc.models.as_deref());
+    let models = super::models_dir_or_config(a.models.as_deref(), from_config)?;
     let set = super::read_query_set(&named_by, std::slice::from_ref(&queries))?;
     super::require_models(&set, models.as_deref())?;
     let mut b = Pipeline::builder()

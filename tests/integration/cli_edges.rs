@@ -711,6 +711,17 @@ fn replay_takes_the_live_engines_settings_from_its_config_file() {
         err.contains("queries in typo.toml: liv: no such file or directory"),
         "{err}"
     );
+    std::fs::write(
+        dir.join("typo2.toml"),
+        "queries = \"live\"\nmodels = \"modls\"\n",
+    )
+    .unwrap();
+    let (code, err, _) = replay(&["--config", "typo2.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("models in typo2.toml: modls: no such directory"),
+        "{err}"
+    );
     let (code, err, _) = replay(&[]);
     assert_eq!(code, 2, "{err}");
     assert!(

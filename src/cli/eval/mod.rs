@@ -124,7 +124,7 @@ fn model_name(set: &forewarn::QuerySet, given: Option<&str>) -> anyhow::Result<S
     let mut names = forewarn_sql::scored_models(set)?;
     match names.len() {
         1 => Ok(names.remove(0)),
-        0 => bail!("the queries call no anomaly_score('MODEL', ...)"),
+        0 => bail!("the queries call no anomaly_score('MODEL', ...): eval judges a trained model's scores, or the alerts of a sink with an online detector or a false-alert rate (docs/models.md); a plain HAVING rule can be backtested with forewarn replay"),
         _ => bail!(
             "the queries score with several models ({}); pick one with --model",
             names.join(", ")
@@ -280,7 +280,8 @@ async fn labelled(
         }
         _ => None,
     };
-    let Some(dir) = super::models_dir(a.models.as_deref().or(config_models.as_deref()))? else {
+    let from_config = a.config.as_deref().zip(config_models.as_deref());
+    let Some(dir) = super::models_dir_or_config(a.models.as_deref(), from_config)? else {
         bail!("{}", super::no_models_dir());
     };
     let registry = ModelRegistry::new();
