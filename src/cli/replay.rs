@@ -85,6 +85,8 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         b = b.models_dir(dir);
     }
     let pipeline = b.build().await?;
+    // Before --out is created: a refused file must not cost an earlier backtest's output.
+    forewarn::replay::check_file_columns(&pipeline, &a.data, a.source.as_deref())?;
     let mut out: Box<dyn Write + Send> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

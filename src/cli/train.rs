@@ -157,6 +157,13 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             .to_string(),
     };
     // Found before the replay and the fit, not after them.
+    if a.out.is_dir() {
+        bail!(
+            "--out {}: a directory; give the model file's path, e.g. {}",
+            a.out.display(),
+            a.out.join("NAME.json").display()
+        );
+    }
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             bail!(
@@ -229,6 +236,14 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut rows = rows;
     if a.per_device && a.features.is_none() {
         strip_key(&mut rows, &name)?;
+    } else if rows.names.len() > 1
+        && !rows.rows.is_empty()
+        && rows.rows.iter().all(|r| r.values[0].is_nan())
+    {
+        bail!(
+            "the first argument of anomaly_score('{name}', ...), '{}', has no number in any window: if it is the device key, train with --per-device --kind robust",
+            rows.names[0]
+        );
     }
     let complete: Vec<_> = rows.rows.iter().filter(|r| r.complete()).collect();
     let skipped = rows.rows.len() - complete.len();
@@ -326,6 +341,13 @@ pub fn read_queries(path: &Path) -> anyhow::Result<QuerySet> {
 pub(super) fn strip_key(rows: &mut FeatureRows, name: &str) -> anyhow::Result<()> {
     if rows.names.len() < 2 {
         bail!("--per-device: the anomaly_score call needs the key and at least one feature, e.g. anomaly_score('{name}', device, avg(v))");
+    }
+    // A number where the key belongs is a feature that would be dropped without a word.
+    if rows.rows.iter().any(|r| r.values[0].is_finite()) {
+        bail!(
+            "--per-device: the first argument of anomaly_score('{name}', ...) is the device key, e.g. anomaly_score('{name}', device, avg(v)); '{}' is a number",
+            rows.names[0]
+        );
     }
     rows.names.remove(0);
     for r in &mut rows.rows {

@@ -863,6 +863,25 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
             "{err}"
         );
     }
+    // The file refused, an earlier backtest's output is still there.
+    std::fs::write(dir.join("earlier.jsonl"), "kept\n").unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "replay",
+            "--queries",
+            "p.sql",
+            "--data",
+            "renamed.csv",
+            "--out",
+            "earlier.jsonl",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("earlier.jsonl")).unwrap(),
+        "kept\n"
+    );
     // train: a directory --out cannot be written in is named before any replay.
     let (code, _, err) = forewarn_in(
         &dir,
@@ -880,6 +899,22 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     );
     assert_eq!(code, 2, "{err}");
     assert_eq!(err, "error: --out nodir/m.json: no such directory nodir\n");
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            "models",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: --out models: a directory"), "{err}");
     let (code, _, err) = forewarn_in(
         &dir,
         &[
@@ -955,6 +990,57 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     let (code, out, err) = forewarn_in(&dir, &["eval", "--queries", "k.sql", "--data", "d.csv"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("windows scored with 'k'"), "{out}");
+    // The key where a feature should be, or a feature where the key should be: named.
+    std::fs::create_dir_all(dir.join("models2")).unwrap();
+    std::fs::write(
+        dir.join("two.sql"),
+        query(false).replace(
+            "anomaly_score('m', avg(v))",
+            "anomaly_score('m', avg(v), max(v))",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "k.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            "models2/k.json",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the first argument of anomaly_score('k', ...), 'device', has no number in any window: if it is the device key, train with --per-device"),
+        "{err}"
+    );
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "two.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--per-device",
+            "--out",
+            "models2/m.json",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "--per-device: the first argument of anomaly_score('m', ...) is the device key"
+        ),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

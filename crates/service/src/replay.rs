@@ -122,6 +122,31 @@ pub fn source_shape(pipeline: &Pipeline, name: Option<&str>) -> Result<SourceSha
     })
 }
 
+/// Refuses a CSV or Parquet history file without a column of source `source` (or of
+/// the only source) of `pipeline` (see [`ReplayError::MissingColumns`]). Replay checks
+/// this itself; a caller may check first, before it creates its output.
+pub fn check_file_columns(
+    pipeline: &Pipeline,
+    data: &Path,
+    source: Option<&str>,
+) -> Result<(), ReplayError> {
+    source_shape(pipeline, source)?;
+    let info = pipeline
+        .sources()
+        .iter()
+        .find(|s| source.is_none_or(|n| n == s.name))
+        .expect("source_shape found it");
+    check_columns(data, info)
+}
+
+/// [`missing_columns`] of `data`'s header or schema, for `source`.
+fn check_columns(data: &Path, source: &SourceInfo) -> Result<(), ReplayError> {
+    match forewarn_history::columns(data)? {
+        Some(have) => missing_columns(data, source, &have),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a history file (columns `have`) without a column `source` declares: its
 /// readings would all have that value NULL, and a query over it would give no result,
 /// or no alert, without a word (a renamed export column, a typo in the case).
@@ -208,9 +233,7 @@ pub fn ordered_chunks(
         .iter()
         .find(|s| source.is_none_or(|n| n == s.name))
         .expect("source_shape found it");
-    if let Some(have) = forewarn_history::columns(data)? {
-        missing_columns(data, info, &have)?;
-    }
+    check_columns(data, info)?;
     let chunks = forewarn_history::chunks(data, &shape)?;
     if order == Order::Sort {
         let all = chunks.collect::<Result<Vec<_>, _>>()?;
@@ -559,11 +582,16 @@ impl Rejections {
 
     /// `16,724 of 17,280 readings (96.8 %) were rejected (future_timestamp 16,724)`.
     pub fn summary(&self) -> String {
+        // A share that rounds to 0.0 % is not none: it shows to three places.
+        let p = self.percent();
+        let share = match p > 0.0 && p < 0.05 {
+            true => format!("{p:.3}"),
+            false => format!("{p:.1}"),
+        };
         format!(
-            "{} of {} readings ({:.1} %) were rejected ({})",
+            "{} of {} readings ({share} %) were rejected ({})",
             thousands(self.rejected),
             thousands(self.readings),
-            self.percent(),
             self.reasons()
         )
     }
@@ -815,6 +843,16 @@ mod tests {
         assert_eq!((r.readings, r.rejected), (18_000, 17_444));
         assert_eq!(r.reasons(), "future_timestamp 16,724, not_json 720");
         assert!(!Rejections::of(&EngineStats::default()).exceed(0.0));
+        // A share that would round to 0.0 % shows to three places.
+        let r = Rejections {
+            readings: 36_010,
+            rejected: 10,
+            by_reason: [("too_many_devices".to_string(), 10)].into(),
+        };
+        assert_eq!(
+            r.summary(),
+            "10 of 36,010 readings (0.028 %) were rejected (too_many_devices 10)"
+        );
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");

@@ -36,7 +36,8 @@ pub struct EvalArgs {
     /// Model name in the query (default: the only model it scores with).
     #[arg(long)]
     model: Option<String>,
-    /// Models directory (for --data) [default: ./models].
+    /// Models directory (for --data) [default: the --config file's `models`, else
+    /// ./models].
     #[arg(long, value_name = "DIR")]
     models: Option<PathBuf>,
     /// Label column (1/true = anomalous).
