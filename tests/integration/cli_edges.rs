@@ -731,6 +731,13 @@ fn replay_takes_the_live_engines_settings_from_its_config_file() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The lines of [`history`]`(n, 0)` with an `anomaly` column, all healthy.
+fn labelled(n: usize) -> Vec<String> {
+    let mut lines: Vec<String> = history(n, 0).lines().map(|l| format!("{l},0")).collect();
+    lines[0] = "device,ts,v,anomaly".into();
+    lines
+}
+
 /// `train` and `eval --data` replay history with the live engine's `[engine]` settings
 /// when given its config file: a device beyond `max_devices` is refused there as live.
 #[test]
@@ -739,8 +746,7 @@ fn train_and_eval_take_the_live_engines_settings_from_its_config_file() {
     std::fs::create_dir_all(dir.join("models")).unwrap();
     std::fs::write(dir.join("q.sql"), query(false)).unwrap();
     // Device d1 for 150 s, and one reading of d2 after its first; labelled, all healthy.
-    let mut lines: Vec<String> = history(150, 0).lines().map(|l| format!("{l},0")).collect();
-    lines[0] = "device,ts,v,anomaly".into();
+    let mut lines = labelled(150);
     lines.insert(2, "d2,1700000001500,2.0,0".into());
     std::fs::write(dir.join("d.csv"), lines.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("live.toml"), "[engine]\nmax_devices = 1\n").unwrap();
@@ -833,12 +839,7 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     std::fs::create_dir_all(dir.join("models")).unwrap();
     std::fs::write(dir.join("q.sql"), query(false)).unwrap();
     std::fs::write(dir.join("p.sql"), PLAIN).unwrap();
-    let labelled = |text: String| {
-        let mut lines: Vec<String> = text.lines().map(|l| format!("{l},0")).collect();
-        lines[0] = "device,ts,v,anomaly".into();
-        lines
-    };
-    let lines = labelled(history(150, 0));
+    let lines = labelled(150);
     std::fs::write(dir.join("d.csv"), lines.join("\n") + "\n").unwrap();
     // A column the source declares is missing (here: in another case) in the file.
     let renamed = lines.join("\n").replacen("device,ts,v,", "device,ts,V,", 1) + "\n";

@@ -99,7 +99,16 @@ async fn as_messages_of(
     order: Order,
     to: Option<&str>,
 ) -> (Published, EngineStats) {
-    let p = pipeline_of(sql).await;
+    messages_through(pipeline_of(sql).await, data, order, to).await
+}
+
+/// Each row's message published alone through `p` (by source name, `to`).
+async fn messages_through(
+    p: Pipeline,
+    data: &Path,
+    order: Order,
+    to: Option<&str>,
+) -> (Published, EngineStats) {
     let messages: Vec<_> = replay::ordered_messages(&p, data, None, order)
         .unwrap()
         .map(|m| m.unwrap())
@@ -129,16 +138,15 @@ async fn as_batches(data: &Path, order: Order) -> (Published, EngineStats) {
 }
 
 async fn as_batches_of(sql: &str, data: &Path, order: Order) -> (Published, EngineStats) {
+    batches_through(pipeline_of(sql).await, data, order).await
+}
+
+/// The file replayed through `p`, its rows pushed as batches.
+async fn batches_through(p: Pipeline, data: &Path, order: Order) -> (Published, EngineStats) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let stats = replay::replay_ordered(
-        pipeline_of(sql).await,
-        data,
-        None,
-        order,
-        move |o: Output| {
-            let _ = tx.send(o.to_message());
-        },
-    )
+    let stats = replay::replay_ordered(p, data, None, order, move |o: Output| {
+        let _ = tx.send(o.to_message());
+    })
     .await
     .unwrap();
     (rx.try_iter().collect(), stats)
@@ -543,34 +551,8 @@ async fn repeats_and_devices_over_the_limit_are_judged_alike_in_every_run_of_row
             .unwrap()
             .without_wall_clock()
     };
-    // Each row's message published alone.
-    let p = build().await;
-    let messages: Vec<_> = replay::ordered_messages(&p, &data, None, Order::Check)
-        .unwrap()
-        .map(|m| m.unwrap())
-        .collect();
-    let (h, mut rx) = p.start();
-    let collect = tokio::spawn(async move {
-        let mut out = Vec::new();
-        while let Some(o) = rx.recv().await {
-            out.push(o.to_message());
-        }
-        out
-    });
-    for m in messages {
-        h.push_json(&m.topic, m.payload).await.unwrap();
-    }
-    h.finish().await.unwrap();
-    drop(h);
-    let one_by_one = collect.await.unwrap();
-    // The file replayed as batches.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stats = replay::replay_ordered(build().await, &data, None, Order::Check, move |o| {
-        let _ = tx.send(o.to_message());
-    })
-    .await
-    .unwrap();
-    let batches: Published = rx.try_iter().collect();
+    let (one_by_one, _) = messages_through(build().await, &data, Order::Check, None).await;
+    let (batches, stats) = batches_through(build().await, &data, Order::Check).await;
 
     let got = reasons(&batches);
     assert!(
