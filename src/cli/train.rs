@@ -165,6 +165,13 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if dir.exists() && !dir.is_dir() {
+            bail!(
+                "--out {}: {} is not a directory",
+                a.out.display(),
+                dir.display()
+            );
+        }
         if !dir.is_dir() {
             bail!(
                 "--out {}: no such directory {}",

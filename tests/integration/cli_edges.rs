@@ -911,6 +911,22 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
             "--kind",
             "robust",
             "--out",
+            "d.csv/m.json",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err, "error: --out d.csv/m.json: d.csv is not a directory\n");
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "train",
+            "--queries",
+            "q.sql",
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
             "models",
         ],
     );
@@ -963,6 +979,13 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     );
     let (code, _, err) = eval(&["--data", "back.csv", "--sort"]);
     assert_eq!(code, 0, "{err}");
+    // A label column named in another case: the one the file has is named.
+    let (code, _, err) = eval(&["--data", "d.csv", "--label", "Anomaly"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no usable 'Anomaly' label (true/false or 1/0; the column is missing, and 'anomaly' differs from it only in case (names are case-sensitive): pass --label anomaly)"),
+        "{err}"
+    );
     // A per-device model: the key is not one of its features.
     std::fs::write(
         dir.join("k.sql"),

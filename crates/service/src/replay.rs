@@ -778,16 +778,24 @@ fn label_of(
             source.event_time,
             String::from_utf8_lossy(&m.payload)
         ))),
-        (_, None) => Err(ReplayError::Source(format!(
-            "{}: a reading has no usable '{col}' label (true/false or 1/0{}): {}",
-            data.display(),
-            if v.get(col).is_none() {
-                "; the column is missing, name the label column with --label"
-            } else {
-                ""
-            },
-            String::from_utf8_lossy(&m.payload)
-        ))),
+        (_, None) => {
+            let near = v.as_object().and_then(|o| {
+                o.keys()
+                    .find(|k| k.as_str() != col && k.eq_ignore_ascii_case(col))
+            });
+            let hint = match (v.get(col), near) {
+                (Some(_), _) => String::new(),
+                (None, Some(k)) => format!(
+                    "; the column is missing, and '{k}' differs from it only in case (names are case-sensitive): pass --label {k}"
+                ),
+                (None, None) => "; the column is missing, name the label column with --label".into(),
+            };
+            Err(ReplayError::Source(format!(
+                "{}: a reading has no usable '{col}' label (true/false or 1/0{hint}): {}",
+                data.display(),
+                String::from_utf8_lossy(&m.payload)
+            )))
+        }
     }
 }
 
