@@ -839,6 +839,22 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     std::fs::create_dir_all(dir.join("models")).unwrap();
     std::fs::write(dir.join("q.sql"), query(false)).unwrap();
     std::fs::write(dir.join("p.sql"), PLAIN).unwrap();
+    // `train --kind robust` of d.csv through `queries` into `out`, with `extra` flags.
+    let train = |queries: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--queries",
+            queries,
+            "--data",
+            "d.csv",
+            "--kind",
+            "robust",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        forewarn_in(&dir, &args)
+    };
     let lines = labelled(150);
     std::fs::write(dir.join("d.csv"), lines.join("\n") + "\n").unwrap();
     // A column the source declares is missing (here: in another case) in the file.
@@ -884,68 +900,16 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
         "kept\n"
     );
     // train: a directory --out cannot be written in is named before any replay.
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "train",
-            "--queries",
-            "q.sql",
-            "--data",
-            "d.csv",
-            "--kind",
-            "robust",
-            "--out",
-            "nodir/m.json",
-        ],
-    );
+    let (code, _, err) = train("q.sql", "nodir/m.json", &[]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(err, "error: --out nodir/m.json: no such directory nodir\n");
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "train",
-            "--queries",
-            "q.sql",
-            "--data",
-            "d.csv",
-            "--kind",
-            "robust",
-            "--out",
-            "d.csv/m.json",
-        ],
-    );
+    let (code, _, err) = train("q.sql", "d.csv/m.json", &[]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(err, "error: --out d.csv/m.json: d.csv is not a directory\n");
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "train",
-            "--queries",
-            "q.sql",
-            "--data",
-            "d.csv",
-            "--kind",
-            "robust",
-            "--out",
-            "models",
-        ],
-    );
+    let (code, _, err) = train("q.sql", "models", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("error: --out models: a directory"), "{err}");
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "train",
-            "--queries",
-            "q.sql",
-            "--data",
-            "d.csv",
-            "--kind",
-            "robust",
-            "--out",
-            "models/m.json",
-        ],
-    );
+    let (code, _, err) = train("q.sql", "models/m.json", &[]);
     assert_eq!(code, 0, "{err}");
     // eval: more rejected than --max-rejected fails; within it, a note.
     std::fs::write(dir.join("live.toml"), "[engine]\nmax_devices = 1\n").unwrap();
@@ -995,21 +959,7 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
         ),
     )
     .unwrap();
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "train",
-            "--queries",
-            "k.sql",
-            "--data",
-            "d.csv",
-            "--kind",
-            "robust",
-            "--per-device",
-            "--out",
-            "models/k.json",
-        ],
-    );
+    let (code, _, err) = train("k.sql", "models/k.json", &["--per-device"]);
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = forewarn_in(&dir, &["eval", "--queries", "k.sql", "--data", "d.csv"]);
     assert_eq!(code, 0, "{err}");
@@ -1024,40 +974,13 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
         ),
     )
     .unwrap();
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "train",
-            "--queries",
-            "k.sql",
-            "--data",
-            "d.csv",
-            "--kind",
-            "robust",
-            "--out",
-            "models2/k.json",
-        ],
-    );
+    let (code, _, err) = train("k.sql", "models2/k.json", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("the first argument of anomaly_score('k', ...), 'device', has no number in any window: if it is the device key, train with --per-device"),
         "{err}"
     );
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "train",
-            "--queries",
-            "two.sql",
-            "--data",
-            "d.csv",
-            "--kind",
-            "robust",
-            "--per-device",
-            "--out",
-            "models2/m.json",
-        ],
-    );
+    let (code, _, err) = train("two.sql", "models2/m.json", &["--per-device"]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains(
