@@ -243,7 +243,8 @@ pub async fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut rows = rows;
     if a.per_device && a.features.is_none() {
         strip_key(&mut rows, &name)?;
-    } else if rows.names.len() > 1
+    } else if a.features.is_none()
+        && rows.names.len() > 1
         && !rows.rows.is_empty()
         && rows.rows.iter().all(|r| r.values[0].is_nan())
     {
