@@ -429,8 +429,26 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         // Printed by main: exit code 1 for a query error, 2 for anything else.
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            // "loaded models: none" alone does not say where none were found.
+            if let Some(dir) = models.as_deref().filter(|d| no_model_files(d)) {
+                eprintln!(
+                    "note: the models directory {} holds no model files (*.json): train one with `forewarn train --model NAME --out {}/NAME.json ...` (docs/models.md)",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Err(e.into())
+        }
     }
+}
+
+/// Whether `dir` holds no `*.json` file, the files a models directory loads.
+fn no_model_files(dir: &Path) -> bool {
+    !std::fs::read_dir(dir).into_iter().flatten().any(|e| {
+        e.ok()
+            .is_some_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+    })
 }
 
 /// An output as one line of `replay --out` and `--dead-letters` files:

@@ -31,6 +31,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     source: Option<String>,
     /// Where to write what the sinks would have published (JSON lines); default stdout.
+    /// Written as FILE.partial and renamed to FILE when the replay completes: a replay
+    /// that stops with an error leaves FILE as it was.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Also write dead letters and late rows (to --out, with the results).
@@ -87,7 +89,13 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let pipeline = b.build().await?;
     // Before --out is created: a refused file must not cost an earlier backtest's output.
     forewarn::replay::check_file_columns(&pipeline, &a.data, a.source.as_deref())?;
-    let mut out: Box<dyn Write + Send> = match &a.out {
+    // Written beside --out and renamed over it when the replay completes: a replay that
+    // fails half-way leaves no file that reads like a complete backtest.
+    if let Some(p) = a.out.as_deref().filter(|p| p.is_dir()) {
+        anyhow::bail!("--out {}: is a directory; give a file", p.display());
+    }
+    let partial = a.out.as_deref().map(partial_path);
+    let mut out: Box<dyn Write + Send> = match &partial {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
@@ -107,18 +115,32 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         tx,
         block: Vec::with_capacity(1 << 17),
     };
-    let stats =
+    let replayed =
         forewarn::replay::replay_ordered(pipeline, &a.data, a.source.as_deref(), order, move |o| {
             if matches!(o, Output::DeadLetter { .. }) && !dead {
                 return;
             }
             lines.push(&o);
         })
-        .await?;
-    writer
+        .await;
+    let written = writer
         .join()
-        .map_err(|_| anyhow::anyhow!("output writer panicked"))?
-        .context("writing the output")?;
+        .map_err(|_| anyhow::anyhow!("output writer panicked"))
+        .and_then(|w| w.context("writing the output"));
+    let stats = match (replayed, written) {
+        (Ok(stats), Ok(())) => stats,
+        (replayed, written) => {
+            if let Some(p) = &partial {
+                let _ = std::fs::remove_file(p);
+            }
+            replayed?;
+            return Err(written.unwrap_err());
+        }
+    };
+    if let (Some(p), Some(to)) = (&partial, &a.out) {
+        std::fs::rename(p, to)
+            .with_context(|| format!("renaming {} to {}", p.display(), to.display()))?;
+    }
     let secs = started.elapsed().as_secs_f64();
     let rejections = forewarn::replay::Rejections::of(&stats);
     eprintln!(
@@ -135,6 +157,13 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `--out FILE` is written until the replay completes: `FILE.partial`, beside it.
+fn partial_path(out: &std::path::Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
 }
 
 /// Output lines handed to the writer thread in blocks of about 64 KiB (the rest when

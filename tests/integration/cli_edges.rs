@@ -226,7 +226,9 @@ fn models_flag_is_named_and_check_works_without_models() {
     std::fs::create_dir_all(dir.join("models")).unwrap();
     let (code, _, err) = forewarn_in(&dir, &["check", "q.sql"]);
     assert!(
-        code == 1 && err.contains("unknown model 'm' in anomaly_score (loaded models: none)"),
+        code == 1
+            && err.contains("unknown model 'm' in anomaly_score (loaded models: none)")
+            && err.contains("note: the models directory models holds no model files (*.json): train one with `forewarn train --model NAME --out models/NAME.json ...`"),
         "{err}"
     );
     // Queries that call no model need no models directory.
@@ -899,6 +901,83 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
         std::fs::read_to_string(dir.join("earlier.jsonl")).unwrap(),
         "kept\n"
     );
+    // JSON lines whose readings all lack a declared field are refused alike.
+    let json: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"device\": \"d1\", \"ts\": {}, \"V\": 1.5}}\n",
+                1_700_000_000_000u64 + i * 1000
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("renamed.jsonl"), &json).unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &["replay", "--queries", "p.sql", "--data", "renamed.jsonl"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("renamed.jsonl: no column 'v' declared by source 'r' (the file's columns: 'V', 'device', 'ts')")
+            && err.contains("'V' differs from 'v' only in case"),
+        "{err}"
+    );
+    // A field some reading has is enough: the others have it NULL, as live.
+    std::fs::write(dir.join("some.jsonl"), json.replacen("\"V\"", "\"v\"", 1)).unwrap();
+    let (code, out, err) = forewarn_in(
+        &dir,
+        &["replay", "--queries", "p.sql", "--data", "some.jsonl"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"v\":1.5"), "{out}");
+    // History out of time order stops the replay: --out keeps what it held, and no
+    // window closed early by the stop is written anywhere.
+    let mut unsorted = lines.clone();
+    unsorted.swap(1, 40);
+    std::fs::write(dir.join("unsorted.csv"), unsorted.join("\n") + "\n").unwrap();
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "replay",
+            "--queries",
+            "p.sql",
+            "--data",
+            "unsorted.csv",
+            "--out",
+            "earlier.jsonl",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not in time order"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("earlier.jsonl")).unwrap(),
+        "kept\n"
+    );
+    assert!(!dir.join("earlier.jsonl.partial").exists());
+    let (code, out, err) = forewarn_in(
+        &dir,
+        &["replay", "--queries", "p.sql", "--data", "unsorted.csv"],
+    );
+    assert_eq!(code, 2, "{err}");
+    // The first reading (t = 39 s) opened [30, 40 s); the stop at the next one closes it.
+    assert_eq!(out, "", "{err}");
+    // Completed, the output replaces the file, and nothing is left beside it.
+    let (code, _, err) = forewarn_in(
+        &dir,
+        &[
+            "replay",
+            "--queries",
+            "p.sql",
+            "--data",
+            "unsorted.csv",
+            "--sort",
+            "--out",
+            "earlier.jsonl",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let sorted = std::fs::read_to_string(dir.join("earlier.jsonl")).unwrap();
+    assert_eq!(sorted.lines().count(), 15, "{sorted}");
+    assert!(!dir.join("earlier.jsonl.partial").exists());
     // train: a directory --out cannot be written in is named before any replay.
     let (code, _, err) = train("q.sql", "nodir/m.json", &[]);
     assert_eq!(code, 2, "{err}");

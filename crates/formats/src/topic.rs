@@ -315,6 +315,19 @@ pub fn filter_problem(filter: &str) -> Option<String> {
                 levels.len()
             ));
         }
+        // A template's placeholder in the subscription matches only a level spelt with
+        // the braces: the broker would deliver nothing, and the source stay silent.
+        if l.len() > 2 && l.starts_with('{') && l.ends_with('}') {
+            return Some(format!(
+                "has '{l}' at level {}: the topic is an MQTT subscription filter, which would match only a level spelt '{l}'; write '+' there, and name the level in topic_template (e.g. topic = '{}', topic_template = '{filter}')",
+                i + 1,
+                levels
+                    .iter()
+                    .map(|l| if l.starts_with('{') && l.ends_with('}') { "+" } else { l })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ));
+        }
     }
     None
 }
@@ -444,6 +457,21 @@ mod tests {
         assert!(filter_problem("$share/g/a/#/b").is_some());
         let t = TopicTemplate::parse("plant/{device}/data").unwrap();
         assert_eq!(t.mismatch_with_filter("$share/g/plant/+/data"), None);
+    }
+
+    #[test]
+    fn a_templates_placeholder_in_a_subscription_filter_is_refused() {
+        assert_eq!(
+            filter_problem("m/{device}").as_deref(),
+            Some("has '{device}' at level 2: the topic is an MQTT subscription filter, which would match only a level spelt '{device}'; write '+' there, and name the level in topic_template (e.g. topic = 'm/+', topic_template = 'm/{device}')")
+        );
+        assert!(filter_problem("$share/g/p/{site}/{device}/t")
+            .unwrap()
+            .contains("topic = 'p/+/+/t'"));
+        // Braces that are not a whole placeholder level are a topic's own characters.
+        for ok in ["m/{}", "m/{x", "m/a{b}c", "m/+"] {
+            assert_eq!(filter_problem(ok), None, "{ok}");
+        }
     }
 
     /// `capture_spans` against a reference that splits both on `/`, for generated

@@ -175,8 +175,10 @@ pub fn messages(
     )))
 }
 
-/// The column names of a CSV or Parquet history file: its header, or its schema.
-/// `None` for JSON lines, whose readings each name their own fields.
+/// The column names of a history file: a CSV file's header, a Parquet file's schema,
+/// or every field any reading of a JSON lines file has (one pass over the file). `None`
+/// for JSON lines with a recorded message (`{"topic", "payload"}`: each names its own
+/// fields, as it arrived) or without a reading.
 pub fn columns(path: &Path) -> Result<Option<Vec<String>>, HistoryError> {
     let io = |source| HistoryError::Io {
         path: path.to_path_buf(),
@@ -187,7 +189,9 @@ pub fn columns(path: &Path) -> Result<Option<Vec<String>>, HistoryError> {
         message,
     };
     match HistoryFormat::of(path)? {
-        HistoryFormat::JsonLines => Ok(None),
+        HistoryFormat::JsonLines => {
+            json_lines_fields(BufReader::new(File::open(path).map_err(io)?)).map_err(io)
+        }
         HistoryFormat::Csv => {
             let mut head = BufReader::new(File::open(path).map_err(io)?);
             let mut first = Vec::new();
@@ -212,6 +216,32 @@ pub fn columns(path: &Path) -> Result<Option<Vec<String>>, HistoryError> {
             ))
         }
     }
+}
+
+/// The fields of the readings of JSON lines `r`, sorted: see [`columns`]. Lines that
+/// are not objects are the decoder's to refuse, one by one.
+fn json_lines_fields(r: impl BufRead) -> std::io::Result<Option<Vec<String>>> {
+    use serde::de::IgnoredAny;
+    use std::collections::{BTreeSet, HashMap};
+    let mut fields = BTreeSet::new();
+    let mut readings = 0usize;
+    for line in r.lines() {
+        let line = line?;
+        // Keys borrowed from the line; one with an escape takes the owned way.
+        let keys: Vec<String> = match serde_json::from_str::<HashMap<&str, IgnoredAny>>(&line) {
+            Ok(m) => m.into_keys().map(String::from).collect(),
+            Err(_) => match serde_json::from_str::<HashMap<String, IgnoredAny>>(&line) {
+                Ok(m) => m.into_keys().collect(),
+                Err(_) => continue,
+            },
+        };
+        if keys.len() == 2 && keys.iter().all(|k| k == "topic" || k == "payload") {
+            return Ok(None);
+        }
+        readings += 1;
+        fields.extend(keys);
+    }
+    Ok((readings > 0).then(|| fields.into_iter().collect()))
 }
 
 /// The delimiter of a CSV file by its header line: semicolon-separated files (common in
@@ -520,6 +550,21 @@ mod tests {
         assert_eq!(m[1].topic, "plant/b/telemetry");
         assert_eq!(m[1].payload, br#"{"ts":2}"#);
         assert_eq!(m[2].payload, b"not json");
+    }
+
+    #[test]
+    fn json_lines_name_the_fields_any_reading_has() {
+        let fields = |text: &str| json_lines_fields(text.as_bytes()).unwrap();
+        assert_eq!(
+            fields("{\"device\": \"a\", \"v\": 1}\nnot json\n[1]\n{\"w\\u0041\": 2, \"ts\": 3}\n"),
+            Some(vec!["device".into(), "ts".into(), "v".into(), "wA".into()])
+        );
+        // A recorded message names its own fields; nothing to check without a reading.
+        assert_eq!(
+            fields("{\"v\": 1}\n{\"topic\": \"t\", \"payload\": {}}\n"),
+            None
+        );
+        assert_eq!(fields("\nnot json\n"), None);
     }
 
     #[test]

@@ -245,7 +245,19 @@ pub(crate) fn cell<'a>(s: &'a str, t: &DataType) -> Scalar<'a> {
             .ok()
             .filter(|f| f.is_finite())
             .map(Scalar::Float),
-        DataType::Int64 | DataType::Timestamp(..) => s.trim().parse::<i64>().ok().map(Scalar::Int),
+        // `3.0` is the number a device may send for a whole number (JSON has one number
+        // type, and the decoder takes a whole float for an integer column, as it rounds
+        // one for a timestamp): a CSV cell or a Parquet float column cast to text says
+        // the same.
+        DataType::Int64 | DataType::Timestamp(..) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().map(Scalar::Int).or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(Scalar::Float)
+            })
+        }
         DataType::Boolean => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => Some(Scalar::Bool(true)),
             "false" | "0" => Some(Scalar::Bool(false)),

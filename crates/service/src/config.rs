@@ -254,6 +254,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The smallest `max_payload_bytes` accepted: the smallest plausible reading is about 40
+/// bytes of JSON.
+const MIN_PAYLOAD_BYTES: usize = 64;
+
 /// Keys of the flat layout and where they live now.
 const MOVED: &[(&str, &str, &str)] = &[
     ("broker", "mqtt", "broker"),
@@ -400,6 +404,17 @@ impl ServiceConfig {
                     "[engine] {key} = 0 would refuse every reading: give at least 1"
                 ));
             }
+        }
+        // A payload limit under the size of any real reading dead-letters everything as
+        // `too_large`: counted, but the plant could never alert (a bytes-for-KiB slip).
+        if (1..MIN_PAYLOAD_BYTES).contains(&e.max_payload_bytes) {
+            return bad(format!(
+                "[engine] max_payload_bytes = {} would refuse nearly every reading as too_large \
+                 (the limit is in bytes; a JSON reading with a timestamp and one value is about \
+                 40): give at least {MIN_PAYLOAD_BYTES} (default {})",
+                e.max_payload_bytes,
+                EngineSettings::default().max_payload_bytes
+            ));
         }
         if e.output_threads == 0 {
             return bad(
@@ -650,6 +665,10 @@ mod tests {
     #[test]
     fn values_and_combinations_run_would_refuse_are_refused_by_check() {
         for (text, says) in [
+            (
+                "[engine]\nmax_payload_bytes = 10",
+                "[engine] max_payload_bytes = 10 would refuse nearly every reading as too_large (the limit is in bytes; a JSON reading with a timestamp and one value is about 40): give at least 64 (default 262144)",
+            ),
             (
                 "[mqtt]\nsource_qos = 2",
                 "[mqtt] source_qos must be 0 or 1, got 2",

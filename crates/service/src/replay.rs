@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub use forewarn_history::{Chunk, HistoryError, HistoryFormat, Message, Rows, SourceShape};
 
@@ -397,9 +399,15 @@ pub async fn replay_ordered(
     let chunks = ordered_chunks(&pipeline, data, source, order)?;
     let by_name = by_name(&pipeline, source);
     let (handle, mut outputs) = pipeline.without_wall_clock().start();
-    let drain = tokio::spawn(async move {
-        while let Some(o) = outputs.recv().await {
-            sink(o);
+    let failed = Arc::new(AtomicBool::new(false));
+    let drain = tokio::spawn({
+        let failed = failed.clone();
+        async move {
+            while let Some(o) = outputs.recv().await {
+                if !failed.load(Ordering::Acquire) {
+                    sink(o);
+                }
+            }
         }
     });
     let pusher = Pusher::new(&handle, by_name);
@@ -412,8 +420,13 @@ pub async fn replay_ordered(
     .await;
     if let Err(e) = pushed {
         // Stop the pipeline in order: left running, its tasks would be cancelled with
-        // the runtime and log misleading query failures after the real error.
+        // the runtime and log misleading query failures after the real error. Stopping
+        // closes the open windows, early and without the rest of their rows: those
+        // results would carry the ids of the complete windows, so none reaches the sink.
+        failed.store(true, Ordering::Release);
         let _ = handle.finish().await;
+        drop(handle);
+        let _ = drain.await;
         return Err(e);
     }
     let stats = handle.finish().await?;

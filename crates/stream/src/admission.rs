@@ -34,18 +34,24 @@ pub(crate) fn max_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
 #[derive(Debug, Default)]
 pub(crate) struct FutureCheck {
     /// Per watermark key (`""` without one): the time of the last row rejected as too
-    /// far ahead, while no row within reach came after it (see [`Self::ok`]). Not kept
-    /// in checkpoints: after a restart a jump takes one more row to confirm.
+    /// far ahead, while no row of that key within reach came after it (see
+    /// [`Self::ok`]). Not kept in checkpoints: after a restart a jump takes one more row
+    /// to confirm.
     jumps: HashMap<String, Millis>,
+    /// How many keys have each of those times: which one a row confirms.
+    times: BTreeMap<Millis, u32>,
 }
 
 impl FutureCheck {
     /// Whether a row at `t` is within `limit` (`max_future`) of `newest`, the newest
     /// event time accepted so far. A row beyond it is refused; but a stream that really
     /// jumped ahead (a plant back after an outage longer than the limit) must not be
-    /// refused forever: a second row of the same key at or after the refused one, and
-    /// within `limit` of it, with no row within reach in between, confirms the jump. One
-    /// rogue timestamp among normal readings never does.
+    /// refused forever: a second row at or after a refused one, and within `limit` of
+    /// it, confirms the jump. The refused row may be of any key: after a fleet-wide stop
+    /// the first device back costs one reading, not every device its first. A row
+    /// within reach clears its own key's refused row only, so a device still sending
+    /// older readings does not keep the others from confirming. One rogue timestamp
+    /// among normal readings never confirms itself.
     pub(crate) fn ok(
         &mut self,
         newest: Option<Millis>,
@@ -58,18 +64,33 @@ impl FutureCheck {
         };
         if t <= newest.saturating_add(limit) {
             if !self.jumps.is_empty() {
-                self.jumps.remove(key);
+                self.forget(key);
             }
             return true;
         }
-        match self.jumps.get(key) {
-            Some(&first) if t >= first && t - first <= limit => {
-                self.jumps.remove(key);
-                true
-            }
-            _ => {
-                self.jumps.insert(key.to_string(), t);
-                false
+        let confirms = self
+            .times
+            .range(t.saturating_sub(limit)..=t)
+            .next()
+            .is_some();
+        if confirms {
+            self.forget(key);
+            return true;
+        }
+        self.forget(key);
+        self.jumps.insert(key.to_string(), t);
+        *self.times.entry(t).or_default() += 1;
+        false
+    }
+
+    /// Drops `key`'s refused row.
+    fn forget(&mut self, key: &str) {
+        if let Some(t) = self.jumps.remove(key) {
+            match self.times.get_mut(&t) {
+                Some(n) if *n > 1 => *n -= 1,
+                _ => {
+                    self.times.remove(&t);
+                }
             }
         }
     }
@@ -98,21 +119,42 @@ mod tests {
     }
 
     #[test]
-    fn a_jump_is_not_confirmed_by_an_earlier_row_another_key_or_a_row_in_between() {
+    fn a_jump_is_not_confirmed_by_an_earlier_row_or_after_a_row_within_reach() {
         let mut f = FutureCheck::default();
         assert!(!f.ok(Some(100), "a", 500, 10));
-        // Before the refused row: refused, and it becomes the candidate.
+        // Before the refused row: refused, and it becomes a's candidate.
         assert!(!f.ok(Some(100), "a", 499, 10));
-        // 511 is 12 past the new candidate 499: too far to confirm.
+        // 511 is 12 past the new candidate 499: too far to confirm; the next candidate.
         assert!(!f.ok(Some(100), "a", 511, 10));
-        // Another key's rows have their own candidate.
-        assert!(!f.ok(Some(100), "b", 512, 10));
-        // A row within reach of the newest time clears key a's candidate...
+        // A row of key a within reach of the newest time clears a's candidate...
         assert!(f.ok(Some(100), "a", 105, 10));
-        // ...so a row right after it no longer confirms anything.
-        assert!(!f.ok(Some(100), "a", 512, 10));
-        // Key b's candidate 512 is still there.
-        assert!(f.ok(Some(100), "b", 520, 10));
+        // ...so a row right after it, of any key, no longer confirms anything.
+        assert!(!f.ok(Some(100), "b", 515, 10));
+        // Key b's candidate 515 is there, and a row of another key confirms it.
+        assert!(f.ok(Some(100), "c", 520, 10));
+    }
+
+    #[test]
+    fn after_a_fleet_wide_stop_the_first_device_back_confirms_for_the_others() {
+        let mut f = FutureCheck::default();
+        // Every device is back an hour later; only the first one's reading is refused.
+        assert!(!f.ok(Some(0), "d1", 3_600_000, 600_000));
+        for d in ["d2", "d3", "d4"] {
+            assert!(f.ok(Some(0), d, 3_600_500, 600_000), "{d}");
+        }
+        // A device still sending older readings clears only its own candidate.
+        let mut f = FutureCheck::default();
+        assert!(!f.ok(Some(0), "d1", 3_600_000, 600_000));
+        assert!(f.ok(Some(0), "late", 10, 600_000));
+        assert!(f.ok(Some(0), "d2", 3_600_500, 600_000));
+        // A rogue time is not confirmed by rows before it or far after it, of any key.
+        let mut f = FutureCheck::default();
+        assert!(!f.ok(Some(0), "rogue", 9_000_000, 600_000));
+        assert!(!f.ok(Some(0), "d2", 3_600_000, 600_000));
+        assert!(!f.ok(Some(0), "d3", 9_700_000, 600_000));
+        assert_eq!(f.times.len(), 3);
+        assert!(f.ok(Some(0), "rogue", 50, 600_000));
+        assert_eq!(f.times.len(), 2);
     }
 
     #[test]
