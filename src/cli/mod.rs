@@ -433,7 +433,7 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             // "loaded models: none" alone does not say where none were found.
             if let Some(dir) = models.as_deref().filter(|d| no_model_files(d)) {
                 eprintln!(
-                    "note: the models directory {} holds no model files (*.json): train one with `forewarn train --model NAME --out {}/NAME.json ...` (docs/models.md)",
+                    "note: the models directory {} holds no model files (*.json): train one with `forewarn train --queries FILE --model NAME --out {}/NAME.json ...` (docs/models.md)",
                     dir.display(),
                     dir.display()
                 );

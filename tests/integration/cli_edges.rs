@@ -228,7 +228,7 @@ fn models_flag_is_named_and_check_works_without_models() {
     assert!(
         code == 1
             && err.contains("unknown model 'm' in anomaly_score (loaded models: none)")
-            && err.contains("note: the models directory models holds no model files (*.json): train one with `forewarn train --model NAME --out models/NAME.json ...`"),
+            && err.contains("note: the models directory models holds no model files (*.json): train one with `forewarn train --queries FILE --model NAME --out models/NAME.json ...`"),
         "{err}"
     );
     // Queries that call no model need no models directory.

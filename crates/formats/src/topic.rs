@@ -319,7 +319,7 @@ pub fn filter_problem(filter: &str) -> Option<String> {
         // the braces: the broker would deliver nothing, and the source stay silent.
         if l.len() > 2 && l.starts_with('{') && l.ends_with('}') {
             return Some(format!(
-                "has '{l}' at level {}: the topic is an MQTT subscription filter, which would match only a level spelt '{l}'; write '+' there, and name the level in topic_template (e.g. topic = '{}', topic_template = '{filter}')",
+                "has '{l}' at level {}: the topic is an MQTT subscription filter, which would match only a level spelt '{l}'; write '+' there (topic = '{}') and name the level in topic_template",
                 i + 1,
                 levels
                     .iter()
@@ -463,11 +463,11 @@ mod tests {
     fn a_templates_placeholder_in_a_subscription_filter_is_refused() {
         assert_eq!(
             filter_problem("m/{device}").as_deref(),
-            Some("has '{device}' at level 2: the topic is an MQTT subscription filter, which would match only a level spelt '{device}'; write '+' there, and name the level in topic_template (e.g. topic = 'm/+', topic_template = 'm/{device}')")
+            Some("has '{device}' at level 2: the topic is an MQTT subscription filter, which would match only a level spelt '{device}'; write '+' there (topic = 'm/+') and name the level in topic_template")
         );
         assert!(filter_problem("$share/g/p/{site}/{device}/t")
             .unwrap()
-            .contains("topic = 'p/+/+/t'"));
+            .contains("(topic = 'p/+/+/t')"));
         // Braces that are not a whole placeholder level are a topic's own characters.
         for ok in ["m/{}", "m/{x", "m/a{b}c", "m/+"] {
             assert_eq!(filter_problem(ok), None, "{ok}");

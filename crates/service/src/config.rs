@@ -394,7 +394,6 @@ impl ServiceConfig {
             ));
         }
         for (key, v) in [
-            ("max_payload_bytes", e.max_payload_bytes),
             ("max_devices", e.max_devices),
             ("max_open_windows", e.max_open_windows),
             ("max_state_bytes", e.max_state_bytes),
@@ -407,7 +406,7 @@ impl ServiceConfig {
         }
         // A payload limit under the size of any real reading dead-letters everything as
         // `too_large`: counted, but the plant could never alert (a bytes-for-KiB slip).
-        if (1..MIN_PAYLOAD_BYTES).contains(&e.max_payload_bytes) {
+        if e.max_payload_bytes < MIN_PAYLOAD_BYTES {
             return bad(format!(
                 "[engine] max_payload_bytes = {} would refuse nearly every reading as too_large \
                  (the limit is in bytes; a JSON reading with a timestamp and one value is about \
