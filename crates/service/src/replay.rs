@@ -141,9 +141,21 @@ pub fn check_file_columns(
     check_columns(data, info)
 }
 
+/// The columns `source` reads from a file: all it declares but an arrival time, which
+/// the engine fills.
+fn declared(source: &SourceInfo) -> Vec<&str> {
+    source
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|&n| !(source.processing_time && n == forewarn_sql::ARRIVAL_TIME))
+        .collect()
+}
+
 /// [`missing_columns`] of `data`'s header or schema, for `source`.
 fn check_columns(data: &Path, source: &SourceInfo) -> Result<(), ReplayError> {
-    match forewarn_history::columns(data)? {
+    match forewarn_history::columns(data, &declared(source))? {
         Some(have) => missing_columns(data, source, &have),
         None => Ok(()),
     }
@@ -153,13 +165,8 @@ fn check_columns(data: &Path, source: &SourceInfo) -> Result<(), ReplayError> {
 /// readings would all have that value NULL, and a query over it would give no result,
 /// or no alert, without a word (a renamed export column, a typo in the case).
 fn missing_columns(data: &Path, source: &SourceInfo, have: &[String]) -> Result<(), ReplayError> {
-    let missing: Vec<&str> = source
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        // Filled by the engine, never read from a file.
-        .filter(|&n| !(source.processing_time && n == forewarn_sql::ARRIVAL_TIME))
+    let missing: Vec<&str> = declared(source)
+        .into_iter()
         .filter(|&n| !have.iter().any(|h| h == n))
         .collect();
     if missing.is_empty() {
