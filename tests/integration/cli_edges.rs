@@ -857,6 +857,12 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
         args.extend_from_slice(extra);
         forewarn_in(&dir, &args)
     };
+    // `replay` of `data` through p.sql, with `extra` flags.
+    let replay = |data: &str, extra: &[&str]| {
+        let mut args = vec!["replay", "--queries", "p.sql", "--data", data];
+        args.extend_from_slice(extra);
+        forewarn_in(&dir, &args)
+    };
     let lines = labelled(150);
     std::fs::write(dir.join("d.csv"), lines.join("\n") + "\n").unwrap();
     // A column the source declares is missing (here: in another case) in the file.
@@ -884,18 +890,7 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     }
     // The file refused, an earlier backtest's output is still there.
     std::fs::write(dir.join("earlier.jsonl"), "kept\n").unwrap();
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "replay",
-            "--queries",
-            "p.sql",
-            "--data",
-            "renamed.csv",
-            "--out",
-            "earlier.jsonl",
-        ],
-    );
+    let (code, _, err) = replay("renamed.csv", &["--out", "earlier.jsonl"]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(
         std::fs::read_to_string(dir.join("earlier.jsonl")).unwrap(),
@@ -911,10 +906,7 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
         })
         .collect();
     std::fs::write(dir.join("renamed.jsonl"), &json).unwrap();
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &["replay", "--queries", "p.sql", "--data", "renamed.jsonl"],
-    );
+    let (code, _, err) = replay("renamed.jsonl", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("renamed.jsonl: no column 'v' declared by source 'r' (the file's columns: 'V', 'device', 'ts')")
@@ -923,10 +915,7 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     );
     // A field some reading has is enough: the others have it NULL, as live.
     std::fs::write(dir.join("some.jsonl"), json.replacen("\"V\"", "\"v\"", 1)).unwrap();
-    let (code, out, err) = forewarn_in(
-        &dir,
-        &["replay", "--queries", "p.sql", "--data", "some.jsonl"],
-    );
+    let (code, out, err) = replay("some.jsonl", &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"v\":1.5"), "{out}");
     // History out of time order stops the replay: --out keeps what it held, and no
@@ -934,18 +923,7 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
     let mut unsorted = lines.clone();
     unsorted.swap(1, 40);
     std::fs::write(dir.join("unsorted.csv"), unsorted.join("\n") + "\n").unwrap();
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "replay",
-            "--queries",
-            "p.sql",
-            "--data",
-            "unsorted.csv",
-            "--out",
-            "earlier.jsonl",
-        ],
-    );
+    let (code, _, err) = replay("unsorted.csv", &["--out", "earlier.jsonl"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not in time order"), "{err}");
     assert_eq!(
@@ -953,27 +931,12 @@ fn backtests_refuse_what_would_silently_give_wrong_figures() {
         "kept\n"
     );
     assert!(!dir.join("earlier.jsonl.partial").exists());
-    let (code, out, err) = forewarn_in(
-        &dir,
-        &["replay", "--queries", "p.sql", "--data", "unsorted.csv"],
-    );
+    let (code, out, err) = replay("unsorted.csv", &[]);
     assert_eq!(code, 2, "{err}");
     // The first reading (t = 39 s) opened [30, 40 s); the stop at the next one closes it.
     assert_eq!(out, "", "{err}");
     // Completed, the output replaces the file, and nothing is left beside it.
-    let (code, _, err) = forewarn_in(
-        &dir,
-        &[
-            "replay",
-            "--queries",
-            "p.sql",
-            "--data",
-            "unsorted.csv",
-            "--sort",
-            "--out",
-            "earlier.jsonl",
-        ],
-    );
+    let (code, _, err) = replay("unsorted.csv", &["--sort", "--out", "earlier.jsonl"]);
     assert_eq!(code, 0, "{err}");
     let sorted = std::fs::read_to_string(dir.join("earlier.jsonl")).unwrap();
     assert_eq!(sorted.lines().count(), 15, "{sorted}");
