@@ -123,6 +123,14 @@ fn config(a: ConfigArgs) -> anyhow::Result<ExitCode> {
             let c = ServiceConfig::from_file(p)?;
             c.check()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            // Not errors: the file may be meant for another machine, where they exist.
+            for (key, path) in c.missing_paths() {
+                eprintln!(
+                    "note: {key} = {} does not exist here: `forewarn run --config {}` would stop on it (relative paths in the file are relative to its directory)",
+                    path.display(),
+                    p.display()
+                );
+            }
             c
         }
         None => ServiceConfig::default(),

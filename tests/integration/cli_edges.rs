@@ -1047,6 +1047,14 @@ fn config_prints_defaults_that_read_back_and_refuses_typos() {
     let (code, checked, err) = forewarn_in(&dir, &["config", "--check", "default.toml"]);
     assert_eq!(code, 0, "{err}");
     assert!(checked.contains("max_batch_rows = 4096"), "{checked}");
+    // A path that is not there is noted, not refused: the file may be for another machine.
+    assert!(
+        err.contains("note: queries = queries does not exist here: `forewarn run --config default.toml` would stop on it"),
+        "{err}"
+    );
+    std::fs::create_dir(dir.join("queries")).unwrap();
+    let (code, _, err) = forewarn_in(&dir, &["config", "--check", "default.toml"]);
+    assert_eq!((code, err.as_str()), (0, ""));
 
     std::fs::write(dir.join("old.toml"), "checkpoint_keep = 5\n").unwrap();
     let (code, _, err) = forewarn_in(&dir, &["config", "--check", "old.toml"]);

@@ -524,6 +524,30 @@ impl ServiceConfig {
         Ok(())
     }
 
+    /// The paths this configuration names that do not exist on this machine, each with
+    /// its key as the file writes it (`queries`, `[mqtt] tls_ca_file`, ...): what
+    /// `forewarn run` would stop on. Not an error in itself: a file may be checked on
+    /// another machine than the one it is written for. The checkpoint directory is
+    /// left out (`run` creates it).
+    pub fn missing_paths(&self) -> Vec<(&'static str, &Path)> {
+        let m = &self.mqtt;
+        [
+            ("queries", Some(self.queries.as_path())),
+            ("models", self.models.as_deref()),
+            ("[mqtt] password_file", m.password_file.as_deref()),
+            ("[mqtt] tls_ca_file", m.tls_ca_file.as_deref()),
+            ("[mqtt] tls_cert_file", m.tls_cert_file.as_deref()),
+            ("[mqtt] tls_key_file", m.tls_key_file.as_deref()),
+            (
+                "[http] bearer_token_file",
+                self.http.bearer_token_file.as_deref(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, p)| p.filter(|p| !p.exists()).map(|p| (key, p)))
+        .collect()
+    }
+
     /// The defaults as TOML, every section and key: those without a default are
     /// commented out, with an example value.
     pub fn default_toml() -> String {
@@ -811,6 +835,22 @@ mod tests {
         assert_eq!(c.checkpoint.dir, Some(PathBuf::from("/abs/ck")));
         assert_eq!(c.mqtt.password_file, Some(dir.join("pw")));
         assert_eq!(c.http.bearer_token_file, Some(dir.join("tok")));
+        // Named where they are looked for; the checkpoint directory is run's to create.
+        let (q, pw, tok) = (dir.join("q"), dir.join("pw"), dir.join("tok"));
+        assert_eq!(
+            c.missing_paths(),
+            [
+                ("queries", q.as_path()),
+                ("[mqtt] password_file", pw.as_path()),
+                ("[http] bearer_token_file", tok.as_path())
+            ]
+        );
+        std::fs::create_dir(&q).unwrap();
+        std::fs::write(&pw, "secret").unwrap();
+        assert_eq!(
+            c.missing_paths(),
+            [("[http] bearer_token_file", tok.as_path())]
+        );
         // Not given: the default, relative to where forewarn runs.
         std::fs::write(&f, "").unwrap();
         assert_eq!(
